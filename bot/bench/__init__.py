@@ -1,0 +1,1 @@
+"""Benchmarks of arbot's own machinery (`arbot bench ...`)."""

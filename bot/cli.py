@@ -1,0 +1,202 @@
+"""The `arbot` command line."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from statistics import mean, stdev
+from typing import Optional
+
+import git
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from bot.bench.cli import bench_app
+from bot.config import CONFIG_FILE, Config, ConfigError, load_config
+from bot.forges.local import ForgeError, LocalForge
+from bot.loop import ChampionBroken, Loop, export_results
+from bot.policy import make_policy
+from bot.proposers.base import ProposalError
+from bot.proposers.search import SearchProposer
+from bot.records import ExperimentRecord, ok_metric
+from bot.results import row
+from runner.job import EvaluatorError, Runner
+
+app = typer.Typer(help="arbot: automated ML research, one experiment per branch, a fixed evaluator, noise-aware promotion.",
+                  no_args_is_help=True, add_completion=False)
+app.add_typer(bench_app, name="bench")
+console = Console()
+
+
+class Project:
+    """The repository arbot works on, its config and the parts built from it."""
+
+    def __init__(self, repo_dir: Path, config: Optional[Path]):
+        try:
+            self.repo = git.Repo(repo_dir, search_parent_directories=True)
+        except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+            raise ConfigError(f"{repo_dir} is not inside a git repository; run arbot from your project's clone")
+        self.root = Path(self.repo.working_tree_dir)
+        self.config: Config = load_config(config or self.root / CONFIG_FILE)
+        self.forge = LocalForge(self.repo, self.config.run.champion_branch, self.config.run.branch_prefix)
+        self.runner = Runner(self.repo, self.config.target, self.config.evaluator, artifacts=self.root / ".arbot" / "runs")
+
+
+@contextmanager
+def clear_errors():
+    """Known failures end in one clear message and exit code 2, never a traceback."""
+    try:
+        yield
+    except (ConfigError, ForgeError, ChampionBroken, ProposalError, EvaluatorError) as e:
+        console.print(f"[bold red]error:[/] {e}")
+        raise typer.Exit(2)
+
+
+class RunDisplay:
+    """A progress bar per training run, fed by the training script's @progress lines."""
+
+    def __init__(self, progress: Progress, budget: float):
+        self.progress, self.budget = progress, budget
+
+    def __call__(self, label: str, commit: str, seed: int):
+        task = self.progress.add_task(f"{label} {commit[:7]} seed {seed}", total=self.budget, loss="")
+
+        def update(p: dict) -> None:
+            loss = p.get("loss")
+            self.progress.update(task, completed=min(float(p.get("elapsed", 0)), self.budget),
+                                 loss=f"loss {loss:.3f}" if isinstance(loss, (int, float)) else "")
+        return update
+
+
+def describe(rec: ExperimentRecord) -> str:
+    d = rec.decision
+    r = row(rec)
+    colour = {"win": "green", "loss": "yellow"}.get(d.verdict, "red")
+    return f"[bold]{rec.id}[/] {rec.proposal.hypothesis} -> [{colour}]{d.verdict}[/] ({d.rule}) val_bpb {r['val_bpb']} {d.reason}"
+
+
+@app.command()
+def run(
+    experiments: Optional[int] = typer.Option(None, "--experiments", "-n", min=1, help="stop after N experiments (default: config, else until Ctrl-C)"),
+    budget: Optional[float] = typer.Option(None, "--budget", min=0.1, help="training seconds per run (overrides target.budget_seconds)"),
+    config: Optional[Path] = typer.Option(None, "--config", help=f"config file (default: {CONFIG_FILE} at the repo root)"),
+    repo: Path = typer.Option(Path("."), "--repo", help="the git repository to research in"),
+):
+    """Run the research loop on this repository: propose, train, evaluate, promote wins into `champion`."""
+    with clear_errors():
+        p = Project(repo, config)
+        if budget is not None:
+            p.config.target.budget_seconds = budget
+        limit = experiments or p.config.run.experiments
+        p.forge.ensure_champion()
+        progress = Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                            TextColumn("{task.fields[loss]}"), console=console, transient=True)
+        loop = Loop(p.forge, p.runner, SearchProposer(p.config.search, pinned=p.config.target.overrides), make_policy(p.config.policy),
+                    p.config.target.allowed_paths, p.config.target.script,
+                    on_run=RunDisplay(progress, p.config.target.budget_seconds))
+        done: list[ExperimentRecord] = []
+        results = p.root / p.config.run.results_file
+        try:
+            with progress:
+                start = loop.measure_champion()
+                console.print(f"champion {start.commit[:7]}: {champion_summary(start.runs)}")
+                while limit is None or len(done) < limit:
+                    rec = loop.step()
+                    done.append(rec)
+                    console.print(describe(rec))
+                    export_results(p.forge, results)
+        except KeyboardInterrupt:
+            export_results(p.forge, results)
+            console.print("[yellow]interrupted[/]: every finished run is saved; `arbot run` resumes where this stopped")
+            raise typer.Exit(130)
+        console.print(experiment_table(done))
+        end = p.forge.champion_record(p.forge.champion())
+        console.print(f"champion {start.commit[:7]} -> {end.commit[:7]}: {champion_summary(start.runs)} -> "
+                      f"{champion_summary(end.runs)}; results in {results}")
+
+
+def champion_summary(runs) -> str:
+    values = ok_metric(runs)
+    if not values:
+        return "not measured"
+    spread = f" ± {stdev(values):.4f}" if len(values) > 1 else ""
+    return f"val_bpb {mean(values):.4f}{spread} ({len(values)} runs)"
+
+
+def experiment_table(records: list[ExperimentRecord]) -> Table:
+    table = Table(title="experiments")
+    for col in ("experiment", "status", "val_bpb", "delta", "rule", "runs", "description"):
+        table.add_column(col)
+    for rec in records:
+        r = row(rec)
+        table.add_row(r["experiment"], r["status"], r["val_bpb"], r["delta"], r["rule"], r["runs"], r["description"])
+    return table
+
+
+@app.command()
+def log(repo: Path = typer.Option(Path("."), "--repo"), config: Optional[Path] = typer.Option(None, "--config")):
+    """The champion's history (from merge trailers) and every experiment (from git notes)."""
+    with clear_errors():
+        p = Project(repo, config)
+        history = Table(title=f"{p.config.run.champion_branch} history")
+        for col in ("merge", "experiment", "metric", "baseline", "delta", "rule", "proposer"):
+            history.add_column(col)
+        for sha, t in p.forge.champion_log():
+            history.add_row(sha[:7], t.get("Experiment", ""), t.get("Metric", ""), t.get("Baseline", ""),
+                            t.get("Delta", ""), t.get("Rule", ""), t.get("Proposer", ""))
+        console.print(history)
+        console.print(experiment_table(p.forge.experiments()))
+
+
+@app.command()
+def status(repo: Path = typer.Option(Path("."), "--repo"), config: Optional[Path] = typer.Option(None, "--config")):
+    """Where the research stands: champion, its noise floor, experiment counts, anything unfinished."""
+    with clear_errors():
+        p = Project(repo, config)
+        try:
+            sha = p.forge.champion()
+        except (git.BadName, ValueError):
+            console.print(f"no '{p.config.run.champion_branch}' branch yet: `arbot run` creates it")
+            return
+        recs = p.forge.experiments()
+        counts: dict[str, int] = {}
+        for r in recs:
+            key = r.decision.verdict if r.decision else "unfinished"
+            counts[key] = counts.get(key, 0) + 1
+        console.print(f"champion {sha[:7]}: {champion_summary(p.forge.champion_record(sha).runs)}")
+        console.print(f"experiments: {len(recs)} " + " ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+        runner_seconds = sum(r.total_seconds for rec in recs for r in rec.runs)
+        console.print(f"runner seconds: {runner_seconds:.0f}")
+
+
+@app.command()
+def evaluate(
+    commit: str = typer.Argument(..., help="the candidate commit (any revision)"),
+    champion: Optional[str] = typer.Option(None, "--champion", help="whose evaluator and allowed paths apply (default: the champion branch, else the commit itself)"),
+    seed: int = typer.Option(0, "--seed"),
+    as_json: bool = typer.Option(False, "--json", help="print the result record as JSON"),
+    holdout: bool = typer.Option(False, "--holdout", help="also score the holdout split"),
+    budget: Optional[float] = typer.Option(None, "--budget", min=0.1),
+    repo: Path = typer.Option(Path("."), "--repo"),
+    config: Optional[Path] = typer.Option(None, "--config"),
+):
+    """The runner job on one commit: guard, train, score with the champion's evaluator; prints the result record."""
+    with clear_errors():
+        p = Project(repo, config)
+        if budget is not None:
+            p.config.target.budget_seconds = budget
+        if champion is None:
+            try:
+                champion = p.forge.champion()
+            except (git.BadName, ValueError):
+                champion = commit
+        splits = ("val", "holdout") if holdout else ("val",)
+        result = p.runner.run(commit, champion, seed=seed, splits=splits)
+        if as_json:
+            print(result.model_dump_json(indent=2))
+        else:
+            console.print_json(result.model_dump_json())
+        raise typer.Exit(0 if result.ok else 1)
+

@@ -1,0 +1,192 @@
+"""The local forge: experiments as real git branches, wins as merge commits with trailers, records as git notes.
+
+Nothing here touches the working tree or the index of the repository: commits are built from trees
+(GitPython's IndexFile.from_tree works on a temporary index), refs are moved with compare-and-swap.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from io import BytesIO
+
+import git
+from git.objects import Commit
+from gitdb import IStream
+
+from bot.records import ChampionRecord, Decision, ExperimentRecord, Proposal
+
+NOTES_REF = "arbot"  # refs/notes/arbot
+ZERO = "0" * 40
+
+
+class ForgeError(RuntimeError):
+    pass
+
+
+class LocalForge:
+    def __init__(self, repo: git.Repo, champion_branch: str = "champion", branch_prefix: str = "arbot/exp-"):
+        self.repo = repo
+        self.champion_branch = champion_branch
+        self.branch_prefix = branch_prefix
+
+    # --- champion -------------------------------------------------------------------------
+    def ensure_champion(self) -> str:
+        """Create the champion branch from HEAD on the first run; return its sha."""
+        if not self.repo.head.is_detached and self.repo.active_branch.name == self.champion_branch:
+            raise ForgeError(
+                f"the current branch is '{self.champion_branch}', which arbot moves on every win; "
+                f"check out another branch (git switch main) and run again"
+            )
+        ref = f"refs/heads/{self.champion_branch}"
+        if not self._ref_exists(ref):
+            self.repo.git.update_ref(ref, self.repo.head.commit.hexsha, ZERO)
+        return self.champion()
+
+    def champion(self) -> str:
+        return self.repo.commit(self.champion_branch).hexsha
+
+    # --- notes ----------------------------------------------------------------------------
+    def _notes(self) -> dict[str, dict]:
+        """Every arbot note, keyed by the commit it annotates."""
+        try:
+            listing = self.repo.git.notes(f"--ref={NOTES_REF}", "list")
+        except git.GitCommandError:
+            return {}
+        notes = {}
+        for line in listing.splitlines():
+            blob, commit = line.split()
+            notes[commit] = json.loads(self.repo.odb.stream(bytes.fromhex(blob)).read())
+        return notes
+
+    def _write_note(self, commit: str, payload: str) -> None:
+        with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
+            f.write(payload)
+            f.flush()
+            self.repo.git.notes(f"--ref={NOTES_REF}", "add", "-f", "-F", f.name, commit)
+
+    def experiments(self) -> list[ExperimentRecord]:
+        recs = [ExperimentRecord.model_validate(n) for n in self._notes().values() if n.get("kind") == "experiment"]
+        return sorted(recs, key=lambda r: r.number)
+
+    def save(self, rec: ExperimentRecord | ChampionRecord) -> None:
+        self._write_note(rec.commit, rec.model_dump_json(indent=1))
+
+    def champion_record(self, sha: str) -> ChampionRecord:
+        note = self._notes().get(sha)
+        if note and note.get("kind") == "champion":
+            return ChampionRecord.model_validate(note)
+        return ChampionRecord(commit=sha)
+
+    # --- experiments ----------------------------------------------------------------------
+    def next_number(self) -> int:
+        numbers = [r.number for r in self.experiments()]
+        pattern = re.compile(re.escape(self.branch_prefix) + r"(\d+)$")
+        numbers += [int(m.group(1)) for h in self.repo.heads if (m := pattern.match(h.name))]
+        return max(numbers, default=0) + 1
+
+    def open_experiment(self, proposal: Proposal, parent: str, started_at: str) -> ExperimentRecord:
+        """One commit on top of the champion, its note, then its branch: the record exists before the branch."""
+        number = self.next_number()
+        exp_id = f"exp-{number}"
+        message = (
+            f"{proposal.hypothesis}\n\n{proposal.rationale}\n\n"
+            f"Experiment: {exp_id}\nProposer: {proposal.proposer}\nChampion: {parent}\n"
+        )
+        commit = self._commit_files(parent, proposal.files, message)
+        rec = ExperimentRecord(
+            id=exp_id, number=number, branch=f"{self.branch_prefix}{number}", commit=commit, parent=parent,
+            proposal=proposal, started_at=started_at,
+        )
+        self.save(rec)
+        self.ensure_branch(rec)
+        return rec
+
+    def ensure_branch(self, rec: ExperimentRecord) -> None:
+        ref = f"refs/heads/{rec.branch}"
+        if not self._ref_exists(ref):
+            self.repo.git.update_ref(ref, rec.commit, ZERO)
+
+    def _commit_files(self, parent: str, files: dict[str, str], message: str) -> str:
+        parent_commit = self.repo.commit(parent)
+        index = git.IndexFile.from_tree(self.repo, parent_commit.tree)
+        entries = []
+        for path, text in files.items():
+            data = text.encode()
+            binsha = self.repo.odb.store(IStream("blob", len(data), BytesIO(data))).binsha
+            try:
+                mode = parent_commit.tree[path].mode
+            except KeyError:
+                mode = 0o100644
+            entries.append(git.BaseIndexEntry((mode, binsha, 0, path)))
+        index.add(entries)
+        tree = index.write_tree()
+        if tree.binsha == parent_commit.tree.binsha:
+            raise ForgeError("the proposal changes nothing: its files equal the champion's")
+        return Commit.create_from_tree(self.repo, tree, message, parent_commits=[parent_commit], head=False).hexsha
+
+    # --- promotion ------------------------------------------------------------------------
+    def promote(self, rec: ExperimentRecord, trailers: dict[str, str]) -> str:
+        """Merge a win into champion with trailers; refuses if champion moved since it was measured."""
+        champion = self.champion()
+        if champion != rec.parent:
+            raise ForgeError(f"{rec.id} was measured against {rec.parent[:12]} but champion is now {champion[:12]}")
+        try:
+            tree = self.repo.git.merge_tree("--write-tree", champion, rec.commit).splitlines()[0]
+        except git.GitCommandError as e:
+            raise ForgeError(f"{rec.id} does not merge cleanly into {self.champion_branch}: {e.stdout}") from e
+        body = "\n".join(f"{k}: {v}" for k, v in trailers.items())
+        message = f"arbot: {rec.proposal.hypothesis} ({rec.id})\n\n{rec.proposal.rationale}\n\n{body}\n"
+        merge = Commit.create_from_tree(
+            self.repo, self.repo.tree(tree), message,
+            parent_commits=[self.repo.commit(champion), self.repo.commit(rec.commit)], head=False,
+        )
+        self.repo.git.update_ref(f"refs/heads/{self.champion_branch}", merge.hexsha, champion)
+        return merge.hexsha
+
+    def merged(self, rec: ExperimentRecord) -> bool:
+        return self.repo.is_ancestor(rec.commit, self.champion())
+
+    def champion_log(self) -> list[tuple[str, dict[str, str]]]:
+        """(sha, trailers) of each arbot merge on the champion branch, newest first."""
+        out = self.repo.git.log(
+            self.champion_branch, "--merges", "--format=%H%x00%(trailers:unfold,separator=%x01)%x00%x02"
+        )
+        log = []
+        for chunk in out.split("\x02"):
+            if not chunk.strip():
+                continue
+            sha, trailers, _ = chunk.strip().split("\x00")
+            pairs = dict(t.split(": ", 1) for t in trailers.split("\x01") if ": " in t)
+            if "Experiment" in pairs:
+                log.append((sha, pairs))
+        return log
+
+    def _ref_exists(self, ref: str) -> bool:
+        try:
+            self.repo.git.rev_parse("--verify", "--quiet", ref)
+            return True
+        except git.GitCommandError:
+            return False
+
+
+def trailers_for(rec: ExperimentRecord, decision: Decision, fingerprint: str | None) -> dict[str, str]:
+    """The audit trail of a win, as git trailers on its merge commit."""
+    m = decision.metric
+    fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
+    trailers = {
+        "Experiment": rec.id,
+        "Metric": f"{m}={fmt(decision.candidate_mean)}",
+        "Baseline": f"{m}={fmt(decision.champion_mean)}",
+        "Delta": "n/a" if decision.effect is None else f"{-decision.effect:+.4f}",
+        "Runs": f"{decision.candidate_runs} candidate, {decision.champion_runs} champion",
+        "Rule": decision.rule + (f" (p={decision.p_value:.3g})" if decision.p_value is not None else ""),
+        "Proposer": rec.proposal.proposer,
+        "Evaluator": fingerprint or "unknown",
+        "Seeds": ",".join(str(r.seed) for r in rec.runs),
+    }
+    if rec.proposal.cost.usd or rec.proposal.cost.prompt_tokens:
+        trailers["Cost"] = f"{rec.proposal.cost.prompt_tokens + rec.proposal.cost.completion_tokens} tokens, ${rec.proposal.cost.usd:.4f}"
+    return trailers
+

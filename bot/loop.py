@@ -1,0 +1,158 @@
+"""The research loop, written once: propose -> experiment -> runs until the policy decides -> promote or record.
+
+Every step is saved to git notes as soon as it happens, so an interrupted loop resumes where it stopped:
+runs already made are kept, a decided win that was not merged yet is merged, nothing is proposed twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+from bot.forges.local import LocalForge, trailers_for
+from bot.knobs import find_knobs
+from bot.policy import Policy
+from bot.proposers.base import ProposalContext, Proposer
+from bot.records import ChampionRecord, Evidence, ExperimentRecord, RunResult, ok_metric
+from bot.results import results_table
+from runner.guard import forbidden_paths
+from runner.job import Runner
+
+RunHook = Callable[[str, str, int], Callable[[dict], None] | None]  # (label, commit, seed) -> progress callback
+
+
+class ChampionBroken(RuntimeError):
+    """The champion itself does not train and score: nothing can be compared against it."""
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class Loop:
+    def __init__(self, forge: LocalForge, runner: Runner, proposer: Proposer, policy: Policy,
+                 allowed_paths: list[str], script_path: str, on_run: RunHook | None = None):
+        self.forge = forge
+        self.runner = runner
+        self.proposer = proposer
+        self.policy = policy
+        self.allowed_paths = allowed_paths
+        self.script_path = script_path
+        self.on_run = on_run or (lambda label, commit, seed: None)
+
+    def _run(self, label: str, commit: str, champion: str, seed: int) -> RunResult:
+        return self.runner.run(commit, champion, seed=seed, on_progress=self.on_run(label, commit, seed))
+
+    # --- the champion's noise floor ---------------------------------------------------------
+    def measure_champion(self, runs: int | None = None) -> ChampionRecord:
+        """Make sure the current champion has at least `runs` (default: the policy's baseline) ok runs."""
+        sha = self.forge.champion()
+        rec = self.forge.champion_record(sha)
+        want = runs if runs is not None else self.policy.baseline_runs
+        while len(ok_metric(rec.runs)) < want:
+            result = self._run("champion", sha, sha, seed=len(rec.runs))
+            if not result.ok:
+                raise ChampionBroken(
+                    f"the champion {sha[:12]} itself fails ({result.status}): {result.reason}\n{result.log_tail}"
+                )
+            rec.runs.append(result)
+            self.forge.save(rec)
+        return rec
+
+    # --- one experiment --------------------------------------------------------------------------
+    def step(self) -> ExperimentRecord:
+        """Finish an interrupted experiment if there is one, else propose and run a new one."""
+        pending = [r for r in self.forge.experiments() if r.decision is None or self._unmerged_win(r)]
+        rec = pending[0] if pending else self._open()
+        self.forge.ensure_branch(rec)
+        if rec.decision is None:
+            self._decide(rec)
+        if rec.decision.verdict == "win" and rec.merged_as is None:
+            self._promote(rec)
+        return rec
+
+    def _unmerged_win(self, rec: ExperimentRecord) -> bool:
+        return rec.decision is not None and rec.decision.verdict == "win" and rec.merged_as is None
+
+    def _open(self) -> ExperimentRecord:
+        champion = self.forge.champion()
+        ctx = self.context(champion)
+        proposal = self.proposer.propose(ctx)
+        return self.forge.open_experiment(proposal, champion, started_at=now())
+
+    def context(self, champion: str) -> ProposalContext:
+        commit = self.forge.repo.commit(champion)
+        files = {}
+        for blob in commit.tree.traverse():
+            if blob.type == "blob" and self._allowed(blob.path):
+                files[blob.path] = blob.data_stream.read().decode()
+        if self.script_path not in files:
+            raise ChampionBroken(f"the champion has no {self.script_path} among the allowed paths {self.allowed_paths}")
+        program = self.script_path.rsplit("/", 1)[0] + "/program.md"
+        try:
+            program_text = (commit.tree / program).data_stream.read().decode()
+        except KeyError:
+            program_text = ""
+        return ProposalContext(
+            champion=champion, script_path=self.script_path, files=files, knobs=find_knobs(files[self.script_path]),
+            history=[r for r in self.forge.experiments() if r.decision is not None], program=program_text,
+        )
+
+    def _allowed(self, path: str) -> bool:
+        return not forbidden_paths([path], self.allowed_paths)
+
+    def _decide(self, rec: ExperimentRecord) -> None:
+        """Run the candidate (and the champion) until the policy reaches a final decision. Each run is saved."""
+        champion = self.forge.champion_record(rec.parent)
+        more_candidate, more_champion = (0 if rec.runs else 1), 0
+        while True:
+            for _ in range(more_champion):
+                champion.runs.append(self._run("champion", rec.parent, rec.parent, seed=len(champion.runs)))
+                self.forge.save(champion)
+            for _ in range(more_candidate):
+                rec.runs.append(self._run(rec.id, rec.commit, rec.parent, seed=len(rec.runs)))
+                self.forge.save(rec)
+            evidence = self._evidence(rec, champion)
+            decision = self.policy.decide(evidence)
+            if decision.final:
+                break
+            more_candidate, more_champion = decision.more_candidate_runs, decision.more_champion_runs
+            if more_candidate + more_champion == 0:
+                raise RuntimeError(f"policy {self.policy.name} asked for more runs but named none: {decision}")
+        rec.evidence, rec.decision, rec.finished_at = evidence, decision, now()
+        self.forge.save(rec)
+
+    def _evidence(self, rec: ExperimentRecord, champion: ChampionRecord) -> Evidence:
+        failed = next((r for r in rec.runs if not r.ok), None)
+        return Evidence(
+            champion=ok_metric(champion.runs),
+            candidate=ok_metric(rec.runs),
+            candidate_status=failed.status if failed else "ok",
+            candidate_reason=failed.reason if failed else "",
+            removes_code=self._removes_code(rec),
+        )
+
+    def _removes_code(self, rec: ExperimentRecord) -> bool:
+        parent = self.forge.repo.commit(rec.parent)
+        before = after = 0
+        for path, text in rec.proposal.files.items():
+            try:
+                before += len((parent.tree / path).data_stream.read().decode().splitlines())
+            except KeyError:
+                pass
+            after += len(text.splitlines())
+        return after < before
+
+    def _promote(self, rec: ExperimentRecord) -> None:
+        fingerprint = next((r.evaluator_fingerprint for r in rec.runs if r.evaluator_fingerprint), None)
+        merge = self.forge.promote(rec, trailers_for(rec, rec.decision, fingerprint))
+        # The merge's tree is the candidate's, so the candidate's runs measure the new champion.
+        self.forge.save(ChampionRecord(commit=merge, experiment=rec.id, runs=rec.runs))
+        rec.merged_as = merge
+        self.forge.save(rec)
+
+
+def export_results(forge: LocalForge, path: Path) -> None:
+    """results.tsv: autoresearch's columns (commit val_bpb memory_gb status description), then arbot's own."""
+    path.write_text(results_table(forge.experiments()))

@@ -1,0 +1,412 @@
+"""Promotion policy: decide from measured runs whether a candidate beats the champion.
+
+A single training run is a noisy measurement: on the CPU target the seed-to-seed spread of val_bpb is
+0.02-0.07 at a 20 s budget, larger than most real improvements. A rule that trusts one run merges noise.
+
+Two rules are provided:
+
+* `MarginPolicy` - the simple rule. The candidate wins when its mean beats the champion's mean by more
+  than `margin`. With `margin=0` and one run each this is autoresearch's greedy "keep if better".
+* `NoiseAwarePolicy` - the default. It estimates the noise floor from the champion's repeated runs,
+  screens a candidate on one run, and confirms a promising one with a group-sequential one-sided
+  t-test (alpha spending over looks), so clear cases stop early and noise is rarely promoted.
+
+The loop calls `decide(Evidence)` repeatedly; the policy answers `more_runs` (asking for more candidate
+and/or champion runs) until it reaches a final verdict. It never asks for more once
+`max_candidate_runs` is reached, so the exchange always terminates.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+from scipy import special
+
+from bot.records import Decision, Evidence
+
+TestKind = Literal["pooled", "welch", "paired"]
+
+
+class PolicyConfig(BaseModel, extra="forbid"):
+    """The `policy:` section of arbot.yml."""
+
+    rule: Literal["noise_aware", "margin"] = Field(
+        "noise_aware",
+        description="Promotion rule: 'noise_aware' (sequential significance test) or 'margin' (mean beats champion by margin).",
+    )
+    margin: float = Field(
+        0.0,
+        ge=0.0,
+        description="Margin rule: minimum improvement in metric units; a win must beat the champion mean by more than this.",
+    )
+    baseline_runs: int = Field(
+        3, ge=1, description="Champion runs made when a champion is created, to measure the noise floor."
+    )
+    alpha: float = Field(
+        0.025,
+        description="Noise-aware rule: one-sided false-promotion bound for a candidate no better than the champion, spent over all looks.",
+    )
+    min_effect: float = Field(
+        0.0,
+        ge=0.0,
+        description="Minimum effect size in metric units: the test is against 'improvement <= min_effect', and the mean improvement must exceed it.",
+    )
+    screen_sigmas: float = Field(
+        0.0,
+        ge=0.0,
+        description="A first candidate run worse than the champion mean by more than this many noise sigmas is discarded at once.",
+    )
+    futility_sigmas: float = Field(
+        1.0,
+        description="At an interim look, stop as a loss when the improvement is below this many standard errors (0: not better than the champion; default 1: not promising).",
+    )
+    max_candidate_runs: int = Field(
+        8, ge=2, description="Cap on candidate runs (seeds) for one experiment; not significant by then is a loss."
+    )
+    spending_power: float = Field(
+        2.0,
+        gt=0.0,
+        description="Alpha spending: by n candidate runs, alpha*((n-1)/(max_candidate_runs-1))**power has been spent (1: even, larger: save alpha for later looks).",
+    )
+    match_champion_runs: int = Field(
+        6,
+        ge=2,
+        description="Champion runs requested up to min(candidate runs, this): pairs candidate seeds with champion seeds; champion runs are reused by later experiments.",
+    )
+    test: TestKind = Field(
+        "pooled",
+        description="Confirm test: 'pooled' (two-sample t, equal variance, candidate and champion pooled), 'welch', or 'paired' (same-seed differences).",
+    )
+    simplification_wins: bool = Field(
+        True, description="A change that deletes code on net is promoted when it is statistically no worse."
+    )
+    simplification_tolerance: float = Field(
+        0.5,
+        ge=0.0,
+        description="Simplification: the mean may be worse by at most this many noise sigmas (and not significantly worse).",
+    )
+    simplification_runs: int = Field(
+        3, ge=2, description="Simplification: candidate runs needed before a no-worse simplification is promoted."
+    )
+
+    @field_validator("alpha")
+    @classmethod
+    def _alpha_range(cls, v: float) -> float:
+        if not (0.0 < v < 0.5):
+            raise ValueError(f"alpha must be in (0, 0.5), got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PolicyConfig:
+        if self.simplification_runs > self.max_candidate_runs:
+            raise ValueError(
+                f"simplification_runs ({self.simplification_runs}) must be <= max_candidate_runs ({self.max_candidate_runs})"
+            )
+        return self
+
+
+@runtime_checkable
+class Policy(Protocol):
+    name: str
+    baseline_runs: int
+
+    def decide(self, ev: Evidence) -> Decision: ...
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs)
+
+
+def _var(xs: list[float]) -> float:
+    """Sample variance (n-1); 0 for fewer than two values."""
+    n = len(xs)
+    if n < 2:
+        return 0.0
+    m = _mean(xs)
+    return sum((x - m) ** 2 for x in xs) / (n - 1)
+
+
+def t_sf(t: float, df: float) -> float:
+    """One-sided upper tail P(T > t) of Student's t (scipy.special.stdtr: the CDF scipy.stats.t uses, without its overhead)."""
+    if math.isnan(t):
+        return 1.0
+    if math.isinf(t):
+        return 0.0 if t > 0 else 1.0
+    return float(special.stdtr(df, -t))
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4g}"
+
+
+def _failed(ev: Evidence) -> Decision:
+    reason = ev.candidate_reason or f"candidate run {ev.candidate_status}"
+    return Decision(
+        verdict=ev.candidate_status,  # type: ignore[arg-type]  # crash / timeout / rejected
+        rule=ev.candidate_status,
+        reason=reason,
+        metric=ev.metric,
+        champion_mean=_mean(ev.champion) if ev.champion else None,
+        candidate_mean=_mean(ev.candidate) if ev.candidate else None,
+        champion_runs=len(ev.champion),
+        candidate_runs=len(ev.candidate),
+    )
+
+
+def _more(ev: Evidence, rule: str, reason: str, cand: int = 0, champ: int = 0, **stats: float | None) -> Decision:
+    fields: dict = dict(champion_runs=len(ev.champion), candidate_runs=len(ev.candidate))
+    fields.update(stats)
+    return Decision(
+        verdict="more_runs",
+        rule=rule,
+        reason=reason,
+        metric=ev.metric,
+        more_candidate_runs=cand,
+        more_champion_runs=champ,
+        **fields,
+    )
+
+
+# --------------------------------------------------------------------------------------------- margin
+
+
+class MarginPolicy:
+    """Win when the candidate mean beats the champion mean by more than `margin` (metric units).
+
+    With margin=0 and runs=1 this is autoresearch's greedy rule: one run, keep if better.
+    """
+
+    name = "margin"
+
+    def __init__(
+        self, margin: float = 0.0, baseline_runs: int = 1, runs: int = 1, simplification_wins: bool = True
+    ) -> None:
+        if margin < 0:
+            raise ValueError("margin must be >= 0")
+        if baseline_runs < 1 or runs < 1:
+            raise ValueError("baseline_runs and runs must be >= 1")
+        self.margin = margin
+        self.baseline_runs = baseline_runs
+        self.runs = runs
+        self.simplification_wins = simplification_wins
+
+    def decide(self, ev: Evidence) -> Decision:
+        if ev.candidate_status != "ok":
+            return _failed(ev)
+        if not ev.champion:
+            return _more(ev, "margin", "The champion has no measured run yet.", champ=self.baseline_runs)
+        if len(ev.candidate) < self.runs:
+            return _more(
+                ev, "margin", f"{len(ev.candidate)} of {self.runs} candidate runs made.", cand=self.runs - len(ev.candidate)
+            )
+        ch, ca = _mean(ev.champion), _mean(ev.candidate)
+        effect = ch - ca
+        spread = math.sqrt(_var(ev.champion)) if len(ev.champion) > 1 else None
+        stats = dict(
+            metric=ev.metric,
+            champion_mean=ch,
+            candidate_mean=ca,
+            effect=effect,
+            spread=spread,
+            champion_runs=len(ev.champion),
+            candidate_runs=len(ev.candidate),
+        )
+        if effect > self.margin:
+            return Decision(
+                verdict="win",
+                rule="margin",
+                reason=f"{ev.metric} {ca:.4f} beats the champion's {ch:.4f} by {effect:.4g} > margin {self.margin:g}.",
+                **stats,
+            )
+        if self.simplification_wins and ev.removes_code and effect >= 0:
+            return Decision(
+                verdict="win",
+                rule="simplification",
+                reason=f"Removes code and {ev.metric} {ca:.4f} is no worse than the champion's {ch:.4f}.",
+                **stats,
+            )
+        return Decision(
+            verdict="loss",
+            rule="margin",
+            reason=f"{ev.metric} {ca:.4f} vs champion {ch:.4f}: improvement {effect:.4g} is not > margin {self.margin:g}.",
+            **stats,
+        )
+
+
+# --------------------------------------------------------------------------------------------- noise-aware
+
+
+class NoiseAwarePolicy:
+    """Screen on one run, confirm with a group-sequential one-sided t-test, cap at max_candidate_runs.
+
+    * Noise floor: the sample sd of the champion's runs (at least two are required), pooled with the
+      candidate's residuals once the candidate has two or more runs.
+    * Screen (1 candidate run): worse than the champion mean by more than screen_sigmas * noise -> loss.
+      A single run never promotes.
+    * Confirm (n >= 2 candidate runs, champion runs matched up to `match_champion_runs` so seeds pair):
+      one-sided t-test of H0 "improvement <= min_effect". The alpha available at look n is the increment
+      of the spending function alpha * ((n-1)/(N-1))**power, N = max_candidate_runs; by Bonferroni over
+      looks the overall false-promotion probability of a no-better candidate is <= alpha.
+      Interim futility: improvement below futility_sigmas standard errors -> loss.
+    * Cap: not significant at N runs -> loss ("max_runs").
+    * Simplification: a change that removes code is promoted once it has simplification_runs runs, its
+      mean is worse by at most simplification_tolerance sigmas and it is not significantly worse.
+    """
+
+    name = "noise_aware"
+
+    def __init__(self, cfg: PolicyConfig | None = None) -> None:
+        self.cfg = cfg or PolicyConfig()
+        self.baseline_runs = max(self.cfg.baseline_runs, 2)
+
+    # alpha available at the look with n candidate runs
+    def alpha_at(self, n: int) -> float:
+        c = self.cfg
+        N = c.max_candidate_runs
+
+        def spent(k: int) -> float:
+            if k <= 1:
+                return 0.0
+            return c.alpha * min(1.0, (k - 1) / (N - 1)) ** c.spending_power
+
+        return spent(n) - spent(n - 1)
+
+    def _test(self, champ: list[float], cand: list[float], shift: float) -> tuple[float, float, float, str]:
+        """(t statistic, p-value, standard error, test name) for H0: improvement <= shift."""
+        c = self.cfg
+        nh, nc = len(champ), len(cand)
+        vh, vc = _var(champ), _var(cand)
+        kind = c.test
+        npairs = min(nh, nc)
+        if kind == "paired" and npairs >= 2:
+            d = [champ[i] - cand[i] for i in range(npairs)]
+            se = math.sqrt(_var(d) / npairs)
+            est, df = _mean(d), npairs - 1
+        elif kind == "welch" and nc >= 2:
+            a, b = vh / nh, vc / nc
+            se = math.sqrt(a + b)
+            denom = (a * a / (nh - 1) if nh > 1 else 0.0) + (b * b / (nc - 1))
+            df = (a + b) ** 2 / denom if denom > 0 else nh + nc - 2
+            est = _mean(champ) - _mean(cand)
+            kind = "welch"
+        else:
+            kind = "pooled"
+            df = nh + nc - 2
+            sp2 = ((nh - 1) * vh + (nc - 1) * vc) / df
+            se = math.sqrt(sp2 * (1.0 / nh + 1.0 / nc))
+            est = _mean(champ) - _mean(cand)
+        if se <= 0.0:
+            t = math.inf if est > shift else (-math.inf if est < shift else math.nan)
+            p = 0.0 if est > shift else 1.0
+        else:
+            t = (est - shift) / se
+            p = t_sf(t, df)
+        return t, p, se, kind
+
+    def decide(self, ev: Evidence) -> Decision:
+        c = self.cfg
+        if ev.candidate_status != "ok":
+            return _failed(ev)
+        champ, cand = ev.champion, ev.candidate
+        nh, nc = len(champ), len(cand)
+        if nh < 2:
+            need = self.baseline_runs - nh
+            return _more(
+                ev, "noise_floor", f"The noise floor needs at least 2 champion runs; {nh} made.", champ=max(1, need)
+            )
+        if nc == 0:
+            return _more(ev, "screen", "No candidate run yet.", cand=1)
+
+        ch, ca = _mean(champ), _mean(cand)
+        effect = ch - ca
+        sd_h = math.sqrt(_var(champ))
+        if nc >= 2:
+            sd = math.sqrt(((nh - 1) * sd_h**2 + (nc - 1) * _var(cand)) / (nh + nc - 2))
+        else:
+            sd = sd_h
+        stats: dict = dict(
+            champion_mean=ch, candidate_mean=ca, effect=effect, spread=sd, champion_runs=nh, candidate_runs=nc
+        )
+        m = ev.metric
+        simplification = c.simplification_wins and ev.removes_code
+
+        def final(verdict: str, rule: str, reason: str, p: float | None = None) -> Decision:
+            return Decision(verdict=verdict, rule=rule, reason=reason, metric=m, p_value=p, **stats)  # type: ignore[arg-type]
+
+        def ask_next(reason: str, p: float | None = None) -> Decision:
+            # one more candidate seed; champion runs up to the paired count (capped by match_champion_runs)
+            want_h = min(nc + 1, max(c.match_champion_runs, self.baseline_runs))
+            return _more(ev, "confirm", reason, cand=1, champ=max(0, want_h - nh), p_value=p, **stats)
+
+        # --- screen: one run
+        if nc == 1:
+            if effect < -c.screen_sigmas * sd_h:
+                return final(
+                    "loss",
+                    "screen",
+                    f"First run {m} {ca:.4f} is worse than the champion mean {ch:.4f} by {-effect:.4g}, "
+                    f"more than {c.screen_sigmas:g} x noise sd {sd_h:.4g}.",
+                )
+            return ask_next(
+                f"First run {m} {ca:.4f} vs champion {ch:.4f} (improvement {effect:.4g}, noise sd {sd_h:.4g}): promising, confirming."
+            )
+
+        # --- simplification: statistically no worse after simplification_runs runs
+        if simplification and nc >= c.simplification_runs:
+            t_w, p_w, _, kind = self._test(cand, champ, 0.0)  # H1: candidate worse (metric higher)
+            if effect >= -c.simplification_tolerance * sd and p_w > c.alpha:
+                return final(
+                    "win",
+                    "simplification",
+                    f"Removes code; {m} {ca:.4f} over {nc} runs is no worse than the champion's {ch:.4f} "
+                    f"(difference {effect:.4g}, within {c.simplification_tolerance:g} x noise sd {sd:.4g}; "
+                    f"p(worse)={1 - p_w:.3g}).",
+                    p=p_w,
+                )
+
+        # --- confirm
+        t, p, se, kind = self._test(champ, cand, c.min_effect)
+        a_n = self.alpha_at(nc)
+        if effect > c.min_effect and p <= a_n:
+            return final(
+                "win",
+                f"confirm:{kind}",
+                f"{m} {ca:.4f} over {nc} runs beats the champion's {ch:.4f} over {nh} runs by {effect:.4g} "
+                f"(noise sd {sd:.4g}, one-sided {kind} t p={p:.3g} <= {a_n:.3g} at look {nc}).",
+                p=p,
+            )
+        if nc >= c.max_candidate_runs:
+            return final(
+                "loss",
+                "max_runs",
+                f"After {nc} runs {m} {ca:.4f} vs champion {ch:.4f} (improvement {effect:.4g}, noise sd {sd:.4g}) "
+                f"is not significant (p={p:.3g} > {a_n:.3g}).",
+                p=p,
+            )
+        t0 = (effect / se) if se > 0 else (math.inf if effect > 0 else -math.inf if effect < 0 else 0.0)
+        if t0 < c.futility_sigmas:
+            return final(
+                "loss",
+                "futility",
+                f"After {nc} runs {m} {ca:.4f} vs champion {ch:.4f}: improvement {effect:.4g} is "
+                f"{t0:.2f} standard errors, below the futility bound {c.futility_sigmas:g} (p={p:.3g}).",
+                p=p,
+            )
+        return ask_next(
+            f"After {nc} runs improvement {effect:.4g} (p={p:.3g} > {a_n:.3g} at look {nc}): not yet significant, one more seed.",
+            p=p,
+        )
+
+
+def make_policy(cfg: PolicyConfig) -> Policy:
+    """The policy the `policy:` section of arbot.yml selects."""
+    if cfg.rule == "margin":
+        return MarginPolicy(
+            margin=cfg.margin, baseline_runs=cfg.baseline_runs, runs=1, simplification_wins=cfg.simplification_wins
+        )
+    return NoiseAwarePolicy(cfg)

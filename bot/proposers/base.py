@@ -1,0 +1,33 @@
+"""The proposer interface: read a context, return one Proposal. Proposers never touch git."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from bot.knobs import Knob
+from bot.records import ExperimentRecord, Proposal
+
+
+@dataclass
+class ProposalContext:
+    champion: str  # sha the proposal will be measured against
+    script_path: str  # e.g. target/train.py
+    files: dict[str, str]  # the champion's text of each allowed file
+    knobs: list[Knob]
+    history: list[ExperimentRecord] = field(default_factory=list)
+    program: str = ""  # target/program.md
+
+    @property
+    def script(self) -> str:
+        return self.files[self.script_path]
+
+
+class Proposer(Protocol):
+    name: str
+
+    def propose(self, ctx: ProposalContext) -> Proposal: ...
+
+
+class ProposalError(RuntimeError):
+    """The proposer could not produce a usable proposal; the message says why."""

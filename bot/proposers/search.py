@@ -1,0 +1,136 @@
+"""The offline search proposer: Optuna TPE (ask/tell) over the script's knobs, one knob per experiment.
+
+The study is rebuilt from the experiment history in git on every call, so it needs no state of its own
+and resumes exactly after an interruption. Which knob to change is itself a (categorical) parameter,
+and the knob's new value is a conditional parameter, so each experiment is one readable change.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+
+from bot.config import KnobRange, SearchConfig
+from bot.knobs import Knob, format_value, set_knobs
+from bot.proposers.base import ProposalContext, ProposalError
+from bot.records import ExperimentRecord, KnobChange, Proposal, ok_metric
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+# Sensible ranges for the knobs the built-in target has; unknown knobs get a range around their value.
+DEFAULT_RANGES: dict[str, KnobRange] = {
+    "LEARNING_RATE": KnobRange(low=1e-4, high=1e-2, log=True),
+    "WEIGHT_DECAY": KnobRange(low=0.0, high=0.3),
+    "BETA1": KnobRange(low=0.8, high=0.95),
+    "BETA2": KnobRange(low=0.9, high=0.999),
+    "WARMUP_FRAC": KnobRange(low=0.0, high=0.2),
+    "WARMDOWN_FRAC": KnobRange(low=0.0, high=0.8),
+    "GRAD_CLIP": KnobRange(low=0.25, high=2.0),
+    "BATCH_SIZE": KnobRange(choices=[4, 8, 16, 32, 64]),
+    "DEPTH": KnobRange(low=1, high=8),
+    "N_EMBD": KnobRange(choices=[32, 64, 96, 128, 192, 256]),
+    "N_HEAD": KnobRange(choices=[1, 2, 4, 8]),
+    "SEQ_LEN": KnobRange(choices=[32, 64, 128, 256]),
+}
+MAX_RESAMPLES = 30
+
+
+def distribution(knob: Knob, rng: KnobRange | None) -> BaseDistribution:
+    """The search distribution of one knob: configured, else the default table, else around its value."""
+    rng = rng or DEFAULT_RANGES.get(knob.name)
+    is_int = isinstance(knob.value, int)
+    if rng is None:
+        v = knob.value
+        if is_int:
+            return IntDistribution(max(1, v // 2), max(2, v * 2))
+        return FloatDistribution(v / 4, v * 4, log=True) if v > 0 else FloatDistribution(-1.0, 1.0)
+    if rng.choices:
+        return CategoricalDistribution([int(c) if is_int else float(c) for c in rng.choices])
+    if rng.low is None or rng.high is None:
+        raise ProposalError(f"search.knobs.{knob.name}: give both low and high, or choices")
+    if is_int:
+        return IntDistribution(int(rng.low), int(rng.high), log=rng.log)
+    return FloatDistribution(float(rng.low), float(rng.high), log=rng.log)
+
+
+class SearchProposer:
+    name = "search"
+
+    def __init__(self, cfg: SearchConfig, pinned: Iterable[str] = ()):
+        self.cfg = cfg
+        self.skip = set(cfg.exclude) | set(pinned)  # pinned: knobs the runner overrides, so changing them does nothing
+
+    def propose(self, ctx: ProposalContext) -> Proposal:
+        knobs = [k for k in ctx.knobs if k.name not in self.skip]
+        if not knobs:
+            raise ProposalError(f"{ctx.script_path} has no knobs to search (top-level UPPER_CASE numeric constants)")
+        dists = {k.name: distribution(k, self.cfg.knobs.get(k.name)) for k in knobs}
+        choice = CategoricalDistribution([k.name for k in knobs])
+        study = self._study(ctx.history, choice, dists)
+        current = {k.name: k.value for k in knobs}
+        for _ in range(MAX_RESAMPLES):
+            trial = study.ask()
+            name = trial.suggest_categorical("knob", choice.choices)
+            value = _suggest(trial, name, dists[name])
+            if not _same(value, current[name]):
+                return self._proposal(ctx, name, current[name], value, trial.params, len(study.trials) - 1)
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        raise ProposalError(f"the search found no new value in {MAX_RESAMPLES} tries; widen search.knobs ranges")
+
+    def _study(self, history: list[ExperimentRecord], choice: CategoricalDistribution, dists) -> optuna.Study:
+        # The seed depends on the history length, so a resumed run proposes exactly what an uninterrupted one would.
+        sampler = optuna.samplers.TPESampler(seed=self.cfg.seed + len(history), n_startup_trials=4)
+        study = optuna.create_study(direction="minimize", sampler=sampler)
+        for rec in history:
+            trial = _past_trial(rec, choice, dists)
+            if trial is not None:
+                study.add_trial(trial)
+        return study
+
+    def _proposal(self, ctx: ProposalContext, name: str, old, new, params, n_past: int) -> Proposal:
+        change = KnobChange(name=name, old=old, new=new)
+        verb = "Raise" if new > old else "Lower"
+        ratio = f" (x{new / old:.2g})" if old else ""
+        return Proposal(
+            proposer=self.name,
+            hypothesis=f"{verb} {name} from {format_value(old)} to {format_value(new)}{ratio}",
+            rationale=f"Optuna TPE over {n_past} earlier experiments chose {name} as the knob to change next.",
+            files={ctx.script_path: set_knobs(ctx.script, {name: new})},
+            knobs=[change],
+            params={"knob": name, name: new},
+        )
+
+
+def _suggest(trial: optuna.Trial, name: str, dist: BaseDistribution):
+    if isinstance(dist, CategoricalDistribution):
+        return trial.suggest_categorical(name, dist.choices)
+    if isinstance(dist, IntDistribution):
+        return trial.suggest_int(name, dist.low, dist.high, log=dist.log)
+    value = trial.suggest_float(name, dist.low, dist.high, log=dist.log)
+    return float(format_value(value))  # the value as it will read in the file
+
+
+def _same(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+
+
+def _past_trial(rec: ExperimentRecord, choice: CategoricalDistribution, dists) -> optuna.trial.FrozenTrial | None:
+    """An earlier search experiment as a finished Optuna trial (crashes as failed), or None if it does not fit."""
+    name = rec.proposal.params.get("knob")
+    if rec.proposal.proposer != "search" or rec.decision is None or name not in dists:
+        return None
+    params = {"knob": name, name: rec.proposal.params[name]}
+    values = ok_metric(rec.runs)
+    ok = rec.decision.verdict in ("win", "loss") and values
+    try:
+        return optuna.trial.create_trial(
+            params=params,
+            distributions={"knob": choice, name: dists[name]},
+            value=sum(values) / len(values) if ok else None,
+            state=optuna.trial.TrialState.COMPLETE if ok else optuna.trial.TrialState.FAIL,
+        )
+    except ValueError:
+        return None  # its value lies outside today's ranges

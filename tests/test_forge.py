@@ -1,0 +1,96 @@
+"""The local forge on real git repositories: branches, notes, merges with trailers, no working-tree changes."""
+
+import git
+import pytest
+
+from bot.forges.local import ForgeError, LocalForge, trailers_for
+from bot.records import ChampionRecord, Decision, Proposal, RunResult
+
+
+def proposal(text: str) -> Proposal:
+    return Proposal(proposer="test", hypothesis="Try a thing", rationale="because", files={"target/train.py": text})
+
+
+@pytest.fixture
+def forge(research_repo):
+    f = LocalForge(research_repo)
+    f.ensure_champion()
+    return f
+
+
+def test_champion_is_created_from_head_once(research_repo):
+    forge = LocalForge(research_repo)
+    head = research_repo.head.commit.hexsha
+    assert forge.ensure_champion() == head
+    research_repo.index.commit("later work on main")
+    assert forge.ensure_champion() == head  # an existing champion is never moved by start-up
+
+
+def test_refuses_to_run_with_champion_checked_out(research_repo):
+    forge = LocalForge(research_repo)
+    forge.ensure_champion()
+    research_repo.git.switch("champion")
+    with pytest.raises(ForgeError, match="check out another branch"):
+        forge.ensure_champion()
+
+
+def test_open_experiment_makes_commit_note_and_branch_without_touching_worktree(forge, research_repo):
+    before = research_repo.git.status("--porcelain")
+    text = (research_repo.working_tree_dir + "/target/train.py")
+    new = open(text).read() + "\n# changed\n"
+    rec = forge.open_experiment(proposal(new), forge.champion(), started_at="t")
+    assert rec.id == "exp-1" and rec.branch == "arbot/exp-1"
+    commit = research_repo.commit("arbot/exp-1")
+    assert commit.hexsha == rec.commit and commit.parents[0].hexsha == forge.champion()
+    assert (commit.tree / "target/train.py").data_stream.read().decode() == new
+    assert commit.stats.files.keys() == {"target/train.py"}
+    assert "Experiment: exp-1" in commit.message and "Proposer: test" in commit.message
+    assert research_repo.git.status("--porcelain") == before
+    assert [r.id for r in forge.experiments()] == ["exp-1"]
+    assert forge.next_number() == 2
+
+
+def test_promote_merges_with_trailers_and_moves_champion(forge, research_repo):
+    old = forge.champion()
+    rec = forge.open_experiment(proposal("print('x')\n"), old, started_at="t")
+    rec.runs = [RunResult(status="ok", commit=rec.commit, metrics={"val_bpb": 3.2}, evaluator_fingerprint="abc")]
+    d = Decision(verdict="win", rule="margin", reason="r", champion_mean=3.3, candidate_mean=3.2, effect=0.1,
+                 champion_runs=1, candidate_runs=1)
+    merge = forge.promote(rec, trailers_for(rec, d, "abc"))
+    assert forge.champion() == merge
+    c = research_repo.commit(merge)
+    assert [p.hexsha for p in c.parents] == [old, rec.commit]
+    trailers = research_repo.git.log("-1", "--format=%(trailers)", merge)
+    for line in ("Experiment: exp-1", "Metric: val_bpb=3.2000", "Baseline: val_bpb=3.3000", "Delta: -0.1000",
+                 "Proposer: test", "Evaluator: abc"):
+        assert line in trailers
+    assert forge.champion_log()[0][1]["Experiment"] == "exp-1"
+    assert forge.merged(rec)
+
+
+def test_promote_refuses_a_stale_measurement(forge, research_repo):
+    a = forge.open_experiment(proposal("a = 1\n"), forge.champion(), started_at="t")
+    b = forge.open_experiment(proposal("b = 1\n"), forge.champion(), started_at="t")
+    d = Decision(verdict="win", rule="margin", reason="r")
+    forge.promote(a, trailers_for(a, d, None))
+    with pytest.raises(ForgeError, match="was measured against"):
+        forge.promote(b, trailers_for(b, d, None))
+
+
+def test_notes_round_trip_both_record_kinds(forge):
+    champ = ChampionRecord(commit=forge.champion(), runs=[RunResult(status="ok", commit=forge.champion(), metrics={"val_bpb": 3.0})])
+    forge.save(champ)
+    assert forge.champion_record(forge.champion()) == champ
+    rec = forge.open_experiment(proposal("x = 2\n"), forge.champion(), started_at="t")
+    rec.runs.append(RunResult(status="crash", commit=rec.commit, reason="boom", log_tail="Traceback"))
+    forge.save(rec)
+    assert forge.experiments()[0].runs[0].log_tail == "Traceback"
+    # Notes are real git notes under refs/notes/arbot.
+    assert "boom" in forge.repo.git.notes("--ref=arbot", "show", rec.commit)
+
+
+def test_a_proposal_that_changes_nothing_makes_no_branch(forge, research_repo):
+    same = (research_repo.commit(forge.champion()).tree / "target/train.py").data_stream.read().decode()
+    with pytest.raises(ForgeError, match="changes nothing"):
+        forge.open_experiment(proposal(same), forge.champion(), started_at="t")
+    assert forge.experiments() == [] and not [h for h in research_repo.heads if h.name.startswith("arbot/")]

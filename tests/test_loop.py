@@ -1,0 +1,88 @@
+"""The research loop end to end on a real repository and the real target: win, crash, timeout, rejection."""
+
+from pathlib import Path
+
+import pytest
+
+from bot.config import load_config
+from bot.forges.local import LocalForge
+from bot.knobs import find_knobs, set_knobs
+from bot.loop import Loop, export_results
+from bot.policy import make_policy
+from bot.records import Proposal
+from runner.job import Runner
+
+from .conftest import make_repo, tiny_config
+
+def SLOW_LR(s):
+    """A champion with lots of room to improve."""
+    return set_knobs(s, {"LEARNING_RATE": 1e-6})
+
+
+class ScriptedProposer:
+    """Proposes the given edits of target/train.py in order (tests only)."""
+
+    name = "scripted"
+
+    def __init__(self, *edits):
+        self.edits = list(edits)
+
+    def propose(self, ctx):
+        hypothesis, edit = self.edits.pop(0)
+        files = edit(dict(ctx.files))
+        return Proposal(proposer=self.name, hypothesis=hypothesis, files=files)
+
+
+def script_edit(fn):
+    return lambda files: {**files, "target/train.py": fn(files["target/train.py"])}
+
+
+def after_knobs(code):
+    """Insert code right after the last knob of train.py."""
+    def edit(s):
+        lines = s.splitlines(keepends=True)
+        last = find_knobs(s)[-1].line
+        return "".join(lines[:last] + [code + "\n"] + lines[last:])
+    return edit
+
+
+@pytest.mark.slow
+def test_loop_wins_crashes_times_out_and_rejects(tmp_path):
+    cfg = tiny_config(target={"grace_seconds": 12})
+    repo = make_repo(tmp_path / "r", cfg, script_edit=SLOW_LR)
+    config = load_config(Path(repo.working_tree_dir) / "arbot.yml")
+    forge = LocalForge(repo)
+    forge.ensure_champion()
+    start = forge.champion()
+    proposer = ScriptedProposer(
+        ("Raise LEARNING_RATE to 3e-3", script_edit(lambda s: set_knobs(s, {"LEARNING_RATE": 3e-3}))),
+        ("Crash on purpose", script_edit(after_knobs("raise RuntimeError('boom: candidate crashed')"))),
+        ("Sleep past the budget", script_edit(after_knobs("import time; time.sleep(600)"))),
+        ("Edit the evaluator", lambda files: {**files, "evaluator/score.py": "BROKEN = True\n"}),
+    )
+    loop = Loop(forge, Runner(repo, config.target, config.evaluator), proposer, make_policy(config.policy),
+                config.target.allowed_paths, config.target.script)
+    loop.measure_champion()
+    recs = [loop.step() for _ in range(4)]
+
+    win, crash, timeout, rejected = recs
+    assert [r.decision.verdict for r in recs] == ["win", "crash", "timeout", "rejected"]
+    # The win is merged with trailers; the others never reach champion but stay reachable on their branches.
+    assert forge.champion() == win.merged_as
+    assert repo.commit(win.merged_as).parents[0].hexsha == start
+    trailers = repo.git.log("-1", "--format=%(trailers)", "champion")
+    assert "Experiment: exp-1" in trailers and "Metric: val_bpb=" in trailers and "Evaluator: " in trailers
+    for rec in (crash, timeout, rejected):
+        assert not forge.merged(rec)
+        assert repo.commit(rec.branch).hexsha == rec.commit
+    assert "boom: candidate crashed" in crash.runs[0].log_tail
+    assert timeout.runs[0].status == "timeout" and "budget" in timeout.runs[0].reason
+    assert rejected.runs[0].train_seconds is None  # rejected before any training
+    assert "evaluator/score.py" in rejected.runs[0].reason
+    # Later experiments were measured against the new champion.
+    assert crash.parent == win.merged_as
+
+    export_results(forge, tmp_path / "results.tsv")
+    lines = (tmp_path / "results.tsv").read_text().splitlines()
+    assert lines[0].startswith("commit\tval_bpb\tmemory_gb\tstatus\tdescription\t")
+    assert [ln.split("\t")[3] for ln in lines[1:]] == ["keep", "crash", "timeout", "rejected"]
