@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # not a multi-GB CUDA build; on a GPU machine install your CUDA torch into .venv first.
 TORCH ?= torch==2.13.0
 
-.PHONY: run test test-fast clean-venv
+.PHONY: run test test-slow clean-venv
 
 $(BIN)/arbot: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,11 +17,12 @@ $(BIN)/arbot: pyproject.toml
 run: $(BIN)/arbot
 	$(BIN)/arbot run $(ARGS)
 
+# The default suite (a few minutes on 2 cores); `make test-slow` runs the long end-to-end tests, CI runs both.
 test: $(BIN)/arbot
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
-
-test-fast: $(BIN)/arbot
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-slow: $(BIN)/arbot
+	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

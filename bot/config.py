@@ -62,12 +62,48 @@ class RunConfig(Strict):
     results_file: str = Field("results.tsv", description="where `arbot run` exports the experiment table")
 
 
+class GitHubAuthConfig(Strict):
+    """How the bot authenticates: a GitHub App installation (check runs) or, failing that, a token (commit statuses)."""
+
+    token_env: str = Field(
+        "ARBOT_GITHUB_TOKEN",
+        description="environment variable holding a personal access token; never the Actions GITHUB_TOKEN "
+        "(events made with it start no workflows)",
+    )
+    app_id: int | None = Field(None, description="GitHub App id; with private_key_path and installation_id, App auth is used")
+    private_key_path: str | None = Field(None, description="path to the App's private key (PEM)")
+    installation_id: int | None = Field(None, description="the App's installation id on the repository's owner")
+
+    @property
+    def is_app(self) -> bool:
+        return self.app_id is not None and self.private_key_path is not None and self.installation_id is not None
+
+
+class GitHubConfig(Strict):
+    """GitHub mode: one PR per experiment, evaluated by a workflow on a GPU runner, decided by the bot."""
+
+    repo: str | None = Field(None, pattern=r"^[\w.-]+/[\w.-]+$", description="owner/name of the repository")
+    base_url: str = Field(
+        "https://api.github.com", description="REST API root: https://api.github.com or https://HOST/api/v3 (GHE)"
+    )
+    auth: GitHubAuthConfig = Field(default_factory=GitHubAuthConfig)
+    webhook_secret_env: str = Field("ARBOT_WEBHOOK_SECRET", description="environment variable holding the webhook secret")
+    state_path: str = Field(".arbot/server.sqlite", description="the server's SQLite state (handled deliveries, budget)")
+    max_in_flight: int = Field(1, ge=1, description="experiments open at once (one per GPU runner)")
+    experiments_per_day: int | None = Field(None, ge=0, description="stop proposing after this many experiments a day (UTC)")
+    runner_minutes_per_day: float | None = Field(
+        None, ge=0, description="stop proposing after the runners used this many minutes a day (UTC)"
+    )
+    paused: bool = Field(False, description="when true the bot decides open PRs but proposes nothing new")
+
+
 class Config(Strict):
     target: TargetConfig = Field(default_factory=TargetConfig)
     evaluator: EvaluatorConfig = Field(default_factory=EvaluatorConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
     run: RunConfig = Field(default_factory=RunConfig)
+    github: GitHubConfig = Field(default_factory=GitHubConfig)
 
 
 class ConfigError(ValueError):

@@ -345,12 +345,13 @@ class NoiseAwarePolicy:
 
         # --- screen: one run
         if nc == 1:
-            if effect < -c.screen_sigmas * sd_h:
+            bar = c.screen_sigmas + (c.simplification_tolerance if simplification else 0.0)
+            if effect < -bar * sd_h:
                 return final(
                     "loss",
                     "screen",
                     f"First run {m} {ca:.4f} is worse than the champion mean {ch:.4f} by {-effect:.4g}, "
-                    f"more than {c.screen_sigmas:g} x noise sd {sd_h:.4g}.",
+                    f"more than {bar:g} x noise sd {sd_h:.4g}.",
                 )
             return ask_next(
                 f"First run {m} {ca:.4f} vs champion {ch:.4f} (improvement {effect:.4g}, noise sd {sd_h:.4g}): promising, confirming."
@@ -358,14 +359,14 @@ class NoiseAwarePolicy:
 
         # --- simplification: statistically no worse after simplification_runs runs
         if simplification and nc >= c.simplification_runs:
-            t_w, p_w, _, kind = self._test(cand, champ, 0.0)  # H1: candidate worse (metric higher)
+            _, p_w, _, _ = self._test(cand, champ, 0.0)  # H1: candidate worse (metric higher)
             if effect >= -c.simplification_tolerance * sd and p_w > c.alpha:
                 return final(
                     "win",
                     "simplification",
                     f"Removes code; {m} {ca:.4f} over {nc} runs is no worse than the champion's {ch:.4f} "
                     f"(difference {effect:.4g}, within {c.simplification_tolerance:g} x noise sd {sd:.4g}; "
-                    f"p(worse)={1 - p_w:.3g}).",
+                    f"one-sided p={p_w:.3g} for 'worse' > {c.alpha:g}).",
                     p=p_w,
                 )
 
@@ -389,7 +390,7 @@ class NoiseAwarePolicy:
                 p=p,
             )
         t0 = (effect / se) if se > 0 else (math.inf if effect > 0 else -math.inf if effect < 0 else 0.0)
-        if t0 < c.futility_sigmas:
+        if t0 < c.futility_sigmas and not (simplification and nc < c.simplification_runs):
             return final(
                 "loss",
                 "futility",

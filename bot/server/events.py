@@ -1,0 +1,154 @@
+"""What a verified event asks the bot to do, decided without I/O.
+
+`route(event, ...)` maps a webhook to one action object (or an `Ignored` that says why). The worker that
+executes actions (decide with the policy, merge, update stale PRs, propose the next experiment) is the
+part of GitHub mode that talks to GitHub; keeping this mapping pure keeps it exhaustively testable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Union
+
+from bot.server.webhooks import Event
+
+EVALUATE_CHECK = "arbot/evaluate"
+VERDICT_CHECK = "arbot/verdict"
+COMMANDS = ("pause", "resume", "rerun")
+# author_association values that can hold write access; the worker still asks GitHub for the permission.
+MAYBE_WRITERS = {"OWNER", "MEMBER", "COLLABORATOR"}
+
+
+@dataclass(frozen=True)
+class Evaluated:
+    """The evaluation of a PR head finished: decide it with the policy and post arbot/verdict."""
+
+    pr: int | None  # None when the check run lists no PR (a fork, or a PR closed meanwhile): look it up by sha
+    head_sha: str
+    conclusion: str | None
+    source: Literal["check_run", "status", "workflow_run"]
+
+
+@dataclass(frozen=True)
+class Command:
+    """`/arbot pause|resume|rerun` in a comment; only users with write access may give it (the worker checks)."""
+
+    command: Literal["pause", "resume", "rerun"]
+    issue: int
+    is_pr: bool
+    user: str
+    association: str
+
+
+@dataclass(frozen=True)
+class PullRequestClosed:
+    """An experiment PR closed: when merged, champion moved, so stale PRs are updated and the next is proposed."""
+
+    pr: int
+    merged: bool
+    head_ref: str
+    merge_sha: str | None
+
+
+@dataclass(frozen=True)
+class ChampionMoved:
+    """A push to the champion branch (by a merge or by hand)."""
+
+    before: str
+    after: str
+
+
+@dataclass(frozen=True)
+class Ping:
+    zen: str
+
+
+@dataclass(frozen=True)
+class Ignored:
+    reason: str
+
+
+Action = Union[Evaluated, Command, PullRequestClosed, ChampionMoved, Ping, Ignored]
+
+
+def parse_command(body: str) -> str | None:
+    """The arbot command of a comment: its first line `/arbot <command>`, else None."""
+    first = (body or "").strip().splitlines()[0].strip() if (body or "").strip() else ""
+    parts = first.split()
+    if len(parts) >= 2 and parts[0] == "/arbot" and parts[1] in COMMANDS:
+        return parts[1]
+    return None
+
+
+def route(event: Event, repo: str | None = None, champion_branch: str = "champion",
+          label: str = "arbot", bot_login: str | None = None) -> Action:
+    """The action for one event. `repo` (owner/name) limits the bot to its repository."""
+    p = event.payload
+    if event.name == "ping":
+        return Ping(zen=p.get("zen", ""))
+    if repo and event.repo and event.repo.lower() != repo.lower():
+        return Ignored(f"event for {event.repo}, not {repo}")
+
+    if event.name == "check_run":
+        run = p.get("check_run") or {}
+        if event.action != "completed":
+            return Ignored(f"check_run.{event.action}")
+        if run.get("name") != EVALUATE_CHECK:
+            return Ignored(f"check run {run.get('name')!r} is not {EVALUATE_CHECK}")
+        prs = [pr for pr in run.get("pull_requests") or []
+               if (pr.get("base") or {}).get("ref") == champion_branch]
+        return Evaluated(pr=prs[0]["number"] if prs else None, head_sha=run.get("head_sha", ""),
+                         conclusion=run.get("conclusion"), source="check_run")
+
+    if event.name == "status":
+        if p.get("context") != EVALUATE_CHECK:
+            return Ignored(f"status {p.get('context')!r} is not {EVALUATE_CHECK}")
+        if p.get("state") == "pending":
+            return Ignored("status pending")
+        return Evaluated(pr=None, head_sha=p.get("sha", ""), conclusion=p.get("state"), source="status")
+
+    if event.name == "workflow_run":
+        run = p.get("workflow_run") or {}
+        if event.action != "completed":
+            return Ignored(f"workflow_run.{event.action}")
+        if run.get("event") != "pull_request":
+            return Ignored(f"workflow run for {run.get('event')}")
+        prs = [pr for pr in run.get("pull_requests") or [] if (pr.get("base") or {}).get("ref") == champion_branch]
+        return Evaluated(pr=prs[0]["number"] if prs else None, head_sha=run.get("head_sha", ""),
+                         conclusion=run.get("conclusion"), source="workflow_run")
+
+    if event.name == "issue_comment":
+        if event.action != "created":
+            return Ignored(f"issue_comment.{event.action}")
+        comment = p.get("comment") or {}
+        user = (comment.get("user") or {}).get("login", "")
+        if bot_login and user == bot_login:
+            return Ignored("the bot's own comment")
+        command = parse_command(comment.get("body", ""))
+        if command is None:
+            return Ignored("not an /arbot command")
+        association = comment.get("author_association", "NONE")
+        if association not in MAYBE_WRITERS:
+            return Ignored(f"/arbot {command} from {user} ({association}), who has no write access")
+        issue = p.get("issue") or {}
+        return Command(command=command, issue=issue.get("number", 0), is_pr="pull_request" in issue,
+                       user=user, association=association)
+
+    if event.name == "pull_request":
+        pr = p.get("pull_request") or {}
+        if (pr.get("base") or {}).get("ref") != champion_branch:
+            return Ignored(f"pull request into {(pr.get('base') or {}).get('ref')}, not {champion_branch}")
+        if label not in {lab.get("name") for lab in pr.get("labels") or []}:
+            return Ignored(f"pull request without the {label!r} label")
+        if event.action == "closed":
+            return PullRequestClosed(pr=pr.get("number", p.get("number", 0)), merged=bool(pr.get("merged")),
+                                     head_ref=(pr.get("head") or {}).get("ref", ""),
+                                     merge_sha=pr.get("merge_commit_sha"))
+        return Ignored(f"pull_request.{event.action}: the evaluate workflow handles it")
+
+    if event.name == "push":
+        if p.get("ref") != f"refs/heads/{champion_branch}":
+            return Ignored(f"push to {p.get('ref')}")
+        return ChampionMoved(before=p.get("before", ""), after=p.get("after", ""))
+
+    return Ignored(f"event {event.name} is not handled")

@@ -1,0 +1,73 @@
+"""`arbot` as a user runs it: a real subprocess on a real repository."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bot.forges.local import LocalForge
+
+ARBOT = [sys.executable, "-m", "bot"]
+
+
+def arbot(repo, *args, **kw):
+    return subprocess.run([*ARBOT, *args, "--repo", repo.working_tree_dir], capture_output=True, text=True, **kw)
+
+
+@pytest.mark.slow
+def test_interrupted_run_resumes_without_lost_or_duplicated_experiments(research_repo):
+    forge = LocalForge(research_repo)
+    proc = subprocess.Popen([*ARBOT, "run", "-n", "3", "--repo", research_repo.working_tree_dir],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 180
+    while not any(h.name == "arbot/exp-1" for h in research_repo.heads):  # exp-1 exists: it is being trained now
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out
+    assert "resumes" in out
+    [pending] = forge.experiments()
+    assert pending.decision is None
+
+    again = arbot(research_repo, "run", "-n", "1", timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    [done] = forge.experiments()
+    assert done.id == "exp-1" and done.commit == pending.commit and done.decision is not None
+    assert len({r.seed for r in done.runs}) == len(done.runs)  # no run repeated
+
+    third = arbot(research_repo, "run", "-n", "1", timeout=300)
+    assert third.returncode == 0, third.stdout + third.stderr
+    assert [r.id for r in forge.experiments()] == ["exp-1", "exp-2"]
+    tsv = (Path(research_repo.working_tree_dir) / "results.tsv").read_text().splitlines()
+    assert len(tsv) == 3 and all(line.split("\t")[3] in {"keep", "discard", "crash", "timeout", "rejected"} for line in tsv[1:])
+
+
+def test_bad_config_is_one_clear_line(research_repo):
+    (Path(research_repo.working_tree_dir) / "arbot.yml").write_text("target:\n  budget_seconds: soon\n")
+    r = arbot(research_repo, "status")
+    assert r.returncode == 2
+    assert "target.budget_seconds" in r.stdout and "Traceback" not in r.stdout + r.stderr
+
+
+def test_status_and_log_before_any_run(research_repo):
+    r = arbot(research_repo, "status")
+    assert r.returncode == 0 and "arbot run` creates it" in r.stdout
+
+
+@pytest.mark.slow
+def test_evaluate_prints_a_result_record(research_repo):
+    r = arbot(research_repo, "evaluate", "HEAD", "--json", timeout=300)
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert result["status"] == "ok" and 0 < result["metrics"]["val_bpb"] < 8.5
+    assert result["commit"] == research_repo.head.commit.hexsha
+    for key in ("seed", "steps", "tokens", "train_seconds", "total_seconds", "peak_memory_gb", "device",
+                "evaluator_fingerprint"):
+        assert result[key] is not None, key
