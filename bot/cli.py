@@ -13,13 +13,15 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from bot.audit import audit_win, regression_rate, revert_win
 from bot.bench.cli import bench_app
 from bot.config import CONFIG_FILE, Config, ConfigError, load_config
 from bot.forges.local import ForgeError, LocalForge
-from bot.loop import ChampionBroken, Loop, export_results
+from bot.loop import ChampionBroken, Loop, export_results, now
 from bot.policy import make_policy
 from bot.proposers.base import ProposalError
-from bot.proposers.search import SearchProposer
+from bot.proposers.factory import make_proposer
+from bot.proposers.failures import ProposalRejected, SpendCapReached, failed_proposals
 from bot.records import ExperimentRecord, ok_metric
 from bot.results import row
 from runner.job import EvaluatorError, Runner
@@ -83,6 +85,8 @@ def run(
     budget: Optional[float] = typer.Option(None, "--budget", min=0.1, help="training seconds per run (overrides target.budget_seconds)"),
     config: Optional[Path] = typer.Option(None, "--config", help=f"config file (default: {CONFIG_FILE} at the repo root)"),
     repo: Path = typer.Option(Path("."), "--repo", help="the git repository to research in"),
+    proposer: Optional[str] = typer.Option(None, "--proposer", help="search or llm (overrides run.proposer)"),
+    model: Optional[str] = typer.Option(None, "--model", help="the LLM proposer's model (overrides llm.model)"),
 ):
     """Run the research loop on this repository: propose, train, evaluate, promote wins into `champion`."""
     with clear_errors():
@@ -93,17 +97,33 @@ def run(
         p.forge.ensure_champion()
         progress = Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
                             TextColumn("{task.fields[loss]}"), console=console, transient=True)
-        loop = Loop(p.forge, p.runner, SearchProposer(p.config.search, pinned=p.config.target.overrides), make_policy(p.config.policy),
+        maker = make_proposer(p.config, p.repo, proposer, model, sandbox=getattr(p.runner, "sandbox", None))
+        if hasattr(maker, "check"):
+            maker.check()  # an unreachable endpoint fails here, before any training
+        loop = Loop(p.forge, p.runner, maker, make_policy(p.config.policy),
                     p.config.target.allowed_paths, p.config.target.script,
                     on_run=RunDisplay(progress, p.config.target.budget_seconds))
         done: list[ExperimentRecord] = []
+        refused = streak = 0  # proposals that failed the validation cascade: recorded, no branch, count as attempts
         results = p.root / p.config.run.results_file
         try:
             with progress:
                 start = loop.measure_champion()
                 console.print(f"champion {start.commit[:7]}: {champion_summary(start.runs)}")
-                while limit is None or len(done) < limit:
-                    rec = loop.step()
+                while limit is None or len(done) + refused < limit:
+                    try:
+                        rec = loop.step()
+                    except SpendCapReached as e:
+                        console.print(f"[yellow]stopped proposing[/]: {e}")
+                        break
+                    except ProposalRejected as e:
+                        refused, streak = refused + 1, streak + 1
+                        console.print(f"[red]proposal refused[/] (no branch made): {e}")
+                        if streak >= MAX_REFUSED:
+                            console.print(f"[yellow]stopped[/]: {streak} proposals in a row were refused")
+                            break
+                        continue
+                    streak = 0
                     done.append(rec)
                     console.print(describe(rec))
                     export_results(p.forge, results)
@@ -115,6 +135,9 @@ def run(
         end = p.forge.champion_record(p.forge.champion())
         console.print(f"champion {start.commit[:7]} -> {end.commit[:7]}: {champion_summary(start.runs)} -> "
                       f"{champion_summary(end.runs)}; results in {results}")
+
+
+MAX_REFUSED = 5  # stop after this many refused proposals in a row
 
 
 def champion_summary(runs) -> str:
@@ -148,6 +171,17 @@ def log(repo: Path = typer.Option(Path("."), "--repo"), config: Optional[Path] =
                             t.get("Delta", ""), t.get("Rule", ""), t.get("Proposer", ""))
         console.print(history)
         console.print(experiment_table(p.forge.experiments()))
+        refused = failed_proposals(p.repo)
+        if refused:
+            table = Table(title="refused proposals (no branch)")
+            for col in ("at", "champion", "proposer", "stage", "answers", "cost", "hypothesis / reason"):
+                table.add_column(col)
+            for f in refused:
+                tokens = f.cost.prompt_tokens + f.cost.completion_tokens
+                table.add_row(f.at, f.champion[:7], f"{f.proposer} {f.model}".strip(), f.stage, str(len(f.attempts)),
+                              f"{tokens} tok ${f.cost.usd:.4f}",
+                              "\n".join(x for x in (f.hypothesis, f.reason.splitlines()[0][:200]) if x))
+            console.print(table)
 
 
 @app.command()
@@ -165,10 +199,23 @@ def status(repo: Path = typer.Option(Path("."), "--repo"), config: Optional[Path
         for r in recs:
             key = r.decision.verdict if r.decision else "unfinished"
             counts[key] = counts.get(key, 0) + 1
-        console.print(f"champion {sha[:7]}: {champion_summary(p.forge.champion_record(sha).runs)}")
+        console.print(f"champion {sha[:7]}: {champion_summary(p.forge.champion_record(sha).runs)} (noise floor)")
         console.print(f"experiments: {len(recs)} " + " ".join(f"{k}={v}" for k, v in sorted(counts.items())))
-        runner_seconds = sum(r.total_seconds for rec in recs for r in rec.runs)
-        console.print(f"runner seconds: {runner_seconds:.0f}")
+        for line in cost_lines(p.forge, recs):
+            console.print(line)
+
+
+def cost_lines(forge: LocalForge, recs: list[ExperimentRecord]) -> list[str]:
+    """Runner time and LLM spend, in total and per promoted win; the audited regression rate."""
+    champion_runs = [r for sha in {rec.parent for rec in recs} for r in forge.champion_record(sha).runs]
+    seconds = sum(r.total_seconds for rec in recs for r in rec.runs) + sum(r.total_seconds for r in champion_runs)
+    spend = sum(rec.proposal.cost.usd for rec in recs)
+    wins = sum(1 for rec in recs if rec.merged_as)
+    per_win = f"{seconds / wins:.0f} runner-s" + (f", ${spend / wins:.4f} LLM" if spend else "") if wins else "no wins yet"
+    rate, audited = regression_rate(recs)
+    regression = f"{rate:.0%} of {audited} audited wins did not replicate" if audited else "no win audited yet (arbot audit)"
+    return [f"runner seconds: {seconds:.0f}" + (f", LLM spend: ${spend:.4f}" if spend else ""),
+            f"cost per confirmed improvement: {per_win}", f"regression rate: {regression}"]
 
 
 @app.command()
@@ -200,3 +247,102 @@ def evaluate(
             console.print_json(result.model_dump_json())
         raise typer.Exit(0 if result.ok else 1)
 
+
+def find_experiment(p: Project, experiment_id: str) -> ExperimentRecord:
+    rec = next((r for r in p.forge.experiments() if r.id == experiment_id), None)
+    if rec is None:
+        raise ConfigError(f"no experiment {experiment_id!r}; `arbot log` lists them")
+    return rec
+
+
+@app.command()
+def audit(
+    experiments: Optional[list[str]] = typer.Argument(None, help="wins to audit (default: every merged win)"),
+    runs: int = typer.Option(3, "--runs", min=2, help="fresh seeds per side"),
+    alpha: float = typer.Option(0.05, "--alpha", help="one-sided significance a replication must reach"),
+    repo: Path = typer.Option(Path("."), "--repo"),
+    config: Optional[Path] = typer.Option(None, "--config"),
+):
+    """Re-run merged wins against their parents with fresh seeds; report which replicate (the regression rate)."""
+    with clear_errors():
+        p = Project(repo, config)
+        wins = [find_experiment(p, e) for e in experiments] if experiments else \
+            [r for r in p.forge.experiments() if r.merged_as and not r.reverted_as]
+        progress = Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                            TextColumn("{task.fields[loss]}"), console=console, transient=True)
+        with progress:
+            for rec in wins:
+                a = audit_win(p.forge, p.runner, rec, runs, alpha, at=now(),
+                              on_run=RunDisplay(progress, p.config.target.budget_seconds))
+                verdict = "[green]replicates[/]" if a.replicates else "[red]does not replicate[/]"
+                effect = f"effect {a.effect:+.4f}, p={a.p_value:.3g}" if a.effect is not None else a.note
+                console.print(f"{rec.id} {rec.proposal.hypothesis}: {verdict} ({effect}; seeds {a.seeds})")
+        rate, audited = regression_rate(p.forge.experiments())
+        if audited:
+            console.print(f"regression rate: {rate:.0%} of {audited} audited wins")
+
+
+@app.command()
+def revert(
+    experiment: str = typer.Argument(..., help="the merged win to roll back, e.g. exp-3"),
+    reason: str = typer.Option("reverted by hand", "--reason", help="recorded in the Reason: trailer"),
+    repo: Path = typer.Option(Path("."), "--repo"),
+    config: Optional[Path] = typer.Option(None, "--config"),
+):
+    """Roll a win back on champion with a revert commit carrying trailers (Experiment, Reverts, Reason)."""
+    with clear_errors():
+        p = Project(repo, config)
+        try:
+            sha = revert_win(p.forge, find_experiment(p, experiment), reason)
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
+        console.print(f"{experiment} reverted: {p.config.run.champion_branch} is now {sha[:7]}; "
+                      "the next `arbot run` measures it")
+
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (0.0.0.0 behind a proxy)"),
+    port: int = typer.Option(8000, "--port", min=0, max=65535),
+    repo: Path = typer.Option(Path("."), "--repo"),
+    config: Optional[Path] = typer.Option(None, "--config"),
+):
+    """GitHub mode: the webhook server (POST /webhook, GET /healthz); the secret comes from ARBOT_WEBHOOK_SECRET."""
+    from bot.server.run import serve as run_server
+
+    with clear_errors():
+        try:
+            root = Path(git.Repo(repo, search_parent_directories=True).working_tree_dir)
+        except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+            root = repo.resolve()
+        cfg = load_config(config or root / CONFIG_FILE)
+        run_server(cfg, root, host, port)
+
+
+@app.command()
+def setup(
+    owner: Optional[str] = typer.Option(None, "--owner", help="CODEOWNERS owner of evaluator/ and .github/ (e.g. @org/team); writes .github/CODEOWNERS in this clone"),
+    repo: Path = typer.Option(Path("."), "--repo"),
+    config: Optional[Path] = typer.Option(None, "--config"),
+):
+    """GitHub mode: create `champion`, the labels and the branch protection (requires arbot/verdict); idempotent."""
+    from github import GithubException
+
+    from bot.github.forge import GitHubForgeError, connect
+    from bot.github.setup import run_setup
+
+    with clear_errors():
+        try:
+            root = Path(git.Repo(repo, search_parent_directories=True).working_tree_dir)
+        except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+            root = repo.resolve()
+        cfg = load_config(config or root / CONFIG_FILE)
+        try:
+            forge = connect(cfg.github, champion_branch=cfg.run.champion_branch, branch_prefix=cfg.run.branch_prefix)
+            for line in run_setup(forge, root, owner):
+                console.print(line)
+        except GitHubForgeError as e:
+            raise ConfigError(str(e)) from e
+        except GithubException as e:
+            raise ConfigError(f"GitHub answered {e.status}: {e.data}; check github.repo, base_url and the credentials") from e

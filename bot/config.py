@@ -34,6 +34,30 @@ class TargetConfig(Strict):
         default_factory=dict, description="knob values passed to train.py with --set (scale the model to a GPU)"
     )
     threads: int = Field(0, ge=0, description="CPU threads for training and evaluation; 0 = all cores")
+    sandbox: Literal["auto", "require", "off"] = Field(
+        "auto",
+        description="train inside bubblewrap: 'auto' uses it when it starts (else warns and records sandbox: none), "
+        "'require' refuses to run without it, 'off' never uses it (trusted code only)",
+    )
+    sandbox_uid: int = Field(65534, ge=1, description="uid and gid a root runner drops to inside the sandbox")
+    memory_gb: float | None = Field(
+        None, gt=0, description="memory limit of each training process (RLIMIT_DATA), in GiB; none = 75% of RAM"
+    )
+    max_processes: int = Field(
+        2048, ge=16, description="processes and threads the training may have (RLIMIT_NPROC; per uid, so shared by parallel runs)"
+    )
+    max_file_gb: float = Field(2.0, gt=0, description="largest file the training may write, in GiB")
+    review_flagged: bool = Field(
+        True,
+        description="a win whose diff inspection raised flags (timing, seeding, file/network I/O, subprocesses, "
+        "environment, ...) waits for a human to approve it instead of merging",
+    )
+    holdout_max_gap: float | None = Field(
+        0.01,
+        ge=0,
+        description="a win is confirmed with one run scored on val and holdout; it is rejected when its relative gap "
+        "(holdout_bpb - val_bpb) / val_bpb exceeds the champion's by more than this; none = no holdout check",
+    )
 
 
 class EvaluatorConfig(Strict):
@@ -54,8 +78,49 @@ class SearchConfig(Strict):
     exclude: list[str] = Field(default_factory=list, description="knobs the search never changes")
 
 
+class LLMPrices(Strict):
+    prompt: float = Field(0.0, ge=0, description="USD per 1M prompt (input) tokens")
+    completion: float = Field(0.0, ge=0, description="USD per 1M completion (output) tokens")
+
+
+class SmokeConfig(Strict):
+    """The CPU smoke run every LLM candidate must pass before it becomes an experiment."""
+
+    enabled: bool = Field(True, description="run the candidate for a few steps on the CPU before any branch exists")
+    budget_seconds: float = Field(1.0, gt=0, description="training seconds of the smoke run")
+    timeout_seconds: float = Field(120.0, gt=0, description="wall-clock limit of the smoke run, start-up and export included")
+    overrides: dict[str, float | int] = Field(
+        default_factory=lambda: {"DEPTH": 1, "N_EMBD": 32, "N_HEAD": 2, "SEQ_LEN": 32, "BATCH_SIZE": 4},
+        description="knob values for the smoke run (a tiny model); knobs the candidate lacks are skipped",
+    )
+    threads: int = Field(1, ge=0, description="CPU threads of the smoke run; 0 = all cores")
+
+
+class LLMConfig(Strict):
+    """The LLM proposer: any OpenAI-compatible endpoint (OpenAI, Azure OpenAI, vLLM, Ollama, llama.cpp server)."""
+
+    base_url: str | None = Field(None, description="endpoint root, e.g. http://localhost:8000/v1; default $OPENAI_BASE_URL, else OpenAI")
+    model: str | None = Field(None, description="model name as the endpoint knows it (or `arbot run --model`)")
+    api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the API key (local endpoints need none)")
+    timeout_seconds: float = Field(120.0, gt=0, description="seconds to wait for one answer")
+    max_retries: int = Field(3, ge=0, description="retries of 429, 5xx and timeouts, with exponential backoff")
+    max_repairs: int = Field(2, ge=0, description="times a refused answer goes back to the model with the exact error")
+    prompt_token_budget: int = Field(24000, ge=500, description="prompt size limit (tokens estimated as characters/4); oldest history is cut first")
+    temperature: float | None = Field(None, ge=0, description="sampling temperature; none = the endpoint's default")
+    structured_output: bool = Field(False, description="ask for JSON (response_format json_schema); plain text is always accepted")
+    prices: LLMPrices = Field(default_factory=LLMPrices, description="USD per 1M tokens, for the cost records and caps")
+    max_usd_per_run: float | None = Field(None, ge=0, description="stop proposing when one `arbot run` has spent this much")
+    max_usd_per_day: float | None = Field(None, ge=0, description="stop proposing when today's (UTC) proposals cost this much")
+    smoke: SmokeConfig = Field(default_factory=SmokeConfig)
+
+
+ProposerName = Literal["search", "llm"]
+
+
 class RunConfig(Strict):
-    proposer: Literal["search"] = Field("search", description="which proposer makes experiments")
+    proposer: ProposerName | dict[ProposerName, float] = Field(
+        "search", description="which proposer makes experiments: search, llm, or a mix of weights such as {llm: 0.7, search: 0.3}"
+    )
     experiments: int | None = Field(None, ge=1, description="how many experiments `arbot run` makes; none = until interrupted")
     champion_branch: str = Field("champion", description="the branch that holds the best version")
     branch_prefix: str = Field("arbot/exp-", description="experiment branches are named <prefix><n>")
@@ -102,6 +167,7 @@ class Config(Strict):
     evaluator: EvaluatorConfig = Field(default_factory=EvaluatorConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
+    llm: LLMConfig = Field(default_factory=LLMConfig)
     run: RunConfig = Field(default_factory=RunConfig)
     github: GitHubConfig = Field(default_factory=GitHubConfig)
 

@@ -14,6 +14,7 @@ from bot.forges.local import LocalForge, trailers_for
 from bot.knobs import find_knobs
 from bot.policy import Policy
 from bot.proposers.base import ProposalContext, Proposer
+from bot.proposers.failures import ProposalRejected, save_failed_proposal
 from bot.records import ChampionRecord, Evidence, ExperimentRecord, RunResult, ok_metric
 from bot.results import results_table
 from runner.guard import forbidden_paths
@@ -41,8 +42,8 @@ class Loop:
         self.script_path = script_path
         self.on_run = on_run or (lambda label, commit, seed: None)
 
-    def _run(self, label: str, commit: str, champion: str, seed: int) -> RunResult:
-        return self.runner.run(commit, champion, seed=seed, on_progress=self.on_run(label, commit, seed))
+    def _run(self, label: str, commit: str, champion: str, seed: int, splits: tuple[str, ...] = ("val",)) -> RunResult:
+        return self.runner.run(commit, champion, seed=seed, splits=splits, on_progress=self.on_run(label, commit, seed))
 
     # --- the champion's noise floor ---------------------------------------------------------
     def measure_champion(self, runs: int | None = None) -> ChampionRecord:
@@ -68,17 +69,33 @@ class Loop:
         self.forge.ensure_branch(rec)
         if rec.decision is None:
             self._decide(rec)
-        if rec.decision.verdict == "win" and rec.merged_as is None:
+        if rec.decision.verdict == "win" and rec.merged_as is None and rec.review != "needed":
             self._promote(rec)
         return rec
 
     def _unmerged_win(self, rec: ExperimentRecord) -> bool:
-        return rec.decision is not None and rec.decision.verdict == "win" and rec.merged_as is None
+        return (rec.decision is not None and rec.decision.verdict == "win" and rec.merged_as is None
+                and rec.review != "needed")
+
+    def approve(self, experiment_id: str) -> ExperimentRecord:
+        """A human's approval of a flagged win (review: needed): merge it now."""
+        rec = next((r for r in self.forge.experiments() if r.id == experiment_id), None)
+        if rec is None or rec.review != "needed":
+            raise ValueError(f"{experiment_id} is not a win waiting for review")
+        rec.review = "approved"
+        self.forge.save(rec)
+        self._promote(rec)
+        return rec
 
     def _open(self) -> ExperimentRecord:
         champion = self.forge.champion()
         ctx = self.context(champion)
-        proposal = self.proposer.propose(ctx)
+        try:
+            proposal = self.proposer.propose(ctx)
+        except ProposalRejected as e:  # failed the validation cascade: no branch, but a durable record
+            if e.record is not None:
+                save_failed_proposal(self.forge.repo, e.record)
+            raise
         return self.forge.open_experiment(proposal, champion, started_at=now())
 
     def context(self, champion: str) -> ProposalContext:
@@ -120,8 +137,48 @@ class Loop:
             more_candidate, more_champion = decision.more_candidate_runs, decision.more_champion_runs
             if more_candidate + more_champion == 0:
                 raise RuntimeError(f"policy {self.policy.name} asked for more runs but named none: {decision}")
+        if decision.verdict == "win":
+            decision = self._confirm_holdout(rec, champion, decision)
+        flags = sorted({f.split(":", 1)[0] for r in rec.runs for f in r.flags})
+        if decision.verdict == "win" and flags and getattr(self.runner.target, "review_flagged", False):
+            rec.review = "needed"  # the verdict stands, but no automatic merge: a human approves (Loop.approve)
+            decision = decision.model_copy(update={
+                "reason": f"{decision.reason}; held for human review, the diff touches: {', '.join(flags)}"})
         rec.evidence, rec.decision, rec.finished_at = evidence, decision, now()
         self.forge.save(rec)
+
+    def _confirm_holdout(self, rec: ExperimentRecord, champion: ChampionRecord, decision):
+        """Confirm a win with one run scored on val and holdout. The relative gap (holdout_bpb - val_bpb) / val_bpb
+        is very stable across seeds of one model; one much larger than the champion's means the candidate fits
+        val itself (it has seen it): rejected."""
+        max_gap = getattr(self.runner.target, "holdout_max_gap", None)
+        if max_gap is None:
+            return decision
+
+        def gap(r: RunResult) -> float | None:
+            m = r.metrics
+            ok = r.ok and "holdout_bpb" in m and m.get("val_bpb", 0) > 0
+            return (m["holdout_bpb"] - m["val_bpb"]) / m["val_bpb"] if ok else None
+
+        both = ("val", "holdout")
+        if not [g for g in map(gap, champion.runs) if g is not None]:
+            champion.runs.append(self._run("champion", rec.parent, rec.parent, seed=len(champion.runs), splits=both))
+            self.forge.save(champion)
+        confirm = self._run(rec.id, rec.commit, rec.parent, seed=len(rec.runs), splits=both)
+        rec.runs.append(confirm)
+        self.forge.save(rec)
+        reference = [g for g in map(gap, champion.runs) if g is not None]
+        if gap(confirm) is None or not reference:
+            why = confirm.reason if not confirm.ok else "the champion's holdout could not be measured"
+            return decision.model_copy(update={"verdict": "rejected", "rule": "holdout_gap",
+                                               "reason": f"the holdout confirmation run failed: {why}"})
+        excess = gap(confirm) - sum(reference) / len(reference)
+        if excess > max_gap:
+            return decision.model_copy(update={"verdict": "rejected", "rule": "holdout_gap", "reason": (
+                f"holdout confirmation: (holdout_bpb - val_bpb) / val_bpb is {gap(confirm):+.4f}, {excess:.4f} more "
+                f"than the champion's (limit {max_gap:g}); the candidate fits val better than unseen text, so it has "
+                f"likely seen val. Was: {decision.reason}")})
+        return decision.model_copy(update={"reason": f"{decision.reason}; holdout confirmed (gap excess {excess:+.4f})"})
 
     def _evidence(self, rec: ExperimentRecord, champion: ChampionRecord) -> Evidence:
         failed = next((r for r in rec.runs if not r.ok), None)

@@ -58,6 +58,8 @@ class RunResult(BaseModel):
     evaluator_fingerprint: str | None = None
     sandbox: str = "none"
     log_tail: str = ""
+    flags: list[str] = Field(default_factory=list)  # what diff inspection found suspicious (runner.inspect)
+    model_sha256: str | None = None  # the exported model as scored (copied out of the sandbox, then hashed)
 
     @property
     def ok(self) -> bool:
@@ -97,6 +99,20 @@ class Decision(BaseModel):
         return self.verdict != "more_runs"
 
 
+class AuditRecord(BaseModel):
+    """One replication of a merged win: fresh seeds for the win and for the champion it was measured against."""
+
+    runs: int
+    seeds: list[int]
+    candidate: list[float]
+    baseline: list[float]
+    effect: float | None = None  # baseline mean - candidate mean: positive means the win held
+    p_value: float | None = None
+    replicates: bool = False
+    note: str = ""
+    at: str = ""
+
+
 class ExperimentRecord(BaseModel):
     """One experiment, win or not, as stored in git notes (refs/notes/arbot) on its commit."""
 
@@ -111,6 +127,9 @@ class ExperimentRecord(BaseModel):
     evidence: Evidence | None = None  # what the final decision was made on
     decision: Decision | None = None
     merged_as: str | None = None
+    reverted_as: str | None = None  # the champion commit that rolled this win back (arbot revert)
+    audits: list[AuditRecord] = Field(default_factory=list)
+    review: Literal["needed", "approved"] | None = None  # a flagged win waits for a human (Loop.approve)
     started_at: str = ""
     finished_at: str | None = None
 

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 from .data import SPLITS, DataError, prepare
-from .score import score
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "fingerprint":
             out = {"fingerprint": prepared.fingerprint, "split_id": prepared.split_id}
         else:
+            from .score import score  # torch is imported only when scoring
+
             out = score(args.model, prepared, names, device=args.device)
     except (DataError, ValueError, OSError) as e:
         print(f"evaluator error: {e}", file=sys.stderr)

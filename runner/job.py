@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import logging
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import tarfile
@@ -18,7 +21,14 @@ import git
 from bot.config import EvaluatorConfig, TargetConfig
 from bot.records import RunResult
 from runner.guard import changed_paths, forbidden_paths
-from runner.process import ProgressCallback, run_untrusted, scrubbed_env
+from runner.inspect import Shingles, data_overlap, inspect_change
+from runner.process import ProcessOutcome, ProgressCallback, run_untrusted, scrubbed_env
+from runner.sandbox import DEFAULT_UID, Limits, Sandbox, SandboxUnavailable, default_memory_bytes, resolve
+
+log = logging.getLogger("arbot.runner")
+MAX_MODEL_BYTES = 4 << 30  # an exported model larger than this is not copied out of the sandbox
+MAX_INSPECT_BYTES = 8 << 20  # changed files larger than this are not inspected (only flagged)
+__all__ = ["EvaluatorError", "Runner", "SandboxUnavailable", "default_cache_dir", "export_tree"]
 
 
 def default_cache_dir() -> Path:
@@ -49,6 +59,29 @@ class Runner:
         self.artifacts = artifacts
         self.cache = Path(evaluator.cache_dir) if evaluator.cache_dir else default_cache_dir()
         self._splits: dict[str, dict] = {}
+        self._shingles: dict[str, dict[str, Shingles]] = {}
+        self._sandbox: Sandbox | None = None
+
+    @property
+    def limits(self) -> Limits:
+        t = self.target
+        memory = int(t.memory_gb * 2**30) if getattr(t, "memory_gb", None) else default_memory_bytes()
+        return Limits(memory_bytes=memory or None, max_processes=getattr(t, "max_processes", None),
+                      max_file_bytes=int(getattr(t, "max_file_gb", 2.0) * 2**30))
+
+    def sandbox(self) -> Sandbox:
+        """The training sandbox per target.sandbox (probed once); warns loudly when runs go unsandboxed."""
+        if self._sandbox is None:
+            mode = getattr(self.target, "sandbox", "auto")
+            box = resolve(mode, self.limits, uid=getattr(self.target, "sandbox_uid", DEFAULT_UID))
+            if box.kind == "none":
+                msg = (f"WARNING: candidate training runs WITHOUT a sandbox ({box.note}). Untrusted code runs with "
+                       "this runner's full rights: it can read the data splits, the network and your files. "
+                       "Install bubblewrap, or set target.sandbox: require to refuse such runs.")
+                log.warning(msg)
+                print(msg, file=sys.stderr, flush=True)
+            self._sandbox = box
+        return self._sandbox
 
     def run(
         self, candidate: str, champion: str, seed: int = 0, splits: tuple[str, ...] = ("val",),
@@ -58,25 +91,60 @@ class Runner:
         candidate = self.repo.commit(candidate).hexsha
         champion = self.repo.commit(champion).hexsha
         result = RunResult(status="ok", commit=candidate, champion=champion, seed=seed)
-        bad = forbidden_paths(changed_paths(self.repo, champion, candidate), self.target.allowed_paths)
+        changed = changed_paths(self.repo, champion, candidate)
+        result.flags = self.inspect(champion, candidate, changed)
+        bad = forbidden_paths(changed, self.target.allowed_paths)
         if bad:
             result.status = "rejected"
             result.reason = (
                 f"changes paths outside the allowed ones ({', '.join(self.target.allowed_paths)}): {', '.join(bad)}"
             )
         else:
+            box = self.sandbox()
+            result.sandbox = box.kind
             with tempfile.TemporaryDirectory(prefix="arbot-run-") as tmp:
-                self._train_and_score(Path(tmp), result, splits, on_progress)
+                self._train_and_score(Path(tmp), result, splits, on_progress, box)
         result.total_seconds = round(time.monotonic() - start, 2)
         return result
 
-    def _train_and_score(self, tmp: Path, result: RunResult, splits: tuple[str, ...], on_progress) -> None:
+    def _blob(self, commit: str, path: str) -> bytes | None:
+        try:
+            return (self.repo.commit(commit).tree / path).data_stream.read()
+        except KeyError:
+            return None
+
+    def inspect(self, champion: str, candidate: str, changed: list[str]) -> list[str]:
+        """Flags for what the candidate's change touches (runner.inspect), champion version vs candidate version."""
+        before: dict[str, str | None] = {}
+        after: dict[str, str | None] = {}
+        flags: list[str] = []
+        for path in changed:
+            old, new = self._blob(champion, path), self._blob(candidate, path)
+            if max(len(old or b""), len(new or b"")) > MAX_INSPECT_BYTES:
+                flags.append(f"embedded-data: {path}: too large to inspect ({len(new or b'')} bytes)")
+                continue
+            before[path] = None if old is None else old.decode("utf-8", "surrogateescape")
+            after[path] = None if new is None else new.decode("utf-8", "surrogateescape")
+        return flags + inspect_change(before, after)
+
+    def _held_out(self, champion: str, data: dict) -> dict[str, Shingles]:
+        if champion not in self._shingles:
+            self._shingles[champion] = {name: Shingles(Path(data[name]).read_bytes()) for name in ("val", "holdout")}
+        return self._shingles[champion]
+
+    def _train_and_score(self, tmp: Path, result: RunResult, splits: tuple[str, ...], on_progress,
+                         box: Sandbox | None = None) -> None:
+        box = box or Sandbox("none", limits=self.limits)
         evaluator_dir, work, out = tmp / "trusted", tmp / "work", tmp / "work" / "out"
         for d in (evaluator_dir, work, out):
             d.mkdir(parents=True)
         export_tree(self.repo, result.champion, "evaluator", evaluator_dir)
         data = self._prepared(result.champion, evaluator_dir)
         result.evaluator_fingerprint = data["fingerprint"]
+        changed = {p: self._blob(result.commit, p) for p in changed_paths(self.repo, result.champion, result.commit)}
+        texts = {p: (b if not p.endswith(".py") else b.decode("utf-8", "surrogateescape"))
+                 for p, b in changed.items() if b is not None and len(b) <= MAX_INSPECT_BYTES}
+        result.flags += data_overlap(texts, self._held_out(result.champion, data))
 
         script = PurePosixPath(self.target.script)
         export_tree(self.repo, result.commit, str(script.parent), work)
@@ -87,23 +155,29 @@ class Runner:
                 "--device", self.target.device]
         for name, value in self.target.overrides.items():
             argv += ["--set", f"{name}={value}"]
+        box.prepare(work)
         outcome = run_untrusted(
-            argv, cwd=work / script.parent, env=scrubbed_env(work, self.target.threads),
+            box.wrap(argv, work, work / script.parent), cwd=work / script.parent, env=scrubbed_env(work, self.target.threads),
             deadline_seconds=self.target.budget_seconds + self.target.grace_seconds, on_progress=on_progress,
+            limits=box.limits,
         )
         result.train_seconds = round(outcome.wall_seconds, 2)
         result.peak_memory_gb = round(outcome.max_rss_gb, 3)
-        model = out / "model.pt2"
         if outcome.timed_out:
             result.status, result.log_tail = "timeout", outcome.log_tail
             result.reason = f"training ran past its budget of {self.target.budget_seconds:g} s plus {self.target.grace_seconds:g} s grace and was killed"
             return
-        if outcome.returncode != 0 or not model.is_file():
+        # The training process and everything it started are gone now (process group killed; in the sandbox,
+        # its pid namespace is torn down). The model is copied out and hashed: that copy is what gets scored.
+        model, why = take_file(out / "model.pt2", tmp / "model.pt2", MAX_MODEL_BYTES)
+        if outcome.returncode != 0 or model is None:
             result.status, result.log_tail = "crash", outcome.log_tail
-            result.reason = (f"training exited with code {outcome.returncode}" if outcome.returncode
-                             else "training finished without writing out/model.pt2")
+            result.reason = crash_reason(outcome, box.limits) if outcome.returncode else f"training finished without a usable out/model.pt2: {why}"
             return
-        self._read_summary(out / "summary.json", result)
+        result.model_sha256 = sha256_file(model)
+        summary, _ = take_file(out / "summary.json", tmp / "summary.json", 1 << 20)
+        if summary is not None:
+            self._read_summary(summary, result)
 
         score = self._evaluator(evaluator_dir, "score", "--model", str(model), "--cache", str(self.cache),
                                 "--splits", ",".join(splits), "--device", self.evaluator.device, allow_invalid=True)
@@ -112,7 +186,9 @@ class Runner:
             result.reason = f"the evaluator rejected the model: {score['reason']}"
             return
         result.metrics = {k: round(v, 6) for k, v in score["metrics"].items()}
-        self._keep_artifacts(out, result)
+        if result.flags:
+            result.log_tail = outcome.log_tail  # a flagged run waits for a human: show what it printed
+        self._keep_artifacts(tmp, result)
 
     def _prepared(self, champion: str, evaluator_dir: Path) -> dict:
         """The data splits as the champion's evaluator prepares them (once per champion in this process)."""
@@ -144,6 +220,7 @@ class Runner:
         return json.loads(lines[-1])
 
     def _keep_artifacts(self, out: Path, result: RunResult) -> None:
+        """Keep the scored model copy and the summary (both already copied out of the work dir)."""
         if self.artifacts is None:
             return
         dest = self.artifacts / result.commit[:12] / f"seed-{result.seed}"
@@ -151,3 +228,61 @@ class Runner:
         for name in ("model.pt2", "summary.json"):
             if (out / name).is_file():
                 shutil.copyfile(out / name, dest / name)
+
+
+def take_file(src: Path, dest: Path, max_bytes: int) -> tuple[Path | None, str]:
+    """Copy a file the candidate wrote to a trusted place: a regular file only (no symlink to a host file),
+    at most max_bytes. Returns (dest, "") or (None, why not)."""
+    try:
+        fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None, "it does not exist"
+    except OSError as e:
+        return None, f"it cannot be opened safely ({e.strerror}: a symlink or special file?)"
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            return None, "it is not a regular file"
+        if st.st_size > max_bytes:
+            return None, f"it is {st.st_size} bytes, over the limit of {max_bytes}"
+        with open(dest, "wb") as g:
+            shutil.copyfileobj(f, g)
+    return dest, ""
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+MEMORY_SIGNS = ("MemoryError", "Cannot allocate memory", "std::bad_alloc", "can't allocate memory", "out of memory")
+PROCESS_SIGNS = ("Resource temporarily unavailable", "BlockingIOError", "can't start new thread")
+
+
+def crash_reason(outcome: ProcessOutcome, limits: Limits) -> str:
+    """Why training failed, naming the limit it hit where the log shows one."""
+    code = outcome.returncode
+    if outcome.killed_by or (code is not None and code > 128):
+        import signal as _signal
+
+        sig = outcome.killed_by or code - 128
+        try:
+            name = _signal.Signals(sig).name
+        except ValueError:
+            name = str(sig)
+        reason = f"training was killed by {name}"
+    else:
+        reason = f"training exited with code {code}"
+    tail = outcome.log_tail
+    if any(s in tail for s in MEMORY_SIGNS) or (outcome.killed_by or 0) == 9:
+        reason += f" (out of memory; the limit is {limits.describe()})"
+    elif any(s in tail for s in PROCESS_SIGNS):
+        reason += f" (process or thread limit reached; the limit is {limits.describe()})"
+    elif "File too large" in tail or (outcome.killed_by or 0) == 25:
+        reason += f" (file size limit reached; the limit is {limits.describe()})"
+    elif tail.startswith("bwrap:"):
+        reason += f" (the sandbox failed to start: {tail.splitlines()[0]})"
+    return reason

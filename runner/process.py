@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from runner.sandbox import Limits
+
 PROGRESS_PREFIX = "@progress "
 LOG_TAIL_LINES = 40
 MAX_FILE_BYTES = 2 << 30  # no single file the candidate writes may exceed 2 GiB
@@ -29,6 +31,7 @@ class ProcessOutcome:
     wall_seconds: float
     max_rss_gb: float
     log_tail: str
+    killed_by: int | None = None  # the signal that ended the process, when one did
 
 
 def scrubbed_env(workdir: Path, threads: int) -> dict[str, str]:
@@ -69,13 +72,16 @@ def _pump(stream, tail: deque, on_progress: ProgressCallback | None) -> None:
 
 
 def run_untrusted(
-    argv: list[str], cwd: Path, env: dict[str, str], deadline_seconds: float, on_progress: ProgressCallback | None = None
+    argv: list[str], cwd: Path, env: dict[str, str], deadline_seconds: float, on_progress: ProgressCallback | None = None,
+    limits: Limits | None = None,
 ) -> ProcessOutcome:
-    """Run argv to completion or kill its whole process group at the deadline (also on Ctrl-C)."""
+    """Run argv to completion or kill its whole process group at the deadline (also on Ctrl-C).
+
+    `limits` (memory, processes, file size) are set in the child before exec and hold for all it starts."""
     start = time.monotonic()
     proc = subprocess.Popen(
         argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        start_new_session=True, preexec_fn=_limit_child,
+        start_new_session=True, preexec_fn=limits.apply if limits else _limit_child,
     )
     tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
     reader = threading.Thread(target=_pump, args=(proc.stdout, tail, on_progress), daemon=True)
@@ -105,6 +111,7 @@ def run_untrusted(
         wall_seconds=time.monotonic() - start,
         max_rss_gb=(rusage.ru_maxrss if rusage else 0) / 1024**2,
         log_tail="\n".join(tail),
+        killed_by=-os.waitstatus_to_exitcode(status) if status is not None and os.WIFSIGNALED(status) else None,
     )
 
 

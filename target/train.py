@@ -29,7 +29,7 @@ N_EMBD = 128            # residual stream width
 N_HEAD = 4              # attention heads (must divide N_EMBD)
 SEQ_LEN = 128           # context length in bytes (also the exported T)
 BATCH_SIZE = 16         # sequences per optimizer step
-LEARNING_RATE = 2e-3    # peak AdamW learning rate
+LEARNING_RATE = 1e-3    # peak AdamW learning rate
 WARMUP_FRAC = 0.05      # fraction of the time budget spent warming the LR up from 0
 WARMDOWN_FRAC = 0.3     # fraction of the time budget at the end with LR decaying linearly to 0
 WEIGHT_DECAY = 0.1      # AdamW weight decay on matrices (not on norms)
@@ -103,16 +103,19 @@ def parse_args():
             globals()[name] = type(knobs[name])(value)
         except ValueError:
             parser.error(f"--set {item!r}: {name} takes {type(knobs[name]).__name__} values")
-    if args.budget <= 0 or N_EMBD % N_HEAD != 0:
-        parser.error("--budget must be positive and N_HEAD must divide N_EMBD")
+    if args.budget <= 0:
+        parser.error("--budget must be positive")
+    if N_EMBD % N_HEAD != 0:
+        parser.error(f"N_HEAD={N_HEAD} must divide N_EMBD={N_EMBD}")
+    if not Path(args.data).is_file():
+        parser.error(f"--data {args.data}: no such file")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda requested but CUDA is not available")
     return args
 
 
 args = parse_args()
-device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                      "cpu" if args.device == "auto" else args.device)
+device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
 torch.manual_seed(args.seed)
 gen = torch.Generator().manual_seed(args.seed)
 autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")

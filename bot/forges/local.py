@@ -145,13 +145,34 @@ class LocalForge:
         self.repo.git.update_ref(f"refs/heads/{self.champion_branch}", merge.hexsha, champion)
         return merge.hexsha
 
+    def revert(self, rec: ExperimentRecord, subject: str, trailers: dict[str, str]) -> str:
+        """A commit on champion that undoes rec's change (git revert in a throwaway worktree), moved with CAS."""
+        champion = self.champion()
+        with tempfile.TemporaryDirectory(prefix="arbot-revert-") as tmp:
+            self.repo.git.worktree("add", "--detach", tmp, champion)
+            try:
+                wt = git.Repo(tmp)
+                try:
+                    wt.git.revert("--no-commit", rec.commit)
+                except git.GitCommandError as e:
+                    raise ForgeError(f"{rec.id} cannot be reverted cleanly; later wins changed the same lines: "
+                                     f"{e.stderr.strip()}") from e
+                tree = wt.git.write_tree()
+            finally:
+                self.repo.git.worktree("remove", "--force", tmp)
+        body = "\n".join(f"{k}: {v}" for k, v in trailers.items())
+        commit = Commit.create_from_tree(self.repo, self.repo.tree(tree), f"{subject}\n\n{body}\n",
+                                         parent_commits=[self.repo.commit(champion)], head=False)
+        self.repo.git.update_ref(f"refs/heads/{self.champion_branch}", commit.hexsha, champion)
+        return commit.hexsha
+
     def merged(self, rec: ExperimentRecord) -> bool:
         return self.repo.is_ancestor(rec.commit, self.champion())
 
     def champion_log(self) -> list[tuple[str, dict[str, str]]]:
-        """(sha, trailers) of each arbot merge on the champion branch, newest first."""
+        """(sha, trailers) of each arbot commit on the champion branch (wins and reverts), newest first."""
         out = self.repo.git.log(
-            self.champion_branch, "--merges", "--format=%H%x00%(trailers:unfold,separator=%x01)%x00%x02"
+            self.champion_branch, "--first-parent", "--format=%H%x00%(trailers:unfold,separator=%x01)%x00%x02"
         )
         log = []
         for chunk in out.split("\x02"):

@@ -42,6 +42,10 @@ class PathError(EditError):
     stage = "paths"
 
 
+class CompileError(EditError):
+    stage = "compile"
+
+
 @dataclass
 class Edit:
     path: str
@@ -62,6 +66,7 @@ REPLACE = re.compile(r"^\s*>{5,9}\s*REPLACE\s*$")
 HYPOTHESIS = re.compile(r"^[\s*#_>-]*hypothesis[\s*_]*:[\s*_]*(.*)$", re.IGNORECASE)
 RATIONALE = re.compile(r"^[\s*#_>-]*rationale[\s*_]*:[\s*_]*", re.IGNORECASE)
 FENCE = re.compile(r"^\s*```")
+JSON_FENCE = re.compile(r"^```(?:json)?[ \t]*\n(.*)\n```$", re.DOTALL)
 THINK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
 MAX_HYPOTHESIS = 200
 
@@ -87,9 +92,11 @@ def parse_answer(text: str) -> Answer:
     text = THINK.sub("", text or "").strip()
     if not text:
         raise ParseError("the answer is empty; " + _expect())
-    if text.startswith("{"):
+    fenced = JSON_FENCE.match(text)
+    body = fenced.group(1).strip() if fenced else text
+    if body.startswith("{"):
         try:
-            data = json.loads(text)
+            data = json.loads(body)
         except ValueError:
             data = None
         if isinstance(data, dict):
@@ -109,14 +116,10 @@ def _from_json(data: dict) -> Answer:
     for i, e in enumerate(data.get("edits") or [], 1):
         if not isinstance(e, dict) or not isinstance(e.get("path"), str) or not isinstance(e.get("replace"), str):
             raise ParseError(f"edit {i} of the JSON answer needs string fields path, search and replace")
-        edits.append(Edit(e["path"].strip(), _lines(str(e.get("search") or "")), _lines(e["replace"])))
+        edits.append(Edit(e["path"].strip(), str(e.get("search") or ""), e["replace"]))  # exact strings
     if not edits:
         raise ParseError("the JSON answer has no edits")
     return Answer(_one_line(hypothesis), str(data.get("rationale") or "").strip(), edits)
-
-
-def _lines(s: str) -> str:
-    return s if not s or s.endswith("\n") else s + "\n"
 
 
 def _one_line(s: str) -> str:
@@ -261,7 +264,3 @@ def check_compiles(files: dict[str, str]) -> None:
             raise CompileError(f"{where}: {type(e).__name__}: {e.msg}{code}") from e
         except ValueError as e:  # e.g. null bytes
             raise CompileError(f"{path}: {e}") from e
-
-
-class CompileError(EditError):
-    stage = "compile"

@@ -57,7 +57,8 @@ def describe_experiment(rec: ExperimentRecord) -> str:
     return line
 
 
-def build_prompt(ctx: ProposalContext, editable: list[str], token_budget: int) -> tuple[str, str, int]:
+def build_prompt(ctx: ProposalContext, editable: list[str], token_budget: int,
+                 pinned: dict[str, float | int] | None = None) -> tuple[str, str, int]:
     """(system, user, history records kept). Raises ValueError when even the prompt without history is too long."""
     files = "\n\n".join(f"### {path}\n```\n{text}```" if text.endswith("\n") else f"### {path}\n```\n{text}\n```"
                         for path, text in ctx.files.items())
@@ -67,6 +68,10 @@ def build_prompt(ctx: ProposalContext, editable: list[str], token_budget: int) -
         f"# Current champion files (commit {ctx.champion[:12]})\n{files}\n\n"
         f"# Knobs of {ctx.script_path} (top-level constants)\n{knob_table(ctx)}\n\n"
     )
+    if pinned:
+        values = ", ".join(f"{k}={format_value(v)}" for k, v in pinned.items())
+        head += (f"The runner sets these knobs with --set, so editing their values in the file has no effect: "
+                 f"{values}\n\n")
     tail = "\nPropose the next experiment now, in the answer format."
     lines = [describe_experiment(r) for r in ctx.history]
     fixed = estimate_tokens(SYSTEM) + estimate_tokens(head) + estimate_tokens(tail) + 20

@@ -10,6 +10,7 @@ runs it once they exist.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from bot.server.app import PAUSED_FLAG
 from bot.server.events import (ChampionMoved, Command, Evaluated, Ignored, Ping, PullRequestClosed, route)
@@ -21,13 +22,20 @@ log = logging.getLogger("arbot.server")
 
 class Dispatcher:
     def __init__(self, store: Store, repo: str | None = None, champion_branch: str = "champion",
-                 bot_login: str | None = None):
+                 bot_login: str | None = None, can_write: Callable[[str], bool] | None = None):
+        """`can_write(user)` asks GitHub whether a user has write access (GitHubForge.has_write_access); without
+        it, the comment's author_association (OWNER, MEMBER, COLLABORATOR) is all that is checked."""
         self.store, self.repo, self.champion_branch, self.bot_login = store, repo, champion_branch, bot_login
+        self.can_write = can_write
 
     def __call__(self, event: Event) -> None:
         action = route(event, repo=self.repo, champion_branch=self.champion_branch, bot_login=self.bot_login)
         log.info("delivery %s (%s): %s", event.delivery_id, event.kind, action)
         if isinstance(action, (Ping, Ignored)):
+            return
+        if isinstance(action, Command) and self.can_write is not None and not self.can_write(action.user):
+            log.warning("delivery %s: /arbot %s from %s ignored: no write access", event.delivery_id, action.command,
+                        action.user)
             return
         if isinstance(action, Command) and action.command in ("pause", "resume"):
             self.store.set_flag(PAUSED_FLAG, "1" if action.command == "pause" else None)

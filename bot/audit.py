@@ -1,0 +1,66 @@
+"""Replication audit and rollback of merged wins.
+
+`audit_win` re-runs a merged win and the champion it was measured against with fresh seeds (never the seeds
+that decided it) and tests whether the improvement replicates. The share of audited wins that do not is the
+regression rate. `revert_win` rolls a win back through the same path it came in: a commit on `champion`
+with trailers.
+"""
+
+from __future__ import annotations
+
+from statistics import mean
+
+from scipy import stats
+
+from bot.forges.local import LocalForge
+from bot.records import AuditRecord, ExperimentRecord, ok_metric
+from runner.job import Runner
+
+AUDIT_SEED_OFFSET = 1000  # replication seeds: disjoint from the seeds any decision used
+
+
+def audit_win(forge: LocalForge, runner: Runner, rec: ExperimentRecord, runs: int, alpha: float, at: str,
+              on_run=None) -> AuditRecord:
+    """Re-measure a merged win against its parent with `runs` fresh seeds each; save the audit in its note."""
+    if rec.merged_as is None:
+        raise ValueError(f"{rec.id} was not merged; only wins are audited")
+    first = AUDIT_SEED_OFFSET + sum(a.runs for a in rec.audits)
+    hook = on_run or (lambda label, commit, seed: None)
+    cand, base = [], []
+    for seed in range(first, first + runs):
+        # Both sides scored by the evaluator of the parent, as the original decision was.
+        cand.append(runner.run(rec.commit, rec.parent, seed=seed, on_progress=hook(rec.id, rec.commit, seed)))
+        base.append(runner.run(rec.parent, rec.parent, seed=seed, on_progress=hook("parent", rec.parent, seed)))
+    c, b = ok_metric(cand), ok_metric(base)
+    audit = AuditRecord(runs=runs, seeds=list(range(first, first + runs)), candidate=c, baseline=b, at=at)
+    if len(c) >= 2 and len(b) >= 2:
+        audit.effect = mean(b) - mean(c)
+        audit.p_value = float(stats.ttest_ind(c, b, alternative="less").pvalue)
+        audit.replicates = audit.effect > 0 and audit.p_value < alpha
+    else:
+        audit.replicates = False
+        audit.note = f"too few successful runs to test ({len(c)} candidate, {len(b)} parent)"
+    rec.audits.append(audit)
+    forge.save(rec)
+    return audit
+
+
+def regression_rate(records: list[ExperimentRecord]) -> tuple[float | None, int]:
+    """(share of audited wins whose latest audit did not replicate, number of audited wins)."""
+    audited = [r for r in records if r.audits]
+    if not audited:
+        return None, 0
+    return sum(not r.audits[-1].replicates for r in audited) / len(audited), len(audited)
+
+
+def revert_win(forge: LocalForge, rec: ExperimentRecord, reason: str) -> str:
+    """Undo a merged win on champion with a commit whose trailers say what was reverted and why."""
+    if rec.merged_as is None:
+        raise ValueError(f"{rec.id} was never merged into {forge.champion_branch}; nothing to revert")
+    if rec.reverted_as is not None:
+        raise ValueError(f"{rec.id} was already reverted by {rec.reverted_as[:12]}")
+    trailers = {"Experiment": rec.id, "Reverts": rec.merged_as, "Reason": reason.replace("\n", " ")}
+    sha = forge.revert(rec, f"arbot: revert {rec.id}: {rec.proposal.hypothesis}", trailers)
+    rec.reverted_as = sha
+    forge.save(rec)
+    return sha

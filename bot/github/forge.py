@@ -1,0 +1,381 @@
+"""The GitHub forge: experiments as pull requests into `champion`, decided by check runs, merged by GitHub.
+
+Everything goes through PyGithub (REST, plus the one GraphQL mutation that enables auto-merge), so any
+base URL works: https://api.github.com or a GitHub Enterprise Server's https://HOST/api/v3. Branches are
+pushed with git (GitPython) to `git_url`. Authentication:
+- a GitHub App installation (Auth.AppAuth -> installation token): check runs are used;
+- a personal access token: only Apps can write check runs, so commit statuses stand in for them.
+Never the Actions GITHUB_TOKEN: PRs opened with it start no workflows.
+
+Every write is idempotent (found again before it is made): PRs by head branch, the results comment by a
+hidden marker, labels by name, so a restarted bot repeats nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import git
+from github import Auth, Github, GithubException
+from github.PullRequest import PullRequest
+from github.Repository import Repository
+
+from bot.config import GitHubConfig
+from bot.records import Decision, ExperimentRecord
+
+log = logging.getLogger("arbot.github")
+
+EVALUATE_CHECK = "arbot/evaluate"
+VERDICT_CHECK = "arbot/verdict"
+LABEL = "arbot"
+LABELS = {  # name: (color, description)
+    "arbot": ("5319e7", "an arbot experiment"),
+    "arbot:loss": ("fbca04", "arbot: measured, not better than the champion"),
+    "arbot:crash": ("d73a4a", "arbot: the experiment crashed, timed out or was rejected"),
+}
+RESULTS_MARKER = "<!-- arbot:results -->"
+EXPERIMENT_MARKER = "<!-- arbot:experiment {id} -->"
+CONCLUSION_TO_STATE = {"success": "success", "failure": "failure", "neutral": "success", "cancelled": "error",
+                       "timed_out": "error", "action_required": "failure", "skipped": "success"}
+WRITE_PERMISSIONS = {"admin", "maintain", "write"}
+
+
+class GitHubForgeError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Check:
+    """A check run (App) or commit status (PAT), as the forge reads it back."""
+
+    name: str
+    conclusion: str | None  # success, failure, ... or None while pending
+    summary: str = ""
+
+
+def connect(config: GitHubConfig, environ: Mapping[str, str] | None = None, *, git_url: str | None = None,
+            champion_branch: str = "champion", branch_prefix: str = "arbot/exp-", **github_kwargs) -> "GitHubForge":
+    """A forge from the `github:` config: App auth when app_id, private key and installation id are set, else a PAT.
+
+    Contacts nothing until the first call. `github_kwargs` go to PyGithub's Github (e.g. retry, timeout).
+    """
+    env = os.environ if environ is None else environ
+    if not config.repo:
+        raise GitHubForgeError("github.repo is not set: name the repository as owner/name in arbot.yml")
+    a = config.auth
+    if a.is_app:
+        key = Path(a.private_key_path).expanduser().read_text()
+        auth = Auth.AppAuth(a.app_id, key).get_installation_auth(a.installation_id)
+        token_for_git = lambda: auth.token  # noqa: E731 - the installation token, fetched and renewed by PyGithub
+        use_checks = True
+    else:
+        token = env.get(a.token_env)
+        if not token:
+            raise GitHubForgeError(
+                f"no GitHub credentials: set {a.token_env} to a personal access token, or configure a GitHub App "
+                f"(github.auth.app_id, private_key_path, installation_id)"
+            )
+        auth = Auth.Token(token)
+        token_for_git = token
+        use_checks = False
+    gh = Github(auth=auth, base_url=config.base_url.rstrip("/"), **github_kwargs)
+    return GitHubForge(gh, config.repo, use_checks=use_checks, git_url=git_url, token=token_for_git,
+                       base_url=config.base_url, champion_branch=champion_branch, branch_prefix=branch_prefix)
+
+
+def web_host(base_url: str) -> str:
+    """github.com for the public API, else the Enterprise host (https://HOST/api/v3 -> HOST)."""
+    host = urlparse(base_url).hostname or "github.com"
+    return "github.com" if host == "api.github.com" else host
+
+
+class GitHubForge:
+    def __init__(self, gh: Github, repo: str, *, use_checks: bool, git_url: str | None = None,
+                 token: str | Callable[[], str] | None = None,
+                 base_url: str = "https://api.github.com", champion_branch: str = "champion",
+                 branch_prefix: str = "arbot/exp-"):
+        self.gh = gh
+        self.full_name = repo
+        self.owner = repo.split("/")[0]
+        self.use_checks = use_checks
+        self.git_url = git_url or f"https://{web_host(base_url)}/{repo}.git"
+        self.token = token
+        self.champion_branch = champion_branch
+        self.branch_prefix = branch_prefix
+        self._repo: Repository | None = None
+
+    @property
+    def repo(self) -> Repository:
+        if self._repo is None:
+            self._repo = self.gh.get_repo(self.full_name)
+        return self._repo
+
+    # --- git --------------------------------------------------------------------------------------
+    def _token(self) -> str | None:
+        return self.token() if callable(self.token) else self.token
+
+    def git_remote(self) -> str:
+        """The URL git pushes to, with the token (PAT or App installation token) for https remotes."""
+        token = self._token()
+        if token and self.git_url.startswith("https://"):
+            return self.git_url.replace("https://", f"https://x-access-token:{token}@", 1)
+        return self.git_url
+
+    def push(self, local: git.Repo, sha: str, branch: str) -> None:
+        """Push `sha` to refs/heads/<branch>; never forced, so a branch that moved elsewhere is an error."""
+        remote = self.git_remote()
+        try:
+            local.git.push(remote, f"{sha}:refs/heads/{branch}")
+        except git.GitCommandError as e:
+            token = self._token() if remote != self.git_url else None
+            detail = str(e.stderr) if not token else str(e.stderr).replace(token, "***")
+            raise GitHubForgeError(f"git push of {branch} failed: {detail}") from e
+
+    # --- setup (arbot setup) ----------------------------------------------------------------------
+    def champion(self) -> str:
+        return self.repo.get_branch(self.champion_branch).commit.sha
+
+    def ensure_champion(self, sha: str | None = None) -> tuple[str, bool]:
+        """Create the champion branch (from `sha`, else the default branch's head); (sha, created)."""
+        try:
+            return self.champion(), False
+        except GithubException as e:
+            if e.status != 404:  # GitHub answers 404 "Branch not found"
+                raise
+        if sha is None:
+            sha = self.repo.get_branch(self.repo.default_branch).commit.sha
+        self.repo.create_git_ref(f"refs/heads/{self.champion_branch}", sha)
+        return sha, True
+
+    def ensure_labels(self) -> list[str]:
+        """Create the arbot labels that are missing; the names created."""
+        created = []
+        for name, (color, description) in LABELS.items():
+            try:
+                self.repo.get_label(name)
+            except GithubException as e:
+                if e.status != 404:
+                    raise
+                self.repo.create_label(name, color, description)
+                created.append(name)
+        return created
+
+    def protect_champion(self) -> bool:
+        """Require arbot/verdict and an up-to-date branch on champion; True when the protection changed."""
+        branch = self.repo.get_branch(self.champion_branch)
+        try:
+            checks = branch.get_protection().required_status_checks
+            if checks is not None and checks.strict and VERDICT_CHECK in checks.contexts:
+                return False
+        except GithubException as e:
+            if e.status != 404:  # GitHub answers 404 "Branch not protected"
+                raise
+        # Sent as the published contract has it (required: strict + contexts; the other fields explicit): PyGithub's
+        # edit_protection sends only `checks` and null for unset booleans, which GitHub's OpenAPI schema does not allow.
+        body = {
+            "required_status_checks": {"strict": True, "contexts": [VERDICT_CHECK]},
+            "enforce_admins": False,
+            "required_pull_request_reviews": None,
+            "restrictions": None,
+            "required_linear_history": False,
+            "allow_force_pushes": False,
+            "allow_deletions": False,
+            "required_conversation_resolution": False,
+        }
+        self.gh.requester.requestJsonAndCheck("PUT", f"{self.repo.url}/branches/{self.champion_branch}/protection",
+                                              input=body)
+        return True
+
+    # --- pull requests ----------------------------------------------------------------------------
+    def find_pr(self, branch: str) -> PullRequest | None:
+        """The PR (open or closed) whose head is `branch` in this repository."""
+        for pr in self.repo.get_pulls(state="all", head=f"{self.owner}:{branch}", base=self.champion_branch):
+            return pr
+        return None
+
+    def open_pr(self, rec: ExperimentRecord, local: git.Repo | None = None) -> PullRequest:
+        """Push the experiment branch (when `local` is given) and open its PR with label `arbot`; idempotent."""
+        pr = self.find_pr(rec.branch)
+        if pr is None:
+            if local is not None:
+                self.push(local, rec.commit, rec.branch)
+            pr = self.repo.create_pull(base=self.champion_branch, head=rec.branch, title=rec.proposal.hypothesis[:250],
+                                       body=pr_body(rec), maintainer_can_modify=False)
+            log.info("opened PR #%d for %s", pr.number, rec.id)
+        if LABEL not in {lab.name for lab in pr.labels}:
+            self.add_labels(pr.number, LABEL)
+        return pr
+
+    def add_labels(self, number: int, *names: str) -> None:
+        """Add labels to a PR, as `{"labels": [...]}`: GitHub's schema has no bare array (what PyGithub sends)."""
+        self.gh.requester.requestJsonAndCheck("POST", f"{self.repo.url}/issues/{number}/labels",
+                                              input={"labels": list(names)})
+
+    def pr(self, number: int) -> PullRequest:
+        return self.repo.get_pull(number)
+
+    def open_prs(self) -> list[PullRequest]:
+        """Open experiment PRs into champion (the in-flight experiments)."""
+        return [pr for pr in self.repo.get_pulls(state="open", base=self.champion_branch)
+                if LABEL in {lab.name for lab in pr.labels}]
+
+    def upsert_comment(self, number: int, body: str) -> tuple[int, bool]:
+        """The one results comment of a PR, found again by its hidden marker; (comment id, created)."""
+        body = body if RESULTS_MARKER in body else f"{RESULTS_MARKER}\n{body}"
+        pr = self.pr(number)
+        for comment in pr.get_issue_comments():
+            if RESULTS_MARKER in (comment.body or ""):
+                if comment.body != body:
+                    comment.edit(body)
+                return comment.id, False
+        return pr.create_issue_comment(body).id, True
+
+    # --- checks -----------------------------------------------------------------------------------
+    def post_check(self, sha: str, name: str, conclusion: str, title: str, summary: str, text: str = "",
+                   details_url: str | None = None) -> None:
+        """A completed check run (App) or a commit status (PAT) on `sha`."""
+        if self.use_checks:
+            output = {"title": title[:1000], "summary": summary[:65000]}
+            if text:
+                output["text"] = text[:65000]
+            kwargs = {"details_url": details_url} if details_url else {}
+            self.repo.create_check_run(name=name, head_sha=sha, status="completed", conclusion=conclusion,
+                                       output=output, **kwargs)
+        else:
+            # POST /statuses/{sha} directly: PyGithub's Commit.create_status first fetches the whole commit.
+            body = {"state": CONCLUSION_TO_STATE.get(conclusion, "error"), "description": title[:140], "context": name}
+            if details_url:
+                body["target_url"] = details_url
+            self.gh.requester.requestJsonAndCheck("POST", f"{self.repo.url}/statuses/{sha}", input=body)
+
+    def check(self, sha: str, name: str, app_slug: str | None = None) -> Check | None:
+        """The latest check run named `name` on `sha` (made by the app `app_slug`, when given), else its commit
+        status, else None. Pass app_slug="github-actions" for arbot/evaluate: only the workflow's report job may
+        have made it, not another app with checks: write."""
+        # Straight to the two list endpoints: PyGithub's Commit fetches the whole commit first.
+        base = f"{self.repo.url}/commits/{sha}"
+        _, data = self.gh.requester.requestJsonAndCheck("GET", f"{base}/check-runs", parameters={"check_name": name})
+        runs = [r for r in data.get("check_runs", []) if r.get("name") == name
+                and (app_slug is None or (r.get("app") or {}).get("slug") == app_slug)]
+        if runs:
+            latest = max(runs, key=lambda r: r["id"])
+            return Check(name, latest.get("conclusion"), ((latest.get("output") or {}).get("summary") or ""))
+        _, data = self.gh.requester.requestJsonAndCheck("GET", f"{base}/status")
+        for status in data.get("statuses", []):
+            if status.get("context") == name:
+                state = status.get("state")
+                return Check(name, None if state == "pending" else state, status.get("description") or "")
+        return None
+
+    # --- merging ----------------------------------------------------------------------------------
+    def enable_automerge(self, pr: PullRequest, head_sha: str, headline: str, body: str) -> bool:
+        """Ask GitHub to squash-merge once the required checks pass; False where auto-merge is unavailable."""
+        try:
+            pr.enable_automerge(merge_method="SQUASH", commit_headline=headline, commit_body=body,
+                                expected_head_oid=head_sha)
+            return True
+        except GithubException as e:
+            log.info("auto-merge unavailable for PR #%d: %s", pr.number, e.data if hasattr(e, "data") else e)
+            return False
+
+    def merge(self, pr: PullRequest, head_sha: str, title: str, message: str) -> str:
+        """Squash-merge with the head-sha guard: GitHub refuses when the head moved. Returns the merge commit."""
+        try:
+            status = pr.merge(commit_title=title, commit_message=message, merge_method="squash", sha=head_sha)
+        except GithubException as e:
+            raise GitHubForgeError(f"PR #{pr.number} was not merged ({e.status}): {getattr(e, 'data', e)}") from e
+        if not status.merged:
+            raise GitHubForgeError(f"PR #{pr.number} was not merged: {status.message}")
+        return status.sha
+
+    def update_branch(self, pr: PullRequest, head_sha: str) -> bool:
+        """Merge champion into the PR's branch (it is then evaluated again); False when GitHub refused."""
+        try:
+            return pr.update_branch(expected_head_sha=head_sha)
+        except GithubException as e:
+            log.warning("update-branch of PR #%d refused (%s): %s", pr.number, e.status, getattr(e, "data", e))
+            return False
+
+    def close_as(self, pr: PullRequest, verdict: str, comment: str) -> None:
+        """Label a loss or crash, upsert its results comment and close it; the branch is kept."""
+        label = "arbot:loss" if verdict == "loss" else "arbot:crash"
+        self.upsert_comment(pr.number, comment)
+        if label not in {lab.name for lab in pr.labels}:
+            self.add_labels(pr.number, label)
+        if pr.state != "closed":
+            pr.edit(state="closed")
+
+    def has_write_access(self, user: str) -> bool:
+        try:
+            return self.repo.get_collaborator_permission(user) in WRITE_PERMISSIONS
+        except GithubException as e:
+            if e.status != 404:
+                raise
+            return False
+
+
+# --- rendering (pure) -----------------------------------------------------------------------------------
+def pr_body(rec: ExperimentRecord) -> str:
+    p = rec.proposal
+    lines = [
+        EXPERIMENT_MARKER.format(id=rec.id),
+        f"**Experiment** `{rec.id}` by proposer `{p.proposer}`, measured against champion `{rec.parent}`.",
+        "",
+    ]
+    if p.rationale:
+        lines += [p.rationale.strip(), ""]
+    if p.knobs:
+        lines += ["| knob | champion | this experiment |", "| --- | --- | --- |"]
+        lines += [f"| `{k.name}` | {k.old:g} | {k.new:g} |" for k in p.knobs]
+        lines.append("")
+    lines.append(f"Experiment: {rec.id}")
+    return "\n".join(lines)
+
+
+def squash_message(rec: ExperimentRecord, trailers: Mapping[str, str], pr_number: int) -> tuple[str, str]:
+    """(title, body) of the squash commit: `git log champion` keeps the local forge's trailers plus the PR."""
+    title = f"arbot: {rec.proposal.hypothesis} ({rec.id}) (#{pr_number})"
+    body = "\n".join(f"{k}: {v}" for k, v in {**trailers, "PR": f"#{pr_number}"}.items())
+    rationale = rec.proposal.rationale.strip()
+    return title, (f"{rationale}\n\n{body}\n" if rationale else f"{body}\n")
+
+
+def trajectory_chart(points: list[tuple[str, float]], metric: str = "val_bpb") -> str:
+    """The champion's metric over its merges, as a Mermaid xychart-beta block (GitHub renders it natively)."""
+    if not points:
+        return ""
+    labels = ", ".join(f'"{label}"' for label, _ in points)
+    values = ", ".join(f"{v:.4f}" for _, v in points)
+    lo, hi = min(v for _, v in points), max(v for _, v in points)
+    pad = max((hi - lo) * 0.1, 1e-3)
+    return "\n".join([
+        "```mermaid", "xychart-beta", f'    title "champion {metric}"', f"    x-axis [{labels}]",
+        f'    y-axis "{metric}" {lo - pad:.4f} --> {hi + pad:.4f}', f"    line [{values}]", "```",
+    ])
+
+
+def results_comment(rec: ExperimentRecord, decision: Decision, trajectory: list[tuple[str, float]]) -> str:
+    """The one results comment of an experiment PR: verdict, the numbers, the champion's trajectory."""
+    fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
+    delta = "n/a" if decision.effect is None else f"{-decision.effect:+.4f}"
+    lines = [
+        RESULTS_MARKER,
+        f"### {rec.id}: **{decision.verdict}** ({decision.rule})",
+        "",
+        decision.reason,
+        "",
+        f"| {decision.metric} | champion | delta | runs (candidate / champion) | p |",
+        "| --- | --- | --- | --- | --- |",
+        f"| {fmt(decision.candidate_mean)} | {fmt(decision.champion_mean)} | {delta} "
+        f"| {decision.candidate_runs} / {decision.champion_runs} | "
+        f"{'n/a' if decision.p_value is None else f'{decision.p_value:.3g}'} |",
+    ]
+    chart = trajectory_chart(trajectory, decision.metric)
+    if chart:
+        lines += ["", chart]
+    return "\n".join(lines)

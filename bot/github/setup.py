@@ -1,0 +1,51 @@
+"""`arbot setup`: make a GitHub repository ready for the bot; idempotent, says what it changed.
+
+- the `champion` branch (from the default branch's head),
+- the labels arbot, arbot:loss, arbot:crash,
+- branch protection on champion: required check `arbot/verdict`, branches must be up to date,
+- a CODEOWNERS entry for evaluator/ and .github/ (written into the local clone with --owner; committing it
+  to the default branch, and so to champion, is left to the user: the bot never pushes outside its branches).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bot.github.forge import LABELS, VERDICT_CHECK, GitHubForge
+
+GUARDED = ("/evaluator/", "/.github/")
+
+
+def codeowners(existing: str, owner: str) -> str:
+    """CODEOWNERS text with an entry for each guarded path that lacks one (others left as they are)."""
+    have = {line.split()[0] for line in existing.splitlines() if line.strip() and not line.lstrip().startswith("#")}
+    missing = [path for path in GUARDED if path not in have]
+    if not missing:
+        return existing
+    text = existing if not existing or existing.endswith("\n") else existing + "\n"
+    text += "# arbot: the evaluator and the workflows decide what wins; changes to them need an owner's review\n"
+    return text + "".join(f"{path} {owner}\n" for path in missing)
+
+
+def run_setup(forge: GitHubForge, root: Path | None = None, owner: str | None = None) -> list[str]:
+    """Apply the setup; each line of the answer is one change made (or says there was none)."""
+    changes = []
+    sha, created = forge.ensure_champion()
+    if created:
+        changes.append(f"created branch {forge.champion_branch} at {sha[:12]}")
+    for name in forge.ensure_labels():
+        changes.append(f"created label {name}")
+    if forge.protect_champion():
+        changes.append(f"protected {forge.champion_branch}: requires {VERDICT_CHECK}, branches up to date")
+    if root is not None and owner:
+        path = root / ".github" / "CODEOWNERS"
+        old = path.read_text() if path.exists() else ""
+        new = codeowners(old, owner)
+        if new != old:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(new)
+            changes.append(f"wrote {path.relative_to(root)} (owner {owner} for {', '.join(GUARDED)}): "
+                           f"commit it to the default branch and bring it into {forge.champion_branch}")
+    if not changes:
+        changes.append(f"nothing to change: {forge.champion_branch}, labels ({', '.join(LABELS)}) and protection are in place")
+    return changes

@@ -1,0 +1,294 @@
+"""Diff inspection: what a candidate's edit touches that an honest ML change rarely needs.
+
+The champion's and the candidate's versions of each changed file are parsed (AST, never run). Every statement
+that uses something sensitive (timing, seeding, the evaluator, file or network I/O, subprocesses or threads,
+the environment, dynamic code, monkeypatching, embedded data) gives a signature: its category and its source
+(for compound statements only the header: `while <test>`, not the body). A flag is raised for each signature
+the candidate has more often than the champion: so new or changed sensitive lines flag, untouched ones and
+plain knob changes do not. Flags are labels for a human; the sandbox and the evaluator are what enforce.
+
+`data_overlap` checks the changed files (and their string literals, decoded from base64/hex/zlib/...) for
+copies of the validation or holdout split.
+"""
+
+from __future__ import annotations
+
+import ast
+import base64
+import binascii
+import bz2
+import gzip
+import lzma
+import re
+import zlib
+from collections import Counter
+from collections.abc import Iterable
+
+# module prefix -> category; the longest matching prefix wins
+MODULES = {
+    "time": "timing", "datetime": "timing", "timeit": "timing", "sched": "timing",
+    "torch.cuda.Event": "timing",
+    "random.seed": "seeding", "numpy.random.seed": "seeding", "torch.manual_seed": "seeding",
+    "torch.cuda.manual_seed": "seeding", "torch.cuda.manual_seed_all": "seeding", "torch.seed": "seeding",
+    "torch.random": "seeding", "torch.use_deterministic_algorithms": "seeding",
+    "evaluator": "evaluator", "runner": "evaluator", "bot": "evaluator",
+    "os.environ": "env", "os.getenv": "env", "os.putenv": "env", "os.unsetenv": "env", "os.environb": "env",
+    "subprocess": "subprocess", "multiprocessing": "subprocess", "concurrent": "subprocess",
+    "threading": "subprocess", "_thread": "subprocess", "pty": "subprocess", "signal": "subprocess",
+    "asyncio": "subprocess", "torch.multiprocessing": "subprocess",
+    "os.system": "subprocess", "os.popen": "subprocess", "os.fork": "subprocess", "os.forkpty": "subprocess",
+    "os.kill": "subprocess", "os.killpg": "subprocess", "os.setsid": "subprocess", "os.daemon": "subprocess",
+    "os.exec": "subprocess", "os.spawn": "subprocess", "os.posix_spawn": "subprocess", "os._exit": "subprocess",
+    "socket": "network", "ssl": "network", "http": "network", "urllib": "network", "requests": "network",
+    "httpx": "network", "aiohttp": "network", "ftplib": "network", "smtplib": "network", "telnetlib": "network",
+    "xmlrpc": "network", "websocket": "network", "paramiko": "network", "torch.distributed": "network",
+    "torch.hub": "network", "huggingface_hub": "network", "datasets": "network",
+    "shutil": "file-io", "glob": "file-io", "tempfile": "file-io", "pathlib": "file-io", "io": "file-io",
+    "os.open": "file-io", "os.remove": "file-io", "os.unlink": "file-io", "os.rename": "file-io",
+    "os.replace": "file-io", "os.listdir": "file-io", "os.scandir": "file-io", "os.walk": "file-io",
+    "os.symlink": "file-io", "os.link": "file-io", "os.chmod": "file-io", "os.utime": "file-io",
+    "os.makedirs": "file-io", "os.mkdir": "file-io", "os.path": "file-io", "os.stat": "file-io",
+    "os.truncate": "file-io", "os.write": "file-io", "os.read": "file-io", "os.chdir": "file-io",
+    "numpy.fromfile": "file-io", "numpy.load": "file-io", "numpy.save": "file-io", "numpy.memmap": "file-io",
+    "numpy.loadtxt": "file-io", "numpy.savetxt": "file-io", "numpy.savez": "file-io", "numpy.genfromtxt": "file-io",
+    "torch.load": "file-io", "torch.save": "file-io", "torch.export.save": "file-io", "torch.export.load": "file-io",
+    "torch.from_file": "file-io", "pickle": "dynamic-code", "marshal": "dynamic-code", "shelve": "file-io",
+    "importlib": "dynamic-code", "runpy": "dynamic-code", "ctypes": "dynamic-code", "cffi": "dynamic-code",
+    "sys.modules": "dynamic-code", "sys.settrace": "dynamic-code", "sys.setprofile": "dynamic-code",
+    "sys.addaudithook": "dynamic-code", "builtins": "dynamic-code", "gc": "dynamic-code", "inspect": "dynamic-code",
+    "sys.path": "dynamic-code", "sys.meta_path": "dynamic-code", "atexit": "dynamic-code",
+    "base64": "embedded-data", "binascii": "embedded-data", "zlib": "embedded-data", "lzma": "embedded-data",
+    "bz2": "embedded-data", "gzip": "embedded-data", "codecs": "embedded-data", "zipfile": "file-io",
+    "tarfile": "file-io",
+}
+BUILTINS = {
+    "open": "file-io", "exec": "dynamic-code", "eval": "dynamic-code", "compile": "dynamic-code",
+    "__import__": "dynamic-code", "getattr": "dynamic-code", "setattr": "dynamic-code", "delattr": "dynamic-code",
+    "globals": "dynamic-code", "vars": "dynamic-code", "locals": "dynamic-code", "breakpoint": "dynamic-code",
+    "input": "file-io",
+}
+# method names that read or write files whatever object they are called on
+FILE_METHODS = {"read_bytes", "read_text", "write_bytes", "write_text", "tofile", "unlink", "rmdir",
+                "symlink_to", "hardlink_to", "rename", "replace", "touch", "chmod", "iterdir", "rglob"}
+TIMING_NAMES = {"budget", "deadline"}  # `args.budget`: the time budget itself
+# string literals that point at what the candidate must not see
+SUSPICIOUS_STRINGS = re.compile(
+    r"val\.bin|\bholdout\b|evaluator[/.]|\barbot\b|\.cache\b|/proc/|/etc/|/root\b|/home/|\.ssh|\bsecret|\btoken\b|"
+    r"api[_-]?key|passw|/dev/(?!null)", re.IGNORECASE)
+EMBEDDED_BYTES = 2000  # a literal longer than this is data, not code
+
+
+def _resolve(node: ast.AST, aliases: dict[str, str]) -> str | None:
+    """The dotted name of an expression like `np.random.seed`, with import aliases resolved."""
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if isinstance(node, ast.Call):  # torch.Generator().manual_seed -> torch.Generator.manual_seed
+        func = _resolve(node.func, aliases)
+        return func and ".".join([func, *reversed(parts)])
+    if not isinstance(node, ast.Name):
+        return None
+    head = aliases.get(node.id, node.id)
+    return ".".join([head, *reversed(parts)])
+
+
+def _category(name: str) -> str | None:
+    best = None
+    for prefix, cat in MODULES.items():
+        if name == prefix or name.startswith(prefix + ".") or (prefix.startswith("os.") and name.startswith(prefix)):
+            if best is None or len(prefix) > len(best[0]):
+                best = (prefix, cat)
+    if best:
+        return best[1]
+    last = name.rsplit(".", 1)[-1]
+    if last in ("manual_seed", "seed", "set_rng_state", "get_rng_state"):
+        return "seeding"
+    if last in TIMING_NAMES:
+        return "timing"
+    return None
+
+
+def _imports(tree: ast.AST) -> dict[str, str]:
+    aliases: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                aliases[a.asname or a.name.split(".")[0]] = a.name if a.asname else a.name.split(".")[0]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            for a in node.names:
+                aliases[a.asname or a.name] = f"{node.module}.{a.name}"
+    return aliases
+
+
+def _own_parts(stmt: ast.stmt) -> tuple[str, list[ast.AST]]:
+    """The header of a statement (what is its own, without nested statements) as text and nodes."""
+    if isinstance(stmt, (ast.If, ast.While)):
+        return f"{type(stmt).__name__.lower()} {ast.unparse(stmt.test)}", [stmt.test]
+    if isinstance(stmt, (ast.For, ast.AsyncFor)):
+        return f"for {ast.unparse(stmt.target)} in {ast.unparse(stmt.iter)}", [stmt.target, stmt.iter]
+    if isinstance(stmt, (ast.With, ast.AsyncWith)):
+        return "with " + ", ".join(ast.unparse(i) for i in stmt.items), list(stmt.items)
+    if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        nodes = list(stmt.decorator_list) + (list(stmt.bases) if isinstance(stmt, ast.ClassDef) else [stmt.args])
+        return f"def {stmt.name}(...)", nodes
+    if isinstance(stmt, ast.Try) or type(stmt).__name__ == "TryStar":
+        return "try", [h.type for h in stmt.handlers if h.type is not None]
+    return ast.unparse(stmt), [stmt]
+
+
+def _statements(tree: ast.AST) -> Iterable[ast.stmt]:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.stmt):
+            yield node
+
+
+def _nodes(parts: list[ast.AST]) -> Iterable[ast.AST]:
+    for part in parts:
+        yield from ast.walk(part)
+
+
+def signatures(source: str) -> Counter:
+    """(category, statement) pairs of everything sensitive in `source`; unparsable source gives one 'syntax' pair."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError as e:
+        return Counter({("syntax", f"does not parse: {e.msg} (line {e.lineno})"): 1})
+    aliases = _imports(tree)
+    found: Counter = Counter()
+    for stmt in _statements(tree):
+        text, parts = _own_parts(stmt)
+        text = " ".join(text.split())
+        if len(text) > 160:
+            text = text[:157] + "..."
+        cats: set[str] = set()
+        if isinstance(stmt, (ast.Import, ast.ImportFrom)):
+            names = [a.name if isinstance(stmt, ast.Import) else f"{stmt.module}.{a.name}" for a in stmt.names]
+            cats |= {c for c in map(_category, names) if c}
+        if isinstance(stmt, (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Delete)):
+            targets = stmt.targets if isinstance(stmt, (ast.Assign, ast.Delete)) else [stmt.target]
+            for t in targets:
+                base = t.value if isinstance(t, (ast.Attribute, ast.Subscript)) else None
+                base_name = _resolve(base, aliases) if base is not None else None
+                if isinstance(t, ast.Attribute) and base_name and base_name.split(".")[0] in set(aliases.values()) | {"sys", "os", "builtins"}:
+                    cats.add("monkeypatch")  # rebinding an attribute of a module: time.perf_counter = ...
+                    cats.add(_category(f"{base_name}.{t.attr}") or "monkeypatch")
+        for node in _nodes(parts):
+            if isinstance(node, (ast.Attribute, ast.Name)):
+                name = _resolve(node, aliases)
+                if name:
+                    cat = _category(name) if (isinstance(node, ast.Attribute) or node.id in aliases) else None
+                    if cat:
+                        cats.add(cat)
+                if isinstance(node, ast.Name) and node.id in BUILTINS and node.id not in aliases:
+                    cats.add(BUILTINS[node.id])
+                if isinstance(node, ast.Name) and node.id in ("__builtins__", "__loader__", "__spec__"):
+                    cats.add("dynamic-code")
+                if isinstance(node, ast.Attribute) and node.attr in FILE_METHODS:
+                    cats.add("file-io")
+                if isinstance(node, ast.Attribute) and node.attr.startswith("__") and node.attr not in ("__init__", "__name__"):
+                    cats.add("dynamic-code")
+            elif isinstance(node, ast.Constant) and isinstance(node.value, (str, bytes)):
+                value = node.value if isinstance(node.value, str) else node.value.decode("latin-1")
+                if len(value) > EMBEDDED_BYTES:
+                    cats.add("embedded-data")
+                    text = f"{len(value)}-byte literal: {text[:60]}..."
+                elif SUSPICIOUS_STRINGS.search(value):
+                    cats.add("suspicious-string")
+        for cat in cats:
+            found[(cat, text)] += 1
+    return found
+
+
+def inspect_change(before: dict[str, str | None], after: dict[str, str | None]) -> list[str]:
+    """Flags for a change: `before`/`after` map each changed path to its text (None: absent in that version).
+
+    Each flag reads "category: path: statement"; sorted, at most a few per category."""
+    flags: list[str] = []
+    for path in sorted(after):
+        new, old = after[path], before.get(path)
+        if new is None:
+            continue
+        if not path.endswith(".py"):
+            flags.append(f"data-file: {path}: a non-Python file is added or changed ({len(new)} bytes)")
+            continue
+        added = signatures(new) - signatures(old or "")
+        per_cat: Counter = Counter()
+        for (cat, text), _ in sorted(added.items()):
+            per_cat[cat] += 1
+            if per_cat[cat] <= 3:
+                flags.append(f"{cat}: {path}: {text}")
+        for cat, n in per_cat.items():
+            if n > 3:
+                flags.append(f"{cat}: {path}: ... and {n - 3} more")
+    return flags
+
+
+# --- copies of the held-out data -------------------------------------------------------------------------
+
+SHINGLE = 64
+
+
+class Shingles:
+    """All SHINGLE-byte substrings of a split, for finding copies of it (a few MB for a 70 KB split)."""
+
+    def __init__(self, data: bytes):
+        self.set = {data[i:i + SHINGLE] for i in range(0, max(0, len(data) - SHINGLE + 1))}
+
+    def matches(self, blob: bytes, stride: int = 16) -> tuple[int, int]:
+        """(matching windows, windows) over blob at the stride."""
+        windows = range(0, max(0, len(blob) - SHINGLE + 1), stride)
+        return sum(blob[i:i + SHINGLE] in self.set for i in windows), len(windows)
+
+
+def _decodings(blob: bytes) -> Iterable[bytes]:
+    yield blob
+    compact = re.sub(rb"\s+", b"", blob)
+    decoded = []
+    for dec in (base64.b64decode, base64.b85decode, base64.a85decode, base64.b32decode, binascii.unhexlify):
+        try:
+            decoded.append(dec(compact))
+        except (ValueError, binascii.Error, TypeError):
+            pass
+    for d in [blob, *decoded]:
+        yield d
+        for unpack in (zlib.decompress, gzip.decompress, lzma.decompress, bz2.decompress):
+            try:
+                yield unpack(d)
+            except Exception:  # noqa: BLE001 - any failure means "not this encoding"
+                pass
+
+
+def _blobs(text: str) -> Iterable[bytes]:
+    yield text.encode("utf-8", "surrogateescape")
+    try:
+        tree = ast.parse(text)
+    except SyntaxError:
+        return
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, (str, bytes)) and len(node.value) >= SHINGLE:
+            yield node.value if isinstance(node.value, bytes) else node.value.encode("utf-8", "surrogateescape")
+
+
+def data_overlap(files: dict[str, str | bytes], splits: dict[str, Shingles], min_fraction: float = 0.2,
+                 min_windows: int = 8) -> list[str]:
+    """Flags for changed files that contain (a copy of) a held-out split, plain or encoded."""
+    flags = []
+    for path, content in sorted(files.items()):
+        blobs = [content] if isinstance(content, bytes) else list(_blobs(content))
+        hit = None
+        for blob in blobs:
+            for decoded in _decodings(blob):
+                for name, sh in splits.items():
+                    n, total = sh.matches(decoded)
+                    if n >= min_windows and n >= min_fraction * total:
+                        hit = (name, n, total)
+                        break
+                if hit:
+                    break
+            if hit:
+                break
+        if hit:
+            flags.append(f"{hit[0]}-data: {path}: holds a copy of the {hit[0]} split "
+                         f"({hit[1]} of {hit[2]} {SHINGLE}-byte windows match)")
+    return flags

@@ -1,0 +1,133 @@
+"""GitHub's published contract, as extracted by scripts/extract_openapi.py, and validators for it."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from functools import lru_cache
+from pathlib import Path
+
+import jsonschema
+
+HERE = Path(__file__).resolve().parent
+
+
+@lru_cache(maxsize=None)
+def load(name: str) -> dict:
+    return json.loads((HERE / name).read_text())
+
+
+def openapi() -> dict:
+    return load("openapi-subset.json")
+
+
+def webhook_example(definition: str) -> dict:
+    """A fresh copy of the community example payload for e.g. `check_run$completed`."""
+    return copy.deepcopy(load("webhook-examples.json")[definition])
+
+
+def _nullable_to_jsonschema(node):
+    """OpenAPI 3.0's `nullable: true` as JSON Schema (type list with null)."""
+    if isinstance(node, dict):
+        out = {k: _nullable_to_jsonschema(v) for k, v in node.items()}
+        if out.pop("nullable", False):
+            if "type" in out:
+                out["type"] = [out["type"], "null"] if isinstance(out["type"], str) else [*out["type"], "null"]
+            elif any(k in out for k in ("allOf", "oneOf", "anyOf", "$ref")):
+                out = {"anyOf": [out, {"type": "null"}]}
+        return out
+    if isinstance(node, list):
+        return [_nullable_to_jsonschema(v) for v in node]
+    return node
+
+
+@lru_cache(maxsize=None)
+def _components() -> dict:
+    return _nullable_to_jsonschema(openapi()["components"])
+
+
+def validate_schema(schema: dict, instance, where: str) -> None:
+    """Validate against an OpenAPI schema object whose $refs point into the subset's components."""
+    root = {**_nullable_to_jsonschema(schema), "components": _components()}
+    errors = sorted(jsonschema.Draft7Validator(root).iter_errors(instance), key=lambda e: list(e.path))
+    if errors:
+        e = errors[0]
+        raise ContractError(f"{where}: {e.message} at {'/'.join(map(str, e.path)) or '(root)'}"
+                            + (f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""))
+
+
+class ContractError(AssertionError):
+    pass
+
+
+def _resolve(node: dict) -> dict:
+    while "$ref" in node:
+        node = _pointer(openapi(), node["$ref"])
+    return node
+
+
+def _pointer(doc: dict, ref: str):
+    for part in ref.lstrip("#/").split("/"):
+        doc = doc[part.replace("~1", "/").replace("~0", "~")]
+    return doc
+
+
+@lru_cache(maxsize=None)
+def _templates() -> list[tuple[re.Pattern, str]]:
+    out = []
+    for path in openapi()["paths"]:
+        # {ref} in git/ref/{ref} and commits/{ref} may hold slashes (heads/champion).
+        pattern = re.sub(r"\{(ref|name)\}", r"(?P<\1>.+)", path)
+        pattern = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", pattern)
+        out.append((re.compile("^" + pattern + "$"), path))
+    return out
+
+
+def operation(method: str, path: str) -> tuple[str, dict]:
+    """The OpenAPI path template and operation for a concrete request path; ContractError if not in the subset."""
+    method = method.lower()
+    matches = [(t, openapi()["paths"][t]) for rx, t in _templates() if rx.match(path)]
+    for template, item in sorted(matches, key=lambda m: m[0].count("{")):  # literal segments win over templates
+        if method in item:
+            return template, item[method]
+    raise ContractError(f"{method.upper()} {path} is not an operation of the extracted OpenAPI subset")
+
+
+def validate_request(method: str, path: str, body) -> str:
+    template, op = operation(method, path)
+    rb = op.get("requestBody")
+    if rb is not None:
+        schema = _resolve(rb)["content"].get("application/json", {}).get("schema")
+        if body is None and _resolve(rb).get("required"):
+            raise ContractError(f"{method.upper()} {template}: the request body is required")
+        if schema is not None and body is not None:
+            validate_schema(schema, body, f"request {method.upper()} {template}")
+    return template
+
+
+def validate_response(method: str, path: str, status: int, body) -> None:
+    template, op = operation(method, path)
+    if status == 401:  # "Bad credentials" can come from every operation; the description documents it globally
+        validate_schema({"$ref": "#/components/schemas/basic-error"}, body, f"response 401 of {method.upper()} {template}")
+        return
+    responses = op["responses"]
+    response = responses.get(str(status)) or responses.get("default")
+    if response is None:
+        raise ContractError(f"{method.upper()} {template}: status {status} is not documented ({', '.join(responses)})")
+    response = _resolve(response)
+    schema = (response.get("content") or {}).get("application/json", {}).get("schema")
+    if schema is not None:
+        validate_schema(schema, body, f"response {status} of {method.upper()} {template}")
+
+
+@lru_cache(maxsize=None)
+def _webhook_validator(definition: str):
+    schemas = load("webhook-schemas-subset.json")
+    return jsonschema.Draft7Validator({"$ref": f"#/definitions/{definition}", "definitions": schemas["definitions"]})
+
+
+def validate_webhook(definition: str, payload: dict) -> None:
+    errors = list(_webhook_validator(definition).iter_errors(payload))
+    if errors:
+        raise ContractError(f"webhook {definition}: {errors[0].message} (+{len(errors) - 1} more)")

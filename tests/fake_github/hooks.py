@@ -1,0 +1,162 @@
+"""Webhook deliveries from the fake GitHub: payloads built from the community examples, checked against
+@octokit/webhooks-schemas (the extract in webhook-schemas-subset.json), signed and POSTed like GitHub does.
+
+Deliveries go out from one background thread, in order, so the fake's request handlers never wait on the bot.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import uuid
+from dataclasses import dataclass, field
+
+import httpx
+
+from bot.server.webhooks import delivery_headers
+from tests.fake_github.contract import ContractError, validate_webhook, webhook_example
+
+# Fields newer webhook schemas require on a repository that the community examples predate.
+REPOSITORY_DEFAULTS = {"is_template": False, "web_commit_signoff_required": False, "topics": [],
+                       "visibility": "private", "custom_properties": {}}
+
+
+@dataclass
+class Delivery:
+    id: str
+    event: str
+    payload: dict
+    status: int | None = None
+    answer: str = ""
+
+
+@dataclass
+class Hooks:
+    url: str | None = None
+    secret: str = ""
+    deliveries: list[Delivery] = field(default_factory=list)
+    violations: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        self._queue: queue.Queue[Delivery | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="fake-github-hooks", daemon=True)
+        self._thread.start()
+
+    def emit(self, definition: str, event: str, payload: dict) -> Delivery:
+        """Validate the payload against its schema, then queue its delivery."""
+        try:
+            validate_webhook(definition, payload)
+        except ContractError as e:
+            self.violations.append(str(e))
+        d = Delivery(id=str(uuid.uuid4()), event=event, payload=payload)
+        self.deliveries.append(d)
+        self._queue.put(d)
+        return d
+
+    def redeliver(self, delivery: Delivery) -> int:
+        """GitHub's "Redeliver": the same delivery id and body again; returns the HTTP status."""
+        return self._post(delivery)
+
+    def flush(self, timeout: float = 10) -> None:
+        """Wait until every queued delivery was posted."""
+        done = threading.Event()
+        self._queue.put(done)  # type: ignore[arg-type]
+        assert done.wait(timeout), "webhook deliveries did not finish"
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(5)
+
+    def _post(self, d: Delivery) -> int:
+        body = json.dumps(d.payload).encode()
+        r = httpx.post(self.url, content=body, headers=delivery_headers(self.secret, d.event, d.id, body), timeout=10)
+        d.status, d.answer = r.status_code, r.text
+        return r.status_code
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if isinstance(item, threading.Event):
+                item.set()
+                continue
+            if self.url:
+                try:
+                    self._post(item)
+                except httpx.HTTPError as e:
+                    item.answer = f"{type(e).__name__}: {e}"
+
+
+def repository(full_name: str, private: bool = True) -> dict:
+    owner, name = full_name.split("/")
+    repo = webhook_example("pull_request$synchronize")["repository"]
+    repo.update(REPOSITORY_DEFAULTS, name=name, full_name=full_name, private=private)
+    repo["owner"]["login"] = owner
+    return repo
+
+
+def sender(login: str) -> dict:
+    s = webhook_example("pull_request$synchronize")["sender"]
+    s.update(login=login, type="Bot" if login.endswith("[bot]") else "User")
+    return s
+
+
+def pull_request_payload(action: str, full_name: str, pr: dict, user: str) -> tuple[str, dict]:
+    """(schema definition, payload) of a pull_request event; `pr` is the REST PR JSON of the fake."""
+    definition = "pull_request$closed" if action == "closed" else "pull_request$synchronize"
+    p = webhook_example(definition)
+    p["action"] = action
+    p["number"] = pr["number"]
+    wpr = p["pull_request"]
+    for key in ("number", "id", "node_id", "title", "body", "state", "merged", "merged_at", "merge_commit_sha",
+                "closed_at", "html_url", "url", "issue_url", "mergeable"):
+        wpr[key] = pr[key]
+    wpr["labels"] = [{**lab, "description": lab.get("description") or ""} for lab in pr["labels"]]
+    wpr["auto_merge"] = None
+    for side in ("head", "base"):
+        wpr[side].update(ref=pr[side]["ref"], sha=pr[side]["sha"], label=pr[side]["label"])
+        wpr[side]["repo"] = repository(full_name)
+    if action == "synchronize":
+        p["before"], p["after"] = p.get("before") or "0" * 40, pr["head"]["sha"]
+    if action not in ("closed", "synchronize"):
+        p.pop("before", None)
+        p.pop("after", None)
+        definition = f"pull_request${action}"
+    p["repository"] = repository(full_name)
+    p["sender"] = sender(user)
+    return definition, p
+
+
+def check_run_payload(full_name: str, run: dict, prs: list[dict], user: str) -> tuple[str, dict]:
+    """check_run.completed for a run of the fake; `prs` are the open PRs whose head is the run's sha."""
+    p = webhook_example("check_run$completed")
+    cr = p["check_run"]
+    cr.update(id=run["id"], name=run["name"], head_sha=run["head_sha"], status="completed", conclusion=run["conclusion"],
+              details_url=run.get("details_url") or cr.get("details_url"))
+    cr["check_suite"]["head_sha"] = run["head_sha"]
+    cr["pull_requests"] = [{"id": pr["id"], "number": pr["number"], "url": pr["url"],
+                            "head": {"ref": pr["head"]["ref"], "sha": pr["head"]["sha"], "repo": _mini_repo(full_name)},
+                            "base": {"ref": pr["base"]["ref"], "sha": pr["base"]["sha"], "repo": _mini_repo(full_name)}}
+                           for pr in prs]
+    cr["check_suite"]["pull_requests"] = cr["pull_requests"]
+    p["repository"] = repository(full_name)
+    p["sender"] = sender(user)
+    return "check_run$completed", p
+
+
+def _mini_repo(full_name: str) -> dict:
+    return {"id": abs(hash(full_name)) % 10**8, "name": full_name.split("/")[1], "url": f"https://api.github.test/repos/{full_name}"}
+
+
+def status_payload(full_name: str, status: dict, user: str) -> tuple[str, dict]:
+    """A `status` event for a commit status the fake stored."""
+    p = webhook_example("status$event")
+    p.update(id=status["id"], sha=status["sha"], state=status["state"], context=status["context"],
+             description=status.get("description"), target_url=status.get("target_url"),
+             name=full_name, created_at=status["created_at"], updated_at=status["created_at"])
+    p["commit"]["sha"] = status["sha"]
+    p["repository"] = repository(full_name)
+    p["sender"] = sender(user)
+    return "status$event", p

@@ -1,0 +1,109 @@
+"""Replication audit, rollback, and the seed-only change on the real target."""
+
+import random
+from pathlib import Path
+
+import pytest
+
+from bot.audit import audit_win, regression_rate, revert_win
+from bot.config import load_config
+from bot.forges.local import LocalForge, trailers_for
+from bot.loop import Loop
+from bot.policy import make_policy
+from bot.records import Decision, Proposal, RunResult
+from runner.job import Runner
+
+from .conftest import make_repo, tiny_config
+
+
+class StubRunner:
+    """Returns val_bpb drawn around a per-commit mean (tests only; the real runner is tested elsewhere)."""
+
+    def __init__(self, means: dict[str, float], sd: float = 0.01):
+        self.means, self.sd, self.calls = means, sd, []
+        self.rng = random.Random(0)
+
+    def run(self, commit, champion, seed=0, on_progress=None, splits=("val",)):
+        self.calls.append((commit, champion, seed))
+        value = self.means[commit] + self.rng.gauss(0, self.sd)
+        return RunResult(status="ok", commit=commit, champion=champion, seed=seed, metrics={"val_bpb": value})
+
+
+@pytest.fixture
+def merged_win(research_repo):
+    forge = LocalForge(research_repo)
+    forge.ensure_champion()
+    script = (research_repo.commit(forge.champion()).tree / "target/train.py").data_stream.read().decode()
+    p = Proposal(proposer="test", hypothesis="Add a comment", files={"target/train.py": script + "# better\n"})
+    rec = forge.open_experiment(p, forge.champion(), started_at="t")
+    d = Decision(verdict="win", rule="margin", reason="r", champion_mean=3.3, candidate_mean=3.2, effect=0.1)
+    rec.decision = d
+    rec.merged_as = forge.promote(rec, trailers_for(rec, d, None))
+    forge.save(rec)
+    return forge, rec
+
+
+def test_audit_of_a_real_win_replicates_with_fresh_seeds(merged_win):
+    forge, rec = merged_win
+    runner = StubRunner({rec.commit: 3.0, rec.parent: 3.2})
+    a = audit_win(forge, runner, rec, runs=3, alpha=0.05, at="now")
+    assert a.replicates and a.effect == pytest.approx(0.2, abs=0.05) and a.p_value < 0.05
+    assert min(seed for _, _, seed in runner.calls) >= 1000  # never the seeds that decided it
+    assert all(champion == rec.parent for _, champion, _ in runner.calls)  # the parent's evaluator scores both
+    saved = forge.experiments()[0]
+    assert saved.audits == [a]
+    assert regression_rate(forge.experiments()) == (0.0, 1)
+    # A second audit uses new seeds again.
+    audit_win(forge, runner, saved, runs=2, alpha=0.05, at="later")
+    assert forge.experiments()[0].audits[1].seeds == [1003, 1004]
+
+
+def test_audit_of_noise_does_not_replicate(merged_win):
+    forge, rec = merged_win
+    a = audit_win(forge, StubRunner({rec.commit: 3.2, rec.parent: 3.2}, sd=0.05), rec, runs=3, alpha=0.05, at="now")
+    assert not a.replicates
+    assert regression_rate(forge.experiments()) == (1.0, 1)
+
+
+def test_revert_rolls_a_win_back_with_trailers(merged_win):
+    forge, rec = merged_win
+    repo = forge.repo
+    sha = revert_win(forge, rec, "did not replicate")
+    assert forge.champion() == sha
+    assert repo.commit(sha).tree == repo.commit(rec.parent).tree  # the change is gone
+    assert repo.commit(sha).parents[0].hexsha == rec.merged_as  # history is kept, not rewritten
+    trailers = repo.git.log("-1", "--format=%(trailers)", sha)
+    assert f"Experiment: {rec.id}" in trailers and f"Reverts: {rec.merged_as}" in trailers
+    assert "Reason: did not replicate" in trailers
+    assert [t["Experiment"] for _, t in forge.champion_log()] == [rec.id, rec.id]
+    again = forge.experiments()[0]
+    assert again.reverted_as == sha
+    with pytest.raises(ValueError, match="already reverted"):
+        revert_win(forge, again, "twice")
+
+
+@pytest.mark.slow
+def test_a_seed_only_change_is_not_promoted_and_the_noise_floor_is_measured(tmp_path):
+    """Only the seed differs: the noise-aware rule must not call it a win (autoresearch once kept one)."""
+    repo = make_repo(tmp_path / "r", tiny_config(policy={"rule": "noise_aware", "baseline_runs": 3}))
+    config = load_config(Path(repo.working_tree_dir) / "arbot.yml")
+    forge = LocalForge(repo)
+    forge.ensure_champion()
+
+    class SeedOnly:
+        name = "scripted"
+
+        def propose(self, ctx):
+            s = ctx.script.replace("torch.manual_seed(args.seed)", "torch.manual_seed(args.seed + 7919)")
+            s = s.replace("torch.Generator().manual_seed(args.seed)", "torch.Generator().manual_seed(args.seed + 7919)")
+            assert s != ctx.script
+            return Proposal(proposer=self.name, hypothesis="Change the seed", files={ctx.script_path: s})
+
+    loop = Loop(forge, Runner(repo, config.target, config.evaluator), SeedOnly(), make_policy(config.policy),
+                config.target.allowed_paths, config.target.script)
+    champion = loop.measure_champion()
+    assert len(champion.runs) == 3  # the noise floor
+    rec = loop.step()
+    assert rec.decision.verdict == "loss", rec.decision
+    assert rec.decision.spread is not None and rec.decision.spread > 0
+    assert forge.champion() == champion.commit

@@ -1,0 +1,374 @@
+"""The PyGithub forge against the fake GitHub (real HTTP, real git), every call checked against GitHub's OpenAPI."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import git
+import httpx
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from bot.config import GitHubConfig
+from bot.github.forge import (RESULTS_MARKER, GitHubForgeError, connect, pr_body, results_comment, squash_message,
+                              trajectory_chart)
+from bot.records import Decision, ExperimentRecord, KnobChange, Proposal
+from tests.fake_github.server import FakeGitHub
+from tests.fake_github.serving import serving
+
+TOKEN = "ghp_test"
+REPO = "octo-org/research"
+# PyGithub waits 0.25 s between requests and 1 s between writes (GitHub's guidance); not against the fake.
+FAST = {"retry": None, "timeout": 10, "seconds_between_requests": None, "seconds_between_writes": None}
+
+
+def script(lr: str, depth: int) -> str:
+    return f"LR = {lr}\n# far enough apart\n# for git to merge\n# changes to both\nDEPTH = {depth}\n"
+
+
+@pytest.fixture
+def local(tmp_path) -> git.Repo:
+    repo = git.Repo.init(tmp_path / "local", initial_branch="main")
+    with repo.config_writer() as cw:
+        cw.set_value("user", "name", "arbot test")
+        cw.set_value("user", "email", "test@example.com")
+    (tmp_path / "local" / "target").mkdir()
+    (tmp_path / "local" / "target" / "train.py").write_text(script("0.01", 2))
+    (tmp_path / "local" / "README.md").write_text("research\n")
+    repo.git.add(A=True)
+    repo.index.commit("initial")
+    return repo
+
+
+@pytest.fixture
+def fake(tmp_path, local):
+    fake = FakeGitHub(tmp_path / "remote", owner="octo-org", name="research", token=TOKEN)
+    local.git.push(str(fake.bare), "main:refs/heads/main")
+    yield fake
+    fake.hooks.close()
+    assert fake.all_violations == [], fake.all_violations
+
+
+def forge_for(url: str, fake: FakeGitHub, **config):
+    cfg = GitHubConfig.model_validate({"repo": REPO, "base_url": f"{url}/api/v3", **config})
+    return connect(cfg, {"ARBOT_GITHUB_TOKEN": TOKEN}, git_url=str(fake.bare), **FAST)
+
+
+def experiment(local: git.Repo, base: str, number: int, lr: str, depth: int = 2) -> ExperimentRecord:
+    """A commit changing LR (and DEPTH) on top of `base`, as an experiment record (the local forge makes these)."""
+    tree_dir = Path(local.working_tree_dir)
+    local.git.checkout("-q", "--detach", base)
+    text = script(lr, depth)
+    (tree_dir / "target" / "train.py").write_text(text)
+    local.git.add(A=True)
+    commit = local.index.commit(f"lr {lr}").hexsha
+    local.git.checkout("-q", "main")
+    proposal = Proposal(proposer="search", hypothesis=f"learning rate {lr}", rationale="a smaller step is steadier",
+                        files={"target/train.py": text},
+                        knobs=[KnobChange(name="LR", old=0.01, new=float(lr))])
+    return ExperimentRecord(id=f"exp-{number}", number=number, branch=f"arbot/exp-{number}", commit=commit, parent=base,
+                            proposal=proposal)
+
+
+def win() -> Decision:
+    return Decision(verdict="win", rule="margin", reason="better by 0.0100", champion_mean=1.25, candidate_mean=1.24,
+                    effect=0.01, champion_runs=2, candidate_runs=2)
+
+
+def test_setup_is_idempotent(fake, local):
+    with serving(fake.asgi) as url:
+        forge = forge_for(url, fake)
+        sha, created = forge.ensure_champion()
+        assert created and sha == local.head.commit.hexsha == fake.ref("champion")
+        assert forge.ensure_labels() == ["arbot", "arbot:loss", "arbot:crash"]
+        assert forge.protect_champion() is True
+        assert fake.protection["champion"]["strict"] and fake.protection["champion"]["contexts"] == ["arbot/verdict"]
+        # again: nothing changes
+        assert forge.ensure_champion() == (sha, False)
+        assert forge.ensure_labels() == []
+        assert forge.protect_champion() is False
+
+
+def test_a_win_is_auto_merged_with_its_trailers_and_a_stale_pr_must_update(fake, local):
+    with serving(fake.asgi) as url:
+        forge = forge_for(url, fake)
+        champion, _ = forge.ensure_champion()
+        forge.ensure_labels()
+        forge.protect_champion()
+        rec1, rec2 = experiment(local, champion, 1, "0.005"), experiment(local, champion, 2, "0.01", depth=3)
+        pr1 = forge.open_pr(rec1, local)
+        assert forge.open_pr(rec1, local).number == pr1.number  # idempotent: found by head branch
+        pr2 = forge.open_pr(rec2, local)
+        assert [p.number for p in forge.open_prs()] == [pr2.number, pr1.number]
+        assert fake.prs[pr1.number].labels == ["arbot"] and fake.ref("arbot/exp-1") == rec1.commit
+        assert "| `LR` | 0.01 | 0.005 |" in fake.prs[pr1.number].body and "Experiment: exp-1" in fake.prs[pr1.number].body
+
+        # PAT: commit statuses stand in for check runs
+        forge.post_check(rec1.commit, "arbot/evaluate", "success", "val_bpb 1.2400", "table")
+        assert forge.check(rec1.commit, "arbot/evaluate").conclusion == "success"
+        assert forge.check(rec1.commit, "arbot/verdict") is None
+
+        title, body = squash_message(rec1, {"Experiment": "exp-1", "Metric": "val_bpb=1.2400"}, pr1.number)
+        assert forge.enable_automerge(pr1, rec1.commit, title, body) is True
+        assert fake.prs[pr1.number].state == "open"  # waits for arbot/verdict
+        forge.post_check(rec1.commit, "arbot/verdict", "success", "win", "better")
+        merged = fake.prs[pr1.number]
+        assert merged.merged and fake.ref("champion") == merged.merge_commit_sha
+        message = fake.message(merged.merge_commit_sha)
+        assert message.startswith(f"arbot: learning rate 0.005 (exp-1) (#{pr1.number})")
+        assert "Experiment: exp-1\nMetric: val_bpb=1.2400\nPR: #1" in message
+
+        # PR 2 was measured on the old champion: GitHub refuses it until updated, and updating moves its head
+        forge.post_check(rec2.commit, "arbot/verdict", "success", "win", "")
+        with pytest.raises(GitHubForgeError, match="not up to date"):
+            forge.merge(forge.pr(pr2.number), rec2.commit, "t", "m")
+        assert forge.update_branch(forge.pr(pr2.number), rec2.commit) is True
+        new_head = fake.ref("arbot/exp-2")
+        assert new_head != rec2.commit and fake.is_ancestor(fake.ref("champion"), new_head)
+        with pytest.raises(GitHubForgeError, match="409"):
+            forge.merge(forge.pr(pr2.number), rec2.commit, "t", "m")  # the sha guard: measured head is gone
+        assert forge.update_branch(forge.pr(pr2.number), rec2.commit) is False  # stale expected sha
+
+
+def test_merge_without_auto_merge_uses_the_sha_guard(fake, local):
+    with serving(fake.asgi) as url:
+        forge = forge_for(url, fake)
+        champion, _ = forge.ensure_champion()
+        rec = experiment(local, champion, 1, "0.005")
+        pr = forge.open_pr(rec, local)
+        assert forge.enable_automerge(pr, rec.commit, "t", "b") is False  # unprotected: "clean status"
+        with pytest.raises(GitHubForgeError, match="409"):
+            forge.merge(pr, "f" * 40, "t", "m")
+        sha = forge.merge(pr, rec.commit, "arbot: lr (exp-1) (#1)", "Experiment: exp-1\n")
+        assert fake.ref("champion") == sha and fake.prs[pr.number].merged
+
+
+def test_results_comment_is_upserted_and_a_loss_closed(fake, local):
+    with serving(fake.asgi) as url:
+        forge = forge_for(url, fake)
+        champion, _ = forge.ensure_champion()
+        forge.ensure_labels()
+        rec = experiment(local, champion, 1, "0.5")
+        pr = forge.open_pr(rec, local)
+        cid, created = forge.upsert_comment(pr.number, "first")
+        assert created
+        forge.pr(pr.number).create_issue_comment("a human remark")
+        assert forge.upsert_comment(pr.number, "second") == (cid, False)
+        assert fake.comments[cid]["body"] == f"{RESULTS_MARKER}\nsecond"
+        loss = Decision(verdict="loss", rule="margin", reason="worse by 0.2", champion_mean=1.25, candidate_mean=1.45,
+                        effect=-0.2, champion_runs=1, candidate_runs=1)
+        forge.close_as(forge.pr(pr.number), "loss", results_comment(rec, loss, [("start", 1.25)]))
+        state = fake.prs[pr.number]
+        assert state.state == "closed" and not state.merged and state.labels == ["arbot", "arbot:loss"]
+        assert len([c for c in fake.comments.values() if RESULTS_MARKER in c["body"]]) == 1
+        assert "**loss**" in fake.comments[cid]["body"]
+        assert fake.ref("arbot/exp-1") == rec.commit  # the branch is kept
+        assert forge.has_write_access("arbot-user") and not forge.has_write_access("stranger")
+
+
+def test_github_app_auth_writes_check_runs(tmp_path, local):
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    (tmp_path / "app.pem").write_bytes(pem)
+    fake = FakeGitHub(tmp_path / "remote", app=(123, public.decode(), 42))
+    local.git.push(str(fake.bare), "main:refs/heads/main")
+    with serving(fake.asgi) as url:
+        cfg = GitHubConfig.model_validate({"repo": REPO, "base_url": f"{url}/api/v3", "auth": {
+            "app_id": 123, "private_key_path": str(tmp_path / "app.pem"), "installation_id": 42}})
+        forge = connect(cfg, {}, git_url=str(fake.bare), **FAST)
+        assert forge.use_checks
+        champion, _ = forge.ensure_champion()
+        forge.post_check(champion, "arbot/evaluate", "failure", "evaluation failed", "crash", text="```\nlog\n```")
+        check = forge.check(champion, "arbot/evaluate")
+        assert check.conclusion == "failure" and check.summary == "crash"
+        assert fake.check_runs[0]["output"]["text"] == "```\nlog\n```"
+        # the report job of the workflow posts arbot/evaluate with the Actions token: only that one counts
+        fake.tokens["ghs_actions"] = "github-actions[bot]"
+        httpx.post(f"{url}/api/v3/repos/{REPO}/check-runs", headers={"Authorization": "token ghs_actions"},
+                   json={"name": "arbot/evaluate", "head_sha": champion, "status": "completed", "conclusion": "success",
+                         "output": {"title": "val_bpb 1.2", "summary": "from the workflow"}}).raise_for_status()
+        assert forge.check(champion, "arbot/evaluate", app_slug="github-actions").summary == "from the workflow"
+        assert forge.check(champion, "arbot/evaluate", app_slug="someone-else") is None
+        forge.git_url = "https://ghe.example.test/octo-org/research.git"
+        assert forge.git_remote().startswith("https://x-access-token:ghs_installation")  # the installation token
+    assert ("POST", "/app/installations/42/access_tokens") in [(m, p) for m, p, _ in fake.requests]
+    fake.hooks.close()
+    assert fake.all_violations == []
+
+
+def test_bad_credentials_and_contract_violations_are_caught(fake):
+    with serving(fake.asgi) as url:
+        cfg = GitHubConfig.model_validate({"repo": REPO, "base_url": f"{url}/api/v3"})
+        with pytest.raises(GitHubForgeError, match="ARBOT_GITHUB_TOKEN"):
+            connect(cfg, {})
+        assert connect(cfg, {"ARBOT_GITHUB_TOKEN": "ghp_x"}).git_remote() == "https://127.0.0.1/octo-org/research.git".replace(
+            "https://", "https://x-access-token:ghp_x@")  # GHE: the git host is the API's host
+        bad = connect(cfg, {"ARBOT_GITHUB_TOKEN": "wrong"}, **FAST)
+        with pytest.raises(Exception, match="401"):
+            bad.champion()
+        r = httpx.post(f"{url}/api/v3/repos/{REPO}/labels", json={"colour": "red"}, headers={"Authorization": f"token {TOKEN}"})
+        assert r.status_code == 500 and "'name' is a required property" in r.json()["message"]
+        r = httpx.delete(f"{url}/api/v3/repos/{REPO}", headers={"Authorization": f"token {TOKEN}"})
+        assert r.status_code == 500 and "not an operation of the extracted OpenAPI subset" in r.json()["message"]
+    assert len(fake.violations) == 2
+    fake.violations.clear()
+
+
+def test_rendering():
+    rec = ExperimentRecord(id="exp-3", number=3, branch="arbot/exp-3", commit="a" * 40, parent="b" * 40,
+                           proposal=Proposal(proposer="search", hypothesis="deeper", files={},
+                                             knobs=[KnobChange(name="DEPTH", old=2, new=3)]))
+    body = pr_body(rec)
+    assert body.startswith("<!-- arbot:experiment exp-3 -->") and "| `DEPTH` | 2 | 3 |" in body and "b" * 40 in body
+    title, message = squash_message(rec, {"Experiment": "exp-3"}, 12)
+    assert title == "arbot: deeper (exp-3) (#12)" and message == "Experiment: exp-3\nPR: #12\n"
+    chart = trajectory_chart([("start", 1.3), ("exp-1", 1.25), ("exp-3", 1.2)])
+    assert "xychart-beta" in chart and 'x-axis ["start", "exp-1", "exp-3"]' in chart and "line [1.3000, 1.2500, 1.2000]" in chart
+    comment = results_comment(rec, win(), [("start", 1.25), ("exp-3", 1.24)])
+    assert comment.startswith(RESULTS_MARKER) and "| 1.2400 | 1.2500 | -0.0100 | 2 / 2 | n/a |" in comment
+    assert trajectory_chart([]) == ""
+
+
+def test_push_to_the_bare_repository_is_never_forced(fake, local):
+    forge_local = local
+    champion = local.head.commit.hexsha
+    with serving(fake.asgi) as url:
+        forge = forge_for(url, fake)
+        rec = experiment(local, champion, 1, "0.1")
+        forge.push(forge_local, rec.commit, rec.branch)
+        other = experiment(local, champion, 1, "0.2")
+        with pytest.raises(GitHubForgeError, match="push"):
+            forge.push(forge_local, other.commit, rec.branch)
+    assert subprocess.run(["git", "--git-dir", str(fake.bare), "rev-parse", "arbot/exp-1"], capture_output=True,
+                          text=True).stdout.strip() == rec.commit
+
+
+def test_arbot_setup_is_idempotent_and_says_what_it_changed(fake, local, tmp_path):
+    from bot.github.setup import codeowners, run_setup
+
+    root = Path(local.working_tree_dir)
+    with serving(fake.asgi) as url:
+        forge = forge_for(url, fake)
+        first = run_setup(forge, root, owner="@octo-org/research-leads")
+        assert first[0].startswith("created branch champion at ")
+        assert first[1:4] == ["created label arbot", "created label arbot:loss", "created label arbot:crash"]
+        assert first[4].startswith("protected champion") and first[5].startswith("wrote .github/CODEOWNERS")
+        assert run_setup(forge, root, owner="@octo-org/research-leads") == [
+            "nothing to change: champion, labels (arbot, arbot:loss, arbot:crash) and protection are in place"]
+    text = (root / ".github" / "CODEOWNERS").read_text()
+    assert "/evaluator/ @octo-org/research-leads\n/.github/ @octo-org/research-leads\n" in text
+    assert codeowners("* @me\n/evaluator/ @me\n", "@x").endswith("/.github/ @x\n")
+    assert codeowners("/evaluator/ @a\n/.github/ @a\n", "@x") == "/evaluator/ @a\n/.github/ @a\n"
+
+
+def test_arbot_setup_command(fake, local, monkeypatch):
+    import yaml
+    from typer.testing import CliRunner
+
+    import bot.github.forge as forge_module
+    from bot.cli import app
+
+    root = Path(local.working_tree_dir)
+    real_connect = forge_module.connect
+    with serving(fake.asgi) as url:
+        (root / "arbot.yml").write_text(yaml.safe_dump({"github": {"repo": REPO, "base_url": f"{url}/api/v3"}}))
+        monkeypatch.setenv("ARBOT_GITHUB_TOKEN", TOKEN)
+        monkeypatch.setattr(forge_module, "connect", lambda cfg, **kw: real_connect(cfg, git_url=str(fake.bare), **kw, **FAST))
+        result = CliRunner().invoke(app, ["setup", "--repo", str(root)])
+        assert result.exit_code == 0, result.output
+        assert "created branch champion" in result.output and "protected champion" in result.output
+        monkeypatch.setenv("ARBOT_GITHUB_TOKEN", "wrong")
+        result = CliRunner().invoke(app, ["setup", "--repo", str(root)])
+        assert result.exit_code == 2 and "GitHub answered 401" in result.output
+
+
+def test_the_fake_sends_signed_webhooks_the_server_routes(fake, local, tmp_path):
+    """fake GitHub -> signed, schema-checked webhooks -> `arbot serve`'s app -> the actions the bot must take."""
+    from bot.server.app import ServerSettings, create_app
+    from bot.server.events import Evaluated, Ignored, PullRequestClosed, route
+
+    actions = []
+    handler = lambda event: actions.append((event.delivery_id, route(event, repo=REPO)))  # noqa: E731
+    bot = create_app(ServerSettings(secret="s3cret", state_path=tmp_path / "bot.sqlite", repo=REPO), handler)
+    with serving(fake.asgi) as url, serving(bot) as bot_url:
+        fake.hooks.url, fake.hooks.secret = f"{bot_url}/webhook", "s3cret"
+        forge = forge_for(url, fake)
+        champion, _ = forge.ensure_champion()
+        forge.protect_champion()
+        rec = experiment(local, champion, 1, "0.005")
+        pr = forge.open_pr(rec, local)
+        forge.post_check(rec.commit, "arbot/evaluate", "success", "val_bpb 1.24", "table")
+        title, body = squash_message(rec, {"Experiment": "exp-1"}, pr.number)
+        forge.enable_automerge(pr, rec.commit, title, body)
+        forge.post_check(rec.commit, "arbot/verdict", "success", "win", "")
+        fake.hooks.flush()
+        assert [d.status for d in fake.hooks.deliveries] == [202] * 4
+        assert fake.hooks.redeliver(fake.hooks.deliveries[-1]) == 200  # handled once
+        deadline = time.monotonic() + 10
+        while len(actions) < 4:
+            assert time.monotonic() < deadline, actions
+            time.sleep(0.05)
+    kinds = [type(a).__name__ for _, a in actions]
+    assert kinds == ["Ignored", "Evaluated", "Ignored", "PullRequestClosed"], actions
+    assert actions[1][1] == Evaluated(pr=None, head_sha=rec.commit, conclusion="success", source="status")
+    assert actions[2][1] == Ignored("status 'arbot/verdict' is not arbot/evaluate")
+    closed = actions[3][1]
+    assert isinstance(closed, PullRequestClosed) and closed.merged and closed.merge_sha == fake.ref("champion")
+
+
+def test_the_extract_covers_every_operation_the_fake_serves():
+    """The committed OpenAPI extract holds every operation listed in the script, and the fake serves no other."""
+    import importlib.util
+    import re
+
+    from tests.fake_github.contract import openapi, operation
+    from tests.fake_github.server import ROUTES
+
+    spec = importlib.util.spec_from_file_location("extract_openapi", Path(__file__).parent.parent / "scripts" / "extract_openapi.py")
+    extract = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(extract)
+    paths = openapi()["paths"]
+    assert all(method in paths[path] for method, path in extract.OPERATIONS)
+    listed = {(m, p) for m, p in extract.OPERATIONS}
+    for method, rx, _ in ROUTES:
+        sample = re.sub(r"\(\?P<(\w+)>[^)]*\)", lambda m: {"pull_number": "1", "issue_number": "1", "comment_id": "1",
+                                                           "sha": "a" * 40}.get(m.group(1), "x"), rx.pattern)
+        template, _ = operation(method, f"/repos/o/r{sample}")
+        assert (method, template) in listed
+    # the closure keeps every $ref resolvable
+    refs: set[str] = set()
+    extract.refs(openapi(), refs)
+    for ref in refs:
+        extract.pointer(openapi(), ref)
+
+
+def test_the_verdict_is_decided_without_io():
+    from bot.github.decide import decide, verdict_check
+    from bot.github.report import extract, load_runs, render
+    from bot.policy import PolicyConfig, make_policy
+    from bot.records import RunResult
+
+    champion, head = "c" * 40, "a" * 40
+    policy = make_policy(PolicyConfig(rule="margin", margin=0.0, baseline_runs=1))
+    base = [RunResult(status="ok", commit=champion, champion=champion, metrics={"val_bpb": 1.25})]
+
+    def measured(bpb=None, status="ok", against=champion):
+        run = RunResult(status=status, commit=head, champion=against, metrics={} if bpb is None else {"val_bpb": bpb},
+                        reason="" if status == "ok" else "exit 1")
+        # the way the driver gets it: through the arbot/evaluate check run's summary
+        summary = render(load_runs(run.model_dump_json()), head, [])["output"]["summary"]
+        return [RunResult.model_validate(r) for r in extract(summary)]
+
+    d = decide(policy, base, measured(1.20), pr_base=champion, champion=champion)
+    check = verdict_check(d)
+    assert d.verdict == "win" and check.conclusion == "success" and check.title.startswith("win: val_bpb 1.2000 vs 1.2500")
+    assert verdict_check(decide(policy, base, measured(1.30), pr_base=champion, champion=champion)).conclusion == "failure"
+    crash = decide(policy, base, measured(status="crash"), pr_base=champion, champion=champion)
+    assert crash.verdict == "crash" and verdict_check(crash).conclusion == "failure"
+    stale = decide(policy, base, measured(1.20), pr_base="b" * 40, champion=champion)
+    assert stale.verdict == "rejected" and stale.rule == "stale-base" and verdict_check(stale).conclusion == "failure"
+    assert decide(policy, base, measured(1.20, against="b" * 40), pr_base=champion, champion=champion).rule == "stale-base"
