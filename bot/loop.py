@@ -15,7 +15,7 @@ from bot.knobs import find_knobs
 from bot.policy import Policy
 from bot.proposers.base import ProposalContext, Proposer
 from bot.proposers.failures import ProposalRejected, save_failed_proposal
-from bot.records import ChampionRecord, Evidence, ExperimentRecord, RunResult, ok_metric
+from bot.records import ChampionRecord, Decision, Evidence, ExperimentRecord, RunResult, ok_metric
 from bot.results import results_table
 from runner.guard import forbidden_paths
 from runner.job import Runner
@@ -66,12 +66,29 @@ class Loop:
         """Finish an interrupted experiment if there is one, else propose and run a new one."""
         pending = [r for r in self.forge.experiments() if r.decision is None or self._unmerged_win(r)]
         rec = pending[0] if pending else self._open()
+        if rec.parent != self.forge.champion():
+            rec = self._remeasure(rec)
         self.forge.ensure_branch(rec)
         if rec.decision is None:
             self._decide(rec)
         if rec.decision.verdict == "win" and rec.merged_as is None and rec.review != "needed":
             self._promote(rec)
         return rec
+
+    def _remeasure(self, stale: ExperimentRecord) -> ExperimentRecord:
+        """A decision is valid only against the champion it was measured on: when champion moved before the
+        decision (or the merge), close the old experiment and measure its change again, on the new champion."""
+        champion = self.forge.champion()
+        files = self.forge.replay_files(stale, champion)
+        fresh = None
+        if files is not None:
+            fresh = self.forge.open_experiment(stale.proposal.model_copy(update={"files": files}), champion, now())
+        why = (f"champion moved from {stale.parent[:12]} to {champion[:12]} before this was merged; "
+               + (f"measured again as {fresh.id}" if fresh else "its change conflicts with the new champion"))
+        stale.decision = Decision(verdict="rejected", rule="stale", reason=why)
+        stale.finished_at = now()
+        self.forge.save(stale)
+        return fresh or stale
 
     def _unmerged_win(self, rec: ExperimentRecord) -> bool:
         return (rec.decision is not None and rec.decision.verdict == "win" and rec.merged_as is None

@@ -94,3 +94,25 @@ def test_a_proposal_that_changes_nothing_makes_no_branch(forge, research_repo):
     with pytest.raises(ForgeError, match="changes nothing"):
         forge.open_experiment(proposal(same), forge.champion(), started_at="t")
     assert forge.experiments() == [] and not [h for h in research_repo.heads if h.name.startswith("arbot/")]
+
+
+def test_a_stale_experiment_is_measured_again_on_the_new_champion(forge, research_repo):
+    """Champion moved before a decision: the old experiment is closed and its change re-applied, not lost."""
+    from bot.loop import Loop
+
+    base = forge.champion()
+    script = (research_repo.commit(base).tree / "target/train.py").data_stream.read().decode()
+    pending = forge.open_experiment(proposal(script.replace("DEPTH = 4", "DEPTH = 5", 1)), base, started_at="t")
+    other = forge.open_experiment(proposal(script.replace("N_HEAD = 4", "N_HEAD = 2", 1)), base, started_at="t")
+    d = Decision(verdict="win", rule="margin", reason="r")
+    other.decision = d
+    other.merged_as = forge.promote(other, trailers_for(other, d, None))
+    forge.save(other)
+
+    loop = Loop(forge, runner=None, proposer=None, policy=None, allowed_paths=["target/*"], script_path="target/train.py")
+    fresh = loop._remeasure(pending)
+    old = next(r for r in forge.experiments() if r.id == pending.id)
+    assert old.decision.verdict == "rejected" and old.decision.rule == "stale" and fresh.id in old.decision.reason
+    assert fresh.parent == forge.champion()
+    text = fresh.proposal.files["target/train.py"]
+    assert "DEPTH = 5" in text and "N_HEAD = 2" in text  # its own change on top of the new champion's

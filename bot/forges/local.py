@@ -126,6 +126,15 @@ class LocalForge:
             raise ForgeError("the proposal changes nothing: its files equal the champion's")
         return Commit.create_from_tree(self.repo, tree, message, parent_commits=[parent_commit], head=False).hexsha
 
+    def replay_files(self, rec: ExperimentRecord, onto: str) -> dict[str, str] | None:
+        """rec's change applied onto another champion (a three-way merge): the new text of each file it
+        changes, or None when it conflicts."""
+        try:
+            tree = self.repo.git.merge_tree("--write-tree", onto, rec.commit).splitlines()[0]
+        except git.GitCommandError:
+            return None
+        return {path: self.repo.git.show(f"{tree}:{path}", strip_newline_in_stdout=False) for path in rec.proposal.files}
+
     # --- promotion ------------------------------------------------------------------------
     def promote(self, rec: ExperimentRecord, trailers: dict[str, str]) -> str:
         """Merge a win into champion with trailers; refuses if champion moved since it was measured."""
