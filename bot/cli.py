@@ -283,6 +283,25 @@ def audit(
 
 
 @app.command()
+def approve(
+    experiment: str = typer.Argument(..., help="a win held for review (status `review` in results.tsv)"),
+    repo: Path = typer.Option(Path("."), "--repo"),
+    config: Optional[Path] = typer.Option(None, "--config"),
+):
+    """Merge a win that diff inspection held for a human, after you have read its diff."""
+    with clear_errors():
+        p = Project(repo, config)
+        loop = Loop(p.forge, p.runner, None, make_policy(p.config.policy), p.config.target.allowed_paths,
+                    p.config.target.script)
+        try:
+            rec = loop.approve(experiment)
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
+        export_results(p.forge, p.root / p.config.run.results_file)
+        console.print(f"{experiment} approved and merged: {p.config.run.champion_branch} is now {rec.merged_as[:7]}")
+
+
+@app.command()
 def revert(
     experiment: str = typer.Argument(..., help="the merged win to roll back, e.g. exp-3"),
     reason: str = typer.Option("reverted by hand", "--reason", help="recorded in the Reason: trailer"),
@@ -346,3 +365,65 @@ def setup(
             raise ConfigError(str(e)) from e
         except GithubException as e:
             raise ConfigError(f"GitHub answered {e.status}: {e.data}; check github.repo, base_url and the credentials") from e
+
+
+@contextmanager
+def github_driver(repo: Path, config: Optional[Path]):
+    """GitHub mode without the server (the serverless set-up): the driver `arbot serve` uses, with the same
+    mirror (.arbot/github.git) and state file (github.state_path: pause switch, daily budget)."""
+    from github import GithubException
+
+    from bot.github.forge import GitHubForgeError, connect
+    from bot.server.app import ServerSettings
+    from bot.server.run import build_driver
+    from bot.server.store import Store
+
+    with clear_errors():
+        try:
+            root = Path(git.Repo(repo, search_parent_directories=True).working_tree_dir)
+        except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+            root = repo.resolve()
+        cfg = load_config(config or root / CONFIG_FILE)
+        gh = cfg.github
+        state = Path(gh.state_path) if Path(gh.state_path).is_absolute() else root / gh.state_path
+        store = Store(state)
+        try:
+            forge = connect(gh, champion_branch=cfg.run.champion_branch, branch_prefix=cfg.run.branch_prefix)
+            settings = ServerSettings(secret="", state_path=state, repo=gh.repo, paused=gh.paused,
+                                      experiments_per_day=gh.experiments_per_day,
+                                      runner_minutes_per_day=gh.runner_minutes_per_day)
+            yield build_driver(cfg, root, forge, store, settings)
+        except GitHubForgeError as e:
+            raise ConfigError(str(e)) from e
+        except GithubException as e:
+            raise ConfigError(f"GitHub answered {e.status}: {e.data}; check github.repo, base_url and the credentials") from e
+        finally:
+            store.close()
+
+
+@app.command()
+def propose(repo: Path = typer.Option(Path("."), "--repo"), config: Optional[Path] = typer.Option(None, "--config")):
+    """GitHub mode without the server: bring stale PRs up to date, then open experiments up to github.max_in_flight."""
+    with github_driver(repo, config) as driver:
+        driver.update_stale()
+        opened = driver.fill()
+        for rec in opened:
+            console.print(f"opened {rec.id} ({rec.branch}): {rec.proposal.hypothesis}")
+        if not opened:
+            console.print("nothing opened: max_in_flight reached, paused or over a daily cap (see the log)")
+
+
+@app.command()
+def decide(
+    pr: Optional[int] = typer.Option(None, "--pr", help="the experiment PR to decide (default: every open one)"),
+    repo: Path = typer.Option(Path("."), "--repo"),
+    config: Optional[Path] = typer.Option(None, "--config"),
+):
+    """GitHub mode without the server: decide evaluated PRs (verdict, comment, merge or close), record merges."""
+    with github_driver(repo, config) as driver:
+        decisions = [driver.decide_number(pr)] if pr is not None else driver.catch_up()
+        for d in decisions:
+            if d is not None:
+                console.print(f"{d.verdict} ({d.rule}): {d.reason}")
+        if not any(decisions):
+            console.print("nothing to decide: no evaluation is waiting for a verdict")

@@ -156,11 +156,9 @@ class Loop:
                 raise RuntimeError(f"policy {self.policy.name} asked for more runs but named none: {decision}")
         if decision.verdict == "win":
             decision = self._confirm_holdout(rec, champion, decision)
-        flags = sorted({f.split(":", 1)[0] for r in rec.runs for f in r.flags})
-        if decision.verdict == "win" and flags and getattr(self.runner.target, "review_flagged", False):
-            rec.review = "needed"  # the verdict stands, but no automatic merge: a human approves (Loop.approve)
-            decision = decision.model_copy(update={
-                "reason": f"{decision.reason}; held for human review, the diff touches: {', '.join(flags)}"})
+        decision, review = hold_flagged(decision, rec.runs, getattr(getattr(self.runner, "target", None), "review_flagged", False))
+        if review:
+            rec.review = review  # the verdict stands, but no automatic merge: a human approves (Loop.approve)
         rec.evidence, rec.decision, rec.finished_at = evidence, decision, now()
         self.forge.save(rec)
 
@@ -168,7 +166,7 @@ class Loop:
         """Confirm a win with one run scored on val and holdout. The relative gap (holdout_bpb - val_bpb) / val_bpb
         is very stable across seeds of one model; one much larger than the champion's means the candidate fits
         val itself (it has seen it): rejected."""
-        max_gap = getattr(self.runner.target, "holdout_max_gap", None)
+        max_gap = getattr(getattr(self.runner, "target", None), "holdout_max_gap", None)
         if max_gap is None:
             return decision
 
@@ -222,9 +220,25 @@ class Loop:
         fingerprint = next((r.evaluator_fingerprint for r in rec.runs if r.evaluator_fingerprint), None)
         merge = self.forge.promote(rec, trailers_for(rec, rec.decision, fingerprint))
         # The merge's tree is the candidate's, so the candidate's runs measure the new champion.
-        self.forge.save(ChampionRecord(commit=merge, experiment=rec.id, runs=rec.runs))
+        self.forge.save(champion_after(rec, merge))
         rec.merged_as = merge
         self.forge.save(rec)
+
+
+def hold_flagged(decision: Decision, runs: list[RunResult], review_flagged: bool) -> tuple[Decision, str | None]:
+    """A win whose runs carry diff-inspection flags is held for a human (review "needed") when the target asks
+    for it; the verdict stands. Shared by the local loop and GitHub mode (bot.github.driver)."""
+    flags = sorted({f.split(":", 1)[0] for r in runs for f in r.flags})
+    if decision.verdict != "win" or not flags or not review_flagged:
+        return decision, None
+    return decision.model_copy(update={
+        "reason": f"{decision.reason}; held for human review, the diff touches: {', '.join(flags)}"}), "needed"
+
+
+def champion_after(rec: ExperimentRecord, merge: str) -> ChampionRecord:
+    """The record of the champion a win's merge made: its tree is the candidate's, so the candidate's runs
+    measure it. Shared by the local loop and GitHub mode."""
+    return ChampionRecord(commit=merge, experiment=rec.id, runs=rec.runs)
 
 
 def export_results(forge: LocalForge, path: Path) -> None:

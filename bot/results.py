@@ -15,6 +15,15 @@ COLUMNS = [
 STATUS = {"win": "keep", "loss": "discard"}  # crash, timeout and rejected keep their own names
 
 
+def status(rec: ExperimentRecord) -> str:
+    """autoresearch's status word; a flagged win waiting for a human reads `review` until approved."""
+    if rec.decision is None:
+        return "running"
+    if rec.review == "needed":
+        return "review"
+    return STATUS.get(rec.decision.verdict, rec.decision.verdict)
+
+
 def row(rec: ExperimentRecord) -> dict[str, str]:
     d = rec.decision
     values = ok_metric(rec.runs)
@@ -24,7 +33,7 @@ def row(rec: ExperimentRecord) -> dict[str, str]:
         "commit": rec.commit[:7],
         "val_bpb": f"{mean(values):.6f}" if values else "0.000000",
         "memory_gb": f"{max(memory):.2f}" if memory else "0.00",
-        "status": STATUS.get(d.verdict, d.verdict) if d else "running",
+        "status": status(rec),
         "description": rec.proposal.hypothesis,
         "experiment": rec.id,
         "verdict": d.verdict if d else "",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -20,6 +19,7 @@ import git
 
 from bot.config import EvaluatorConfig, TargetConfig
 from bot.records import RunResult
+from evaluator.data import sha256_file
 from runner.guard import changed_paths, forbidden_paths
 from runner.inspect import Shingles, data_overlap, inspect_change
 from runner.process import ProcessOutcome, ProgressCallback, run_untrusted, scrubbed_env
@@ -28,7 +28,7 @@ from runner.sandbox import DEFAULT_UID, Limits, Sandbox, SandboxUnavailable, def
 log = logging.getLogger("arbot.runner")
 MAX_MODEL_BYTES = 4 << 30  # an exported model larger than this is not copied out of the sandbox
 MAX_INSPECT_BYTES = 8 << 20  # changed files larger than this are not inspected (only flagged)
-__all__ = ["EvaluatorError", "Runner", "SandboxUnavailable", "default_cache_dir", "export_tree"]
+__all__ = ["EvaluatorError", "Runner", "SandboxError", "SandboxUnavailable", "default_cache_dir", "export_tree"]
 
 
 def default_cache_dir() -> Path:
@@ -47,6 +47,10 @@ def export_tree(repo: git.Repo, commit: str, subdir: str, dest: Path) -> None:
 
 class EvaluatorError(RuntimeError):
     """The trusted evaluator itself failed (not the candidate): a broken setup, not an experiment result."""
+
+
+class SandboxError(EvaluatorError, SandboxUnavailable):
+    """target.sandbox is 'require' and the sandbox cannot start: a broken setup, not an experiment result."""
 
 
 class Runner:
@@ -73,13 +77,18 @@ class Runner:
         """The training sandbox per target.sandbox (probed once); warns loudly when runs go unsandboxed."""
         if self._sandbox is None:
             mode = getattr(self.target, "sandbox", "auto")
-            box = resolve(mode, self.limits, uid=getattr(self.target, "sandbox_uid", DEFAULT_UID))
+            try:
+                box = resolve(mode, self.limits, uid=getattr(self.target, "sandbox_uid", DEFAULT_UID))
+            except SandboxUnavailable as e:
+                raise SandboxError(str(e)) from e
             if box.kind == "none":
                 msg = (f"WARNING: candidate training runs WITHOUT a sandbox ({box.note}). Untrusted code runs with "
                        "this runner's full rights: it can read the data splits, the network and your files. "
                        "Install bubblewrap, or set target.sandbox: require to refuse such runs.")
-                log.warning(msg)
-                print(msg, file=sys.stderr, flush=True)
+                if logging.getLogger().handlers:
+                    log.warning(msg)
+                else:
+                    print(msg, file=sys.stderr, flush=True)
             self._sandbox = box
         return self._sandbox
 
@@ -233,12 +242,18 @@ class Runner:
 def take_file(src: Path, dest: Path, max_bytes: int) -> tuple[Path | None, str]:
     """Copy a file the candidate wrote to a trusted place: a regular file only (no symlink to a host file),
     at most max_bytes. Returns (dest, "") or (None, why not)."""
+    try:  # neither the file nor its directory may be a symlink (out/ -> /somewhere on the host)
+        dfd = os.open(src.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as e:
+        return None, f"its directory cannot be opened safely ({e.strerror}: a symlink?)"
     try:
-        fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        fd = os.open(src.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dfd)
     except FileNotFoundError:
         return None, "it does not exist"
     except OSError as e:
         return None, f"it cannot be opened safely ({e.strerror}: a symlink or special file?)"
+    finally:
+        os.close(dfd)
     with os.fdopen(fd, "rb") as f:
         st = os.fstat(f.fileno())
         if not stat.S_ISREG(st.st_mode):
@@ -248,14 +263,6 @@ def take_file(src: Path, dest: Path, max_bytes: int) -> tuple[Path | None, str]:
         with open(dest, "wb") as g:
             shutil.copyfileobj(f, g)
     return dest, ""
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 MEMORY_SIGNS = ("MemoryError", "Cannot allocate memory", "std::bad_alloc", "can't allocate memory", "out of memory")

@@ -58,8 +58,11 @@ def _limit_child() -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
+MAX_LINE_BYTES = 4096  # longer output lines are cut: the candidate's output must not flood the runner's memory
+
+
 def _pump(stream, tail: deque, on_progress: ProgressCallback | None) -> None:
-    for raw in stream:
+    for raw in iter(lambda: stream.readline(MAX_LINE_BYTES), b""):
         line = raw.decode("utf-8", "replace").rstrip("\n")
         if line.startswith(PROGRESS_PREFIX):
             if on_progress:

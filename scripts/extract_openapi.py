@@ -55,6 +55,7 @@ OPERATIONS = [
     ("get", "/repos/{owner}/{repo}/branches/{branch}/protection"),
     ("put", "/repos/{owner}/{repo}/branches/{branch}/protection"),
     ("get", "/repos/{owner}/{repo}/collaborators/{username}/permission"),
+    ("post", "/repos/{owner}/{repo}/actions/runs/{run_id}/rerun"),
     ("get", "/repos/{owner}/{repo}/installation"),
     ("post", "/app/installations/{installation_id}/access_tokens"),
 ]

@@ -71,3 +71,27 @@ def test_evaluate_prints_a_result_record(research_repo):
     for key in ("seed", "steps", "tokens", "train_seconds", "total_seconds", "peak_memory_gb", "device",
                 "evaluator_fingerprint"):
         assert result[key] is not None, key
+
+
+def test_approve_merges_a_held_win_and_results_show_review_until_then(research_repo):
+    from bot.records import Decision, Proposal
+    from bot.results import row
+
+    forge = LocalForge(research_repo)
+    forge.ensure_champion()
+    script = (research_repo.commit(forge.champion()).tree / "target/train.py").data_stream.read().decode()
+    rec = forge.open_experiment(Proposal(proposer="test", hypothesis="Touch the timer",
+                                         files={"target/train.py": script + "# time.perf_counter\n"}),
+                                forge.champion(), started_at="t")
+    rec.decision = Decision(verdict="win", rule="margin", reason="r", effect=0.1, champion_mean=3.3, candidate_mean=3.2)
+    rec.review = "needed"
+    forge.save(rec)
+    assert row(forge.experiments()[0])["status"] == "review"
+
+    r = arbot(research_repo, "approve", "exp-1")
+    assert r.returncode == 0, r.stdout + r.stderr
+    done = forge.experiments()[0]
+    assert done.review == "approved" and done.merged_as == forge.champion()
+    assert row(done)["status"] == "keep"
+    again = arbot(research_repo, "approve", "exp-1")
+    assert again.returncode == 2 and "not a win waiting for review" in again.stdout

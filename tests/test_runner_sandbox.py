@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -103,8 +102,15 @@ def test_process_limit_stops_a_fork_bomb_and_the_wall_clock_kills_it(box, tmp_pa
     code = "import os, time\nn = 0\nfor _ in range(100000):\n    try:\n        os.fork(); n += 1\n    except OSError:\n        time.sleep(0.01)\n"
     out = run_in(box, tmp_path, code, deadline=4)
     assert out.timed_out
-    leftover = subprocess.run(["pgrep", "-u", "65534"], capture_output=True, text=True).stdout.split()
-    assert not leftover or os.geteuid() != 0
+    if os.geteuid() == 0:  # nothing of the sandbox uid survives the run
+        leftover = []
+        for status in Path("/proc").glob("[0-9]*/status"):
+            try:
+                if "\nUid:\t65534\t" in status.read_text():
+                    leftover.append(status.parent.name)
+            except OSError:
+                pass
+        assert leftover == []
 
 
 def test_memory_limit(box, tmp_path):
@@ -131,6 +137,8 @@ def test_take_file_refuses_symlinks_and_special_files(tmp_path):
     assert take_file(tmp_path / "out" / "fifo", tmp_path / "copy", 1 << 20)[0] is None
     (tmp_path / "out" / "big").write_bytes(b"x" * 100)
     assert "over the limit" in take_file(tmp_path / "out" / "big", tmp_path / "copy", 10)[1]
+    os.symlink("/etc", tmp_path / "linked")
+    assert "directory" in take_file(tmp_path / "linked" / "hostname", tmp_path / "copy", 1 << 20)[1]
     (tmp_path / "out" / "ok").write_bytes(b"model")
     assert take_file(tmp_path / "out" / "ok", tmp_path / "copy", 10)[0].read_bytes() == b"model"
 
@@ -139,3 +147,17 @@ def test_bwrap_is_installed_where_ci_runs():
     """CI (.ci/run) installs bubblewrap; elsewhere this only reports."""
     if os.environ.get("CI") and shutil.which("bwrap") is None:
         pytest.fail("bubblewrap is not installed on this CI machine (apt-get install -y bubblewrap)")
+
+
+def test_runner_with_sandbox_required_fails_as_a_setup_error(research_repo, monkeypatch):
+    from bot.config import EvaluatorConfig, TargetConfig
+    from runner.job import EvaluatorError, Runner
+
+    from .conftest import tiny_config
+
+    monkeypatch.setattr(sb.shutil, "which", lambda name: None)
+    monkeypatch.setattr(sb, "_PROBES", {})
+    target = TargetConfig(**{**tiny_config()["target"], "sandbox": "require"})
+    runner = Runner(research_repo, target, EvaluatorConfig())
+    with pytest.raises(EvaluatorError, match="sandbox is 'require'"):
+        runner.run("HEAD", "HEAD")

@@ -272,11 +272,11 @@ def test_pause_comment_and_config_switch_show_on_healthz(tmp_path):
         httpx.post(f"{url}/webhook", content=body, headers=headers)
         wait_state(store, "d-r", "done")
         assert httpx.get(f"{url}/healthz").json()["paused"] is False
-        # Not built yet: an evaluation is recorded as failed with the reason (a redelivery runs it later).
+        # No driver (no credentials): an evaluation is recorded as failed with the reason (a redelivery runs it later).
         body, headers = delivery(check_run_completed(), "check_run", "d-e")
         httpx.post(f"{url}/webhook", content=body, headers=headers)
         wait_state(store, "d-e", "failed")
-        assert "not built yet" in store.error("d-e")
+        assert "needs the GitHub driver" in store.error("d-e")
     paused_app = create_app(settings(tmp_path, paused=True), Recorder())
     with serving(paused_app) as url:
         assert httpx.get(f"{url}/healthz").json()["paused"] is True

@@ -80,8 +80,11 @@ def test_train_job_has_no_secrets_and_read_only_permissions():
     assert train["if"] == "github.event.pull_request.head.repo.full_name == github.repository"
     checkouts = [s for s in train["steps"] if str(s.get("uses", "")).startswith("actions/checkout")]
     assert checkouts and all(s["with"]["persist-credentials"] is False for s in checkouts)
-    # trusted code comes from the champion; the PR head is only a commit to evaluate
-    assert all(s["with"]["ref"] == "${{ github.event.pull_request.base.sha }}" for s in checkouts)
+    # trusted code comes from the champion; the PR head is only a commit to evaluate; the notes are data
+    root = [s for s in checkouts if "path" not in s["with"]]
+    assert len(root) == 1 and root[0]["with"]["ref"] == "${{ github.event.pull_request.base.sha }}"
+    assert all(s["with"] == {"ref": "refs/notes/arbot", "path": ".arbot-notes", "persist-credentials": False}
+               for s in checkouts if s not in root)
     runs = "\n".join(s.get("run", "") for s in train["steps"])
     assert 'arbot evaluate "$HEAD_SHA" --champion "$CHAMPION_SHA" --seed "$((GITHUB_RUN_ATTEMPT - 1))"' in runs
     assert "--json > result.json" in runs
@@ -182,3 +185,58 @@ def test_report_script_runs_without_arbot_installed(tmp_path):
     check = json.loads(r.stdout)
     assert check["conclusion"] == "failure" and "missing" in check["output"]["title"]
     validate_request("post", "/repos/o/r/check-runs", check)
+
+
+def test_report_of_a_run_with_the_champion_measured_too(tmp_path):
+    champion_run = RunResult(status="ok", commit=CHAMPION, champion=CHAMPION, metrics={"val_bpb": 1.3}, seed=1)
+    runs = load_runs(json.dumps([ok_run(seed=1).model_dump(), champion_run.model_dump()]))
+    check = render(runs, HEAD, [1.25], champion_sha=CHAMPION)
+    summary = check["output"]["summary"]
+    assert check["conclusion"] == "success" and "| 1.2345 | 1.2750 (2 runs) | -0.0405 | 1 |" in summary
+    assert "| 1 (champion) | ok | 1.3000 |" in summary
+    assert [r["commit"] for r in extract(summary)] == [HEAD, CHAMPION]  # the bot adds it to the champion's note
+    # without --champion-sha a run of another commit is refused, as before
+    assert render(runs, HEAD, [])["conclusion"] == "failure"
+
+
+def test_report_says_when_the_train_job_must_measure_the_champion(tmp_path):
+    script = ROOT / "bot" / "github" / "report.py"
+    notes = tmp_path / "notes"
+
+    def needed(seed: int) -> bool:
+        r = subprocess.run([sys.executable, "-I", "-S", str(script), "needs-champion-run", "--notes", str(notes),
+                            "--champion-sha", CHAMPION, "--seed", str(seed)], capture_output=True, text=True, timeout=60)
+        assert r.returncode in (0, 1), r.stderr
+        return r.returncode == 0
+
+    assert needed(0)  # no notes checked out at all (the first champion)
+    (notes / CHAMPION[:2]).mkdir(parents=True)  # git's fan-out layout
+    record = ChampionRecord(commit=CHAMPION, runs=[ok_run(seed=0).model_copy(update={"commit": CHAMPION})])
+    (notes / CHAMPION[:2] / CHAMPION[2:]).write_text(record.model_dump_json())
+    assert not needed(0) and needed(1)
+    out = tmp_path / "check.json"
+    (tmp_path / "result.json").write_text(ok_run().model_dump_json())
+    subprocess.run([sys.executable, "-I", "-S", str(script), "--result", str(tmp_path / "result.json"), "--head-sha", HEAD,
+                    "--champion-sha", CHAMPION, "--notes", str(notes), "--details-url", "https://github.com/o/r/actions/runs/5",
+                    "--out", str(out)], check=True, timeout=60)
+    check = json.loads(out.read_text())
+    assert check["details_url"] == "https://github.com/o/r/actions/runs/5" and "(1 runs)" in check["output"]["summary"]
+    validate_request("post", "/repos/o/r/check-runs", check)
+
+
+PROPOSE = ROOT / ".github" / "workflows" / "arbot-propose.yml"
+
+
+def test_propose_workflow_runs_arbot_from_the_default_branch_with_the_app_key_only_there():
+    wf = load(PROPOSE)
+    assert set(wf["on"]) == {"schedule", "workflow_dispatch", "workflow_run"}
+    assert wf["on"]["workflow_run"] == {"workflows": ["arbot-evaluate"], "types": ["completed"]}
+    assert wf["permissions"] == {}
+    (job,) = wf["jobs"].values()
+    assert job["permissions"] == {"contents": "read"}
+    checkout = next(s for s in job["steps"] if str(s.get("uses", "")).startswith("actions/checkout"))
+    assert "ref" not in checkout["with"] and checkout["with"]["persist-credentials"] is False  # never a PR's code
+    runs = [s.get("run", "") for s in job["steps"]]
+    assert ".venv/bin/arbot decide" in runs and ".venv/bin/arbot propose" in runs
+    assert "secrets." not in EVALUATE.read_text()  # the key is this workflow's alone
+    assert "pull_request_target" not in PROPOSE.read_text()

@@ -1,8 +1,8 @@
 """The verdict of one experiment PR, without I/O: evaluated runs in, the `arbot/verdict` check out.
 
-The driver (not built yet, see docs/github.md) reads the candidate's runs from the `arbot/evaluate` check run
-(`report.extract`), the champion's runs from its record, calls `decide`, then posts `verdict_check` with
-`GitHubForge.post_check` and the comment with `results_comment`.
+The driver (bot.github.driver) reads the candidate's runs from the `arbot/evaluate` check runs
+(`report.extract`), the champion's runs from its record (the git note), calls `decide`, then posts
+`verdict_check` with `GitHubForge.post_check` and the comment with `results_comment`.
 """
 
 from __future__ import annotations

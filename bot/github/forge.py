@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,8 @@ class Check:
     name: str
     conclusion: str | None  # success, failure, ... or None while pending
     summary: str = ""
+    details_url: str | None = None
+    id: int | None = None
 
 
 def connect(config: GitHubConfig, environ: Mapping[str, str] | None = None, *, git_url: str | None = None,
@@ -264,13 +267,33 @@ class GitHubForge:
                 and (app_slug is None or (r.get("app") or {}).get("slug") == app_slug)]
         if runs:
             latest = max(runs, key=lambda r: r["id"])
-            return Check(name, latest.get("conclusion"), ((latest.get("output") or {}).get("summary") or ""))
+            return Check(name, latest.get("conclusion"), ((latest.get("output") or {}).get("summary") or ""),
+                         latest.get("details_url"), latest["id"])
         _, data = self.gh.requester.requestJsonAndCheck("GET", f"{base}/status")
         for status in data.get("statuses", []):
             if status.get("context") == name:
                 state = status.get("state")
                 return Check(name, None if state == "pending" else state, status.get("description") or "")
         return None
+
+    def checks(self, sha: str, name: str, app_slug: str | None = None) -> list[Check]:
+        """Every completed check run named `name` on `sha` (by `app_slug`), oldest first: each attempt of the
+        evaluate workflow posts one, with the run of its seed."""
+        _, data = self.gh.requester.requestJsonAndCheck("GET", f"{self.repo.url}/commits/{sha}/check-runs",
+                                                        parameters={"check_name": name, "filter": "all"})
+        runs = sorted((r for r in data.get("check_runs", []) if r.get("name") == name and r.get("status") == "completed"
+                       and (app_slug is None or (r.get("app") or {}).get("slug") == app_slug)), key=lambda r: r["id"])
+        return [Check(name, r.get("conclusion"), (r.get("output") or {}).get("summary") or "", r.get("details_url"),
+                      r["id"]) for r in runs]
+
+    def rerun_workflow(self, details_url: str | None) -> bool:
+        """Re-run the workflow run behind an arbot/evaluate check (its next attempt trains the next seed);
+        False when the check names no workflow run of this repository."""
+        m = re.search(r"/actions/runs/(\d+)", details_url or "")
+        if not m:
+            return False
+        self.gh.requester.requestJsonAndCheck("POST", f"{self.repo.url}/actions/runs/{m.group(1)}/rerun", input={})
+        return True
 
     # --- merging ----------------------------------------------------------------------------------
     def enable_automerge(self, pr: PullRequest, head_sha: str, headline: str, body: str) -> bool:

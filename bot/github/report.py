@@ -5,10 +5,14 @@ The artifact comes from a job that ran untrusted training code, so it is data on
 every field is checked for its type, text is escaped, and the log tail is fenced so it cannot break out.
 Standard library only: the report job runs it from the champion's checkout without installing arbot.
 
-Usage: python bot/github/report.py --result result.json --head-sha SHA [--log evaluate.log]
-                                   [--baseline champion.json] [--out check-run.json] [--summary FILE]
+Usage: python bot/github/report.py --result result.json --head-sha SHA [--champion-sha SHA] [--log evaluate.log]
+                                   [--baseline champion.json | --notes DIR] [--out check-run.json] [--summary FILE]
 Writes the body of POST /repos/{owner}/{repo}/check-runs to --out (or stdout) and, with --summary,
 appends the Markdown summary there (pass $GITHUB_STEP_SUMMARY).
+
+       python bot/github/report.py needs-champion-run --notes DIR --champion-sha SHA --seed N
+Exits 0 when the champion's measurements (its git note under refs/notes/arbot, checked out in DIR) hold no ok
+run with seed N, so the train job measures the champion too; 1 when they do.
 """
 
 from __future__ import annotations
@@ -84,6 +88,28 @@ def baseline_values(text: str | None, metric: str = METRIC) -> list[float]:
     return out
 
 
+def note_path(notes_dir: Path, sha: str) -> Path | None:
+    """The file of `sha`'s note in a checkout of refs/notes/arbot (flat, or git's fan-out ab/cdef...)."""
+    if not re.fullmatch(r"[0-9a-f]{40}", sha):
+        return None
+    for rel in (sha, f"{sha[:2]}/{sha[2:]}", f"{sha[:2]}/{sha[2:4]}/{sha[4:]}"):
+        path = notes_dir / rel
+        if path.is_file():
+            return path
+    return None
+
+
+def has_seed(note_text: str | None, seed: int, metric: str = METRIC) -> bool:
+    """Whether the champion's record (its note) holds an ok run of `seed` that measured `metric`."""
+    try:
+        data = json.loads(note_text or "")
+    except ValueError:
+        return False
+    runs = data.get("runs", []) if isinstance(data, dict) else []
+    return any(isinstance(r, dict) and r.get("status") == "ok" and r.get("seed") == seed
+               and _num(r.get("metrics") or {}, metric) is not None for r in runs)
+
+
 def embed(runs: list[dict]) -> str:
     """The checked runs as a hidden block in the check run summary, for the bot's decision (no log tail).
 
@@ -127,21 +153,32 @@ def mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def render(runs: list[dict], head_sha: str, baseline: list[float], log_text: str = "", metric: str = METRIC) -> dict:
-    """The check run (POST body): success when every run is ok, failure otherwise. The verdict is arbot/verdict's."""
+def render(runs: list[dict], head_sha: str, baseline: list[float], log_text: str = "", metric: str = METRIC,
+           champion_sha: str | None = None) -> dict:
+    """The check run (POST body): success when every run is ok, failure otherwise. The verdict is arbot/verdict's.
+
+    Runs of `champion_sha` (the train job measures the champion at a seed its note lacks) are shown and embedded
+    for the bot, and join the baseline; the candidate's numbers are the PR head's runs only."""
     problems = []
-    for r in runs:
+    champion_runs = [r for r in runs if champion_sha and r["commit"] == champion_sha and r["commit"] != head_sha]
+    for r in champion_runs:
+        if r["status"] != "ok":
+            problems.append(f"the champion's run, seed {int(_num(r, 'seed') or 0)}: {r['status']}: {md(_str(r, 'reason'))}")
+    baseline = list(baseline) + [v for r in champion_runs if r["status"] == "ok"
+                                 and (v := _num(r.get("metrics") or {}, metric)) is not None]
+    candidate = [r for r in runs if not any(r is c for c in champion_runs)]
+    for r in candidate:
         if r["commit"] != head_sha:
             problems.append(f"a run is for commit {md(r['commit'][:40])}, not the PR head {head_sha}")
         if r["status"] != "ok":
             problems.append(f"seed {int(_num(r, 'seed') or 0)}: {r['status']}: {md(_str(r, 'reason'))}")
-    values = [v for r in runs if r["status"] == "ok" and (v := _num(r.get("metrics") or {}, metric)) is not None]
+    values = [v for r in candidate if r["status"] == "ok" and (v := _num(r.get("metrics") or {}, metric)) is not None]
     if not problems and not values:
         problems.append(f"no run reported {metric}")
     cand, base = mean(values), mean(baseline)
     delta = None if cand is None or base is None else cand - base
     fingerprints = sorted({_str(r, "evaluator_fingerprint", 80) for r in runs} - {""})
-    seeds = ", ".join(str(int(_num(r, "seed") or 0)) for r in runs)
+    seeds = ", ".join(str(int(_num(r, "seed") or 0)) for r in candidate)
 
     lines = [
         f"| {metric} | baseline | delta | seeds | evaluator |",
@@ -155,7 +192,7 @@ def render(runs: list[dict], head_sha: str, baseline: list[float], log_text: str
     for r in runs:
         steps = _num(r, "steps")
         lines.append(
-            f"| {int(_num(r, 'seed') or 0)} | {r['status']} | {fmt(_num(r.get('metrics') or {}, metric))} "
+            f"| {int(_num(r, 'seed') or 0)}{' (champion)' if any(r is c for c in champion_runs) else ''} | {r['status']} | {fmt(_num(r.get('metrics') or {}, metric))} "
             f"| {'n/a' if steps is None else int(steps)} | {fmt(_num(r, 'tokens_per_second'), 0)} "
             f"| {fmt(_num(r, 'peak_memory_gb'), 2)} | {fmt(_num(r, 'train_seconds'), 1)} | {fmt(_num(r, 'total_seconds'), 1)} |"
         )
@@ -204,13 +241,33 @@ def read(path: Path | None) -> str:
         return ""
 
 
+def needs_champion_run(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="report.py needs-champion-run",
+                                 description="Exit 0 when the champion's note lacks an ok run of this seed.")
+    ap.add_argument("--notes", type=Path, required=True, help="a checkout of refs/notes/arbot (may be missing)")
+    ap.add_argument("--champion-sha", required=True)
+    ap.add_argument("--seed", type=int, required=True)
+    ap.add_argument("--metric", default=METRIC)
+    args = ap.parse_args(argv)
+    path = note_path(args.notes, args.champion_sha) if args.notes.is_dir() else None
+    needed = not has_seed(read(path), args.seed, args.metric)
+    print(f"champion {args.champion_sha[:12]} seed {args.seed}: {'not measured yet' if needed else 'measured'}")
+    return 0 if needed else 1
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["needs-champion-run"]:
+        return needs_champion_run(argv[1:])
     ap = argparse.ArgumentParser(description="Render the arbot/evaluate check run from a result JSON.")
     ap.add_argument("--result", type=Path, required=True)
     ap.add_argument("--head-sha", required=True)
+    ap.add_argument("--champion-sha", help="runs of this commit are the champion's (measured at a seed it lacked)")
     ap.add_argument("--log", type=Path)
     ap.add_argument("--baseline", type=Path, help="the champion's record (git note) or a list of its runs")
+    ap.add_argument("--notes", type=Path, help="a checkout of refs/notes/arbot: the baseline is the champion's note")
     ap.add_argument("--metric", default=METRIC)
+    ap.add_argument("--details-url", help="the workflow run's URL: the bot re-runs that run for more seeds")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--summary", type=Path, help="append the Markdown summary here ($GITHUB_STEP_SUMMARY)")
     args = ap.parse_args(argv)
@@ -221,9 +278,15 @@ def main(argv: list[str] | None = None) -> int:
         if not args.result.exists():
             raise BadResult("the result artifact is missing")
         runs = load_runs(args.result.read_text(errors="replace"))
-        check = render(runs, args.head_sha, baseline_values(read(args.baseline), args.metric), log_text, args.metric)
+        baseline_file = args.baseline
+        if baseline_file is None and args.notes is not None and args.champion_sha and args.notes.is_dir():
+            baseline_file = note_path(args.notes, args.champion_sha)
+        check = render(runs, args.head_sha, baseline_values(read(baseline_file), args.metric), log_text, args.metric,
+                       champion_sha=args.champion_sha)
     except BadResult as e:
         check = render_missing(args.head_sha, str(e), log_text)
+    if args.details_url and re.fullmatch(r"https?://[^\s]+", args.details_url):
+        check["details_url"] = args.details_url
     payload = json.dumps(check, indent=1)
     if args.out:
         args.out.write_text(payload + "\n")

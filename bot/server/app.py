@@ -44,8 +44,9 @@ class ServerSettings:
 class Worker:
     """One background thread that runs the handler on each queued delivery, in order."""
 
-    def __init__(self, store: Store, handler: Handler):
-        self.store, self.handler = store, handler
+    def __init__(self, store: Store, handler: Handler, on_start: Callable[[], Any] | None = None):
+        """`on_start` runs first in the worker thread (GitHub mode: rebuild the state from GitHub)."""
+        self.store, self.handler, self.on_start = store, handler, on_start
         self.queue: queue.Queue[Event | None] = queue.Queue()
         self.busy: str | None = None  # the delivery being handled
         self._thread: threading.Thread | None = None
@@ -77,6 +78,14 @@ class Worker:
         return self.queue.qsize() + (1 if self.busy else 0)
 
     def _run(self) -> None:
+        if self.on_start is not None:
+            self.busy = "startup"
+            try:
+                self.on_start()
+            except Exception as e:  # noqa: BLE001 - the deliveries still run; the log says what failed
+                log.error("startup recovery failed: %s\n%s", e, traceback.format_exc())
+            finally:
+                self.busy = None
         while True:
             event = self.queue.get()
             if event is None:
@@ -94,10 +103,11 @@ class Worker:
                 self.busy = None
 
 
-def create_app(settings: ServerSettings, handler: Handler, store: Store | None = None) -> FastAPI:
+def create_app(settings: ServerSettings, handler: Handler, store: Store | None = None,
+               on_start: Callable[[], Any] | None = None) -> FastAPI:
     store = store or Store(settings.state_path)
     budget = Budget(store, settings.experiments_per_day, settings.runner_minutes_per_day)
-    worker = Worker(store, handler)
+    worker = Worker(store, handler, on_start)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

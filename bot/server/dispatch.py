@@ -1,10 +1,9 @@
 """The handler `arbot serve` runs on each delivery: route it (pure), then act.
 
-Done here: ping, ignored events, `/arbot pause` and `/arbot resume` (a durable switch in the store).
-Not built yet (they need the GitHub forge and the decision flow, see docs/github.md): deciding an
-evaluation, stale-base updates, `/arbot rerun`, proposing the next experiment. Those raise
-NotImplementedError, so the delivery is recorded as failed with that reason and a manual redelivery
-runs it once they exist.
+Here: ping, ignored events, `/arbot pause` and `/arbot resume` (a durable switch in the store). The rest goes
+to the driver (bot.github.driver.Driver): deciding an evaluation, merging or closing, updating stale PRs,
+`/arbot rerun`, proposing the next experiment. Without a driver (no GitHub credentials configured) those
+raise, so the delivery is recorded as failed with the reason and a manual redelivery runs it later.
 """
 
 from __future__ import annotations
@@ -22,11 +21,13 @@ log = logging.getLogger("arbot.server")
 
 class Dispatcher:
     def __init__(self, store: Store, repo: str | None = None, champion_branch: str = "champion",
-                 bot_login: str | None = None, can_write: Callable[[str], bool] | None = None):
+                 bot_login: str | None = None, can_write: Callable[[str], bool] | None = None, driver=None):
         """`can_write(user)` asks GitHub whether a user has write access (GitHubForge.has_write_access); without
-        it, the comment's author_association (OWNER, MEMBER, COLLABORATOR) is all that is checked."""
+        it, the comment's author_association (OWNER, MEMBER, COLLABORATOR) is all that is checked. `driver`: a
+        bot.github.driver.Driver (or anything with its methods)."""
         self.store, self.repo, self.champion_branch, self.bot_login = store, repo, champion_branch, bot_login
         self.can_write = can_write
+        self.driver = driver
 
     def __call__(self, event: Event) -> None:
         action = route(event, repo=self.repo, champion_branch=self.champion_branch, bot_login=self.bot_login)
@@ -41,9 +42,25 @@ class Dispatcher:
             self.store.set_flag(PAUSED_FLAG, "1" if action.command == "pause" else None)
             log.warning("delivery %s: %s by %s", event.delivery_id, "paused" if action.command == "pause" else "resumed",
                         action.user)
+            if action.command == "resume" and self.driver is not None:
+                self.driver.fill()
             return
         if isinstance(action, (Evaluated, PullRequestClosed, ChampionMoved, Command)):
             self.act(event, action)
 
     def act(self, event: Event, action) -> None:
-        raise NotImplementedError(f"{type(action).__name__} is not built yet in GitHub mode (see docs/github.md)")
+        d = self.driver
+        if d is None:
+            raise NotImplementedError(f"{type(action).__name__} needs the GitHub driver, and none is configured: set "
+                                      f"the GitHub credentials (docs/github.md), restart and redeliver")
+        if isinstance(action, Evaluated):
+            d.on_evaluated(action.pr, action.head_sha)
+        elif isinstance(action, PullRequestClosed):
+            d.on_closed(action.pr, action.merged, action.merge_sha)
+        elif isinstance(action, ChampionMoved):
+            d.update_stale()
+        elif isinstance(action, Command) and action.command == "rerun":
+            if action.is_pr:
+                d.rerun(action.issue)
+            else:
+                log.warning("delivery %s: /arbot rerun on issue #%d, which is not a PR", event.delivery_id, action.issue)

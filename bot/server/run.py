@@ -35,16 +35,36 @@ def build_app(config: Config, root: Path, environ: dict | None = None):
 
     settings = settings_from_config(config, root, environ)
     store = Store(settings.state_path)
-    can_write = None
+    can_write = driver = None
     try:  # builds the client only: PyGithub contacts GitHub on the first call, not here
         from bot.github.forge import GitHubForgeError, connect
 
-        can_write = connect(config.github, environ, champion_branch=config.run.champion_branch).has_write_access
+        forge = connect(config.github, environ, champion_branch=config.run.champion_branch,
+                        branch_prefix=config.run.branch_prefix)
+        can_write = forge.has_write_access
+        driver = build_driver(config, root, forge, store, settings)
     except (GitHubForgeError, OSError) as e:
         logging.getLogger("arbot.server").warning(
-            "no GitHub client (%s): /arbot commands are checked by author_association only", e)
-    dispatcher = Dispatcher(store, repo=settings.repo, champion_branch=config.run.champion_branch, can_write=can_write)
-    return create_app(settings, dispatcher, store)
+            "no GitHub client (%s): /arbot commands are checked by author_association only, and evaluations are "
+            "not decided", e)
+    dispatcher = Dispatcher(store, repo=settings.repo, champion_branch=config.run.champion_branch, can_write=can_write,
+                            driver=driver)
+    return create_app(settings, dispatcher, store, on_start=driver.recover if driver is not None else None)
+
+
+def build_driver(config: Config, root: Path, forge, store, settings, mirror_path: Path | None = None):
+    """The GitHub mode driver: the bot's bare mirror (.arbot/github.git), the configured proposer and policy,
+    the daily budget and the pause switch (config or `/arbot pause`). Contacts nothing."""
+    from bot.github.driver import MIRROR, Driver, mirror
+    from bot.policy import make_policy
+    from bot.proposers.factory import make_proposer
+    from bot.server.app import PAUSED_FLAG
+    from bot.server.store import Budget
+
+    local = mirror(mirror_path or root / MIRROR)
+    budget = Budget(store, settings.experiments_per_day, settings.runner_minutes_per_day)
+    return Driver(forge, local, config, make_proposer(config, local), make_policy(config.policy), budget=budget,
+                  paused=lambda: settings.paused or store.flag(PAUSED_FLAG) == "1")
 
 
 def serve(config: Config, root: Path, host: str, port: int, log_level: str = "info") -> None:

@@ -84,6 +84,7 @@ class FakeGitHub:
         self.allow_auto_merge = True
         self.default_branch = "main"
         self.requests: list[tuple[str, str, Any]] = []
+        self.reruns: list[int] = []  # workflow runs the bot asked to re-run (POST .../actions/runs/{id}/rerun)
         self.violations: list[str] = []
         self._ids = 100
         self.api = ""  # set from the first request: http://127.0.0.1:PORT/api/v3
@@ -612,6 +613,11 @@ class FakeGitHub:
         u["role_name"] = permission
         return 200, {"permission": permission, "role_name": permission, "user": u}
 
+    def op_rerun_workflow(self, run_id: str, **_):
+        """No workflows run here: the re-run is recorded; the test plays the next attempt (the next seed)."""
+        self.reruns.append(int(run_id))
+        return 201, {}
+
     # --- GraphQL: enablePullRequestAutoMerge only --------------------------------------------------------
     def graphql(self, body: dict, user: str) -> dict:
         query = body.get("query", "")
@@ -674,6 +680,7 @@ def _routes() -> list[tuple[str, re.Pattern, str]]:
         ("post", "/statuses/(?P<sha>[0-9a-f]{40})", "op_create_status"),
         ("get", "/commits/(?P<ref>.+)/status", "op_combined_status"),
         ("get", "/collaborators/(?P<username>[^/]+)/permission", "op_permission"),
+        ("post", "/actions/runs/(?P<run_id>\\d+)/rerun", "op_rerun_workflow"),
     ]
     return [(m, re.compile(p), name) for m, p, name in table]
 

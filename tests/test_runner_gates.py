@@ -1,0 +1,88 @@
+"""The loop's promotion gates for runner findings, with a scripted runner (fast, no training):
+flagged wins wait for a human, the holdout confirmation rejects a candidate that fits val too well."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bot.config import load_config
+from bot.forges.local import LocalForge
+from bot.knobs import set_knobs
+from bot.loop import Loop
+from bot.policy import make_policy
+from bot.records import Proposal, RunResult
+
+from .conftest import make_repo, tiny_config
+
+
+class FakeRunner:
+    """Answers runs from a table: commit -> (val_bpb, holdout_bpb, flags)."""
+
+    def __init__(self, target, table):
+        self.target, self.table, self.calls = target, table, []
+
+    def run(self, candidate, champion, seed=0, splits=("val",), on_progress=None):
+        self.calls.append((candidate[:7], splits))
+        val, holdout, flags = self.table.get(candidate, self.table["default"])
+        metrics = {"val_bpb": val + 0.001 * seed}
+        if "holdout" in splits:
+            metrics["holdout_bpb"] = holdout + 0.001 * seed
+        return RunResult(status="ok", commit=candidate, champion=champion, seed=seed, metrics=metrics,
+                         flags=list(flags), sandbox="bwrap")
+
+
+class Proposer:
+    name = "scripted"
+
+    def __init__(self, *texts):
+        self.texts = list(texts)
+
+    def propose(self, ctx):
+        return Proposal(proposer=self.name, hypothesis=f"edit {len(self.texts)}",
+                        files={"target/train.py": self.texts.pop(0)})
+
+
+def setup(tmp_path, table_for, *lrs, **target):
+    repo = make_repo(tmp_path / "r", tiny_config(target=target))
+    config = load_config(Path(repo.working_tree_dir) / "arbot.yml")
+    forge = LocalForge(repo)
+    forge.ensure_champion()
+    source = (Path(repo.working_tree_dir) / "target" / "train.py").read_text()
+    proposer = Proposer(*(set_knobs(source, {"LEARNING_RATE": lr}) for lr in lrs))
+    runner = FakeRunner(config.target, {})
+    loop = Loop(forge, runner, proposer, make_policy(config.policy), config.target.allowed_paths, config.target.script)
+    runner.table.update(table_for(forge))
+    loop.measure_champion()
+    return forge, loop, runner
+
+
+def test_flagged_win_waits_for_a_human_then_merges_on_approval(tmp_path):
+    flagged = ["timing: target/train.py: time.perf_counter = lambda: 0"]
+    forge, loop, runner = setup(tmp_path, lambda f: {"default": (3.0, 2.97, flagged), f.champion(): (4.0, 3.96, [])},
+                                3e-3, 4e-3)
+    start = forge.champion()
+    held = loop.step()
+    assert held.decision.verdict == "win" and held.review == "needed" and held.merged_as is None
+    assert "held for human review" in held.decision.reason and "timing" in held.decision.reason
+    assert forge.champion() == start
+    # the held win does not block the loop: the next step is a new experiment
+    nxt = loop.step()
+    assert nxt.id != held.id and forge.champion() == start
+    approved = loop.approve(held.id)
+    assert approved.review == "approved" and approved.merged_as == forge.champion() != start
+
+
+def test_holdout_gap_rejects_a_candidate_that_fits_val_too_well(tmp_path):
+    # champion: holdout 1% above val; candidate: val far better, holdout barely (it has seen val)
+    forge, loop, runner = setup(tmp_path, lambda f: {"default": (3.0, 3.9, []), f.champion(): (4.0, 4.04, [])}, 3e-3)
+    rec = loop.step()
+    assert rec.decision.verdict == "rejected" and rec.decision.rule == "holdout_gap", rec.decision
+    assert "seen val" in rec.decision.reason and rec.merged_as is None
+    assert any("holdout_bpb" in r.metrics for r in rec.runs)
+    assert ("val", "holdout") in [s for _, s in runner.calls]
+
+
+def test_honest_win_passes_the_holdout_confirmation(tmp_path):
+    forge, loop, runner = setup(tmp_path, lambda f: {"default": (3.0, 3.02, []), f.champion(): (4.0, 4.04, [])}, 3e-3)
+    rec = loop.step()
+    assert rec.decision.verdict == "win" and rec.merged_as and "holdout confirmed" in rec.decision.reason
