@@ -97,7 +97,7 @@ def run(
         p.forge.ensure_champion()
         progress = Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
                             TextColumn("{task.fields[loss]}"), console=console, transient=True)
-        maker = make_proposer(p.config, p.repo, proposer, model, sandbox=getattr(p.runner, "sandbox", None))
+        maker = make_proposer(p.config, p.repo, proposer, model, sandbox=p.runner.sandbox)
         if hasattr(maker, "check"):
             maker.check()  # an unreachable endpoint fails here, before any training
         loop = Loop(p.forge, p.runner, maker, make_policy(p.config.policy),

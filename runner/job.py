@@ -23,7 +23,7 @@ from evaluator.data import sha256_file
 from runner.guard import changed_paths, forbidden_paths
 from runner.inspect import Shingles, data_overlap, inspect_change
 from runner.process import ProcessOutcome, ProgressCallback, run_untrusted, scrubbed_env
-from runner.sandbox import DEFAULT_UID, Limits, Sandbox, SandboxUnavailable, default_memory_bytes, resolve
+from runner.sandbox import Limits, Sandbox, SandboxUnavailable, default_memory_bytes, resolve
 
 log = logging.getLogger("arbot.runner")
 MAX_MODEL_BYTES = 4 << 30  # an exported model larger than this is not copied out of the sandbox
@@ -69,16 +69,15 @@ class Runner:
     @property
     def limits(self) -> Limits:
         t = self.target
-        memory = int(t.memory_gb * 2**30) if getattr(t, "memory_gb", None) else default_memory_bytes()
-        return Limits(memory_bytes=memory or None, max_processes=getattr(t, "max_processes", None),
-                      max_file_bytes=int(getattr(t, "max_file_gb", 2.0) * 2**30))
+        memory = int(t.memory_gb * 2**30) if t.memory_gb else default_memory_bytes()
+        return Limits(memory_bytes=memory or None, max_processes=t.max_processes,
+                      max_file_bytes=int(t.max_file_gb * 2**30))
 
     def sandbox(self) -> Sandbox:
         """The training sandbox per target.sandbox (probed once); warns loudly when runs go unsandboxed."""
         if self._sandbox is None:
-            mode = getattr(self.target, "sandbox", "auto")
             try:
-                box = resolve(mode, self.limits, uid=getattr(self.target, "sandbox_uid", DEFAULT_UID))
+                box = resolve(self.target.sandbox, self.limits, uid=self.target.sandbox_uid)
             except SandboxUnavailable as e:
                 raise SandboxError(str(e)) from e
             if box.kind == "none":

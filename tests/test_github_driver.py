@@ -81,6 +81,14 @@ def test_a_restarted_bot_rebuilds_its_state_from_github(github):
     assert fake.prs[2].title == "learning rate 0.02" and fake.prs[2].state == "open"
     exp1 = second.record("arbot/exp-1")
     assert exp1.decision.verdict == "win" and exp1.merged_as == champion
+    # the audit trail on GitHub is the local one: `arbot log` reads it from a clone with the notes fetched
+    import git
+
+    from bot.forges.local import LocalForge
+    remote = LocalForge(git.Repo(fake.bare))
+    assert [(sha, t["Experiment"], t["PR"]) for sha, t in remote.champion_log()] == [(champion, "exp-1", "#1")]
+    assert [(r.id, r.decision and r.decision.verdict, r.merged_as) for r in remote.experiments()] == [
+        ("exp-1", "win", champion), ("exp-2", None, None)]
     # repeating is safe: nothing is posted, merged or opened twice
     statuses, prs = len(fake.statuses), len(fake.prs)
     second.recover()
@@ -175,9 +183,11 @@ def test_the_dispatcher_hands_actions_to_the_driver(tmp_path):
     dispatch(Event("issue_comment", "d-3", rerun))
     dispatch(Event("issue_comment", "d-4", comment("/arbot pause")))
     dispatch(Event("issue_comment", "d-5", comment("/arbot resume")))
+    push = {"ref": "refs/heads/champion", "before": "b" * 40, "after": "c" * 40, "repository": {"full_name": HELLO}}
+    dispatch(Event("push", "d-6", push))  # champion moved (by hand): stale PRs are brought up to date
     closed = pull_request("closed", merged=True)["pull_request"]
     assert driver.calls == [("on_evaluated", 7, "a" * 40), ("on_closed", closed["number"], True, closed["merge_commit_sha"]),
-                            ("rerun", rerun["issue"]["number"]), ("fill",)]
+                            ("rerun", rerun["issue"]["number"]), ("fill",), ("update_stale",)]
     store.close()
 
 
@@ -215,3 +225,37 @@ def test_serverless_commands_propose_and_decide(github, local, monkeypatch):  # 
     assert (root / ".arbot" / "github.git").is_dir() and (root / ".arbot" / "server.sqlite").is_file()
     out = cli.invoke(app, ["decide", "--pr", "9", "--repo", str(root)])
     assert out.exit_code == 2 and "GitHub answered 404" in out.output
+
+
+def test_git_errors_never_show_the_token(github):
+    import traceback
+
+    from bot.github.forge import GitHubForgeError
+
+    fake, url, driver = github
+    d = driver(ScriptedProposer())
+    d.forge.git_url = "https://127.0.0.1:9/octo-org/research.git"  # nothing listens there
+    assert "x-access-token:ghp_test@" in d.forge.git_remote()
+    with pytest.raises(GitHubForgeError) as e:
+        d.sync()
+    assert "ghp_test" not in "".join(traceback.format_exception(e.value))
+
+
+def test_a_flagged_win_waits_for_a_human(github):
+    """The runner's diff inspection flagged the change: the verdict stands, but nothing merges it automatically."""
+    fake, url, driver = github
+    d = driver(ScriptedProposer(lr(0.005)))
+    d.fill()
+    start, head = fake.ref("champion"), fake.head_sha(fake.prs[1])
+    runs = [RunResult(status="ok", commit=head, champion=start, metrics={"val_bpb": 1.1}, flags=["timing: reads the clock"]),
+            RunResult(status="ok", commit=start, champion=start, metrics={"val_bpb": 1.25})]
+    check = report.render(report.load_runs("[" + ",".join(r.model_dump_json() for r in runs) + "]"), head, [],
+                          champion_sha=start)
+    httpx.post(f"{url}/api/v3/repos/{REPO}/check-runs", json=check,
+               headers={"Authorization": f"token {ACTIONS_TOKEN}"}).raise_for_status()
+    decision = d.on_evaluated(1, head)
+    assert decision.verdict == "win" and "held for human review, the diff touches: timing" in decision.reason
+    assert verdict(fake, head) == "success"  # neutral: a human may merge it; the bot does not
+    assert fake.prs[1].state == "open" and fake.prs[1].auto_merge is None and fake.ref("champion") == start
+    assert "Held for a human" in next(c["body"] for c in fake.comments.values() if c["issue"] == 1)
+    assert d.record("arbot/exp-1").review == "needed"

@@ -20,7 +20,6 @@ import pytest
 import yaml
 
 from bot.config import Config
-from bot.github import report
 from bot.github.driver import Driver, mirror
 from bot.knobs import find_knobs, set_knobs
 from bot.policy import make_policy
@@ -192,7 +191,8 @@ def test_github_mode_end_to_end(tmp_path, monkeypatch):
                 assert "Experiment: exp-1" in pr1.body and start in pr1.body and "| `LEARNING_RATE` |" in pr1.body
                 assert pr2.head == "arbot/exp-2" and fake.ref("arbot/exp-2") != fake.ref("arbot/exp-1")
                 head1, old_head2 = fake.head_sha(pr1), fake.head_sha(pr2)
-                assert httpx.get(f"{bot_url}/healthz").json()["budget"]["experiments_today"] == 2
+                wait_for(lambda: httpx.get(f"{bot_url}/healthz").json()["budget"]["experiments_today"] == 2,
+                         "both experiments counted in the budget")  # counted right after the PR is opened
 
                 # --- PR 1: evaluated (the champion too: it has no measurement yet), a win, merged ------------
                 workflow = Workflow(fake, url, tmp_path / "runner")
@@ -236,7 +236,7 @@ def test_github_mode_end_to_end(tmp_path, monkeypatch):
                 assert old_bpb < start_note["runs"][0]["metrics"]["val_bpb"]  # it would have won on the old champion
                 workflow.report(late, old_head2, start, run_id=2)
                 fake.hooks.flush()
-                time.sleep(1.0)
+                wait_for(lambda: httpx.get(f"{bot_url}/healthz").json()["queue"] == 0, "the late result handled")
                 assert verdict(fake, old_head2) is None and fake.prs[2].state == "open"
                 workflow.report(fresh, new_head2, champion, run_id=3)
                 wait_for(lambda: fake.prs[2].state == "closed", "PR 2 closed")

@@ -305,6 +305,7 @@ def test_settings_need_the_webhook_secret(tmp_path):
     assert app.state.worker.handler.can_write is None  # no token: author_association only
     app = build_app(cfg, tmp_path, environ={"ARBOT_WEBHOOK_SECRET": "x", "ARBOT_GITHUB_TOKEN": "t"})
     assert app.state.worker.handler.can_write.__name__ == "has_write_access"  # built, not called
+    assert app.state.worker.handler.driver is not None and app.state.worker.on_start == app.state.worker.handler.driver.recover
 
 
 def free_port() -> int:

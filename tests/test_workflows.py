@@ -240,3 +240,10 @@ def test_propose_workflow_runs_arbot_from_the_default_branch_with_the_app_key_on
     assert ".venv/bin/arbot decide" in runs and ".venv/bin/arbot propose" in runs
     assert "secrets." not in EVALUATE.read_text()  # the key is this workflow's alone
     assert "pull_request_target" not in PROPOSE.read_text()
+
+
+def test_ci_workflow_runs_the_projects_own_suite():
+    wf = load(ROOT / ".github" / "workflows" / "ci.yml")
+    assert wf["permissions"] == {"contents": "read"} and "pull_request_target" not in wf["on"]
+    runs = [s.get("run", "") for s in wf["jobs"]["test"]["steps"]]
+    assert ".ci/run" in runs  # make test, then make test-slow (the README's commands)

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import git
+from github import GithubException
 from pydantic import ValidationError
 
 from bot.config import Config
@@ -88,7 +89,9 @@ class Driver:
             return self.local.git.execute(["git", *[remote if a == "{remote}" else a for a in args]])
         except git.GitCommandError as e:
             token = self.forge._token()
-            raise GitHubForgeError(f"git {args[0]} failed: {str(e.stderr).replace(token, '***') if token else e.stderr}") from e
+            detail = str(e.stderr).replace(token, "***") if token else str(e.stderr)
+            # from None: the GitCommandError's command line holds the remote URL with the token
+            raise GitHubForgeError(f"git {args[0]} failed: {detail}") from None
 
     def sync(self) -> None:
         """Fetch champion, the experiment branches and the notes from GitHub (GitHub is the truth)."""
@@ -131,12 +134,13 @@ class Driver:
             return None
         return self.decide_pr(pr, rec)
 
-    def _runs(self, head: str) -> tuple[list[RunResult], list[RunResult], str]:
+    @staticmethod
+    def _runs(head: str, checks) -> tuple[list[RunResult], list[RunResult], str]:
         """(candidate runs of `head`, champion runs, why there is no result) from every arbot/evaluate check."""
         candidate: dict[int, RunResult] = {}
         champion: list[RunResult] = []
         missing = ""
-        for check in self.forge.checks(head, EVALUATE_CHECK, app_slug=self.evaluate_app):
+        for check in checks:
             try:
                 runs = [RunResult.model_validate(r) for r in report.extract(check.summary)]
             except (report.BadResult, ValidationError) as e:
@@ -171,7 +175,7 @@ class Driver:
         checks = self.forge.checks(head, EVALUATE_CHECK, app_slug=self.evaluate_app)
         if not checks:
             return None  # not evaluated yet: the workflow's check run will call again
-        candidate, champion_runs, missing = self._runs(head)
+        candidate, champion_runs, missing = self._runs(head, checks)
         seconds = self._add_champion_runs(champion_runs)
         champion = self.lf.champion()
         if not candidate:
@@ -190,7 +194,13 @@ class Driver:
         rec.runs = candidate
         if not decision.final:
             self.lf.save(rec)
-            if self.forge.rerun_workflow(checks[-1].details_url):
+            try:
+                rerun = self.forge.rerun_workflow(checks[-1].details_url)
+            except GithubException as e:  # e.g. that run is already re-running (a redelivery): wait for it
+                log.warning("PR #%d: re-run of %s refused (%s): %s; waiting (/arbot rerun asks again)", pr.number,
+                            checks[-1].details_url, e.status, getattr(e, "data", e))
+                return decision
+            if rerun:
                 self.forge.upsert_comment(pr.number, f"### {rec.id}: more runs\n\n{decision.reason}\n\n"
                                                      f"Re-running the evaluation for seed {len(candidate)}.")
                 return decision
@@ -304,7 +314,7 @@ class Driver:
     def fill(self) -> list[ExperimentRecord]:
         """Open experiments while fewer than max_in_flight are open, unless paused or over a daily cap."""
         opened: list[ExperimentRecord] = []
-        refused = 0
+        refused, before = 0, None
         while True:
             if self.paused():
                 log.info("paused: not proposing")
@@ -313,7 +323,10 @@ class Driver:
             if why:
                 log.warning("not proposing: %s", why)
                 break
-            if len(self.forge.open_prs()) >= self.config.github.max_in_flight:
+            now_open = len(self.forge.open_prs())
+            before = now_open if before is None else before
+            # GitHub's PR list may lag behind a PR just created: count the ones opened here as well
+            if max(now_open, before + len(opened)) >= self.config.github.max_in_flight:
                 break
             try:
                 opened.append(self.propose())

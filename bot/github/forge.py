@@ -137,7 +137,7 @@ class GitHubForge:
         except git.GitCommandError as e:
             token = self._token() if remote != self.git_url else None
             detail = str(e.stderr) if not token else str(e.stderr).replace(token, "***")
-            raise GitHubForgeError(f"git push of {branch} failed: {detail}") from e
+            raise GitHubForgeError(f"git push of {branch} failed: {detail}") from None  # e's command holds the token
 
     # --- setup (arbot setup) ----------------------------------------------------------------------
     def champion(self) -> str:
