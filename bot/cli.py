@@ -101,8 +101,7 @@ def run(
         if hasattr(maker, "check"):
             maker.check()  # an unreachable endpoint fails here, before any training
         loop = Loop(p.forge, p.runner, maker, make_policy(p.config.policy),
-                    p.config.target.allowed_paths, p.config.target.script,
-                    on_run=RunDisplay(progress, p.config.target.budget_seconds))
+                    p.config.target, on_run=RunDisplay(progress, p.config.target.budget_seconds))
         done: list[ExperimentRecord] = []
         refused = streak = 0  # proposals that failed the validation cascade: recorded, no branch, count as attempts
         results = p.root / p.config.run.results_file
@@ -291,8 +290,7 @@ def approve(
     """Merge a win that diff inspection held for a human, after you have read its diff."""
     with clear_errors():
         p = Project(repo, config)
-        loop = Loop(p.forge, p.runner, None, make_policy(p.config.policy), p.config.target.allowed_paths,
-                    p.config.target.script)
+        loop = Loop(p.forge, p.runner, None, make_policy(p.config.policy), p.config.target)
         try:
             rec = loop.approve(experiment)
         except ValueError as e:

@@ -25,7 +25,7 @@ class TargetConfig(Strict):
         default_factory=lambda: ["target/train.py"],
         description="glob patterns of the paths a proposal may change; any other changed path is rejected before training",
     )
-    budget_seconds: float = Field(20.0, gt=0, description="training time budget per run, in seconds")
+    budget_seconds: float = Field(10.0, gt=0, description="training time budget per run, in seconds")
     grace_seconds: float = Field(
         40.0, ge=0, description="extra wall-clock time for start-up and export before the run is killed as a timeout"
     )
@@ -75,7 +75,10 @@ class KnobRange(Strict):
 class SearchConfig(Strict):
     seed: int = Field(0, description="seed of the Optuna sampler")
     knobs: dict[str, KnobRange] = Field(default_factory=dict, description="ranges per knob; others use defaults")
-    exclude: list[str] = Field(default_factory=list, description="knobs the search never changes")
+    exclude: list[str] = Field(
+        default_factory=lambda: ["EVAL_BATCH"],
+        description="knobs the search never changes (EVAL_BATCH only shapes the exported model)",
+    )
 
 
 class LLMPrices(Strict):

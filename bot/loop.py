@@ -10,6 +10,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
+from bot.config import TargetConfig
 from bot.forges.local import LocalForge, trailers_for
 from bot.knobs import find_knobs
 from bot.policy import Policy
@@ -32,14 +33,15 @@ def now() -> str:
 
 
 class Loop:
-    def __init__(self, forge: LocalForge, runner: Runner, proposer: Proposer, policy: Policy,
-                 allowed_paths: list[str], script_path: str, on_run: RunHook | None = None):
+    def __init__(self, forge: LocalForge, runner: Runner, proposer: Proposer, policy: Policy, target: TargetConfig,
+                 on_run: RunHook | None = None):
         self.forge = forge
         self.runner = runner
         self.proposer = proposer
         self.policy = policy
-        self.allowed_paths = allowed_paths
-        self.script_path = script_path
+        self.target = target
+        self.allowed_paths = target.allowed_paths
+        self.script_path = target.script
         self.on_run = on_run or (lambda label, commit, seed: None)
 
     def _run(self, label: str, commit: str, champion: str, seed: int, splits: tuple[str, ...] = ("val",)) -> RunResult:
@@ -156,7 +158,7 @@ class Loop:
                 raise RuntimeError(f"policy {self.policy.name} asked for more runs but named none: {decision}")
         if decision.verdict == "win":
             decision = self._confirm_holdout(rec, champion, decision)
-        decision, review = hold_flagged(decision, rec.runs, getattr(getattr(self.runner, "target", None), "review_flagged", False))
+        decision, review = hold_flagged(decision, rec.runs, self.target.review_flagged)
         if review:
             rec.review = review  # the verdict stands, but no automatic merge: a human approves (Loop.approve)
         rec.evidence, rec.decision, rec.finished_at = evidence, decision, now()
@@ -166,7 +168,7 @@ class Loop:
         """Confirm a win with one run scored on val and holdout. The relative gap (holdout_bpb - val_bpb) / val_bpb
         is very stable across seeds of one model; one much larger than the champion's means the candidate fits
         val itself (it has seen it): rejected."""
-        max_gap = getattr(getattr(self.runner, "target", None), "holdout_max_gap", None)
+        max_gap = self.target.holdout_max_gap
         if max_gap is None:
             return decision
 

@@ -63,7 +63,7 @@ class PolicyConfig(BaseModel, extra="forbid"):
         description="At an interim look, stop as a loss when the improvement is below this many standard errors (0: not better than the champion; default 1: not promising).",
     )
     max_candidate_runs: int = Field(
-        8, ge=2, description="Cap on candidate runs (seeds) for one experiment; not significant by then is a loss."
+        6, ge=2, description="Cap on candidate runs (seeds) for one experiment; not significant by then is a loss."
     )
     spending_power: float = Field(
         2.0,

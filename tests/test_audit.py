@@ -100,7 +100,7 @@ def test_a_seed_only_change_is_not_promoted_and_the_noise_floor_is_measured(tmp_
             return Proposal(proposer=self.name, hypothesis="Change the seed", files={ctx.script_path: s})
 
     loop = Loop(forge, Runner(repo, config.target, config.evaluator), SeedOnly(), make_policy(config.policy),
-                config.target.allowed_paths, config.target.script)
+                config.target)
     champion = loop.measure_champion()
     assert len(champion.runs) == 3  # the noise floor
     rec = loop.step()

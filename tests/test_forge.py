@@ -98,6 +98,7 @@ def test_a_proposal_that_changes_nothing_makes_no_branch(forge, research_repo):
 
 def test_a_stale_experiment_is_measured_again_on_the_new_champion(forge, research_repo):
     """Champion moved before a decision: the old experiment is closed and its change re-applied, not lost."""
+    from bot.config import TargetConfig
     from bot.loop import Loop
 
     base = forge.champion()
@@ -109,7 +110,7 @@ def test_a_stale_experiment_is_measured_again_on_the_new_champion(forge, researc
     other.merged_as = forge.promote(other, trailers_for(other, d, None))
     forge.save(other)
 
-    loop = Loop(forge, runner=None, proposer=None, policy=None, allowed_paths=["target/*"], script_path="target/train.py")
+    loop = Loop(forge, runner=None, proposer=None, policy=None, target=TargetConfig(allowed_paths=["target/*"]))
     fresh = loop._remeasure(pending)
     old = next(r for r in forge.experiments() if r.id == pending.id)
     assert old.decision.verdict == "rejected" and old.decision.rule == "stale" and fresh.id in old.decision.reason

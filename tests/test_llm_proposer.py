@@ -266,7 +266,7 @@ def test_loop_records_a_refused_proposal_in_git_and_makes_no_branch(tmp_path, se
     forge = LocalForge(repo)
     champion = forge.ensure_champion()
     loop = Loop(forge, Runner(repo, config.target, config.evaluator), make_proposer(config, repo, "llm"),
-                make_policy(config.policy), config.target.allowed_paths, config.target.script)
+                make_policy(config.policy), config.target)
     heads = {h.name for h in repo.heads}
     server.add(answer(path="evaluator/score.py", search="x\n"))
     with pytest.raises(ProposalRejected):

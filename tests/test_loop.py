@@ -61,7 +61,7 @@ def test_loop_wins_crashes_times_out_and_rejects(tmp_path):
         ("Edit the evaluator", lambda files: {**files, "evaluator/score.py": "BROKEN = True\n"}),
     )
     loop = Loop(forge, Runner(repo, config.target, config.evaluator), proposer, make_policy(config.policy),
-                config.target.allowed_paths, config.target.script)
+                config.target)
     loop.measure_champion()
     recs = [loop.step() for _ in range(4)]
 

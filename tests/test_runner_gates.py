@@ -50,7 +50,7 @@ def setup(tmp_path, table_for, *lrs, **target):
     source = (Path(repo.working_tree_dir) / "target" / "train.py").read_text()
     proposer = Proposer(*(set_knobs(source, {"LEARNING_RATE": lr}) for lr in lrs))
     runner = FakeRunner(config.target, {})
-    loop = Loop(forge, runner, proposer, make_policy(config.policy), config.target.allowed_paths, config.target.script)
+    loop = Loop(forge, runner, proposer, make_policy(config.policy), config.target)
     runner.table.update(table_for(forge))
     loop.measure_champion()
     return forge, loop, runner

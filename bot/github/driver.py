@@ -80,7 +80,7 @@ class Driver:
         self.budget, self.paused, self.evaluate_app = budget, paused, evaluate_app
         self.lf = MirrorForge(local, self.push_notes, champion_branch=config.run.champion_branch,
                               branch_prefix=config.run.branch_prefix)
-        self.loop = Loop(self.lf, None, proposer, policy, config.target.allowed_paths, config.target.script)
+        self.loop = Loop(self.lf, None, proposer, policy, config.target)
 
     # --- git: the mirror follows GitHub ------------------------------------------------------------
     def _git(self, *args: str) -> str:

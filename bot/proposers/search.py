@@ -36,6 +36,7 @@ DEFAULT_RANGES: dict[str, KnobRange] = {
     "SEQ_LEN": KnobRange(choices=[32, 64, 128, 256]),
 }
 MAX_RESAMPLES = 30
+NOVELTY = 0.05  # a new value must differ from every tried one by 5% of the knob's range
 
 
 def distribution(knob: Knob, rng: KnobRange | None) -> BaseDistribution:
@@ -71,18 +72,22 @@ class SearchProposer:
         choice = CategoricalDistribution([k.name for k in knobs])
         study = self._study(ctx.history, choice, dists)
         current = {k.name: k.value for k in knobs}
+        tried = [(name, rec.proposal.params[name]) for rec in ctx.history
+                 if (name := rec.proposal.params.get("knob")) in dists]
         for _ in range(MAX_RESAMPLES):
             trial = study.ask()
             name = trial.suggest_categorical("knob", choice.choices)
             value = _suggest(trial, name, dists[name])
-            if not _same(value, current[name]):
+            novel = not any(n == name and _near(dists[name], v, value) for n, v in tried)
+            if novel and not _near(dists[name], current[name], value):
                 return self._proposal(ctx, name, current[name], value, trial.params, len(study.trials) - 1)
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         raise ProposalError(f"the search found no new value in {MAX_RESAMPLES} tries; widen search.knobs ranges")
 
     def _study(self, history: list[ExperimentRecord], choice: CategoricalDistribution, dists) -> optuna.Study:
         # The seed depends on the history length, so a resumed run proposes exactly what an uninterrupted one would.
-        sampler = optuna.samplers.TPESampler(seed=self.cfg.seed + len(history), n_startup_trials=4)
+        seed = self.cfg.seed * 1_000_003 + len(history)
+        sampler = optuna.samplers.TPESampler(seed=seed)  # random for its first 10 trials, then TPE
         study = optuna.create_study(direction="minimize", sampler=sampler)
         for rec in history:
             trial = _past_trial(rec, choice, dists)
@@ -113,8 +118,15 @@ def _suggest(trial: optuna.Trial, name: str, dist: BaseDistribution):
     return float(format_value(value))  # the value as it will read in the file
 
 
-def _same(a: float, b: float) -> bool:
-    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+def _near(dist: BaseDistribution, a: float, b: float) -> bool:
+    """Too close to be worth another experiment: the same choice, or within NOVELTY of the knob's range
+    (on a log scale for log ranges). Re-measuring almost the same value mostly measures noise."""
+    if not isinstance(dist, FloatDistribution):
+        return a == b
+    lo, hi, a, b = dist.low, dist.high, float(a), float(b)
+    if dist.log:
+        lo, hi, a, b = (math.log(max(x, 1e-300)) for x in (lo, hi, a, b))
+    return abs(a - b) <= NOVELTY * (hi - lo)
 
 
 def _past_trial(rec: ExperimentRecord, choice: CategoricalDistribution, dists) -> optuna.trial.FrozenTrial | None:

@@ -78,7 +78,7 @@ class Suite:
         self.proposer = Proposer()
         self.runner = Runner(self.repo, self.config.target, self.config.evaluator)
         self.loop = Loop(self.forge, self.runner, self.proposer, make_policy(self.config.policy),
-                         self.config.target.allowed_paths, self.config.target.script)
+                         self.config.target)
         self.loop.measure_champion()
         self.source = (Path(self.repo.working_tree_dir) / "target" / "train.py").read_text()
         self.prepared = prepare(os.environ["ARBOT_CACHE"])
