@@ -19,13 +19,16 @@ def main(argv: list[str] | None = None) -> int:
     p_prepare = commands.add_parser("prepare", help="download, verify and split the data")
     p_score = commands.add_parser("score", help="score an exported model (model.pt2)")
     p_finger = commands.add_parser("fingerprint", help="print the evaluator fingerprint")
-    for p in (p_prepare, p_score, p_finger):
+    p_serve = commands.add_parser("serve", help="score one model per JSON request line on stdin (a warm worker)")
+    for p in (p_prepare, p_score, p_finger, p_serve):
         p.add_argument("--cache", required=True, help="cache directory for the prepared splits")
     p_score.add_argument("--model", required=True, help="path of the torch.export program")
     p_score.add_argument("--splits", default="val", help="comma-separated subset of val,holdout")
     p_score.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
     args = parser.parse_args(argv)
 
+    if args.command == "serve":
+        return serve(args.cache)
     names = []
     if args.command == "score":
         names = [n.strip() for n in args.splits.split(",") if n.strip()]
@@ -48,6 +51,29 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(json.dumps(out), flush=True)
     return 3 if out.get("status") == "invalid" else 0
+
+
+def serve(cache: str) -> int:
+    """Requests {"model": PATH, "splits": ["val", ...], "device": "cpu"}, one JSON line each; answers one JSON
+    line each, as `score` prints them. Importing torch and the first load cost seconds once, not per model."""
+    from .score import score
+
+    try:
+        prepared = prepare(cache)
+    except (DataError, OSError) as e:
+        print(f"evaluator error: {e}", file=sys.stderr)
+        return 2
+    for line in sys.stdin:
+        try:
+            request = json.loads(line)
+            names = list(request.get("splits") or ["val"])
+            if any(n not in SPLITS[1:] for n in names) or not Path(request["model"]).is_file():
+                raise ValueError(f"bad request: splits must be a subset of val,holdout and model a file: {line.strip()}")
+            out = score(request["model"], prepared, names, device=request.get("device", "cpu"))
+        except (KeyError, TypeError, ValueError, OSError, DataError) as e:
+            out = {"status": "error", "reason": f"{type(e).__name__}: {e}"}
+        print(json.dumps(out), flush=True)
+    return 0
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from evaluator.data import sha256_file
 from runner.guard import changed_paths, forbidden_paths
 from runner.inspect import Shingles, data_overlap, inspect_change
 from runner.process import ProcessOutcome, ProgressCallback, run_untrusted, scrubbed_env
+from runner.scorer import EvaluatorWorker, WorkerDied
 from runner.sandbox import Limits, Sandbox, SandboxUnavailable, default_memory_bytes, resolve
 
 log = logging.getLogger("arbot.runner")
@@ -65,6 +66,7 @@ class Runner:
         self._splits: dict[str, dict] = {}
         self._shingles: dict[str, dict[str, Shingles]] = {}
         self._sandbox: Sandbox | None = None
+        self._worker: EvaluatorWorker | None = None
 
     @property
     def limits(self) -> Limits:
@@ -143,11 +145,10 @@ class Runner:
     def _train_and_score(self, tmp: Path, result: RunResult, splits: tuple[str, ...], on_progress,
                          box: Sandbox | None = None) -> None:
         box = box or Sandbox("none", limits=self.limits)
-        evaluator_dir, work, out = tmp / "trusted", tmp / "work", tmp / "work" / "out"
-        for d in (evaluator_dir, work, out):
-            d.mkdir(parents=True)
-        export_tree(self.repo, result.champion, "evaluator", evaluator_dir)
-        data = self._prepared(result.champion, evaluator_dir)
+        work, out = tmp / "work", tmp / "work" / "out"
+        out.mkdir(parents=True)
+        scorer = self._scorer(result.champion)
+        data = self._prepared(result.champion, scorer.dir)
         result.evaluator_fingerprint = data["fingerprint"]
         changed = {p: self._blob(result.commit, p) for p in changed_paths(self.repo, result.champion, result.commit)}
         texts = {p: (b if not p.endswith(".py") else b.decode("utf-8", "surrogateescape"))
@@ -187,8 +188,12 @@ class Runner:
         if summary is not None:
             self._read_summary(summary, result)
 
-        score = self._evaluator(evaluator_dir, "score", "--model", str(model), "--cache", str(self.cache),
-                                "--splits", ",".join(splits), "--device", self.evaluator.device, allow_invalid=True)
+        try:
+            score = scorer.score(model, splits, self.evaluator.device)
+        except WorkerDied as e:
+            score = {"status": "invalid", "reason": str(e)}
+        if score["status"] == "error":
+            raise EvaluatorError(f"evaluator score failed: {score['reason']}")
         if score["status"] != "ok":
             result.status, result.log_tail = "rejected", outcome.log_tail
             result.reason = f"the evaluator rejected the model: {score['reason']}"
@@ -198,10 +203,25 @@ class Runner:
             result.log_tail = outcome.log_tail  # a flagged run waits for a human: show what it printed
         self._keep_artifacts(tmp, result)
 
+    def _scorer(self, champion: str) -> EvaluatorWorker:
+        """The warm evaluator of this champion commit (the previous champion's worker is stopped)."""
+        if self._worker is None or self._worker.champion != champion:
+            if self._worker is not None:
+                self._worker.close()
+            self._worker = EvaluatorWorker(champion, self.cache, self.target.threads)
+            export_tree(self.repo, champion, "evaluator", self._worker.dir)
+        return self._worker
+
     def _prepared(self, champion: str, evaluator_dir: Path) -> dict:
         """The data splits as the champion's evaluator prepares them (once per champion in this process)."""
         if champion not in self._splits:
-            self._splits[champion] = self._evaluator(evaluator_dir, "prepare", "--cache", str(self.cache))
+            proc = subprocess.run([sys.executable, "-m", "evaluator", "prepare", "--cache", str(self.cache)],
+                                  cwd=evaluator_dir, env=scrubbed_env(evaluator_dir, self.target.threads),
+                                  capture_output=True, text=True)
+            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+            if proc.returncode != 0 or not lines:
+                raise EvaluatorError(f"evaluator prepare failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}")
+            self._splits[champion] = json.loads(lines[-1])
         return self._splits[champion]
 
     def _read_summary(self, path: Path, result: RunResult) -> None:
@@ -215,17 +235,6 @@ class Runner:
                 setattr(result, key, summary[key])
         if isinstance(summary.get("peak_memory_gb"), (int, float)):
             result.peak_memory_gb = round(float(summary["peak_memory_gb"]), 3)
-
-    def _evaluator(self, evaluator_dir: Path, *args: str, allow_invalid: bool = False) -> dict:
-        env = scrubbed_env(evaluator_dir, self.target.threads)
-        proc = subprocess.run([sys.executable, "-m", "evaluator", *args], cwd=evaluator_dir, env=env,
-                              capture_output=True, text=True)
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-        if proc.returncode == 3 and allow_invalid and lines:
-            return json.loads(lines[-1])
-        if proc.returncode != 0 or not lines:
-            raise EvaluatorError(f"evaluator {args[0]} failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}")
-        return json.loads(lines[-1])
 
     def _keep_artifacts(self, out: Path, result: RunResult) -> None:
         """Keep the scored model copy and the summary (both already copied out of the work dir)."""
