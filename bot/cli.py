@@ -318,6 +318,15 @@ def revert(
 
 
 
+def github_mode_config(repo: Path, config: Optional[Path]) -> tuple[Path, Config]:
+    """The repository root (or the given folder: GitHub mode may run outside a clone) and its config."""
+    try:
+        root = Path(git.Repo(repo, search_parent_directories=True).working_tree_dir)
+    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+        root = repo.resolve()
+    return root, load_config(config or root / CONFIG_FILE)
+
+
 @app.command()
 def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (0.0.0.0 behind a proxy)"),
@@ -329,11 +338,7 @@ def serve(
     from bot.server.run import serve as run_server
 
     with clear_errors():
-        try:
-            root = Path(git.Repo(repo, search_parent_directories=True).working_tree_dir)
-        except (git.InvalidGitRepositoryError, git.NoSuchPathError):
-            root = repo.resolve()
-        cfg = load_config(config or root / CONFIG_FILE)
+        root, cfg = github_mode_config(repo, config)
         run_server(cfg, root, host, port)
 
 
@@ -350,11 +355,7 @@ def setup(
     from bot.github.setup import run_setup
 
     with clear_errors():
-        try:
-            root = Path(git.Repo(repo, search_parent_directories=True).working_tree_dir)
-        except (git.InvalidGitRepositoryError, git.NoSuchPathError):
-            root = repo.resolve()
-        cfg = load_config(config or root / CONFIG_FILE)
+        root, cfg = github_mode_config(repo, config)
         try:
             forge = connect(cfg.github, champion_branch=cfg.run.champion_branch, branch_prefix=cfg.run.branch_prefix)
             for line in run_setup(forge, root, owner):
@@ -377,11 +378,7 @@ def github_driver(repo: Path, config: Optional[Path]):
     from bot.server.store import Store
 
     with clear_errors():
-        try:
-            root = Path(git.Repo(repo, search_parent_directories=True).working_tree_dir)
-        except (git.InvalidGitRepositoryError, git.NoSuchPathError):
-            root = repo.resolve()
-        cfg = load_config(config or root / CONFIG_FILE)
+        root, cfg = github_mode_config(repo, config)
         gh = cfg.github
         state = Path(gh.state_path) if Path(gh.state_path).is_absolute() else root / gh.state_path
         store = Store(state)
