@@ -113,7 +113,7 @@ class Runner:
             box = self.sandbox()
             result.sandbox = box.kind
             with tempfile.TemporaryDirectory(prefix="arbot-run-") as tmp:
-                self._train_and_score(Path(tmp), result, splits, on_progress, box)
+                self._train_and_score(Path(tmp), result, changed, splits, on_progress, box)
         result.total_seconds = round(time.monotonic() - start, 2)
         return result
 
@@ -142,15 +142,14 @@ class Runner:
             self._shingles[champion] = {name: Shingles(Path(data[name]).read_bytes()) for name in ("val", "holdout")}
         return self._shingles[champion]
 
-    def _train_and_score(self, tmp: Path, result: RunResult, splits: tuple[str, ...], on_progress,
-                         box: Sandbox | None = None) -> None:
-        box = box or Sandbox("none", limits=self.limits)
+    def _train_and_score(self, tmp: Path, result: RunResult, paths: list[str], splits: tuple[str, ...],
+                         on_progress, box: Sandbox) -> None:
         work, out = tmp / "work", tmp / "work" / "out"
         out.mkdir(parents=True)
         scorer = self._scorer(result.champion)
         data = self._prepared(result.champion, scorer.dir)
         result.evaluator_fingerprint = data["fingerprint"]
-        changed = {p: self._blob(result.commit, p) for p in changed_paths(self.repo, result.champion, result.commit)}
+        changed = {p: self._blob(result.commit, p) for p in paths}
         texts = {p: (b if not p.endswith(".py") else b.decode("utf-8", "surrogateescape"))
                  for p, b in changed.items() if b is not None and len(b) <= MAX_INSPECT_BYTES}
         result.flags += data_overlap(texts, self._held_out(result.champion, data))

@@ -1,7 +1,6 @@
 """`arbot` as a user runs it: a real subprocess on a real repository."""
 
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -1,6 +1,5 @@
 """The local forge on real git repositories: branches, notes, merges with trailers, no working-tree changes."""
 
-import git
 import pytest
 
 from bot.forges.local import ForgeError, LocalForge, trailers_for
