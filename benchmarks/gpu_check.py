@@ -28,13 +28,11 @@ GPU_SIZE = {"DEPTH": 8, "N_EMBD": 512, "N_HEAD": 8, "SEQ_LEN": 512, "BATCH_SIZE"
 def train_and_score(cache: Path, budget: float, overrides: dict, work: Path, device: str) -> dict:
     from evaluator.data import prepare
     from evaluator.score import score
+    from runner.job import train_argv
 
     splits = prepare(cache)
     out = work / "out"
-    argv = [sys.executable, "train.py", "--data", str(splits.train), "--out", str(out), "--budget", str(budget),
-            "--seed", "0", "--device", device]
-    for k, v in overrides.items():
-        argv += ["--set", f"{k}={v}"]
+    argv = train_argv("train.py", splits.train, out, budget, 0, device, overrides)
     start = time.monotonic()
     subprocess.run(argv, cwd=ROOT / "target", check=True, stdout=subprocess.DEVNULL)
     wall = time.monotonic() - start
@@ -48,7 +46,7 @@ def train_and_score(cache: Path, budget: float, overrides: dict, work: Path, dev
 def runner_job(cache: Path, budget: float, overrides: dict, work: Path, device: str) -> dict:
     import git
 
-    from bot.config import EvaluatorConfig, TargetConfig
+    from runner.config import EvaluatorConfig, TargetConfig
     from runner.job import Runner
 
     repo_dir = work / "repo"

@@ -21,7 +21,8 @@ from bot.loop import ChampionBroken, Loop, export_results, now
 from bot.policy import make_policy
 from bot.proposers.base import ProposalError
 from bot.proposers.factory import make_proposer
-from bot.proposers.failures import ProposalRejected, SpendCapReached, failed_proposals
+from bot.lifecycle import MAX_REFUSED
+from bot.proposers.failures import ProposalRejected, SpendCapReached
 from bot.records import ExperimentRecord, ok_metric
 from bot.results import row
 from runner.job import EvaluatorError, Runner
@@ -136,8 +137,6 @@ def run(
                       f"{champion_summary(end.runs)}; results in {results}")
 
 
-MAX_REFUSED = 5  # stop after this many refused proposals in a row
-
 
 def champion_summary(runs) -> str:
     values = ok_metric(runs)
@@ -170,7 +169,7 @@ def log(repo: Path = typer.Option(Path("."), "--repo"), config: Optional[Path] =
                             t.get("Delta", ""), t.get("Rule", ""), t.get("Proposer", ""))
         console.print(history)
         console.print(experiment_table(p.forge.experiments()))
-        refused = failed_proposals(p.repo)
+        refused = p.forge.failed_proposals()
         if refused:
             table = Table(title="refused proposals (no branch)")
             for col in ("at", "champion", "proposer", "stage", "answers", "cost", "hypothesis / reason"):
@@ -296,7 +295,11 @@ def approve(
         except ValueError as e:
             raise ConfigError(str(e)) from e
         export_results(p.forge, p.root / p.config.run.results_file)
-        console.print(f"{experiment} approved and merged: {p.config.run.champion_branch} is now {rec.merged_as[:7]}")
+        if rec.merged_as:
+            console.print(f"{experiment} approved and merged: {p.config.run.champion_branch} is now {rec.merged_as[:7]}")
+        else:
+            console.print(f"{experiment} approved, but {p.config.run.champion_branch} moved since it was measured: "
+                          f"{rec.decision.reason}; the next `arbot run` measures it")
 
 
 @app.command()
@@ -398,9 +401,9 @@ def github_driver(repo: Path, config: Optional[Path]):
 
 @app.command()
 def propose(repo: Path = typer.Option(Path("."), "--repo"), config: Optional[Path] = typer.Option(None, "--config")):
-    """GitHub mode without the server: bring stale PRs up to date, then open experiments up to github.max_in_flight."""
+    """GitHub mode without the server: open experiments up to github.max_in_flight and dispatch their first runs."""
     with github_driver(repo, config) as driver:
-        driver.update_stale()
+        driver.sync()
         opened = driver.fill()
         for rec in opened:
             console.print(f"opened {rec.id} ({rec.branch}): {rec.proposal.hypothesis}")
@@ -410,15 +413,17 @@ def propose(repo: Path = typer.Option(Path("."), "--repo"), config: Optional[Pat
 
 @app.command()
 def decide(
-    pr: Optional[int] = typer.Option(None, "--pr", help="the experiment PR to decide (default: every open one)"),
+    pr: Optional[int] = typer.Option(None, "--pr", help="the experiment PR to advance (default: every active one)"),
     repo: Path = typer.Option(Path("."), "--repo"),
     config: Optional[Path] = typer.Option(None, "--config"),
 ):
-    """GitHub mode without the server: decide evaluated PRs (verdict, comment, merge or close), record merges."""
+    """GitHub mode without the server: collect reported runs and carry out what the lifecycle says for each
+    active experiment (dispatch runs, verdict, comment, merge or close), record merges, open the next ones."""
     with github_driver(repo, config) as driver:
-        decisions = [driver.decide_number(pr)] if pr is not None else driver.catch_up()
-        for d in decisions:
-            if d is not None:
-                console.print(f"{d.verdict} ({d.rule}): {d.reason}")
-        if not any(decisions):
-            console.print("nothing to decide: no evaluation is waiting for a verdict")
+        recs = [driver.advance_pr(pr)] if pr is not None else driver.advance_all()
+        for rec in recs:
+            d = rec.decision
+            console.print(f"{rec.id}: " + (f"{d.verdict} ({d.rule}): {d.reason}" if d else
+                                            f"measuring, {len(rec.runs)} runs made, {len(rec.pending)} in flight"))
+        if not recs:
+            console.print("nothing to decide: no experiment is active")

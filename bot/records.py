@@ -9,7 +9,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-RunStatus = Literal["ok", "crash", "timeout", "rejected"]
+from runner.result import RunResult, RunStatus
+
 Verdict = Literal["win", "loss", "crash", "timeout", "rejected", "more_runs"]
 LOWER_IS_BETTER = {"val_bpb": True, "holdout_bpb": True}
 
@@ -36,34 +37,6 @@ class Proposal(BaseModel):
     knobs: list[KnobChange] = Field(default_factory=list)
     cost: Cost = Field(default_factory=Cost)
     params: dict[str, float | int | str] = Field(default_factory=dict)
-
-
-class RunResult(BaseModel):
-    """One train + evaluate run of one commit, as the runner reports it (the JSON of `arbot evaluate`)."""
-
-    status: RunStatus
-    commit: str
-    champion: str | None = None
-    reason: str = ""
-    metrics: dict[str, float] = Field(default_factory=dict)
-    seed: int = 0
-    steps: int | None = None
-    tokens: int | None = None
-    tokens_per_second: float | None = None
-    train_seconds: float | None = None
-    total_seconds: float = 0.0
-    peak_memory_gb: float | None = None
-    device: str | None = None
-    params: int | None = None
-    evaluator_fingerprint: str | None = None
-    sandbox: str = "none"
-    log_tail: str = ""
-    flags: list[str] = Field(default_factory=list)  # what diff inspection found suspicious (runner.inspect)
-    model_sha256: str | None = None  # the exported model as scored (copied out of the sandbox, then hashed)
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
 
 
 class Evidence(BaseModel):
@@ -99,6 +72,24 @@ class Decision(BaseModel):
         return self.verdict != "more_runs"
 
 
+class RunSpec(BaseModel):
+    """One run the lifecycle asks for: train `commit`, score it with `champion`'s evaluator, at `seed`, on `splits`.
+
+    An executor that runs it later (GitHub mode dispatches a workflow) keeps it in the record's `pending` list
+    until its result arrives; `key` names that run everywhere (the check run's external_id on GitHub)."""
+
+    role: str  # "champion", or the experiment id
+    commit: str
+    champion: str
+    seed: int
+    splits: list[str] = Field(default_factory=lambda: ["val"])
+    requested_at: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{self.role}:{self.commit[:12]}:seed-{self.seed}:{'+'.join(self.splits)}"
+
+
 class AuditRecord(BaseModel):
     """One replication of a merged win: fresh seeds for the win and for the champion it was measured against."""
 
@@ -129,7 +120,8 @@ class ExperimentRecord(BaseModel):
     merged_as: str | None = None
     reverted_as: str | None = None  # the champion commit that rolled this win back (arbot revert)
     audits: list[AuditRecord] = Field(default_factory=list)
-    review: Literal["needed", "approved"] | None = None  # a flagged win waits for a human (Loop.approve)
+    review: Literal["needed", "approved"] | None = None  # a flagged win waits for a human (arbot approve)
+    pending: list[RunSpec] = Field(default_factory=list)  # runs asked for, not reported yet (GitHub mode)
     started_at: str = ""
     finished_at: str | None = None
 
@@ -141,6 +133,31 @@ class ChampionRecord(BaseModel):
     commit: str
     experiment: str | None = None  # the experiment that made this champion; None for the starting point
     runs: list[RunResult] = Field(default_factory=list)
+    pending: list[RunSpec] = Field(default_factory=list)  # runs asked for, not reported yet (GitHub mode)
+
+
+class Attempt(BaseModel):
+    """One answer of the LLM proposer and the validation step that refused it."""
+
+    stage: str  # parse, paths, apply, compile, duplicate, smoke
+    error: str
+    answer: str = ""  # the start of the model's answer
+
+
+class FailedProposal(BaseModel):
+    """A proposal that failed the validation cascade: no branch exists, so its record is a note on the champion
+    commit it was made against, under refs/notes/arbot-proposals."""
+
+    kind: Literal["failed_proposal"] = "failed_proposal"
+    proposer: str
+    model: str = ""
+    champion: str
+    hypothesis: str = ""  # the last hypothesis the model gave, if any
+    stage: str  # where the last attempt failed, or spend_cap
+    reason: str
+    attempts: list[Attempt] = Field(default_factory=list)
+    cost: Cost = Field(default_factory=Cost)
+    at: str = ""
 
 
 def ok_metric(runs: list[RunResult], metric: str = "val_bpb") -> list[float]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -13,23 +14,24 @@ import sys
 import tarfile
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 
 import git
 
-from bot.config import EvaluatorConfig, TargetConfig
-from bot.records import RunResult
-from evaluator.data import sha256_file
+from runner.config import EvaluatorConfig, TargetConfig
 from runner.guard import changed_paths, forbidden_paths
 from runner.inspect import Shingles, data_overlap, inspect_change
+from runner.limits import Limits, default_memory_bytes
 from runner.process import ProcessOutcome, ProgressCallback, run_untrusted, scrubbed_env
+from runner.result import RunResult
 from runner.scorer import EvaluatorWorker, WorkerDied
-from runner.sandbox import Limits, Sandbox, SandboxUnavailable, default_memory_bytes, resolve
+from runner.sandbox import Sandbox, SandboxUnavailable, resolve
 
 log = logging.getLogger("arbot.runner")
 MAX_MODEL_BYTES = 4 << 30  # an exported model larger than this is not copied out of the sandbox
 MAX_INSPECT_BYTES = 8 << 20  # changed files larger than this are not inspected (only flagged)
-__all__ = ["EvaluatorError", "Runner", "SandboxError", "SandboxUnavailable", "default_cache_dir", "export_tree"]
+__all__ = ["EvaluatorError", "Runner", "SandboxError", "SandboxUnavailable", "default_cache_dir", "export_tree", "train_argv"]
 
 
 def default_cache_dir() -> Path:
@@ -44,6 +46,24 @@ def export_tree(repo: git.Repo, commit: str, subdir: str, dest: Path) -> None:
     data = repo.git.archive("--format=tar", commit, subdir, stdout_as_string=False)
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         tar.extractall(dest, filter="data")
+
+
+def train_argv(script: str, data: Path, out: Path, budget: float, seed: int, device: str,
+               overrides: Mapping[str, float | int]) -> list[str]:
+    """The command line of one training run (run in the script's directory): what every train.py accepts."""
+    argv = [sys.executable, script, "--data", str(data), "--out", str(out), "--budget", str(budget),
+            "--seed", str(seed), "--device", device]
+    for name, value in overrides.items():
+        argv += ["--set", f"{name}={value}"]
+    return argv
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 class EvaluatorError(RuntimeError):
@@ -100,7 +120,7 @@ class Runner:
         start = time.monotonic()
         candidate = self.repo.commit(candidate).hexsha
         champion = self.repo.commit(champion).hexsha
-        result = RunResult(status="ok", commit=candidate, champion=champion, seed=seed)
+        result = RunResult(status="ok", commit=candidate, champion=champion, seed=seed, splits=list(splits))
         changed = changed_paths(self.repo, champion, candidate)
         result.flags = self.inspect(champion, candidate, changed)
         bad = forbidden_paths(changed, self.target.allowed_paths)
@@ -158,11 +178,8 @@ class Runner:
         export_tree(self.repo, result.commit, str(script.parent), work)
         # Only the training split is placed where the candidate can see it.
         shutil.copyfile(data["train"], work / "train.bin")
-        argv = [sys.executable, str(script.name), "--data", str(work / "train.bin"), "--out", str(out),
-                "--budget", str(self.target.budget_seconds), "--seed", str(result.seed),
-                "--device", self.target.device]
-        for name, value in self.target.overrides.items():
-            argv += ["--set", f"{name}={value}"]
+        argv = train_argv(script.name, work / "train.bin", out, self.target.budget_seconds, result.seed,
+                          self.target.device, self.target.overrides)
         box.prepare(work)
         outcome = run_untrusted(
             box.wrap(argv, work, work / script.parent), cwd=work / script.parent, env=scrubbed_env(work, self.target.threads),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import signal
 import subprocess
 import sys
@@ -15,11 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from runner.sandbox import Limits
+from runner.limits import Limits
 
 PROGRESS_PREFIX = "@progress "
 LOG_TAIL_LINES = 40
-MAX_FILE_BYTES = 2 << 30  # no single file the candidate writes may exceed 2 GiB
 
 ProgressCallback = Callable[[dict], None]
 
@@ -53,11 +51,6 @@ def scrubbed_env(workdir: Path, threads: int) -> dict[str, str]:
     return env
 
 
-def _limit_child() -> None:
-    resource.setrlimit(resource.RLIMIT_FSIZE, (MAX_FILE_BYTES, MAX_FILE_BYTES))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-
-
 MAX_LINE_BYTES = 4096  # longer output lines are cut: the candidate's output must not flood the runner's memory
 
 
@@ -84,7 +77,7 @@ def run_untrusted(
     start = time.monotonic()
     proc = subprocess.Popen(
         argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        start_new_session=True, preexec_fn=limits.apply if limits else _limit_child,
+        start_new_session=True, preexec_fn=(limits or Limits()).apply,
     )
     tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
     reader = threading.Thread(target=_pump, args=(proc.stdout, tail, on_progress), daemon=True)

@@ -1,4 +1,4 @@
-"""The training sandbox: bubblewrap (bwrap) around the untrusted training process, and its resource limits.
+"""The training sandbox: bubblewrap (bwrap) around the untrusted training process (its resource limits: runner.limits).
 
 Inside the sandbox the candidate sees:
   * a read-only view of the system directories (/usr, /etc, the lib dirs) and of the Python installation,
@@ -18,14 +18,17 @@ from __future__ import annotations
 
 import glob
 import os
-import resource
 import shutil
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from runner.limits import Limits
+from runner.process import scrubbed_env
 
 # The uid/gid a root runner drops to inside the sandbox (nobody/nogroup on Debian).
 DEFAULT_UID = 65534
@@ -36,41 +39,6 @@ _DROP = "import os,sys;os.setgroups([]);os.setgid(int(sys.argv[2]));os.setuid(in
 
 class SandboxUnavailable(RuntimeError):
     """The sandbox was required but cannot start on this machine."""
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Per-process limits applied (setrlimit) to the training process and all it starts."""
-
-    memory_bytes: int | None = None  # RLIMIT_DATA (heap and private mappings); None = no limit
-    max_processes: int | None = None  # RLIMIT_NPROC (processes and threads of the uid); None = no limit
-    max_file_bytes: int = 2 << 30  # RLIMIT_FSIZE: no single file may exceed this
-
-    def apply(self) -> None:
-        """Call in the child before exec (preexec_fn)."""
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (self.max_file_bytes, self.max_file_bytes))
-        if self.memory_bytes:
-            resource.setrlimit(resource.RLIMIT_DATA, (self.memory_bytes, self.memory_bytes))
-        if self.max_processes:
-            resource.setrlimit(resource.RLIMIT_NPROC, (self.max_processes, self.max_processes))
-
-    def describe(self) -> str:
-        parts = []
-        if self.memory_bytes:
-            parts.append(f"memory {self.memory_bytes / 2**30:g} GiB")
-        if self.max_processes:
-            parts.append(f"{self.max_processes} processes")
-        parts.append(f"files {self.max_file_bytes / 2**30:g} GiB")
-        return ", ".join(parts)
-
-
-def default_memory_bytes() -> int:
-    """75% of physical memory: a memory bomb fails inside the candidate instead of taking the machine down."""
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.75)
-    except (ValueError, OSError):
-        return 0
 
 
 def python_roots() -> list[Path]:
@@ -182,10 +150,6 @@ def resolve(mode: str, limits: Limits, uid: int = DEFAULT_UID, work_root: Path |
 
 
 def _probe(limits: Limits, uid: int, work_root: Path | None) -> Sandbox:
-    import tempfile
-
-    from runner.process import scrubbed_env
-
     exe = shutil.which("bwrap")
     if exe is None:
         return Sandbox("none", limits=limits, note="bubblewrap (bwrap) is not installed; install it (apt-get install bubblewrap)")

@@ -56,6 +56,7 @@ OPERATIONS = [
     ("put", "/repos/{owner}/{repo}/branches/{branch}/protection"),
     ("get", "/repos/{owner}/{repo}/collaborators/{username}/permission"),
     ("post", "/repos/{owner}/{repo}/actions/runs/{run_id}/rerun"),
+    ("post", "/repos/{owner}/{repo}/actions/workflows/{workflow_id}/dispatches"),
     ("get", "/repos/{owner}/{repo}/installation"),
     ("post", "/app/installations/{installation_id}/access_tokens"),
 ]

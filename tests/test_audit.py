@@ -7,7 +7,8 @@ import pytest
 
 from bot.audit import audit_win, regression_rate, revert_win
 from bot.config import load_config
-from bot.forges.local import LocalForge, trailers_for
+from bot.forges.local import LocalForge
+from bot import lifecycle as lc
 from bot.loop import Loop
 from bot.policy import make_policy
 from bot.records import Decision, Proposal, RunResult
@@ -38,7 +39,7 @@ def merged_win(research_repo):
     rec = forge.open_experiment(p, forge.champion(), started_at="t")
     d = Decision(verdict="win", rule="margin", reason="r", champion_mean=3.3, candidate_mean=3.2, effect=0.1)
     rec.decision = d
-    rec.merged_as = forge.promote(rec, trailers_for(rec, d, None))
+    rec.merged_as = forge.promote(rec, lc.trailers(rec, d))
     forge.save(rec)
     return forge, rec
 

@@ -2,7 +2,8 @@
 
 import pytest
 
-from bot.forges.local import ForgeError, LocalForge, trailers_for
+from bot.forges.local import ForgeError, LocalForge
+from bot import lifecycle as lc
 from bot.records import ChampionRecord, Decision, Proposal, RunResult
 
 
@@ -55,7 +56,7 @@ def test_promote_merges_with_trailers_and_moves_champion(forge, research_repo):
     rec.runs = [RunResult(status="ok", commit=rec.commit, metrics={"val_bpb": 3.2}, evaluator_fingerprint="abc")]
     d = Decision(verdict="win", rule="margin", reason="r", champion_mean=3.3, candidate_mean=3.2, effect=0.1,
                  champion_runs=1, candidate_runs=1)
-    merge = forge.promote(rec, trailers_for(rec, d, "abc"))
+    merge = forge.promote(rec, lc.trailers(rec, d))
     assert forge.champion() == merge
     c = research_repo.commit(merge)
     assert [p.hexsha for p in c.parents] == [old, rec.commit]
@@ -71,9 +72,9 @@ def test_promote_refuses_a_stale_measurement(forge, research_repo):
     a = forge.open_experiment(proposal("a = 1\n"), forge.champion(), started_at="t")
     b = forge.open_experiment(proposal("b = 1\n"), forge.champion(), started_at="t")
     d = Decision(verdict="win", rule="margin", reason="r")
-    forge.promote(a, trailers_for(a, d, None))
+    forge.promote(a, lc.trailers(a, d))
     with pytest.raises(ForgeError, match="was measured against"):
-        forge.promote(b, trailers_for(b, d, None))
+        forge.promote(b, lc.trailers(b, d))
 
 
 def test_notes_round_trip_both_record_kinds(forge):
@@ -99,6 +100,7 @@ def test_a_stale_experiment_is_measured_again_on_the_new_champion(forge, researc
     """Champion moved before a decision: the old experiment is closed and its change re-applied, not lost."""
     from bot.config import TargetConfig
     from bot.loop import Loop
+    from bot.policy import PolicyConfig, make_policy
 
     base = forge.champion()
     script = (research_repo.commit(base).tree / "target/train.py").data_stream.read().decode()
@@ -106,11 +108,13 @@ def test_a_stale_experiment_is_measured_again_on_the_new_champion(forge, researc
     other = forge.open_experiment(proposal(script.replace("N_HEAD = 4", "N_HEAD = 2", 1)), base, started_at="t")
     d = Decision(verdict="win", rule="margin", reason="r")
     other.decision = d
-    other.merged_as = forge.promote(other, trailers_for(other, d, None))
+    other.merged_as = forge.promote(other, lc.trailers(other, d))
     forge.save(other)
 
-    loop = Loop(forge, runner=None, proposer=None, policy=None, target=TargetConfig(allowed_paths=["target/*"]))
-    fresh = loop._remeasure(pending)
+    loop = Loop(forge, runner=None, proposer=None, policy=make_policy(PolicyConfig()),
+                target=TargetConfig(allowed_paths=["target/*"]))
+    fresh = loop.advance(pending, train=False)  # the replay needs no run; it stops at the fresh one's first run
+    assert fresh.id != pending.id and fresh.decision is None and fresh.runs == []
     old = next(r for r in forge.experiments() if r.id == pending.id)
     assert old.decision.verdict == "rejected" and old.decision.rule == "stale" and fresh.id in old.decision.reason
     assert fresh.parent == forge.champion()

@@ -16,7 +16,7 @@ from bot.policy import make_policy
 from bot.proposers.base import ProposalContext
 from bot.proposers.edits import ParseError, apply_edits, parse_answer
 from bot.proposers.factory import MixProposer, make_proposer
-from bot.proposers.failures import ProposalRejected, SpendCapReached, failed_proposals, spent_today
+from bot.proposers.failures import ProposalRejected, SpendCapReached
 from bot.proposers.llm import LLMEndpointError, LLMProposer
 from bot.proposers.prompt import build_prompt
 from bot.records import Decision, ExperimentRecord, Proposal
@@ -272,9 +272,9 @@ def test_loop_records_a_refused_proposal_in_git_and_makes_no_branch(tmp_path, se
     with pytest.raises(ProposalRejected):
         loop.step()
     assert {h.name for h in repo.heads} == heads and forge.experiments() == []
-    [rec] = failed_proposals(repo)
+    [rec] = forge.failed_proposals()
     assert rec.champion == champion and rec.stage == "paths" and rec.cost.usd > 0
-    assert spent_today(repo) == pytest.approx(rec.cost.usd)  # the daily cap counts refused proposals too
+    assert forge.spent_today() == pytest.approx(rec.cost.usd)  # the daily cap counts refused proposals too
     assert "evaluator/score.py" in repo.git.notes("--ref=arbot-proposals", "show", champion)
     out = CliRunner().invoke(app, ["log", "--repo", repo.working_tree_dir], terminal_width=200)
     assert out.exit_code == 0 and "refused proposals" in out.output and "paths" in out.output

@@ -9,15 +9,19 @@ from __future__ import annotations
 import json
 import re
 import tempfile
+from datetime import datetime, timezone
 from io import BytesIO
 
 import git
 from git.objects import Commit
 from gitdb import IStream
 
-from bot.records import ChampionRecord, Decision, ExperimentRecord, Proposal
+from bot.records import ChampionRecord, ExperimentRecord, FailedProposal, Proposal
+from runner.guard import forbidden_paths
 
-NOTES_REF = "arbot"  # refs/notes/arbot
+NOTES_REF = "arbot"  # refs/notes/arbot: experiment and champion records
+PROPOSALS_REF = "arbot-proposals"  # refs/notes/arbot-proposals: proposals refused before any branch existed
+NOTES_REFS = tuple(f"refs/notes/{r}" for r in (NOTES_REF, PROPOSALS_REF))
 ZERO = "0" * 40
 
 
@@ -40,7 +44,7 @@ class LocalForge:
                 f"check out another branch (git switch main) and run again"
             )
         ref = f"refs/heads/{self.champion_branch}"
-        if not self._ref_exists(ref):
+        if not self.has_ref(ref):
             self.repo.git.update_ref(ref, self.repo.head.commit.hexsha, ZERO)
         return self.champion()
 
@@ -48,10 +52,10 @@ class LocalForge:
         return self.repo.commit(self.champion_branch).hexsha
 
     # --- notes ----------------------------------------------------------------------------
-    def _notes(self) -> dict[str, dict]:
-        """Every arbot note, keyed by the commit it annotates."""
+    def _notes(self, ref: str = NOTES_REF) -> dict[str, dict | list]:
+        """Every note under refs/notes/<ref>, keyed by the commit it annotates."""
         try:
-            listing = self.repo.git.notes(f"--ref={NOTES_REF}", "list")
+            listing = self.repo.git.notes(f"--ref={ref}", "list")
         except git.GitCommandError:
             return {}
         notes = {}
@@ -60,11 +64,11 @@ class LocalForge:
             notes[commit] = json.loads(self.repo.odb.stream(bytes.fromhex(blob)).read())
         return notes
 
-    def _write_note(self, commit: str, payload: str) -> None:
+    def _write_note(self, commit: str, payload: str, ref: str = NOTES_REF) -> None:
         with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
             f.write(payload)
             f.flush()
-            self.repo.git.notes(f"--ref={NOTES_REF}", "add", "-f", "-F", f.name, commit)
+            self.repo.git.notes(f"--ref={ref}", "add", "-f", "-F", f.name, commit)
 
     def experiments(self) -> list[ExperimentRecord]:
         recs = [ExperimentRecord.model_validate(n) for n in self._notes().values() if n.get("kind") == "experiment"]
@@ -78,6 +82,41 @@ class LocalForge:
         if note and note.get("kind") == "champion":
             return ChampionRecord.model_validate(note)
         return ChampionRecord(commit=sha)
+
+    # --- proposals refused before a branch existed: a JSON list noted on the champion commit ---------------
+    def save_failed_proposal(self, rec: FailedProposal) -> None:
+        items = self._notes(PROPOSALS_REF).get(rec.champion, [])
+        items = (items if isinstance(items, list) else []) + [rec.model_dump(mode="json")]
+        self._write_note(rec.champion, json.dumps(items, indent=1), PROPOSALS_REF)
+
+    def failed_proposals(self) -> list[FailedProposal]:
+        """Every refused proposal, oldest first."""
+        out = [FailedProposal.model_validate(i) for items in self._notes(PROPOSALS_REF).values()
+               if isinstance(items, list) for i in items if isinstance(i, dict)]
+        return sorted(out, key=lambda r: r.at)
+
+    def spent_today(self) -> float:
+        """USD spent on proposals today (UTC): experiments started today plus refused proposals made today."""
+        today = datetime.now(timezone.utc).date().isoformat()
+        return (sum(r.cost.usd for r in self.failed_proposals() if r.at.startswith(today))
+                + sum(r.proposal.cost.usd for r in self.experiments() if r.started_at.startswith(today)))
+
+    # --- what a proposer and the lifecycle read from the tree ----------------------------------------------
+    def text(self, sha: str, path: str) -> str | None:
+        try:
+            return (self.repo.commit(sha).tree / path).data_stream.read().decode()
+        except KeyError:
+            return None
+
+    def allowed_files(self, sha: str, allowed_paths: list[str]) -> dict[str, str]:
+        """The text of every file of `sha` a proposal may change."""
+        return {b.path: b.data_stream.read().decode() for b in self.repo.commit(sha).tree.traverse()
+                if b.type == "blob" and not forbidden_paths([b.path], allowed_paths)}
+
+    def removes_code(self, rec: ExperimentRecord) -> bool:
+        """Whether rec's change deletes lines on net (the policy may promote a no-worse simplification)."""
+        before = sum(len((self.text(rec.parent, path) or "").splitlines()) for path in rec.proposal.files)
+        return sum(len(t.splitlines()) for t in rec.proposal.files.values()) < before
 
     # --- experiments ----------------------------------------------------------------------
     def next_number(self) -> int:
@@ -105,7 +144,7 @@ class LocalForge:
 
     def ensure_branch(self, rec: ExperimentRecord) -> None:
         ref = f"refs/heads/{rec.branch}"
-        if not self._ref_exists(ref):
+        if not self.has_ref(ref):
             self.repo.git.update_ref(ref, rec.commit, ZERO)
 
     def _commit_files(self, parent: str, files: dict[str, str], message: str) -> str:
@@ -193,30 +232,10 @@ class LocalForge:
                 log.append((sha, pairs))
         return log
 
-    def _ref_exists(self, ref: str) -> bool:
+    def has_ref(self, ref: str) -> bool:
         try:
             self.repo.git.rev_parse("--verify", "--quiet", ref)
             return True
         except git.GitCommandError:
             return False
-
-
-def trailers_for(rec: ExperimentRecord, decision: Decision, fingerprint: str | None) -> dict[str, str]:
-    """The audit trail of a win, as git trailers on its merge commit."""
-    m = decision.metric
-    fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
-    trailers = {
-        "Experiment": rec.id,
-        "Metric": f"{m}={fmt(decision.candidate_mean)}",
-        "Baseline": f"{m}={fmt(decision.champion_mean)}",
-        "Delta": "n/a" if decision.effect is None else f"{-decision.effect:+.4f}",
-        "Runs": f"{decision.candidate_runs} candidate, {decision.champion_runs} champion",
-        "Rule": decision.rule + (f" (p={decision.p_value:.3g})" if decision.p_value is not None else ""),
-        "Proposer": rec.proposal.proposer,
-        "Evaluator": fingerprint or "unknown",
-        "Seeds": ",".join(str(r.seed) for r in rec.runs),
-    }
-    if rec.proposal.cost.usd or rec.proposal.cost.prompt_tokens:
-        trailers["Cost"] = f"{rec.proposal.cost.prompt_tokens + rec.proposal.cost.completion_tokens} tokens, ${rec.proposal.cost.usd:.4f}"
-    return trailers
 

@@ -1,21 +1,18 @@
-"""GitHub mode's decision flow: the code behind the webhook server's `Dispatcher.act`.
+"""The GitHub executor: GitHub mode carries out the lifecycle's actions (bot.lifecycle) on pull requests.
 
-One core with the local loop (bot.loop): the same records in git notes (refs/notes/arbot, pushed to the
-remote), the same proposer (`Loop.context`, `Loop._open`), the same policy, the same trailers and the same
-rules for flagged wins (`hold_flagged`) and for the champion a win makes (`champion_after`). What differs is
-who trains (the evaluate workflow on a GPU runner) and who merges (GitHub, through branch protection).
+It decides nothing itself. For each experiment it gathers the records (git notes on the bot's mirror, plus the
+`arbot/evaluate` check runs that answer the runs it asked for), asks `next_action`, and carries it out:
+Run -> one dispatch of the evaluate workflow per run (the request is noted as pending first, and its key is the
+check run's external_id); Decide -> the note; Promote -> `arbot/verdict` success and a squash merge through
+branch protection, with the lifecycle's trailers plus `PR:`; Hold -> a neutral verdict until `/arbot approve`;
+Close -> the verdict, the results comment, a label, the PR closed (its branch kept); Replay -> the stale PR
+closed and the change opened again as a new experiment on the new champion.
 
-The bot keeps a bare mirror of the repository (`.arbot/github.git` by default): experiment commits are made
-there and pushed, the champion branch and the notes are fetched from GitHub before every action, and every
-note is pushed as soon as it is written. So the state lives on GitHub (PRs, labels, check runs, notes) and a
-restarted bot rebuilds it from there (`recover`). Every action is safe to repeat: the verdict is posted once
-per head sha, the results comment is upserted, merges carry the head-sha guard, labels go by name.
-
-Champion measurements: the candidate's runs become the merged champion's (as in the local loop). A champion
-that lacks a run of the seed being trained (the first champion, or one the policy wants more runs of) is
-measured by the train job too (`report.py needs-champion-run`); its run comes back in the same check run and
-the bot adds it to the champion's note. More seeds: the bot re-runs the workflow run (attempt k trains seed
-k-1) and gathers the runs of every attempt's check run.
+The bot keeps a bare mirror of the repository (`.arbot/github.git`): experiment commits are made there and
+pushed, champion and both notes refs (`refs/notes/arbot`, `refs/notes/arbot-proposals`) are fetched before
+every action, and every note is pushed as soon as it is written. So the state lives on GitHub and a restarted
+bot rebuilds it from there (`advance_all`). Every action is safe to repeat: a run is dispatched once (noted as
+pending before), the verdict is posted when it changes, the comment is upserted, merges carry the head guard.
 """
 
 from __future__ import annotations
@@ -23,42 +20,52 @@ from __future__ import annotations
 import logging
 import statistics
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Protocol
 
 import git
-from github import GithubException
 from pydantic import ValidationError
 
+from bot import lifecycle as lc
 from bot.config import Config
-from bot.forges.local import LocalForge, trailers_for
+from bot.forges.local import NOTES_REF, NOTES_REFS, LocalForge
 from bot.github import report
-from bot.github.decide import decide, evidence, verdict_check
-from bot.github.forge import (EVALUATE_CHECK, VERDICT_CHECK, GitHubForge, GitHubForgeError, results_comment,
-                              squash_message)
-from bot.loop import Loop, champion_after, hold_flagged, now
+from bot.github.forge import (CONCLUSION_TO_STATE, EVALUATE_CHECK, EVALUATE_WORKFLOW, VERDICT_CHECK, GitHubForge,
+                              GitHubForgeError, results_comment, squash_message, verdict_check)
 from bot.policy import Policy
 from bot.proposers.base import Proposer
-from bot.proposers.failures import ProposalRejected
-from bot.records import Decision, ExperimentRecord, RunResult, ok_metric
-from bot.server.store import Budget
+from bot.proposers.context import propose
+from bot.proposers.failures import ProposalRejected, SpendCapReached
+from bot.records import ExperimentRecord, RunResult, RunSpec, ok_metric
 
 log = logging.getLogger("arbot.github")
 
-NOTES = "refs/notes/arbot"
 MIRROR = ".arbot/github.git"
-ACTIONS_APP = "github-actions"  # only the workflow's report job may make arbot/evaluate
-MAX_REFUSED = 3  # proposals refused in a row before one fill() gives up
+ACTIONS_APP = "github-actions"  # only the evaluate workflow's report job may make arbot/evaluate
+
+
+class Budget(Protocol):
+    """The daily caps (bot.server.store.Budget)."""
+
+    def exhausted(self) -> str | None: ...
+    def record_experiment(self) -> None: ...
+    def record_runner_seconds(self, seconds: float) -> None: ...
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 class MirrorForge(LocalForge):
-    """The local forge on the bot's mirror: every record it saves is pushed to GitHub at once."""
+    """The local forge on the bot's mirror: every note it writes is pushed to GitHub at once."""
 
     def __init__(self, repo: git.Repo, push_notes: Callable[[], None], **kwargs):
         super().__init__(repo, **kwargs)
         self.push_notes = push_notes
 
-    def save(self, rec) -> None:
-        super().save(rec)
+    def _write_note(self, commit: str, payload: str, ref: str = NOTES_REF) -> None:
+        super()._write_note(commit, payload, ref)
         self.push_notes()
 
 
@@ -76,11 +83,11 @@ class Driver:
     def __init__(self, forge: GitHubForge, local: git.Repo, config: Config, proposer: Proposer, policy: Policy,
                  budget: Budget | None = None, paused: Callable[[], bool] = lambda: False,
                  evaluate_app: str | None = ACTIONS_APP):
-        self.forge, self.local, self.config, self.policy = forge, local, config, policy
+        self.forge, self.local, self.config, self.proposer = forge, local, config, proposer
         self.budget, self.paused, self.evaluate_app = budget, paused, evaluate_app
+        self.rules = lc.Rules.of(policy, config.target)
         self.lf = MirrorForge(local, self.push_notes, champion_branch=config.run.champion_branch,
                               branch_prefix=config.run.branch_prefix)
-        self.loop = Loop(self.lf, None, proposer, policy, config.target)
 
     # --- git: the mirror follows GitHub ------------------------------------------------------------
     def _git(self, *args: str) -> str:
@@ -98,198 +105,153 @@ class Driver:
         branch, prefix = self.config.run.champion_branch, self.config.run.branch_prefix
         self._git("fetch", "--quiet", "{remote}", f"+refs/heads/{branch}:refs/heads/{branch}",
                   f"+refs/heads/{prefix}*:refs/remotes/github/{prefix}*")
-        if self._git("ls-remote", "{remote}", NOTES).strip():
-            self._git("fetch", "--quiet", "{remote}", f"+{NOTES}:{NOTES}")
+        remote_refs = self._git("ls-remote", "{remote}", "refs/notes/*")
+        notes = [ref for ref in NOTES_REFS if ref in remote_refs.split()]
+        if notes:
+            self._git("fetch", "--quiet", "{remote}", *[f"+{ref}:{ref}" for ref in notes])
 
     def push_notes(self) -> None:
         """Never forced: a note written elsewhere meanwhile makes this fail loudly instead of being lost."""
-        self._git("push", "--quiet", "{remote}", f"{NOTES}:{NOTES}")
+        local = [ref for ref in NOTES_REFS if self.lf.has_ref(ref)]
+        self._git("push", "--quiet", "{remote}", *[f"{ref}:{ref}" for ref in local])
 
-    # --- lookups ---------------------------------------------------------------------------------
-    def record(self, branch: str) -> ExperimentRecord | None:
-        return next((r for r in self.lf.experiments() if r.branch == branch), None)
-
-    def _pr_for(self, number: int | None, head_sha: str):
-        if number is not None:
-            return self.forge.pr(number)
-        return next((pr for pr in self.forge.open_prs() if pr.head.sha == head_sha), None)
-
-    def _up_to_date(self, champion: str, head: str) -> bool:
-        return self.local.is_ancestor(champion, head)
-
-    # --- step 3: decide an evaluation --------------------------------------------------------------
-    def on_evaluated(self, pr_number: int | None, head_sha: str) -> Decision | None:
-        self.sync()
-        pr = self._pr_for(pr_number, head_sha)
-        if pr is None or pr.state != "open":
-            log.info("evaluation of %s: no open experiment PR has this head", head_sha[:12])
-            return None
-        if pr.head.sha != head_sha:
-            log.info("PR #%d: evaluation of %s, but the head is now %s: waiting for its own", pr.number, head_sha[:12],
-                     pr.head.sha[:12])
-            return None
-        rec = self.record(pr.head.ref)
-        if rec is None:
-            log.warning("PR #%d (%s) has no experiment record: not an arbot experiment", pr.number, pr.head.ref)
-            return None
-        return self.decide_pr(pr, rec)
-
-    @staticmethod
-    def _runs(head: str, checks) -> tuple[list[RunResult], list[RunResult], str]:
-        """(candidate runs of `head`, champion runs, why there is no result) from every arbot/evaluate check."""
-        candidate: dict[int, RunResult] = {}
-        champion: list[RunResult] = []
-        missing = ""
-        for check in checks:
-            try:
-                runs = [RunResult.model_validate(r) for r in report.extract(check.summary)]
-            except (report.BadResult, ValidationError) as e:
-                missing = check.summary.strip().splitlines()[0][:300] if check.summary.strip() else str(e)
-                continue
-            for r in runs:
-                if r.commit == head:
-                    candidate.setdefault(r.seed, r)
-                elif r.champion and r.commit == r.champion:
-                    champion.append(r)
-        return [candidate[s] for s in sorted(candidate)], champion, missing
-
-    def _add_champion_runs(self, runs: list[RunResult]) -> float:
-        """Add champion runs to their champions' notes (one per seed); the runner seconds that were new."""
-        seconds = 0.0
-        for sha in {r.commit for r in runs}:
-            crec = self.lf.champion_record(sha)
-            seeds = {r.seed for r in crec.runs if r.ok}
-            new = [r for r in runs if r.commit == sha and r.seed not in seeds]
-            if new:
-                crec.runs.extend(new)
-                self.lf.save(crec)
-                seconds += sum(r.total_seconds for r in new)
-        return seconds
-
-    def decide_pr(self, pr, rec: ExperimentRecord) -> Decision | None:
-        head = pr.head.sha
-        verdict = self.forge.check(head, VERDICT_CHECK)
-        if verdict is not None and verdict.conclusion is not None and rec.decision is not None:
-            self.follow(pr, rec)  # decided before (a redelivery or a restart): finish what it asked for
-            return rec.decision
-        checks = self.forge.checks(head, EVALUATE_CHECK, app_slug=self.evaluate_app)
-        if not checks:
-            return None  # not evaluated yet: the workflow's check run will call again
-        candidate, champion_runs, missing = self._runs(head, checks)
-        seconds = self._add_champion_runs(champion_runs)
-        champion = self.lf.champion()
-        if not candidate:
-            candidate = [RunResult(status="crash", commit=head, champion=pr.base.sha,
-                                   reason=f"the evaluation left no result: {missing or 'no arbot:result block'}")]
-        known = {(r.commit, r.seed) for r in rec.runs}
-        seconds += sum(r.total_seconds for r in candidate if (r.commit, r.seed) not in known)
-        if self.budget is not None and seconds:
-            self.budget.record_runner_seconds(seconds)
-        base = champion if self._up_to_date(champion, head) else self.local.merge_base(champion, head)[0].hexsha
-        decision = decide(self.policy, self.lf.champion_record(champion).runs, candidate, pr_base=base,
-                          champion=champion, removes_code=self.loop._removes_code(rec))
-        if decision.rule == "stale-base":
-            self._stale(pr, head, decision)
-            return decision
-        rec.runs = candidate
-        if not decision.final:
-            self.lf.save(rec)
-            try:
-                rerun = self.forge.rerun_workflow(checks[-1].details_url)
-            except GithubException as e:  # e.g. that run is already re-running (a redelivery): wait for it
-                log.warning("PR #%d: re-run of %s refused (%s): %s; waiting (/arbot rerun asks again)", pr.number,
-                            checks[-1].details_url, e.status, getattr(e, "data", e))
-                return decision
-            if rerun:
-                self.forge.upsert_comment(pr.number, f"### {rec.id}: more runs\n\n{decision.reason}\n\n"
-                                                     f"Re-running the evaluation for seed {len(candidate)}.")
-                return decision
-            decision = decision.model_copy(update={
-                "verdict": "loss", "rule": f"{decision.rule}, no re-run",
-                "reason": f"{decision.reason}; the check run names no workflow run to re-run for more seeds"})
-        decision, review = hold_flagged(decision, candidate, self.config.target.review_flagged)
-        rec.review = review
-        rec.evidence = evidence(self.lf.champion_record(champion).runs, candidate, decision.metric,
-                                self.loop._removes_code(rec))
-        rec.decision, rec.finished_at = decision, now()
-        self.lf.save(rec)
-        check = verdict_check(decision)
-        conclusion = "neutral" if review == "needed" else check.conclusion
-        title = f"held for review: {check.title}" if review == "needed" else check.title
-        self.forge.post_check(head, VERDICT_CHECK, conclusion, title, check.summary)
-        log.info("PR #%d (%s): %s (%s) %s", pr.number, rec.id, decision.verdict, decision.rule, decision.reason)
-        self.follow(self.forge.pr(pr.number), rec)
-        return decision
-
-    def _stale(self, pr, head: str, decision: Decision) -> None:
-        """Measured on an old champion: never merged; brought up to date, so the workflow evaluates it again."""
-        check = verdict_check(decision)
-        self.forge.post_check(head, VERDICT_CHECK, "failure", f"stale: {check.title}"[:200], check.summary)
-        self.forge.upsert_comment(pr.number, f"### re-evaluating\n\n{decision.reason}")
-        if self.forge.update_branch(pr, head):
-            log.info("PR #%d: measured on an old champion; updated, to be evaluated again", pr.number)
-
-    def follow(self, pr, rec: ExperimentRecord) -> None:
-        """Do what a final decision asks: merge a win, close a loss or crash; comment either way."""
-        d = rec.decision
-        comment = results_comment(rec, d, self.trajectory(rec))
-        if pr.state != "open":
-            self.forge.upsert_comment(pr.number, comment)
-            return
-        head = pr.head.sha
-        if d.verdict == "win" and rec.review == "needed":
-            self.forge.upsert_comment(pr.number, comment + "\n\nHeld for a human: the runner's diff inspection flagged "
-                                      "this change. Review it and merge by hand if it is sound.")
-            return
-        if d.verdict == "win":
-            self.forge.upsert_comment(pr.number, comment)
-            fingerprint = next((r.evaluator_fingerprint for r in rec.runs if r.evaluator_fingerprint), None)
-            title, body = squash_message(rec, trailers_for(rec, d, fingerprint), pr.number)
-            if self.forge.enable_automerge(pr, head, title, body):
-                log.info("PR #%d (%s): auto-merge enabled at %s", pr.number, rec.id, head[:12])
-            else:
-                try:
-                    sha = self.forge.merge(pr, head, title, body)
-                    log.info("PR #%d (%s): merged as %s", pr.number, rec.id, sha[:12])
-                except GitHubForgeError as e:
-                    log.warning("PR #%d (%s): not merged: %s", pr.number, rec.id, e)
-                    self.sync()
-                    if not self._up_to_date(self.lf.champion(), head):
-                        self.forge.update_branch(pr, head)
-            merged = self.forge.pr(pr.number)
-            if merged.merged:  # at once (GitHub may also merge later: the closed webhook records it then)
-                self.sync()
-                self.record_merge(rec, merged.merge_commit_sha)
-            return
-        self.forge.close_as(pr, "loss" if d.verdict == "loss" else "crash", comment)
-        log.info("PR #%d (%s): closed as %s", pr.number, rec.id, d.verdict)
-
-    def trajectory(self, current: ExperimentRecord | None = None) -> list[tuple[str, float]]:
-        """The champion's metric: its first measured value, then each merged win (and this one, if a win)."""
-        recs = sorted(self.lf.experiments(), key=lambda r: r.number)
-        wins = [r for r in recs if r.merged_as or (current is not None and r.id == current.id
-                                                   and current.decision is not None and current.decision.verdict == "win")]
-        points = []
-        first = min(recs, key=lambda r: r.number).parent if recs else None
-        start = ok_metric(self.lf.champion_record(first).runs) if first else []
-        if start:
-            points.append(("start", statistics.fmean(start)))
-        for r in wins:
-            values = ok_metric(current.runs if current is not None and r.id == current.id else r.runs)
-            if values:
-                points.append((r.id, statistics.fmean(values)))
-        return points
-
-    # --- steps 4-6: a PR closed, champion moved, keep going ------------------------------------------
-    def on_closed(self, number: int, merged: bool, merge_sha: str | None) -> None:
-        self.sync()
-        pr = self.forge.pr(number)
-        rec = self.record(pr.head.ref)
-        if merged and rec is not None:
-            self.record_merge(rec, merge_sha or pr.merge_commit_sha)
-        if merged:
-            self.update_stale()
+    # --- the executor --------------------------------------------------------------------------------
+    def advance_all(self) -> list[ExperimentRecord]:
+        """Record merges GitHub made, advance every active experiment until none changes champion, then open
+        new ones up to max_in_flight. What a webhook, `arbot decide` and a restart all run; safe to repeat."""
+        advanced: dict[str, ExperimentRecord] = {}
+        champion = None
+        while champion != (champion := self._synced_champion()):
+            for rec in [r for r in self.lf.experiments() if lc.is_active(r)]:
+                advanced[rec.id] = self.advance(rec)
         self.fill()
+        return list(advanced.values())
+
+    def _synced_champion(self) -> str:
+        self.sync()
+        for rec in self.lf.experiments():
+            if rec.decision is not None and rec.decision.verdict == "win" and not rec.merged_as:
+                pr = self.forge.find_pr(rec.branch)
+                if pr is not None and pr.merged:
+                    self.record_merge(rec, pr.merge_commit_sha)
+        return self.lf.champion()
+
+    def advance(self, rec: ExperimentRecord) -> ExperimentRecord:
+        """Carry out `rec`'s actions until it waits for runs or is finished; returns where it ended (a replay's
+        fresh experiment, when the champion moved)."""
+        self._collect(rec)
+        while True:
+            action = lc.next_action(rec, self.lf.champion_record(rec.parent), self.lf.champion(), self.rules,
+                                    self.lf.removes_code(rec))
+            if isinstance(action, lc.Run):
+                self._dispatch(rec, action)
+                return rec
+            if isinstance(action, (lc.Wait, lc.Done)):
+                return rec
+            if isinstance(action, lc.Decide):
+                rec.evidence, rec.decision, rec.review, rec.finished_at = (action.evidence, action.decision,
+                                                                           action.review, now())
+                self.lf.save(rec)
+                log.info("%s: %s (%s) %s", rec.id, rec.decision.verdict, rec.decision.rule, rec.decision.reason)
+            elif isinstance(action, lc.Replay):
+                rec = self._replay(rec, action.onto)
+            elif isinstance(action, lc.Promote):
+                self._promote(rec, action.trailers)
+                return rec
+            elif isinstance(action, lc.Hold):
+                self._conclude(rec, verdict_check(rec.decision, held=True), f"Held for a human: {action.why}. "
+                               "Read the diff; a user with write access comments `/arbot approve` to merge it.")
+                return rec
+            elif isinstance(action, lc.Close):
+                self._close(rec)
+                return rec
+            elif isinstance(action, lc.ChampionFails):
+                log.error("%s cannot be measured: %s", rec.id, action.reason)
+                self._comment(rec, f"### {rec.id}: the champion fails\n\n{action.reason[:3000]}")
+                return rec
+
+    # --- runs: dispatched, then collected from their check runs ----------------------------------------
+    def _owner(self, rec: ExperimentRecord, spec: RunSpec):
+        return rec if spec.role == rec.id else self.lf.champion_record(spec.commit)
+
+    def _dispatch(self, rec: ExperimentRecord, action: lc.Run) -> None:
+        """One workflow run per run asked for; noted as pending (and pushed) before it is dispatched, so a
+        redelivery or a restart never dispatches it twice."""
+        for spec in action.specs:
+            spec = spec.model_copy(update={"requested_at": now()})
+            owner = self._owner(rec, spec)
+            owner.pending.append(spec)
+            self.lf.save(owner)
+            self._start(spec)
+        self._comment(rec, f"### {rec.id}: measuring\n\n{action.why}\n\n"
+                      + "\n".join(f"- `{s.key}`" for s in action.specs))
+
+    def _start(self, spec: RunSpec) -> None:
+        self.forge.dispatch(EVALUATE_WORKFLOW, self.config.run.champion_branch, {
+            "request": spec.key, "commit": spec.commit, "champion": spec.champion, "seed": str(spec.seed),
+            "splits": ",".join(spec.splits)})
+        log.info("dispatched %s", spec.key)
+
+    def _collect(self, rec: ExperimentRecord) -> None:
+        """Move every pending run of `rec` and of its champion that has reported into the records."""
+        for owner in (rec, self.lf.champion_record(rec.parent)):
+            arrived = [(spec, result) for spec in owner.pending if (result := self._result(spec)) is not None]
+            for spec, result in arrived:
+                owner.pending.remove(spec)
+                owner.runs.append(result)
+            if arrived:
+                self.lf.save(owner)
+                if self.budget is not None:
+                    self.budget.record_runner_seconds(sum(r.total_seconds for _, r in arrived))
+
+    def _result(self, spec: RunSpec) -> RunResult | None:
+        """The run answering `spec`, from the arbot/evaluate check run (by the Actions app) whose external_id is
+        its key; a check run without a usable result is that run's crash. None while it has not reported."""
+        checks = self.forge.checks(spec.commit, EVALUATE_CHECK, app_slug=self.evaluate_app)
+        check = next((c for c in reversed(checks) if c.external_id == spec.key), None)
+        if check is None:
+            return None
+        try:
+            runs = [RunResult.model_validate(r) for r in report.extract(check.summary)]
+        except (report.BadResult, ValidationError) as e:
+            runs, why = [], check.summary.strip().splitlines()[0][:300] if check.summary.strip() else str(e)
+        else:
+            why = f"the evaluation reported no run of {spec.commit[:12]} seed {spec.seed} for {spec.champion[:12]}"
+        run = next((r for r in runs if (r.commit, r.seed, r.champion) == (spec.commit, spec.seed, spec.champion)), None)
+        if run is None:
+            return RunResult(status="crash", commit=spec.commit, champion=spec.champion, seed=spec.seed,
+                             splits=spec.splits, reason=f"the evaluation left no result: {why}")
+        return run.model_copy(update={"splits": spec.splits})
+
+    def rerun(self, number: int) -> bool:
+        """`/arbot rerun` on a PR: dispatch again every run of its experiment (and its champion) still pending,
+        e.g. after a runner died. False when nothing is pending."""
+        self.sync()
+        rec = self._record_of(number)
+        specs = [s for owner in (rec, self.lf.champion_record(rec.parent)) for s in owner.pending]
+        for spec in specs:
+            self._start(spec)
+        return bool(specs)
+
+    # --- what a decision asks of GitHub ----------------------------------------------------------------
+    def _promote(self, rec: ExperimentRecord, trailers: dict[str, str]) -> None:
+        pr = self._pr(rec)
+        if pr.merged:
+            self.record_merge(rec, pr.merge_commit_sha)
+            return
+        self._conclude(rec, verdict_check(rec.decision))
+        title, body = squash_message(rec, trailers, pr.number)
+        if self.forge.enable_automerge(pr, rec.commit, title, body):
+            log.info("PR #%d (%s): auto-merge enabled at %s", pr.number, rec.id, rec.commit[:12])
+        else:
+            try:
+                log.info("PR #%d (%s): merged as %s", pr.number, rec.id, self.forge.merge(pr, rec.commit, title, body)[:12])
+            except GitHubForgeError as e:
+                log.warning("PR #%d (%s): not merged: %s", pr.number, rec.id, e)
+        merged = self.forge.pr(pr.number)
+        if merged.merged:  # at once; GitHub may also merge later, and the closed webhook records it then
+            self.sync()
+            self.record_merge(rec, merged.merge_commit_sha)
 
     def record_merge(self, rec: ExperimentRecord, merge: str) -> None:
         """The merged win's runs measure the new champion (its tree is the candidate's head)."""
@@ -297,102 +259,126 @@ class Driver:
             rec.merged_as = merge
             self.lf.save(rec)
         if not self.lf.champion_record(merge).runs:
-            self.lf.save(champion_after(rec, merge))
+            self.lf.save(lc.champion_after(rec, merge))
         log.info("%s merged as %s: it is the champion's measurement now", rec.id, merge[:12])
 
-    def update_stale(self) -> list[int]:
-        """Bring every open PR measured on an older champion up to date; the workflow then evaluates it again."""
-        self.sync()
-        champion, updated = self.lf.champion(), []
-        for pr in self.forge.open_prs():
-            head = pr.head.sha
-            if not self._up_to_date(champion, head) and self.forge.update_branch(pr, head):
-                log.info("PR #%d: brought up to date with %s, to be evaluated again", pr.number, champion[:12])
-                updated.append(pr.number)
-        return updated
+    def _close(self, rec: ExperimentRecord) -> None:
+        pr = self._pr(rec)
+        check = verdict_check(rec.decision)
+        self._verdict(rec, check)
+        if pr.state == "open":
+            self.forge.close_as(pr, rec.decision.verdict, results_comment(rec, rec.decision, self.trajectory(rec)))
+            log.info("PR #%d (%s): closed as %s (%s)", pr.number, rec.id, rec.decision.verdict, rec.decision.rule)
 
+    def _conclude(self, rec: ExperimentRecord, check, note: str = "") -> None:
+        """The verdict check and the results comment of a decided experiment."""
+        self._verdict(rec, check)
+        comment = results_comment(rec, rec.decision, self.trajectory(rec))
+        self._comment(rec, f"{comment}\n\n{note}" if note else comment)
+
+    def _verdict(self, rec: ExperimentRecord, check) -> None:
+        """Post `arbot/verdict` on the experiment's commit unless the latest one already says this."""
+        latest = self.forge.check(rec.commit, VERDICT_CHECK)
+        want = check.conclusion if self.forge.use_checks else CONCLUSION_TO_STATE[check.conclusion]
+        if latest is None or latest.conclusion != want:
+            self.forge.post_check(rec.commit, VERDICT_CHECK, check.conclusion, check.title, check.summary)
+
+    def _comment(self, rec: ExperimentRecord, body: str) -> None:
+        self.forge.upsert_comment(self._pr(rec).number, body)
+
+    def _replay(self, stale: ExperimentRecord, champion: str) -> ExperimentRecord:
+        """Measured on an old champion: never merged. Its change is opened again, as a new experiment and PR on
+        the new champion (as the local loop does), and the stale PR is closed."""
+        files = self.lf.replay_files(stale, champion)
+        fresh = None
+        if files is not None:
+            fresh = self.lf.open_experiment(stale.proposal.model_copy(update={"files": files}), champion, now())
+            self.forge.open_pr(fresh, self.local)
+        stale.decision, stale.finished_at = lc.stale_decision(stale, champion, fresh.id if fresh else None), now()
+        self.lf.save(stale)
+        self._close(stale)
+        return fresh or stale
+
+    def advance_pr(self, number: int) -> ExperimentRecord:
+        """`arbot decide --pr N`: the same as `advance_all`, for one experiment PR."""
+        self._synced_champion()
+        return self.advance(self._record_of(number))
+
+    def record_merged_pr(self, number: int) -> None:
+        """A PR closed as merged (auto-merge, or a human): record the win's merge before anything else runs."""
+        self.sync()
+        rec, pr = self._record_of(number), self.forge.pr(number)
+        if pr.merged:
+            self.record_merge(rec, pr.merge_commit_sha)
+
+    def approve(self, number: int) -> ExperimentRecord:
+        """`/arbot approve` on a held win: the same as `arbot approve` locally."""
+        self.sync()
+        rec = self._record_of(number)
+        if rec.review != "needed":
+            raise GitHubForgeError(f"PR #{number} ({rec.id}) is not a win waiting for review")
+        rec.review = "approved"
+        self.lf.save(rec)
+        return self.advance(rec)
+
+    # --- proposing -------------------------------------------------------------------------------------
     def fill(self) -> list[ExperimentRecord]:
-        """Open experiments while fewer than max_in_flight are open, unless paused or over a daily cap."""
+        """Open experiments while fewer than max_in_flight are undecided, unless paused or over a daily cap."""
         opened: list[ExperimentRecord] = []
-        refused, before = 0, None
-        while True:
-            if self.paused():
-                log.info("paused: not proposing")
-                break
+        refused = 0
+        while not self.paused() and refused < lc.MAX_REFUSED:
             why = self.budget.exhausted() if self.budget is not None else None
             if why:
                 log.warning("not proposing: %s", why)
                 break
-            now_open = len(self.forge.open_prs())
-            before = now_open if before is None else before
-            # GitHub's PR list may lag behind a PR just created: count the ones opened here as well
-            if max(now_open, before + len(opened)) >= self.config.github.max_in_flight:
+            if sum(r.decision is None for r in self.lf.experiments()) >= self.config.github.max_in_flight:
                 break
             try:
                 opened.append(self.propose())
                 refused = 0
+            except SpendCapReached as e:
+                log.warning("stopped proposing: %s", e)
+                break
             except ProposalRejected as e:
                 refused += 1
-                log.warning("proposal refused (no branch made): %s", e)
-                if refused >= MAX_REFUSED:
-                    log.warning("stopped proposing: %d proposals in a row were refused", refused)
-                    break
+                log.warning("proposal refused (no branch made, %d in a row): %s", refused, e)
         return opened
 
     def propose(self) -> ExperimentRecord:
-        """The local loop's proposal step on the mirror, then its PR (the branch is pushed, never forced)."""
+        """One experiment on the mirror, its PR (the branch is pushed, never forced), and its first runs."""
         self.sync()
-        rec = self.loop._open()
+        champion = self.lf.champion()
+        rec = self.lf.open_experiment(propose(self.lf, self.proposer, self.config.target, champion), champion, now())
         pr = self.forge.open_pr(rec, self.local)
         if self.budget is not None:
             self.budget.record_experiment()
         log.info("opened PR #%d for %s: %s", pr.number, rec.id, rec.proposal.hypothesis)
+        self.advance(rec)
         return rec
 
-    def rerun(self, number: int) -> bool:
-        """/arbot rerun on a PR: re-run its latest evaluation (the next attempt trains the next seed)."""
+    # --- lookups -----------------------------------------------------------------------------------------
+    def _pr(self, rec: ExperimentRecord):
+        """The experiment's PR; opened now if the bot stopped between the experiment's note and its PR."""
+        return self.forge.find_pr(rec.branch) or self.forge.open_pr(rec, self.local)
+
+    def _record_of(self, number: int) -> ExperimentRecord:
         pr = self.forge.pr(number)
-        checks = self.forge.checks(pr.head.sha, EVALUATE_CHECK, app_slug=self.evaluate_app)
-        if checks and self.forge.rerun_workflow(checks[-1].details_url):
-            return True
-        log.warning("PR #%d: no evaluation to re-run", number)
-        return False
-
-    # --- recovery at start ---------------------------------------------------------------------------
-    def recover(self) -> None:
-        """At start: rebuild the state from GitHub (`catch_up`), then open experiments up to max_in_flight."""
-        self.catch_up()
-        self.fill()
-
-    def catch_up(self) -> list[Decision]:
-        """Record merges that happened while the bot was away, decide evaluated PRs that have no verdict, finish
-        decided ones (merge a win, close a loss), update stale PRs. Safe to repeat; also `arbot decide`."""
-        self.sync()
-        for rec in self.lf.experiments():
-            if rec.merged_as is None and rec.decision is not None and rec.decision.verdict == "win":
-                pr = self.forge.find_pr(rec.branch)
-                if pr is not None and pr.merged:
-                    self.record_merge(rec, pr.merge_commit_sha)
-        decisions = []
-        for pr in self.forge.open_prs():
-            rec = self.record(pr.head.ref)
-            if rec is not None and (d := self.decide_pr(pr, rec)) is not None:
-                decisions.append(d)
-        self.update_stale()
-        return decisions
-
-    def decide_number(self, number: int) -> Decision | None:
-        """`arbot decide --pr N`: decide one PR (or record its merge); stale PRs are then brought up to date."""
-        self.sync()
-        pr = self.forge.pr(number)
-        rec = self.record(pr.head.ref)
+        rec = next((r for r in self.lf.experiments() if r.branch == pr.head.ref), None)
         if rec is None:
             raise GitHubForgeError(f"PR #{number} ({pr.head.ref}) is not an arbot experiment")
-        decision = None
-        if pr.state == "open":
-            decision = self.decide_pr(pr, rec)
-            pr = self.forge.pr(number)
-        if pr.merged:
-            self.record_merge(rec, pr.merge_commit_sha)
-            self.update_stale()
-        return decision
+        return rec
+
+    def trajectory(self, current: ExperimentRecord | None = None) -> list[tuple[str, float]]:
+        """The champion's metric: its first measured value, then each merged win (and this one, if a win)."""
+        recs = self.lf.experiments()
+        wins = [r for r in recs if r.merged_as or (current is not None and r.id == current.id
+                                                   and current.decision is not None and current.decision.verdict == "win")]
+        points = []
+        start = ok_metric(lc.val_runs(self.lf.champion_record(recs[0].parent).runs)) if recs else []
+        if start:
+            points.append(("start", statistics.fmean(start)))
+        for r in wins:
+            values = ok_metric(lc.val_runs(current.runs if current is not None and r.id == current.id else r.runs))
+            if values:
+                points.append((r.id, statistics.fmean(values)))
+        return points

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,12 +26,13 @@ from github.PullRequest import PullRequest
 from github.Repository import Repository
 
 from bot.config import GitHubConfig
+from bot.github.report import EVALUATE_CHECK
 from bot.records import Decision, ExperimentRecord
 
 log = logging.getLogger("arbot.github")
 
-EVALUATE_CHECK = "arbot/evaluate"
-VERDICT_CHECK = "arbot/verdict"
+VERDICT_CHECK = "arbot/verdict"  # success only for a win: branch protection requires it on champion
+EVALUATE_WORKFLOW = "arbot-evaluate.yml"  # .github/workflows/: one training run per dispatch
 LABEL = "arbot"
 LABELS = {  # name: (color, description)
     "arbot": ("5319e7", "an arbot experiment"),
@@ -59,6 +59,7 @@ class Check:
     summary: str = ""
     details_url: str | None = None
     id: int | None = None
+    external_id: str | None = None  # on arbot/evaluate: the key of the run request it answers
 
 
 def connect(config: GitHubConfig, environ: Mapping[str, str] | None = None, *, git_url: str | None = None,
@@ -284,16 +285,12 @@ class GitHubForge:
         runs = sorted((r for r in data.get("check_runs", []) if r.get("name") == name and r.get("status") == "completed"
                        and (app_slug is None or (r.get("app") or {}).get("slug") == app_slug)), key=lambda r: r["id"])
         return [Check(name, r.get("conclusion"), (r.get("output") or {}).get("summary") or "", r.get("details_url"),
-                      r["id"]) for r in runs]
+                      r["id"], r.get("external_id")) for r in runs]
 
-    def rerun_workflow(self, details_url: str | None) -> bool:
-        """Re-run the workflow run behind an arbot/evaluate check (its next attempt trains the next seed);
-        False when the check names no workflow run of this repository."""
-        m = re.search(r"/actions/runs/(\d+)", details_url or "")
-        if not m:
-            return False
-        self.gh.requester.requestJsonAndCheck("POST", f"{self.repo.url}/actions/runs/{m.group(1)}/rerun", input={})
-        return True
+    def dispatch(self, workflow: str, ref: str, inputs: Mapping[str, str]) -> None:
+        """Start `workflow` (a file under .github/workflows/ of `ref`) with these inputs: POST .../dispatches."""
+        self.gh.requester.requestJsonAndCheck("POST", f"{self.repo.url}/actions/workflows/{workflow}/dispatches",
+                                              input={"ref": ref, "inputs": dict(inputs)})
 
     # --- merging ----------------------------------------------------------------------------------
     def enable_automerge(self, pr: PullRequest, head_sha: str, headline: str, body: str) -> bool:
@@ -316,16 +313,9 @@ class GitHubForge:
             raise GitHubForgeError(f"PR #{pr.number} was not merged: {status.message}")
         return status.sha
 
-    def update_branch(self, pr: PullRequest, head_sha: str) -> bool:
-        """Merge champion into the PR's branch (it is then evaluated again); False when GitHub refused."""
-        try:
-            return pr.update_branch(expected_head_sha=head_sha)
-        except GithubException as e:
-            log.warning("update-branch of PR #%d refused (%s): %s", pr.number, e.status, getattr(e, "data", e))
-            return False
-
     def close_as(self, pr: PullRequest, verdict: str, comment: str) -> None:
-        """Label a loss or crash, upsert its results comment and close it; the branch is kept."""
+        """Label a loss (or a crash, timeout or rejection), upsert its results comment and close it; the branch
+        is kept."""
         label = "arbot:loss" if verdict == "loss" else "arbot:crash"
         self.upsert_comment(pr.number, comment)
         if label not in {lab.name for lab in pr.labels}:
@@ -402,3 +392,22 @@ def results_comment(rec: ExperimentRecord, decision: Decision, trajectory: list[
     if chart:
         lines += ["", chart]
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class VerdictCheck:
+    conclusion: str  # success (a win), neutral (a win held for review), failure (anything else)
+    title: str
+    summary: str
+
+
+def verdict_check(decision: Decision, held: bool = False) -> VerdictCheck:
+    """The `arbot/verdict` check of a final decision: success only for a win, so branch protection lets only
+    wins merge; a win held for review is neutral until a human approves it."""
+    fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
+    delta = "" if decision.effect is None else f" ({-decision.effect:+.4f})"
+    title = f"{decision.verdict}: {decision.metric} {fmt(decision.candidate_mean)} vs {fmt(decision.champion_mean)}{delta}"
+    if held:
+        return VerdictCheck("neutral", f"held for review: {title}"[:200], f"{decision.reason}\n\nRule: {decision.rule}")
+    return VerdictCheck("success" if decision.verdict == "win" else "failure", title[:200],
+                        f"{decision.reason}\n\nRule: {decision.rule}")

@@ -6,13 +6,11 @@ every field is checked for its type, text is escaped, and the log tail is fenced
 Standard library only: the report job runs it from the champion's checkout without installing arbot.
 
 Usage: python bot/github/report.py --result result.json --head-sha SHA [--champion-sha SHA] [--log evaluate.log]
-                                   [--baseline champion.json | --notes DIR] [--out check-run.json] [--summary FILE]
+                                   [--baseline champion.json | --notes DIR] [--external-id KEY]
+                                   [--out check-run.json] [--summary FILE]
 Writes the body of POST /repos/{owner}/{repo}/check-runs to --out (or stdout) and, with --summary,
-appends the Markdown summary there (pass $GITHUB_STEP_SUMMARY).
-
-       python bot/github/report.py needs-champion-run --notes DIR --champion-sha SHA --seed N
-Exits 0 when the champion's measurements (its git note under refs/notes/arbot, checked out in DIR) hold no ok
-run with seed N, so the train job measures the champion too; 1 when they do.
+appends the Markdown summary there (pass $GITHUB_STEP_SUMMARY). --external-id is the run request's key, by
+which the bot finds this result (bot.github.driver).
 """
 
 from __future__ import annotations
@@ -24,7 +22,7 @@ import re
 import sys
 from pathlib import Path
 
-CHECK_NAME = "arbot/evaluate"
+EVALUATE_CHECK = "arbot/evaluate"  # the check run this script renders, which the bot reads
 METRIC = "val_bpb"
 STATUSES = {"ok", "crash", "timeout", "rejected"}
 MAX_TEXT = 60_000  # the API caps output.summary and output.text at 65535 characters
@@ -32,7 +30,7 @@ LOG_LINES = 60
 
 
 RESULT_OPEN, RESULT_CLOSE = "<!-- arbot:result ", " -->"
-EMBEDDED = ("status", "commit", "champion", "metrics", "seed", "steps", "tokens", "tokens_per_second", "train_seconds",
+EMBEDDED = ("status", "commit", "champion", "metrics", "seed", "splits", "steps", "tokens", "tokens_per_second", "train_seconds",
             "total_seconds", "peak_memory_gb", "device", "params", "evaluator_fingerprint", "sandbox", "flags", "reason")
 
 
@@ -99,17 +97,6 @@ def note_path(notes_dir: Path, sha: str) -> Path | None:
     return None
 
 
-def has_seed(note_text: str | None, seed: int, metric: str = METRIC) -> bool:
-    """Whether the champion's record (its note) holds an ok run of `seed` that measured `metric`."""
-    try:
-        data = json.loads(note_text or "")
-    except ValueError:
-        return False
-    runs = data.get("runs", []) if isinstance(data, dict) else []
-    return any(isinstance(r, dict) and r.get("status") == "ok" and r.get("seed") == seed
-               and _num(r.get("metrics") or {}, metric) is not None for r in runs)
-
-
 def embed(runs: list[dict]) -> str:
     """The checked runs as a hidden block in the check run summary, for the bot's decision (no log tail).
 
@@ -153,32 +140,22 @@ def mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def render(runs: list[dict], head_sha: str, baseline: list[float], log_text: str = "", metric: str = METRIC,
-           champion_sha: str | None = None) -> dict:
-    """The check run (POST body): success when every run is ok, failure otherwise. The verdict is arbot/verdict's.
-
-    Runs of `champion_sha` (the train job measures the champion at a seed its note lacks) are shown and embedded
-    for the bot, and join the baseline; the candidate's numbers are the PR head's runs only."""
+def render(runs: list[dict], head_sha: str, baseline: list[float], log_text: str = "", metric: str = METRIC) -> dict:
+    """The check run (POST body) of the run(s) of `head_sha`, the commit trained: success when every run is ok,
+    failure otherwise. The verdict is arbot/verdict's."""
     problems = []
-    champion_runs = [r for r in runs if champion_sha and r["commit"] == champion_sha and r["commit"] != head_sha]
-    for r in champion_runs:
-        if r["status"] != "ok":
-            problems.append(f"the champion's run, seed {int(_num(r, 'seed') or 0)}: {r['status']}: {md(_str(r, 'reason'))}")
-    baseline = list(baseline) + [v for r in champion_runs if r["status"] == "ok"
-                                 and (v := _num(r.get("metrics") or {}, metric)) is not None]
-    candidate = [r for r in runs if not any(r is c for c in champion_runs)]
-    for r in candidate:
+    for r in runs:
         if r["commit"] != head_sha:
-            problems.append(f"a run is for commit {md(r['commit'][:40])}, not the PR head {head_sha}")
+            problems.append(f"a run is for commit {md(r['commit'][:40])}, not the commit trained {head_sha}")
         if r["status"] != "ok":
             problems.append(f"seed {int(_num(r, 'seed') or 0)}: {r['status']}: {md(_str(r, 'reason'))}")
-    values = [v for r in candidate if r["status"] == "ok" and (v := _num(r.get("metrics") or {}, metric)) is not None]
+    values = [v for r in runs if r["status"] == "ok" and (v := _num(r.get("metrics") or {}, metric)) is not None]
     if not problems and not values:
         problems.append(f"no run reported {metric}")
     cand, base = mean(values), mean(baseline)
     delta = None if cand is None or base is None else cand - base
     fingerprints = sorted({_str(r, "evaluator_fingerprint", 80) for r in runs} - {""})
-    seeds = ", ".join(str(int(_num(r, "seed") or 0)) for r in candidate)
+    seeds = ", ".join(str(int(_num(r, "seed") or 0)) for r in runs)
 
     lines = [
         f"| {metric} | baseline | delta | seeds | evaluator |",
@@ -192,7 +169,7 @@ def render(runs: list[dict], head_sha: str, baseline: list[float], log_text: str
     for r in runs:
         steps = _num(r, "steps")
         lines.append(
-            f"| {int(_num(r, 'seed') or 0)}{' (champion)' if any(r is c for c in champion_runs) else ''} | {r['status']} | {fmt(_num(r.get('metrics') or {}, metric))} "
+            f"| {int(_num(r, 'seed') or 0)} | {r['status']} | {fmt(_num(r.get('metrics') or {}, metric))} "
             f"| {'n/a' if steps is None else int(steps)} | {fmt(_num(r, 'tokens_per_second'), 0)} "
             f"| {fmt(_num(r, 'peak_memory_gb'), 2)} | {fmt(_num(r, 'train_seconds'), 1)} | {fmt(_num(r, 'total_seconds'), 1)} |"
         )
@@ -211,7 +188,7 @@ def render(runs: list[dict], head_sha: str, baseline: list[float], log_text: str
         else f"evaluation failed: {problems[0]}"[:200]
     block = embed(runs)
     out = {
-        "name": CHECK_NAME,
+        "name": EVALUATE_CHECK,
         "head_sha": head_sha,
         "status": "completed",
         "conclusion": "failure" if problems else "success",
@@ -226,7 +203,7 @@ def render_missing(head_sha: str, why: str, log_text: str = "") -> dict:
     """The check run when the train job left no usable result (it crashed, was cancelled, or the JSON is bad)."""
     tail = "\n".join(log_text.splitlines()[-LOG_LINES:])
     out = {
-        "name": CHECK_NAME, "head_sha": head_sha, "status": "completed", "conclusion": "failure",
+        "name": EVALUATE_CHECK, "head_sha": head_sha, "status": "completed", "conclusion": "failure",
         "output": {"title": f"no result: {why}"[:200], "summary": f"The train job left no usable result: {md(why)}"},
     }
     if tail:
@@ -241,33 +218,18 @@ def read(path: Path | None) -> str:
         return ""
 
 
-def needs_champion_run(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="report.py needs-champion-run",
-                                 description="Exit 0 when the champion's note lacks an ok run of this seed.")
-    ap.add_argument("--notes", type=Path, required=True, help="a checkout of refs/notes/arbot (may be missing)")
-    ap.add_argument("--champion-sha", required=True)
-    ap.add_argument("--seed", type=int, required=True)
-    ap.add_argument("--metric", default=METRIC)
-    args = ap.parse_args(argv)
-    path = note_path(args.notes, args.champion_sha) if args.notes.is_dir() else None
-    needed = not has_seed(read(path), args.seed, args.metric)
-    print(f"champion {args.champion_sha[:12]} seed {args.seed}: {'not measured yet' if needed else 'measured'}")
-    return 0 if needed else 1
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["needs-champion-run"]:
-        return needs_champion_run(argv[1:])
     ap = argparse.ArgumentParser(description="Render the arbot/evaluate check run from a result JSON.")
     ap.add_argument("--result", type=Path, required=True)
     ap.add_argument("--head-sha", required=True)
-    ap.add_argument("--champion-sha", help="runs of this commit are the champion's (measured at a seed it lacked)")
+    ap.add_argument("--champion-sha", help="the champion whose note (under --notes) is the baseline")
     ap.add_argument("--log", type=Path)
     ap.add_argument("--baseline", type=Path, help="the champion's record (git note) or a list of its runs")
     ap.add_argument("--notes", type=Path, help="a checkout of refs/notes/arbot: the baseline is the champion's note")
     ap.add_argument("--metric", default=METRIC)
-    ap.add_argument("--details-url", help="the workflow run's URL: the bot re-runs that run for more seeds")
+    ap.add_argument("--details-url", help="the workflow run's URL (a link on the check run)")
+    ap.add_argument("--external-id", help="the run request's key: the bot finds the result by it")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--summary", type=Path, help="append the Markdown summary here ($GITHUB_STEP_SUMMARY)")
     args = ap.parse_args(argv)
@@ -281,12 +243,13 @@ def main(argv: list[str] | None = None) -> int:
         baseline_file = args.baseline
         if baseline_file is None and args.notes is not None and args.champion_sha and args.notes.is_dir():
             baseline_file = note_path(args.notes, args.champion_sha)
-        check = render(runs, args.head_sha, baseline_values(read(baseline_file), args.metric), log_text, args.metric,
-                       champion_sha=args.champion_sha)
+        check = render(runs, args.head_sha, baseline_values(read(baseline_file), args.metric), log_text, args.metric)
     except BadResult as e:
         check = render_missing(args.head_sha, str(e), log_text)
     if args.details_url and re.fullmatch(r"https?://[^\s]+", args.details_url):
         check["details_url"] = args.details_url
+    if args.external_id:
+        check["external_id"] = args.external_id[:200]
     payload = json.dumps(check, indent=1)
     if args.out:
         args.out.write_text(payload + "\n")
@@ -294,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         print(payload)
     if args.summary:
         with args.summary.open("a") as f:
-            f.write(f"## {CHECK_NAME}: {check['conclusion']}\n\n{check['output']['title']}\n\n{check['output']['summary']}\n")
+            f.write(f"## {EVALUATE_CHECK}: {check['conclusion']}\n\n{check['output']['title']}\n\n{check['output']['summary']}\n")
     return 0
 
 

@@ -8,8 +8,9 @@ from typing import Any
 import git
 
 from bot.config import Config, ConfigError
+from bot.forges.local import LocalForge
 from bot.proposers.base import ProposalContext, Proposer
-from bot.proposers.failures import SpendCapReached, spent_today
+from bot.proposers.failures import SpendCapReached
 from bot.records import Proposal
 
 PROPOSERS = ("search", "llm")
@@ -76,6 +77,6 @@ def _one(name: str, config: Config, repo: git.Repo | None, sandbox=None) -> Prop
     if name == "llm":
         from bot.proposers.llm import LLMProposer
 
-        spent = (lambda: spent_today(repo)) if repo is not None else None
+        spent = LocalForge(repo).spent_today if repo is not None else None
         return LLMProposer(config.llm, config.target, repo=repo, spent_today=spent, sandbox=sandbox)
     raise ConfigError(f"unknown proposer {name!r}; choose one of: {', '.join(PROPOSERS)}")

@@ -16,10 +16,10 @@ import openai
 from bot.config import ConfigError, LLMConfig, TargetConfig
 from bot.proposers.base import ProposalContext, ProposalError
 from bot.proposers.edits import EditError, check_compiles, check_paths, apply_edits, parse_answer
-from bot.proposers.failures import Attempt, FailedProposal, ProposalRejected, SpendCapReached, now
+from bot.proposers.failures import ProposalRejected, SpendCapReached, now
 from bot.proposers.prompt import build_prompt, estimate_tokens
 from bot.proposers.validate import SmokeRunner, check_new
-from bot.records import Cost, Proposal
+from bot.records import Attempt, Cost, FailedProposal, Proposal
 
 ANSWER_CHARS_KEPT = 4000
 ERROR_CHARS = 300

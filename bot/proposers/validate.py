@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import random
-import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
@@ -20,7 +19,7 @@ from bot.config import SmokeConfig
 from bot.knobs import find_knobs
 from bot.proposers.edits import EditError
 from bot.records import ExperimentRecord
-from runner.job import export_tree
+from runner.job import export_tree, train_argv
 from runner.process import run_untrusted, scrubbed_env
 
 LOG_TAIL_CHARS = 3000
@@ -84,11 +83,9 @@ class SmokeRunner:
             out = work / "out"
             text = changed.get(str(self.script), files.get(str(self.script), ""))
             knobs = {k.name for k in find_knobs(text)}
-            argv = [sys.executable, self.script.name, "--data", str(work / "train.bin"), "--out", str(out),
-                    "--budget", str(self.cfg.budget_seconds), "--seed", "0", "--device", "cpu"]
-            for name, value in self.cfg.overrides.items():
-                if name in knobs:  # a knob the candidate removed is simply not set
-                    argv += ["--set", f"{name}={value}"]
+            # a knob the candidate removed is simply not set
+            overrides = {name: value for name, value in self.cfg.overrides.items() if name in knobs}
+            argv = train_argv(self.script.name, work / "train.bin", out, self.cfg.budget_seconds, 0, "cpu", overrides)
             cwd, extra = work / self.script.parent, {}
             run_argv = argv
             if self.sandbox is not None:  # the same sandbox and limits as real training runs

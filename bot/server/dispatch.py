@@ -1,8 +1,9 @@
 """The handler `arbot serve` runs on each delivery: route it (pure), then act.
 
 Here: ping, ignored events, `/arbot pause` and `/arbot resume` (a durable switch in the store). The rest goes
-to the driver (bot.github.driver.Driver): deciding an evaluation, merging or closing, updating stale PRs,
-`/arbot rerun`, proposing the next experiment. Without a driver (no GitHub credentials configured) those
+to the driver (bot.github.driver.Driver): a reported run, a merge, a push to champion, `/arbot rerun` and
+`/arbot approve` each end in `advance_all`, which carries out the lifecycle for every active experiment and
+proposes the next ones. Without a driver (no GitHub credentials configured) those
 raise, so the delivery is recorded as failed with the reason and a manual redelivery runs it later.
 """
 
@@ -53,14 +54,14 @@ class Dispatcher:
         if d is None:
             raise NotImplementedError(f"{type(action).__name__} needs the GitHub driver, and none is configured: set "
                                       f"the GitHub credentials (docs/github.md), restart and redeliver")
-        if isinstance(action, Evaluated):
-            d.on_evaluated(action.pr, action.head_sha)
-        elif isinstance(action, PullRequestClosed):
-            d.on_closed(action.pr, action.merged, action.merge_sha)
-        elif isinstance(action, ChampionMoved):
-            d.update_stale()
-        elif isinstance(action, Command) and action.command == "rerun":
-            if action.is_pr:
+        if isinstance(action, PullRequestClosed) and action.merged:
+            d.record_merged_pr(action.pr)
+        if isinstance(action, Command) and action.command in ("rerun", "approve"):
+            if not action.is_pr:
+                log.warning("delivery %s: /arbot %s on issue #%d, which is not a PR", event.delivery_id,
+                            action.command, action.issue)
+            elif action.command == "rerun":
                 d.rerun(action.issue)
             else:
-                log.warning("delivery %s: /arbot rerun on issue #%d, which is not a PR", event.delivery_id, action.issue)
+                d.approve(action.issue)
+        d.advance_all()

@@ -10,30 +10,30 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Union
 
+from bot.github.forge import LABEL
+from bot.github.report import EVALUATE_CHECK
 from bot.server.webhooks import Event
 
-EVALUATE_CHECK = "arbot/evaluate"
-VERDICT_CHECK = "arbot/verdict"
-COMMANDS = ("pause", "resume", "rerun")
+COMMANDS = ("pause", "resume", "rerun", "approve")
 # author_association values that can hold write access; the worker still asks GitHub for the permission.
 MAYBE_WRITERS = {"OWNER", "MEMBER", "COLLABORATOR"}
 
 
 @dataclass(frozen=True)
 class Evaluated:
-    """The evaluation of a PR head finished: decide it with the policy and post arbot/verdict."""
+    """A training run reported (its arbot/evaluate check run completed): advance the experiments."""
 
-    pr: int | None  # None when the check run lists no PR (a fork, or a PR closed meanwhile): look it up by sha
-    head_sha: str
+    head_sha: str  # the commit trained: an experiment's or a champion's
     conclusion: str | None
-    source: Literal["check_run", "status", "workflow_run"]
+    source: Literal["check_run", "status"]
 
 
 @dataclass(frozen=True)
 class Command:
-    """`/arbot pause|resume|rerun` in a comment; only users with write access may give it (the worker checks)."""
+    """`/arbot pause|resume|rerun|approve` in a comment; only users with write access may give it (the worker
+    checks)."""
 
-    command: Literal["pause", "resume", "rerun"]
+    command: Literal["pause", "resume", "rerun", "approve"]
     issue: int
     is_pr: bool
     user: str
@@ -81,7 +81,7 @@ def parse_command(body: str) -> str | None:
 
 
 def route(event: Event, repo: str | None = None, champion_branch: str = "champion",
-          label: str = "arbot", bot_login: str | None = None) -> Action:
+          label: str = LABEL, bot_login: str | None = None) -> Action:
     """The action for one event. `repo` (owner/name) limits the bot to its repository."""
     p = event.payload
     if event.name == "ping":
@@ -95,27 +95,14 @@ def route(event: Event, repo: str | None = None, champion_branch: str = "champio
             return Ignored(f"check_run.{event.action}")
         if run.get("name") != EVALUATE_CHECK:
             return Ignored(f"check run {run.get('name')!r} is not {EVALUATE_CHECK}")
-        prs = [pr for pr in run.get("pull_requests") or []
-               if (pr.get("base") or {}).get("ref") == champion_branch]
-        return Evaluated(pr=prs[0]["number"] if prs else None, head_sha=run.get("head_sha", ""),
-                         conclusion=run.get("conclusion"), source="check_run")
+        return Evaluated(head_sha=run.get("head_sha", ""), conclusion=run.get("conclusion"), source="check_run")
 
     if event.name == "status":
         if p.get("context") != EVALUATE_CHECK:
             return Ignored(f"status {p.get('context')!r} is not {EVALUATE_CHECK}")
         if p.get("state") == "pending":
             return Ignored("status pending")
-        return Evaluated(pr=None, head_sha=p.get("sha", ""), conclusion=p.get("state"), source="status")
-
-    if event.name == "workflow_run":
-        run = p.get("workflow_run") or {}
-        if event.action != "completed":
-            return Ignored(f"workflow_run.{event.action}")
-        if run.get("event") != "pull_request":
-            return Ignored(f"workflow run for {run.get('event')}")
-        prs = [pr for pr in run.get("pull_requests") or [] if (pr.get("base") or {}).get("ref") == champion_branch]
-        return Evaluated(pr=prs[0]["number"] if prs else None, head_sha=run.get("head_sha", ""),
-                         conclusion=run.get("conclusion"), source="workflow_run")
+        return Evaluated(head_sha=p.get("sha", ""), conclusion=p.get("state"), source="status")
 
     if event.name == "issue_comment":
         if event.action != "created":
@@ -144,7 +131,7 @@ def route(event: Event, repo: str | None = None, champion_branch: str = "champio
             return PullRequestClosed(pr=pr.get("number", p.get("number", 0)), merged=bool(pr.get("merged")),
                                      head_ref=(pr.get("head") or {}).get("ref", ""),
                                      merge_sha=pr.get("merge_commit_sha"))
-        return Ignored(f"pull_request.{event.action}: the evaluate workflow handles it")
+        return Ignored(f"pull_request.{event.action}: the bot dispatches its runs itself")
 
     if event.name == "push":
         if p.get("ref") != f"refs/heads/{champion_branch}":

@@ -49,22 +49,25 @@ def build_app(config: Config, root: Path, environ: dict | None = None):
             "not decided", e)
     dispatcher = Dispatcher(store, repo=settings.repo, champion_branch=config.run.champion_branch, can_write=can_write,
                             driver=driver)
-    return create_app(settings, dispatcher, store, on_start=driver.recover if driver is not None else None)
+    return create_app(settings, dispatcher, store, on_start=driver.advance_all if driver is not None else None)
 
 
 def build_driver(config: Config, root: Path, forge, store, settings, mirror_path: Path | None = None):
     """The GitHub mode driver: the bot's bare mirror (.arbot/github.git), the configured proposer and policy,
-    the daily budget and the pause switch (config or `/arbot pause`). Contacts nothing."""
+    the daily budget and the pause switch (config or `/arbot pause`). The LLM proposer's smoke runs use the
+    runner's training sandbox, as in `arbot run`. Contacts nothing."""
     from bot.github.driver import MIRROR, Driver, mirror
     from bot.policy import make_policy
     from bot.proposers.factory import make_proposer
     from bot.server.app import PAUSED_FLAG
     from bot.server.store import Budget
+    from runner.job import Runner
 
     local = mirror(mirror_path or root / MIRROR)
     budget = Budget(store, settings.experiments_per_day, settings.runner_minutes_per_day)
-    return Driver(forge, local, config, make_proposer(config, local), make_policy(config.policy), budget=budget,
-                  paused=lambda: settings.paused or store.flag(PAUSED_FLAG) == "1")
+    sandbox = Runner(local, config.target, config.evaluator).sandbox
+    return Driver(forge, local, config, make_proposer(config, local, sandbox=sandbox), make_policy(config.policy),
+                  budget=budget, paused=lambda: settings.paused or store.flag(PAUSED_FLAG) == "1")
 
 
 def serve(config: Config, root: Path, host: str, port: int, log_level: str = "info") -> None:

@@ -134,7 +134,7 @@ def check_run_payload(full_name: str, run: dict, prs: list[dict], user: str) -> 
     p = webhook_example("check_run$completed")
     cr = p["check_run"]
     cr.update(id=run["id"], name=run["name"], head_sha=run["head_sha"], status="completed", conclusion=run["conclusion"],
-              details_url=run.get("details_url") or cr.get("details_url"))
+              details_url=run.get("details_url") or cr.get("details_url"), external_id=run.get("external_id") or "")
     cr["check_suite"]["head_sha"] = run["head_sha"]
     cr["pull_requests"] = [{"id": pr["id"], "number": pr["number"], "url": pr["url"],
                             "head": {"ref": pr["head"]["ref"], "sha": pr["head"]["sha"], "repo": _mini_repo(full_name)},

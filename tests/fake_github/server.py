@@ -6,7 +6,11 @@ protection and auto-merge are kept in memory and behave like GitHub's for the ca
 - merge (PUT .../merge) honours the `sha` guard (409), required checks and "up to date" protection (405);
 - auto-merge (GraphQL enablePullRequestAutoMerge) needs a protected base; it merges (squash, with the
   given headline and body) as soon as the requirements hold, and is cancelled when the head moves;
-- update-branch merges the base into the head branch (202).
+- update-branch merges the base into the head branch (202);
+- workflow dispatch (POST .../actions/workflows/{workflow_id}/dispatches) reads the workflow file from the git tree
+  of the ref, checks its `on.workflow_dispatch` inputs like GitHub does (422 with GitHub's messages), records the
+  dispatch in `dispatches` and hands it to `on_dispatch` (if set) on a background thread: no workflow runs here,
+  the test plays it. `flush_dispatches()` waits for those callbacks.
 Every request and response is validated against the OpenAPI subset GitHub publishes (contract.py); a
 violation answers 500 and is kept in `violations`, which the tests assert to be empty.
 Only the operations of scripts/extract_openapi.py's OPERATIONS exist here.
@@ -18,12 +22,14 @@ import json
 import re
 import subprocess
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jwt
+import yaml
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
@@ -85,6 +91,17 @@ class FakeGitHub:
         self.default_branch = "main"
         self.requests: list[tuple[str, str, Any]] = []
         self.reruns: list[int] = []  # workflow runs the bot asked to re-run (POST .../actions/runs/{id}/rerun)
+        # workflow_dispatch events accepted (POST .../actions/workflows/{workflow_id}/dispatches), oldest first:
+        # {id (the new workflow run's id), workflow (file name), workflow_id, ref (refs/heads/NAME or
+        # refs/tags/NAME), head_branch, sha (the ref's commit at dispatch time), inputs (every declared input, as
+        # strings, defaults filled in), user}
+        self.dispatches: list[dict] = []
+        # Called with each accepted dispatch (a copy), one at a time in dispatch order, on a worker thread (never in
+        # the request handler, so it may call the fake over HTTP). Wait for it with flush_dispatches().
+        self.on_dispatch: Callable[[dict], Any] | None = None
+        self.workflows: dict[str, int] = {}  # workflow file name -> numeric workflow id (see workflow_id())
+        self._actions: ThreadPoolExecutor | None = None
+        self._played: list[Future] = []
         self.violations: list[str] = []
         self._ids = 100
         self.api = ""  # set from the first request: http://127.0.0.1:PORT/api/v3
@@ -122,6 +139,40 @@ class FakeGitHub:
     def next_id(self) -> int:
         self._ids += 1
         return self._ids
+
+    # --- Actions: workflow_dispatch ---------------------------------------------------------------------
+    def workflow_id(self, file: str) -> int:
+        """The numeric id GitHub gives the workflow `.github/workflows/<file>` (stable for this fake)."""
+        with self.lock:
+            if file not in self.workflows:
+                self.workflows[file] = self.next_id()
+            return self.workflows[file]
+
+    def flush_dispatches(self, timeout: float = 30) -> None:
+        """Wait until every on_dispatch callback queued so far has returned; re-raise the first one that raised."""
+        while True:
+            with self.lock:
+                played, self._played = self._played, []
+            if not played:
+                return
+            for future in played:
+                future.result(timeout)
+
+    def close(self) -> None:
+        """Stop the background threads (webhook deliveries and on_dispatch callbacks)."""
+        if self._actions is not None:
+            self._actions.shutdown(wait=True)
+            self._actions = None
+        self.hooks.close()
+
+    def _play(self, dispatch: dict) -> None:
+        """Hand a dispatch to on_dispatch on the single worker thread (in order, outside the request handler)."""
+        callback = self.on_dispatch
+        if callback is None:
+            return
+        if self._actions is None:
+            self._actions = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fake-github-actions")
+        self._played.append(self._actions.submit(callback, json.loads(json.dumps(dispatch))))
 
     # --- JSON shaped like GitHub's (from the OpenAPI examples) ------------------------------------------
     def example(self, name: str, **subs: str) -> dict:
@@ -618,6 +669,106 @@ class FakeGitHub:
         self.reruns.append(int(run_id))
         return 201, {}
 
+    def _dispatch_ref(self, ref: str) -> tuple[str, str]:
+        """(full ref, sha) for a branch or tag name, or refs/heads/NAME / refs/tags/NAME; 422 like GitHub otherwise."""
+        candidates = [ref] if ref.startswith(("refs/heads/", "refs/tags/")) else [f"refs/heads/{ref}", f"refs/tags/{ref}"]
+        for full in candidates:
+            sha = self.git("rev-parse", "--verify", "-q", f"{full}^{{commit}}", check=False).stdout.strip()
+            if sha:
+                return full, sha
+        raise HTTPError(422, f"No ref found for: {ref}")  # a commit sha is no ref either, as on GitHub
+
+    @staticmethod
+    def _dispatch_trigger(text: str) -> dict | None:
+        """The `on.workflow_dispatch` mapping of a workflow file ({} when it has no inputs), None without the trigger.
+        PyYAML (YAML 1.1) reads the key `on` as the boolean True: both spellings are looked up."""
+        try:
+            doc = yaml.safe_load(text)
+        except yaml.YAMLError:
+            return None
+        if not isinstance(doc, dict):
+            return None
+        on = doc.get("on", doc.get(True))
+        if on == "workflow_dispatch" or (isinstance(on, list) and "workflow_dispatch" in on):
+            return {}
+        if isinstance(on, dict) and "workflow_dispatch" in on:
+            trigger = on["workflow_dispatch"]
+            return trigger if isinstance(trigger, dict) else {}
+        return None
+
+    @staticmethod
+    def _input_string(value: Any) -> str:
+        """A workflow input default as the string github.event.inputs holds (booleans are 'true'/'false')."""
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        return "" if value is None else str(value)
+
+    def op_dispatch_workflow(self, workflow_id: str, body: dict, user: str, **_):
+        """Create a workflow_dispatch event, with GitHub's checks and messages (422 unless noted):
+        - workflow_id: a file name under .github/workflows/ or a numeric id (workflow_id(); the default branch's
+          workflow files all have one); unknown: 404 Not Found;
+        - ref: a branch or tag (short or refs/heads/…, refs/tags/…): "No ref found for: X";
+        - the file at that ref: missing, 404 Not Found; no `on.workflow_dispatch`:
+          "Workflow does not have 'workflow_dispatch' trigger";
+        - inputs: strings only ("Invalid request.\n\nFor 'additionalProperties', 1 is not a string."), declared only
+          ('Unexpected inputs provided: ["x"]'), required ones present unless they have a default
+          ("Required input 'x' not provided"), choice and boolean values among the allowed ones ("Provided value 'v'
+          for input 'x' not in the list of allowed values"). More than 25 inputs break the contract's maxProperties:
+          the contract check answers 500 and records a violation, as for every request that breaks the contract.
+        204 without a body, or 200 with the run's id and URLs when return_run_details is true."""
+        from urllib.parse import unquote
+
+        workflow_id = unquote(workflow_id)
+        if workflow_id.isdigit():
+            listed = self.git("ls-tree", "--name-only", f"refs/heads/{self.default_branch}:.github/workflows", check=False)
+            for name in sorted(listed.stdout.splitlines()):  # GitHub knows the default branch's workflows by id
+                self.workflow_id(name)
+            file = next((f for f, i in self.workflows.items() if i == int(workflow_id)), None)
+            if file is None:
+                raise HTTPError(404, "Not Found")
+        else:
+            file = workflow_id
+        full_ref, sha = self._dispatch_ref(body["ref"])
+        blob = None if "/" in file else self.git("cat-file", "blob", f"{sha}:.github/workflows/{file}", check=False)
+        if blob is None or blob.returncode:
+            raise HTTPError(404, "Not Found")
+        trigger = self._dispatch_trigger(blob.stdout)
+        if trigger is None:
+            raise HTTPError(422, "Workflow does not have 'workflow_dispatch' trigger")
+        declared = trigger.get("inputs") or {}
+        given = body.get("inputs") or {}
+        for value in given.values():
+            if not isinstance(value, str):
+                ruby = "nil" if value is None else json.dumps(value)
+                raise HTTPError(422, f"Invalid request.\n\nFor 'additionalProperties', {ruby} is not a string.")
+        unexpected = [name for name in given if name not in declared]
+        if unexpected:
+            raise HTTPError(422, f"Unexpected inputs provided: {json.dumps(unexpected)}")
+        inputs: dict[str, str] = {}
+        for name, spec in declared.items():
+            spec = spec if isinstance(spec, dict) else {}
+            if name in given:
+                value = given[name]
+            elif "default" in spec:
+                value = self._input_string(spec["default"])
+            elif spec.get("required"):
+                raise HTTPError(422, f"Required input '{name}' not provided")
+            else:
+                value = "false" if spec.get("type") == "boolean" else ""
+            allowed = {"boolean": ["true", "false"], "choice": [str(o) for o in spec.get("options") or []]}.get(spec.get("type"))
+            if allowed is not None and value not in allowed:
+                raise HTTPError(422, f"Provided value '{value}' for input '{name}' not in the list of allowed values")
+            inputs[name] = value
+        run_id = self.next_id()
+        dispatch = {"id": run_id, "workflow": file, "workflow_id": self.workflow_id(file), "ref": full_ref,
+                    "head_branch": full_ref.split("/", 2)[2], "sha": sha, "inputs": inputs, "user": user}
+        self.dispatches.append(dispatch)
+        self._play(dispatch)
+        if body.get("return_run_details"):
+            return 200, {"workflow_run_id": run_id, "run_url": f"{self.api}/repos/{self.full_name}/actions/runs/{run_id}",
+                         "html_url": f"http://github.test/{self.full_name}/actions/runs/{run_id}"}
+        return 204, None
+
     # --- GraphQL: enablePullRequestAutoMerge only --------------------------------------------------------
     def graphql(self, body: dict, user: str) -> dict:
         query = body.get("query", "")
@@ -681,6 +832,7 @@ def _routes() -> list[tuple[str, re.Pattern, str]]:
         ("get", "/commits/(?P<ref>.+)/status", "op_combined_status"),
         ("get", "/collaborators/(?P<username>[^/]+)/permission", "op_permission"),
         ("post", "/actions/runs/(?P<run_id>\\d+)/rerun", "op_rerun_workflow"),
+        ("post", "/actions/workflows/(?P<workflow_id>[^/]+)/dispatches", "op_dispatch_workflow"),
     ]
     return [(m, re.compile(p), name) for m, p, name in table]
 

@@ -1,0 +1,270 @@
+"""The experiment lifecycle, written once: one experiment's records in, the next action out.
+
+No I/O, no git, no clock. Both executors, the local loop (bot.loop) and GitHub mode (bot.github.driver),
+gather the records, call `next_action`, carry out what it says and store the result, then ask again:
+
+    Run(specs)      train and score these (candidate or champion, seed, splits); the results join the records
+    Wait            runs asked for earlier are still in flight (GitHub mode): nothing to do until they report
+    Decide          the policy reached a final decision: record it (with the evidence and any review hold)
+    Replay(onto)    the champion moved before this experiment was merged: close it as `stale`, measure its
+                    change again on the new champion (`stale_decision` says why)
+    Hold            a win whose diff was flagged waits for a human (`arbot approve`, `/arbot approve`)
+    Promote         merge the win, with exactly these trailers
+    Close           a final non-win: keep the record, close the experiment (PR)
+    Done            merged: nothing left to do
+    ChampionFails   the champion itself does not train: nothing can be compared against it
+
+The evidence is the val runs only: a holdout confirmation run (splits val+holdout) checks a win, it never
+moves the noise floor or the mean a decision is made on.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+
+from bot.policy import Policy
+from bot.records import ChampionRecord, Decision, Evidence, ExperimentRecord, RunResult, RunSpec, ok_metric
+from runner.config import TargetConfig
+
+VAL, HOLDOUT = "val", "holdout"
+METRIC, HOLDOUT_METRIC = "val_bpb", "holdout_bpb"
+MAX_REFUSED = 5  # proposals refused in a row (no branch made) before an executor stops proposing
+
+
+@dataclass(frozen=True)
+class Rules:
+    """What decides, besides the records: the policy and the target's holds."""
+
+    policy: Policy
+    review_flagged: bool = True
+    holdout_max_gap: float | None = 0.01
+
+    @classmethod
+    def of(cls, policy: Policy, target: TargetConfig) -> Rules:
+        return cls(policy, target.review_flagged, target.holdout_max_gap)
+
+
+# --- actions ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Run:
+    specs: tuple[RunSpec, ...]
+    why: str
+
+
+@dataclass(frozen=True)
+class Wait:
+    why: str
+
+
+@dataclass(frozen=True)
+class Decide:
+    decision: Decision
+    evidence: Evidence
+    review: str | None = None  # "needed": a flagged win, held for a human
+
+
+@dataclass(frozen=True)
+class Replay:
+    onto: str  # the current champion
+
+
+@dataclass(frozen=True)
+class Hold:
+    why: str
+
+
+@dataclass(frozen=True)
+class Promote:
+    trailers: dict[str, str] = field(hash=False)
+
+
+@dataclass(frozen=True)
+class Close:
+    decision: Decision
+
+
+@dataclass(frozen=True)
+class Done:
+    merged_as: str
+
+
+@dataclass(frozen=True)
+class ChampionFails:
+    reason: str
+
+
+Action = Run | Wait | Decide | Replay | Hold | Promote | Close | Done | ChampionFails
+FINISHED = (Hold, Close, Done)  # what an executor stops at: the experiment needs nothing more from it
+
+
+# --- the one function ---------------------------------------------------------------------------------------
+def next_action(exp: ExperimentRecord, champion: ChampionRecord, current: str, rules: Rules,
+                removes_code: bool = False) -> Action:
+    """The next step of `exp`. `champion` is the record of the champion it is measured on (exp.parent);
+    `current` the champion branch's sha now; `removes_code` whether its change deletes lines on net."""
+    if exp.merged_as:
+        return Done(exp.merged_as)
+    if exp.decision is not None:
+        if exp.decision.verdict != "win":
+            return Close(exp.decision)
+        if exp.parent != current:
+            return Replay(current)
+        if exp.review == "needed":
+            return Hold(f"{exp.id} is a win held for human review: {exp.decision.reason}")
+        return Promote(trailers(exp, exp.decision))
+    if exp.parent != current:
+        return Replay(current)
+    if (floor := noise_floor(champion, rules)) is not None:
+        return floor
+    ev = evidence(exp, champion, removes_code)
+    decision = rules.policy.decide(ev)
+    if not decision.final:
+        return _more_runs(exp, champion, decision)
+    if decision.verdict == "win" and rules.holdout_max_gap is not None:
+        confirmed = _confirm_holdout(exp, champion, decision, rules.holdout_max_gap)
+        if not isinstance(confirmed, Decision):
+            return confirmed
+        decision = confirmed
+    decision, review = hold_flagged(decision, exp.runs, rules.review_flagged)
+    return Decide(decision, ev, review)
+
+
+# --- the pieces, each pure ---------------------------------------------------------------------------------
+def noise_floor(champion: ChampionRecord, rules: Rules) -> Run | ChampionFails | None:
+    """The champion runs its noise floor still needs (the policy's baseline), or None when it has them."""
+    if (broken := _failed_run(val_runs(champion.runs))) is not None:
+        return ChampionFails(f"the champion {champion.commit[:12]} itself fails ({broken.status}): "
+                             f"{broken.reason}\n{broken.log_tail}")
+    missing = rules.policy.baseline_runs - len(ok_metric(val_runs(champion.runs))) - _pending(champion, VAL)
+    if missing > 0:
+        return Run(_specs(champion, "champion", missing, (VAL,)), f"the champion's noise floor needs {missing} more runs")
+    return None
+
+
+def val_runs(runs: list[RunResult]) -> list[RunResult]:
+    """The runs the policy sees: scored on val alone (not holdout confirmations)."""
+    return [r for r in runs if HOLDOUT not in r.splits]
+
+
+def evidence(exp: ExperimentRecord, champion: ChampionRecord, removes_code: bool = False) -> Evidence:
+    runs = val_runs(exp.runs)
+    failed = _failed_run(runs)
+    return Evidence(metric=METRIC, champion=ok_metric(val_runs(champion.runs), METRIC),
+                    candidate=ok_metric(runs, METRIC), candidate_status=failed.status if failed else "ok",
+                    candidate_reason=failed.reason if failed else "", removes_code=removes_code)
+
+
+def _failed_run(runs: list[RunResult]) -> RunResult | None:
+    return next((r for r in runs if not r.ok), None)
+
+
+def _pending(rec: ExperimentRecord | ChampionRecord, split: str) -> int:
+    return sum(1 for s in rec.pending if (HOLDOUT in s.splits) == (split == HOLDOUT))
+
+
+def _specs(rec: ExperimentRecord | ChampionRecord, role: str, n: int, splits: tuple[str, ...]) -> tuple[RunSpec, ...]:
+    """`n` new runs of rec's commit: seeds continue after every run made or asked for, so none repeats."""
+    champion = rec.parent if isinstance(rec, ExperimentRecord) else rec.commit
+    first = len(rec.runs) + len(rec.pending)
+    return tuple(RunSpec(role=role, commit=rec.commit, champion=champion, seed=first + i, splits=list(splits))
+                 for i in range(n))
+
+
+def _more_runs(exp: ExperimentRecord, champion: ChampionRecord, decision: Decision) -> Run | Wait:
+    """The runs the policy asked for, less those already in flight."""
+    cand = decision.more_candidate_runs - _pending(exp, VAL)
+    champ = decision.more_champion_runs - _pending(champion, VAL)
+    if decision.more_candidate_runs + decision.more_champion_runs == 0:
+        raise ValueError(f"the policy asked for more runs but named none: {decision}")
+    specs = _specs(champion, "champion", max(champ, 0), (VAL,)) + _specs(exp, exp.id, max(cand, 0), (VAL,))
+    return Run(specs, decision.reason) if specs else Wait(f"{len(exp.pending) + len(champion.pending)} runs in flight")
+
+
+def holdout_gap(run: RunResult) -> float | None:
+    """(holdout - val) / val of one run: very stable across seeds of one model, so a candidate whose gap is much
+    larger than the champion's fits val better than unseen text, i.e. it has likely seen val."""
+    m = run.metrics
+    if run.ok and HOLDOUT_METRIC in m and m.get(METRIC, 0) > 0:
+        return (m[HOLDOUT_METRIC] - m[METRIC]) / m[METRIC]
+    return None
+
+
+def _confirm_holdout(exp: ExperimentRecord, champion: ChampionRecord, win: Decision, max_gap: float) -> Decision | Run | Wait:
+    """A win is confirmed by one candidate run scored on val and holdout, against the champion's gap (measured
+    once per champion). Returns the confirmed or rejected decision, or the runs still needed."""
+    both = (VAL, HOLDOUT)
+    tried = [r for r in champion.runs if HOLDOUT in r.splits]
+    confirm = [r for r in exp.runs if HOLDOUT in r.splits]
+    specs = ((_specs(champion, "champion", 1, both) if not tried and not _pending(champion, HOLDOUT) else ())
+             + (_specs(exp, exp.id, 1, both) if not confirm and not _pending(exp, HOLDOUT) else ()))
+    if specs:
+        return Run(specs, f"confirming the win on holdout: {win.reason}")
+    if not confirm or not tried:
+        return Wait("the holdout confirmation is in flight")
+    reference = [g for g in map(holdout_gap, tried) if g is not None]
+    gap = holdout_gap(confirm[-1])
+    if gap is None or not reference:
+        why = confirm[-1].reason if not confirm[-1].ok else "the champion's holdout could not be measured"
+        return win.model_copy(update={"verdict": "rejected", "rule": "holdout_gap",
+                                      "reason": f"the holdout confirmation run failed: {why}"})
+    excess = gap - statistics.fmean(reference)
+    if excess > max_gap:
+        return win.model_copy(update={"verdict": "rejected", "rule": "holdout_gap", "reason": (
+            f"holdout confirmation: ({HOLDOUT_METRIC} - {METRIC}) / {METRIC} is {gap:+.4f}, {excess:.4f} more than "
+            f"the champion's (limit {max_gap:g}); the candidate fits val better than unseen text, so it has likely "
+            f"seen val. Was: {win.reason}")})
+    return win.model_copy(update={"reason": f"{win.reason}; holdout confirmed (gap excess {excess:+.4f})"})
+
+
+def hold_flagged(decision: Decision, runs: list[RunResult], review_flagged: bool) -> tuple[Decision, str | None]:
+    """A win whose runs carry diff-inspection flags is held for a human (review "needed") when the target asks
+    for it; the verdict stands."""
+    flags = sorted({f.split(":", 1)[0] for r in runs for f in r.flags})
+    if decision.verdict != "win" or not flags or not review_flagged:
+        return decision, None
+    return decision.model_copy(update={
+        "reason": f"{decision.reason}; held for human review, the diff touches: {', '.join(flags)}"}), "needed"
+
+
+def stale_decision(stale: ExperimentRecord, champion: str, fresh_id: str | None) -> Decision:
+    """Why `stale` closes: a decision holds only against the champion it was measured on."""
+    return Decision(verdict="rejected", rule="stale", reason=(
+        f"champion moved from {stale.parent[:12]} to {champion[:12]} before this was merged; "
+        + (f"measured again as {fresh_id}" if fresh_id else "its change conflicts with the new champion")))
+
+
+def trailers(exp: ExperimentRecord, decision: Decision) -> dict[str, str]:
+    """The audit trail of a win, as git trailers on its merge commit (GitHub mode adds `PR:`)."""
+    m = decision.metric
+    fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
+    fingerprint = next((r.evaluator_fingerprint for r in exp.runs if r.evaluator_fingerprint), None)
+    out = {
+        "Experiment": exp.id,
+        "Metric": f"{m}={fmt(decision.candidate_mean)}",
+        "Baseline": f"{m}={fmt(decision.champion_mean)}",
+        "Delta": "n/a" if decision.effect is None else f"{-decision.effect:+.4f}",
+        "Runs": f"{decision.candidate_runs} candidate, {decision.champion_runs} champion",
+        "Rule": decision.rule + (f" (p={decision.p_value:.3g})" if decision.p_value is not None else ""),
+        "Proposer": exp.proposal.proposer,
+        "Evaluator": fingerprint or "unknown",
+        "Seeds": ",".join(str(r.seed) for r in exp.runs),
+    }
+    cost = exp.proposal.cost
+    if cost.usd or cost.prompt_tokens:
+        out["Cost"] = f"{cost.prompt_tokens + cost.completion_tokens} tokens, ${cost.usd:.4f}"
+    return out
+
+
+def champion_after(exp: ExperimentRecord, merge: str) -> ChampionRecord:
+    """The record of the champion a win's merge made: its tree is the candidate's, so the candidate's runs
+    measure it."""
+    return ChampionRecord(commit=merge, experiment=exp.id, runs=exp.runs)
+
+
+def is_active(exp: ExperimentRecord) -> bool:
+    """Undecided, or a win not merged yet that no human is asked to look at: an executor still owes it work."""
+    if exp.decision is None:
+        return True
+    return exp.decision.verdict == "win" and not exp.merged_as and exp.review != "needed"
+
