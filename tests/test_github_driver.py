@@ -1,239 +1,545 @@
-"""The GitHub mode driver against the fake GitHub, with evaluations synthesized (no training): recovery at start,
-the stale-base rule, crashes, pause, budget and max_in_flight."""
+"""The GitHub mode driver against the fake GitHub, in the scripted world (tests/scripted.py, no training).
+
+Every training run is one dispatch of arbot-evaluate.yml (the project's file, in the world's repository), answered
+by an `arbot/evaluate` check run with the request as its external_id. Most tests play the workflow on each dispatch
+(ScriptedWorkflow); some hold the dispatches and answer them by hand, to say when a run reports and what it says.
+Covered: restart recovery from GitHub alone, one dispatch per run, which check runs count, missing or garbled
+results, `/arbot rerun`, the stale rule, pause, the daily budget, max_in_flight, the review hold and approve,
+refused proposals kept on GitHub, the serverless commands, and the webhook server running a campaign.
+"""
 
 from __future__ import annotations
 
+import json
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import git
 import httpx
 import pytest
 
 from bot.config import Config
+from bot.forges.local import LocalForge
 from bot.github import report
 from bot.github.driver import Driver, mirror
-from bot.knobs import set_knobs
+from bot.github.forge import GitHubForge, GitHubForgeError
 from bot.policy import make_policy
-from bot.records import RunResult
+from bot.proposers.failures import ProposalRejected, SpendCapReached
+from bot.records import Cost, FailedProposal, RunResult
 from bot.server.store import Budget, Store
+from tests.fake_github.server import FakeGitHub
 from tests.fake_github.serving import serving
-from tests.test_github_e2e import ACTIONS_TOKEN, ScriptedProposer, verdict
-from tests.test_github_forge import REPO, fake, forge_for, local  # noqa: F401 - fixtures
+from tests.scripted import ACTIONS_TOKEN, SCRIPT, ScriptedProposer, ScriptedWorkflow, Variant, make_world, result
+from tests.test_github_forge import FAST, REPO, TOKEN, forge_for
+
+WORLD = {
+    "win": Variant(effect=-0.3),
+    "win-again": Variant(effect=-0.2),
+    "worse": Variant(effect=0.2),
+    "crash": Variant(status="crash"),
+    "flagged": Variant(effect=-0.3, flags=("timing: reads the clock",)),
+}
+OTHER_APP = "ghs_other_app"
 
 
-def lr(value):
-    return (f"learning rate {value}", lambda s: set_knobs(s, {"LR": value}))
+def settings(**github) -> dict:
+    """margin 0, one champion run, no holdout confirmation: a decision after two runs."""
+    return {"policy": {"rule": "margin", "margin": 0.0, "baseline_runs": 1}, "target": {"holdout_max_gap": None},
+            "github": {"repo": REPO, "max_in_flight": 1, **github}}
 
 
-def config(**github) -> Config:
-    return Config.model_validate({"policy": {"rule": "margin", "margin": 0.0, "baseline_runs": 1},
-                                  "target": {"holdout_max_gap": None}, "github": {"repo": REPO, **github}})
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def evaluated(url: str, head: str, champion: str, bpb: float | None, champion_bpb: float | None = None,
-              run_id: int = 1, seed: int = 0) -> None:
-    """The evaluate workflow's report job, played: the check run with the runs embedded."""
-    runs = [RunResult(status="ok" if bpb else "crash", commit=head, champion=champion, reason="" if bpb else "exit 1",
-                      metrics={"val_bpb": bpb} if bpb else {}, total_seconds=60.0, seed=seed)]
-    if champion_bpb is not None:
-        runs.append(RunResult(status="ok", commit=champion, champion=champion, metrics={"val_bpb": champion_bpb},
-                              total_seconds=60.0, seed=seed))
-    check = report.render(report.load_runs("[" + ",".join(r.model_dump_json() for r in runs) + "]"), head, [],
-                          champion_sha=champion)
-    check["details_url"] = f"http://github.test/{REPO}/actions/runs/{run_id}"
-    httpx.post(f"{url}/api/v3/repos/{REPO}/check-runs", json=check,
-               headers={"Authorization": f"token {ACTIONS_TOKEN}"}).raise_for_status()
+class Proposer(ScriptedProposer):
+    """The scripted proposer, which says so (a spend cap: fill stops) when its script is done. `first_slot`: a
+    bot started later continues in the slots its predecessor left free."""
+
+    def __init__(self, *names: str, first_slot: int = 0):
+        super().__init__(*names)
+        self.slot = first_slot
+
+    def propose(self, ctx):
+        if not self.names:
+            raise SpendCapReached("the script has no more proposals")
+        return super().propose(ctx)
+
+
+@dataclass
+class GitHub:
+    fake: FakeGitHub
+    url: str
+    forge: GitHubForge
+    tmp: Path
+    store: Store
+    workflow: ScriptedWorkflow
+    played: int = 0
+
+    def driver(self, *names: str, mirror_name: str = "mirror.git", proposer=None, paused: Callable[[], bool] = lambda: False,
+               per_day: int | None = None, first_slot: int = 0, **github) -> Driver:
+        cfg = Config.model_validate(settings(**github))
+        return Driver(self.forge, mirror(self.tmp / mirror_name), cfg, proposer or Proposer(*names, first_slot=first_slot),
+                      make_policy(cfg.policy), budget=Budget(self.store, experiments_per_day=per_day), paused=paused)
+
+    # --- the evaluate workflow ---------------------------------------------------------------------------
+    def auto(self) -> None:
+        """Play the workflow on every dispatch from now on."""
+        self.fake.on_dispatch = self.workflow
+
+    def play(self) -> int:
+        """Held dispatches: play each not played yet (the workflow ran, maybe while the bot was down)."""
+        held = self.fake.dispatches[self.played:]
+        for d in held:
+            self.workflow(d)
+        self.played = len(self.fake.dispatches)
+        return len(held)
+
+    def settle(self, d: Driver) -> None:
+        """Advance until no run is asked for any more (auto mode)."""
+        while True:
+            self.fake.flush_dispatches()
+            before = len(self.fake.dispatches)
+            d.advance_all()
+            self.fake.flush_dispatches()
+            if len(self.fake.dispatches) == before:
+                return
+
+    def run_of(self, dispatch: dict) -> RunResult:
+        """What the scripted world reports for a dispatch."""
+        i = dispatch["inputs"]
+        show = lambda sha: self.fake.git("show", f"{sha}:{SCRIPT}").stdout  # noqa: E731
+        return result(WORLD, show(i["commit"]), show(i["champion"]), i["commit"], i["champion"], int(i["seed"]),
+                      i["splits"].split(","))
+
+    def post(self, check: dict, token: str = ACTIONS_TOKEN) -> None:
+        httpx.post(f"{self.url}/api/v3/repos/{REPO}/check-runs", json=check,
+                   headers={"Authorization": f"token {token}"}).raise_for_status()
+
+    # --- what GitHub shows -----------------------------------------------------------------------------------
+    def verdict(self, sha: str) -> str | None:
+        """The latest arbot/verdict on a commit (a commit status: the bot uses a PAT here)."""
+        states = [s["state"] for s in self.fake.statuses if s["sha"] == sha and s["context"] == "arbot/verdict"]
+        return states[-1] if states else None
+
+    def comment(self, number: int) -> str:
+        bodies = [c["body"] for c in self.fake.comments.values() if c["issue"] == number and "arbot:results" in c["body"]]
+        assert len(bodies) <= 1
+        return bodies[0] if bodies else ""
+
+    def note(self, sha: str) -> dict:
+        return json.loads(self.fake.git("notes", "--ref=arbot", "show", sha).stdout)
+
+
+def check_of(run: RunResult, request: str | None) -> dict:
+    """The check run the report job posts for one run (report.py's rendering)."""
+    check = report.render(report.load_runs(run.model_dump_json()), run.commit, [])
+    if request is not None:
+        check["external_id"] = request
+    return check
 
 
 @pytest.fixture
-def github(fake, local, tmp_path):  # noqa: F811
+def gh(tmp_path):
+    world = make_world(tmp_path / "src", settings())
+    fake = FakeGitHub(tmp_path / "remote", owner="octo-org", name="research", token=TOKEN)
     fake.tokens[ACTIONS_TOKEN] = "github-actions[bot]"
+    fake.tokens[OTHER_APP] = "other-app[bot]"
+    world.git.push(str(fake.bare), "main:refs/heads/main")
     store = Store(tmp_path / "state.sqlite")
-    with serving(fake.asgi) as url:
-        forge = forge_for(url, fake)
-        forge.ensure_champion()
-        forge.ensure_labels()
-        forge.protect_champion()
+    try:
+        with serving(fake.asgi) as url:
+            forge = forge_for(url, fake)
+            forge.ensure_champion()
+            forge.ensure_labels()
+            forge.protect_champion()
+            yield GitHub(fake, url, forge, tmp_path, store, ScriptedWorkflow(fake, url, REPO, WORLD))
+            fake.flush_dispatches()
+    finally:
+        fake.close()
+        store.close()
+    assert fake.all_violations == [], fake.all_violations
 
-        def driver(proposer, mirror_name="mirror.git", cfg=None, paused=lambda: False, per_day=None):
-            cfg = cfg or config()
-            return Driver(forge, mirror(tmp_path / mirror_name), cfg, proposer, make_policy(cfg.policy),
-                          budget=Budget(store, experiments_per_day=per_day), paused=paused)
-        yield fake, url, driver
-    store.close()
 
-
-def test_a_restarted_bot_rebuilds_its_state_from_github(github):
-    fake, url, driver = github
+# --- restarts: the state is on GitHub ---------------------------------------------------------------------
+def test_a_restarted_bot_rebuilds_its_state_from_github_and_finishes_the_decision(gh):
+    fake = gh.fake
     start = fake.ref("champion")
-    first = driver(ScriptedProposer(lr(0.005)))
+    first = gh.driver("win")
     (rec,) = first.fill()  # max_in_flight 1
     assert first.fill() == [] and [p.number for p in first.forge.open_prs()] == [1]
+    # the lifecycle asked for the champion's noise floor: one dispatch, on the champion branch, noted first
+    [d] = fake.dispatches
+    assert d["ref"] == "refs/heads/champion" and d["workflow"] == "arbot-evaluate.yml"
+    assert d["inputs"] == {"request": f"champion:{start[:12]}:seed-0:val", "commit": start, "champion": start,
+                           "seed": "0", "splits": "val"}
+    assert [p["seed"] for p in gh.note(start)["pending"]] == [0]  # pushed before the dispatch
     head = fake.head_sha(fake.prs[1])
-    evaluated(url, head, start, 1.20, champion_bpb=1.25)  # the bot was down when the check run came
+    assert head == rec.commit and gh.note(head)["id"] == "exp-1"
+    gh.play()  # the workflow ran while the bot was down
 
-    # a new bot, with an empty mirror: everything it needs is on GitHub (PRs, check runs, notes)
-    second = driver(ScriptedProposer(lr(0.02)), mirror_name="fresh.git")
-    assert [r.id for r in second.lf.experiments()] == []
-    second.recover()
-    assert verdict(fake, head) == "success" and fake.prs[1].merged
+    # a new bot with an empty mirror: the champion's run is collected from its check run, the candidate's dispatched
+    second = gh.driver(mirror_name="second.git")
+    assert second.lf.experiments() == []
+    second.advance_all()
+    assert [x["inputs"]["request"] for x in fake.dispatches[1:]] == [f"exp-1:{head[:12]}:seed-0:val"]
+    assert [r.seed for r in second.lf.champion_record(start).runs] == [0] and second.lf.champion_record(start).pending == []
+    gh.play()
+
+    # and another: the candidate's run is in, the decision is made, the win merged through branch protection
+    third = gh.driver("win-again", mirror_name="third.git", first_slot=1)
+    third.advance_all()
+    assert gh.verdict(head) == "success" and fake.prs[1].merged
     champion = fake.ref("champion")
-    assert "\nExperiment: exp-1\n" in fake.message(champion) and "\nPR: #1" in fake.message(champion)
-    assert [r.commit for r in second.lf.champion_record(champion).runs] == [head]  # the win measures the champion
-    assert [r.seed for r in second.lf.champion_record(start).runs] == [0]  # the champion run the train job made
-    assert fake.prs[2].title == "learning rate 0.02" and fake.prs[2].state == "open"
-    exp1 = second.record("arbot/exp-1")
-    assert exp1.decision.verdict == "win" and exp1.merged_as == champion
+    message = fake.message(champion)
+    assert message.startswith("arbot: win (exp-1) (#1)")
+    for trailer in ("Experiment: exp-1", "Metric: val_bpb=2.7000", "Baseline: val_bpb=3.0000", "Delta: -0.3000",
+                    "Rule: margin", "Proposer: scripted", "Evaluator: scripted", "Seeds: 0", "PR: #1"):
+        assert f"\n{trailer}\n" in message, message
+    assert [r.commit for r in third.lf.champion_record(champion).runs] == [head]  # the win measures the champion
+    assert "**win** (margin)" in gh.comment(1)
+    # the next experiment: opened on the new champion, its run dispatched (the champion needs none)
+    assert fake.prs[2].title == "win-again" and fake.prs[2].state == "open"
+    assert fake.dispatches[-1]["inputs"]["champion"] == champion and len(fake.dispatches) == 3
+    exp1 = next(r for r in third.lf.experiments() if r.id == "exp-1")
+    assert exp1.decision.verdict == "win" and exp1.merged_as == champion and exp1.pending == []
     # the audit trail on GitHub is the local one: `arbot log` reads it from a clone with the notes fetched
-    import git
-
-    from bot.forges.local import LocalForge
     remote = LocalForge(git.Repo(fake.bare))
     assert [(sha, t["Experiment"], t["PR"]) for sha, t in remote.champion_log()] == [(champion, "exp-1", "#1")]
     assert [(r.id, r.decision and r.decision.verdict, r.merged_as) for r in remote.experiments()] == [
         ("exp-1", "win", champion), ("exp-2", None, None)]
-    # repeating is safe: nothing is posted, merged or opened twice
-    statuses, prs = len(fake.statuses), len(fake.prs)
-    second.recover()
-    assert len(fake.statuses) == statuses and len(fake.prs) == prs
+    # repeating is safe, on this bot or yet another: nothing is posted, merged, opened or dispatched twice
+    counts = lambda: (len(fake.statuses), len(fake.prs), len(fake.dispatches), len(fake.comments),  # noqa: E731
+                      fake.ref("champion"))
+    before = counts()
+    third.advance_all()
+    gh.driver(mirror_name="fourth.git").advance_all()
+    assert counts() == before
 
 
-def test_a_win_measured_on_an_old_champion_is_updated_not_merged(github):
-    fake, url, driver = github
-    d = driver(ScriptedProposer(lr(0.005), lr(0.02)))
+def test_a_pending_run_is_dispatched_once(gh):
+    fake = gh.fake
+    d = gh.driver("worse")
     d.fill()
-    start, head = fake.ref("champion"), fake.head_sha(fake.prs[1])
-    # champion moves by hand (README edit on champion) before the evaluation is decided
+    assert len(fake.dispatches) == 1
+    # webhooks, `arbot decide`, a restart: none dispatches a run again while it is pending
+    d.advance_all()
+    d.advance_all()
+    d.advance_pr(1)
+    gh.driver(mirror_name="other.git").advance_all()
+    assert len(fake.dispatches) == 1
+    gh.play()
+    d.advance_all()
+    d.advance_all()
+    assert len(fake.dispatches) == 2 and fake.dispatches[1]["inputs"]["request"].startswith("exp-1:")
+    gh.driver(mirror_name="other.git").advance_all()
+    assert len(fake.dispatches) == 2
+    gh.play()
+    d.advance_all()
+    rec = d.lf.experiments()[0]
+    assert rec.decision.verdict == "loss" and [r.seed for r in rec.runs] == [0] and rec.pending == []
+    assert fake.prs[1].state == "closed" and fake.prs[1].labels == ["arbot", "arbot:loss"]
+    assert gh.verdict(rec.commit) == "failure" and "**loss** (margin)" in gh.comment(1)
+    keys = [x["inputs"]["request"] for x in fake.dispatches]
+    assert len(keys) == len(set(keys)) == 2 and {x["head_branch"] for x in fake.dispatches} == {"champion"}
+
+
+def test_only_the_workflows_check_run_for_the_request_counts(gh):
+    fake = gh.fake
+    start = fake.ref("champion")
+    d = gh.driver("win")
+    d.fill()
+    [dispatch] = fake.dispatches
+    request = dispatch["inputs"]["request"]
+    run = gh.run_of(dispatch)
+
+    def unchanged():
+        d.advance_all()
+        champion = d.lf.champion_record(start)
+        assert champion.runs == [] and [s.key for s in champion.pending] == [request] and len(fake.dispatches) == 1
+
+    gh.post(check_of(run, request), token=OTHER_APP)  # another app with checks: write
+    unchanged()
+    gh.post(check_of(run, None))  # no external_id: not the answer to any request
+    unchanged()
+    gh.post(check_of(run.model_copy(update={"seed": 5}), request.replace("seed-0", "seed-5")))  # another request
+    unchanged()
+    other = check_of(run, request)
+    other["name"] = "arbot/evaluate-copy"
+    gh.post(other)
+    unchanged()
+    assert len(fake.check_runs) == 4
+    gh.post(check_of(run, request))  # the evaluate workflow's report job
+    d.advance_all()
+    assert [r.seed for r in d.lf.champion_record(start).runs] == [0] and d.lf.champion_record(start).pending == []
+    assert len(fake.dispatches) == 2  # the candidate's run, now
+
+
+@pytest.mark.parametrize("answer", ["missing", "garbled", "invalid", "another seed"])
+def test_a_run_without_a_usable_result_is_that_runs_crash(gh, answer):
+    fake = gh.fake
+    d = gh.driver("win")
+    d.fill()
+    gh.play()
+    d.advance_all()
+    dispatch = fake.dispatches[-1]
+    head, request = dispatch["inputs"]["commit"], dispatch["inputs"]["request"]
+    good = check_of(gh.run_of(dispatch), request)
+    if answer == "missing":  # the train job died: report.py's check run without a result
+        check = report.render_missing(head, "the result artifact is missing", "Traceback: boom")
+        check["external_id"] = request
+        reason = "the evaluation left no result: The train job left no usable result: the result artifact is missing"
+    elif answer == "garbled":
+        check = good
+        check["output"]["summary"] = check["output"]["summary"].replace('"status":"ok"', '"status":"pwned"')
+        reason = "the evaluation left no result: the result is not a run record (status and commit are required)"
+    elif answer == "invalid":
+        check = good
+        check["output"]["summary"] = check["output"]["summary"].replace('"seed":0', '"seed":"zero"')
+        reason = "the evaluation left no result: 1 validation error for RunResult"
+    else:
+        check = check_of(gh.run_of(dispatch).model_copy(update={"seed": 1}), request)
+        reason = f"the evaluation left no result: the evaluation reported no run of {head[:12]} seed 0"
+    gh.post(check)
+    d.advance_all()
+    rec = d.lf.experiments()[0]
+    (run,) = rec.runs
+    assert (run.status, run.seed, run.commit) == ("crash", 0, head) and run.reason.startswith(reason), run.reason
+    assert rec.decision.verdict == "crash" and rec.decision.rule == "crash" and rec.pending == []
+    assert fake.prs[1].state == "closed" and fake.prs[1].labels == ["arbot", "arbot:crash"]
+    assert gh.verdict(head) == "failure" and "**crash** (crash)" in gh.comment(1)
+    assert len(fake.dispatches) == 2  # a crash is final: no other run is asked for
+
+
+def test_a_champion_that_does_not_train_is_said_on_the_pr(gh):
+    fake = gh.fake
+    d = gh.driver("win")
+    d.fill()
+    [dispatch] = fake.dispatches
+    check = report.render_missing(dispatch["inputs"]["commit"], "the result artifact is missing")
+    check["external_id"] = dispatch["inputs"]["request"]
+    gh.post(check)
+    d.advance_all()
+    assert "### exp-1: the champion fails" in gh.comment(1) and "the evaluation left no result" in gh.comment(1)
+    assert fake.prs[1].state == "open" and len(fake.dispatches) == 1 and d.lf.experiments()[0].decision is None
+
+
+def test_rerun_dispatches_the_pending_runs_again(gh):
+    fake = gh.fake
+    start = fake.ref("champion")
+    d = gh.driver("win", "worse")
+    d.fill()
+    [first] = fake.dispatches
+    assert d.rerun(1) is True  # e.g. the runner died: the same request, dispatched again
+    assert [x["inputs"] for x in fake.dispatches] == [first["inputs"]] * 2
+    gh.play()  # both attempts report: one run is recorded
+    d.advance_all()
+    assert [r.seed for r in d.lf.champion_record(start).runs] == [0] and len(fake.dispatches) == 3
+    assert d.rerun(1) is True and fake.dispatches[-1]["inputs"] == fake.dispatches[-2]["inputs"]
+    gh.play()
+    d.advance_all()
+    exp1 = d.lf.experiments()[0]
+    assert fake.prs[1].merged and [r.seed for r in exp1.runs] == [0]  # one run, although two reported
+    assert d.rerun(1) is False and len(fake.dispatches) == 5  # decided: nothing pending (exp-2 dispatched its run)
+    assert d.rerun(2) is True and len(fake.dispatches) == 6
+    fake.git("update-ref", "refs/heads/feature", start)
+    human = gh.forge.repo.create_pull(base="champion", head="feature", title="a human's PR", body="")
+    with pytest.raises(GitHubForgeError, match="is not an arbot experiment"):
+        d.rerun(human.number)
+
+
+# --- the stale rule -----------------------------------------------------------------------------------------
+def test_an_experiment_measured_on_an_old_champion_is_closed_and_opened_again(gh):
+    fake = gh.fake
+    gh.auto()
+    start = fake.ref("champion")
+    d = gh.driver("win")
+    d.fill()
+    fake.flush_dispatches()
+    # champion moves by hand (a commit pushed to champion) before the experiment is decided
     tree = fake.git("rev-parse", f"{start}^{{tree}}").stdout.strip()
     moved = fake.git("commit-tree", tree, "-p", start, "-m", "by hand").stdout.strip()
     fake.git("update-ref", "refs/heads/champion", moved, start)
-    evaluated(url, head, start, 1.10, champion_bpb=1.25)
-    decision = d.on_evaluated(1, head)
-    assert decision.verdict == "rejected" and decision.rule == "stale-base"
-    assert verdict(fake, head) == "failure" and not fake.prs[1].merged and fake.prs[1].state == "open"
-    new_head = fake.head_sha(fake.prs[1])
-    assert new_head != head and fake.is_ancestor(moved, new_head)  # brought up to date: evaluated again
-    assert d.on_evaluated(1, head) is None  # the old head's result is not decided again
+    gh.settle(d)
+    stale, fresh = d.lf.experiments()
+    assert (stale.decision.verdict, stale.decision.rule) == ("rejected", "stale")
+    assert stale.decision.reason == (f"champion moved from {start[:12]} to {moved[:12]} before this was merged; "
+                                     "measured again as exp-2")
+    assert fake.prs[1].state == "closed" and not fake.prs[1].merged and fake.prs[1].labels == ["arbot", "arbot:crash"]
+    assert gh.verdict(stale.commit) == "failure" and "**rejected** (stale)" in gh.comment(1)
+    assert fake.ref("arbot/exp-1") == stale.commit  # the branch is kept; never updated
+    # the same change, a new experiment and PR on the new champion, measured there (its champion too) and merged
+    assert fresh.proposal.files == stale.proposal.files and fresh.parent == moved
+    assert fake.prs[2].head == "arbot/exp-2" and fake.prs[2].merged and fresh.decision.verdict == "win"
+    assert [r.seed for r in d.lf.champion_record(moved).runs] == [0]
+    assert "\nExperiment: exp-2\n" in fake.message(fake.ref("champion"))
+    assert [x["inputs"]["champion"] for x in fake.dispatches] == [start, moved, moved]
 
 
-def test_crash_pause_budget_and_in_flight(github):
-    fake, url, driver = github
-    paused = {"on": False}
-    d = driver(ScriptedProposer(lr(0.005), lr(0.02), lr(0.03)), cfg=config(max_in_flight=2),
-               paused=lambda: paused["on"], per_day=3)
-    assert len(d.fill()) == 2 and d.fill() == []  # max_in_flight
-    start, head = fake.ref("champion"), fake.head_sha(fake.prs[1])
-    missing = report.render_missing(head, "the result artifact is missing", "Traceback: boom")
-    httpx.post(f"{url}/api/v3/repos/{REPO}/check-runs", json=missing,
-               headers={"Authorization": f"token {ACTIONS_TOKEN}"}).raise_for_status()
-    paused["on"] = True
-    decision = d.on_evaluated(None, head)  # looked up by head sha
-    assert decision.verdict == "crash" and "no result" in decision.reason
-    assert fake.prs[1].state == "closed" and fake.prs[1].labels == ["arbot", "arbot:crash"]
-    d.on_closed(1, merged=False, merge_sha=None)
-    assert len(fake.prs) == 2  # paused: nothing new
+# --- proposing: pause, budget, max_in_flight, the review hold -----------------------------------------------------
+def test_pause_budget_and_max_in_flight(gh):
+    fake = gh.fake
+    gh.auto()
+    paused = {"on": True}
+    d = gh.driver("worse", "crash", "win", "win-again", max_in_flight=2, per_day=3, paused=lambda: paused["on"])
+    assert d.fill() == [] and fake.prs == {}  # paused
     paused["on"] = False
-    d.on_closed(1, merged=False, merge_sha=None)
-    assert len(fake.prs) == 3  # resumed: back to two in flight
-    # a loss on PR 2, then the daily cap (3 experiments) stops proposing
-    head2 = fake.head_sha(fake.prs[2])
-    evaluated(url, head2, start, 1.40, champion_bpb=1.25)
-    assert d.on_evaluated(2, head2).verdict == "loss" and fake.prs[2].labels == ["arbot", "arbot:loss"]
-    d.on_closed(2, merged=False, merge_sha=None)
-    assert len(fake.prs) == 3 and d.budget.exhausted().startswith("daily cap reached: 3 of 3")
-    assert d.budget.state()["runner_minutes_today"] == 2.0  # PR 2 and the champion, 60 s each (the crash left none)
+    assert [r.id for r in d.fill()] == ["exp-1", "exp-2"] and d.fill() == []  # max_in_flight
+    paused["on"] = True
+    gh.settle(d)
+    assert [(n, p.state, p.labels) for n, p in fake.prs.items()] == [
+        (1, "closed", ["arbot", "arbot:loss"]), (2, "closed", ["arbot", "arbot:crash"])]  # paused: nothing new
+    paused["on"] = False
+    gh.settle(d)
+    assert len(fake.prs) == 3 and fake.prs[3].merged  # resumed: one more, then the daily cap (3 experiments)
+    assert d.budget.exhausted().startswith("daily cap reached: 3 of 3 experiments")
+    assert d.fill() == [] and len(fake.prs) == 3
+    # runner time counts every run collected: the champion's, and one per experiment (10 s each in this world)
+    assert d.budget.state()["runner_minutes_today"] == round(4 * 10 / 60, 2)
 
 
-def test_more_runs_re_run_the_workflow_and_every_attempt_counts(github):
-    fake, url, driver = github
-    d = driver(ScriptedProposer(lr(0.005), lr(0.02)))
+def test_a_flagged_win_waits_for_approval_and_does_not_count_as_in_flight(gh):
+    fake = gh.fake
+    gh.auto()
+    start = fake.ref("champion")
+    d = gh.driver("flagged", "worse")
     d.fill()
-    start, head = fake.ref("champion"), fake.head_sha(fake.prs[1])
-    evaluated(url, head, start, 1.20, run_id=77)  # attempt 1: the champion was not measured (its run crashed)
-    decision = d.on_evaluated(1, head)
-    assert decision.verdict == "more_runs" and fake.reruns == [77] and verdict(fake, head) is None
-    assert "Re-running the evaluation for seed 1" in next(c["body"] for c in fake.comments.values() if c["issue"] == 1)
-    evaluated(url, head, start, 1.22, champion_bpb=1.25, run_id=77, seed=1)  # attempt 2: seed 1, and the champion
-    decision = d.on_evaluated(1, head)
-    assert decision.verdict == "win" and decision.candidate_runs == 2 and decision.champion_runs == 1
-    assert fake.prs[1].merged and "\nSeeds: 0,1\n" in fake.message(fake.ref("champion"))
-    d.on_closed(1, merged=True, merge_sha=None)  # the webhook of the merge: the next experiment
-    # /arbot rerun on an open PR re-runs its latest evaluation
-    head2 = fake.head_sha(fake.prs[2])
-    assert d.rerun(2) is False  # nothing evaluated yet
-    evaluated(url, head2, fake.ref("champion"), None, run_id=78)
-    assert d.rerun(2) is True and fake.reruns == [77, 78]
+    gh.settle(d)
+    held, loss = d.lf.experiments()
+    assert held.decision.verdict == "win" and held.review == "needed"
+    assert "held for human review, the diff touches: timing" in held.decision.reason
+    # neutral arbot/verdict (a commit status `success` with a PAT): a human may merge it, the bot does not
+    assert gh.verdict(held.commit) == "success" and fake.prs[1].state == "open" and fake.prs[1].auto_merge is None
+    assert fake.ref("champion") == start and "Held for a human" in gh.comment(1) and "/arbot approve" in gh.comment(1)
+    # a held win is not in flight: the next experiment ran meanwhile (max_in_flight 1)
+    assert loss.decision.verdict == "loss" and fake.prs[2].state == "closed"
+    with pytest.raises(GitHubForgeError, match=r"PR #2 \(exp-2\) is not a win waiting for review"):
+        d.approve(2)
+    approved = d.approve(1)  # what `/arbot approve` runs
+    assert approved.review == "approved" and fake.prs[1].merged
+    assert "\nExperiment: exp-1\n" in fake.message(fake.ref("champion"))
+    with pytest.raises(GitHubForgeError, match="not a win waiting for review"):
+        d.approve(1)
 
 
-def test_the_dispatcher_hands_actions_to_the_driver(tmp_path):
-    from bot.server.dispatch import Dispatcher
-    from bot.server.webhooks import Event
-    from tests.test_server import REPO as HELLO, check_run_completed, comment, pull_request
+class Refusing:
+    """An LLM proposer whose answers all fail validation, then hits its spend cap."""
 
-    class Recorder:
-        def __init__(self):
-            self.calls = []
+    name = "llm"
 
-        def __getattr__(self, name):
-            return lambda *args: self.calls.append((name, *args))
+    def __init__(self):
+        self.calls = 0
 
-    store, driver = Store(tmp_path / "s.sqlite"), Recorder()
-    dispatch = Dispatcher(store, repo=HELLO, driver=driver)
-    dispatch(Event("check_run", "d-1", check_run_completed(pr=7)))
-    dispatch(Event("pull_request", "d-2", pull_request("closed", merged=True)))
-    rerun = comment("/arbot rerun")
-    rerun["issue"]["pull_request"] = {"url": "x"}
-    dispatch(Event("issue_comment", "d-3", rerun))
-    dispatch(Event("issue_comment", "d-4", comment("/arbot pause")))
-    dispatch(Event("issue_comment", "d-5", comment("/arbot resume")))
-    push = {"ref": "refs/heads/champion", "before": "b" * 40, "after": "c" * 40, "repository": {"full_name": HELLO}}
-    dispatch(Event("push", "d-6", push))  # champion moved (by hand): stale PRs are brought up to date
-    closed = pull_request("closed", merged=True)["pull_request"]
-    assert driver.calls == [("on_evaluated", 7, "a" * 40), ("on_closed", closed["number"], True, closed["merge_commit_sha"]),
-                            ("rerun", rerun["issue"]["number"]), ("fill",), ("update_stale",)]
-    store.close()
+    def propose(self, ctx):
+        self.calls += 1
+        record = FailedProposal(proposer="llm", model="m", champion=ctx.champion, hypothesis=f"idea {self.calls}",
+                                stage="smoke", reason="the smoke run failed", cost=Cost(usd=0.25), at=now())
+        if self.calls == 1:
+            raise ProposalRejected("every answer failed the cascade", record)
+        raise SpendCapReached("llm.max_usd_per_day reached", record.model_copy(update={"stage": "spend_cap"}))
 
 
-def test_serverless_commands_propose_and_decide(github, local, monkeypatch):  # noqa: F811
-    """`arbot propose` and `arbot decide --pr N`: what a scheduled workflow runs instead of the server."""
-    from pathlib import Path
+def test_refused_proposals_are_kept_on_github(gh):
+    fake = gh.fake
+    start = fake.ref("champion")
+    proposer = Refusing()
+    d = gh.driver(proposer=proposer)
+    assert d.fill() == [] and proposer.calls == 2  # refused, then the spend cap stops proposing
+    assert fake.prs == {} and fake.dispatches == []
+    # pushed to GitHub at once, as a note on the champion under refs/notes/arbot-proposals
+    assert fake.git("rev-parse", "--verify", "-q", "refs/notes/arbot-proposals", check=False).returncode == 0
+    noted = json.loads(fake.git("notes", "--ref=arbot-proposals", "show", start).stdout)
+    assert [(p["hypothesis"], p["stage"]) for p in noted] == [("idea 1", "smoke"), ("idea 2", "spend_cap")]
+    # another machine's bot sees them: the day's spend holds across machines (the LLM proposer's daily cap)
+    fresh = gh.driver(mirror_name="fresh.git")
+    fresh.sync()
+    assert [p.hypothesis for p in fresh.lf.failed_proposals()] == ["idea 1", "idea 2"]
+    assert fresh.lf.spent_today() == 0.5 and LocalForge(fresh.local).spent_today() == 0.5
+    # and adds to them without losing any (the notes push is never forced)
+    fresh.fill()
+    assert len(json.loads(fake.git("notes", "--ref=arbot-proposals", "show", start).stdout)) == 2  # a spend cap: none
+    again = gh.driver(mirror_name="fresh.git", proposer=Refusing())
+    again.fill()
+    assert len(json.loads(fake.git("notes", "--ref=arbot-proposals", "show", start).stdout)) == 4
 
+
+def test_build_driver_gives_the_llm_proposer_the_runners_sandbox(tmp_path):
+    from bot.forges.local import LocalForge as Local
+    from bot.github.forge import connect
+    from bot.proposers.factory import MixProposer
+    from bot.proposers.llm import LLMProposer
+    from bot.server.app import ServerSettings
+    from bot.server.run import build_driver
+    from runner.job import Runner
+
+    for proposer in ("llm", {"llm": 0.5, "search": 0.5}):
+        cfg = Config.model_validate({"run": {"proposer": proposer}, "github": {"repo": REPO},
+                                     "llm": {"model": "m", "base_url": "http://127.0.0.1:9/v1"}})
+        store = Store(tmp_path / "state.sqlite")
+        forge = connect(cfg.github, {"ARBOT_GITHUB_TOKEN": TOKEN})  # contacts nothing
+        driver = build_driver(cfg, tmp_path, forge, store, ServerSettings(secret="", state_path=store.path, repo=REPO),
+                              mirror_path=tmp_path / "bot.git")
+        llm = driver.proposer if isinstance(driver.proposer, LLMProposer) else driver.proposer.members["llm"]
+        assert isinstance(driver.proposer, LLMProposer if proposer == "llm" else MixProposer)
+        sandbox = llm.smoke.sandbox  # the smoke runs train in the runner's sandbox, as in `arbot run`
+        assert callable(sandbox) and sandbox.__func__ is Runner.sandbox
+        assert Path(sandbox.__self__.repo.git_dir) == tmp_path / "bot.git"
+        box = sandbox()
+        assert hasattr(box, "wrap") and hasattr(box, "prepare") and sandbox() is box  # probed once
+        spent = llm._spent_today  # the daily spend cap reads the mirror's notes
+        assert isinstance(spent.__self__, Local) and Path(spent.__self__.repo.git_dir) == tmp_path / "bot.git"
+        store.close()
+
+
+# --- serverless: `arbot propose` and `arbot decide` ----------------------------------------------------------
+def test_serverless_commands_propose_and_decide(gh, monkeypatch):
+    """`arbot propose` and `arbot decide [--pr N]`: what a scheduled workflow runs instead of the server."""
     import yaml
     from typer.testing import CliRunner
 
     import bot.github.forge as forge_module
     from bot.cli import app
-    from tests.test_github_forge import FAST, TOKEN
 
-    fake, url, _ = github
-    root = Path(local.working_tree_dir)
-    (root / "arbot.yml").write_text(yaml.safe_dump({
-        "policy": {"rule": "margin", "margin": 0.0, "baseline_runs": 1}, "target": {"holdout_max_gap": None},
-        "github": {"repo": REPO, "base_url": f"{url}/api/v3"}}))
+    fake = gh.fake
+    root = gh.tmp / "src"
+
+    def play(dispatch):  # a world where any change (the search proposer's) beats the champion
+        run = gh.run_of(dispatch)
+        if run.commit != run.champion:
+            run = run.model_copy(update={"metrics": {"val_bpb": run.metrics["val_bpb"] - 0.5}})
+        gh.post(check_of(run, dispatch["inputs"]["request"]))
+
+    fake.on_dispatch = play
+    (root / "arbot.yml").write_text(yaml.safe_dump(settings(base_url=f"{gh.url}/api/v3")))
     real_connect = forge_module.connect
     monkeypatch.setenv("ARBOT_GITHUB_TOKEN", TOKEN)
     monkeypatch.setattr(forge_module, "connect", lambda cfg, **kw: real_connect(cfg, git_url=str(fake.bare), **kw, **FAST))
-    cli = CliRunner()
-    out = cli.invoke(app, ["propose", "--repo", str(root)])
+    cli = lambda *args: CliRunner().invoke(app, [*args, "--repo", str(root)])  # noqa: E731
+    out = cli("propose")
     assert out.exit_code == 0, out.output
     assert "opened exp-1 (arbot/exp-1)" in out.output and fake.prs[1].labels == ["arbot"]
-    assert "nothing opened" in cli.invoke(app, ["propose", "--repo", str(root)]).output  # max_in_flight 1
-    assert "nothing to decide" in cli.invoke(app, ["decide", "--repo", str(root)]).output
-    head = fake.head_sha(fake.prs[1])
-    evaluated(url, head, fake.ref("champion"), 0.5, champion_bpb=9.0)
-    out = cli.invoke(app, ["decide", "--pr", "1", "--repo", str(root)])
+    assert len(fake.dispatches) == 1  # the champion's noise floor
+    assert "nothing opened" in cli("propose").output  # max_in_flight 1
+    fake.flush_dispatches()
+    out = cli("decide")
+    assert "exp-1: measuring, 0 runs made, 1 in flight" in out.output and len(fake.dispatches) == 2
+    fake.flush_dispatches()
+    out = cli("decide", "--pr", "1")
     assert out.exit_code == 0, out.output
-    assert out.output.startswith("win (margin)") and fake.prs[1].merged
-    assert "opened exp-2" in cli.invoke(app, ["propose", "--repo", str(root)]).output
+    assert out.output.startswith("exp-1: win (margin)") and fake.prs[1].merged
+    assert "opened exp-2" in cli("propose").output
     assert (root / ".arbot" / "github.git").is_dir() and (root / ".arbot" / "server.sqlite").is_file()
-    out = cli.invoke(app, ["decide", "--pr", "9", "--repo", str(root)])
+    out = cli("decide", "--pr", "9")
     assert out.exit_code == 2 and "GitHub answered 404" in out.output
 
 
-def test_git_errors_never_show_the_token(github):
+def test_git_errors_never_show_the_token(gh):
     import traceback
 
-    from bot.github.forge import GitHubForgeError
-
-    fake, url, driver = github
-    d = driver(ScriptedProposer())
+    d = gh.driver()
     d.forge.git_url = "https://127.0.0.1:9/octo-org/research.git"  # nothing listens there
     assert "x-access-token:ghp_test@" in d.forge.git_remote()
     with pytest.raises(GitHubForgeError) as e:
@@ -241,21 +547,39 @@ def test_git_errors_never_show_the_token(github):
     assert "ghp_test" not in "".join(traceback.format_exception(e.value))
 
 
-def test_a_flagged_win_waits_for_a_human(github):
-    """The runner's diff inspection flagged the change: the verdict stands, but nothing merges it automatically."""
-    fake, url, driver = github
-    d = driver(ScriptedProposer(lr(0.005)))
-    d.fill()
-    start, head = fake.ref("champion"), fake.head_sha(fake.prs[1])
-    runs = [RunResult(status="ok", commit=head, champion=start, metrics={"val_bpb": 1.1}, flags=["timing: reads the clock"]),
-            RunResult(status="ok", commit=start, champion=start, metrics={"val_bpb": 1.25})]
-    check = report.render(report.load_runs("[" + ",".join(r.model_dump_json() for r in runs) + "]"), head, [],
-                          champion_sha=start)
-    httpx.post(f"{url}/api/v3/repos/{REPO}/check-runs", json=check,
-               headers={"Authorization": f"token {ACTIONS_TOKEN}"}).raise_for_status()
-    decision = d.on_evaluated(1, head)
-    assert decision.verdict == "win" and "held for human review, the diff touches: timing" in decision.reason
-    assert verdict(fake, head) == "success"  # neutral: a human may merge it; the bot does not
-    assert fake.prs[1].state == "open" and fake.prs[1].auto_merge is None and fake.ref("champion") == start
-    assert "Held for a human" in next(c["body"] for c in fake.comments.values() if c["issue"] == 1)
-    assert d.record("arbot/exp-1").review == "needed"
+# --- the server: webhooks from GitHub drive the driver ---------------------------------------------------------
+def test_the_webhook_server_runs_a_campaign(gh):
+    """`arbot serve`'s app, dispatcher and driver: signed webhooks from the fake are the only trigger after start."""
+    from bot.server.app import PAUSED_FLAG, ServerSettings, create_app
+    from bot.server.dispatch import Dispatcher
+
+    from tests.test_server import comment, delivery
+
+    fake, store = gh.fake, gh.store
+    gh.auto()
+    store.set_flag(PAUSED_FLAG, "1")  # started paused: no webhook may be lost before the fake knows the bot's URL
+    d = gh.driver("win", "worse", per_day=2, paused=lambda: store.flag(PAUSED_FLAG) == "1")
+    app = create_app(ServerSettings(secret="s3cret", state_path=store.path, repo=REPO, experiments_per_day=2),
+                     Dispatcher(store, repo=REPO, driver=d), store, on_start=d.advance_all)
+    with serving(app) as bot_url:
+        fake.hooks.url, fake.hooks.secret = f"{bot_url}/webhook", "s3cret"
+        resume = comment("/arbot resume")  # a maintainer's comment, as GitHub delivers it
+        resume["repository"]["full_name"] = REPO
+        body, headers = delivery(resume, "issue_comment", "d-resume", secret="s3cret")
+        assert httpx.post(f"{bot_url}/webhook", content=body, headers=headers).status_code == 202
+        deadline = time.monotonic() + 60
+        while not (2 in fake.prs and fake.prs[2].state == "closed"):
+            assert time.monotonic() < deadline, {n: (p.state, p.merged) for n, p in fake.prs.items()}
+            time.sleep(0.05)
+        fake.flush_dispatches()
+        fake.hooks.flush()
+        while httpx.get(f"{bot_url}/healthz").json()["queue"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        health = httpx.get(f"{bot_url}/healthz").json()
+    assert fake.prs[1].merged and fake.prs[2].labels == ["arbot", "arbot:loss"]
+    assert health["deliveries"]["failed"] == 0 and health["budget"]["experiments_today"] == 2
+    assert health["paused"] is False and health["budget"]["exhausted"]
+    kinds = {x.event for x in fake.hooks.deliveries}
+    assert {"check_run", "pull_request"} <= kinds and all(x.status in (200, 202) for x in fake.hooks.deliveries)
+    assert len(fake.dispatches) == 3  # the champion, then one run per experiment

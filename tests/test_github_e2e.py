@@ -1,18 +1,25 @@
-"""GitHub mode end to end: `arbot setup` on a fresh repository, then the bot (webhook server + driver) against the
-fake GitHub (real HTTP, a real bare repository, signed webhooks, every call checked against GitHub's contract).
+"""GitHub mode end to end: `arbot setup` on a fresh repository, then the bot (the webhook server, its dispatcher and
+the driver) against the fake GitHub (real HTTP, a real bare repository, signed webhooks, every call checked against
+GitHub's contract), with real training.
 
-The test plays the evaluate workflow, the way arbot-evaluate.yml does it: the `train` job runs the real
-`arbot evaluate` on a tiny model in a clone at the champion (and the champion too at a seed its note lacks),
-the `report` job runs report.py and posts the check run with the Actions token.
+Every run the lifecycle asks for is one dispatch of arbot-evaluate.yml, which the test plays from the workflow file
+itself on each dispatch: the `train` job's steps (the inputs checked, the real `arbot evaluate` on a tiny model in a
+clone at the champion) and the `report` job's steps (report.py with --external-id, from the champion's checkout),
+then the check run posted with the Actions token. The bot only learns of it through the check_run webhook.
+
+The campaign: two experiments opened at start (max_in_flight 2, a daily cap of 2); the first wins and is merged
+through branch protection with its trailers and PR; the second, measured on the old champion, is closed as stale and
+its change opened again on the new champion, where it loses and is closed with its label.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -23,6 +30,7 @@ from bot.config import Config
 from bot.github.driver import Driver, mirror
 from bot.knobs import find_knobs, set_knobs
 from bot.policy import make_policy
+from bot.proposers.failures import SpendCapReached
 from bot.records import KnobChange, Proposal, RunResult
 from bot.server.app import PAUSED_FLAG, ServerSettings, create_app
 from bot.server.dispatch import Dispatcher
@@ -30,16 +38,17 @@ from bot.server.store import Budget, Store
 from tests.conftest import make_repo, tiny_config
 from tests.fake_github.server import FakeGitHub
 from tests.fake_github.serving import serving
+from tests.scripted import ACTIONS_TOKEN
 from tests.test_github_forge import FAST, REPO, TOKEN, forge_for
 
 ROOT = Path(__file__).resolve().parent.parent
-ARBOT = Path(sys.executable).parent / "arbot"
-ACTIONS_TOKEN = "ghs_actions"
+EVALUATE = ROOT / ".github" / "workflows" / "arbot-evaluate.yml"
 SECRET = "e2e-secret"
+RUN_URL = "http://github.test"
 
 
-class ScriptedProposer:
-    """Proposes the given edits of target/train.py in order (tests only)."""
+class EditProposer:
+    """Proposes the given edits of target/train.py in order (tests only); a spend cap once they are done."""
 
     name = "scripted"
 
@@ -47,6 +56,8 @@ class ScriptedProposer:
         self.edits = list(edits)
 
     def propose(self, ctx):
+        if not self.edits:
+            raise SpendCapReached("the script has no more proposals")
         hypothesis, edit = self.edits.pop(0)
         script = ctx.files[ctx.script_path]
         new = edit(script)
@@ -65,66 +76,90 @@ def after_knobs(code: str):
     return edit
 
 
-def wait_for(condition, what: str, timeout: float = 60.0):
+class Workflow:
+    """arbot-evaluate.yml on a dispatch, played from the file: its `run:` steps as written (bash -eo pipefail, the
+    job's env with the inputs), the `uses:` steps done the way those actions do them."""
+
+    def __init__(self, fake: FakeGitHub, url: str, work: Path):
+        self.fake, self.url, self.work = fake, url, work
+        self.jobs = yaml.safe_load(EVALUATE.read_text())["jobs"]
+        self.played: list[dict] = []  # {dispatch, result (the train job's JSON), check (the posted check run)}
+        self.errors: list[BaseException] = []
+
+    def __call__(self, dispatch: dict) -> None:
+        try:
+            self._play(dispatch)
+        except BaseException as e:  # noqa: BLE001 - the test waits on the bot; it must hear of this at once
+            self.errors.append(e)
+            raise
+
+    @staticmethod
+    def _env(job: dict, inputs: dict, **extra: str) -> dict:
+        env = {k: str(v).replace("${{ inputs.", "").replace(" }}", "") for k, v in job["env"].items()}
+        env = {k: inputs[v] for k, v in env.items()}  # each value is `${{ inputs.NAME }}`: asserted in test_workflows
+        path = f"{Path(sys.executable).parent}:{os.environ['PATH']}"  # python3: the test's, stdlib only is used
+        return {**os.environ, "PATH": path, "GITHUB_SERVER_URL": RUN_URL, "GITHUB_REPOSITORY": REPO, **env, **extra}
+
+    @staticmethod
+    def _run(step: dict, cwd: Path, env: dict) -> subprocess.CompletedProcess:
+        r = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", step["run"]], cwd=cwd, env=env,
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, f"step {step['name']!r} failed ({r.returncode}):\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}"
+        return r
+
+    def _notes(self, dest: Path) -> None:
+        """actions/checkout of refs/notes/arbot (continue-on-error: absent before the first note)."""
+        dest.mkdir(parents=True)
+        if self.fake.git("rev-parse", "--verify", "-q", "refs/notes/arbot", check=False).returncode == 0:
+            archive = subprocess.run(["git", "--git-dir", str(self.fake.bare), "archive", "--format=tar",
+                                      "refs/notes/arbot"], capture_output=True, check=True).stdout
+            subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+
+    def _play(self, dispatch: dict) -> None:
+        inputs = dispatch["inputs"]
+        job = self.work / f"run-{dispatch['id']}"
+        # --- train: a checkout of the champion with every branch's history; arbot from the champion ----------------
+        train = self.jobs["train"]
+        checkout = job / "train"
+        subprocess.run(["git", "clone", "-q", str(self.fake.bare), str(checkout)], check=True)
+        subprocess.run(["git", "-C", str(checkout), "checkout", "-q", "--detach", inputs["champion"]], check=True)
+        # "Install arbot from the champion": the research repository is not this project, whose venv stands in
+        (checkout / ".venv").symlink_to(Path(sys.executable).parent.parent)
+        env = self._env(train, inputs)
+        for step in train["steps"]:
+            if "run" in step and not step["name"].startswith("Install"):
+                self._run(step, checkout, env)
+        # --- report: report.py from the champion's checkout, the notes and the artifact as data --------------------
+        report = self.jobs["report"]
+        work = job / "report"
+        work.mkdir()
+        (work / "bot").symlink_to(ROOT / "bot")  # this project's report.py stands in for the champion's
+        self._notes(work / ".arbot-notes")
+        (work / "artifact").mkdir()
+        for name in ("result.json", "evaluate.log"):
+            if (checkout / name).exists():
+                shutil.copy(checkout / name, work / "artifact" / name)
+        env = self._env(report, inputs, GITHUB_RUN_ID=str(dispatch["id"]), GITHUB_STEP_SUMMARY=str(job / "summary.md"))
+        render = next(s for s in report["steps"] if s.get("name", "").startswith("Render"))
+        self._run(render, work, env)
+        check = json.loads((work / "check-run.json").read_text())
+        # "Post the check run": gh api ... --input check-run.json, with the job's token (the github-actions app)
+        httpx.post(f"{self.url}/api/v3/repos/{REPO}/check-runs", json=check,
+                   headers={"Authorization": f"token {ACTIONS_TOKEN}"}).raise_for_status()
+        result = json.loads((checkout / "result.json").read_text())
+        self.played.append({"dispatch": dispatch, "result": result, "check": check})
+
+
+def wait_for(condition, what: str, workflow: Workflow, timeout: float = 240.0):
     deadline = time.monotonic() + timeout
     while True:
+        if workflow.errors:
+            raise AssertionError(f"the evaluate workflow failed while waiting for {what}") from workflow.errors[0]
         value = condition()
         if value:
             return value
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.1)
-
-
-class Workflow:
-    """arbot-evaluate.yml, played: the train job (real `arbot evaluate`) and the report job (report.py)."""
-
-    def __init__(self, fake: FakeGitHub, url: str, work: Path):
-        self.fake, self.url, self.work = fake, url, work
-        self.runs = 0
-
-    def _notes(self, dest: Path) -> Path:
-        """actions/checkout of refs/notes/arbot (absent before the first note)."""
-        dest.mkdir(parents=True, exist_ok=True)
-        if self.fake.git("rev-parse", "--verify", "-q", "refs/notes/arbot", check=False).returncode == 0:
-            archive = subprocess.run(["git", "--git-dir", str(self.fake.bare), "archive", "--format=tar",
-                                      "refs/notes/arbot"], capture_output=True, check=True).stdout
-            subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
-        return dest
-
-    def _evaluate(self, clone: Path, commit: str, champion: str, seed: int) -> dict:
-        r = subprocess.run([str(ARBOT), "evaluate", commit, "--champion", champion, "--seed", str(seed), "--json",
-                            "--repo", str(clone)], capture_output=True, text=True, timeout=300)
-        assert r.stdout.strip(), r.stderr[-3000:]
-        return json.loads(r.stdout)
-
-    def train(self, head: str, base: str, seed: int = 0) -> Path:
-        """The train job: a clone at the champion; the head and, when its note lacks the seed, the champion."""
-        self.runs += 1
-        job = self.work / f"job-{self.runs}"
-        clone = job / "checkout"
-        subprocess.run(["git", "clone", "-q", str(self.fake.bare), str(clone)], check=True)
-        subprocess.run(["git", "-C", str(clone), "checkout", "-q", "--detach", base], check=True)
-        notes = self._notes(job / ".arbot-notes")
-        needs = subprocess.run([sys.executable, str(ROOT / "bot/github/report.py"), "needs-champion-run", "--notes",
-                                str(notes), "--champion-sha", base, "--seed", str(seed)], capture_output=True).returncode == 0
-        jobs = [(head, base)] + ([(base, base)] if needs else [])
-        with ThreadPoolExecutor(len(jobs)) as pool:
-            results = list(pool.map(lambda j: self._evaluate(clone, j[0], j[1], seed), jobs))
-        (job / "result.json").write_text(json.dumps(results if needs else results[0]))
-        return job
-
-    def report(self, job: Path, head: str, base: str, run_id: int) -> dict:
-        """The report job: report.py from the champion's checkout, then POST the check run as github-actions."""
-        notes = self._notes(job / "report-notes")
-        out = job / "check-run.json"
-        subprocess.run([sys.executable, "-I", str(ROOT / "bot/github/report.py"), "--result", str(job / "result.json"),
-                        "--head-sha", head, "--champion-sha", base, "--notes", str(notes), "--details-url",
-                        f"http://github.test/{REPO}/actions/runs/{run_id}", "--out", str(out)], check=True)
-        check = json.loads(out.read_text())
-        r = httpx.post(f"{self.url}/api/v3/repos/{REPO}/check-runs", json=check,
-                       headers={"Authorization": f"token {ACTIONS_TOKEN}"})
-        r.raise_for_status()
-        return check
 
 
 def verdict(fake: FakeGitHub, sha: str) -> str | None:
@@ -145,15 +180,20 @@ def test_github_mode_end_to_end(tmp_path, monkeypatch):
 
     from bot.cli import app as cli
 
-    # A fresh repository: a champion that learns far too slowly, on main, pushed to the fake GitHub.
-    cfg = tiny_config(target={"holdout_max_gap": None}, github={"repo": REPO, "max_in_flight": 2})
+    # A fresh repository: a champion that learns far too slowly, with the evaluate workflow, pushed to the fake GitHub.
+    cfg = tiny_config(target={"holdout_max_gap": None}, github={"repo": REPO, "max_in_flight": 2, "experiments_per_day": 2})
     research = make_repo(tmp_path / "research", cfg, script_edit=lambda s: set_knobs(s, {"LEARNING_RATE": 1e-6}))
+    (tmp_path / "research" / ".github" / "workflows").mkdir(parents=True)
+    shutil.copy(EVALUATE, tmp_path / "research" / ".github" / "workflows")
+    research.git.add(A=True)
+    research.index.commit("the evaluate workflow")
     fake = FakeGitHub(tmp_path / "remote", owner="octo-org", name="research", token=TOKEN)
     fake.tokens[ACTIONS_TOKEN] = "github-actions[bot]"
     research.git.push(str(fake.bare), "main:refs/heads/main")
     start = research.head.commit.hexsha
     store = Store(tmp_path / "bot" / "server.sqlite")
     real_connect = forge_module.connect
+    workflow = None
     try:
         with serving(fake.asgi) as url:
             # --- arbot setup -----------------------------------------------------------------------------
@@ -168,102 +208,108 @@ def test_github_mode_end_to_end(tmp_path, monkeypatch):
             assert f"created branch champion at {start[:12]}" in result.output and "protected champion" in result.output
             assert fake.protection["champion"] == {"strict": True, "contexts": ["arbot/verdict"], "enforce_admins": False}
 
-            # --- the bot: webhook server + driver ----------------------------------------------------------
+            # --- the bot: webhook server + dispatcher + driver; the workflow plays each dispatch ---------------------
+            workflow = Workflow(fake, url, tmp_path / "runner")
+            fake.on_dispatch = workflow
             config = Config.model_validate(full)
-            forge = forge_for(url, fake)
-            proposer = ScriptedProposer(
+            proposer = EditProposer(
                 ("learning rate 3e-3", lambda s: set_knobs(s, {"LEARNING_RATE": 3e-3})),
                 ("scale the learning rate by 30", after_knobs("LEARNING_RATE = LEARNING_RATE * 30")),
-                ("weight decay 0.05", lambda s: set_knobs(s, {"WEIGHT_DECAY": 0.05})),
-                ("gradient clip 0.5", lambda s: set_knobs(s, {"GRAD_CLIP": 0.5})),
             )
-            settings = ServerSettings(secret=SECRET, state_path=store.path, repo=REPO, experiments_per_day=10)
-            driver = Driver(forge, mirror(tmp_path / "bot" / "github.git"), config, proposer, make_policy(config.policy),
-                            budget=Budget(store, experiments_per_day=10),
+            settings = ServerSettings(secret=SECRET, state_path=store.path, repo=REPO, experiments_per_day=2)
+            driver = Driver(forge_for(url, fake), mirror(tmp_path / "bot" / "github.git"), config, proposer,
+                            make_policy(config.policy), budget=Budget(store, experiments_per_day=2),
                             paused=lambda: store.flag(PAUSED_FLAG) == "1")
-            bot = create_app(settings, Dispatcher(store, repo=REPO, driver=driver), store, on_start=driver.recover)
+            bot = create_app(settings, Dispatcher(store, repo=REPO, driver=driver), store, on_start=driver.advance_all)
             with serving(bot) as bot_url:
                 fake.hooks.url, fake.hooks.secret = f"{bot_url}/webhook", SECRET
-                # At start the bot rebuilds its state from GitHub and opens max_in_flight experiments.
-                wait_for(lambda: len(fake.prs) == 2, "two experiment PRs")
+                health = lambda: httpx.get(f"{bot_url}/healthz").json()  # noqa: E731
+                # At start the bot rebuilds its state from GitHub (nothing yet) and opens max_in_flight experiments;
+                # the lifecycle asks for the champion's noise floor first.
+                wait_for(lambda: len(fake.prs) == 2, "two experiment PRs", workflow)
                 pr1, pr2 = fake.prs[1], fake.prs[2]
                 assert pr1.title == "learning rate 3e-3" and pr1.labels == ["arbot"] and pr1.base == "champion"
                 assert "Experiment: exp-1" in pr1.body and start in pr1.body and "| `LEARNING_RATE` |" in pr1.body
                 assert pr2.head == "arbot/exp-2" and fake.ref("arbot/exp-2") != fake.ref("arbot/exp-1")
-                head1, old_head2 = fake.head_sha(pr1), fake.head_sha(pr2)
-                wait_for(lambda: httpx.get(f"{bot_url}/healthz").json()["budget"]["experiments_today"] == 2,
-                         "both experiments counted in the budget")  # counted right after the PR is opened
+                head1, head2 = fake.head_sha(pr1), fake.head_sha(pr2)
+                wait_for(lambda: fake.dispatches, "the champion's run dispatched", workflow)
+                assert fake.dispatches[0]["inputs"] == {"request": f"champion:{start[:12]}:seed-0:val", "commit": start,
+                                                        "champion": start, "seed": "0", "splits": "val"}
+                assert fake.dispatches[0]["ref"] == "refs/heads/champion"
+                wait_for(lambda: health()["budget"]["experiments_today"] == 2, "both experiments counted", workflow)
 
-                # --- PR 1: evaluated (the champion too: it has no measurement yet), a win, merged ------------
-                workflow = Workflow(fake, url, tmp_path / "runner")
-                job1 = workflow.train(head1, start)
-                runs1 = json.loads((job1 / "result.json").read_text())
-                assert [r["commit"] for r in runs1] == [head1, start]  # the champion measured at seed 0
-                check1 = workflow.report(job1, head1, start, run_id=1)
-                assert check1["conclusion"] == "success", check1["output"]
-                wait_for(lambda: fake.prs[1].merged, "PR 1 merged")
+                # --- PR 1: the champion measured, then the candidate: a win, merged through branch protection ----------
+                wait_for(lambda: fake.prs[1].merged, "PR 1 merged", workflow)
                 assert verdict(fake, head1) == "success"
                 champion = fake.ref("champion")
                 assert champion == fake.prs[1].merge_commit_sha and fake.is_ancestor(start, champion)
                 message = fake.message(champion)
                 assert message.startswith("arbot: learning rate 3e-3 (exp-1) (#1)")
-                for trailer in ("Experiment: exp-1", "Metric: val_bpb=", "Baseline: val_bpb=", "Delta: -", "Proposer: scripted",
-                                "Evaluator: ", "Seeds: 0", "PR: #1"):
+                for trailer in ("Experiment: exp-1", "Metric: val_bpb=", "Baseline: val_bpb=", "Delta: -", "Rule: margin",
+                                "Proposer: scripted", "Evaluator: ", "Seeds: 0", "PR: #1"):
                     assert f"\n{trailer}" in message, message
-                comment1 = wait_for(lambda: results_comment(fake, 1), "PR 1 results comment")
-                assert "**win**" in comment1 and "xychart-beta" in comment1 and '"start", "exp-1"' in comment1
+                assert "Evaluator: unknown" not in message  # the fingerprint of the real evaluator
+                comment1 = wait_for(lambda: results_comment(fake, 1), "PR 1 results comment", workflow)
+                assert "**win** (margin)" in comment1 and "xychart-beta" in comment1 and '"start", "exp-1"' in comment1
 
-                # The merge: PR 2 was measured on nothing yet and is now stale: brought up to date, the next
-                # experiment is opened, the new champion's measurement is its win's runs (a note on GitHub).
-                wait_for(lambda: fake.head_sha(fake.prs[2]) != old_head2, "PR 2 brought up to date")
-                new_head2 = fake.head_sha(fake.prs[2])
-                assert fake.is_ancestor(champion, new_head2) and fake.prs[2].state == "open"
-                wait_for(lambda: 3 in fake.prs, "the next experiment (PR 3)")
-                assert fake.prs[3].title == "weight decay 0.05" and fake.prs[3].state == "open"
+                # --- PR 2 was measured on the old champion: closed as stale, its change opened again as PR 3 ------------
+                wait_for(lambda: 3 in fake.prs and fake.prs[2].state == "closed", "PR 2 closed, PR 3 opened", workflow)
+                assert not fake.prs[2].merged and fake.prs[2].labels == ["arbot", "arbot:crash"]
+                assert "**rejected** (stale)" in results_comment(fake, 2) and "measured again as exp-3" in results_comment(fake, 2)
+                assert verdict(fake, head2) == "failure" and fake.ref("arbot/exp-2") == head2  # kept, never updated
+                pr3 = fake.prs[3]
+                head3 = fake.head_sha(pr3)
+                assert pr3.title == "scale the learning rate by 30" and pr3.head == "arbot/exp-3"
+                assert fake.git("rev-parse", f"{head3}^").stdout.strip() == champion  # on the new champion
                 note = json.loads(fake.git("notes", "--ref=arbot", "show", champion).stdout)
                 assert note["kind"] == "champion" and note["experiment"] == "exp-1"
-                assert [r["commit"] for r in note["runs"]] == [head1]
+                assert [r["commit"] for r in note["runs"]] == [head1]  # the win's runs measure the new champion
                 start_note = json.loads(fake.git("notes", "--ref=arbot", "show", start).stdout)
-                assert [(r["commit"], r["seed"]) for r in start_note["runs"]] == [(start, 0)]
+                assert [(r["commit"], r["seed"]) for r in start_note["runs"]] == [(start, 0)] and start_note["pending"] == []
 
-                # --- PR 2: a late result for its old head (measured on the old champion) is never decided;
-                # the updated head is evaluated again, on the new champion, before anything can merge --------
-                assert verdict(fake, new_head2) is None
-                with ThreadPoolExecutor(2) as pool:
-                    late, fresh = pool.map(lambda a: workflow.train(*a), [(old_head2, start), (new_head2, champion)])
-                assert json.loads((fresh / "result.json").read_text())["commit"] == new_head2  # champion measured
-                old_bpb = json.loads((late / "result.json").read_text())["metrics"]["val_bpb"]
-                assert old_bpb < start_note["runs"][0]["metrics"]["val_bpb"]  # it would have won on the old champion
-                workflow.report(late, old_head2, start, run_id=2)
-                fake.hooks.flush()
-                wait_for(lambda: httpx.get(f"{bot_url}/healthz").json()["queue"] == 0, "the late result handled")
-                assert verdict(fake, old_head2) is None and fake.prs[2].state == "open"
-                workflow.report(fresh, new_head2, champion, run_id=3)
-                wait_for(lambda: fake.prs[2].state == "closed", "PR 2 closed")
-                assert verdict(fake, new_head2) == "failure" and not fake.prs[2].merged
-                assert fake.prs[2].labels == ["arbot", "arbot:loss"]
-                comment2 = results_comment(fake, 2)
-                assert "### exp-2: **loss**" in comment2 and "xychart-beta" in comment2
-                assert fake.ref("arbot/exp-2") == new_head2  # the branch is kept
-                assert fake.ref("champion") == champion
+                # --- PR 3: measured on the new champion (whose measurement it already has): a loss, closed -------------
+                wait_for(lambda: fake.prs[3].state == "closed", "PR 3 closed", workflow)
+                assert verdict(fake, head3) == "failure" and not fake.prs[3].merged
+                assert fake.prs[3].labels == ["arbot", "arbot:loss"]
+                comment3 = results_comment(fake, 3)
+                assert "### exp-3: **loss** (margin)" in comment3 and "xychart-beta" in comment3
+                assert fake.ref("arbot/exp-3") == head3 and fake.ref("champion") == champion
 
-                # --- keep going: the next experiment is opened, max_in_flight stays 2 --------------------------
-                wait_for(lambda: 4 in fake.prs, "the next experiment (PR 4)")
-                assert sorted(n for n, p in fake.prs.items() if p.state == "open") == [3, 4]
+                # --- the daily cap (2 experiments; a replay is no new proposal) stops proposing; the bot goes idle -----
+                wait_for(lambda: len(workflow.played) == 4, "every dispatched run played", workflow)
+                fake.flush_dispatches()
                 fake.hooks.flush()
-                wait_for(lambda: httpx.get(f"{bot_url}/healthz").json()["queue"] == 0, "the bot to go idle")
-                health = httpx.get(f"{bot_url}/healthz").json()
-                assert health["deliveries"]["failed"] == 0, health
-                assert health["budget"]["experiments_today"] == 4 and health["budget"]["runner_minutes_today"] > 0
+                wait_for(lambda: health()["queue"] == 0, "the bot to go idle", workflow)
+                state = health()
+                assert state["deliveries"]["failed"] == 0, state
+                assert state["budget"]["experiments_today"] == 2 and state["budget"]["exhausted"]
+                assert state["budget"]["runner_minutes_today"] > 0
+                assert len(fake.prs) == 3
     finally:
-        fake.hooks.close()
+        fake.close()
         store.close()
     assert fake.all_violations == [], fake.all_violations
+    # every run was one dispatch on the champion branch, answered by the check run carrying its request
+    requests = [d["inputs"]["request"] for d in fake.dispatches]
+    assert requests == [f"champion:{start[:12]}:seed-0:val", f"exp-1:{head1[:12]}:seed-0:val",
+                        f"exp-2:{head2[:12]}:seed-0:val", f"exp-3:{head3[:12]}:seed-0:val"]
+    assert {d["head_branch"] for d in fake.dispatches} == {"champion"}
+    assert [d["inputs"]["champion"] for d in fake.dispatches] == [start, start, start, champion]
+    for played in workflow.played:
+        run, check = played["result"], played["check"]
+        assert run["status"] == "ok" and run["commit"] == played["dispatch"]["inputs"]["commit"], run
+        assert run["steps"] > 0 and run["evaluator_fingerprint"] and run["splits"] == ["val"]
+        assert check["external_id"] == played["dispatch"]["inputs"]["request"]
+        assert check["details_url"] == f"{RUN_URL}/{REPO}/actions/runs/{played['dispatch']['id']}"
+    evaluate = [r for r in fake.check_runs if r["name"] == "arbot/evaluate"]
+    assert [r["external_id"] for r in evaluate] == requests and {r["creator"] for r in evaluate} == {"github-actions[bot]"}
+    # the baseline column of a candidate's check run is its champion's note, read by report.py in the report job
+    assert "(1 runs)" in workflow.played[1]["check"]["output"]["summary"]
     # every experiment is a record in the notes on GitHub
-    records = {json.loads(fake.git("notes", "--ref=arbot", "show", sha).stdout).get("id")
-               for sha in [line.split()[1] for line in fake.git("notes", "--ref=arbot", "list").stdout.splitlines()]}
-    assert {"exp-1", "exp-2", "exp-3", "exp-4"} <= records
-    exp2 = next(json.loads(fake.git("notes", "--ref=arbot", "show", line.split()[1]).stdout)
-                for line in fake.git("notes", "--ref=arbot", "list").stdout.splitlines()
-                if json.loads(fake.git("notes", "--ref=arbot", "show", line.split()[1]).stdout).get("id") == "exp-2")
-    assert exp2["decision"]["verdict"] == "loss" and RunResult.model_validate(exp2["runs"][0]).commit == new_head2
+    notes = [json.loads(fake.git("notes", "--ref=arbot", "show", line.split()[1]).stdout)
+             for line in fake.git("notes", "--ref=arbot", "list").stdout.splitlines()]
+    records = {n["id"]: n for n in notes if n.get("kind") == "experiment"}
+    assert sorted(records) == ["exp-1", "exp-2", "exp-3"]
+    assert records["exp-2"]["decision"]["rule"] == "stale" and records["exp-2"]["runs"] == []
+    exp3 = records["exp-3"]
+    assert exp3["decision"]["verdict"] == "loss" and RunResult.model_validate(exp3["runs"][0]).commit == head3

@@ -13,12 +13,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from bot.config import GitHubConfig
-from bot.github.forge import (RESULTS_MARKER, GitHubForgeError, connect, pr_body, results_comment, squash_message,
-                              trajectory_chart)
+from bot.github.forge import (EVALUATE_CHECK, EVALUATE_WORKFLOW, RESULTS_MARKER, GitHubForgeError, connect, pr_body,
+                              results_comment, squash_message, trajectory_chart, verdict_check)
 from bot.records import Decision, ExperimentRecord, KnobChange, Proposal
 from tests.fake_github.server import FakeGitHub
 from tests.fake_github.serving import serving
 
+ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "ghp_test"
 REPO = "octo-org/research"
 # PyGithub waits 0.25 s between requests and 1 s between writes (GitHub's guidance); not against the fake.
@@ -92,7 +93,7 @@ def test_setup_is_idempotent(fake, local):
         assert forge.protect_champion() is False
 
 
-def test_a_win_is_auto_merged_with_its_trailers_and_a_stale_pr_must_update(fake, local):
+def test_a_win_is_auto_merged_with_its_trailers_and_a_stale_pr_cannot_merge(fake, local):
     with serving(fake.asgi) as url:
         forge = forge_for(url, fake)
         champion, _ = forge.ensure_champion()
@@ -121,16 +122,12 @@ def test_a_win_is_auto_merged_with_its_trailers_and_a_stale_pr_must_update(fake,
         assert message.startswith(f"arbot: learning rate 0.005 (exp-1) (#{pr1.number})")
         assert "Experiment: exp-1\nMetric: val_bpb=1.2400\nPR: #1" in message
 
-        # PR 2 was measured on the old champion: GitHub refuses it until updated, and updating moves its head
+        # PR 2 was measured on the old champion: branch protection ("up to date") refuses it; the bot never updates
+        # it (the lifecycle closes it as stale and opens its change again on the new champion)
         forge.post_check(rec2.commit, "arbot/verdict", "success", "win", "")
         with pytest.raises(GitHubForgeError, match="not up to date"):
             forge.merge(forge.pr(pr2.number), rec2.commit, "t", "m")
-        assert forge.update_branch(forge.pr(pr2.number), rec2.commit) is True
-        new_head = fake.ref("arbot/exp-2")
-        assert new_head != rec2.commit and fake.is_ancestor(fake.ref("champion"), new_head)
-        with pytest.raises(GitHubForgeError, match="409"):
-            forge.merge(forge.pr(pr2.number), rec2.commit, "t", "m")  # the sha guard: measured head is gone
-        assert forge.update_branch(forge.pr(pr2.number), rec2.commit) is False  # stale expected sha
+        assert fake.ref("arbot/exp-2") == rec2.commit and fake.prs[pr2.number].state == "open"
 
 
 def test_merge_without_auto_merge_uses_the_sha_guard(fake, local):
@@ -314,7 +311,7 @@ def test_the_fake_sends_signed_webhooks_the_server_routes(fake, local, tmp_path)
             time.sleep(0.05)
     kinds = [type(a).__name__ for _, a in actions]
     assert kinds == ["Ignored", "Evaluated", "Ignored", "PullRequestClosed"], actions
-    assert actions[1][1] == Evaluated(pr=None, head_sha=rec.commit, conclusion="success", source="status")
+    assert actions[1][1] == Evaluated(head_sha=rec.commit, conclusion="success", source="status")
     assert actions[2][1] == Ignored("status 'arbot/verdict' is not arbot/evaluate")
     closed = actions[3][1]
     assert isinstance(closed, PullRequestClosed) and closed.merged and closed.merge_sha == fake.ref("champion")
@@ -346,29 +343,91 @@ def test_the_extract_covers_every_operation_the_fake_serves():
         extract.pointer(openapi(), ref)
 
 
-def test_the_verdict_is_decided_without_io():
-    from bot.github.decide import decide, verdict_check
-    from bot.github.report import extract, load_runs, render
-    from bot.policy import PolicyConfig, make_policy
-    from bot.records import RunResult
+def test_the_verdict_check_lets_only_a_win_merge():
+    """arbot/verdict: success for a win (branch protection lets it merge), neutral for a win held for review,
+    failure for anything else. The decision itself is the lifecycle's (bot.lifecycle)."""
+    check = verdict_check(win())
+    assert check.conclusion == "success" and check.title == "win: val_bpb 1.2400 vs 1.2500 (-0.0100)"
+    assert check.summary == "better by 0.0100\n\nRule: margin"
+    held = verdict_check(win(), held=True)
+    assert held.conclusion == "neutral" and held.title == "held for review: win: val_bpb 1.2400 vs 1.2500 (-0.0100)"
+    loss = win().model_copy(update={"verdict": "loss", "effect": -0.01, "candidate_mean": 1.26, "reason": "worse"})
+    assert verdict_check(loss).conclusion == "failure" and verdict_check(loss).title.startswith("loss: val_bpb 1.2600")
+    crash = Decision(verdict="crash", rule="crash", reason="exit 1")
+    assert verdict_check(crash).conclusion == "failure" and verdict_check(crash).title == "crash: val_bpb n/a vs n/a"
+    stale = win().model_copy(update={"verdict": "rejected", "rule": "stale"})
+    assert verdict_check(stale).conclusion == "failure" and verdict_check(stale).summary.endswith("Rule: stale")
+    assert not (Path(__file__).parent.parent / "bot" / "github" / "decide.py").exists()
 
-    champion, head = "c" * 40, "a" * 40
-    policy = make_policy(PolicyConfig(rule="margin", margin=0.0, baseline_runs=1))
-    base = [RunResult(status="ok", commit=champion, champion=champion, metrics={"val_bpb": 1.25})]
 
-    def measured(bpb=None, status="ok", against=champion):
-        run = RunResult(status=status, commit=head, champion=against, metrics={} if bpb is None else {"val_bpb": bpb},
-                        reason="" if status == "ok" else "exit 1")
-        # the way the driver gets it: through the arbot/evaluate check run's summary
-        summary = render(load_runs(run.model_dump_json()), head, [])["output"]["summary"]
-        return [RunResult.model_validate(r) for r in extract(summary)]
+def add_evaluate_workflow(local: git.Repo, fake: FakeGitHub) -> str:
+    """The project's arbot-evaluate.yml committed on main and pushed: GitHub dispatches the file of the ref."""
+    workflows = Path(local.working_tree_dir) / ".github" / "workflows"
+    workflows.mkdir(parents=True)
+    (workflows / EVALUATE_WORKFLOW).write_text((ROOT / ".github" / "workflows" / EVALUATE_WORKFLOW).read_text())
+    local.git.add(A=True)
+    sha = local.index.commit("the evaluate workflow").hexsha
+    local.git.push(str(fake.bare), "main:refs/heads/main")
+    return sha
 
-    d = decide(policy, base, measured(1.20), pr_base=champion, champion=champion)
-    check = verdict_check(d)
-    assert d.verdict == "win" and check.conclusion == "success" and check.title.startswith("win: val_bpb 1.2000 vs 1.2500")
-    assert verdict_check(decide(policy, base, measured(1.30), pr_base=champion, champion=champion)).conclusion == "failure"
-    crash = decide(policy, base, measured(status="crash"), pr_base=champion, champion=champion)
-    assert crash.verdict == "crash" and verdict_check(crash).conclusion == "failure"
-    stale = decide(policy, base, measured(1.20), pr_base="b" * 40, champion=champion)
-    assert stale.verdict == "rejected" and stale.rule == "stale-base" and verdict_check(stale).conclusion == "failure"
-    assert decide(policy, base, measured(1.20, against="b" * 40), pr_base=champion, champion=champion).rule == "stale-base"
+
+def test_dispatch_starts_the_evaluate_workflow_with_the_run_request(fake, local):
+    from github import GithubException
+
+    add_evaluate_workflow(local, fake)
+    with serving(fake.asgi) as url:
+        forge = forge_for(url, fake)
+        champion, _ = forge.ensure_champion()
+        inputs = {"request": f"exp-1:{champion[:12]}:seed-3:val+holdout", "commit": champion, "champion": champion,
+                  "seed": "3", "splits": "val,holdout"}
+        forge.dispatch(EVALUATE_WORKFLOW, "champion", inputs)
+        # the request body as GitHub received it, and the workflow_dispatch event it made
+        [body] = [b for m, p, b in fake.requests if m == "POST" and p.endswith("/dispatches")]
+        assert body == {"ref": "champion", "inputs": inputs}
+        [d] = fake.dispatches
+        assert d["inputs"] == inputs and d["workflow"] == EVALUATE_WORKFLOW and d["ref"] == "refs/heads/champion"
+        assert d["sha"] == champion and d["user"] == "arbot-user"
+        # splits defaults to val (the workflow's default)
+        forge.dispatch(EVALUATE_WORKFLOW, "champion", {k: v for k, v in inputs.items() if k != "splits"})
+        assert fake.dispatches[-1]["inputs"]["splits"] == "val"
+        # the workflow declares exactly the five inputs: anything else is refused, as GitHub does
+        for extra in ({"pr": "1"}, {"attempt": "2"}):
+            with pytest.raises(GithubException) as e:
+                forge.dispatch(EVALUATE_WORKFLOW, "champion", {**inputs, **extra})
+            assert e.value.status == 422 and "Unexpected inputs provided" in e.value.data["message"]
+        with pytest.raises(GithubException) as e:
+            forge.dispatch(EVALUATE_WORKFLOW, "champion", {k: v for k, v in inputs.items() if k != "request"})
+        assert e.value.status == 422 and e.value.data["message"] == "Required input 'request' not provided"
+        with pytest.raises(GithubException) as e:
+            forge.dispatch(EVALUATE_WORKFLOW, "no-such-branch", inputs)
+        assert e.value.status == 422
+        assert len(fake.dispatches) == 2
+
+
+def test_checks_lists_every_completed_evaluate_run_with_its_external_id(fake, local):
+    with serving(fake.asgi) as url:
+        forge = forge_for(url, fake)
+        champion, _ = forge.ensure_champion()
+        fake.tokens["ghs_actions"] = "github-actions[bot]"
+        fake.tokens["ghs_other"] = "other-app[bot]"
+
+        def post(token, **run):
+            body = {"name": EVALUATE_CHECK, "head_sha": champion, "status": "completed", "conclusion": "success",
+                    "output": {"title": "t", "summary": run.pop("summary", "s")}, **run}
+            httpx.post(f"{url}/api/v3/repos/{REPO}/check-runs", json=body,
+                       headers={"Authorization": f"token {token}"}).raise_for_status()
+
+        assert forge.checks(champion, EVALUATE_CHECK) == []
+        post("ghs_actions", external_id="champion:aaa:seed-0:val", summary="first")
+        post("ghs_other", external_id="champion:aaa:seed-1:val", summary="not the workflow's")
+        post("ghs_actions", external_id="champion:aaa:seed-1:val", conclusion="failure", summary="second")
+        post("ghs_actions", summary="no external id")
+        post("ghs_actions", name="lint", external_id="champion:aaa:seed-3:val")  # another check
+        checks = forge.checks(champion, EVALUATE_CHECK, app_slug="github-actions")
+        assert [(c.external_id, c.conclusion, c.summary) for c in checks] == [
+            ("champion:aaa:seed-0:val", "success", "first"), ("champion:aaa:seed-1:val", "failure", "second"),
+            ("", "success", "no external id")]
+        assert [c.id for c in checks] == sorted(c.id for c in checks)  # oldest first
+        everyone = forge.checks(champion, EVALUATE_CHECK)
+        assert [c.summary for c in everyone] == ["first", "not the workflow's", "second", "no external id"]
+        assert forge.checks(champion, EVALUATE_CHECK, app_slug="someone-else") == []

@@ -90,19 +90,33 @@ def test_parse_needs_event_and_delivery_headers():
 def test_route_maps_events_to_actions():
     ev = lambda payload, name: Event(name, "d", payload)  # noqa: E731
     a = route(ev(check_run_completed(), "check_run"), repo=REPO)
-    assert a == Evaluated(pr=7, head_sha="a" * 40, conclusion="success", source="check_run")
+    assert a == Evaluated(head_sha="a" * 40, conclusion="success", source="check_run")
+    assert not hasattr(a, "pr")  # a run is found by its request (the check run's external_id), not by a PR
     assert isinstance(route(ev(check_run_completed(name="lint"), "check_run"), repo=REPO), Ignored)
-    assert route(ev(check_run_completed(base="main"), "check_run"), repo=REPO).pr is None
+    # a champion's run has no PR at all, and a run on a commit no PR into champion has is still a run
+    assert route(ev(check_run_completed(base="main"), "check_run"), repo=REPO) == a
+    no_pr = check_run_completed()
+    no_pr["check_run"]["pull_requests"] = []
+    assert route(ev(no_pr, "check_run"), repo=REPO) == a
+    queued = check_run_completed()
+    queued["action"] = "created"
+    assert route(ev(queued, "check_run"), repo=REPO) == Ignored("check_run.created")
     assert isinstance(route(ev(check_run_completed(), "check_run"), repo="someone/else"), Ignored)
 
     closed = route(ev(pull_request(), "pull_request"), repo=REPO)
     assert isinstance(closed, PullRequestClosed) and closed.merged and closed.head_ref == "arbot/exp-3"
     assert isinstance(route(ev(pull_request(labels=()), "pull_request")), Ignored)
     assert isinstance(route(ev(pull_request(base="main"), "pull_request")), Ignored)
-    assert isinstance(route(ev(pull_request(action="opened"), "pull_request")), Ignored)
+    opened = route(ev(pull_request(action="opened"), "pull_request"))
+    assert isinstance(opened, Ignored) and "dispatches its runs itself" in opened.reason  # no run on PR events
 
     cmd = route(ev(comment(), "issue_comment"), repo=REPO)
-    assert isinstance(cmd, Command) and cmd.command == "pause" and cmd.user == "Codertocat"
+    assert isinstance(cmd, Command) and cmd.command == "pause" and cmd.user == "Codertocat" and not cmd.is_pr
+    approve = comment("/arbot approve\nread the diff: the timing change is fine")
+    approve["issue"]["pull_request"] = {"url": "x"}
+    cmd = route(ev(approve, "issue_comment"), repo=REPO)
+    assert cmd == Command(command="approve", issue=approve["issue"]["number"], is_pr=True, user="Codertocat",
+                          association="OWNER")
     assert isinstance(route(ev(comment(association="NONE"), "issue_comment")), Ignored)
     assert isinstance(route(ev(comment(body="nice work"), "issue_comment")), Ignored)
     assert isinstance(route(ev(comment(), "issue_comment"), bot_login="Codertocat"), Ignored)
@@ -110,16 +124,25 @@ def test_route_maps_events_to_actions():
     push = webhook_example("push$event")
     push["ref"] = "refs/heads/champion"
     assert isinstance(route(ev(push, "push")), ChampionMoved)
+    push["ref"] = "refs/heads/main"
+    assert isinstance(route(ev(push, "push")), Ignored)
     assert isinstance(route(ev(webhook_example("ping$event"), "ping")), Ping)
     status = webhook_example("status$event")
     status["context"], status["state"] = "arbot/evaluate", "failure"
-    assert route(ev(status, "status")) == Evaluated(pr=None, head_sha=status["sha"], conclusion="failure", source="status")
+    assert route(ev(status, "status")) == Evaluated(head_sha=status["sha"], conclusion="failure", source="status")
+    status["state"] = "pending"
+    assert isinstance(route(ev(status, "status")), Ignored)
+    # the evaluate workflow's own runs are no event for the bot: its report job's check run is
+    workflow_run = {"action": "completed", "workflow_run": {"name": "arbot-evaluate", "conclusion": "success"},
+                    "repository": {"full_name": REPO}}
+    assert route(ev(workflow_run, "workflow_run"), repo=REPO) == Ignored("event workflow_run is not handled")
     assert isinstance(route(ev({}, "star")), Ignored)
 
 
 def test_parse_command():
     assert parse_command("/arbot pause\nbecause the runner is down") == "pause"
     assert parse_command("  /arbot rerun ") == "rerun"
+    assert parse_command("/arbot approve") == "approve"
     assert parse_command("/arbot explode") is None
     assert parse_command("please /arbot pause") is None
     assert parse_command("") is None
@@ -295,6 +318,75 @@ def test_commands_need_write_access_when_github_can_be_asked(tmp_path):
     store.close()
 
 
+class DriverStub:
+    """Records the driver methods the dispatcher calls (bot.github.driver.Driver's entry points)."""
+
+    def __init__(self):
+        self.calls: list[tuple] = []
+
+    def __getattr__(self, name):
+        return lambda *args: self.calls.append((name, *args))
+
+
+def test_the_dispatcher_hands_every_action_to_the_driver_then_advances_all(tmp_path):
+    store, driver = Store(tmp_path / "s.sqlite"), DriverStub()
+    dispatch = Dispatcher(store, repo=REPO, driver=driver)
+
+    def calls(event_name: str, payload: dict) -> list[tuple]:
+        driver.calls.clear()
+        dispatch(Event(event_name, "d-1", payload))  # called directly: no delivery dedup here
+        return list(driver.calls)
+
+    on_pr = lambda body: {**comment(body), "issue": {**comment(body)["issue"], "pull_request": {"url": "x"}}}  # noqa: E731
+    number = comment()["issue"]["number"]
+    merged = pull_request("closed", merged=True)["pull_request"]["number"]
+    push = {"ref": "refs/heads/champion", "before": "b" * 40, "after": "c" * 40, "repository": {"full_name": REPO}}
+    # a run reported (a check run, or a commit status with a PAT): collect it and carry on
+    assert calls("check_run", check_run_completed()) == [("advance_all",)]
+    status = webhook_example("status$event")
+    status["context"], status["state"] = "arbot/evaluate", "success"
+    assert calls("status", status) == [("advance_all",)]
+    # a merge (auto-merge or a human) is recorded first; a PR closed unmerged just advances
+    assert calls("pull_request", pull_request("closed", merged=True)) == [("record_merged_pr", merged), ("advance_all",)]
+    assert calls("pull_request", pull_request("closed", merged=False)) == [("advance_all",)]
+    # champion moved by hand: the lifecycle replays what was measured on the old one
+    assert calls("push", push) == [("advance_all",)]
+    # commands on a PR
+    assert calls("issue_comment", on_pr("/arbot rerun")) == [("rerun", number), ("advance_all",)]
+    assert calls("issue_comment", on_pr("/arbot approve")) == [("approve", number), ("advance_all",)]
+    assert calls("issue_comment", comment("/arbot approve")) == [("advance_all",)]  # an issue, not a PR: nothing to approve
+    # pause and resume are the store's switch; resume proposes at once
+    assert calls("issue_comment", comment("/arbot pause")) == [] and store.flag("paused") == "1"
+    assert calls("issue_comment", comment("/arbot resume")) == [("fill",)] and store.flag("paused") is None
+    # nothing for the driver
+    workflow_run = {"action": "completed", "workflow_run": {"name": "arbot-evaluate"}, "repository": {"full_name": REPO}}
+    assert calls("workflow_run", workflow_run) == []
+    assert calls("check_run", check_run_completed(name="lint")) == []
+    assert calls("pull_request", pull_request(action="opened")) == []
+    assert calls("ping", webhook_example("ping$event")) == []
+    store.close()
+
+
+def test_a_failing_driver_action_fails_the_delivery(tmp_path):
+    """An approve on a PR that is not held raises: the delivery is recorded as failed, with the reason."""
+    from bot.github.forge import GitHubForgeError
+
+    class Refusing(DriverStub):
+        def approve(self, number):
+            raise GitHubForgeError(f"PR #{number} (exp-1) is not a win waiting for review")
+
+    store, driver = Store(tmp_path / "state.sqlite"), Refusing()
+    app = create_app(settings(tmp_path), Dispatcher(store, repo=REPO, driver=driver), store, on_start=driver.advance_all)
+    with serving(app) as url:
+        approve = comment("/arbot approve")
+        approve["issue"]["pull_request"] = {"url": "x"}
+        body, headers = delivery(approve, "issue_comment", "d-a")
+        assert httpx.post(f"{url}/webhook", content=body, headers=headers).status_code == 202
+        wait_state(store, "d-a", "failed")
+        assert store.error("d-a") == "GitHubForgeError: PR #1 (exp-1) is not a win waiting for review"
+    assert driver.calls == [("advance_all",)]  # on start only: the failed approve advanced nothing
+
+
 def test_settings_need_the_webhook_secret(tmp_path):
     cfg = Config.model_validate({"github": {"repo": REPO, "state_path": "state/s.sqlite"}})
     with pytest.raises(Exception, match="ARBOT_WEBHOOK_SECRET"):
@@ -305,7 +397,9 @@ def test_settings_need_the_webhook_secret(tmp_path):
     assert app.state.worker.handler.can_write is None  # no token: author_association only
     app = build_app(cfg, tmp_path, environ={"ARBOT_WEBHOOK_SECRET": "x", "ARBOT_GITHUB_TOKEN": "t"})
     assert app.state.worker.handler.can_write.__name__ == "has_write_access"  # built, not called
-    assert app.state.worker.handler.driver is not None and app.state.worker.on_start == app.state.worker.handler.driver.recover
+    driver = app.state.worker.handler.driver
+    assert driver is not None and app.state.worker.on_start == driver.advance_all  # a restart rebuilds from GitHub
+    assert (tmp_path / ".arbot" / "github.git").is_dir()  # the bot's mirror
 
 
 def free_port() -> int:

@@ -61,14 +61,86 @@ def test_validators_reject_a_broken_workflow(tmp_path):
     assert subprocess.run([tool("actionlint"), str(bad)], capture_output=True, timeout=120).returncode != 0
 
 
-def test_evaluate_runs_on_pull_requests_into_champion_never_pull_request_target():
+INPUTS = {"request", "commit", "champion", "seed", "splits"}
+
+
+def code(path: Path) -> str:
+    """The workflow without its comments."""
+    return "\n".join(line for line in path.read_text().splitlines() if not line.lstrip().startswith("#"))
+
+
+def steps(job: dict, prefix: str) -> dict:
+    return next(s for s in job["steps"] if s.get("name", "").startswith(prefix))
+
+
+def test_evaluate_is_dispatched_by_the_bot_only():
+    """One run per workflow_dispatch (the bot's), on the champion branch: nothing a PR does starts it."""
     wf = load(EVALUATE)
-    assert set(wf["on"]) == {"pull_request"}
-    code = "\n".join(line for line in EVALUATE.read_text().splitlines() if not line.lstrip().startswith("#"))
-    assert "pull_request_target" not in code and "workflow_run" not in code
-    trigger = wf["on"]["pull_request"]
-    assert trigger["types"] == ["opened", "synchronize", "reopened"] and trigger["branches"] == ["champion"]
+    assert set(wf["on"]) == {"workflow_dispatch"}
+    inputs = wf["on"]["workflow_dispatch"]["inputs"]
+    assert set(inputs) == INPUTS and all(i["type"] == "string" for i in inputs.values())
+    assert [n for n, i in inputs.items() if i.get("required")] == ["request", "commit", "champion", "seed"]
+    assert inputs["splits"]["default"] == "val"
+    text = code(EVALUATE)
+    for trigger in ("pull_request", "pull_request_target", "workflow_run", "github.event.pull_request", "head_ref"):
+        assert trigger not in text
     assert wf["permissions"] == {}
+    assert wf["concurrency"] == {"group": "arbot-evaluate-${{ inputs.request }}", "cancel-in-progress": False}
+    # that the driver dispatches exactly these inputs is checked where it dispatches: tests/test_github_driver.py runs
+    # against this file in the fake GitHub, which refuses unknown or missing inputs as GitHub does
+
+
+def test_inputs_reach_the_shell_through_env_only():
+    """`${{ inputs.x }}` inside a run script would be script injection: inputs go through env and are checked."""
+    wf = load(EVALUATE)
+    for name, job in wf["jobs"].items():
+        for step in job["steps"]:
+            assert "${{" not in step.get("run", ""), (name, step.get("name"))
+    train, report = wf["jobs"]["train"], wf["jobs"]["report"]
+    assert train["env"] == {"COMMIT": "${{ inputs.commit }}", "CHAMPION": "${{ inputs.champion }}",
+                            "SEED": "${{ inputs.seed }}", "SPLITS": "${{ inputs.splits }}"}
+    assert report["env"] == {"COMMIT": "${{ inputs.commit }}", "CHAMPION": "${{ inputs.champion }}",
+                             "REQUEST": "${{ inputs.request }}"}
+
+
+def run_step(script: str, env: dict, cwd: Path) -> subprocess.CompletedProcess:
+    """A `run:` step as GitHub runs it on Linux (bash --noprofile --norc -eo pipefail)."""
+    return subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", script], env={"PATH": "/usr/bin:/bin", **env},
+                          cwd=cwd, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("env, ok", [
+    ({"COMMIT": HEAD, "CHAMPION": CHAMPION, "SEED": "3", "SPLITS": "val"}, True),
+    ({"COMMIT": HEAD, "CHAMPION": CHAMPION, "SEED": "0", "SPLITS": "val,holdout"}, True),
+    ({"COMMIT": "main", "CHAMPION": CHAMPION, "SEED": "0", "SPLITS": "val"}, False),  # not a full sha
+    ({"COMMIT": HEAD, "CHAMPION": CHAMPION[:12], "SEED": "0", "SPLITS": "val"}, False),
+    ({"COMMIT": HEAD + "; rm -rf /", "CHAMPION": CHAMPION, "SEED": "0", "SPLITS": "val"}, False),
+    ({"COMMIT": HEAD, "CHAMPION": CHAMPION, "SEED": "1; id", "SPLITS": "val"}, False),
+    ({"COMMIT": HEAD, "CHAMPION": CHAMPION, "SEED": "-1", "SPLITS": "val"}, False),
+    ({"COMMIT": HEAD, "CHAMPION": CHAMPION, "SEED": "0", "SPLITS": "holdout"}, False),
+    ({"COMMIT": HEAD, "CHAMPION": CHAMPION, "SEED": "0", "SPLITS": ""}, False),
+])
+def test_the_train_job_checks_its_inputs_first(env, ok, tmp_path):
+    train = load(EVALUATE)["jobs"]["train"]
+    assert train["steps"][0]["name"].startswith("Check the inputs")
+    r = run_step(train["steps"][0]["run"], env, tmp_path)
+    assert (r.returncode == 0) == ok, r.stderr
+
+
+@pytest.mark.parametrize("splits, holdout", [("val", False), ("val,holdout", True)])
+def test_the_train_step_runs_arbot_evaluate_on_the_requested_run(splits, holdout, tmp_path):
+    """The step, run with a stand-in for arbot that prints its arguments: even a failing run leaves its output."""
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    stub = tmp_path / ".venv" / "bin" / "arbot"
+    stub.write_text('#!/bin/bash\nprintf \'%s\\n\' "$@"\necho "training" >&2\nexit 1\n')
+    stub.chmod(0o755)
+    step = steps(load(EVALUATE)["jobs"]["train"], "Train and evaluate")
+    r = run_step(step["run"], {"COMMIT": HEAD, "CHAMPION": CHAMPION, "SEED": "4", "SPLITS": splits}, tmp_path)
+    assert r.returncode == 0, r.stderr  # the report job turns a failed run into its check run
+    assert "arbot evaluate exited with 1" in r.stdout and "training" in r.stdout  # the log tail
+    argv = (tmp_path / "result.json").read_text().split()
+    assert argv == ["evaluate", HEAD, "--champion", CHAMPION, "--seed", "4", *(["--holdout"] if holdout else []), "--json"]
+    assert (tmp_path / "evaluate.log").read_text() == "training\n"
 
 
 def test_train_job_has_no_secrets_and_read_only_permissions():
@@ -77,28 +149,37 @@ def test_train_job_has_no_secrets_and_read_only_permissions():
     assert train["permissions"] == {"contents": "read"}
     text = yaml.safe_dump(train)
     assert "secrets" not in text and "github.token" not in text and "GITHUB_TOKEN" not in text
-    assert train["if"] == "github.event.pull_request.head.repo.full_name == github.repository"
+    assert "github.event" not in text  # only the dispatch's inputs, checked
     checkouts = [s for s in train["steps"] if str(s.get("uses", "")).startswith("actions/checkout")]
     assert checkouts and all(s["with"]["persist-credentials"] is False for s in checkouts)
-    # trusted code comes from the champion; the PR head is only a commit to evaluate; the notes are data
-    root = [s for s in checkouts if "path" not in s["with"]]
-    assert len(root) == 1 and root[0]["with"]["ref"] == "${{ github.event.pull_request.base.sha }}"
-    assert all(s["with"] == {"ref": "refs/notes/arbot", "path": ".arbot-notes", "persist-credentials": False}
-               for s in checkouts if s not in root)
+    # trusted code comes from the champion; the commit to train is only a commit, read from git objects
+    (root,) = checkouts
+    assert root["with"] == {"ref": "${{ inputs.champion }}", "fetch-depth": 0, "persist-credentials": False}
+    assert steps(train, "Make sure the commit")["run"] == 'git cat-file -e "${COMMIT}^{commit}"'
     runs = "\n".join(s.get("run", "") for s in train["steps"])
-    assert 'arbot evaluate "$HEAD_SHA" --champion "$CHAMPION_SHA" --seed "$((GITHUB_RUN_ATTEMPT - 1))"' in runs
-    assert "--json > result.json" in runs
-    assert any(str(s.get("uses", "")).startswith("actions/upload-artifact") for s in train["steps"])
+    assert '.venv/bin/arbot evaluate "$COMMIT" --champion "$CHAMPION" --seed "$SEED" "${holdout[@]}" --json' in runs
+    assert "> result.json 2> evaluate.log" in runs
+    upload = next(s for s in train["steps"] if str(s.get("uses", "")).startswith("actions/upload-artifact"))
+    assert upload["if"] == "always()" and upload["with"]["name"] == "arbot-result"
 
 
 def test_report_job_posts_the_check_run_from_the_champions_script():
     report = load(EVALUATE)["jobs"]["report"]
-    assert report["needs"] == "train"
-    assert report["permissions"] == {"contents": "read", "checks": "write", "pull-requests": "write"}
-    runs = "\n".join(s.get("run", "") for s in report["steps"])
-    assert "python3 bot/github/report.py" in runs and "check-runs" in runs
-    checkout = next(s for s in report["steps"] if str(s.get("uses", "")).startswith("actions/checkout"))
-    assert checkout["with"]["ref"] == "${{ github.event.pull_request.base.sha }}"
+    assert report["needs"] == "train" and report["if"] == "always()"  # a crashed train job is reported too
+    assert report["permissions"] == {"contents": "read", "checks": "write"}
+    assert "secrets" not in yaml.safe_dump(report)
+    checkouts = [s for s in report["steps"] if str(s.get("uses", "")).startswith("actions/checkout")]
+    assert [s["with"] for s in checkouts] == [
+        {"ref": "${{ inputs.champion }}", "persist-credentials": False},  # report.py comes from the champion
+        {"ref": "refs/notes/arbot", "path": ".arbot-notes", "persist-credentials": False}]  # data: the baseline
+    render_step = steps(report, "Render")["run"]
+    assert "python3 bot/github/report.py --result artifact/result.json" in render_step
+    for arg in ('--head-sha "$COMMIT"', '--champion-sha "$CHAMPION"', "--notes .arbot-notes",
+                '--external-id "$REQUEST"', "--out check-run.json"):
+        assert arg in render_step
+    post = steps(report, "Post")
+    assert post["env"] == {"GH_TOKEN": "${{ github.token }}"}
+    assert post["run"] == 'gh api --method POST "repos/${GITHUB_REPOSITORY}/check-runs" --input check-run.json'
 
 
 # --- the report script ---------------------------------------------------------------------------------
@@ -160,7 +241,7 @@ def test_report_of_a_crash_shows_the_log_tail_safely():
 
 def test_report_rejects_a_result_for_another_commit_or_bad_data(tmp_path):
     check = render(load_runs(ok_run().model_dump_json().replace(HEAD, "b" * 40)), HEAD, [])
-    assert check["conclusion"] == "failure" and "not the PR head" in check["output"]["summary"]
+    assert check["conclusion"] == "failure" and f"not the commit trained {HEAD}" in check["output"]["summary"]
     for bad in ('{"status": "pwned", "commit": "x"}', "[]", "not json", '{"status": "ok"}'):
         with pytest.raises(ValueError):
             load_runs(bad)
@@ -187,41 +268,44 @@ def test_report_script_runs_without_arbot_installed(tmp_path):
     validate_request("post", "/repos/o/r/check-runs", check)
 
 
-def test_report_of_a_run_with_the_champion_measured_too(tmp_path):
-    champion_run = RunResult(status="ok", commit=CHAMPION, champion=CHAMPION, metrics={"val_bpb": 1.3}, seed=1)
-    runs = load_runs(json.dumps([ok_run(seed=1).model_dump(), champion_run.model_dump()]))
-    check = render(runs, HEAD, [1.25], champion_sha=CHAMPION)
-    summary = check["output"]["summary"]
-    assert check["conclusion"] == "success" and "| 1.2345 | 1.2750 (2 runs) | -0.0405 | 1 |" in summary
-    assert "| 1 (champion) | ok | 1.3000 |" in summary
-    assert [r["commit"] for r in extract(summary)] == [HEAD, CHAMPION]  # the bot adds it to the champion's note
-    # without --champion-sha a run of another commit is refused, as before
-    assert render(runs, HEAD, [])["conclusion"] == "failure"
+def test_report_embeds_the_splits_and_the_holdout_metric():
+    """A holdout confirmation run keeps its splits and holdout_bpb through the check run (the bot reads both)."""
+    run = ok_run(seed=2).model_copy(update={"splits": ["val", "holdout"], "metrics": {"val_bpb": 1.2, "holdout_bpb": 1.23}})
+    check = render(load_runs(run.model_dump_json()), HEAD, [])
+    (back,) = extract(check["output"]["summary"])
+    assert back["splits"] == ["val", "holdout"] and back["metrics"] == {"val_bpb": 1.2, "holdout_bpb": 1.23}
+    assert RunResult.model_validate(back).model_dump(exclude={"log_tail", "model_sha256"}) == \
+        run.model_dump(exclude={"log_tail", "model_sha256"})
 
 
-def test_report_says_when_the_train_job_must_measure_the_champion(tmp_path):
+def test_report_script_takes_the_baseline_from_the_notes_and_sets_the_external_id(tmp_path):
     script = ROOT / "bot" / "github" / "report.py"
     notes = tmp_path / "notes"
-
-    def needed(seed: int) -> bool:
-        r = subprocess.run([sys.executable, "-I", "-S", str(script), "needs-champion-run", "--notes", str(notes),
-                            "--champion-sha", CHAMPION, "--seed", str(seed)], capture_output=True, text=True, timeout=60)
-        assert r.returncode in (0, 1), r.stderr
-        return r.returncode == 0
-
-    assert needed(0)  # no notes checked out at all (the first champion)
     (notes / CHAMPION[:2]).mkdir(parents=True)  # git's fan-out layout
     record = ChampionRecord(commit=CHAMPION, runs=[ok_run(seed=0).model_copy(update={"commit": CHAMPION})])
     (notes / CHAMPION[:2] / CHAMPION[2:]).write_text(record.model_dump_json())
-    assert not needed(0) and needed(1)
     out = tmp_path / "check.json"
     (tmp_path / "result.json").write_text(ok_run().model_dump_json())
+    request = f"exp-1:{HEAD[:12]}:seed-0:val"
     subprocess.run([sys.executable, "-I", "-S", str(script), "--result", str(tmp_path / "result.json"), "--head-sha", HEAD,
                     "--champion-sha", CHAMPION, "--notes", str(notes), "--details-url", "https://github.com/o/r/actions/runs/5",
-                    "--out", str(out)], check=True, timeout=60)
+                    "--external-id", request, "--out", str(out)], check=True, timeout=60)
     check = json.loads(out.read_text())
+    assert check["external_id"] == request  # how the bot finds this run's result
     assert check["details_url"] == "https://github.com/o/r/actions/runs/5" and "(1 runs)" in check["output"]["summary"]
     validate_request("post", "/repos/o/r/check-runs", check)
+    # the train job left nothing: still the request's check run (a failure the bot records as that run's crash)
+    subprocess.run([sys.executable, "-I", "-S", str(script), "--result", str(tmp_path / "none.json"), "--head-sha", HEAD,
+                    "--external-id", request, "--details-url", "javascript:alert(1)", "--out", str(out)],
+                   check=True, timeout=60)
+    check = json.loads(out.read_text())
+    assert check["external_id"] == request and check["conclusion"] == "failure" and "details_url" not in check
+    with pytest.raises(BadResult):
+        extract(check["output"]["summary"])
+    validate_request("post", "/repos/o/r/check-runs", check)
+    # the removed sub-command is gone: one script, one job
+    r = subprocess.run([sys.executable, "-I", "-S", str(script), "needs-champion-run"], capture_output=True, timeout=60)
+    assert r.returncode == 2
 
 
 PROPOSE = ROOT / ".github" / "workflows" / "arbot-propose.yml"
@@ -238,7 +322,7 @@ def test_propose_workflow_runs_arbot_from_the_default_branch_with_the_app_key_on
     assert "ref" not in checkout["with"] and checkout["with"]["persist-credentials"] is False  # never a PR's code
     runs = [s.get("run", "") for s in job["steps"]]
     assert ".venv/bin/arbot decide" in runs and ".venv/bin/arbot propose" in runs
-    assert "secrets." not in EVALUATE.read_text()  # the key is this workflow's alone
+    assert "secrets." not in code(EVALUATE)  # the key is this workflow's alone
     assert "pull_request_target" not in PROPOSE.read_text()
 
 

@@ -214,7 +214,9 @@ class Driver:
         try:
             runs = [RunResult.model_validate(r) for r in report.extract(check.summary)]
         except (report.BadResult, ValidationError) as e:
-            runs, why = [], check.summary.strip().splitlines()[0][:300] if check.summary.strip() else str(e)
+            # no result block: report.py's summary says why (render_missing); a malformed block: what is wrong with it
+            first = check.summary.strip().splitlines()[0][:300] if check.summary.strip() else ""
+            runs, why = [], first if first and report.RESULT_OPEN not in check.summary else str(e)[:300]
         else:
             why = f"the evaluation reported no run of {spec.commit[:12]} seed {spec.seed} for {spec.champion[:12]}"
         run = next((r for r in runs if (r.commit, r.seed, r.champion) == (spec.commit, spec.seed, spec.champion)), None)

@@ -1,7 +1,7 @@
 """What a verified event asks the bot to do, decided without I/O.
 
 `route(event, ...)` maps a webhook to one action object (or an `Ignored` that says why). The worker that
-executes actions (decide with the policy, merge, update stale PRs, propose the next experiment) is the
+executes actions (collect runs, carry out the lifecycle, merge or close, propose the next experiment) is the
 part of GitHub mode that talks to GitHub; keeping this mapping pure keeps it exhaustively testable.
 """
 
@@ -42,7 +42,8 @@ class Command:
 
 @dataclass(frozen=True)
 class PullRequestClosed:
-    """An experiment PR closed: when merged, champion moved, so stale PRs are updated and the next is proposed."""
+    """An experiment PR closed: when merged, its merge is recorded; the champion moved, so experiments measured on
+    the old one are replayed and the next is proposed."""
 
     pr: int
     merged: bool

@@ -1,12 +1,11 @@
 """A stateful fake of the GitHub REST API (and the one GraphQL mutation arbot uses), for one repository.
 
 Refs and merges are real: the repository is a bare git repository the bot pushes to, and merges,
-squashes and update-branch are made with git there. PRs, labels, comments, check runs, statuses, branch
+squashes are made with git there. PRs, labels, comments, check runs, statuses, branch
 protection and auto-merge are kept in memory and behave like GitHub's for the cases arbot meets:
 - merge (PUT .../merge) honours the `sha` guard (409), required checks and "up to date" protection (405);
 - auto-merge (GraphQL enablePullRequestAutoMerge) needs a protected base; it merges (squash, with the
   given headline and body) as soon as the requirements hold, and is cancelled when the head moves;
-- update-branch merges the base into the head branch (202);
 - workflow dispatch (POST .../actions/workflows/{workflow_id}/dispatches) reads the workflow file from the git tree
   of the ref, checks its `on.workflow_dispatch` inputs like GitHub does (422 with GitHub's messages), records the
   dispatch in `dispatches` and hands it to `on_dispatch` (if set) on a background thread: no workflow runs here,
@@ -90,7 +89,6 @@ class FakeGitHub:
         self.allow_auto_merge = True
         self.default_branch = "main"
         self.requests: list[tuple[str, str, Any]] = []
-        self.reruns: list[int] = []  # workflow runs the bot asked to re-run (POST .../actions/runs/{id}/rerun)
         # workflow_dispatch events accepted (POST .../actions/workflows/{workflow_id}/dispatches), oldest first:
         # {id (the new workflow run's id), workflow (file name), workflow_id, ref (refs/heads/NAME or
         # refs/tags/NAME), head_branch, sha (the ref's commit at dispatch time), inputs (every declared input, as
@@ -517,24 +515,6 @@ class FakeGitHub:
         sha = self.squash(pr, body.get("commit_title") or f"{pr.title} (#{pr.number})", body.get("commit_message") or "", user)
         return 200, {"sha": sha, "merged": True, "message": "Pull Request successfully merged"}
 
-    def op_update_branch(self, pull_number: str, body: dict, user: str, **_):
-        pr = self._pr(pull_number)
-        head, base = self.head_sha(pr), self.ref(pr.base)
-        if body.get("expected_head_sha") and body["expected_head_sha"] != head:
-            raise HTTPError(422, "expected head sha didn't match current head ref.")
-        if self.is_ancestor(base, head):
-            raise HTTPError(422, "There are no new commits on the base branch.")
-        tree = self.merge_tree(head, base)
-        if tree is None:
-            raise HTTPError(422, "merge conflict between base and head")
-        sha = self.git("commit-tree", tree, "-p", head, "-p", base, "-m",
-                       f"Merge branch '{pr.base}' into {pr.head}\n").stdout.strip()
-        self.git("update-ref", f"refs/heads/{pr.head}", sha, head)
-        self.head_sha(pr)
-        self._emit_pr("synchronize", pr, user)
-        self.run_automerge()
-        return 202, {"message": "Updating pull request branch.", "url": f"http://github.test/{self.full_name}/pull/{pr.number}"}
-
     def _issue(self, number: str) -> int:
         self._pr(number)  # issues here are the PRs' issues
         return int(number)
@@ -663,11 +643,6 @@ class FakeGitHub:
         u = self.user(username)
         u["role_name"] = permission
         return 200, {"permission": permission, "role_name": permission, "user": u}
-
-    def op_rerun_workflow(self, run_id: str, **_):
-        """No workflows run here: the re-run is recorded; the test plays the next attempt (the next seed)."""
-        self.reruns.append(int(run_id))
-        return 201, {}
 
     def _dispatch_ref(self, ref: str) -> tuple[str, str]:
         """(full ref, sha) for a branch or tag name, or refs/heads/NAME / refs/tags/NAME; 422 like GitHub otherwise."""
@@ -818,7 +793,6 @@ def _routes() -> list[tuple[str, re.Pattern, str]]:
         ("get", "/pulls/(?P<pull_number>\\d+)", "op_get_pull"),
         ("patch", "/pulls/(?P<pull_number>\\d+)", "op_update_pull"),
         ("put", "/pulls/(?P<pull_number>\\d+)/merge", "op_merge"),
-        ("put", "/pulls/(?P<pull_number>\\d+)/update-branch", "op_update_branch"),
         ("get", "/issues/(?P<issue_number>\\d+)/comments", "op_list_comments"),
         ("post", "/issues/(?P<issue_number>\\d+)/comments", "op_create_comment"),
         ("patch", "/issues/comments/(?P<comment_id>\\d+)", "op_update_comment"),
@@ -831,7 +805,6 @@ def _routes() -> list[tuple[str, re.Pattern, str]]:
         ("post", "/statuses/(?P<sha>[0-9a-f]{40})", "op_create_status"),
         ("get", "/commits/(?P<ref>.+)/status", "op_combined_status"),
         ("get", "/collaborators/(?P<username>[^/]+)/permission", "op_permission"),
-        ("post", "/actions/runs/(?P<run_id>\\d+)/rerun", "op_rerun_workflow"),
         ("post", "/actions/workflows/(?P<workflow_id>[^/]+)/dispatches", "op_dispatch_workflow"),
     ]
     return [(m, re.compile(p), name) for m, p, name in table]

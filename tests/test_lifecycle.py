@@ -1,0 +1,401 @@
+"""The experiment lifecycle (bot.lifecycle) as a table: hand-built records in, the one next action out.
+
+No git, no runner, no I/O: every situation is a pair of records (the experiment and the champion it is measured
+on) with scripted run results, and the numbers are chosen so that the named rule of the policy really fires.
+
+The noise-aware policy below uses the defaults of PolicyConfig: baseline_runs 3, alpha 0.025 spent as
+alpha * ((n-1)/5)**2 over max_candidate_runs 6 (so 0.001 at look 2, 0.003 at look 3, 0.009 at look 6),
+screen_sigmas 0, futility_sigmas 1, pooled t-test, simplification within 0.5 sigma after 3 runs.
+The champion's val runs are 3.00, 3.02, 3.04: mean 3.02, sd 0.02.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from bot import lifecycle as lc
+from bot.policy import MarginPolicy, NoiseAwarePolicy, PolicyConfig
+from bot.records import ChampionRecord, Cost, Decision, ExperimentRecord, Proposal, RunResult, RunSpec
+
+CHAMP = "c" * 40  # the champion the experiment was measured on
+NEWER = "f" * 40  # a later champion
+CAND = "e" * 40  # the experiment's commit
+EXP = "exp-7"
+NOISE = NoiseAwarePolicy(PolicyConfig())
+RULES = lc.Rules(NOISE)  # review_flagged=True, holdout_max_gap=0.01
+FLAG = "timing: target/train.py: time.perf_counter = lambda: 0"
+
+
+# --- records ------------------------------------------------------------------------------------------------
+def run(val: float | None, seed: int, commit: str = CAND, holdout: float | None = None, status: str = "ok",
+        reason: str = "", flags: tuple[str, ...] = (), fingerprint: str | None = "fp-1") -> RunResult:
+    """One run: val only, or val + holdout when `holdout` is given (a holdout confirmation run)."""
+    metrics = {} if val is None else {"val_bpb": val}
+    splits = ["val"]
+    if holdout is not None:
+        metrics["holdout_bpb"] = holdout
+        splits = ["val", "holdout"]
+    return RunResult(status=status, commit=commit, champion=CHAMP, seed=seed, metrics=metrics, reason=reason,
+                     flags=list(flags), splits=splits, evaluator_fingerprint=fingerprint)
+
+
+def cand_runs(*vals: float, flags: tuple[str, ...] = ()) -> list[RunResult]:
+    return [run(v, i, flags=flags) for i, v in enumerate(vals)]
+
+
+def spec(role: str, commit: str, seed: int, splits: tuple[str, ...] = ("val",)) -> RunSpec:
+    return RunSpec(role=role, commit=commit, champion=CHAMP, seed=seed, splits=list(splits))
+
+
+def champion(*vals: float, extra: tuple[RunResult, ...] = (), pending: tuple[RunSpec, ...] = ()) -> ChampionRecord:
+    runs = [run(v, i, commit=CHAMP) for i, v in enumerate(vals)] + list(extra)
+    return ChampionRecord(commit=CHAMP, runs=runs, pending=list(pending))
+
+
+def champ_holdout(val: float = 3.00, holdout: float = 3.03, seed: int = 3, **kw) -> RunResult:
+    """The champion's holdout reference run: gap (3.03 - 3.00) / 3.00 = +0.0100."""
+    return run(val, seed, commit=CHAMP, holdout=holdout, **kw)
+
+
+FLOOR = (3.00, 3.02, 3.04)
+
+
+def experiment(runs: list[RunResult] = (), parent: str = CHAMP, decision: Decision | None = None,
+               review: str | None = None, merged_as: str | None = None, pending: tuple[RunSpec, ...] = (),
+               cost: Cost | None = None, proposer: str = "llm") -> ExperimentRecord:
+    return ExperimentRecord(
+        id=EXP, number=7, branch="arbot/exp-7", commit=CAND, parent=parent,
+        proposal=Proposal(proposer=proposer, hypothesis="h", files={"target/train.py": "x = 1\n"},
+                          cost=cost or Cost()),
+        runs=list(runs), decision=decision, review=review, merged_as=merged_as, pending=list(pending))
+
+
+# Candidate runs the noise-aware policy calls a win at look 2: mean 2.51 against 3.02, pooled se 0.0167,
+# t = 30.6 on 3 degrees of freedom, p ~ 4e-5 <= 0.001.
+WIN = (2.50, 2.52)
+
+
+def confirmed(val: float = 2.51, holdout: float = 2.54, **kw) -> RunResult:
+    """The candidate's holdout confirmation run, seed 2 (after its two val runs). Default gap 0.03/2.51 = +0.0120,
+    0.0020 above the champion's +0.0100: within the 0.01 limit."""
+    return run(val, 2, holdout=holdout, **kw)
+
+
+# --- the table ----------------------------------------------------------------------------------------------
+@dataclass
+class Case:
+    exp: ExperimentRecord
+    champ: ChampionRecord
+    expect: type
+    current: str = CHAMP
+    rules: lc.Rules = RULES
+    removes_code: bool = False
+    specs: tuple[RunSpec, ...] | None = None  # for Run: exactly these
+    verdict: str | None = None  # for Decide / Close
+    rule: str | None = None
+    review: str | None = "absent"  # for Decide: the review it sets
+    says: tuple[str, ...] = field(default_factory=tuple)  # in the reason / why
+
+
+CASES = {
+    # --- the champion's noise floor
+    "new champion: noise floor runs seeds 0..2": Case(
+        experiment(), champion(), lc.Run,
+        specs=tuple(spec("champion", CHAMP, s) for s in (0, 1, 2)), says=("3 more runs",)),
+    "noise floor continues after a run and a pending run": Case(
+        experiment(), champion(3.00, pending=(spec("champion", CHAMP, 1),)), lc.Run,
+        specs=(spec("champion", CHAMP, 2),), says=("1 more runs",)),
+    "noise floor all in flight: asks for nothing more, waits": Case(
+        experiment(), champion(3.00, pending=(spec("champion", CHAMP, 1), spec("champion", CHAMP, 2))), lc.Wait),
+    "a champion run crashed": Case(
+        experiment(), champion(3.00, extra=(run(None, 1, commit=CHAMP, status="crash", reason="champion boom"),)),
+        lc.ChampionFails, says=("crash", "champion boom", CHAMP[:12])),
+    # --- the candidate's runs
+    "first candidate run: seed 0": Case(experiment(), champion(*FLOOR), lc.Run, specs=(spec(EXP, CAND, 0),)),
+    # 3.05 is 0.03 worse than the champion mean, more than screen_sigmas 0 x sd.
+    "screen loss": Case(experiment(cand_runs(3.05)), champion(*FLOOR), lc.Decide, verdict="loss", rule="screen",
+                        review=None),
+    # 2.99 is promising at look 1: one more candidate seed; champion runs are matched up to 2 <= 3 made: none.
+    "promising first run: one more candidate seed": Case(
+        experiment(cand_runs(2.99)), champion(*FLOOR), lc.Run, specs=(spec(EXP, CAND, 1),), says=("promising",)),
+    # look 3: mean 3.00, effect 0.02, pooled se 0.0129, t 1.55, p ~ 0.1 > 0.003 and t >= futility 1: one more
+    # candidate seed and a 4th champion seed to match it. The champion's holdout run (seed 3) takes a seed too.
+    "confirm: more candidate and champion runs, seeds after every run": Case(
+        experiment(cand_runs(2.99, 3.01, 3.00)), champion(*FLOOR, extra=(champ_holdout(),)), lc.Run,
+        specs=(spec("champion", CHAMP, 4), spec(EXP, CAND, 3)), says=("not yet significant",)),
+    "confirm: the candidate run asked is pending, the champion's is not: only the champion's": Case(
+        experiment(cand_runs(2.99, 3.01, 3.00), pending=(spec(EXP, CAND, 3),)), champion(*FLOOR), lc.Run,
+        specs=(spec("champion", CHAMP, 3),)),
+    "confirm: everything asked for is pending: wait": Case(
+        experiment(cand_runs(2.99, 3.01, 3.00), pending=(spec(EXP, CAND, 3),)),
+        champion(*FLOOR, pending=(spec("champion", CHAMP, 3),)), lc.Wait, says=("2 runs in flight",)),
+    # look 2: mean 3.015, effect 0.005, se 0.0154: 0.33 standard errors < futility 1.
+    "futility loss": Case(experiment(cand_runs(3.01, 3.02)), champion(*FLOOR), lc.Decide, verdict="loss",
+                          rule="futility", review=None),
+    # look 6: mean 3.01, effect 0.01, se 0.0131, t 0.76, p ~ 0.23 > 0.009 at the cap.
+    "max_runs loss": Case(experiment(cand_runs(2.99, 3.01, 3.03, 2.99, 3.01, 3.03)), champion(*FLOOR), lc.Decide,
+                          verdict="loss", rule="max_runs", review=None),
+    # --- a win is confirmed on holdout
+    "confirm:pooled win: champion holdout once + candidate val+holdout": Case(
+        experiment(cand_runs(*WIN)), champion(*FLOOR), lc.Run,
+        specs=(spec("champion", CHAMP, 3, ("val", "holdout")), spec(EXP, CAND, 2, ("val", "holdout"))),
+        says=("confirming the win on holdout", "confirm")),
+    "win: the champion's holdout is measured already: only the candidate's": Case(
+        experiment(cand_runs(*WIN)), champion(*FLOOR, extra=(champ_holdout(),)), lc.Run,
+        specs=(spec(EXP, CAND, 2, ("val", "holdout")),)),
+    "win: holdout confirmation in flight: wait": Case(
+        experiment(cand_runs(*WIN), pending=(spec(EXP, CAND, 2, ("val", "holdout")),)),
+        champion(*FLOOR, pending=(spec("champion", CHAMP, 3, ("val", "holdout")),)), lc.Wait,
+        says=("holdout confirmation is in flight",)),
+    "holdout confirmed: win": Case(
+        experiment(cand_runs(*WIN) + [confirmed()]), champion(*FLOOR, extra=(champ_holdout(),)), lc.Decide,
+        verdict="win", rule="confirm:pooled", review=None, says=("holdout confirmed",)),
+    # gap (2.80 - 2.51) / 2.51 = +0.1155, 0.1055 above the champion's: more than 0.01.
+    "holdout gap too large: rejected": Case(
+        experiment(cand_runs(*WIN) + [confirmed(holdout=2.80)]), champion(*FLOOR, extra=(champ_holdout(),)),
+        lc.Decide, verdict="rejected", rule="holdout_gap", review=None, says=("seen val", "0.1155")),
+    "holdout confirmation run crashed: rejected": Case(
+        experiment(cand_runs(*WIN) + [run(None, 2, status="crash", reason="oom on holdout", holdout=None)
+                                      .model_copy(update={"splits": ["val", "holdout"]})]),
+        champion(*FLOOR, extra=(champ_holdout(),)), lc.Decide, verdict="rejected", rule="holdout_gap", review=None,
+        says=("confirmation run failed", "oom on holdout")),
+    "holdout_max_gap None: a win is decided without a holdout run": Case(
+        experiment(cand_runs(*WIN)), champion(*FLOOR), lc.Decide, rules=lc.Rules(NOISE, holdout_max_gap=None),
+        verdict="win", rule="confirm:pooled", review=None),
+    # --- failed candidate runs
+    **{f"candidate {status}": Case(
+        experiment(cand_runs(2.99) + [run(None, 1, status=status, reason=f"it {status}d")]), champion(*FLOOR),
+        lc.Decide, verdict=status, rule=status, review=None, says=(f"it {status}d",))
+       for status in ("crash", "timeout", "rejected")},
+    # --- review holds
+    "flagged win: decided with review needed": Case(
+        experiment(cand_runs(*WIN, flags=(FLAG,)) + [confirmed()]), champion(*FLOOR, extra=(champ_holdout(),)),
+        lc.Decide, verdict="win", rule="confirm:pooled", review="needed",
+        says=("held for human review", "timing", "holdout confirmed")),
+    "flagged win, review_flagged False: not held": Case(
+        experiment(cand_runs(*WIN, flags=(FLAG,)) + [confirmed()]), champion(*FLOOR, extra=(champ_holdout(),)),
+        lc.Decide, rules=lc.Rules(NOISE, review_flagged=False), verdict="win", rule="confirm:pooled", review=None),
+    "flagged loss: nothing to hold": Case(
+        experiment(cand_runs(3.05, flags=(FLAG,))), champion(*FLOOR), lc.Decide, verdict="loss", rule="screen",
+        review=None),
+    # --- simplification: mean 3.02 over 3 runs equals the champion's; p for 'worse' 0.5 > alpha
+    "simplification: no worse and removes code: win": Case(
+        experiment(cand_runs(3.02, 3.03, 3.01)), champion(*FLOOR), lc.Decide, removes_code=True,
+        rules=lc.Rules(NOISE, holdout_max_gap=None), verdict="win", rule="simplification", review=None,
+        says=("Removes code",)),
+    "the same runs without removing code: futility loss": Case(
+        experiment(cand_runs(3.02, 3.03, 3.01)), champion(*FLOOR), lc.Decide,
+        rules=lc.Rules(NOISE, holdout_max_gap=None), verdict="loss", rule="futility", review=None),
+    "simplification win is confirmed on holdout too": Case(
+        experiment(cand_runs(3.02, 3.03, 3.01)), champion(*FLOOR), lc.Run, removes_code=True,
+        specs=(spec("champion", CHAMP, 3, ("val", "holdout")), spec(EXP, CAND, 3, ("val", "holdout")))),
+    # --- the margin policy: one champion run, one candidate run, margin 0.01
+    "margin: noise floor is one champion run": Case(
+        experiment(), champion(), lc.Run, rules=lc.Rules(MarginPolicy(margin=0.01), holdout_max_gap=None),
+        specs=(spec("champion", CHAMP, 0),)),
+    "margin: four runs wanted, one made, one pending: seeds 2 and 3": Case(
+        experiment(cand_runs(2.99), pending=(spec(EXP, CAND, 1),)), champion(3.00), lc.Run,
+        rules=lc.Rules(MarginPolicy(margin=0.01, runs=4), holdout_max_gap=None),
+        specs=(spec(EXP, CAND, 2), spec(EXP, CAND, 3))),
+    "margin win: 0.02 > 0.01": Case(
+        experiment(cand_runs(2.98)), champion(3.00), lc.Decide,
+        rules=lc.Rules(MarginPolicy(margin=0.01), holdout_max_gap=None), verdict="win", rule="margin", review=None),
+    "margin loss: 0.005 is not > 0.01": Case(
+        experiment(cand_runs(2.995)), champion(3.00), lc.Decide,
+        rules=lc.Rules(MarginPolicy(margin=0.01), holdout_max_gap=None), verdict="loss", rule="margin", review=None),
+    # --- decided experiments
+    "decided loss: close": Case(
+        experiment(cand_runs(3.05), decision=Decision(verdict="loss", rule="screen", reason="worse")),
+        champion(*FLOOR), lc.Close, verdict="loss", rule="screen"),
+    "decided crash: close": Case(
+        experiment(decision=Decision(verdict="crash", rule="crash", reason="boom")), champion(*FLOOR), lc.Close,
+        verdict="crash", rule="crash"),
+    "a stale decision on an old champion: close, not replay": Case(
+        experiment(decision=lc.stale_decision(experiment(), NEWER, "exp-8")), champion(*FLOOR), lc.Close,
+        current=NEWER, verdict="rejected", rule="stale"),
+    "held win: hold": Case(
+        experiment(decision=Decision(verdict="win", rule="margin", reason="better"), review="needed"),
+        champion(*FLOOR), lc.Hold, says=(EXP, "held for human review", "better")),
+    "approved held win: promote": Case(
+        experiment(cand_runs(*WIN), decision=Decision(verdict="win", rule="margin", reason="r"), review="approved"),
+        champion(*FLOOR), lc.Promote),
+    "merged: done": Case(
+        experiment(decision=Decision(verdict="win", rule="margin", reason="r"), merged_as=NEWER),
+        champion(*FLOOR), lc.Done, current=NEWER),
+    # --- the champion moved
+    "undecided, champion moved: replay onto the current one": Case(
+        experiment(cand_runs(2.99)), champion(*FLOOR), lc.Replay, current=NEWER),
+    "undecided, no runs yet, champion moved: replay before any run": Case(
+        experiment(), champion(), lc.Replay, current=NEWER),
+    "decided unmerged win on an old champion: replay": Case(
+        experiment(cand_runs(*WIN), decision=Decision(verdict="win", rule="margin", reason="r")),
+        champion(*FLOOR), lc.Replay, current=NEWER),
+}
+
+
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_next_action(case: Case):
+    action = lc.next_action(case.exp, case.champ, case.current, case.rules, case.removes_code)
+    assert type(action) is case.expect, action
+    text = ""
+    if isinstance(action, lc.Run):
+        assert action.specs, action
+        if case.specs is not None:
+            assert [s.key for s in action.specs] == [s.key for s in case.specs]
+            assert list(action.specs) == list(case.specs)
+        text = action.why
+    elif isinstance(action, lc.Decide):
+        assert (action.decision.verdict, action.decision.rule) == (case.verdict, case.rule), action.decision
+        assert action.decision.final
+        assert action.review == case.review
+        assert action.evidence.removes_code is case.removes_code
+        text = action.decision.reason
+    elif isinstance(action, lc.Close):
+        assert (action.decision.verdict, action.decision.rule) == (case.verdict, case.rule)
+        assert action.decision == case.exp.decision
+    elif isinstance(action, lc.Replay):
+        assert action.onto == case.current
+    elif isinstance(action, lc.Done):
+        assert action.merged_as == case.exp.merged_as
+    elif isinstance(action, lc.Promote):
+        assert action.trailers == lc.trailers(case.exp, case.exp.decision)
+    elif isinstance(action, (lc.Wait, lc.Hold)):
+        text = action.why
+    elif isinstance(action, lc.ChampionFails):
+        text = action.reason
+    for words in case.says:
+        assert words in text, text
+
+
+def test_every_action_kind_and_decided_rule_is_in_the_table():
+    kinds = {c.expect for c in CASES.values()}
+    assert kinds == {lc.Run, lc.Wait, lc.Decide, lc.Replay, lc.Hold, lc.Promote, lc.Close, lc.Done, lc.ChampionFails}
+    decided = {(c.verdict, c.rule) for c in CASES.values() if c.expect is lc.Decide}
+    assert decided >= {("loss", "screen"), ("loss", "futility"), ("loss", "max_runs"), ("win", "confirm:pooled"),
+                       ("rejected", "holdout_gap"), ("crash", "crash"), ("timeout", "timeout"),
+                       ("rejected", "rejected"), ("win", "simplification"), ("win", "margin"), ("loss", "margin")}
+
+
+# --- a win through its whole life, each action applied as an executor would ---------------------------------
+def test_a_flagged_win_is_decided_held_approved_and_promoted():
+    exp = experiment(cand_runs(*WIN, flags=(FLAG,)) + [confirmed()])
+    champ = champion(*FLOOR, extra=(champ_holdout(),))
+    decide = lc.next_action(exp, champ, CHAMP, RULES)
+    assert isinstance(decide, lc.Decide) and decide.review == "needed"
+    exp.decision, exp.review, exp.evidence = decide.decision, decide.review, decide.evidence
+    assert isinstance(lc.next_action(exp, champ, CHAMP, RULES), lc.Hold)
+    assert not lc.is_active(exp)
+    exp.review = "approved"
+    assert lc.is_active(exp)
+    promote = lc.next_action(exp, champ, CHAMP, RULES)
+    assert isinstance(promote, lc.Promote) and promote.trailers["Rule"].startswith("confirm:pooled (p=")
+    exp.merged_as = NEWER
+    assert lc.next_action(exp, champ, NEWER, RULES) == lc.Done(NEWER)
+    assert not lc.is_active(exp)
+
+
+def test_the_decided_evidence_is_the_val_runs_only():
+    exp = experiment(cand_runs(*WIN) + [confirmed(val=2.0, holdout=2.024)])
+    champ = champion(*FLOOR, extra=(champ_holdout(val=9.0, holdout=9.09),))
+    action = lc.next_action(exp, champ, CHAMP, RULES)
+    assert isinstance(action, lc.Decide) and action.decision.verdict == "win"
+    assert action.evidence.candidate == list(WIN) and action.evidence.champion == list(FLOOR)
+    assert action.decision.candidate_runs == 2 and action.decision.champion_runs == 3
+    assert action.decision.candidate_mean == pytest.approx(2.51)
+
+
+# --- trailers -------------------------------------------------------------------------------------------------
+WON = Decision(verdict="win", rule="confirm:pooled", reason="r", champion_mean=3.02, candidate_mean=2.51,
+               effect=0.51, p_value=0.000123, champion_runs=3, candidate_runs=2)
+
+
+def test_promote_carries_exactly_the_trailers_of_the_win():
+    exp = experiment(cand_runs(*WIN) + [confirmed()], decision=WON, review="approved",
+                     cost=Cost(prompt_tokens=1000, completion_tokens=250, usd=0.0123))
+    action = lc.next_action(exp, champion(*FLOOR), CHAMP, RULES)
+    assert isinstance(action, lc.Promote)
+    assert action.trailers == {
+        "Experiment": "exp-7",
+        "Metric": "val_bpb=2.5100",
+        "Baseline": "val_bpb=3.0200",
+        "Delta": "-0.5100",
+        "Runs": "2 candidate, 3 champion",
+        "Rule": "confirm:pooled (p=0.000123)",
+        "Proposer": "llm",
+        "Evaluator": "fp-1",
+        "Seeds": "0,1,2",
+        "Cost": "1250 tokens, $0.0123",
+    }
+
+
+def test_trailers_without_cost_p_value_fingerprint_or_numbers():
+    exp = experiment([run(2.9, 0, fingerprint=None)], decision=None, proposer="search")
+    bare = Decision(verdict="win", rule="margin", reason="r")
+    t = lc.trailers(exp, bare)
+    assert "Cost" not in t
+    assert t["Rule"] == "margin" and t["Evaluator"] == "unknown" and t["Proposer"] == "search"
+    assert t["Metric"] == t["Baseline"] == "val_bpb=n/a" and t["Delta"] == "n/a" and t["Seeds"] == "0"
+    # tokens alone (a free local model) still record the cost
+    assert lc.trailers(experiment(cost=Cost(prompt_tokens=10, completion_tokens=5)), bare)["Cost"] == "15 tokens, $0.0000"
+
+
+# --- the other pure pieces ------------------------------------------------------------------------------------
+def test_stale_decision_says_why_and_where_it_is_measured_again():
+    stale = experiment()
+    d = lc.stale_decision(stale, NEWER, "exp-8")
+    assert (d.verdict, d.rule) == ("rejected", "stale")
+    assert d.reason == (f"champion moved from {CHAMP[:12]} to {NEWER[:12]} before this was merged; "
+                        "measured again as exp-8")
+    lost = lc.stale_decision(stale, NEWER, None)
+    assert (lost.verdict, lost.rule) == ("rejected", "stale")
+    assert lost.reason == (f"champion moved from {CHAMP[:12]} to {NEWER[:12]} before this was merged; "
+                           "its change conflicts with the new champion")
+
+
+def test_val_runs_and_evidence_leave_out_holdout_confirmations():
+    runs = cand_runs(*WIN) + [confirmed(val=1.0)]
+    assert lc.val_runs(runs) == runs[:2]
+    exp = experiment(runs)
+    champ = champion(*FLOOR, extra=(champ_holdout(val=1.0),))
+    ev = lc.evidence(exp, champ, removes_code=True)
+    assert ev.candidate == list(WIN) and ev.champion == list(FLOOR)
+    assert ev.candidate_status == "ok" and ev.removes_code
+    # a crashed confirmation run is not a crashed candidate either
+    crashed = run(None, 2, status="crash", reason="x").model_copy(update={"splits": ["val", "holdout"]})
+    assert lc.evidence(experiment(cand_runs(*WIN) + [crashed]), champ).candidate_status == "ok"
+    # but a crashed val run is
+    failed = lc.evidence(experiment(cand_runs(2.9) + [run(None, 1, status="timeout", reason="slow")]), champ)
+    assert (failed.candidate_status, failed.candidate_reason, failed.candidate) == ("timeout", "slow", [2.9])
+
+
+def test_holdout_gap_of_one_run():
+    assert lc.holdout_gap(champ_holdout()) == pytest.approx(0.01)
+    assert lc.holdout_gap(run(3.0, 0)) is None  # val only
+    assert lc.holdout_gap(run(None, 0, status="crash", holdout=3.0)) is None
+
+
+def test_a_noise_floor_that_is_met_is_none():
+    assert lc.noise_floor(champion(*FLOOR), RULES) is None
+    assert lc.noise_floor(champion(3.0, extra=(champ_holdout(seed=1), champ_holdout(seed=2))), RULES) == lc.Run(
+        (spec("champion", CHAMP, 3), spec("champion", CHAMP, 4)), "the champion's noise floor needs 2 more runs")
+
+
+@pytest.mark.parametrize("exp, active", [
+    (experiment(), True),
+    (experiment(decision=Decision(verdict="win", rule="margin", reason="r")), True),
+    (experiment(decision=Decision(verdict="win", rule="margin", reason="r"), review="approved"), True),
+    (experiment(decision=Decision(verdict="win", rule="margin", reason="r"), review="needed"), False),
+    (experiment(decision=Decision(verdict="win", rule="margin", reason="r"), merged_as=NEWER), False),
+    (experiment(decision=Decision(verdict="loss", rule="screen", reason="r")), False),
+])
+def test_is_active(exp, active):
+    assert lc.is_active(exp) is active
+
+
+def test_rules_of_a_target():
+    from runner.config import TargetConfig
+
+    rules = lc.Rules.of(NOISE, TargetConfig(review_flagged=False, holdout_max_gap=None))
+    assert rules == lc.Rules(NOISE, review_flagged=False, holdout_max_gap=None)
