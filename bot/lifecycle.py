@@ -24,12 +24,13 @@ import statistics
 from dataclasses import dataclass, field
 
 from bot.policy import Policy
-from bot.records import ChampionRecord, Decision, Evidence, ExperimentRecord, RunResult, RunSpec, ok_metric
+from bot.records import (HOLDOUT, VAL, ChampionRecord, Decision, Evidence, ExperimentRecord, RunResult, RunSpec, ok_metric,
+                         val_runs)
 from runner.config import TargetConfig
 
-VAL, HOLDOUT = "val", "holdout"
 METRIC, HOLDOUT_METRIC = "val_bpb", "holdout_bpb"
 MAX_REFUSED = 5  # proposals refused in a row (no branch made) before an executor stops proposing
+HOLDOUT_TRIES = 2  # champion holdout runs tried before a win on that champion is rejected for want of a reference
 
 
 @dataclass(frozen=True)
@@ -136,22 +137,17 @@ def noise_floor(champion: ChampionRecord, rules: Rules) -> Run | ChampionFails |
     if (broken := _failed_run(val_runs(champion.runs))) is not None:
         return ChampionFails(f"the champion {champion.commit[:12]} itself fails ({broken.status}): "
                              f"{broken.reason}\n{broken.log_tail}")
-    missing = rules.policy.baseline_runs - len(ok_metric(val_runs(champion.runs))) - _pending(champion, VAL)
+    missing = rules.policy.baseline_runs - len(ok_metric(champion.runs)) - _pending(champion, VAL)
     if missing > 0:
         return Run(_specs(champion, "champion", missing, (VAL,)), f"the champion's noise floor needs {missing} more runs")
     return None
 
 
-def val_runs(runs: list[RunResult]) -> list[RunResult]:
-    """The runs the policy sees: scored on val alone (not holdout confirmations)."""
-    return [r for r in runs if HOLDOUT not in r.splits]
-
-
 def evidence(exp: ExperimentRecord, champion: ChampionRecord, removes_code: bool = False) -> Evidence:
     runs = val_runs(exp.runs)
     failed = _failed_run(runs)
-    return Evidence(metric=METRIC, champion=ok_metric(val_runs(champion.runs), METRIC),
-                    candidate=ok_metric(runs, METRIC), candidate_status=failed.status if failed else "ok",
+    return Evidence(metric=METRIC, champion=ok_metric(champion.runs, METRIC),
+                    candidate=ok_metric(exp.runs, METRIC), candidate_status=failed.status if failed else "ok",
                     candidate_reason=failed.reason if failed else "", removes_code=removes_code)
 
 
@@ -192,15 +188,18 @@ def holdout_gap(run: RunResult) -> float | None:
 
 def _confirm_holdout(exp: ExperimentRecord, champion: ChampionRecord, win: Decision, max_gap: float) -> Decision | Run | Wait:
     """A win is confirmed by one candidate run scored on val and holdout, against the champion's gap (measured
-    once per champion). Returns the confirmed or rejected decision, or the runs still needed."""
+    once per champion, tried again once if that run failed). Returns the confirmed or rejected decision, or the
+    runs still needed."""
     both = (VAL, HOLDOUT)
     tried = [r for r in champion.runs if HOLDOUT in r.splits]
+    measured = any(holdout_gap(r) is not None for r in tried)
     confirm = [r for r in exp.runs if HOLDOUT in r.splits]
-    specs = ((_specs(champion, "champion", 1, both) if not tried and not _pending(champion, HOLDOUT) else ())
+    again = not measured and len(tried) < HOLDOUT_TRIES and not _pending(champion, HOLDOUT)
+    specs = ((_specs(champion, "champion", 1, both) if again else ())
              + (_specs(exp, exp.id, 1, both) if not confirm and not _pending(exp, HOLDOUT) else ()))
     if specs:
         return Run(specs, f"confirming the win on holdout: {win.reason}")
-    if not confirm or not tried:
+    if not confirm or _pending(champion, HOLDOUT):
         return Wait("the holdout confirmation is in flight")
     reference = [g for g in map(holdout_gap, tried) if g is not None]
     gap = holdout_gap(confirm[-1])

@@ -97,7 +97,7 @@ class Loop:
         target = rec if rec is not None and spec.role == rec.id else self.forge.champion_record(spec.commit)
         result = self.runner.run(spec.commit, spec.champion, seed=spec.seed, splits=tuple(spec.splits),
                                  on_progress=self.on_run(spec.role, spec.commit, spec.seed))
-        target.runs.append(result)
+        target.runs.append(result.model_copy(update={"splits": spec.splits}))  # as asked, like GitHub mode
         self.forge.save(target)
 
     def _replay(self, stale: ExperimentRecord, champion: str) -> ExperimentRecord:

@@ -13,6 +13,7 @@ from runner.result import RunResult, RunStatus
 
 Verdict = Literal["win", "loss", "crash", "timeout", "rejected", "more_runs"]
 LOWER_IS_BETTER = {"val_bpb": True, "holdout_bpb": True}
+VAL, HOLDOUT = "val", "holdout"  # the evaluator's splits a run is scored on
 
 
 class KnobChange(BaseModel):
@@ -160,6 +161,12 @@ class FailedProposal(BaseModel):
     at: str = ""
 
 
+def val_runs(runs: list[RunResult]) -> list[RunResult]:
+    """The runs scored on val alone: a holdout confirmation run (splits val + holdout) checks a win; it is never
+    part of a mean, a noise floor or a decision."""
+    return [r for r in runs if HOLDOUT not in r.splits]
+
+
 def ok_metric(runs: list[RunResult], metric: str = "val_bpb") -> list[float]:
-    """The metric of each successful run, in order."""
-    return [r.metrics[metric] for r in runs if r.ok and metric in r.metrics]
+    """The metric of each successful val run, in order."""
+    return [r.metrics[metric] for r in val_runs(runs) if r.ok and metric in r.metrics]

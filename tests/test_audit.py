@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
+from bot import lifecycle as lc
 from bot.audit import audit_win, regression_rate, revert_win
 from bot.config import load_config
 from bot.forges.local import LocalForge
-from bot import lifecycle as lc
 from bot.loop import Loop
 from bot.policy import make_policy
 from bot.records import Decision, Proposal, RunResult
@@ -27,7 +27,8 @@ class StubRunner:
     def run(self, commit, champion, seed=0, on_progress=None, splits=("val",)):
         self.calls.append((commit, champion, seed))
         value = self.means[commit] + self.rng.gauss(0, self.sd)
-        return RunResult(status="ok", commit=commit, champion=champion, seed=seed, metrics={"val_bpb": value})
+        return RunResult(status="ok", commit=commit, champion=champion, seed=seed, metrics={"val_bpb": value},
+                         splits=list(splits))
 
 
 @pytest.fixture

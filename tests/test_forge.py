@@ -2,8 +2,8 @@
 
 import pytest
 
-from bot.forges.local import ForgeError, LocalForge
 from bot import lifecycle as lc
+from bot.forges.local import ForgeError, LocalForge
 from bot.records import ChampionRecord, Decision, Proposal, RunResult
 
 

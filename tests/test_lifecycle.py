@@ -161,6 +161,17 @@ CASES = {
                                       .model_copy(update={"splits": ["val", "holdout"]})]),
         champion(*FLOOR, extra=(champ_holdout(),)), lc.Decide, verdict="rejected", rule="holdout_gap", review=None,
         says=("confirmation run failed", "oom on holdout")),
+    "the champion's holdout run failed once: it is tried again": Case(
+        experiment(cand_runs(*WIN) + [confirmed()]),
+        champion(*FLOOR, extra=(champ_holdout(status="crash", reason="runner died", val=None, holdout=None)
+                                .model_copy(update={"splits": ["val", "holdout"]}),)),
+        lc.Run, specs=(spec("champion", CHAMP, 4, ("val", "holdout")),)),
+    "the champion's holdout failed twice: the win is rejected": Case(
+        experiment(cand_runs(*WIN) + [confirmed()]),
+        champion(*FLOOR, extra=tuple(champ_holdout(status="crash", val=None, holdout=None, seed=s)
+                                     .model_copy(update={"splits": ["val", "holdout"]}) for s in (3, 4))),
+        lc.Decide, verdict="rejected", rule="holdout_gap", review=None,
+        says=("the champion's holdout could not be measured",)),
     "holdout_max_gap None: a win is decided without a holdout run": Case(
         experiment(cand_runs(*WIN)), champion(*FLOOR), lc.Decide, rules=lc.Rules(NOISE, holdout_max_gap=None),
         verdict="win", rule="confirm:pooled", review=None),

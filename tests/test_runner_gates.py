@@ -28,7 +28,7 @@ class FakeRunner:
         if "holdout" in splits:
             metrics["holdout_bpb"] = holdout + 0.001 * seed
         return RunResult(status="ok", commit=candidate, champion=champion, seed=seed, metrics=metrics,
-                         flags=list(flags), sandbox="bwrap")
+                         flags=list(flags), sandbox="bwrap", splits=list(splits))
 
 
 class Proposer:
@@ -86,3 +86,32 @@ def test_honest_win_passes_the_holdout_confirmation(tmp_path):
     forge, loop, runner = setup(tmp_path, lambda f: {"default": (3.0, 3.02, []), f.champion(): (4.0, 4.04, [])}, 3e-3)
     rec = loop.step()
     assert rec.decision.verdict == "win" and rec.merged_as and "holdout confirmed" in rec.decision.reason
+
+
+def test_approval_after_the_champion_moved_closes_the_win_as_stale_and_measures_it_again(tmp_path):
+    flagged = ["timing: target/train.py: time.perf_counter = lambda: 0"]
+    # holdout 1% above val for the champion and every candidate: each win passes the holdout confirmation
+    forge, loop, runner = setup(tmp_path, lambda f: {"default": (3.0, 3.03, flagged), f.champion(): (4.0, 4.04, [])},
+                                3e-3)
+    source = (Path(forge.repo.working_tree_dir) / "target" / "train.py").read_text()
+    loop.proposer.texts.append(set_knobs(source, {"GRAD_CLIP": 0.5}))  # a change that merges with the held one
+    start = forge.champion()
+    held = loop.step()
+    assert held.review == "needed" and forge.champion() == start
+    runner.table["default"] = (3.0, 3.03, [])  # unflagged from here on: the next win merges at once
+    moved = loop.step()
+    assert moved.merged_as == forge.champion() != start
+    calls = len(runner.calls)
+
+    approved = loop.approve(held.id)
+    assert approved.review == "approved" and approved.merged_as is None
+    assert (approved.decision.verdict, approved.decision.rule) == ("rejected", "stale")
+    assert len(runner.calls) == calls  # approving trains nothing
+    [fresh] = [r for r in forge.experiments() if r.id not in (held.id, moved.id)]
+    assert f"measured again as {fresh.id}" in approved.decision.reason
+    assert fresh.parent == forge.champion() and fresh.decision is None and fresh.runs == []
+    new_lines = lambda text: set(text.splitlines()) - set(source.splitlines())  # noqa: E731
+    fresh_lines = new_lines(fresh.proposal.files["target/train.py"])
+    assert new_lines(held.proposal.files["target/train.py"]) <= fresh_lines  # its own change ...
+    assert new_lines(moved.proposal.files["target/train.py"]) <= fresh_lines  # ... on top of the new champion's
+    assert loop.step().id == fresh.id  # the next run measures it

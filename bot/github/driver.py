@@ -376,11 +376,11 @@ class Driver:
         wins = [r for r in recs if r.merged_as or (current is not None and r.id == current.id
                                                    and current.decision is not None and current.decision.verdict == "win")]
         points = []
-        start = ok_metric(lc.val_runs(self.lf.champion_record(recs[0].parent).runs)) if recs else []
+        start = ok_metric(self.lf.champion_record(recs[0].parent).runs) if recs else []
         if start:
             points.append(("start", statistics.fmean(start)))
         for r in wins:
-            values = ok_metric(lc.val_runs(current.runs if current is not None and r.id == current.id else r.runs))
+            values = ok_metric(current.runs if current is not None and r.id == current.id else r.runs)
             if values:
                 points.append((r.id, statistics.fmean(values)))
         return points
