@@ -15,7 +15,7 @@ from rich.table import Table
 
 from bot.audit import audit_win, regression_rate, revert_win
 from bot.bench.cli import bench_app
-from bot.config import CONFIG_FILE, Config, ConfigError, load_config
+from bot.config import CONFIG_FILE, Config, ConfigError, load_config, local_sandbox
 from bot.forges.local import ForgeError, LocalForge
 from bot.loop import ChampionBroken, Loop, export_results, now
 from bot.policy import make_policy
@@ -94,6 +94,7 @@ def run(
         p = Project(repo, config)
         if budget is not None:
             p.config.target.budget_seconds = budget
+        p.config.target.sandbox = local_sandbox(p.config, proposer)
         limit = experiments or p.config.run.experiments
         p.forge.ensure_champion()
         progress = Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
@@ -369,8 +370,11 @@ def setup(
             raise ConfigError(f"GitHub answered {e.status}: {e.data}; check github.repo, base_url and the credentials") from e
 
 
+LEASE_WAIT = 120  # seconds `arbot decide` and `arbot propose` wait for another writer's lease
+
+
 @contextmanager
-def github_driver(repo: Path, config: Optional[Path]):
+def github_driver(repo: Path, config: Optional[Path], command: str):
     """GitHub mode without the server (the serverless set-up): the driver `arbot serve` uses, with the same
     mirror (.arbot/github.git) and state file (github.state_path: pause switch, daily budget)."""
     from github import GithubException
@@ -390,7 +394,7 @@ def github_driver(repo: Path, config: Optional[Path]):
             settings = ServerSettings(secret="", state_path=state, repo=gh.repo, paused=gh.paused,
                                       experiments_per_day=gh.experiments_per_day,
                                       runner_minutes_per_day=gh.runner_minutes_per_day)
-            yield build_driver(cfg, root, forge, store, settings)
+            yield build_driver(cfg, root, forge, store, settings, command=command, lease_wait=LEASE_WAIT)
         except GitHubForgeError as e:
             raise ConfigError(str(e)) from e
         except GithubException as e:
@@ -402,8 +406,7 @@ def github_driver(repo: Path, config: Optional[Path]):
 @app.command()
 def propose(repo: Path = typer.Option(Path("."), "--repo"), config: Optional[Path] = typer.Option(None, "--config")):
     """GitHub mode without the server: open experiments up to github.max_in_flight and dispatch their first runs."""
-    with github_driver(repo, config) as driver:
-        driver.sync()
+    with github_driver(repo, config, "propose") as driver:
         opened = driver.fill()
         for rec in opened:
             console.print(f"opened {rec.id} ({rec.branch}): {rec.proposal.hypothesis}")
@@ -419,7 +422,7 @@ def decide(
 ):
     """GitHub mode without the server: collect reported runs and carry out what the lifecycle says for each
     active experiment (dispatch runs, verdict, comment, merge or close), record merges, open the next ones."""
-    with github_driver(repo, config) as driver:
+    with github_driver(repo, config, "decide") as driver:
         recs = [driver.advance_pr(pr)] if pr is not None else driver.advance_all()
         for rec in recs:
             d = rec.decision

@@ -112,6 +112,10 @@ class GitHubConfig(Strict):
         None, ge=0, description="stop proposing after the runners used this many minutes a day (UTC)"
     )
     paused: bool = Field(False, description="when true the bot decides open PRs but proposes nothing new")
+    catch_up_minutes: float = Field(
+        10, gt=0, description="arbot serve: with no webhook for this long, carry on with every active experiment "
+                              "anyway (retries a refused merge, collects a run whose webhook was lost)"
+    )
 
 
 class Config(Strict):
@@ -122,6 +126,15 @@ class Config(Strict):
     llm: LLMConfig = Field(default_factory=LLMConfig)
     run: RunConfig = Field(default_factory=RunConfig)
     github: GitHubConfig = Field(default_factory=GitHubConfig)
+
+
+def local_sandbox(config: Config, proposer: str | None = None) -> str | None:
+    """target.sandbox for a local `arbot run` (`proposer`: its --proposer): as configured; unset, `auto` when the
+    search is the only proposer (the local demo: it only changes knob values of code already in the repository),
+    else unset, which the runner reads as `require` (as everywhere else: GitHub mode, `arbot evaluate`)."""
+    spec = proposer or config.run.proposer
+    names = {spec} if isinstance(spec, str) else {name for name, weight in spec.items() if weight > 0}
+    return "auto" if config.target.sandbox is None and names == {"search"} else config.target.sandbox
 
 
 class ConfigError(ValueError):

@@ -12,6 +12,7 @@ gather the records, call `next_action`, carry out what it says and store the res
     Promote         merge the win, with exactly these trailers
     Close           a final non-win: keep the record, close the experiment (PR)
     Done            merged: nothing left to do
+    (Decide rejected, rule `tampered`, when the branch or PR no longer holds the experiment's commit)
     ChampionFails   the champion itself does not train: nothing can be compared against it
 
 The evidence is the val runs only: a holdout confirmation run (splits val+holdout) checks a win, it never
@@ -101,11 +102,16 @@ FINISHED = (Hold, Close, Done)  # what an executor stops at: the experiment need
 
 # --- the one function ---------------------------------------------------------------------------------------
 def next_action(exp: ExperimentRecord, champion: ChampionRecord, current: str, rules: Rules,
-                removes_code: bool = False) -> Action:
+                removes_code: bool = False, tampered: str | None = None) -> Action:
     """The next step of `exp`. `champion` is the record of the champion it is measured on (exp.parent);
-    `current` the champion branch's sha now; `removes_code` whether its change deletes lines on net."""
+    `current` the champion branch's sha now; `removes_code` whether its change deletes lines on net;
+    `tampered` why its branch (or PR) is no longer the experiment's commit, when it is not."""
     if exp.merged_as:
         return Done(exp.merged_as)
+    if tampered and (exp.decision is None or exp.decision.verdict == "win"):
+        return Decide(Decision(verdict="rejected", rule="tampered", reason=(
+            f"{tampered}: what would be merged is not what was measured, so nothing measured counts")),
+            evidence(exp, champion, removes_code))
     if exp.decision is not None:
         if exp.decision.verdict != "win":
             return Close(exp.decision)
@@ -179,7 +185,8 @@ def _more_runs(exp: ExperimentRecord, champion: ChampionRecord, decision: Decisi
 
 def holdout_gap(run: RunResult) -> float | None:
     """(holdout - val) / val of one run: very stable across seeds of one model, so a candidate whose gap is much
-    larger than the champion's fits val better than unseen text, i.e. it has likely seen val."""
+    larger than the champion's fits val better than unseen text, i.e. it has likely seen val; much smaller, it has
+    likely seen holdout."""
     m = run.metrics
     if run.ok and HOLDOUT_METRIC in m and m.get(METRIC, 0) > 0:
         return (m[HOLDOUT_METRIC] - m[METRIC]) / m[METRIC]
@@ -208,11 +215,12 @@ def _confirm_holdout(exp: ExperimentRecord, champion: ChampionRecord, win: Decis
         return win.model_copy(update={"verdict": "rejected", "rule": "holdout_gap",
                                       "reason": f"the holdout confirmation run failed: {why}"})
     excess = gap - statistics.fmean(reference)
-    if excess > max_gap:
+    if abs(excess) > max_gap:
+        side, seen, other = ("more", "val", "holdout") if excess > 0 else ("less", "holdout", "val")
         return win.model_copy(update={"verdict": "rejected", "rule": "holdout_gap", "reason": (
-            f"holdout confirmation: ({HOLDOUT_METRIC} - {METRIC}) / {METRIC} is {gap:+.4f}, {excess:.4f} more than "
-            f"the champion's (limit {max_gap:g}); the candidate fits val better than unseen text, so it has likely "
-            f"seen val. Was: {win.reason}")})
+            f"holdout confirmation: ({HOLDOUT_METRIC} - {METRIC}) / {METRIC} is {gap:+.4f}, {abs(excess):.4f} {side} "
+            f"than the champion's (limit {max_gap:g} either way); the candidate fits {seen} better than {other}, so "
+            f"it has likely seen {seen}. Was: {win.reason}")})
     return win.model_copy(update={"reason": f"{win.reason}; holdout confirmed (gap excess {excess:+.4f})"})
 
 

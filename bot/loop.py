@@ -67,7 +67,7 @@ class Loop:
         needs a run). Returns the experiment it ended on (a replay's fresh one, when the champion moved)."""
         while True:
             action = lc.next_action(rec, self.forge.champion_record(rec.parent), self.forge.champion(), self.rules,
-                                    self.forge.removes_code(rec))
+                                    self.forge.removes_code(rec), self.forge.moved_branch(rec))
             if isinstance(action, lc.FINISHED) or (isinstance(action, lc.Run) and not train):
                 return rec
             rec = self._carry_out(action, rec)

@@ -85,6 +85,7 @@ class RunSpec(BaseModel):
     seed: int
     splits: list[str] = Field(default_factory=lambda: ["val"])
     requested_at: str = ""
+    run_id: int | None = None  # GitHub mode: the workflow run dispatched for it, whose result alone counts
 
     @property
     def key(self) -> str:

@@ -31,6 +31,7 @@ PACKAGES = {
 # (method, path) of each REST operation the GitHub forge (bot/github/) calls, through PyGithub.
 OPERATIONS = [
     ("get", "/repos/{owner}/{repo}"),
+    ("patch", "/repos/{owner}/{repo}"),
     ("get", "/repos/{owner}/{repo}/branches/{branch}"),
     ("get", "/repos/{owner}/{repo}/git/ref/{ref}"),
     ("post", "/repos/{owner}/{repo}/git/refs"),
@@ -55,8 +56,13 @@ OPERATIONS = [
     ("put", "/repos/{owner}/{repo}/branches/{branch}/protection"),
     ("get", "/repos/{owner}/{repo}/collaborators/{username}/permission"),
     ("post", "/repos/{owner}/{repo}/actions/workflows/{workflow_id}/dispatches"),
+    ("get", "/repos/{owner}/{repo}/actions/workflows/{workflow_id}/runs"),
+    ("get", "/repos/{owner}/{repo}/actions/runs/{run_id}"),
+    ("get", "/repos/{owner}/{repo}/actions/runs/{run_id}/artifacts"),
+    ("get", "/repos/{owner}/{repo}/actions/artifacts/{artifact_id}/{archive_format}"),
     ("get", "/repos/{owner}/{repo}/installation"),
     ("post", "/app/installations/{installation_id}/access_tokens"),
+    ("get", "/app"),
 ]
 
 # Webhook payloads the bot receives: (schema definition, example event name, example action).

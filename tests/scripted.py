@@ -111,17 +111,24 @@ class ScriptedRunner:
 
 
 class ScriptedWorkflow:
-    """arbot-evaluate.yml on a dispatch, played: train (from the world) and report (report.py's check run)."""
+    """arbot-evaluate.yml on a dispatch, played: the train job (the result from the world, uploaded as the run's
+    `arbot-result` artifact), the report job (report.py's check run, for humans), then the run completed (the
+    workflow_run webhook). `tamper(dispatch, run)` may change the run before it is uploaded (an attacker's test)."""
 
-    def __init__(self, fake, url: str, repo: str, world: dict[str, Variant]):
-        self.fake, self.url, self.repo, self.world = fake, url, repo, world
+    def __init__(self, fake, url: str, repo: str, world: dict[str, Variant], tamper=None):
+        self.fake, self.url, self.repo, self.world, self.tamper = fake, url, repo, world, tamper
 
     def __call__(self, dispatch: dict) -> None:
         i = dispatch["inputs"]
         show = lambda sha: self.fake.git("show", f"{sha}:{SCRIPT}").stdout  # noqa: E731
         run = result(self.world, show(i["commit"]), show(i["champion"]), i["commit"], i["champion"], int(i["seed"]),
                      i["splits"].split(","))
+        if self.tamper is not None:
+            run = self.tamper(dispatch, run)
+        self.fake.add_artifact(dispatch["id"], "arbot-result", {"result.json": run.model_dump_json().encode(),
+                                                                "evaluate.log": b"scripted\n"})
         check = report.render(report.load_runs(json.dumps(run.model_dump(mode="json"))), i["commit"], [])
         check["external_id"] = i["request"]
         httpx.post(f"{self.url}/api/v3/repos/{self.repo}/check-runs", json=check,
                    headers={"Authorization": f"token {ACTIONS_TOKEN}"}).raise_for_status()
+        self.fake.complete_run(dispatch["id"], "success")  # after the report job: the workflow_run webhook

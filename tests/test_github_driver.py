@@ -1,16 +1,19 @@
 """The GitHub mode driver against the fake GitHub, in the scripted world (tests/scripted.py, no training).
 
-Every training run is one dispatch of arbot-evaluate.yml (the project's file, in the world's repository), answered
-by an `arbot/evaluate` check run with the request as its external_id. Most tests play the workflow on each dispatch
-(ScriptedWorkflow); some hold the dispatches and answer them by hand, to say when a run reports and what it says.
-Covered: restart recovery from GitHub alone, one dispatch per run, which check runs count, missing or garbled
-results, `/arbot rerun`, the stale rule, pause, the daily budget, max_in_flight, the review hold and approve,
-refused proposals kept on GitHub, the serverless commands, and the webhook server running a campaign.
+Every training run is one dispatch of arbot-evaluate.yml (the project's file, in the world's repository) on the
+default branch; its workflow run uploads the `arbot-result` artifact, completes, and its report job posts an
+`arbot/evaluate` check run for humans. Most tests play the workflow on each dispatch (ScriptedWorkflow); some hold
+the dispatches and answer them by hand, to say when a run reports and what it says. Covered: restart recovery from
+GitHub alone, one dispatch per run, which workflow runs count (forged check runs, other workflows, other
+branches, other requests: none), missing or garbled results, tampered PRs and notes, `/arbot rerun`, the stale rule,
+pause, the daily budget, max_in_flight, the review hold and approve, refused proposals kept on GitHub, the
+serverless commands, and the webhook server running a campaign.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -22,7 +25,7 @@ import httpx
 import pytest
 
 from bot.config import Config
-from bot.forges.local import LocalForge
+from bot.forges.local import NOTES_REF, LocalForge
 from bot.github import report
 from bot.github.driver import Driver, mirror
 from bot.github.forge import GitHubForge, GitHubForgeError
@@ -80,10 +83,12 @@ class GitHub:
     played: int = 0
 
     def driver(self, *names: str, mirror_name: str = "mirror.git", proposer=None, paused: Callable[[], bool] = lambda: False,
-               per_day: int | None = None, first_slot: int = 0, **github) -> Driver:
+               per_day: int | None = None, first_slot: int = 0, holder: str | None = None, lease_wait: float = 0,
+               **github) -> Driver:
         cfg = Config.model_validate(settings(**github))
         return Driver(self.forge, mirror(self.tmp / mirror_name), cfg, proposer or Proposer(*names, first_slot=first_slot),
-                      make_policy(cfg.policy), budget=Budget(self.store, experiments_per_day=per_day), paused=paused)
+                      make_policy(cfg.policy), budget=Budget(self.store, experiments_per_day=per_day), paused=paused,
+                      holder=holder, lease_wait=lease_wait)
 
     # --- the evaluate workflow ---------------------------------------------------------------------------
     def auto(self) -> None:
@@ -171,9 +176,9 @@ def test_a_restarted_bot_rebuilds_its_state_from_github_and_finishes_the_decisio
     first = gh.driver("win")
     (rec,) = first.fill()  # max_in_flight 1
     assert first.fill() == [] and [p.number for p in first.forge.open_prs()] == [1]
-    # the lifecycle asked for the champion's noise floor: one dispatch, on the champion branch, noted first
+    # the lifecycle asked for the champion's noise floor: one dispatch, on the default branch, noted first
     [d] = fake.dispatches
-    assert d["ref"] == "refs/heads/champion" and d["workflow"] == "arbot-evaluate.yml"
+    assert d["ref"] == "refs/heads/main" and d["workflow"] == "arbot-evaluate.yml"
     assert d["inputs"] == {"request": f"champion:{start[:12]}:seed-0:val", "commit": start, "champion": start,
                            "seed": "0", "splits": "val"}
     assert [p["seed"] for p in gh.note(start)["pending"]] == [0]  # pushed before the dispatch
@@ -181,7 +186,7 @@ def test_a_restarted_bot_rebuilds_its_state_from_github_and_finishes_the_decisio
     assert head == rec.commit and gh.note(head)["id"] == "exp-1"
     gh.play()  # the workflow ran while the bot was down
 
-    # a new bot with an empty mirror: the champion's run is collected from its check run, the candidate's dispatched
+    # a new bot with an empty mirror: the champion's run is collected from its workflow run, the candidate's dispatched
     second = gh.driver(mirror_name="second.git")
     assert second.lf.experiments() == []
     second.advance_all()
@@ -244,10 +249,23 @@ def test_a_pending_run_is_dispatched_once(gh):
     assert fake.prs[1].state == "closed" and fake.prs[1].labels == ["arbot", "arbot:loss"]
     assert gh.verdict(rec.commit) == "failure" and "**loss** (margin)" in gh.comment(1)
     keys = [x["inputs"]["request"] for x in fake.dispatches]
-    assert len(keys) == len(set(keys)) == 2 and {x["head_branch"] for x in fake.dispatches} == {"champion"}
+    assert len(keys) == len(set(keys)) == 2 and {x["head_branch"] for x in fake.dispatches} == {"main"}
 
 
-def test_only_the_workflows_check_run_for_the_request_counts(gh):
+def answer(gh, dispatch: dict, run: RunResult | None = None, conclusion: str = "success",
+           files: dict[str, bytes] | None = None) -> None:
+    """The workflow run of `dispatch` ends: `files` (default: result.json of `run`, the world's run when None) as
+    its arbot-result artifact (no artifact when files is empty), then completed with `conclusion`."""
+    run = run or gh.run_of(dispatch)
+    files = {"result.json": run.model_dump_json().encode()} if files is None else files
+    if files:
+        gh.fake.add_artifact(dispatch["id"], "arbot-result", files)
+    gh.fake.complete_run(dispatch["id"], conclusion)
+
+
+def test_check_runs_count_for_nothing_only_the_dispatched_workflow_run_does(gh):
+    """Finding 1: a forged `arbot/evaluate` check run, from any app and with any external_id, changes nothing;
+    the result is read from the artifact of the workflow run the bot dispatched, once GitHub says it completed."""
     fake = gh.fake
     start = fake.ref("champion")
     d = gh.driver("win")
@@ -261,49 +279,88 @@ def test_only_the_workflows_check_run_for_the_request_counts(gh):
         champion = d.lf.champion_record(start)
         assert champion.runs == [] and [s.key for s in champion.pending] == [request] and len(fake.dispatches) == 1
 
-    gh.post(check_of(run, request), token=OTHER_APP)  # another app with checks: write
-    unchanged()
-    gh.post(check_of(run, None))  # no external_id: not the answer to any request
-    unchanged()
-    gh.post(check_of(run.model_copy(update={"seed": 5}), request.replace("seed-0", "seed-5")))  # another request
-    unchanged()
-    other = check_of(run, request)
-    other["name"] = "arbot/evaluate-copy"
-    gh.post(other)
-    unchanged()
-    assert len(fake.check_runs) == 4
-    gh.post(check_of(run, request))  # the evaluate workflow's report job
+    for token in (OTHER_APP, ACTIONS_TOKEN):  # another app with checks: write; a workflow with the Actions token
+        gh.post(check_of(run, request), token=token)
+        unchanged()
+    fake.start_run(dispatch["id"])
+    unchanged()  # in progress
+    fake.add_artifact(dispatch["id"], "arbot-result", {"result.json": run.model_dump_json().encode()})
+    unchanged()  # the artifact is there, the run not completed yet
+    fake.complete_run(dispatch["id"])
     d.advance_all()
     assert [r.seed for r in d.lf.champion_record(start).runs] == [0] and d.lf.champion_record(start).pending == []
     assert len(fake.dispatches) == 2  # the candidate's run, now
 
 
-@pytest.mark.parametrize("answer", ["missing", "garbled", "invalid", "another seed"])
-def test_a_run_without_a_usable_result_is_that_runs_crash(gh, answer):
+def attacker_run(fake, like: dict, **changes) -> int:
+    """A workflow run the attacker made GitHub start (a pull_request run of an edited workflow, another workflow,
+    a dispatch of their own), shaped like the bot's run `like` but for `changes`."""
+    run_id = fake.next_id()
+    fake.runs[run_id] = {**fake.runs[like["id"]], "id": run_id, **changes}
+    return run_id
+
+
+@pytest.mark.parametrize("kind", ["pull_request", "other workflow", "other branch", "other request"])
+def test_a_result_from_any_other_workflow_run_does_not_count(gh, kind):
+    """Finding 1: an attacker who can write notes points the pending run at a workflow run they control, whose
+    artifact claims a big win; the run is checked with GET /actions/runs/{id} and counts as that run's crash: the
+    experiment is closed as a crash with the reason, nothing merges, the champion's record keeps its honest run."""
+    fake = gh.fake
+    start = fake.ref("champion")
+    d = gh.driver("win")
+    d.fill()
+    answer(gh, fake.dispatches[0])
+    d.advance_all()
+    dispatch = fake.dispatches[-1]
+    key = dispatch["inputs"]["request"]
+    forged = gh.run_of(dispatch).model_copy(update={"metrics": {"val_bpb": 0.5}})
+    changes = {"pull_request": {"event": "pull_request", "head_branch": "arbot/exp-1"},
+               "other workflow": {"path": ".github/workflows/evil.yml", "workflow": "evil.yml"},
+               "other branch": {"head_branch": "arbot/exp-1"},
+               "other request": {"display_title": key.replace("seed-0", "seed-7")}}[kind]
+    evil = attacker_run(fake, dispatch, **changes)
+    fake.add_artifact(evil, "arbot-result", {"result.json": forged.model_dump_json().encode()})
+    fake.complete_run(evil)
+    rec = d.lf.experiments()[0]
+    rec.pending = [s.model_copy(update={"run_id": evil}) for s in rec.pending]
+    d.lf.save(rec)  # pushed to GitHub, as a writer of refs/notes/arbot could
+    d.advance_all()
+    rec = d.lf.experiments()[0]
+    (run,) = rec.runs
+    differ = {"pull_request": "event, branch", "other workflow": "path", "other branch": "branch",
+              "other request": "request"}[kind]
+    assert run.status == "crash" and run.reason.startswith(
+        f"workflow run {evil} does not count: its {differ} differ from the evaluate workflow's"), run.reason
+    assert rec.decision.verdict == "crash" and fake.prs[1].state == "closed" and not fake.prs[1].merged
+    assert gh.verdict(rec.commit) == "failure" and fake.ref("champion") == start
+    assert [r.metrics for r in d.lf.champion_record(start).runs] == [{"val_bpb": 3.0}]
+
+
+@pytest.mark.parametrize("answer_kind", ["missing", "garbled", "invalid", "another seed", "another champion"])
+def test_a_run_without_a_usable_result_is_that_runs_crash(gh, answer_kind):
     fake = gh.fake
     d = gh.driver("win")
     d.fill()
-    gh.play()
+    answer(gh, fake.dispatches[0])
     d.advance_all()
     dispatch = fake.dispatches[-1]
-    head, request = dispatch["inputs"]["commit"], dispatch["inputs"]["request"]
-    good = check_of(gh.run_of(dispatch), request)
-    if answer == "missing":  # the train job died: report.py's check run without a result
-        check = report.render_missing(head, "the result artifact is missing", "Traceback: boom")
-        check["external_id"] = request
-        reason = "the evaluation left no result: The train job left no usable result: the result artifact is missing"
-    elif answer == "garbled":
-        check = good
-        check["output"]["summary"] = check["output"]["summary"].replace('"status":"ok"', '"status":"pwned"')
-        reason = "the evaluation left no result: the result is not a run record (status and commit are required)"
-    elif answer == "invalid":
-        check = good
-        check["output"]["summary"] = check["output"]["summary"].replace('"seed":0', '"seed":"zero"')
-        reason = "the evaluation left no result: 1 validation error for RunResult"
+    head, run_id = dispatch["inputs"]["commit"], dispatch["id"]
+    good = gh.run_of(dispatch).model_dump_json()
+    if answer_kind == "missing":  # the train job died before uploading
+        files, conclusion = {}, "failure"
+        reason = f"workflow run {run_id} (failure) left no result: no arbot-result artifact"
+    elif answer_kind == "garbled":
+        files, conclusion = {"result.json": good.replace('"status":"ok"', '"status":"pwned"').encode()}, "success"
+        reason = f"workflow run {run_id} (success) left no result: the result is not a run record"
+    elif answer_kind == "invalid":
+        files, conclusion = {"result.json": good.replace('"seed":0', '"seed":"zero"').encode()}, "success"
+        reason = f"workflow run {run_id} (success) left no result: 1 validation error for RunResult"
     else:
-        check = check_of(gh.run_of(dispatch).model_copy(update={"seed": 1}), request)
-        reason = f"the evaluation left no result: the evaluation reported no run of {head[:12]} seed 0"
-    gh.post(check)
+        field = {"another seed": {"seed": 1}, "another champion": {"champion": head}}[answer_kind]
+        files = {"result.json": gh.run_of(dispatch).model_copy(update=field).model_dump_json().encode()}
+        conclusion = "success"
+        reason = f"workflow run {run_id} reported no run of {head[:12]} seed 0 scored by"
+    answer(gh, dispatch, files=files, conclusion=conclusion)
     d.advance_all()
     rec = d.lf.experiments()[0]
     (run,) = rec.runs
@@ -319,12 +376,100 @@ def test_a_champion_that_does_not_train_is_said_on_the_pr(gh):
     d = gh.driver("win")
     d.fill()
     [dispatch] = fake.dispatches
-    check = report.render_missing(dispatch["inputs"]["commit"], "the result artifact is missing")
-    check["external_id"] = dispatch["inputs"]["request"]
-    gh.post(check)
+    answer(gh, dispatch, files={}, conclusion="failure")
     d.advance_all()
-    assert "### exp-1: the champion fails" in gh.comment(1) and "the evaluation left no result" in gh.comment(1)
+    assert "### exp-1: the champion fails" in gh.comment(1) and "left no result" in gh.comment(1)
     assert fake.prs[1].state == "open" and len(fake.dispatches) == 1 and d.lf.experiments()[0].decision is None
+
+
+def test_a_pushed_or_edited_experiment_is_rejected_and_never_merged(gh):
+    """Finding 1: a commit pushed onto the experiment's branch (here one that edits the evaluate workflow and the
+    evaluator) makes the PR's head not the commit measured; and a note naming a commit that changes files outside
+    target.allowed_paths is refused on the mirror. Both: `tampered`, verdict failure, closed, champion untouched."""
+    fake = gh.fake
+    gh.auto()
+    start = fake.ref("champion")
+    d = gh.driver("win", "win-again", max_in_flight=2)
+    d.fill()
+    fake.flush_dispatches()
+    exp1, exp2 = d.lf.experiments()
+    # exp-1: the attacker pushes a commit editing the workflow and the evaluator onto arbot/exp-1
+    work = gh.tmp / "attacker"
+    repo = git.Repo.clone_from(str(fake.bare), work, branch="arbot/exp-1")
+    (work / ".github" / "workflows").mkdir(parents=True, exist_ok=True)
+    (work / ".github" / "workflows" / "arbot-evaluate.yml").write_text("on: pull_request\n")
+    (work / "evaluator.py").write_text("SCORE = 0.0\n")
+    repo.git.add(A=True)
+    repo.git.commit("-m", "helpful tweak", env={"GIT_AUTHOR_NAME": "x", "GIT_AUTHOR_EMAIL": "x@x",
+                                               "GIT_COMMITTER_NAME": "x", "GIT_COMMITTER_EMAIL": "x@x"})
+    repo.git.push("origin", "arbot/exp-1")
+    # exp-2: the attacker moves its note onto that commit (the branch is left alone)
+    evil, measured = repo.head.commit.hexsha, exp2.commit
+    exp2.commit = evil
+    d.lf.save(exp2)
+    d.local.git.notes(f"--ref={NOTES_REF}", "remove", measured)
+    d.push_notes()
+    gh.settle(d)
+    first, second = (next(r for r in d.lf.experiments() if r.id == i) for i in ("exp-1", "exp-2"))
+    assert (first.decision.verdict, first.decision.rule) == ("rejected", "tampered")
+    assert first.decision.reason.startswith(f"PR #1's head is {evil[:12]}, not the experiment's commit"), first.decision.reason
+    assert (second.decision.verdict, second.decision.rule) == ("rejected", "tampered")
+    assert "changes .github/workflows/arbot-evaluate.yml, evaluator.py, outside target.allowed_paths" in second.decision.reason
+    for n in (1, 2):
+        assert fake.prs[n].state == "closed" and not fake.prs[n].merged
+    assert gh.verdict(exp1.commit) == "failure" and gh.verdict(evil) == "failure"
+    assert fake.ref("champion") == start and "**rejected** (tampered)" in gh.comment(1)
+    assert all(r.commit == start for r in d.lf.champion_record(start).runs)  # no run of evil in the champion's notes
+
+
+def test_two_bots_filling_at_once_never_exceed_max_in_flight(gh):
+    """`arbot serve` and the scheduled workflow (two writers, two mirrors) fill at the same moment: under the lease
+    on the repository, the second counts after the first has opened its experiment, so one PR is open, not two."""
+    bots = [gh.driver("win", "worse", mirror_name=f"{name}.git", holder=name, lease_wait=60, max_in_flight=1)
+            for name in ("arbot serve", "arbot-propose workflow")]
+    opened: list[list] = []
+    errors: list[BaseException] = []
+
+    def fill(d: Driver) -> None:
+        try:
+            opened.append(d.fill())
+        except BaseException as e:  # noqa: BLE001 - asserted below
+            errors.append(e)
+
+    threads = [threading.Thread(target=fill, args=(d,)) for d in bots]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors and len(opened) == 2
+    assert sorted(len(recs) for recs in opened) == [0, 1]
+    assert [n for n, pr in gh.fake.prs.items() if pr.state == "open"] == [1]
+
+
+def test_a_win_github_refuses_to_merge_is_retried_until_it_lands(gh):
+    """Wins never stall: the team also requires its own CI check, which has not passed yet, so GitHub refuses the
+    merge. The PR says so and stays open with its win; once the check passes, the next event merges it."""
+    fake, headers = gh.fake, {"Authorization": f"token {TOKEN}"}
+    gh.auto()
+    start = fake.ref("champion")
+    httpx.put(f"{gh.url}/api/v3/repos/{REPO}/branches/champion/protection", headers=headers, json={
+        "required_status_checks": {"strict": True, "checks": [{"context": "arbot/verdict", "app_id": -1},
+                                                              {"context": "ci/lint", "app_id": -1}]},
+        "enforce_admins": None, "required_pull_request_reviews": None, "restrictions": None}).raise_for_status()
+    d = gh.driver("win")
+    d.fill()
+    gh.settle(d)
+    [rec] = d.lf.experiments()
+    assert rec.decision.verdict == "win" and rec.merged_as is None and fake.prs[1].state == "open"
+    assert ('**Not merged yet**: GitHub refused the merge (PR #1 was not merged (405): Required status check '
+            '"ci/lint" is expected.)') in gh.comment(1)
+    d.advance_all()  # still refused: nothing changes, nothing is lost
+    assert fake.ref("champion") == start and fake.prs[1].state == "open"
+    httpx.post(f"{gh.url}/api/v3/repos/{REPO}/statuses/{rec.commit}", headers=headers,
+               json={"state": "success", "context": "ci/lint"}).raise_for_status()
+    d.advance_all()
+    [rec] = d.lf.experiments()
+    assert fake.prs[1].merged and rec.merged_as == fake.ref("champion") != start
 
 
 def test_rerun_dispatches_the_pending_runs_again(gh):
@@ -506,13 +651,12 @@ def test_serverless_commands_propose_and_decide(gh, monkeypatch):
     fake = gh.fake
     root = gh.tmp / "src"
 
-    def play(dispatch):  # a world where any change (the search proposer's) beats the champion
-        run = gh.run_of(dispatch)
+    def better(dispatch, run):  # a world where any change (the search proposer's) beats the champion
         if run.commit != run.champion:
             run = run.model_copy(update={"metrics": {"val_bpb": run.metrics["val_bpb"] - 0.5}})
-        gh.post(check_of(run, dispatch["inputs"]["request"]))
+        return run
 
-    fake.on_dispatch = play
+    fake.on_dispatch = ScriptedWorkflow(fake, gh.url, REPO, WORLD, tamper=better)
     (root / "arbot.yml").write_text(yaml.safe_dump(settings(base_url=f"{gh.url}/api/v3")))
     real_connect = forge_module.connect
     monkeypatch.setenv("ARBOT_GITHUB_TOKEN", TOKEN)

@@ -2,14 +2,17 @@
 the driver) against the fake GitHub (real HTTP, a real bare repository, signed webhooks, every call checked against
 GitHub's contract), with real training.
 
-Every run the lifecycle asks for is one dispatch of arbot-evaluate.yml, which the test plays from the workflow file
-itself on each dispatch: the `train` job's steps (the inputs checked, the real `arbot evaluate` on a tiny model in a
-clone at the champion) and the `report` job's steps (report.py with --external-id, from the champion's checkout),
-then the check run posted with the Actions token. The bot only learns of it through the check_run webhook.
+Every run the lifecycle asks for is one dispatch of arbot-evaluate.yml on the default branch, which the test plays
+from the workflow file itself on each dispatch: the `train` job's steps (the inputs checked, the real `arbot evaluate`
+on a tiny model in a checkout of the default branch), its `arbot-result` artifact uploaded, the `report` job's steps
+(report.py with --external-id), the check run posted with the Actions token, then the run completed. The bot learns
+of it through the workflow_run webhook and reads the artifact of the run it dispatched.
 
-The campaign: two experiments opened at start (max_in_flight 2, a daily cap of 2); the first wins and is merged
-through branch protection with its trailers and PR; the second, measured on the old champion, is closed as stale and
-its change opened again on the new champion, where it loses and is closed with its label.
+The policy is the default one (noise_aware, 3 baseline runs, a holdout confirmation of a win), so the extra seeds
+and the holdout run are more dispatches. The campaign: two experiments opened at start (max_in_flight 2, a daily cap
+of 2); the first wins and is merged through branch protection with its trailers and PR; the second, measured on the
+old champion, is closed as stale and its change opened again on the new champion, where it loses and is closed
+with its label.
 """
 
 from __future__ import annotations
@@ -118,18 +121,21 @@ class Workflow:
     def _play(self, dispatch: dict) -> None:
         inputs = dispatch["inputs"]
         job = self.work / f"run-{dispatch['id']}"
-        # --- train: a checkout of the champion with every branch's history; arbot from the champion ----------------
+        # --- train: a checkout of the default branch (the dispatch's ref) with every branch's history ---------------
         train = self.jobs["train"]
         checkout = job / "train"
-        subprocess.run(["git", "clone", "-q", str(self.fake.bare), str(checkout)], check=True)
-        subprocess.run(["git", "-C", str(checkout), "checkout", "-q", "--detach", inputs["champion"]], check=True)
-        # "Install arbot from the champion": the research repository is not this project, whose venv stands in
+        subprocess.run(["git", "clone", "-q", "--branch", dispatch["head_branch"], str(self.fake.bare), str(checkout)],
+                       check=True)
+        # "Install arbot from the default branch": the research repository is not this project, whose venv stands in
         (checkout / ".venv").symlink_to(Path(sys.executable).parent.parent)
         env = self._env(train, inputs)
         for step in train["steps"]:
             if "run" in step and not step["name"].startswith("Install"):
                 self._run(step, checkout, env)
-        # --- report: report.py from the champion's checkout, the notes and the artifact as data --------------------
+        # "Upload the result": the arbot-result artifact of this run (what the bot reads)
+        self.fake.add_artifact(dispatch["id"], "arbot-result", {
+            name: (checkout / name).read_bytes() for name in ("result.json", "evaluate.log") if (checkout / name).exists()})
+        # --- report: report.py from the default branch's checkout, the notes and the artifact as data -------------
         report = self.jobs["report"]
         work = job / "report"
         work.mkdir()
@@ -146,11 +152,12 @@ class Workflow:
         # "Post the check run": gh api ... --input check-run.json, with the job's token (the github-actions app)
         httpx.post(f"{self.url}/api/v3/repos/{REPO}/check-runs", json=check,
                    headers={"Authorization": f"token {ACTIONS_TOKEN}"}).raise_for_status()
+        self.fake.complete_run(dispatch["id"], "success")  # the workflow_run webhook
         result = json.loads((checkout / "result.json").read_text())
         self.played.append({"dispatch": dispatch, "result": result, "check": check})
 
 
-def wait_for(condition, what: str, workflow: Workflow, timeout: float = 240.0):
+def wait_for(condition, what: str, workflow: Workflow, timeout: float = 900.0):
     deadline = time.monotonic() + timeout
     while True:
         if workflow.errors:
@@ -158,7 +165,9 @@ def wait_for(condition, what: str, workflow: Workflow, timeout: float = 240.0):
         value = condition()
         if value:
             return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        assert time.monotonic() < deadline, (
+            f"timed out waiting for {what}; {len(workflow.played)} of {len(workflow.fake.dispatches)} dispatched runs "
+            f"played: {[p['dispatch']['inputs']['request'] for p in workflow.played]}")
         time.sleep(0.1)
 
 
@@ -181,7 +190,9 @@ def test_github_mode_end_to_end(tmp_path, monkeypatch):
     from bot.cli import app as cli
 
     # A fresh repository: a champion that learns far too slowly, with the evaluate workflow, pushed to the fake GitHub.
-    cfg = tiny_config(target={"holdout_max_gap": None}, github={"repo": REPO, "max_in_flight": 2, "experiments_per_day": 2})
+    # the default policy; a holdout gap this wide is never exceeded by chance at this size (its rule: test_lifecycle)
+    cfg = tiny_config(target={"holdout_max_gap": 0.5}, github={"repo": REPO, "max_in_flight": 2, "experiments_per_day": 2})
+    del cfg["policy"]
     research = make_repo(tmp_path / "research", cfg, script_edit=lambda s: set_knobs(s, {"LEARNING_RATE": 1e-6}))
     (tmp_path / "research" / ".github" / "workflows").mkdir(parents=True)
     shutil.copy(EVALUATE, tmp_path / "research" / ".github" / "workflows")
@@ -206,7 +217,9 @@ def test_github_mode_end_to_end(tmp_path, monkeypatch):
             result = CliRunner().invoke(cli, ["setup", "--repo", str(research.working_tree_dir), "--config", str(config_file)])
             assert result.exit_code == 0, result.output
             assert f"created branch champion at {start[:12]}" in result.output and "protected champion" in result.output
-            assert fake.protection["champion"] == {"strict": True, "contexts": ["arbot/verdict"], "enforce_admins": False}
+            rules = fake.protection["champion"]  # a PAT: the verdict's source cannot be pinned (docs/github.md)
+            assert rules["checks"] == [{"context": "arbot/verdict", "app_id": None}] and rules["strict"]
+            assert rules["reviews"]["require_code_owner_reviews"] and fake.allow_auto_merge
 
             # --- the bot: webhook server + dispatcher + driver; the workflow plays each dispatch ---------------------
             workflow = Workflow(fake, url, tmp_path / "runner")
@@ -235,7 +248,7 @@ def test_github_mode_end_to_end(tmp_path, monkeypatch):
                 wait_for(lambda: fake.dispatches, "the champion's run dispatched", workflow)
                 assert fake.dispatches[0]["inputs"] == {"request": f"champion:{start[:12]}:seed-0:val", "commit": start,
                                                         "champion": start, "seed": "0", "splits": "val"}
-                assert fake.dispatches[0]["ref"] == "refs/heads/champion"
+                assert fake.dispatches[0]["ref"] == "refs/heads/main"
                 wait_for(lambda: health()["budget"]["experiments_today"] == 2, "both experiments counted", workflow)
 
                 # --- PR 1: the champion measured, then the candidate: a win, merged through branch protection ----------
@@ -245,12 +258,12 @@ def test_github_mode_end_to_end(tmp_path, monkeypatch):
                 assert champion == fake.prs[1].merge_commit_sha and fake.is_ancestor(start, champion)
                 message = fake.message(champion)
                 assert message.startswith("arbot: learning rate 3e-3 (exp-1) (#1)")
-                for trailer in ("Experiment: exp-1", "Metric: val_bpb=", "Baseline: val_bpb=", "Delta: -", "Rule: margin",
+                for trailer in ("Experiment: exp-1", "Metric: val_bpb=", "Baseline: val_bpb=", "Delta: -", "Rule: confirm",
                                 "Proposer: scripted", "Evaluator: ", "Seeds: 0", "PR: #1"):
                     assert f"\n{trailer}" in message, message
                 assert "Evaluator: unknown" not in message  # the fingerprint of the real evaluator
                 comment1 = wait_for(lambda: results_comment(fake, 1), "PR 1 results comment", workflow)
-                assert "**win** (margin)" in comment1 and "xychart-beta" in comment1 and '"start", "exp-1"' in comment1
+                assert "**win** (confirm" in comment1 and "xychart-beta" in comment1 and '"start", "exp-1"' in comment1
 
                 # --- PR 2 was measured on the old champion: closed as stale, its change opened again as PR 3 ------------
                 wait_for(lambda: 3 in fake.prs and fake.prs[2].state == "closed", "PR 2 closed, PR 3 opened", workflow)
@@ -263,20 +276,21 @@ def test_github_mode_end_to_end(tmp_path, monkeypatch):
                 assert fake.git("rev-parse", f"{head3}^").stdout.strip() == champion  # on the new champion
                 note = json.loads(fake.git("notes", "--ref=arbot", "show", champion).stdout)
                 assert note["kind"] == "champion" and note["experiment"] == "exp-1"
-                assert [r["commit"] for r in note["runs"]] == [head1]  # the win's runs measure the new champion
+                assert {r["commit"] for r in note["runs"]} == {head1}  # the win's runs measure the new champion
                 start_note = json.loads(fake.git("notes", "--ref=arbot", "show", start).stdout)
-                assert [(r["commit"], r["seed"]) for r in start_note["runs"]] == [(start, 0)] and start_note["pending"] == []
+                assert {0, 1, 2} <= {r["seed"] for r in start_note["runs"] if r["splits"] == ["val"]}  # 3 baseline runs
+                assert {r["commit"] for r in start_note["runs"]} == {start}
 
                 # --- PR 3: measured on the new champion (whose measurement it already has): a loss, closed -------------
                 wait_for(lambda: fake.prs[3].state == "closed", "PR 3 closed", workflow)
                 assert verdict(fake, head3) == "failure" and not fake.prs[3].merged
                 assert fake.prs[3].labels == ["arbot", "arbot:loss"]
                 comment3 = results_comment(fake, 3)
-                assert "### exp-3: **loss** (margin)" in comment3 and "xychart-beta" in comment3
+                assert "### exp-3: **loss**" in comment3 and "xychart-beta" in comment3
                 assert fake.ref("arbot/exp-3") == head3 and fake.ref("champion") == champion
 
                 # --- the daily cap (2 experiments; a replay is no new proposal) stops proposing; the bot goes idle -----
-                wait_for(lambda: len(workflow.played) == 4, "every dispatched run played", workflow)
+                wait_for(lambda: len(workflow.played) == len(fake.dispatches), "every dispatched run played", workflow)
                 fake.flush_dispatches()
                 fake.hooks.flush()
                 wait_for(lambda: health()["queue"] == 0, "the bot to go idle", workflow)
@@ -289,27 +303,34 @@ def test_github_mode_end_to_end(tmp_path, monkeypatch):
         fake.close()
         store.close()
     assert fake.all_violations == [], fake.all_violations
-    # every run was one dispatch on the champion branch, answered by the check run carrying its request
+    # every run was one dispatch on the default branch, each request once, each answered by its own workflow run
     requests = [d["inputs"]["request"] for d in fake.dispatches]
-    assert requests == [f"champion:{start[:12]}:seed-0:val", f"exp-1:{head1[:12]}:seed-0:val",
-                        f"exp-2:{head2[:12]}:seed-0:val", f"exp-3:{head3[:12]}:seed-0:val"]
-    assert {d["head_branch"] for d in fake.dispatches} == {"champion"}
-    assert [d["inputs"]["champion"] for d in fake.dispatches] == [start, start, start, champion]
+    assert len(requests) == len(set(requests)) and {d["head_branch"] for d in fake.dispatches} == {"main"}
+    assert requests[0] == f"champion:{start[:12]}:seed-0:val"
+    by_role = lambda role: [r for r in requests if r.startswith(f"{role}:")]  # noqa: E731
+    assert len(by_role("exp-1")) >= 2 and by_role("exp-2") and by_role("exp-3")  # a win takes more than one seed
+    assert any(r.endswith(":val+holdout") for r in by_role("exp-1"))  # its holdout confirmation: a dispatch too
+    assert [d["inputs"]["champion"] for d in fake.dispatches if d["inputs"]["request"].startswith("exp-3:")] == [
+        champion] * len(by_role("exp-3"))
+    assert {r["id"]: r["status"] for r in fake.runs.values()} == {d["id"]: "completed" for d in fake.dispatches}
     for played in workflow.played:
-        run, check = played["result"], played["check"]
-        assert run["status"] == "ok" and run["commit"] == played["dispatch"]["inputs"]["commit"], run
-        assert run["steps"] > 0 and run["evaluator_fingerprint"] and run["splits"] == ["val"]
-        assert check["external_id"] == played["dispatch"]["inputs"]["request"]
+        run, check, inputs = played["result"], played["check"], played["dispatch"]["inputs"]
+        assert run["status"] == "ok" and run["commit"] == inputs["commit"] and run["seed"] == int(inputs["seed"]), run
+        assert run["steps"] > 0 and run["evaluator_fingerprint"] and ",".join(run["splits"]) == inputs["splits"]
+        assert check["external_id"] == inputs["request"]
         assert check["details_url"] == f"{RUN_URL}/{REPO}/actions/runs/{played['dispatch']['id']}"
     evaluate = [r for r in fake.check_runs if r["name"] == "arbot/evaluate"]
-    assert [r["external_id"] for r in evaluate] == requests and {r["creator"] for r in evaluate} == {"github-actions[bot]"}
+    assert sorted(r["external_id"] for r in evaluate) == sorted(requests)
+    assert {r["creator"] for r in evaluate} == {"github-actions[bot]"}
     # the baseline column of a candidate's check run is its champion's note, read by report.py in the report job
-    assert "(1 runs)" in workflow.played[1]["check"]["output"]["summary"]
+    first = next(p for p in workflow.played if p["dispatch"]["inputs"]["request"].startswith("exp-1:"))
+    assert " runs)" in first["check"]["output"]["summary"]
     # every experiment is a record in the notes on GitHub
     notes = [json.loads(fake.git("notes", "--ref=arbot", "show", line.split()[1]).stdout)
              for line in fake.git("notes", "--ref=arbot", "list").stdout.splitlines()]
     records = {n["id"]: n for n in notes if n.get("kind") == "experiment"}
     assert sorted(records) == ["exp-1", "exp-2", "exp-3"]
-    assert records["exp-2"]["decision"]["rule"] == "stale" and records["exp-2"]["runs"] == []
+    assert records["exp-1"]["decision"]["rule"].startswith("confirm") and records["exp-1"]["pending"] == []
+    assert records["exp-2"]["decision"]["rule"] == "stale" and records["exp-2"]["pending"] == []
     exp3 = records["exp-3"]
     assert exp3["decision"]["verdict"] == "loss" and RunResult.model_validate(exp3["runs"][0]).commit == head3

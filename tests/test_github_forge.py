@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from bot.config import GitHubConfig
-from bot.github.forge import (EVALUATE_CHECK, EVALUATE_WORKFLOW, RESULTS_MARKER, GitHubForgeError, connect, pr_body,
+from bot.github.forge import (EVALUATE_WORKFLOW, RESULTS_MARKER, GitHubForgeError, connect, pr_body,
                               results_comment, squash_message, trajectory_chart, verdict_check)
 from bot.records import Decision, ExperimentRecord, KnobChange, Proposal
 from tests.fake_github.server import FakeGitHub
@@ -58,6 +58,27 @@ def forge_for(url: str, fake: FakeGitHub, **config):
     return connect(cfg, {"ARBOT_GITHUB_TOKEN": TOKEN}, git_url=str(fake.bare), **FAST)
 
 
+APP_ID, INSTALLATION = 123, 42
+
+
+def app_key(tmp_path: Path) -> str:
+    """A new RSA key for the App: the private key written to tmp_path/app.pem; the public PEM (for the fake)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    (tmp_path / "app.pem").write_bytes(pem)
+    return key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+
+
+def app_config(url: str, tmp_path: Path) -> GitHubConfig:
+    return GitHubConfig.model_validate({"repo": REPO, "base_url": f"{url}/api/v3", "auth": {
+        "app_id": APP_ID, "private_key_path": str(tmp_path / "app.pem"), "installation_id": INSTALLATION}})
+
+
+def app_forge_for(url: str, fake: FakeGitHub, tmp_path: Path):
+    """The forge as the GitHub App (installation token; its JWT for GET /app)."""
+    return connect(app_config(url, tmp_path), {}, git_url=str(fake.bare), **FAST)
+
+
 def experiment(local: git.Repo, base: str, number: int, lr: str, depth: int = 2) -> ExperimentRecord:
     """A commit changing LR (and DEPTH) on top of `base`, as an experiment record (the local forge makes these)."""
     tree_dir = Path(local.working_tree_dir)
@@ -85,12 +106,17 @@ def test_setup_is_idempotent(fake, local):
         sha, created = forge.ensure_champion()
         assert created and sha == local.head.commit.hexsha == fake.ref("champion")
         assert forge.ensure_labels() == ["arbot", "arbot:loss", "arbot:crash"]
-        assert forge.protect_champion() is True
+        assert forge.protect_champion() == ["requires arbot/verdict from any source (a PAT cannot pin an app)",
+                                            "branches must be up to date", "code owners must review changes to their paths"]
         assert fake.protection["champion"]["strict"] and fake.protection["champion"]["contexts"] == ["arbot/verdict"]
+        assert fake.protection["champion"]["checks"] == [{"context": "arbot/verdict", "app_id": None}]  # sent as -1
+        assert forge.ensure_auto_merge() is True and fake.allow_auto_merge
         # again: nothing changes
         assert forge.ensure_champion() == (sha, False)
         assert forge.ensure_labels() == []
-        assert forge.protect_champion() is False
+        assert forge.protect_champion() == []
+        assert forge.ensure_auto_merge() is False
+        assert [m for m, p, _ in fake.requests if p.endswith("/protection")] == ["GET", "PUT", "GET"]
 
 
 def test_a_win_is_auto_merged_with_its_trailers_and_a_stale_pr_cannot_merge(fake, local):
@@ -113,6 +139,8 @@ def test_a_win_is_auto_merged_with_its_trailers_and_a_stale_pr_cannot_merge(fake
         assert forge.check(rec1.commit, "arbot/verdict") is None
 
         title, body = squash_message(rec1, {"Experiment": "exp-1", "Metric": "val_bpb=1.2400"}, pr1.number)
+        assert forge.enable_automerge(pr1, rec1.commit, title, body) is False  # "Auto merge is not allowed ..."
+        forge.ensure_auto_merge()
         assert forge.enable_automerge(pr1, rec1.commit, title, body) is True
         assert fake.prs[pr1.number].state == "open"  # waits for arbot/verdict
         forge.post_check(rec1.commit, "arbot/verdict", "success", "win", "better")
@@ -136,6 +164,7 @@ def test_merge_without_auto_merge_uses_the_sha_guard(fake, local):
         champion, _ = forge.ensure_champion()
         rec = experiment(local, champion, 1, "0.005")
         pr = forge.open_pr(rec, local)
+        forge.ensure_auto_merge()
         assert forge.enable_automerge(pr, rec.commit, "t", "b") is False  # unprotected: "clean status"
         with pytest.raises(GitHubForgeError, match="409"):
             forge.merge(pr, "f" * 40, "t", "m")
@@ -167,16 +196,10 @@ def test_results_comment_is_upserted_and_a_loss_closed(fake, local):
 
 
 def test_github_app_auth_writes_check_runs(tmp_path, local):
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    (tmp_path / "app.pem").write_bytes(pem)
-    fake = FakeGitHub(tmp_path / "remote", app=(123, public.decode(), 42))
+    fake = FakeGitHub(tmp_path / "remote", app=(APP_ID, app_key(tmp_path), INSTALLATION))
     local.git.push(str(fake.bare), "main:refs/heads/main")
     with serving(fake.asgi) as url:
-        cfg = GitHubConfig.model_validate({"repo": REPO, "base_url": f"{url}/api/v3", "auth": {
-            "app_id": 123, "private_key_path": str(tmp_path / "app.pem"), "installation_id": 42}})
-        forge = connect(cfg, {}, git_url=str(fake.bare), **FAST)
+        forge = app_forge_for(url, fake, tmp_path)
         assert forge.use_checks
         champion, _ = forge.ensure_champion()
         forge.post_check(champion, "arbot/evaluate", "failure", "evaluation failed", "crash", text="```\nlog\n```")
@@ -244,45 +267,6 @@ def test_push_to_the_bare_repository_is_never_forced(fake, local):
                           text=True).stdout.strip() == rec.commit
 
 
-def test_arbot_setup_is_idempotent_and_says_what_it_changed(fake, local, tmp_path):
-    from bot.github.setup import codeowners, run_setup
-
-    root = Path(local.working_tree_dir)
-    with serving(fake.asgi) as url:
-        forge = forge_for(url, fake)
-        first = run_setup(forge, root, owner="@octo-org/research-leads")
-        assert first[0].startswith("created branch champion at ")
-        assert first[1:4] == ["created label arbot", "created label arbot:loss", "created label arbot:crash"]
-        assert first[4].startswith("protected champion") and first[5].startswith("wrote .github/CODEOWNERS")
-        assert run_setup(forge, root, owner="@octo-org/research-leads") == [
-            "nothing to change: champion, labels (arbot, arbot:loss, arbot:crash) and protection are in place"]
-    text = (root / ".github" / "CODEOWNERS").read_text()
-    assert "/evaluator/ @octo-org/research-leads\n/.github/ @octo-org/research-leads\n" in text
-    assert codeowners("* @me\n/evaluator/ @me\n", "@x").endswith("/.github/ @x\n")
-    assert codeowners("/evaluator/ @a\n/.github/ @a\n", "@x") == "/evaluator/ @a\n/.github/ @a\n"
-
-
-def test_arbot_setup_command(fake, local, monkeypatch):
-    import yaml
-    from typer.testing import CliRunner
-
-    import bot.github.forge as forge_module
-    from bot.cli import app
-
-    root = Path(local.working_tree_dir)
-    real_connect = forge_module.connect
-    with serving(fake.asgi) as url:
-        (root / "arbot.yml").write_text(yaml.safe_dump({"github": {"repo": REPO, "base_url": f"{url}/api/v3"}}))
-        monkeypatch.setenv("ARBOT_GITHUB_TOKEN", TOKEN)
-        monkeypatch.setattr(forge_module, "connect", lambda cfg, **kw: real_connect(cfg, git_url=str(fake.bare), **kw, **FAST))
-        result = CliRunner().invoke(app, ["setup", "--repo", str(root)])
-        assert result.exit_code == 0, result.output
-        assert "created branch champion" in result.output and "protected champion" in result.output
-        monkeypatch.setenv("ARBOT_GITHUB_TOKEN", "wrong")
-        result = CliRunner().invoke(app, ["setup", "--repo", str(root)])
-        assert result.exit_code == 2 and "GitHub answered 401" in result.output
-
-
 def test_the_fake_sends_signed_webhooks_the_server_routes(fake, local, tmp_path):
     """fake GitHub -> signed, schema-checked webhooks -> `arbot serve`'s app -> the actions the bot must take."""
     from bot.server.app import ServerSettings, create_app
@@ -296,6 +280,7 @@ def test_the_fake_sends_signed_webhooks_the_server_routes(fake, local, tmp_path)
         forge = forge_for(url, fake)
         champion, _ = forge.ensure_champion()
         forge.protect_champion()
+        forge.ensure_auto_merge()
         rec = experiment(local, champion, 1, "0.005")
         pr = forge.open_pr(rec, local)
         forge.post_check(rec.commit, "arbot/evaluate", "success", "val_bpb 1.24", "table")
@@ -380,11 +365,12 @@ def test_dispatch_starts_the_evaluate_workflow_with_the_run_request(fake, local)
         champion, _ = forge.ensure_champion()
         inputs = {"request": f"exp-1:{champion[:12]}:seed-3:val+holdout", "commit": champion, "champion": champion,
                   "seed": "3", "splits": "val,holdout"}
-        forge.dispatch(EVALUATE_WORKFLOW, "champion", inputs)
+        run_id = forge.dispatch(EVALUATE_WORKFLOW, "champion", inputs)
         # the request body as GitHub received it, and the workflow_dispatch event it made
         [body] = [b for m, p, b in fake.requests if m == "POST" and p.endswith("/dispatches")]
-        assert body == {"ref": "champion", "inputs": inputs}
+        assert body == {"ref": "champion", "inputs": inputs, "return_run_details": True}
         [d] = fake.dispatches
+        assert run_id == d["id"] and forge.workflow_run(run_id)["display_title"] == f"arbot-evaluate {inputs['request']}"
         assert d["inputs"] == inputs and d["workflow"] == EVALUATE_WORKFLOW and d["ref"] == "refs/heads/champion"
         assert d["sha"] == champion and d["user"] == "arbot-user"
         # splits defaults to val (the workflow's default)
@@ -403,31 +389,3 @@ def test_dispatch_starts_the_evaluate_workflow_with_the_run_request(fake, local)
         assert e.value.status == 422
         assert len(fake.dispatches) == 2
 
-
-def test_checks_lists_every_completed_evaluate_run_with_its_external_id(fake, local):
-    with serving(fake.asgi) as url:
-        forge = forge_for(url, fake)
-        champion, _ = forge.ensure_champion()
-        fake.tokens["ghs_actions"] = "github-actions[bot]"
-        fake.tokens["ghs_other"] = "other-app[bot]"
-
-        def post(token, **run):
-            body = {"name": EVALUATE_CHECK, "head_sha": champion, "status": "completed", "conclusion": "success",
-                    "output": {"title": "t", "summary": run.pop("summary", "s")}, **run}
-            httpx.post(f"{url}/api/v3/repos/{REPO}/check-runs", json=body,
-                       headers={"Authorization": f"token {token}"}).raise_for_status()
-
-        assert forge.checks(champion, EVALUATE_CHECK) == []
-        post("ghs_actions", external_id="champion:aaa:seed-0:val", summary="first")
-        post("ghs_other", external_id="champion:aaa:seed-1:val", summary="not the workflow's")
-        post("ghs_actions", external_id="champion:aaa:seed-1:val", conclusion="failure", summary="second")
-        post("ghs_actions", summary="no external id")
-        post("ghs_actions", name="lint", external_id="champion:aaa:seed-3:val")  # another check
-        checks = forge.checks(champion, EVALUATE_CHECK, app_slug="github-actions")
-        assert [(c.external_id, c.conclusion, c.summary) for c in checks] == [
-            ("champion:aaa:seed-0:val", "success", "first"), ("champion:aaa:seed-1:val", "failure", "second"),
-            ("", "success", "no external id")]
-        assert [c.id for c in checks] == sorted(c.id for c in checks)  # oldest first
-        everyone = forge.checks(champion, EVALUATE_CHECK)
-        assert [c.summary for c in everyone] == ["first", "not the workflow's", "second", "no external id"]
-        assert forge.checks(champion, EVALUATE_CHECK, app_slug="someone-else") == []

@@ -92,6 +92,7 @@ class Case:
     current: str = CHAMP
     rules: lc.Rules = RULES
     removes_code: bool = False
+    tampered: str | None = None
     specs: tuple[RunSpec, ...] | None = None  # for Run: exactly these
     verdict: str | None = None  # for Decide / Close
     rule: str | None = None
@@ -99,7 +100,21 @@ class Case:
     says: tuple[str, ...] = field(default_factory=tuple)  # in the reason / why
 
 
+MOVED = "branch arbot/exp-7 points at 0123456789ab, not the experiment's commit eeeeeeeeeeee"
+WON = Decision(verdict="win", rule="confirm:pooled", reason="better", metric="val_bpb")
 CASES = {
+    # --- the branch no longer holds what was measured
+    "tampered while measuring: rejected": Case(
+        experiment(cand_runs(2.99)), champion(*FLOOR), lc.Decide, tampered=MOVED, verdict="rejected",
+        rule="tampered", review=None, says=(MOVED, "nothing measured counts")),
+    "tampered after a win was decided: rejected, never promoted": Case(
+        experiment(cand_runs(*WIN), decision=WON), champion(*FLOOR), lc.Decide, tampered=MOVED,
+        verdict="rejected", rule="tampered", review=None),
+    "tampered after a loss: the loss stands": Case(
+        experiment(cand_runs(3.05), decision=Decision(verdict="loss", rule="screen", reason="worse")),
+        champion(*FLOOR), lc.Close, tampered=MOVED, verdict="loss", rule="screen"),
+    "tampered after the merge: done": Case(
+        experiment(cand_runs(*WIN), decision=WON, merged_as=NEWER), champion(*FLOOR), lc.Done, tampered=MOVED),
     # --- the champion's noise floor
     "new champion: noise floor runs seeds 0..2": Case(
         experiment(), champion(), lc.Run,
@@ -156,6 +171,15 @@ CASES = {
     "holdout gap too large: rejected": Case(
         experiment(cand_runs(*WIN) + [confirmed(holdout=2.80)]), champion(*FLOOR, extra=(champ_holdout(),)),
         lc.Decide, verdict="rejected", rule="holdout_gap", review=None, says=("seen val", "0.1155")),
+    # gap (2.30 - 2.51) / 2.51 = -0.0837, 0.0937 below the champion's +0.0100: more than 0.01 the other way.
+    "holdout gap far below the champion's (better on holdout than val): rejected": Case(
+        experiment(cand_runs(*WIN) + [confirmed(holdout=2.30)]), champion(*FLOOR, extra=(champ_holdout(),)),
+        lc.Decide, verdict="rejected", rule="holdout_gap", review=None,
+        says=("-0.0837", "0.0937 less than the champion's", "fits holdout better than val", "seen holdout")),
+    # gap (2.52 - 2.51) / 2.51 = +0.0040, 0.0060 below the champion's: within the limit.
+    "holdout gap a little below the champion's: win": Case(
+        experiment(cand_runs(*WIN) + [confirmed(holdout=2.52)]), champion(*FLOOR, extra=(champ_holdout(),)),
+        lc.Decide, verdict="win", rule="confirm:pooled", review=None, says=("holdout confirmed (gap excess -0.0060)",)),
     "holdout confirmation run crashed: rejected": Case(
         experiment(cand_runs(*WIN) + [run(None, 2, status="crash", reason="oom on holdout", holdout=None)
                                       .model_copy(update={"splits": ["val", "holdout"]})]),
@@ -248,7 +272,7 @@ CASES = {
 
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
 def test_next_action(case: Case):
-    action = lc.next_action(case.exp, case.champ, case.current, case.rules, case.removes_code)
+    action = lc.next_action(case.exp, case.champ, case.current, case.rules, case.removes_code, case.tampered)
     assert type(action) is case.expect, action
     text = ""
     if isinstance(action, lc.Run):
@@ -286,7 +310,8 @@ def test_every_action_kind_and_decided_rule_is_in_the_table():
     decided = {(c.verdict, c.rule) for c in CASES.values() if c.expect is lc.Decide}
     assert decided >= {("loss", "screen"), ("loss", "futility"), ("loss", "max_runs"), ("win", "confirm:pooled"),
                        ("rejected", "holdout_gap"), ("crash", "crash"), ("timeout", "timeout"),
-                       ("rejected", "rejected"), ("win", "simplification"), ("win", "margin"), ("loss", "margin")}
+                       ("rejected", "rejected"), ("win", "simplification"), ("win", "margin"), ("loss", "margin"),
+                       ("rejected", "tampered")}
 
 
 # --- a win through its whole life, each action applied as an executor would ---------------------------------

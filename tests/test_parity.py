@@ -147,5 +147,5 @@ def test_github_mode_shows_each_decision_on_its_pull_request(both):
         assert any(f"**{verdict}** ({rule})" in body for body in comments), (exp_id, comments)
     # every run came from one dispatch of the evaluate workflow on the champion branch, none twice
     keys = [d["inputs"]["request"] for d in fake.dispatches]
-    assert len(keys) == len(set(keys)) and {d["head_branch"] for d in fake.dispatches} == {"champion"}
+    assert len(keys) == len(set(keys)) and {d["head_branch"] for d in fake.dispatches} == {"main"}  # the default branch: a definition no PR changes
     assert fake.all_violations == []

@@ -98,6 +98,20 @@ def test_route_maps_events_to_actions():
     no_pr = check_run_completed()
     no_pr["check_run"]["pull_requests"] = []
     assert route(ev(no_pr, "check_run"), repo=REPO) == a
+    # the evaluate workflow's run completed (GitHub's workflow_run webhook): the nudge that comes when the result
+    # can be read; any other workflow's run, or a run still going, is not
+    from tests.fake_github.contract import webhook_example
+
+    done = webhook_example("workflow_run$completed")
+    done["repository"]["full_name"] = REPO
+    done["workflow_run"].update(path=".github/workflows/arbot-evaluate.yml", head_sha="b" * 40, conclusion="failure")
+    assert route(ev(done, "workflow_run"), repo=REPO) == Evaluated(head_sha="b" * 40, conclusion="failure",
+                                                                  source="workflow_run")
+    done["workflow_run"]["path"] = ".github/workflows/ci.yml"
+    assert route(ev(done, "workflow_run"), repo=REPO) == Ignored("workflow run of '.github/workflows/ci.yml', "
+                                                                "not arbot-evaluate.yml")
+    done["action"] = "in_progress"
+    assert route(ev(done, "workflow_run"), repo=REPO) == Ignored("workflow_run.in_progress")
     queued = check_run_completed()
     queued["action"] = "created"
     assert route(ev(queued, "check_run"), repo=REPO) == Ignored("check_run.created")
@@ -132,10 +146,10 @@ def test_route_maps_events_to_actions():
     assert route(ev(status, "status")) == Evaluated(head_sha=status["sha"], conclusion="failure", source="status")
     status["state"] = "pending"
     assert isinstance(route(ev(status, "status")), Ignored)
-    # the evaluate workflow's own runs are no event for the bot: its report job's check run is
+    # a workflow is known by its path, not by its name (any workflow may call itself arbot-evaluate)
     workflow_run = {"action": "completed", "workflow_run": {"name": "arbot-evaluate", "conclusion": "success"},
                     "repository": {"full_name": REPO}}
-    assert route(ev(workflow_run, "workflow_run"), repo=REPO) == Ignored("event workflow_run is not handled")
+    assert route(ev(workflow_run, "workflow_run"), repo=REPO) == Ignored("workflow run of None, not arbot-evaluate.yml")
     assert isinstance(route(ev({}, "star")), Ignored)
 
 
@@ -432,3 +446,34 @@ def test_arbot_serve_command(tmp_path):
         proc.terminate()
         proc.wait(20)
     assert (tmp_path / ".arbot" / "server.sqlite").exists()
+
+
+def test_the_worker_catches_up_when_no_delivery_comes(tmp_path):
+    """`on_start` (GitHub mode: advance_all) runs at start, then again after `every` idle seconds, so a merge
+    GitHub refused once, or a run whose webhook was lost, is picked up without another event."""
+    from bot.server.app import Worker
+
+    store = Store(tmp_path / "state.sqlite")
+    calls: list[float] = []
+    handled: list[str] = []
+
+    def catch_up():
+        calls.append(time.monotonic())
+        if len(calls) == 2:
+            raise RuntimeError("GitHub answered 502")  # a failed catch-up is logged; the worker goes on
+
+    worker = Worker(store, lambda e: handled.append(e.delivery_id), on_start=catch_up, every=0.05)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 10
+        while len(calls) < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        event = Event(name="ping", delivery_id="d-1", payload={"zen": "z"})
+        store.add(event)
+        worker.put(event)
+        while not handled and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        worker.stop()
+        store.close()
+    assert len(calls) >= 4 and handled == ["d-1"]

@@ -74,7 +74,7 @@ def steps(job: dict, prefix: str) -> dict:
 
 
 def test_evaluate_is_dispatched_by_the_bot_only():
-    """One run per workflow_dispatch (the bot's), on the champion branch: nothing a PR does starts it."""
+    """One run per workflow_dispatch (the bot's), on the default branch: nothing a PR does starts it."""
     wf = load(EVALUATE)
     assert set(wf["on"]) == {"workflow_dispatch"}
     inputs = wf["on"]["workflow_dispatch"]["inputs"]
@@ -85,6 +85,7 @@ def test_evaluate_is_dispatched_by_the_bot_only():
     for trigger in ("pull_request", "pull_request_target", "workflow_run", "github.event.pull_request", "head_ref"):
         assert trigger not in text
     assert wf["permissions"] == {}
+    assert wf["run-name"] == "arbot-evaluate ${{ inputs.request }}"  # the bot checks the run it reads by this title
     assert wf["concurrency"] == {"group": "arbot-evaluate-${{ inputs.request }}", "cancel-in-progress": False}
     # that the driver dispatches exactly these inputs is checked where it dispatches: tests/test_github_driver.py runs
     # against this file in the fake GitHub, which refuses unknown or missing inputs as GitHub does
@@ -152,10 +153,11 @@ def test_train_job_has_no_secrets_and_read_only_permissions():
     assert "github.event" not in text  # only the dispatch's inputs, checked
     checkouts = [s for s in train["steps"] if str(s.get("uses", "")).startswith("actions/checkout")]
     assert checkouts and all(s["with"]["persist-credentials"] is False for s in checkouts)
-    # trusted code comes from the champion; the commit to train is only a commit, read from git objects
+    # trusted code comes from the default branch (the dispatched ref), the evaluator from the champion commit;
+    # the commit to train is only a commit, read from git objects
     (root,) = checkouts
-    assert root["with"] == {"ref": "${{ inputs.champion }}", "fetch-depth": 0, "persist-credentials": False}
-    assert steps(train, "Make sure the commit")["run"] == 'git cat-file -e "${COMMIT}^{commit}"'
+    assert root["with"] == {"fetch-depth": 0, "persist-credentials": False}
+    assert steps(train, "Make sure the commit")["run"] == 'git cat-file -e "${COMMIT}^{commit}" && git cat-file -e "${CHAMPION}^{commit}"'
     runs = "\n".join(s.get("run", "") for s in train["steps"])
     assert '.venv/bin/arbot evaluate "$COMMIT" --champion "$CHAMPION" --seed "$SEED" "${holdout[@]}" --json' in runs
     assert "> result.json 2> evaluate.log" in runs
@@ -163,14 +165,14 @@ def test_train_job_has_no_secrets_and_read_only_permissions():
     assert upload["if"] == "always()" and upload["with"]["name"] == "arbot-result"
 
 
-def test_report_job_posts_the_check_run_from_the_champions_script():
+def test_report_job_posts_the_check_run_from_the_default_branchs_script():
     report = load(EVALUATE)["jobs"]["report"]
     assert report["needs"] == "train" and report["if"] == "always()"  # a crashed train job is reported too
     assert report["permissions"] == {"contents": "read", "checks": "write"}
     assert "secrets" not in yaml.safe_dump(report)
     checkouts = [s for s in report["steps"] if str(s.get("uses", "")).startswith("actions/checkout")]
     assert [s["with"] for s in checkouts] == [
-        {"ref": "${{ inputs.champion }}", "persist-credentials": False},  # report.py comes from the champion
+        {"persist-credentials": False},  # report.py comes from the default branch, never from a PR
         {"ref": "refs/notes/arbot", "path": ".arbot-notes", "persist-credentials": False}]  # data: the baseline
     render_step = steps(report, "Render")["run"]
     assert "python3 bot/github/report.py --result artifact/result.json" in render_step
@@ -318,6 +320,7 @@ def test_propose_workflow_runs_arbot_from_the_default_branch_with_the_app_key_on
     assert wf["permissions"] == {}
     (job,) = wf["jobs"].values()
     assert job["permissions"] == {"contents": "read"}
+    assert job["environment"] == "arbot"  # the key is an environment secret only the default branch may read
     checkout = next(s for s in job["steps"] if str(s.get("uses", "")).startswith("actions/checkout"))
     assert "ref" not in checkout["with"] and checkout["with"]["persist-credentials"] is False  # never a PR's code
     runs = [s.get("run", "") for s in job["steps"]]

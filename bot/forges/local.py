@@ -142,6 +142,12 @@ class LocalForge:
         self.ensure_branch(rec)
         return rec
 
+    def moved_branch(self, rec: ExperimentRecord) -> str | None:
+        """Why rec's branch no longer holds its commit (someone moved it), or None."""
+        ref = f"refs/heads/{rec.branch}"
+        sha = self.repo.git.rev_parse(ref) if self.has_ref(ref) else rec.commit
+        return None if sha == rec.commit else f"branch {rec.branch} points at {sha[:12]}, not the experiment's commit {rec.commit[:12]}"
+
     def ensure_branch(self, rec: ExperimentRecord) -> None:
         ref = f"refs/heads/{rec.branch}"
         if not self.has_ref(ref):

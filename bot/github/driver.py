@@ -1,12 +1,15 @@
 """The GitHub executor: GitHub mode carries out the lifecycle's actions (bot.lifecycle) on pull requests.
 
-It decides nothing itself. For each experiment it gathers the records (git notes on the bot's mirror, plus the
-`arbot/evaluate` check runs that answer the runs it asked for), asks `next_action`, and carries it out:
-Run -> one dispatch of the evaluate workflow per run (the request is noted as pending first, and its key is the
-check run's external_id); Decide -> the note; Promote -> `arbot/verdict` success and a squash merge through
-branch protection, with the lifecycle's trailers plus `PR:`; Hold -> a neutral verdict until `/arbot approve`;
-Close -> the verdict, the results comment, a label, the PR closed (its branch kept); Replay -> the stale PR
-closed and the change opened again as a new experiment on the new champion.
+It decides nothing itself. For each experiment it gathers the records (git notes on the bot's mirror, and the
+results of the workflow runs it dispatched), asks `next_action`, and carries it out:
+Run -> one `workflow_dispatch` of the evaluate workflow per run, on the default branch (the request is noted as
+pending first, then the id of the workflow run GitHub started; that run's `arbot-result` artifact, once the run
+proves to be the evaluate workflow dispatched for this request, is the only result that counts: check runs are
+for humans, and a forged one changes nothing); Decide -> the note; Promote -> `arbot/verdict` success and a
+squash merge through branch protection, with the lifecycle's trailers plus `PR:`; Hold -> a neutral verdict
+until `/arbot approve`; Close -> the verdict, the results comment, a label, the PR closed (its branch kept);
+Replay -> the stale PR closed and the change opened again as a new experiment on the new champion. A PR whose
+head is not the experiment's commit is `tampered`: rejected, never merged.
 
 The bot keeps a bare mirror of the repository (`.arbot/github.git`): experiment commits are made there and
 pushed, champion and both notes refs (`refs/notes/arbot`, `refs/notes/arbot-proposals`) are fetched before
@@ -17,8 +20,10 @@ pending before), the verdict is posted when it changes, the comment is upserted,
 
 from __future__ import annotations
 
+import io
 import logging
 import statistics
+import zipfile
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,18 +36,21 @@ from bot import lifecycle as lc
 from bot.config import Config
 from bot.forges.local import NOTES_REF, NOTES_REFS, LocalForge
 from bot.github import report
-from bot.github.forge import (CONCLUSION_TO_STATE, EVALUATE_CHECK, EVALUATE_WORKFLOW, VERDICT_CHECK, GitHubForge,
+from bot.github.forge import (CONCLUSION_TO_STATE, EVALUATE_WORKFLOW, VERDICT_CHECK, GitHubForge,
                               GitHubForgeError, results_comment, squash_message, verdict_check)
+from bot.github.lease import Lease, holder_name
 from bot.policy import Policy
 from bot.proposers.base import Proposer
 from bot.proposers.context import propose
 from bot.proposers.failures import ProposalRejected, SpendCapReached
 from bot.records import ExperimentRecord, RunResult, RunSpec, ok_metric
+from runner.guard import changed_paths, forbidden_paths
 
 log = logging.getLogger("arbot.github")
 
 MIRROR = ".arbot/github.git"
-ACTIONS_APP = "github-actions"  # only the evaluate workflow's report job may make arbot/evaluate
+RESULT_ARTIFACT = "arbot-result"  # what the evaluate workflow's train job uploads: result.json, evaluate.log
+EVALUATE_RUN_NAME = "arbot-evaluate"  # its run-name is "arbot-evaluate <request key>"
 
 
 class Budget(Protocol):
@@ -55,6 +63,27 @@ class Budget(Protocol):
 
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def verify_run(run: dict, workflow: str, branch: str, key: str) -> str | None:
+    """Why a workflow run is not the evaluate workflow of the default branch dispatched for request `key`."""
+    checks = {"path": (run.get("path") or "").split("@")[0] == f".github/workflows/{workflow}",
+              "event": run.get("event") == "workflow_dispatch", "branch": run.get("head_branch") == branch,
+              "request": run.get("display_title") == f"{EVALUATE_RUN_NAME} {key}"}
+    wrong = [name for name, ok in checks.items() if not ok]
+    return None if not wrong else (f"its {', '.join(wrong)} differ from the evaluate workflow's ({run.get('path')}, "
+                                   f"{run.get('event')}, {run.get('head_branch')}, {run.get('display_title')!r})")
+
+
+def result_json(artifact: bytes | None) -> str:
+    """result.json from the zip of the result artifact (BadResult when there is none)."""
+    if artifact is None:
+        raise report.BadResult(f"no {RESULT_ARTIFACT} artifact")
+    try:
+        with zipfile.ZipFile(io.BytesIO(artifact)) as z:
+            return z.read("result.json").decode(errors="replace")
+    except (zipfile.BadZipFile, KeyError) as e:
+        raise report.BadResult(f"the {RESULT_ARTIFACT} artifact holds no result.json ({e})") from e
 
 
 class MirrorForge(LocalForge):
@@ -82,9 +111,14 @@ def mirror(path: Path) -> git.Repo:
 class Driver:
     def __init__(self, forge: GitHubForge, local: git.Repo, config: Config, proposer: Proposer, policy: Policy,
                  budget: Budget | None = None, paused: Callable[[], bool] = lambda: False,
-                 evaluate_app: str | None = ACTIONS_APP):
+                 holder: str | None = None, lease_wait: float = 0):
+        """`holder` names this writer on the lease (bot.github.lease): every entry point below runs under it, so
+        two writers (`arbot serve` and the scheduled workflow, or two servers) never fill or decide at once;
+        `lease_wait`: seconds to wait for another holder before giving up with its name."""
         self.forge, self.local, self.config, self.proposer = forge, local, config, proposer
-        self.budget, self.paused, self.evaluate_app = budget, paused, evaluate_app
+        self.budget, self.paused = budget, paused
+        self.lease = Lease(self._git, local, holder or holder_name("driver"))
+        self.lease_wait = lease_wait
         self.rules = lc.Rules.of(policy, config.target)
         self.lf = MirrorForge(local, self.push_notes, champion_branch=config.run.champion_branch,
                               branch_prefix=config.run.branch_prefix)
@@ -119,13 +153,15 @@ class Driver:
     def advance_all(self) -> list[ExperimentRecord]:
         """Record merges GitHub made, advance every active experiment until none changes champion, then open
         new ones up to max_in_flight. What a webhook, `arbot decide` and a restart all run; safe to repeat."""
-        advanced: dict[str, ExperimentRecord] = {}
-        champion = None
-        while champion != (champion := self._synced_champion()):
-            for rec in [r for r in self.lf.experiments() if lc.is_active(r)]:
-                advanced[rec.id] = self.advance(rec)
-        self.fill()
-        return list(advanced.values())
+        with self.lease.held(wait=self.lease_wait):
+            advanced: dict[str, ExperimentRecord] = {}
+            champion = None
+            while champion != (champion := self._synced_champion()):
+                for rec in [r for r in self.lf.experiments() if lc.is_active(r)]:
+                    self.lease.keep()
+                    advanced[rec.id] = self.advance(rec)
+            self.fill()
+            return list(advanced.values())
 
     def _synced_champion(self) -> str:
         self.sync()
@@ -142,7 +178,7 @@ class Driver:
         self._collect(rec)
         while True:
             action = lc.next_action(rec, self.lf.champion_record(rec.parent), self.lf.champion(), self.rules,
-                                    self.lf.removes_code(rec))
+                                    self.lf.removes_code(rec), self._tampered(rec))
             if isinstance(action, lc.Run):
                 self._dispatch(rec, action)
                 return rec
@@ -170,27 +206,31 @@ class Driver:
                 self._comment(rec, f"### {rec.id}: the champion fails\n\n{action.reason[:3000]}")
                 return rec
 
-    # --- runs: dispatched, then collected from their check runs ----------------------------------------
+    # --- runs: dispatched, then collected from the workflow run the bot started -------------------------
     def _owner(self, rec: ExperimentRecord, spec: RunSpec):
         return rec if spec.role == rec.id else self.lf.champion_record(spec.commit)
 
     def _dispatch(self, rec: ExperimentRecord, action: lc.Run) -> None:
-        """One workflow run per run asked for; noted as pending (and pushed) before it is dispatched, so a
-        redelivery or a restart never dispatches it twice."""
+        """One workflow run per run asked for. The request is noted as pending (and pushed) before it is
+        dispatched, so a redelivery or a restart never dispatches it twice; then the id of the workflow run
+        GitHub started for it is noted: only that run's result will count."""
         for spec in action.specs:
             spec = spec.model_copy(update={"requested_at": now()})
             owner = self._owner(rec, spec)
             owner.pending.append(spec)
             self.lf.save(owner)
-            self._start(spec)
+            self._start(owner, spec)
         self._comment(rec, f"### {rec.id}: measuring\n\n{action.why}\n\n"
                       + "\n".join(f"- `{s.key}`" for s in action.specs))
 
-    def _start(self, spec: RunSpec) -> None:
-        self.forge.dispatch(EVALUATE_WORKFLOW, self.config.run.champion_branch, {
+    def _start(self, owner, spec: RunSpec) -> None:
+        """Dispatch the evaluate workflow on the default branch (a definition no PR can change) and note its run."""
+        run_id = self.forge.dispatch(EVALUATE_WORKFLOW, self.forge.repo.default_branch, {
             "request": spec.key, "commit": spec.commit, "champion": spec.champion, "seed": str(spec.seed),
             "splits": ",".join(spec.splits)})
-        log.info("dispatched %s", spec.key)
+        owner.pending = [s.model_copy(update={"run_id": run_id}) if s.key == spec.key else s for s in owner.pending]
+        self.lf.save(owner)
+        log.info("dispatched %s as workflow run %s", spec.key, run_id)
 
     def _collect(self, rec: ExperimentRecord) -> None:
         """Move every pending run of `rec` and of its champion that has reported into the records."""
@@ -205,35 +245,41 @@ class Driver:
                     self.budget.record_runner_seconds(sum(r.total_seconds for _, r in arrived))
 
     def _result(self, spec: RunSpec) -> RunResult | None:
-        """The run answering `spec`, from the arbot/evaluate check run (by the Actions app) whose external_id is
-        its key; a check run without a usable result is that run's crash. None while it has not reported."""
-        checks = self.forge.checks(spec.commit, EVALUATE_CHECK, app_slug=self.evaluate_app)
-        check = next((c for c in reversed(checks) if c.external_id == spec.key), None)
-        if check is None:
+        """The run answering `spec`: the result artifact of the workflow run the bot dispatched for it, once that
+        run is completed and proves to be the evaluate workflow on the default branch, started by a dispatch for
+        this request. Check runs are for humans: a forged one counts for nothing. None while in flight."""
+        if spec.run_id is None:
             return None
+        run = self.forge.workflow_run(spec.run_id)
+        if run.get("status") != "completed":
+            return None
+        crash = lambda why: RunResult(status="crash", commit=spec.commit, champion=spec.champion,  # noqa: E731
+                                      seed=spec.seed, splits=spec.splits, reason=why)
+        wrong = verify_run(run, EVALUATE_WORKFLOW, self.forge.repo.default_branch, spec.key)
+        if wrong:
+            return crash(f"workflow run {spec.run_id} does not count: {wrong}")
+        artifact = self.forge.run_artifact(spec.run_id, RESULT_ARTIFACT)
         try:
-            runs = [RunResult.model_validate(r) for r in report.extract(check.summary)]
+            runs = [RunResult.model_validate(r) for r in report.load_runs(result_json(artifact))]
         except (report.BadResult, ValidationError) as e:
-            # no result block: report.py's summary says why (render_missing); a malformed block: what is wrong with it
-            first = check.summary.strip().splitlines()[0][:300] if check.summary.strip() else ""
-            runs, why = [], first if first and report.RESULT_OPEN not in check.summary else str(e)[:300]
-        else:
-            why = f"the evaluation reported no run of {spec.commit[:12]} seed {spec.seed} for {spec.champion[:12]}"
-        run = next((r for r in runs if (r.commit, r.seed, r.champion) == (spec.commit, spec.seed, spec.champion)), None)
-        if run is None:
-            return RunResult(status="crash", commit=spec.commit, champion=spec.champion, seed=spec.seed,
-                             splits=spec.splits, reason=f"the evaluation left no result: {why}")
-        return run.model_copy(update={"splits": spec.splits})
+            return crash(f"workflow run {spec.run_id} ({run.get('conclusion')}) left no result: {str(e)[:300]}")
+        match = next((r for r in runs if (r.commit, r.seed, r.champion) == (spec.commit, spec.seed, spec.champion)), None)
+        if match is None:
+            return crash(f"workflow run {spec.run_id} reported no run of {spec.commit[:12]} seed {spec.seed} "
+                         f"scored by {spec.champion[:12]}")
+        return match.model_copy(update={"splits": spec.splits})
 
     def rerun(self, number: int) -> bool:
         """`/arbot rerun` on a PR: dispatch again every run of its experiment (and its champion) still pending,
-        e.g. after a runner died. False when nothing is pending."""
-        self.sync()
-        rec = self._record_of(number)
-        specs = [s for owner in (rec, self.lf.champion_record(rec.parent)) for s in owner.pending]
-        for spec in specs:
-            self._start(spec)
-        return bool(specs)
+        e.g. after a runner died; only the new workflow run's result counts. False when nothing is pending."""
+        with self.lease.held(wait=self.lease_wait):
+            self.sync()
+            rec = self._record_of(number)
+            owners = (rec, self.lf.champion_record(rec.parent))
+            for owner in owners:
+                for spec in list(owner.pending):
+                    self._start(owner, spec)
+            return any(owner.pending for owner in owners)
 
     # --- what a decision asks of GitHub ----------------------------------------------------------------
     def _promote(self, rec: ExperimentRecord, trailers: dict[str, str]) -> None:
@@ -248,8 +294,10 @@ class Driver:
         else:
             try:
                 log.info("PR #%d (%s): merged as %s", pr.number, rec.id, self.forge.merge(pr, rec.commit, title, body)[:12])
-            except GitHubForgeError as e:
+            except GitHubForgeError as e:  # tried again on the next event and on the server's catch-up timer
                 log.warning("PR #%d (%s): not merged: %s", pr.number, rec.id, e)
+                self._conclude(rec, verdict_check(rec.decision), f"**Not merged yet**: GitHub refused the merge "
+                               f"({str(e)[:500]}). The bot tries again on the next event and on its catch-up timer.")
         merged = self.forge.pr(pr.number)
         if merged.merged:  # at once; GitHub may also merge later, and the closed webhook records it then
             self.sync()
@@ -303,48 +351,54 @@ class Driver:
 
     def advance_pr(self, number: int) -> ExperimentRecord:
         """`arbot decide --pr N`: the same as `advance_all`, for one experiment PR."""
-        self._synced_champion()
-        return self.advance(self._record_of(number))
+        with self.lease.held(wait=self.lease_wait):
+            self._synced_champion()
+            return self.advance(self._record_of(number))
 
     def record_merged_pr(self, number: int) -> None:
         """A PR closed as merged (auto-merge, or a human): record the win's merge before anything else runs."""
-        self.sync()
-        rec, pr = self._record_of(number), self.forge.pr(number)
-        if pr.merged:
-            self.record_merge(rec, pr.merge_commit_sha)
+        with self.lease.held(wait=self.lease_wait):
+            self.sync()
+            rec, pr = self._record_of(number), self.forge.pr(number)
+            if pr.merged:
+                self.record_merge(rec, pr.merge_commit_sha)
 
     def approve(self, number: int) -> ExperimentRecord:
         """`/arbot approve` on a held win: the same as `arbot approve` locally."""
-        self.sync()
-        rec = self._record_of(number)
-        if rec.review != "needed":
-            raise GitHubForgeError(f"PR #{number} ({rec.id}) is not a win waiting for review")
-        rec.review = "approved"
-        self.lf.save(rec)
-        return self.advance(rec)
+        with self.lease.held(wait=self.lease_wait):
+            self.sync()
+            rec = self._record_of(number)
+            if rec.review != "needed":
+                raise GitHubForgeError(f"PR #{number} ({rec.id}) is not a win waiting for review")
+            rec.review = "approved"
+            self.lf.save(rec)
+            return self.advance(rec)
 
     # --- proposing -------------------------------------------------------------------------------------
     def fill(self) -> list[ExperimentRecord]:
         """Open experiments while fewer than max_in_flight are undecided, unless paused or over a daily cap."""
-        opened: list[ExperimentRecord] = []
-        refused = 0
-        while not self.paused() and refused < lc.MAX_REFUSED:
-            why = self.budget.exhausted() if self.budget is not None else None
-            if why:
-                log.warning("not proposing: %s", why)
-                break
-            if sum(r.decision is None for r in self.lf.experiments()) >= self.config.github.max_in_flight:
-                break
-            try:
-                opened.append(self.propose())
-                refused = 0
-            except SpendCapReached as e:
-                log.warning("stopped proposing: %s", e)
-                break
-            except ProposalRejected as e:
-                refused += 1
-                log.warning("proposal refused (no branch made, %d in a row): %s", refused, e)
-        return opened
+        with self.lease.held(wait=self.lease_wait):
+            self.sync()  # the count below is GitHub's, read under the lease
+            opened: list[ExperimentRecord] = []
+            refused = 0
+            while not self.paused() and refused < lc.MAX_REFUSED:
+                self.lease.keep()
+                why = self.budget.exhausted() if self.budget is not None else None
+                if why:
+                    log.warning("not proposing: %s", why)
+                    break
+                if sum(r.decision is None for r in self.lf.experiments()) >= self.config.github.max_in_flight:
+                    break
+                try:
+                    opened.append(self.propose())
+                    refused = 0
+                except SpendCapReached as e:
+                    log.warning("stopped proposing: %s", e)
+                    break
+                except ProposalRejected as e:
+                    refused += 1
+                    log.warning("proposal refused (no branch made, %d in a row): %s", refused, e)
+            return opened
 
     def propose(self) -> ExperimentRecord:
         """One experiment on the mirror, its PR (the branch is pushed, never forced), and its first runs."""
@@ -359,6 +413,27 @@ class Driver:
         return rec
 
     # --- lookups -----------------------------------------------------------------------------------------
+    def _tampered(self, rec: ExperimentRecord) -> str | None:
+        """Why the experiment may not be merged whatever it measured, or None: its commit (checked on the
+        mirror) changes a path outside target.allowed_paths (a note written by hand names any commit), or its
+        PR no longer holds that commit (a push to its branch, a head from another repository)."""
+        try:
+            outside = forbidden_paths(changed_paths(self.local, rec.parent, rec.commit),
+                                      self.config.target.allowed_paths)
+        except (ValueError, git.BadName, git.GitCommandError) as e:
+            return f"{rec.commit[:12]} cannot be compared with its champion {rec.parent[:12]} on the mirror ({e})"
+        if outside:
+            return f"{rec.commit[:12]} changes {', '.join(outside[:5])}, outside target.allowed_paths"
+        pr = self.forge.find_pr(rec.branch)
+        if pr is None:
+            return None
+        head_repo = pr.head.repo.full_name if pr.head.repo is not None else "a deleted repository"
+        if head_repo != self.forge.full_name:
+            return f"PR #{pr.number}'s head is in {head_repo}, not {self.forge.full_name}"
+        if pr.head.sha != rec.commit:
+            return f"PR #{pr.number}'s head is {pr.head.sha[:12]}, not the experiment's commit {rec.commit[:12]}"
+        return None
+
     def _pr(self, rec: ExperimentRecord):
         """The experiment's PR; opened now if the bot stopped between the experiment's note and its PR."""
         return self.forge.find_pr(rec.branch) or self.forge.open_pr(rec, self.local)

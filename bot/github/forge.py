@@ -21,12 +21,12 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import git
-from github import Auth, Github, GithubException
+import httpx
+from github import Auth, Github, GithubException, GithubIntegration
 from github.PullRequest import PullRequest
 from github.Repository import Repository
 
 from bot.config import GitHubConfig
-from bot.github.report import EVALUATE_CHECK
 from bot.records import Decision, ExperimentRecord
 
 log = logging.getLogger("arbot.github")
@@ -59,7 +59,6 @@ class Check:
     summary: str = ""
     details_url: str | None = None
     id: int | None = None
-    external_id: str | None = None  # on arbot/evaluate: the key of the run request it answers
 
 
 def connect(config: GitHubConfig, environ: Mapping[str, str] | None = None, *, git_url: str | None = None,
@@ -72,9 +71,11 @@ def connect(config: GitHubConfig, environ: Mapping[str, str] | None = None, *, g
     if not config.repo:
         raise GitHubForgeError("github.repo is not set: name the repository as owner/name in arbot.yml")
     a = config.auth
+    app_auth = None
     if a.is_app:
         key = Path(a.private_key_path).expanduser().read_text()
-        auth = Auth.AppAuth(a.app_id, key).get_installation_auth(a.installation_id)
+        app_auth = Auth.AppAuth(a.app_id, key)
+        auth = app_auth.get_installation_auth(a.installation_id)
         token_for_git = lambda: auth.token  # noqa: E731 - the installation token, fetched and renewed by PyGithub
         use_checks = True
     else:
@@ -89,7 +90,8 @@ def connect(config: GitHubConfig, environ: Mapping[str, str] | None = None, *, g
         use_checks = False
     gh = Github(auth=auth, base_url=config.base_url.rstrip("/"), **github_kwargs)
     return GitHubForge(gh, config.repo, use_checks=use_checks, git_url=git_url, token=token_for_git,
-                       base_url=config.base_url, champion_branch=champion_branch, branch_prefix=branch_prefix)
+                       base_url=config.base_url, champion_branch=champion_branch, branch_prefix=branch_prefix,
+                       app_auth=app_auth, github_kwargs=github_kwargs)
 
 
 def web_host(base_url: str) -> str:
@@ -102,8 +104,13 @@ class GitHubForge:
     def __init__(self, gh: Github, repo: str, *, use_checks: bool, git_url: str | None = None,
                  token: str | Callable[[], str] | None = None,
                  base_url: str = "https://api.github.com", champion_branch: str = "champion",
-                 branch_prefix: str = "arbot/exp-"):
+                 branch_prefix: str = "arbot/exp-", app_auth: Auth.AppAuth | None = None,
+                 github_kwargs: Mapping | None = None):
         self.gh = gh
+        self.base_url = base_url.rstrip("/")
+        self.app_auth = app_auth  # the App's own credentials (JWT), for GET /app; None with a PAT
+        self.github_kwargs = dict(github_kwargs or {})
+        self._app: tuple[int, str] | None = None
         self.full_name = repo
         self.owner = repo.split("/")[0]
         self.use_checks = use_checks
@@ -169,30 +176,88 @@ class GitHubForge:
                 created.append(name)
         return created
 
-    def protect_champion(self) -> bool:
-        """Require arbot/verdict and an up-to-date branch on champion; True when the protection changed."""
-        branch = self.repo.get_branch(self.champion_branch)
+    def app(self) -> tuple[int, str] | None:
+        """(id, slug) of the GitHub App the forge acts as (GET /app with the App's JWT), or None with a PAT."""
+        if self.app_auth is None:
+            return None
+        if self._app is None:
+            integration = GithubIntegration(auth=self.app_auth, base_url=self.base_url, **self.github_kwargs)
+            app = integration.get_app()
+            self._app = (app.id, app.slug)
+        return self._app
+
+    def protect_champion(self, app_id: int | None = None, app_slug: str | None = None) -> list[str]:
+        """Branch protection on champion that pins the bot; idempotent: reads the protection back, changes only what
+        differs and returns what it changed (empty: nothing).
+
+        - `arbot/verdict` required, from the App `app_id` only (`checks: [{context, app_id}]`; the deprecated
+          `contexts` is not sent: GitHub refuses both at once), with branches up to date (`strict`). Without an App
+          (a PAT, whose verdicts are commit statuses made by a user) any source counts: `app_id: -1`.
+        - With `app_slug` on an organization repository: push restrictions naming only the App, so nobody else may
+          push to or merge into champion (GitHub keeps restrictions for organizations only; administrators bypass
+          them while `enforce_admins` is off, GitHub's default, which is kept as it is).
+        - Code-owner reviews (`require_code_owner_reviews`; no approval count required): a PR that changes a path of
+          .github/CODEOWNERS (the evaluator, the workflows) waits for its owner.
+        Other required checks and rules already there are kept."""
+        url = f"{self.repo.url}/branches/{self.champion_branch}/protection"
         try:
-            checks = branch.get_protection().required_status_checks
-            if checks is not None and checks.strict and VERDICT_CHECK in checks.contexts:
-                return False
+            _, current = self.gh.requester.requestJsonAndCheck("GET", url)
         except GithubException as e:
             if e.status != 404:  # GitHub answers 404 "Branch not protected"
                 raise
-        # Sent as the published contract has it (required: strict + contexts; the other fields explicit): PyGithub's
-        # edit_protection sends only `checks` and null for unset booleans, which GitHub's OpenAPI schema does not allow.
+            current = {}
+        changes = []
+        status = current.get("required_status_checks") or {}
+        checks = [c for c in status.get("checks") or [] if c.get("context") != VERDICT_CHECK]
+        verdict = next((c for c in status.get("checks") or [] if c.get("context") == VERDICT_CHECK), None)
+        source = f"the app {app_slug or app_id}" if app_id is not None else "any source (a PAT cannot pin an app)"
+        if verdict is None or verdict.get("app_id") != app_id:
+            changes.append(f"requires {VERDICT_CHECK} from {source}")
+        if not status.get("strict"):
+            changes.append("branches must be up to date")
+        restrictions = current.get("restrictions")
+        have = None if restrictions is None else {
+            "users": sorted(u["login"] for u in restrictions.get("users") or []),
+            "teams": sorted(t["slug"] for t in restrictions.get("teams") or []),
+            "apps": sorted(a["slug"] for a in restrictions.get("apps") or [])}
+        want = have
+        if app_slug and self.repo.owner.type == "Organization":
+            want = {"users": [], "teams": [], "apps": [app_slug]}
+            if have != want:
+                changes.append(f"only {app_slug} may push to or merge into it")
+        reviews = current.get("required_pull_request_reviews")
+        if not (reviews or {}).get("require_code_owner_reviews"):
+            changes.append("code owners must review changes to their paths")
+        if not changes:
+            return []
+        flag = lambda key: bool((current.get(key) or {}).get("enabled"))  # noqa: E731
         body = {
-            "required_status_checks": {"strict": True, "contexts": [VERDICT_CHECK]},
-            "enforce_admins": False,
-            "required_pull_request_reviews": None,
-            "restrictions": None,
-            "required_linear_history": False,
-            "allow_force_pushes": False,
-            "allow_deletions": False,
-            "required_conversation_resolution": False,
+            "required_status_checks": {"strict": True, "checks": [
+                *({"context": c["context"], "app_id": -1 if c.get("app_id") is None else c["app_id"]} for c in checks),
+                {"context": VERDICT_CHECK, "app_id": -1 if app_id is None else app_id}]},
+            "enforce_admins": flag("enforce_admins"),
+            "required_pull_request_reviews": {
+                "dismiss_stale_reviews": bool((reviews or {}).get("dismiss_stale_reviews")),
+                "require_code_owner_reviews": True,
+                "required_approving_review_count": int((reviews or {}).get("required_approving_review_count") or 0),
+                "require_last_push_approval": bool((reviews or {}).get("require_last_push_approval"))},
+            "restrictions": want,
+            **{key: flag(key) for key in ("required_linear_history", "allow_force_pushes", "allow_deletions",
+                                          "required_conversation_resolution", "block_creations", "lock_branch",
+                                          "allow_fork_syncing")},
         }
-        self.gh.requester.requestJsonAndCheck("PUT", f"{self.repo.url}/branches/{self.champion_branch}/protection",
-                                              input=body)
+        # Sent through the requester: PyGithub's edit_protection sends null for unset booleans, which GitHub's
+        # published schema does not allow, and cannot send `checks` with app ids.
+        self.gh.requester.requestJsonAndCheck("PUT", url, input=body)
+        return changes
+
+    def ensure_auto_merge(self) -> bool:
+        """Allow auto-merge on the repository (a new repository has it off, and enablePullRequestAutoMerge then
+        fails with "Auto merge is not allowed for this repository"); True when it changed."""
+        _, data = self.gh.requester.requestJsonAndCheck("GET", self.repo.url)
+        if data.get("allow_auto_merge"):
+            return False
+        self.gh.requester.requestJsonAndCheck("PATCH", self.repo.url, input={"allow_auto_merge": True})
         return True
 
     # --- pull requests ----------------------------------------------------------------------------
@@ -277,20 +342,41 @@ class GitHubForge:
                 return Check(name, None if state == "pending" else state, status.get("description") or "")
         return None
 
-    def checks(self, sha: str, name: str, app_slug: str | None = None) -> list[Check]:
-        """Every completed check run named `name` on `sha` (by `app_slug`), oldest first: each attempt of the
-        evaluate workflow posts one, with the run of its seed."""
-        _, data = self.gh.requester.requestJsonAndCheck("GET", f"{self.repo.url}/commits/{sha}/check-runs",
-                                                        parameters={"check_name": name, "filter": "all"})
-        runs = sorted((r for r in data.get("check_runs", []) if r.get("name") == name and r.get("status") == "completed"
-                       and (app_slug is None or (r.get("app") or {}).get("slug") == app_slug)), key=lambda r: r["id"])
-        return [Check(name, r.get("conclusion"), (r.get("output") or {}).get("summary") or "", r.get("details_url"),
-                      r["id"], r.get("external_id")) for r in runs]
+    def dispatch(self, workflow: str, ref: str, inputs: Mapping[str, str]) -> int | None:
+        """Start `workflow` (a file under .github/workflows/ of `ref`) with these inputs: POST .../dispatches with
+        `return_run_details`; the new workflow run's id (None from a server that answers 204 without details)."""
+        _, data = self.gh.requester.requestJsonAndCheck(
+            "POST", f"{self.repo.url}/actions/workflows/{workflow}/dispatches",
+            input={"ref": ref, "inputs": dict(inputs), "return_run_details": True})
+        return int(data["workflow_run_id"]) if data else None
 
-    def dispatch(self, workflow: str, ref: str, inputs: Mapping[str, str]) -> None:
-        """Start `workflow` (a file under .github/workflows/ of `ref`) with these inputs: POST .../dispatches."""
-        self.gh.requester.requestJsonAndCheck("POST", f"{self.repo.url}/actions/workflows/{workflow}/dispatches",
-                                              input={"ref": ref, "inputs": dict(inputs)})
+    def workflow_run(self, run_id: int) -> dict:
+        """The workflow run as GitHub has it (GET .../actions/runs/{run_id}): status, conclusion, head_sha, event,
+        path, display_title, actor, ..."""
+        _, data = self.gh.requester.requestJsonAndCheck("GET", f"{self.repo.url}/actions/runs/{run_id}")
+        return data
+
+    def run_artifact(self, run_id: int, name: str) -> bytes | None:
+        """The zip of the run's artifact `name` (the newest of that name that has not expired), or None.
+
+        GitHub answers the download with 302 to a short-lived URL on another host (blob storage). PyGithub follows
+        redirects only to github.com hosts, so the redirect is read here and the zip fetched with httpx, without
+        the token: the URL carries its own signature."""
+        _, data = self.gh.requester.requestJsonAndCheck("GET", f"{self.repo.url}/actions/runs/{run_id}/artifacts",
+                                                        parameters={"name": name, "per_page": 100})
+        found = [a for a in data.get("artifacts") or [] if a.get("name") == name and not a.get("expired")]
+        if not found:
+            return None
+        artifact = max(found, key=lambda a: a["id"])
+        headers, _ = self.gh.requester.requestJsonAndCheck("GET", artifact["archive_download_url"])
+        location = {k.lower(): v for k, v in headers.items()}.get("location")
+        if not location:
+            raise GitHubForgeError(f"the download of artifact {artifact['id']} ({name}) gave no location")
+        timeout = self.github_kwargs.get("timeout") or 60
+        response = httpx.get(location, timeout=timeout, follow_redirects=True)
+        if response.status_code != 200:
+            raise GitHubForgeError(f"the download of artifact {artifact['id']} ({name}) failed: {response.status_code}")
+        return response.content
 
     # --- merging ----------------------------------------------------------------------------------
     def enable_automerge(self, pr: PullRequest, head_sha: str, headline: str, body: str) -> bool:
@@ -308,7 +394,9 @@ class GitHubForge:
         try:
             status = pr.merge(commit_title=title, commit_message=message, merge_method="squash", sha=head_sha)
         except GithubException as e:
-            raise GitHubForgeError(f"PR #{pr.number} was not merged ({e.status}): {getattr(e, 'data', e)}") from e
+            data = getattr(e, "data", None)
+            why = data.get("message") if isinstance(data, dict) and data.get("message") else str(data or e)
+            raise GitHubForgeError(f"PR #{pr.number} was not merged ({e.status}): {why}") from e
         if not status.merged:
             raise GitHubForgeError(f"PR #{pr.number} was not merged: {status.message}")
         return status.sha

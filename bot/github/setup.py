@@ -2,7 +2,10 @@
 
 - the `champion` branch (from the default branch's head),
 - the labels arbot, arbot:loss, arbot:crash,
-- branch protection on champion: required check `arbot/verdict`, branches must be up to date,
+- branch protection on champion that pins the bot (GitHubForge.protect_champion): required check `arbot/verdict`
+  from the bot's App (any source with a PAT), branches up to date, push restrictions naming only the App
+  (organization repositories), code-owner reviews,
+- auto-merge allowed on the repository (allow_auto_merge),
 - a CODEOWNERS entry for evaluator/ and .github/ (written into the local clone with --owner; committing it
   to the default branch, and so to champion, is left to the user: the bot never pushes outside its branches).
 """
@@ -35,8 +38,11 @@ def run_setup(forge: GitHubForge, root: Path | None = None, owner: str | None = 
         changes.append(f"created branch {forge.champion_branch} at {sha[:12]}")
     for name in forge.ensure_labels():
         changes.append(f"created label {name}")
-    if forge.protect_champion():
-        changes.append(f"protected {forge.champion_branch}: requires {VERDICT_CHECK}, branches up to date")
+    app_id, app_slug = forge.app() or (None, None)
+    for change in forge.protect_champion(app_id, app_slug):
+        changes.append(f"protected {forge.champion_branch}: {change}")
+    if forge.ensure_auto_merge():
+        changes.append("allowed auto-merge on the repository")
     if root is not None and owner:
         path = root / ".github" / "CODEOWNERS"
         old = path.read_text() if path.exists() else ""
@@ -47,5 +53,6 @@ def run_setup(forge: GitHubForge, root: Path | None = None, owner: str | None = 
             changes.append(f"wrote {path.relative_to(root)} (owner {owner} for {', '.join(GUARDED)}): "
                            f"commit it to the default branch and bring it into {forge.champion_branch}")
     if not changes:
-        changes.append(f"nothing to change: {forge.champion_branch}, labels ({', '.join(LABELS)}) and protection are in place")
+        changes.append(f"nothing to change: {forge.champion_branch}, labels ({', '.join(LABELS)}), protection "
+                       f"({VERDICT_CHECK} required) and auto-merge are in place")
     return changes

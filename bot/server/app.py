@@ -37,6 +37,7 @@ class ServerSettings:
     state_path: Path | str
     repo: str | None = None
     paused: bool = False  # the config switch; `/arbot pause` sets the store's flag instead
+    catch_up_seconds: float | None = None  # idle time after which the worker catches up with GitHub again
     experiments_per_day: int | None = None
     runner_minutes_per_day: float | None = None
 
@@ -44,9 +45,12 @@ class ServerSettings:
 class Worker:
     """One background thread that runs the handler on each queued delivery, in order."""
 
-    def __init__(self, store: Store, handler: Handler, on_start: Callable[[], Any] | None = None):
-        """`on_start` runs first in the worker thread (GitHub mode: rebuild the state from GitHub)."""
-        self.store, self.handler, self.on_start = store, handler, on_start
+    def __init__(self, store: Store, handler: Handler, on_start: Callable[[], Any] | None = None,
+                 every: float | None = None):
+        """`on_start` runs first in the worker thread (GitHub mode: rebuild the state from GitHub), and again
+        whenever no delivery came for `every` seconds: a merge GitHub refused once, or a run whose webhook was
+        lost, is picked up without waiting for the next event."""
+        self.store, self.handler, self.on_start, self.every = store, handler, on_start, every
         self.queue: queue.Queue[Event | None] = queue.Queue()
         self.busy: str | None = None  # the delivery being handled
         self._thread: threading.Thread | None = None
@@ -77,17 +81,25 @@ class Worker:
     def __len__(self) -> int:
         return self.queue.qsize() + (1 if self.busy else 0)
 
+    def _catch_up(self, why: str) -> None:
+        if self.on_start is None:
+            return
+        self.busy = why
+        try:
+            self.on_start()
+        except Exception as e:  # noqa: BLE001 - the deliveries still run; the log says what failed
+            log.error("%s failed: %s\n%s", why, e, traceback.format_exc())
+        finally:
+            self.busy = None
+
     def _run(self) -> None:
-        if self.on_start is not None:
-            self.busy = "startup"
-            try:
-                self.on_start()
-            except Exception as e:  # noqa: BLE001 - the deliveries still run; the log says what failed
-                log.error("startup recovery failed: %s\n%s", e, traceback.format_exc())
-            finally:
-                self.busy = None
+        self._catch_up("startup")
         while True:
-            event = self.queue.get()
+            try:
+                event = self.queue.get(timeout=self.every if self.on_start is not None else None)
+            except queue.Empty:
+                self._catch_up("catch-up")
+                continue
             if event is None:
                 return
             self.busy = event.delivery_id
@@ -107,7 +119,7 @@ def create_app(settings: ServerSettings, handler: Handler, store: Store | None =
                on_start: Callable[[], Any] | None = None) -> FastAPI:
     store = store or Store(settings.state_path)
     budget = Budget(store, settings.experiments_per_day, settings.runner_minutes_per_day)
-    worker = Worker(store, handler, on_start)
+    worker = Worker(store, handler, on_start, settings.catch_up_seconds)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

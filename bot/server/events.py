@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Union
 
-from bot.github.forge import LABEL
+from bot.github.forge import EVALUATE_WORKFLOW, LABEL
 from bot.github.report import EVALUATE_CHECK
 from bot.server.webhooks import Event
 
@@ -21,11 +21,13 @@ MAYBE_WRITERS = {"OWNER", "MEMBER", "COLLABORATOR"}
 
 @dataclass(frozen=True)
 class Evaluated:
-    """A training run reported (its arbot/evaluate check run completed): advance the experiments."""
+    """An evaluation may have ended (the evaluate workflow's run completed, or its arbot/evaluate check run or
+    status for humans): advance the experiments. A nudge only: the driver reads the result itself from the
+    workflow run it dispatched, so a forged event changes nothing but when the bot looks."""
 
-    head_sha: str  # the commit trained: an experiment's or a champion's
+    head_sha: str  # the commit trained (check run, status), or the workflow run's head on the default branch
     conclusion: str | None
-    source: Literal["check_run", "status"]
+    source: Literal["workflow_run", "check_run", "status"]
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,14 @@ def route(event: Event, repo: str | None = None, champion_branch: str = "champio
         return Ping(zen=p.get("zen", ""))
     if repo and event.repo and event.repo.lower() != repo.lower():
         return Ignored(f"event for {event.repo}, not {repo}")
+
+    if event.name == "workflow_run":
+        run = p.get("workflow_run") or {}
+        if event.action != "completed":
+            return Ignored(f"workflow_run.{event.action}")
+        if (run.get("path") or "").split("@")[0] != f".github/workflows/{EVALUATE_WORKFLOW}":
+            return Ignored(f"workflow run of {run.get('path')!r}, not {EVALUATE_WORKFLOW}")
+        return Evaluated(head_sha=run.get("head_sha", ""), conclusion=run.get("conclusion"), source="workflow_run")
 
     if event.name == "check_run":
         run = p.get("check_run") or {}

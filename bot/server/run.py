@@ -24,6 +24,7 @@ def settings_from_config(config: Config, root: Path, environ: dict | None = None
     return ServerSettings(
         secret=secret, state_path=state if state.is_absolute() else root / state, repo=gh.repo, paused=gh.paused,
         experiments_per_day=gh.experiments_per_day, runner_minutes_per_day=gh.runner_minutes_per_day,
+        catch_up_seconds=gh.catch_up_minutes * 60,
     )
 
 
@@ -52,11 +53,14 @@ def build_app(config: Config, root: Path, environ: dict | None = None):
     return create_app(settings, dispatcher, store, on_start=driver.advance_all if driver is not None else None)
 
 
-def build_driver(config: Config, root: Path, forge, store, settings, mirror_path: Path | None = None):
+def build_driver(config: Config, root: Path, forge, store, settings, mirror_path: Path | None = None,
+                 command: str = "serve", lease_wait: float | None = None):
     """The GitHub mode driver: the bot's bare mirror (.arbot/github.git), the configured proposer and policy,
     the daily budget and the pause switch (config or `/arbot pause`). The LLM proposer's smoke runs use the
-    runner's training sandbox, as in `arbot run`. Contacts nothing."""
+    runner's training sandbox, as in `arbot run`. `command` names this writer on the lease; by default it waits
+    out another holder's lease (a server restarted before its old lease expired). Contacts nothing."""
     from bot.github.driver import MIRROR, Driver, mirror
+    from bot.github.lease import DEFAULT_TTL, holder_name
     from bot.policy import make_policy
     from bot.proposers.factory import make_proposer
     from bot.server.app import PAUSED_FLAG
@@ -67,7 +71,8 @@ def build_driver(config: Config, root: Path, forge, store, settings, mirror_path
     budget = Budget(store, settings.experiments_per_day, settings.runner_minutes_per_day)
     sandbox = Runner(local, config.target, config.evaluator).sandbox
     return Driver(forge, local, config, make_proposer(config, local, sandbox=sandbox), make_policy(config.policy),
-                  budget=budget, paused=lambda: settings.paused or store.flag(PAUSED_FLAG) == "1")
+                  budget=budget, paused=lambda: settings.paused or store.flag(PAUSED_FLAG) == "1",
+                  holder=holder_name(command), lease_wait=DEFAULT_TTL + 60 if lease_wait is None else lease_wait)
 
 
 def serve(config: Config, root: Path, host: str, port: int, log_level: str = "info") -> None:

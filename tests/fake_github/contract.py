@@ -94,6 +94,26 @@ def operation(method: str, path: str) -> tuple[str, dict]:
     raise ContractError(f"{method.upper()} {path} is not an operation of the extracted OpenAPI subset")
 
 
+def _exactly_one_of_contexts_or_checks(schema: dict) -> dict:
+    """required_status_checks: GitHub requires `strict` and exactly one of `contexts` (deprecated) and `checks`.
+    The description requires `contexts` always, yet GitHub accepts `checks` alone (PyGithub/PyGithub#2157,
+    google/go-github#2976) and refuses both together with 422 "Invalid request. No subschema in "anyOf" matched.
+    More than one subschema in "oneOf" matched. ..." (ossf/allstar#155, sigmavirus24/github3.py#1112)."""
+    schema = copy.deepcopy(schema)
+    checks = schema["properties"]["required_status_checks"]
+    checks["required"] = ["strict"]
+    checks["oneOf"] = [{"type": "object", "required": ["contexts"], "not": {"required": ["checks"]}},
+                       {"type": "object", "required": ["checks"], "not": {"required": ["contexts"]}},
+                       {"type": "null"}]
+    return schema
+
+
+# Request schemas where GitHub's behaviour and its published description disagree: GitHub's wins, with evidence.
+REQUEST_CORRECTIONS = {
+    ("put", "/repos/{owner}/{repo}/branches/{branch}/protection"): _exactly_one_of_contexts_or_checks,
+}
+
+
 def validate_request(method: str, path: str, body) -> str:
     template, op = operation(method, path)
     rb = op.get("requestBody")
@@ -101,6 +121,9 @@ def validate_request(method: str, path: str, body) -> str:
         schema = _resolve(rb)["content"].get("application/json", {}).get("schema")
         if body is None and _resolve(rb).get("required"):
             raise ContractError(f"{method.upper()} {template}: the request body is required")
+        correct = REQUEST_CORRECTIONS.get((method.lower(), template))
+        if schema is not None and correct is not None:
+            schema = correct(schema)
         if schema is not None and body is not None:
             validate_schema(schema, body, f"request {method.upper()} {template}")
     return template
@@ -114,6 +137,13 @@ UNDOCUMENTED_ERRORS: dict[tuple[str, str], set[int]] = {
     # 'Unexpected inputs provided: ["x"]' (reported verbatim in e.g. convictional/trigger-workflow-and-wait#4 and
     # #44, benc-uk/workflow-dispatch#46, octokit/octokit.js#2286).
     ("post", "/repos/{owner}/{repo}/actions/workflows/{workflow_id}/dispatches"): {404, 422},
+    # The Actions reads document only 200 (downloads: 302, 410), yet an unknown run, workflow or artifact id answers
+    # 404 "Not Found" like every other resource (e.g. cli/cli#10686 "HTTP 404: Not Found (.../actions/workflows/N)",
+    # dawidd6/action-download-artifact#181 "Error: Not Found" for a run id).
+    ("get", "/repos/{owner}/{repo}/actions/runs/{run_id}"): {404},
+    ("get", "/repos/{owner}/{repo}/actions/workflows/{workflow_id}/runs"): {404},
+    ("get", "/repos/{owner}/{repo}/actions/runs/{run_id}/artifacts"): {404},
+    ("get", "/repos/{owner}/{repo}/actions/artifacts/{artifact_id}/{archive_format}"): {404},
 }
 
 

@@ -146,6 +146,23 @@ def check_run_payload(full_name: str, run: dict, prs: list[dict], user: str) -> 
     return "check_run$completed", p
 
 
+def workflow_run_payload(full_name: str, run: dict, user: str) -> tuple[str, dict]:
+    """workflow_run.completed for a workflow run of the fake (its dict in fake.runs)."""
+    p = webhook_example("workflow_run$completed")
+    wr = p["workflow_run"]
+    wr.update({key: run[key] for key in ("id", "name", "path", "event", "head_branch", "head_sha", "display_title",
+                                         "status", "conclusion", "run_attempt", "run_number", "workflow_id",
+                                         "created_at", "updated_at", "run_started_at")})
+    wr.update(pull_requests=[], actor=sender(run["actor"]), triggering_actor=sender(run["triggering_actor"]))
+    wr["head_commit"]["id"] = run["head_sha"]
+    p["workflow"].update(id=run["workflow_id"], name=run["name"], path=run["path"])
+    p["repository"] = repository(full_name)
+    wr["repository"] = wr["head_repository"] = {**wr["repository"], "full_name": full_name,
+                                                "name": full_name.split("/")[1]}
+    p["sender"] = sender(user)
+    return "workflow_run$completed", p
+
+
 def _mini_repo(full_name: str) -> dict:
     return {"id": abs(hash(full_name)) % 10**8, "name": full_name.split("/")[1], "url": f"https://api.github.test/repos/{full_name}"}
 

@@ -2,14 +2,29 @@
 
 Refs and merges are real: the repository is a bare git repository the bot pushes to, and merges,
 squashes are made with git there. PRs, labels, comments, check runs, statuses, branch
-protection and auto-merge are kept in memory and behave like GitHub's for the cases arbot meets:
-- merge (PUT .../merge) honours the `sha` guard (409), required checks and "up to date" protection (405);
-- auto-merge (GraphQL enablePullRequestAutoMerge) needs a protected base; it merges (squash, with the
-  given headline and body) as soon as the requirements hold, and is cancelled when the head moves;
+protection, auto-merge, workflow runs and artifacts are kept in memory and behave like GitHub's for the cases
+arbot meets:
+- merge (PUT .../merge) honours the `sha` guard (409), required checks and "up to date" protection (405), and the
+  branch's push `restrictions` (405 "You're not authorized to push to this branch. ...");
+- branch protection (PUT .../protection) keeps `checks[].app_id`: a required check pinned to an App is satisfied
+  only by a check run of that App ("Required status check "X" was not set by the expected GitHub app." otherwise);
+  `restrictions` are refused on a user-owned repository (422, GitHub's message); code-owner review settings are
+  stored and read back but not enforced (arbot's PRs change only target/, which no code owner owns). Not modelled:
+  administrators bypassing the rules while `enforce_admins` is off (GitHub's default), teams, pushes to the bare
+  repository (never checked against protection);
+- auto-merge (GraphQL enablePullRequestAutoMerge) needs the repository's allow_auto_merge (false by default, as on
+  a new repository; PATCH /repos/{owner}/{repo} sets it) and a pull request that is not already mergeable
+  ("Pull request Pull request is in clean status"); it merges (squash, with the given headline and body) as soon as
+  the requirements hold, and is cancelled when the head moves;
 - workflow dispatch (POST .../actions/workflows/{workflow_id}/dispatches) reads the workflow file from the git tree
-  of the ref, checks its `on.workflow_dispatch` inputs like GitHub does (422 with GitHub's messages), records the
-  dispatch in `dispatches` and hands it to `on_dispatch` (if set) on a background thread: no workflow runs here,
-  the test plays it. `flush_dispatches()` waits for those callbacks.
+  of the ref, checks its `on.workflow_dispatch` inputs like GitHub does (422 with GitHub's messages), creates a
+  queued workflow run (GET .../actions/runs/{run_id}, GET .../actions/workflows/{workflow_id}/runs), records the
+  dispatch in `dispatches` and hands it to `on_dispatch` (if set) on a background thread: no job runs here, the
+  test plays it, then calls complete_run() and add_artifact(). `flush_dispatches()` waits for those callbacks;
+- artifacts (GET .../actions/runs/{run_id}/artifacts) download like GitHub's: GET .../actions/artifacts/{id}/zip
+  answers 302 to a short-lived, unauthenticated URL (here /_artifacts/<id>/<token>.zip on the fake itself);
+- a check run created with the Actions token (login github-actions[bot]) loses the `details_url` it was sent, as on
+  GitHub (actions/github-script#143, LouisBrunner/checks-action#18): it points to the check run's own page.
 Every request and response is validated against the OpenAPI subset GitHub publishes (contract.py); a
 violation answers 500 and is kept in `violations`, which the tests assert to be empty.
 Only the operations of scripts/extract_openapi.py's OPERATIONS exist here.
@@ -17,13 +32,19 @@ Only the operations of scripts/extract_openapi.py's OPERATIONS exist here.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import re
+import secrets
 import subprocess
 import threading
+import time
+import zipfile
+import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,15 +54,31 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from tests.fake_github.contract import ContractError, load, operation, validate_request, validate_response
-from tests.fake_github.hooks import Hooks, check_run_payload, pull_request_payload, status_payload
+from tests.fake_github.hooks import Hooks, check_run_payload, pull_request_payload, status_payload, workflow_run_payload
 
 AUTOMERGE_INPUT = {"pullRequestId", "mergeMethod", "commitHeadline", "commitBody", "expectedHeadOid",
                    "authorEmail", "clientMutationId"}  # EnablePullRequestAutoMergeInput (GraphQL schema)
 ZERO = "0" * 40
+ACTIONS_LOGIN = "github-actions[bot]"  # who the Actions GITHUB_TOKEN acts as
+ACTIONS_APP_ID = 15368  # the github-actions app's id on github.com
+DOWNLOAD_SECONDS = 60  # "This URL expires after 1 minute" (GET .../actions/artifacts/{id}/{archive_format})
+NOT_AUTHORIZED = ("You're not authorized to push to this branch. "
+                  "Visit https://docs.github.com/articles/about-protected-branches/ for more information.")
+BOOLEAN_RULES = ("required_linear_history", "allow_force_pushes", "allow_deletions", "block_creations",
+                 "required_conversation_resolution", "lock_branch", "allow_fork_syncing")
+ORG_ONLY = "Only organization repositories can have users and team restrictions"
+EXPRESSION = re.compile(r"\$\{\{\s*(?:github\.event\.)?inputs\.([A-Za-z_][\w-]*)\s*\}\}")
 
 
-def now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+def now(offset: timedelta = timedelta(0)) -> str:
+    return (datetime.now(timezone.utc) + offset).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class Redirect:
+    """A 302 answer with this Location (the REST handler returns it without a body)."""
+
+    location: str
 
 
 class HTTPError(Exception):
@@ -71,13 +108,18 @@ class PR:
 
 class FakeGitHub:
     def __init__(self, root: Path, owner: str = "octo-org", name: str = "research", token: str = "ghp_test",
-                 login: str = "arbot-user", app: tuple[int, str, int] | None = None):
-        """`app` = (app_id, public key PEM, installation_id) enables GitHub App auth."""
+                 login: str = "arbot-user", app: tuple[int, str, int] | None = None, app_slug: str = "arbot-app",
+                 owner_type: str = "Organization"):
+        """`app` = (app_id, public key PEM, installation_id) enables GitHub App auth; the App is `app_slug` and its
+        installation tokens act as `<app_slug>[bot]`. `owner_type` "User" makes a personal repository (no push
+        restrictions)."""
         self.owner, self.name, self.full_name = owner, name, f"{owner}/{name}"
+        self.owner_type = owner_type
         self.bare = root / f"{name}.git"
         subprocess.run(["git", "init", "--bare", "-q", "-b", "main", str(self.bare)], check=True)
         self.tokens = {token: login}
         self.app = app
+        self.app_slug = app_slug
         self.lock = threading.RLock()
         self.prs: dict[int, PR] = {}
         self.comments: dict[int, dict] = {}
@@ -86,7 +128,7 @@ class FakeGitHub:
         self.statuses: list[dict] = []
         self.protection: dict[str, dict] = {}
         self.collaborators: dict[str, str] = {login: "admin"}
-        self.allow_auto_merge = True
+        self.allow_auto_merge = False  # a new repository's setting; PATCH /repos/{owner}/{repo} changes it
         self.default_branch = "main"
         self.requests: list[tuple[str, str, Any]] = []
         # workflow_dispatch events accepted (POST .../actions/workflows/{workflow_id}/dispatches), oldest first:
@@ -98,6 +140,13 @@ class FakeGitHub:
         # the request handler, so it may call the fake over HTTP). Wait for it with flush_dispatches().
         self.on_dispatch: Callable[[dict], Any] | None = None
         self.workflows: dict[str, int] = {}  # workflow file name -> numeric workflow id (see workflow_id())
+        # Workflow runs, one per accepted dispatch, by id: {id, workflow (file name), workflow_id, name, path, event,
+        # head_branch, head_sha, display_title, actor, triggering_actor, status, conclusion, run_attempt, run_number,
+        # created_at, updated_at, run_started_at}. Tests move them on with start_run() and complete_run().
+        self.runs: dict[int, dict] = {}
+        # Artifacts by id: {id, run_id, name, zip (bytes), created_at, expires_at, expired}; see add_artifact().
+        self.artifacts: dict[int, dict] = {}
+        self.downloads: dict[str, tuple[int, float]] = {}  # token -> (artifact id, expiry time.monotonic())
         self._actions: ThreadPoolExecutor | None = None
         self._played: list[Future] = []
         self.violations: list[str] = []
@@ -145,6 +194,46 @@ class FakeGitHub:
             if file not in self.workflows:
                 self.workflows[file] = self.next_id()
             return self.workflows[file]
+
+    def start_run(self, run_id: int) -> None:
+        """A runner picked the run up: status in_progress."""
+        with self.lock:
+            run = self.runs[run_id]
+            run.update(status="in_progress", updated_at=now())
+
+    def complete_run(self, run_id: int, conclusion: str = "success") -> None:
+        """The run ended: status completed with this conclusion (success, failure, cancelled, timed_out, ...);
+        the workflow_run.completed webhook goes out, as GitHub sends it to Apps with actions: read."""
+        with self.lock:
+            run = self.runs[run_id]
+            run.update(status="completed", conclusion=conclusion, updated_at=now())
+            definition, payload = workflow_run_payload(self.full_name, run, run["actor"])
+        self.hooks.emit(definition, "workflow_run", payload)
+
+    def add_artifact(self, run_id: int, name: str, files: dict[str, bytes], expired: bool = False) -> int:
+        """Upload an artifact to the run (actions/upload-artifact): `files` (path in the zip -> content) zipped;
+        its id. An expired artifact is listed with expired true and its download answers 410, as on GitHub."""
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as z:
+            for path, content in files.items():
+                z.writestr(path, content)
+        with self.lock:
+            if run_id not in self.runs:
+                raise KeyError(f"no workflow run {run_id}")
+            artifact_id = self.next_id()
+            self.artifacts[artifact_id] = {"id": artifact_id, "run_id": run_id, "name": name, "zip": buffer.getvalue(),
+                                           "created_at": now(), "expires_at": now(timedelta(days=90)),
+                                           "expired": expired}
+            return artifact_id
+
+    def app_id_of(self, slug: str) -> int:
+        """The numeric id of the App `slug`: the fake's own App, github-actions (15368 on github.com), or a stable
+        made-up id for any other app."""
+        if self.app and slug == self.app_slug:
+            return int(self.app[0])
+        if slug == "github-actions":
+            return ACTIONS_APP_ID
+        return 2_000_000 + zlib.crc32(slug.encode()) % 1_000_000
 
     def flush_dispatches(self, timeout: float = 30) -> None:
         """Wait until every on_dispatch callback queued so far has returned; re-raise the first one that raised."""
@@ -200,7 +289,7 @@ class FakeGitHub:
                  allow_auto_merge=self.allow_auto_merge, language=None, license=None, fork=False)
         for fork_only in ("source", "parent", "template_repository"):
             d.pop(fork_only, None)
-        d["owner"]["login"] = self.owner
+        d["owner"].update(login=self.owner, type=self.owner_type)
         d.setdefault("permissions", {"admin": True, "maintain": True, "push": True, "triage": True, "pull": True})
         return d
 
@@ -225,14 +314,18 @@ class FakeGitHub:
             d[side]["repo"]["owner"]["login"] = self.owner
         return d
 
+    def check_page(self, check_run_id: int) -> str:
+        """The check run's own page (its html_url)."""
+        return f"http://github.test/{self.full_name}/runs/{check_run_id}"
+
     def check_json(self, run: dict) -> dict:
         d = self.example("check-run-example-of-completed-conclusion")
         d.update(id=run["id"], node_id=f"CR_{run['id']}", name=run["name"], head_sha=run["head_sha"], status=run["status"],
                  conclusion=run.get("conclusion"), started_at=run["started_at"], completed_at=run.get("completed_at"),
                  details_url=run.get("details_url"), external_id=run.get("external_id", ""), pull_requests=[],
-                 url=f"{self.api}/repos/{self.full_name}/check-runs/{run['id']}")
+                 url=f"{self.api}/repos/{self.full_name}/check-runs/{run['id']}", html_url=self.check_page(run["id"]))
         slug = run["creator"].removesuffix("[bot]")
-        d["app"].update(slug=slug, name=slug, id=abs(hash(slug)) % 10**6, node_id=f"APP_{slug}")
+        d["app"].update(slug=slug, name=slug, id=self.app_id_of(slug), node_id=f"APP_{slug}")
         out = run.get("output") or {}
         d["output"] = {"title": out.get("title"), "summary": out.get("summary"), "text": out.get("text"),
                        "annotations_count": 0, "annotations_url": f"{d['url']}/annotations"}
@@ -268,26 +361,98 @@ class FakeGitHub:
         return d
 
     def protection_json(self, branch: str) -> dict:
+        """GET .../protection as GitHub answers it: `checks[].app_id` null where any source counts."""
         p = self.protection[branch]
         url = f"{self.api}/repos/{self.full_name}/branches/{branch}/protection"
-        return {
+        d: dict[str, Any] = {
             "url": url,
-            "required_status_checks": {"url": f"{url}/required_status_checks", "strict": p["strict"],
-                                       "contexts": p["contexts"], "contexts_url": f"{url}/required_status_checks/contexts",
-                                       "checks": [{"context": c, "app_id": None} for c in p["contexts"]]},
             "enforce_admins": {"url": f"{url}/enforce_admins", "enabled": p["enforce_admins"]},
+            "required_signatures": {"url": f"{url}/required_signatures", "enabled": False},
+            **{key: {"enabled": p[key]} for key in BOOLEAN_RULES},
         }
+        if p["status_checks"]:
+            d["required_status_checks"] = {
+                "url": f"{url}/required_status_checks", "strict": p["strict"], "contexts": p["contexts"],
+                "contexts_url": f"{url}/required_status_checks/contexts", "checks": [dict(c) for c in p["checks"]]}
+        if p["reviews"] is not None:
+            d["required_pull_request_reviews"] = {"url": f"{url}/required_pull_request_reviews", **p["reviews"]}
+        if p["restrictions"] is not None:
+            r = p["restrictions"]
+            d["restrictions"] = {
+                "url": f"{url}/restrictions", "users_url": f"{url}/restrictions/users",
+                "teams_url": f"{url}/restrictions/teams", "apps_url": f"{url}/restrictions/apps",
+                "users": [self.user(login) for login in r["users"]], "teams": [],  # teams are not modelled
+                "apps": [self.integration_json(slug) for slug in r["apps"]]}
+        return d
+
+    def integration_json(self, slug: str) -> dict:
+        """An App as GET /app (and a protection's restrictions) shows it."""
+        d = self.example("integration")
+        d.update(id=self.app_id_of(slug), slug=slug, name=slug, node_id=f"APP_{slug}",
+                 html_url=f"http://github.test/apps/{slug}", owner=self.user(self.owner),
+                 permissions={"actions": "write", "checks": "write", "contents": "write", "issues": "write",
+                              "metadata": "read", "pull_requests": "write"},
+                 events=["check_run", "issue_comment", "pull_request", "push"])
+        d["owner"]["type"] = self.owner_type
+        return d
+
+    def run_json(self, run: dict) -> dict:
+        """A workflow run (GET .../actions/runs/{run_id}), from GitHub's example with this run's fields."""
+        d = self.example("workflow-run")
+        base = f"{self.api}/repos/{self.full_name}/actions/runs/{run['id']}"
+        d.update({key: run[key] for key in ("id", "name", "path", "event", "head_branch", "head_sha", "display_title",
+                                            "status", "conclusion", "run_attempt", "run_number", "workflow_id",
+                                            "created_at", "updated_at", "run_started_at")})
+        d.update(node_id=f"WFR_{run['id']}", check_suite_id=run["id"] + 7000, check_suite_node_id=f"CS_{run['id']}",
+                 url=base, html_url=f"http://github.test/{self.full_name}/actions/runs/{run['id']}",
+                 jobs_url=f"{base}/jobs", logs_url=f"{base}/logs", artifacts_url=f"{base}/artifacts",
+                 cancel_url=f"{base}/cancel", rerun_url=f"{base}/rerun", previous_attempt_url=None,
+                 check_suite_url=f"{self.api}/repos/{self.full_name}/check-suites/{run['id'] + 7000}",
+                 workflow_url=f"{self.api}/repos/{self.full_name}/actions/workflows/{run['workflow_id']}",
+                 pull_requests=[], referenced_workflows=[], actor=self.user(run["actor"]),
+                 triggering_actor=self.user(run["triggering_actor"]), head_repository_id=d["repository"]["id"])
+        fmt = "%H%n%T%n%aI%n%an%n%ae%n%cn%n%ce%n%B"
+        log = self.git("log", "-1", f"--format={fmt}", run["head_sha"]).stdout
+        sha, tree, timestamp, an, ae, cn, ce, message = log.split("\n", 7)
+        d["head_commit"] = {"id": sha, "tree_id": tree, "message": message.rstrip("\n"), "timestamp": timestamp,
+                            "author": {"name": an, "email": ae}, "committer": {"name": cn, "email": ce}}
+        for key in ("repository", "head_repository"):
+            d[key].update(name=self.name, full_name=self.full_name, private=True,
+                          url=f"{self.api}/repos/{self.full_name}", html_url=f"http://github.test/{self.full_name}")
+            d[key]["owner"].update(login=self.owner, type=self.owner_type)
+        return d
+
+    def artifact_json(self, a: dict) -> dict:
+        d = self.example("artifact-paginated")["artifacts"][0]
+        run = self.runs[a["run_id"]]
+        url = f"{self.api}/repos/{self.full_name}/actions/artifacts/{a['id']}"
+        d.update(id=a["id"], node_id=f"AR_{a['id']}", name=a["name"], size_in_bytes=len(a["zip"]), url=url,
+                 archive_download_url=f"{url}/zip", expired=a["expired"], created_at=a["created_at"],
+                 updated_at=a["created_at"], expires_at=a["expires_at"],
+                 digest=f"sha256:{hashlib.sha256(a['zip']).hexdigest()}")
+        d["workflow_run"] = {"id": run["id"], "repository_id": d["workflow_run"]["repository_id"],
+                             "head_repository_id": d["workflow_run"]["head_repository_id"],
+                             "head_branch": run["head_branch"], "head_sha": run["head_sha"]}
+        return d
 
     # --- rules ------------------------------------------------------------------------------------------
-    def check_passed(self, sha: str, context: str) -> bool:
-        runs = [r for r in self.check_runs if r["head_sha"] == sha and r["name"] == context]
+    def check_passed(self, sha: str, context: str, app_id: int | None = None) -> bool:
+        """Whether the required check `context` passes on `sha`: the latest check run of that name (of the App
+        `app_id` when the protection pins one), else, when no App is pinned, the latest commit status of that
+        context. Commit statuses never satisfy a pinned check here (the bot posts statuses only with a PAT, as a
+        user; GitHub also attributes a status created with an App's installation token to that App, which the fake
+        does not model)."""
+        runs = [r for r in self.check_runs if r["head_sha"] == sha and r["name"] == context
+                and (app_id is None or self.app_id_of(r["creator"].removesuffix("[bot]")) == app_id)]
         if runs:
             return max(runs, key=lambda r: r["id"]).get("conclusion") in ("success", "neutral", "skipped")
+        if app_id is not None:
+            return False
         statuses = [s for s in self.statuses if s["sha"] == sha and s["context"] == context]
         return bool(statuses) and statuses[-1]["state"] == "success"
 
     def blockers(self, pr: PR) -> list[str]:
-        """Why GitHub would not merge this PR now (empty: it would)."""
+        """Why GitHub would not merge this PR now (empty: it would), whoever merges it (see may_push)."""
         if pr.state != "open":
             return ["Pull Request is not open"]
         head, base = self.head_sha(pr), self.ref(pr.base)
@@ -298,10 +463,27 @@ class FakeGitHub:
         rules = self.protection.get(pr.base)
         if not rules:
             return []
-        out = [f'Required status check "{c}" is expected.' for c in rules["contexts"] if not self.check_passed(head, c)]
+        out = []
+        for check in rules["checks"]:
+            context, app_id = check["context"], check["app_id"]
+            if self.check_passed(head, context, app_id):
+                continue
+            if app_id is not None and self.check_passed(head, context):  # kubernetes-sigs/prow#915
+                out.append(f'Required status check "{context}" was not set by the expected GitHub app.')
+            else:
+                out.append(f'Required status check "{context}" is expected.')
         if rules["strict"] and not self.is_ancestor(base, head):
             out.append("Head branch is not up to date with the base branch")
         return out
+
+    def may_push(self, branch: str, user: str) -> bool:
+        """Whether `user` (a login, or `<slug>[bot]` for an App) passes the branch's push restrictions, which also
+        govern merges into it. Teams are not modelled; nor is the administrators' bypass (enforce_admins off)."""
+        restrictions = (self.protection.get(branch) or {}).get("restrictions")
+        if restrictions is None:
+            return True
+        app = user.removesuffix("[bot]") if user.endswith("[bot]") else None
+        return user in restrictions["users"] or app in restrictions["apps"]
 
     def squash(self, pr: PR, title: str, message: str, user: str) -> str:
         head, base = self.head_sha(pr), self.ref(pr.base)
@@ -331,7 +513,7 @@ class FakeGitHub:
             if pr.auto_merge.get("expected") and self.head_sha(pr) != pr.auto_merge["expected"]:
                 pr.auto_merge = None  # the head moved after auto-merge was enabled: it is cancelled
                 continue
-            if not self.blockers(pr):
+            if not self.blockers(pr) and self.may_push(pr.base, pr.auto_merge["by"]):
                 am = pr.auto_merge
                 self.squash(pr, am["commit_title"] or pr.title, am["commit_message"] or "", am["by"])
 
@@ -339,7 +521,7 @@ class FakeGitHub:
     def _auth(self, request: Request, path: str) -> str:
         header = request.headers.get("authorization", "")
         scheme, _, cred = header.partition(" ")
-        if path.startswith("/app/"):
+        if path == "/app" or path.startswith("/app/"):
             if not self.app or scheme.lower() != "bearer":
                 raise HTTPError(401, "A JSON web token could not be decoded")
             try:
@@ -377,13 +559,25 @@ class FakeGitHub:
                 status, out = e.status, e.body
             try:
                 operation(method, path)
-                validate_response(method, path, status, out)
+                validate_response(method, path, status, None if isinstance(out, Redirect) else out)
             except ContractError as e:
                 self.violations.append(str(e))
                 return JSONResponse({"message": f"fake GitHub: {e}"}, status_code=500)
             if status == 204:
                 return Response(status_code=204)
+            if isinstance(out, Redirect):
+                return Response(status_code=status, headers={"Location": out.location})
             return JSONResponse(out, status_code=status)
+
+        @app.get("/_artifacts/{artifact_id}/{file}")
+        async def download(artifact_id: int, file: str):
+            """The short-lived download URL an artifact's 302 points to: no credentials, the token in the path."""
+            with self.lock:
+                token = file.removesuffix(".zip")
+                issued = self.downloads.get(token)
+                if issued is None or issued[0] != artifact_id or time.monotonic() > issued[1]:
+                    return Response("the download URL is unknown or expired", status_code=403, media_type="text/plain")
+                return Response(self.artifacts[artifact_id]["zip"], media_type="application/zip")
 
         @app.post("/api/graphql")
         async def graphql(request: Request):
@@ -411,6 +605,8 @@ class FakeGitHub:
     def dispatch(self, method: str, path: str, body: Any, query: dict, user: str) -> tuple[int, Any]:
         if path.startswith("/app/installations/"):
             return self.op_installation_token(int(path.split("/")[3]))
+        if path == "/app":
+            return self.op_get_app()
         prefix = f"/repos/{self.full_name}"
         if not (path == prefix or path.startswith(prefix + "/")):
             raise HTTPError(404, "Not Found")
@@ -425,14 +621,24 @@ class FakeGitHub:
         if not self.app or installation_id != self.app[2]:
             raise HTTPError(404, "Not Found")
         token = f"ghs_installation{self.next_id()}"
-        self.tokens[token] = "arbot-app[bot]"
-        self.collaborators.setdefault("arbot-app[bot]", "write")
+        self.tokens[token] = f"{self.app_slug}[bot]"
+        self.collaborators.setdefault(f"{self.app_slug}[bot]", "write")
         d = self.example("installation-token")
         d.update(token=token, expires_at="2099-01-01T00:00:00Z")
         d.pop("repositories", None)
         return 201, d
 
+    def op_get_app(self):
+        """GET /app with the App's JWT (_auth checked it)."""
+        return 200, self.integration_json(self.app_slug)
+
     def op_get_repo(self, **_):
+        return 200, self.repo_json()
+
+    def op_update_repo(self, body: dict, **_):
+        """PATCH /repos/{owner}/{repo}: allow_auto_merge is kept (the other settings are accepted and ignored)."""
+        if "allow_auto_merge" in body:
+            self.allow_auto_merge = bool(body["allow_auto_merge"])
         return 200, self.repo_json()
 
     def op_get_branch(self, branch: str, **_):
@@ -506,6 +712,8 @@ class FakeGitHub:
         pr = self._pr(pull_number)
         if body.get("sha") and body["sha"] != self.head_sha(pr):
             raise HTTPError(409, "Head branch was modified. Review and try the merge again.")
+        if pr.state == "open" and not self.may_push(pr.base, user):
+            raise HTTPError(405, NOT_AUTHORIZED)  # claroline/Distribution#492, pascalgn/automerge-action#3
         blockers = self.blockers(pr)
         if blockers:
             raise HTTPError(405, blockers[0])
@@ -570,9 +778,15 @@ class FakeGitHub:
     def op_create_check_run(self, body: dict, user: str, **_):
         if not user.endswith("[bot]"):
             raise HTTPError(403, "You must authenticate via a GitHub App.")
-        run = {"id": self.next_id(), "name": body["name"], "head_sha": body["head_sha"],
+        # GitHub ignores the details_url of a check run made with the Actions GITHUB_TOKEN: its Details link opens the
+        # check run's own page, ".../runs/<id>?check_suite_focus=true", "same as if the param was not passed"
+        # (actions/github-script#143, LouisBrunner/checks-action#18 and #21). The fake stores that page (the webhook
+        # schema wants a string there): neither the URL sent nor the workflow run can be read back from it.
+        check_run_id = self.next_id()
+        details_url = self.check_page(check_run_id) if user == ACTIONS_LOGIN else body.get("details_url")
+        run = {"id": check_run_id, "name": body["name"], "head_sha": body["head_sha"],
                "status": body.get("status", "queued"), "conclusion": body.get("conclusion"),
-               "output": body.get("output"), "details_url": body.get("details_url"),
+               "output": body.get("output"), "details_url": details_url,
                "external_id": body.get("external_id", ""), "started_at": now(), "creator": user,
                "completed_at": now() if body.get("conclusion") else None}
         if run["conclusion"]:
@@ -626,15 +840,47 @@ class FakeGitHub:
         return 200, self.protection_json(branch)
 
     def op_put_protection(self, branch: str, body: dict, **_):
+        """PUT .../protection replaces the whole protection. A required check named in the deprecated `contexts`, or
+        in `checks` without an app_id, is pinned to the App that last posted a check run of that name (any source
+        when none did); `app_id: -1` means any source (read back as null). `restrictions`, and the users and teams of
+        review dismissal or bypass lists, exist only on organization repositories (422 otherwise)."""
         if not self.ref(branch):
             raise HTTPError(404, "Branch not found")
-        checks = body.get("required_status_checks") or {}
-        contexts = list(checks.get("contexts") or []) + [c["context"] for c in checks.get("checks") or []]
-        self.protection[branch] = {"strict": bool(checks.get("strict")), "contexts": sorted(set(contexts)),
-                                   "enforce_admins": bool(body.get("enforce_admins"))}
+        reviews = body.get("required_pull_request_reviews")
+        if self.owner_type != "Organization" and (body.get("restrictions") is not None or any(
+                (reviews or {}).get(key) for key in ("dismissal_restrictions", "bypass_pull_request_allowances"))):
+            raise HTTPError(422, ORG_ONLY)  # what GitHub answers even for empty lists or apps only
+        checks_body = body.get("required_status_checks")
+        checks = []
+        named = [{"context": name} for name in (checks_body or {}).get("contexts") or []]
+        for c in (checks_body or {}).get("checks") or named:
+            app_id = c.get("app_id", self._recent_app(c["context"]))
+            checks.append({"context": c["context"], "app_id": None if app_id in (None, -1) else app_id})
+        restrictions = body.get("restrictions")
+        self.protection[branch] = {
+            "status_checks": checks_body is not None, "strict": bool((checks_body or {}).get("strict")),
+            "checks": checks, "contexts": sorted({c["context"] for c in checks}),
+            "enforce_admins": bool(body.get("enforce_admins")),
+            "reviews": None if reviews is None else {
+                "dismiss_stale_reviews": bool(reviews.get("dismiss_stale_reviews")),
+                "require_code_owner_reviews": bool(reviews.get("require_code_owner_reviews")),
+                "required_approving_review_count": int(reviews.get("required_approving_review_count", 0)),
+                "require_last_push_approval": bool(reviews.get("require_last_push_approval"))},
+            "restrictions": None if restrictions is None else {
+                "users": list(restrictions.get("users") or []), "teams": list(restrictions.get("teams") or []),
+                "apps": list(restrictions.get("apps") or [])},
+            **{key: bool(body.get(key)) for key in BOOLEAN_RULES},
+        }
         d = self.example("branch-protection-update")
+        for key in ("required_status_checks", "required_pull_request_reviews", "restrictions"):
+            d.pop(key, None)
         d.update(self.protection_json(branch))
         return 200, d
+
+    def _recent_app(self, context: str) -> int | None:
+        """The App that most recently posted a check run named `context` (None: none did)."""
+        runs = [r for r in self.check_runs if r["name"] == context]
+        return self.app_id_of(max(runs, key=lambda r: r["id"])["creator"].removesuffix("[bot]")) if runs else None
 
     def op_permission(self, username: str, **_):
         permission = self.collaborators.get(username)
@@ -654,14 +900,20 @@ class FakeGitHub:
         raise HTTPError(422, f"No ref found for: {ref}")  # a commit sha is no ref either, as on GitHub
 
     @staticmethod
-    def _dispatch_trigger(text: str) -> dict | None:
-        """The `on.workflow_dispatch` mapping of a workflow file ({} when it has no inputs), None without the trigger.
-        PyYAML (YAML 1.1) reads the key `on` as the boolean True: both spellings are looked up."""
+    def _workflow_doc(text: str) -> dict:
+        """The parsed workflow file ({} when it is not a YAML mapping)."""
         try:
             doc = yaml.safe_load(text)
         except yaml.YAMLError:
-            return None
-        if not isinstance(doc, dict):
+            return {}
+        return doc if isinstance(doc, dict) else {}
+
+    @classmethod
+    def _dispatch_trigger(cls, text: str) -> dict | None:
+        """The `on.workflow_dispatch` mapping of a workflow file ({} when it has no inputs), None without the trigger.
+        PyYAML (YAML 1.1) reads the key `on` as the boolean True: both spellings are looked up."""
+        doc = cls._workflow_doc(text)
+        if not doc:
             return None
         on = doc.get("on", doc.get(True))
         if on == "workflow_dispatch" or (isinstance(on, list) and "workflow_dispatch" in on):
@@ -691,18 +943,7 @@ class FakeGitHub:
           for input 'x' not in the list of allowed values"). More than 25 inputs break the contract's maxProperties:
           the contract check answers 500 and records a violation, as for every request that breaks the contract.
         204 without a body, or 200 with the run's id and URLs when return_run_details is true."""
-        from urllib.parse import unquote
-
-        workflow_id = unquote(workflow_id)
-        if workflow_id.isdigit():
-            listed = self.git("ls-tree", "--name-only", f"refs/heads/{self.default_branch}:.github/workflows", check=False)
-            for name in sorted(listed.stdout.splitlines()):  # GitHub knows the default branch's workflows by id
-                self.workflow_id(name)
-            file = next((f for f, i in self.workflows.items() if i == int(workflow_id)), None)
-            if file is None:
-                raise HTTPError(404, "Not Found")
-        else:
-            file = workflow_id
+        file = self._workflow_file(workflow_id)
         full_ref, sha = self._dispatch_ref(body["ref"])
         blob = None if "/" in file else self.git("cat-file", "blob", f"{sha}:.github/workflows/{file}", check=False)
         if blob is None or blob.returncode:
@@ -737,12 +978,90 @@ class FakeGitHub:
         run_id = self.next_id()
         dispatch = {"id": run_id, "workflow": file, "workflow_id": self.workflow_id(file), "ref": full_ref,
                     "head_branch": full_ref.split("/", 2)[2], "sha": sha, "inputs": inputs, "user": user}
+        doc = self._workflow_doc(blob.stdout)
+        name = str(doc.get("name") or f".github/workflows/{file}")  # GitHub names a nameless workflow by its path
+        run_name = doc.get("run-name")
+        title = EXPRESSION.sub(lambda m: inputs.get(m.group(1), ""), str(run_name)) if run_name else name
+        self.runs[run_id] = {
+            "id": run_id, "workflow": file, "workflow_id": dispatch["workflow_id"], "name": name,
+            "path": f".github/workflows/{file}", "event": "workflow_dispatch", "head_branch": dispatch["head_branch"],
+            "head_sha": sha, "display_title": title, "actor": user, "triggering_actor": user, "status": "queued",
+            "conclusion": None, "run_attempt": 1,
+            "run_number": 1 + sum(r["workflow_id"] == dispatch["workflow_id"] for r in self.runs.values()),
+            "created_at": now(), "updated_at": now(), "run_started_at": now()}
         self.dispatches.append(dispatch)
         self._play(dispatch)
         if body.get("return_run_details"):
             return 200, {"workflow_run_id": run_id, "run_url": f"{self.api}/repos/{self.full_name}/actions/runs/{run_id}",
                          "html_url": f"http://github.test/{self.full_name}/actions/runs/{run_id}"}
         return 204, None
+
+    def _workflow_file(self, workflow_id: str) -> str:
+        """The file name under .github/workflows/ that `workflow_id` (a file name or a numeric id) names; 404 for an
+        unknown numeric id (GitHub knows the default branch's workflows, and those that ran, by id)."""
+        from urllib.parse import unquote
+
+        workflow_id = unquote(workflow_id)
+        if not workflow_id.isdigit():
+            return workflow_id
+        listed = self.git("ls-tree", "--name-only", f"refs/heads/{self.default_branch}:.github/workflows", check=False)
+        for name in sorted(listed.stdout.splitlines()):
+            self.workflow_id(name)
+        file = next((f for f, i in self.workflows.items() if i == int(workflow_id)), None)
+        if file is None:
+            raise HTTPError(404, "Not Found")
+        return file
+
+    def _run(self, run_id: str) -> dict:
+        run = self.runs.get(int(run_id))
+        if run is None:
+            raise HTTPError(404, "Not Found")
+        return run
+
+    @staticmethod
+    def _page(items: list, query: dict) -> list:
+        """One page of `items` (per_page up to 100, default 30; page from 1)."""
+        per_page = min(max(int(query.get("per_page", 30)), 1), 100)
+        page = max(int(query.get("page", 1)), 1)
+        return items[(page - 1) * per_page:page * per_page]
+
+    def op_get_run(self, run_id: str, **_):
+        return 200, self.run_json(self._run(run_id))
+
+    def op_list_workflow_runs(self, workflow_id: str, query: dict, **_):
+        """The workflow's runs, newest first, filtered by event, branch, status (a status or a conclusion), actor
+        and head_sha as GitHub does; one page."""
+        file = self._workflow_file(workflow_id)
+        exists = self.git("cat-file", "-e", f"refs/heads/{self.default_branch}:.github/workflows/{file}", check=False)
+        if file not in self.workflows and exists.returncode:
+            raise HTTPError(404, "Not Found")
+        runs = [r for r in sorted(self.runs.values(), key=lambda r: -r["id"]) if r["workflow"] == file
+                and query.get("event", r["event"]) == r["event"]
+                and query.get("branch", r["head_branch"]) == r["head_branch"]
+                and query.get("actor", r["actor"]) == r["actor"]
+                and query.get("head_sha", r["head_sha"]) == r["head_sha"]
+                and ("status" not in query or query["status"] in (r["status"], r["conclusion"]))]
+        return 200, {"total_count": len(runs), "workflow_runs": [self.run_json(r) for r in self._page(runs, query)]}
+
+    def op_list_run_artifacts(self, run_id: str, query: dict, **_):
+        """The run's artifacts (by name when `name` is given), oldest first; one page."""
+        run = self._run(run_id)
+        found = [a for a in sorted(self.artifacts.values(), key=lambda a: a["id"])
+                 if a["run_id"] == run["id"] and query.get("name", a["name"]) == a["name"]]
+        if query.get("direction") == "desc":
+            found.reverse()
+        return 200, {"total_count": len(found), "artifacts": [self.artifact_json(a) for a in self._page(found, query)]}
+
+    def op_download_artifact(self, artifact_id: str, archive_format: str, **_):
+        """302 to a download URL valid for a minute (no credentials needed there); 410 once the artifact expired."""
+        artifact = self.artifacts.get(int(artifact_id))
+        if artifact is None or archive_format != "zip":  # "The :archive_format must be zip."
+            raise HTTPError(404, "Not Found")
+        if artifact["expired"]:
+            raise HTTPError(410, "Artifact has expired")
+        token = secrets.token_urlsafe(16)
+        self.downloads[token] = (artifact["id"], time.monotonic() + DOWNLOAD_SECONDS)
+        return 302, Redirect(f"{self.api.removesuffix('/api/v3')}/_artifacts/{artifact['id']}/{token}.zip")
 
     # --- GraphQL: enablePullRequestAutoMerge only --------------------------------------------------------
     def graphql(self, body: dict, user: str) -> dict:
@@ -762,13 +1081,20 @@ class FakeGitHub:
                     "errors": [{"type": "NOT_FOUND", "message": f"Could not resolve to a node with the global id of '{data['pullRequestId']}'"}]}
         error = None
         if not self.allow_auto_merge:
+            # viperproject/viperserver#358, SirAllap/agentglass#331: "GraphQL: Auto merge is not allowed for this
+            # repository (enablePullRequestAutoMerge)" while the repository's allow_auto_merge is false
             error = "Auto merge is not allowed for this repository"
         elif pr.state != "open":
             error = "Pull request is closed"
-        elif not self.protection.get(pr.base):
-            error = "Pull request is in clean status"  # GitHub's answer when nothing is required
         elif data.get("expectedHeadOid") and data["expectedHeadOid"] != self.head_sha(pr):
             error = "Head sha didn't match expected"
+        elif not self.blockers(pr):
+            # nothing left to wait for (no protection, or every requirement already met): GitHub refuses with the
+            # doubled prefix, type UNPROCESSABLE (peter-evans/enable-pull-request-automerge#1118, rjwalters/loom#3379)
+            error = "Pull request Pull request is in clean status"
+        elif not self.protection.get(pr.base):
+            # a conflict and nothing required: not observed, modelled on the "clean" and "unstable" answers
+            error = "Pull request Pull request is in dirty status"
         if error:
             return {"data": {"enablePullRequestAutoMerge": None}, "errors": [{"type": "UNPROCESSABLE", "message": error}]}
         pr.auto_merge = {"by": user, "merge_method": data.get("mergeMethod", "MERGE").lower(),
@@ -783,6 +1109,7 @@ class FakeGitHub:
 def _routes() -> list[tuple[str, re.Pattern, str]]:
     table = [
         ("get", "", "op_get_repo"),
+        ("patch", "", "op_update_repo"),
         ("get", "/branches/(?P<branch>[^/]+)", "op_get_branch"),
         ("get", "/branches/(?P<branch>.+)/protection", "op_get_protection"),
         ("put", "/branches/(?P<branch>.+)/protection", "op_put_protection"),
@@ -806,6 +1133,10 @@ def _routes() -> list[tuple[str, re.Pattern, str]]:
         ("get", "/commits/(?P<ref>.+)/status", "op_combined_status"),
         ("get", "/collaborators/(?P<username>[^/]+)/permission", "op_permission"),
         ("post", "/actions/workflows/(?P<workflow_id>[^/]+)/dispatches", "op_dispatch_workflow"),
+        ("get", "/actions/workflows/(?P<workflow_id>[^/]+)/runs", "op_list_workflow_runs"),
+        ("get", "/actions/runs/(?P<run_id>\\d+)", "op_get_run"),
+        ("get", "/actions/runs/(?P<run_id>\\d+)/artifacts", "op_list_run_artifacts"),
+        ("get", "/actions/artifacts/(?P<artifact_id>\\d+)/(?P<archive_format>[^/]+)", "op_download_artifact"),
     ]
     return [(m, re.compile(p), name) for m, p, name in table]
 
