@@ -16,7 +16,7 @@ import json
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable
 
@@ -31,7 +31,7 @@ from bot.github.driver import Driver, mirror
 from bot.github.forge import GitHubForge, GitHubForgeError
 from bot.policy import make_policy
 from bot.proposers.failures import ProposalRejected, SpendCapReached
-from bot.records import Cost, FailedProposal, RunResult
+from bot.records import Cost, FailedProposal, RunResult, RunSpec
 from bot.server.store import Budget, Store
 from tests.fake_github.server import FakeGitHub
 from tests.fake_github.serving import serving
@@ -298,6 +298,31 @@ def attacker_run(fake, like: dict, **changes) -> int:
     run_id = fake.next_id()
     fake.runs[run_id] = {**fake.runs[like["id"]], "id": run_id, **changes}
     return run_id
+
+
+
+def test_without_run_details_the_dispatched_run_is_found_by_its_name(gh):
+    """A server that answers a dispatch with 204 and no run id (older GitHub Enterprise): the bot finds each run by
+    the evaluate workflow's run name for its request, created since it dispatched, and the campaign completes.
+    A run of that name from before the dispatch (an earlier attempt) is not taken for it."""
+    fake = gh.fake
+    fake.run_details = False
+    gh.auto()
+    start = fake.ref("champion")
+    d = gh.driver("win")
+    d.fill()
+    assert [s.run_id for s in d.lf.champion_record(start).pending] == [None]
+    gh.settle(d)
+    [rec] = d.lf.experiments()
+    assert rec.decision.verdict == "win" and fake.prs[1].merged
+    counted = {r.seed for r in d.lf.champion_record(start).runs} | {r.seed for r in rec.runs}
+    assert counted == {0} and len(fake.dispatches) == 2
+    # dispatched again ten minutes later (`/arbot rerun`): the runs of that name from before are not its run
+    later = (datetime.now(timezone.utc) + timedelta(minutes=10)).isoformat(timespec="seconds")
+    again = RunSpec(role="champion", commit=start, champion=start, seed=0, requested_at=later)
+    fake.runs[999] = {**fake.runs[fake.dispatches[0]["id"]], "id": 999, "created_at": "2026-01-01T00:00:00Z"}
+    assert d._find_run(again) is None
+    assert d._find_run(again.model_copy(update={"requested_at": "2025-12-31T00:00:00+00:00"})) == 999
 
 
 @pytest.mark.parametrize("kind", ["pull_request", "other workflow", "other branch", "other request"])

@@ -25,7 +25,7 @@ import logging
 import statistics
 import zipfile
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Protocol
 
@@ -43,7 +43,7 @@ from bot.policy import Policy
 from bot.proposers.base import Proposer
 from bot.proposers.context import propose
 from bot.proposers.failures import ProposalRejected, SpendCapReached
-from bot.records import ExperimentRecord, RunResult, RunSpec, ok_metric
+from bot.records import Decision, ExperimentRecord, RunResult, RunSpec, ok_metric
 from runner.guard import changed_paths, forbidden_paths
 
 log = logging.getLogger("arbot.github")
@@ -51,6 +51,7 @@ log = logging.getLogger("arbot.github")
 MIRROR = ".arbot/github.git"
 RESULT_ARTIFACT = "arbot-result"  # what the evaluate workflow's train job uploads: result.json, evaluate.log
 EVALUATE_RUN_NAME = "arbot-evaluate"  # its run-name is "arbot-evaluate <request key>"
+CLOCK_SKEW = timedelta(minutes=2)  # between the bot's clock and GitHub's, when a dispatched run is looked up by name
 
 
 class Budget(Protocol):
@@ -185,9 +186,8 @@ class Driver:
             if isinstance(action, (lc.Wait, lc.Done)):
                 return rec
             if isinstance(action, lc.Decide):
-                rec.evidence, rec.decision, rec.review, rec.finished_at = (action.evidence, action.decision,
-                                                                           action.review, now())
-                self.lf.save(rec)
+                rec.evidence, rec.review = action.evidence, action.review
+                self._decided(rec, action.decision)
                 log.info("%s: %s (%s) %s", rec.id, rec.decision.verdict, rec.decision.rule, rec.decision.reason)
             elif isinstance(action, lc.Replay):
                 rec = self._replay(rec, action.onto)
@@ -225,16 +225,32 @@ class Driver:
 
     def _start(self, owner, spec: RunSpec) -> None:
         """Dispatch the evaluate workflow on the default branch (a definition no PR can change) and note its run."""
+        requested_at = now()
         run_id = self.forge.dispatch(EVALUATE_WORKFLOW, self.forge.repo.default_branch, {
             "request": spec.key, "commit": spec.commit, "champion": spec.champion, "seed": str(spec.seed),
             "splits": ",".join(spec.splits)})
-        owner.pending = [s.model_copy(update={"run_id": run_id}) if s.key == spec.key else s for s in owner.pending]
+        owner.pending = [s.model_copy(update={"run_id": run_id, "requested_at": requested_at}) if s.key == spec.key
+                         else s for s in owner.pending]
         self.lf.save(owner)
-        log.info("dispatched %s as workflow run %s", spec.key, run_id)
+        log.info("dispatched %s as workflow run %s", spec.key, run_id if run_id is not None else "(id to be found)")
+
+    def _find_run(self, spec: RunSpec) -> int | None:
+        """The workflow run of a dispatch GitHub answered with no run id (a server without return_run_details):
+        the first run of the evaluate workflow named for this request and created since it was dispatched."""
+        since = (datetime.fromisoformat(spec.requested_at) - CLOCK_SKEW if spec.requested_at
+                 else datetime.min.replace(tzinfo=timezone.utc))
+        runs = [(created, r["id"]) for r in self.forge.dispatched_runs(EVALUATE_WORKFLOW, self.forge.repo.default_branch)
+                if r.get("display_title") == f"{EVALUATE_RUN_NAME} {spec.key}"
+                and (created := datetime.fromisoformat(r["created_at"].replace("Z", "+00:00"))) >= since]
+        return min(runs)[1] if runs else None
 
     def _collect(self, rec: ExperimentRecord) -> None:
         """Move every pending run of `rec` and of its champion that has reported into the records."""
         for owner in (rec, self.lf.champion_record(rec.parent)):
+            found = {s.key: run_id for s in owner.pending if s.run_id is None and (run_id := self._find_run(s))}
+            if found:
+                owner.pending = [s.model_copy(update={"run_id": found.get(s.key, s.run_id)}) for s in owner.pending]
+                self.lf.save(owner)
             arrived = [(spec, result) for spec in owner.pending if (result := self._result(spec)) is not None]
             for spec, result in arrived:
                 owner.pending.remove(spec)
@@ -336,6 +352,13 @@ class Driver:
     def _comment(self, rec: ExperimentRecord, body: str) -> None:
         self.forge.upsert_comment(self._pr(rec).number, body)
 
+    def _decided(self, rec: ExperimentRecord, decision: Decision) -> None:
+        """Note the decision. Runs still in flight can change nothing now: they are no longer waited for."""
+        if rec.pending:
+            log.info("%s: decided with %d run(s) in flight, which will not count", rec.id, len(rec.pending))
+        rec.decision, rec.finished_at, rec.pending = decision, now(), []
+        self.lf.save(rec)
+
     def _replay(self, stale: ExperimentRecord, champion: str) -> ExperimentRecord:
         """Measured on an old champion: never merged. Its change is opened again, as a new experiment and PR on
         the new champion (as the local loop does), and the stale PR is closed."""
@@ -344,8 +367,7 @@ class Driver:
         if files is not None:
             fresh = self.lf.open_experiment(stale.proposal.model_copy(update={"files": files}), champion, now())
             self.forge.open_pr(fresh, self.local)
-        stale.decision, stale.finished_at = lc.stale_decision(stale, champion, fresh.id if fresh else None), now()
-        self.lf.save(stale)
+        self._decided(stale, lc.stale_decision(stale, champion, fresh.id if fresh else None))
         self._close(stale)
         return fresh or stale
 

@@ -356,6 +356,14 @@ class GitHubForge:
         _, data = self.gh.requester.requestJsonAndCheck("GET", f"{self.repo.url}/actions/runs/{run_id}")
         return data
 
+    def dispatched_runs(self, workflow: str, branch: str) -> list[dict]:
+        """The latest 100 runs of `workflow` started by workflow_dispatch on `branch`, newest first (GET
+        .../actions/workflows/{workflow}/runs): how a dispatch is found on a server that answers it with no run id."""
+        _, data = self.gh.requester.requestJsonAndCheck(
+            "GET", f"{self.repo.url}/actions/workflows/{workflow}/runs",
+            parameters={"event": "workflow_dispatch", "branch": branch, "per_page": 100})
+        return data.get("workflow_runs", [])
+
     def run_artifact(self, run_id: int, name: str) -> bytes | None:
         """The zip of the run's artifact `name` (the newest of that name that has not expired), or None.
 

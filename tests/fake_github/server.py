@@ -129,6 +129,8 @@ class FakeGitHub:
         self.protection: dict[str, dict] = {}
         self.collaborators: dict[str, str] = {login: "admin"}
         self.allow_auto_merge = False  # a new repository's setting; PATCH /repos/{owner}/{repo} changes it
+        # False: a server that answers a dispatch with 204 and no run id whatever it was asked (older GitHub Enterprise)
+        self.run_details = True
         self.default_branch = "main"
         self.requests: list[tuple[str, str, Any]] = []
         # workflow_dispatch events accepted (POST .../actions/workflows/{workflow_id}/dispatches), oldest first:
@@ -991,7 +993,7 @@ class FakeGitHub:
             "created_at": now(), "updated_at": now(), "run_started_at": now()}
         self.dispatches.append(dispatch)
         self._play(dispatch)
-        if body.get("return_run_details"):
+        if body.get("return_run_details") and self.run_details:
             return 200, {"workflow_run_id": run_id, "run_url": f"{self.api}/repos/{self.full_name}/actions/runs/{run_id}",
                          "html_url": f"http://github.test/{self.full_name}/actions/runs/{run_id}"}
         return 204, None
