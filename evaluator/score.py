@@ -7,15 +7,23 @@ w[1:], the last window and batch padded and the padding ignored.
 
     bpb = sum of cross-entropy in nats / (ln 2 * number of predicted bytes)
 
-accumulated in float64 with our own log-softmax. Before scoring, the model must pass sanity
-probes: well-formed spec and output, finite weights and logits, determinism, causality (logits at
-positions <= t ignore tokens after t) and batch-row independence; and each bpb must be plausible
-(MIN_BPB..MAX_BPB).
+accumulated in float64 with our own log-softmax. The model file is inspected before it is loaded
+(`modelfile`: nothing in it may be unpickled or call more than tensor operators) and loaded weights-only.
+The model must pass sanity probes: well-formed spec and output, finite weights and logits, determinism,
+causality (logits at positions <= t ignore tokens after t) and batch-row independence; and each bpb must be
+plausible (MIN_BPB..MAX_BPB).
+
+The probes run on batches the model is scored on, drawn with a secret seed (os.urandom, in this process, for
+each call) from val and holdout; a model cannot tell a probed batch from any other. The perturbation passes
+(every causality cutoff 0..T-2 once, in a secret order; the row-independence passes; one repeated batch for
+determinism) are spread over those batches, each reusing the logits its batch was scored with, so the probes
+cost about as many forward passes as one probed batch did (plus PROBE_UNSCORED_BATCHES of a split not scored).
 """
 
 from __future__ import annotations
 
 import math
+import os
 import time
 from pathlib import Path
 
@@ -23,12 +31,15 @@ import numpy as np
 import torch
 
 from .data import Prepared
+from .modelfile import Refused, load_program
 
 VOCAB = 256
 MAX_BPB = 8.5  # uniform over 256 bytes is 8.0; clearly worse means a broken model
 # The best text compressors reach about 1 bpb on English; far below that, the model has seen the split.
 MIN_BPB = 0.4
 ATOL = RTOL = 1e-4
+PROBE_SPLITS = ("val", "holdout")
+PROBE_UNSCORED_BATCHES = 4  # batches probed from a split this call does not score (each costs one extra pass)
 
 
 class Invalid(Exception):
@@ -48,7 +59,9 @@ def pick_device(device: str) -> torch.device:
 def load_model(model_path: Path, device: torch.device):
     """The exported program as a callable, and the fixed (B, T) of its single int64 input."""
     try:
-        program = torch.export.load(str(model_path))
+        program = load_program(model_path)
+    except Refused as e:
+        raise Invalid(f"model file refused: {e}") from e
     except Exception as e:
         raise Invalid(f"could not load exported program {model_path}: {type(e).__name__}: {e}") from e
     for name, tensor in [*program.state_dict.items(), *program.constants.items()]:
@@ -110,42 +123,94 @@ def same(a: torch.Tensor, b: torch.Tensor) -> bool:
     return torch.allclose(a, b, atol=ATOL, rtol=RTOL)
 
 
-def probe(module, x: torch.Tensor) -> None:
-    """Determinism, batch-row independence and causality checks on one real batch."""
+def probe_plan(batches: dict[str, int], scored, B: int, T: int, rng: np.random.Generator) -> dict:
+    """{(split, batch index): [task, ...]}: which perturbation passes run on which batch.
+
+    Tasks: ("causal", cutoffs) perturbs each row r after cutoffs[r] (every cutoff 0..T-2 once over all tasks, in
+    a random order); ("rows", bit, value) perturbs the rows whose index has that bit equal to value (a row
+    reading any other row is caught in 2*log2(B) passes); ("same",) runs the batch again. The batches: distinct
+    ones drawn at random from both probe splits, alternating, at most PROBE_UNSCORED_BATCHES from a split that
+    is not scored."""
+    tasks: list[tuple] = []
+    if T > 1:
+        cutoffs = rng.permutation(T - 1)
+        extra = (-len(cutoffs)) % B
+        cutoffs = np.concatenate([cutoffs, rng.integers(0, T - 1, extra)]) if extra else cutoffs
+        tasks += [("causal", tuple(int(c) for c in cutoffs[i:i + B])) for i in range(0, len(cutoffs), B)]
+    tasks += [("rows", bit, value) for bit in range(max(1, (B - 1).bit_length())) for value in (0, 1)]
+    tasks.append(("same",))
+    order = rng.permutation(len(tasks))
+    tasks = [tasks[i] for i in order]
+    queues = {name: [int(i) for i in rng.permutation(n)[:n if name in scored else PROBE_UNSCORED_BATCHES]]
+              for name, n in batches.items() if n > 0}
+    pool: list[tuple[str, int]] = []
+    while len(pool) < len(tasks) and any(queues.values()):
+        for name in PROBE_SPLITS:
+            if queues.get(name) and len(pool) < len(tasks):
+                pool.append((name, queues[name].pop(0)))
+    plan: dict[tuple[str, int], list[tuple]] = {}
+    for i, task in enumerate(tasks):
+        if pool:
+            plan.setdefault(pool[i % len(pool)], []).append(task)
+    return plan
+
+
+def check(module, x: torch.Tensor, base: torch.Tensor, task: tuple, gen: torch.Generator, where: str) -> None:
+    """One probe pass on batch x whose logits were base: determinism, row independence or causality."""
     B, T = x.shape
-    base = run(module, x)
-    if not same(run(module, x), base):
-        raise Invalid("model is not deterministic: the same batch gave different logits")
-    gen = torch.Generator().manual_seed(0)
 
     def perturb(mask):  # different random bytes where mask is True
         shift = torch.randint(1, VOCAB, (B, T), generator=gen).to(x.device)
         return torch.where(mask, (x + shift) % VOCAB, x)
 
-    # Rows: for each bit of the row index, change the rows with that bit set (then unset) and
-    # check the others; any row reading any other row is caught in 2*log2(B) passes.
-    rows = torch.arange(B, device=x.device)
-    for bit in range(max(1, (B - 1).bit_length())):
-        for value in (0, 1):
-            changed = ((rows >> bit) & 1) == value
-            out = run(module, perturb(changed[:, None].expand(B, T)))
-            if not same(out[~changed], base[~changed]):
-                raise Invalid("model mixes batch rows: logits of one row changed when other rows changed")
-    # Causality: rows being independent, row r changes the tokens after its own cutoff t, so
-    # every cutoff 0..T-2 is tried in (T-1)/B passes.
-    positions = torch.arange(T, device=x.device)
-    for first in range(0, T - 1, B):
-        cutoff = (first + rows).clamp(max=T - 2)
-        out = run(module, perturb(positions[None, :] > cutoff[:, None]))
-        for r, t in enumerate(cutoff.tolist()):
+    if task[0] == "same":
+        if not same(run(module, x), base):
+            raise Invalid(f"model is not deterministic: {where} gave different logits when run again")
+    elif task[0] == "rows":
+        rows = torch.arange(B, device=x.device)
+        changed = ((rows >> task[1]) & 1) == task[2]
+        out = run(module, perturb(changed[:, None].expand(B, T)))
+        if not same(out[~changed], base[~changed]):
+            raise Invalid(f"model mixes batch rows: on {where}, logits of one row changed when other rows changed")
+    else:
+        cutoff = torch.tensor(task[1], device=x.device)
+        out = run(module, perturb(torch.arange(T, device=x.device)[None, :] > cutoff[:, None]))
+        for r, t in enumerate(task[1]):
             if not same(out[r, :t + 1], base[r, :t + 1]):
-                raise Invalid(f"model looks ahead: logits at position {t} changed when later tokens changed")
+                # Other rows were perturbed too: say which rule broke (one more pass, only on failure).
+                alone = torch.zeros(B, T, dtype=torch.bool, device=x.device)
+                alone[r, t + 1:] = True
+                if same(run(module, perturb(alone))[r, :t + 1], base[r, :t + 1]):
+                    raise Invalid(f"model mixes batch rows: on {where}, logits of row {r} changed when other "
+                                  "rows changed")
+                raise Invalid(f"model looks ahead: on {where}, logits at position {t} changed when later "
+                              "tokens changed")
 
 
-def bpb(module, data: np.ndarray, B: int, T: int, device: torch.device) -> tuple[float, int]:
+def n_batches(n_bytes: int, B: int, T: int) -> int:
+    return math.ceil(max(0, math.ceil((n_bytes - 1) / T)) / B)
+
+
+def probe_unscored(module, data: np.ndarray, name: str, tasks_at: dict, B: int, T: int, device, gen) -> None:
+    """The probe passes planned on batches of a split this call does not score."""
+    for i, (x, _, _) in enumerate(windows(data, B, T)):
+        if (name, i) in tasks_at:
+            x = x.to(device)
+            base = run(module, x)
+            for task in tasks_at.pop((name, i)):
+                check(module, x, base, task, gen, f"{name} batch {i}")
+
+
+def bpb(module, data: np.ndarray, B: int, T: int, device: torch.device, name: str = "",
+        tasks_at: dict | None = None, gen: torch.Generator | None = None) -> tuple[float, int]:
+    """Bits per byte over every window of data; the probe passes planned on its batches run on the way."""
     total_nats, count = 0.0, 0
-    for x, y, m in windows(data, B, T):
-        logits = run(module, x.to(device)).cpu()
+    for i, (x, y, m) in enumerate(windows(data, B, T)):
+        x = x.to(device)
+        logits = run(module, x)
+        for task in (tasks_at or {}).pop((name, i), ()):
+            check(module, x, logits, task, gen, f"{name} batch {i}")
+        logits = logits.cpu()
         nll = torch.logsumexp(logits, dim=-1) - logits.gather(-1, y.unsqueeze(-1)).squeeze(-1)
         total_nats += float(nll[m].sum())
         count += int(m.sum())
@@ -164,14 +229,20 @@ def score(model_path, splits: Prepared, split_names=("val",), device="cpu") -> d
     try:
         with torch.inference_mode():
             module, (B, T) = load_model(Path(model_path), dev)
+            data = {name: np.fromfile(splits.path(name), dtype=np.uint8) for name in {*PROBE_SPLITS, *split_names}}
             for name in split_names:
-                data = np.fromfile(splits.path(name), dtype=np.uint8)
-                if len(data) < 2:
+                if len(data[name]) < 2:
                     raise ValueError(f"split {name} has fewer than 2 bytes")
-                if result["tokens_evaluated"] == 0:
-                    x, _, _ = next(windows(data, B, T))
-                    probe(module, x.to(dev))
-                value, count = bpb(module, data, B, T, dev)
+            # The probe seed is secret: drawn here, for this call only, never derived from the model or its run.
+            seed = int.from_bytes(os.urandom(8), "little")
+            gen = torch.Generator().manual_seed(seed >> 1)
+            tasks_at = probe_plan({n: n_batches(len(data[n]), B, T) for n in PROBE_SPLITS}, set(split_names), B, T,
+                                  np.random.default_rng(seed))
+            for name in PROBE_SPLITS:
+                if name not in split_names:
+                    probe_unscored(module, data[name], name, tasks_at, B, T, dev, gen)
+            for name in split_names:
+                value, count = bpb(module, data[name], B, T, dev, name, tasks_at, gen)
                 if not (MIN_BPB <= value <= MAX_BPB):
                     raise Invalid(f"implausible {name}_bpb {value:.4f} (must be in [{MIN_BPB}, {MAX_BPB}]; "
                                   "far below 1 means the model has seen this split)")

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from runner.limits import MAX_FILE_BYTES
 from runner.sandbox import DEFAULT_UID
+
+SPLIT_KEY_VAR = "ARBOT_SPLIT_KEY"  # where the evaluator's `prepare` reads the split key
 
 
 class Strict(BaseModel):
@@ -31,10 +35,11 @@ class TargetConfig(Strict):
         default_factory=dict, description="knob values passed to train.py with --set (scale the model to a GPU)"
     )
     threads: int = Field(0, ge=0, description="CPU threads for training and evaluation; 0 = all cores")
-    sandbox: Literal["auto", "require", "off"] = Field(
-        "auto",
-        description="train inside bubblewrap: 'auto' uses it when it starts (else warns and records sandbox: none), "
-        "'require' refuses to run without it, 'off' never uses it (trusted code only)",
+    sandbox: Literal["auto", "require", "off"] | None = Field(
+        None,
+        description="train and score inside bubblewrap: 'require' refuses to run without it, 'auto' uses it when it "
+        "starts (else warns and records sandbox: none), 'off' never uses it (trusted code only); unset: 'require', "
+        "except for the local search demo (`arbot run` whose only proposer is the search), where it is 'auto'",
     )
     sandbox_uid: int = Field(DEFAULT_UID, ge=1, description="uid and gid a root runner drops to inside the sandbox")
     memory_gb: float | None = Field(
@@ -44,6 +49,16 @@ class TargetConfig(Strict):
         2048, ge=16, description="processes and threads the training may have (RLIMIT_NPROC; per uid, so shared by parallel runs)"
     )
     max_file_gb: float = Field(MAX_FILE_BYTES / 2**30, gt=0, description="largest file the training may write, in GiB")
+    max_disk_gb: float = Field(
+        8.0, gt=0, description="total disk a run may use in its work dir (every file and directory, each at least "
+        "4 KiB), in GiB: measured every second while it trains and once after; over it the run is killed and rejected"
+    )
+    budget_tolerance_seconds: float = Field(
+        5.0, ge=0, description="a candidate whose training wall time (measured by the runner) exceeds the budget + the "
+        "champion's measured start-up and export time + a tolerance is rejected (over_budget), and killed one tolerance "
+        "later; the tolerance is the larger of this and budget_tolerance x (budget + start-up)"
+    )
+    budget_tolerance: float = Field(0.05, ge=0, description="the tolerance as a fraction of budget + start-up (see above)")
     review_flagged: bool = Field(
         True,
         description="a win whose diff inspection raised flags (timing, seeding, file/network I/O, subprocesses, "
@@ -53,10 +68,42 @@ class TargetConfig(Strict):
         0.01,
         ge=0,
         description="a win is confirmed with one run scored on val and holdout; it is rejected when its relative gap "
-        "(holdout_bpb - val_bpb) / val_bpb exceeds the champion's by more than this; none = no holdout check",
+        "(holdout_bpb - val_bpb) / val_bpb differs from the champion's by more than this, either way (a model that has "
+        "seen val, or holdout); none = no holdout check",
     )
 
 
 class EvaluatorConfig(Strict):
     device: Literal["auto", "cpu", "cuda"] = Field("cpu", description="where the evaluator scores the model")
     cache_dir: str | None = Field(None, description="where the data splits are prepared; default ~/.cache/arbot")
+    timeout_seconds: float = Field(
+        120.0, gt=0, description="the least time one scoring may take before the runner kills the evaluator and "
+        "rejects the run (scoring_timeout)"
+    )
+    timeout_factor: float = Field(
+        5.0, gt=0, description="a scoring may take this many times the champion's own measured scoring time, when "
+        "that is more than timeout_seconds"
+    )
+    sandbox_uid: int = Field(
+        DEFAULT_UID - 1, ge=1, description="uid and gid a root runner drops to inside the evaluator's sandbox (not the "
+        "training's, so a training process shares nothing with it)"
+    )
+    split_key_env: str = Field(
+        SPLIT_KEY_VAR, description="the runner's environment variable holding the operator's secret split key "
+        "(which blocks are val and holdout); it reaches only the evaluator's prepare step, never a sandbox. Unset: "
+        "the public split rule (split_key: none)"
+    )
+    split_key_file: str | None = Field(None, description="a file holding the split key (instead of the variable)")
+
+    def prepare_env(self) -> dict[str, str]:
+        """What the evaluator's `prepare` needs of the split key: {ARBOT_SPLIT_KEY: key}, or {} for none."""
+        if self.split_key_file:
+            try:
+                key = Path(self.split_key_file).expanduser().read_text().strip()
+            except OSError as e:
+                raise ValueError(f"evaluator.split_key_file: cannot read the split key: {e}") from e
+            if not key:
+                raise ValueError(f"evaluator.split_key_file: {self.split_key_file} is empty")
+        else:
+            key = os.environ.get(self.split_key_env, "").strip()
+        return {SPLIT_KEY_VAR: key} if key else {}

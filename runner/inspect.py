@@ -7,8 +7,12 @@ the environment, dynamic code, monkeypatching, embedded data) gives a signature:
 the candidate has more often than the champion: so new or changed sensitive lines flag, untouched ones and
 plain knob changes do not. Flags are labels for a human; the sandbox and the evaluator are what enforce.
 
-`data_overlap` checks the changed files (and their string literals, decoded from base64/hex/zlib/...) for
-copies of the validation or holdout split.
+A change whose new literals (strings and bytes by length, numbers by size) add up to more than
+LITERAL_PAYLOAD_BYTES is flagged `literal-payload`: data smuggled in pieces, each under EMBEDDED_BYTES.
+
+`data_overlap` checks the changed files (their string literals, and the hex or base64 literals joined in source
+order, decoded from base64/hex/zlib/..., also under a single-byte XOR) for copies of the validation or holdout
+split.
 """
 
 from __future__ import annotations
@@ -76,6 +80,7 @@ SUSPICIOUS_STRINGS = re.compile(
     r"val\.bin|\bholdout\b|evaluator[/.]|\barbot\b|\.cache\b|/proc/|/etc/|/root\b|/home/|\.ssh|\bsecret|\btoken\b|"
     r"api[_-]?key|passw|/dev/(?!null)", re.IGNORECASE)
 EMBEDDED_BYTES = 2000  # a literal longer than this is data, not code
+LITERAL_PAYLOAD_BYTES = 4096  # new literal bytes one change may add (all files together) before it is flagged
 
 
 def _resolve(node: ast.AST, aliases: dict[str, str]) -> str | None:
@@ -200,11 +205,33 @@ def signatures(source: str) -> Counter:
     return found
 
 
+def literals(source: str | None) -> Counter:
+    """The literal values of `source` (strings, bytes, numbers), counted; an unparsable source has none."""
+    try:
+        tree = ast.parse(source or "")
+    except SyntaxError:
+        return Counter()
+    return Counter((type(n.value), n.value) for n in ast.walk(tree)
+                   if isinstance(n, ast.Constant) and isinstance(n.value, (str, bytes, int, float, complex)))
+
+
+def _payload(value) -> int:
+    """How many bytes of data a literal can carry."""
+    if isinstance(value, str):
+        return len(value.encode("utf-8", "surrogateescape"))
+    if isinstance(value, bytes):
+        return len(value)
+    if isinstance(value, int):
+        return max(1, (abs(value).bit_length() + 7) // 8)
+    return 8
+
+
 def inspect_change(before: dict[str, str | None], after: dict[str, str | None]) -> list[str]:
     """Flags for a change: `before`/`after` map each changed path to its text (None: absent in that version).
 
     Each flag reads "category: path: statement"; sorted, at most a few per category."""
     flags: list[str] = []
+    payload: dict[str, int] = {}
     for path in sorted(after):
         new, old = after[path], before.get(path)
         if new is None:
@@ -212,6 +239,8 @@ def inspect_change(before: dict[str, str | None], after: dict[str, str | None]) 
         if not path.endswith(".py"):
             flags.append(f"data-file: {path}: a non-Python file is added or changed ({len(new)} bytes)")
             continue
+        added_literals = literals(new) - literals(old)
+        payload[path] = sum(_payload(value) * n for (_, value), n in added_literals.items())
         added = signatures(new) - signatures(old or "")
         per_cat: Counter = Counter()
         for (cat, text), _ in sorted(added.items()):
@@ -221,6 +250,9 @@ def inspect_change(before: dict[str, str | None], after: dict[str, str | None]) 
         for cat, n in per_cat.items():
             if n > 3:
                 flags.append(f"{cat}: {path}: ... and {n - 3} more")
+    if sum(payload.values()) > LITERAL_PAYLOAD_BYTES:
+        flags.append(f"literal-payload: {', '.join(p for p, n in payload.items() if n)}: {sum(payload.values())} "
+                     f"bytes of new literals in this change (limit {LITERAL_PAYLOAD_BYTES})")
     return flags
 
 
@@ -234,6 +266,7 @@ class Shingles:
 
     def __init__(self, data: bytes):
         self.set = {data[i:i + SHINGLE] for i in range(0, max(0, len(data) - SHINGLE + 1))}
+        self.common = Counter(data).most_common(1)[0][0] if data else 0  # for guessing a single-byte XOR key
 
     def matches(self, blob: bytes, stride: int = 16) -> tuple[int, int]:
         """(matching windows, windows) over blob at the stride."""
@@ -259,15 +292,31 @@ def _decodings(blob: bytes) -> Iterable[bytes]:
                 pass
 
 
+def _xored(blob: bytes, splits: dict[str, Shingles]) -> Iterable[bytes]:
+    """blob, then blob under the single-byte XOR keys that would turn its commonest bytes into a split's."""
+    yield blob
+    keys = {b ^ sh.common for b, _ in Counter(blob).most_common(3) for sh in splits.values()} - {0}
+    for key in sorted(keys):
+        yield blob.translate(bytes(i ^ key for i in range(256)))
+
+
+ENCODED = (re.compile(rb"[0-9A-Fa-f\s]+"), re.compile(rb"[A-Za-z0-9+/=\s]+"))  # hex, base64
+JOINED_MIN = 16  # literals at least this long, all in one encoding's alphabet, are also decoded joined
+
+
 def _blobs(text: str) -> Iterable[bytes]:
     yield text.encode("utf-8", "surrogateescape")
     try:
         tree = ast.parse(text)
     except SyntaxError:
         return
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Constant) and isinstance(node.value, (str, bytes)) and len(node.value) >= SHINGLE:
-            yield node.value if isinstance(node.value, bytes) else node.value.encode("utf-8", "surrogateescape")
+    values = [(node.lineno, node.col_offset,
+               node.value if isinstance(node.value, bytes) else node.value.encode("utf-8", "surrogateescape"))
+              for node in ast.walk(tree) if isinstance(node, ast.Constant) and isinstance(node.value, (str, bytes))]
+    values.sort(key=lambda v: v[:2])
+    yield from (v for _, _, v in values if len(v) >= SHINGLE)
+    for alphabet in ENCODED:  # a payload cut into pieces: decoded as one
+        yield b"".join(v for _, _, v in values if len(v) >= JOINED_MIN and alphabet.fullmatch(v))
 
 
 def data_overlap(files: dict[str, str | bytes], splits: dict[str, Shingles], min_fraction: float = 0.2,
@@ -277,14 +326,12 @@ def data_overlap(files: dict[str, str | bytes], splits: dict[str, Shingles], min
     for path, content in sorted(files.items()):
         blobs = [content] if isinstance(content, bytes) else list(_blobs(content))
         hit = None
-        for blob in blobs:
-            for decoded in _decodings(blob):
-                for name, sh in splits.items():
-                    n, total = sh.matches(decoded)
-                    if n >= min_windows and n >= min_fraction * total:
-                        hit = (name, n, total)
-                        break
-                if hit:
+        candidates = (x for blob in blobs for decoded in _decodings(blob) for x in _xored(decoded, splits))
+        for candidate in candidates:
+            for name, sh in splits.items():
+                n, total = sh.matches(candidate)
+                if n >= min_windows and n >= min_fraction * total:
+                    hit = (name, n, total)
                     break
             if hit:
                 break

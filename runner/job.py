@@ -12,9 +12,9 @@ import stat
 import subprocess
 import sys
 import tarfile
-import tempfile
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import git
@@ -22,15 +22,19 @@ import git
 from runner.config import EvaluatorConfig, TargetConfig
 from runner.guard import changed_paths, forbidden_paths
 from runner.inspect import Shingles, data_overlap, inspect_change
-from runner.limits import Limits, default_memory_bytes
+from runner.limits import Limits, default_memory_bytes, disk_usage
 from runner.process import ProcessOutcome, ProgressCallback, run_untrusted, scrubbed_env
 from runner.result import RunResult
-from runner.scorer import EvaluatorWorker, WorkerDied
+from runner.scorer import EvaluatorWorker, ScoreTimeout, WorkerDied
 from runner.sandbox import Sandbox, SandboxUnavailable, resolve
+from runner.tempdirs import OwnedTempDir, sweep
 
 log = logging.getLogger("arbot.runner")
 MAX_MODEL_BYTES = 4 << 30  # an exported model larger than this is not copied out of the sandbox
 MAX_INSPECT_BYTES = 8 << 20  # changed files larger than this are not inspected (only flagged)
+EVALUATOR_FILE_BYTES = 256 << 20  # the scoring worker writes nothing but its log; no file it writes may exceed this
+TIMING_FILE = "timing.json"  # the champion's measured start-up/export and scoring times, next to its artifacts
+_SWEPT = False  # stale temporary directories are swept once per process, by the first Runner
 __all__ = ["EvaluatorError", "Runner", "SandboxError", "SandboxUnavailable", "default_cache_dir", "export_tree", "train_argv"]
 
 
@@ -87,6 +91,12 @@ class Runner:
         self._shingles: dict[str, dict[str, Shingles]] = {}
         self._sandbox: Sandbox | None = None
         self._worker: EvaluatorWorker | None = None
+        self._timing: dict[str, dict[str, float]] = {}
+        global _SWEPT
+        if not _SWEPT:
+            _SWEPT = True
+            for path in sweep():
+                log.info("removed %s, left behind by a runner that was killed", path)
 
     @property
     def limits(self) -> Limits:
@@ -96,16 +106,21 @@ class Runner:
                       max_file_bytes=int(t.max_file_gb * 2**30))
 
     def sandbox(self) -> Sandbox:
-        """The training sandbox per target.sandbox (probed once); warns loudly when runs go unsandboxed."""
+        """The sandbox per target.sandbox (unset: `require`), probed once; warns loudly when runs go unsandboxed."""
         if self._sandbox is None:
             try:
-                box = resolve(self.target.sandbox, self.limits, uid=self.target.sandbox_uid)
+                box = resolve(self.target.sandbox or "require", self.limits, uid=self.target.sandbox_uid)
             except SandboxUnavailable as e:
-                raise SandboxError(str(e)) from e
+                raise SandboxError(f"{e}. To run untrusted code without a sandbox anyway, set target.sandbox: auto "
+                                   "in arbot.yml") from e
             if box.kind == "none":
-                msg = (f"WARNING: candidate training runs WITHOUT a sandbox ({box.note}). Untrusted code runs with "
-                       "this runner's full rights: it can read the data splits, the network and your files. "
-                       "Install bubblewrap, or set target.sandbox: require to refuse such runs.")
+                msg = (f"WARNING: candidate training and scoring run WITHOUT a sandbox ({box.note}). Not isolated: "
+                       "training runs as this runner's user and can read and write its files (the repository, the "
+                       "data cache with the val and holdout splits, ~/.ssh), reach the network, and see its processes "
+                       "and, through /proc, their environment with any secrets in it; "
+                       "the evaluator loads the model in a process of that user too. Still enforced: its own scrubbed "
+                       "environment, the wall clock, the memory/process/file-size limits, the disk cap and the model "
+                       "file check. Install bubblewrap, or set target.sandbox: require to refuse such runs.")
                 if logging.getLogger().handlers:
                     log.warning(msg)
                 else:
@@ -132,7 +147,7 @@ class Runner:
         else:
             box = self.sandbox()
             result.sandbox = box.kind
-            with tempfile.TemporaryDirectory(prefix="arbot-run-") as tmp:
+            with OwnedTempDir(prefix="arbot-run-") as tmp:
                 self._train_and_score(Path(tmp), result, changed, splits, on_progress, box)
         result.total_seconds = round(time.monotonic() - start, 2)
         return result
@@ -168,6 +183,7 @@ class Runner:
         out.mkdir(parents=True)
         scorer = self._scorer(result.champion)
         data = self._prepared(result.champion, scorer.dir)
+        scorer.data_dir = Path(os.path.realpath(data["val"])).parent
         result.evaluator_fingerprint = data["fingerprint"]
         changed = {p: self._blob(result.commit, p) for p in paths}
         texts = {p: (b if not p.endswith(".py") else b.decode("utf-8", "surrogateescape"))
@@ -181,19 +197,43 @@ class Runner:
         argv = train_argv(script.name, work / "train.bin", out, self.target.budget_seconds, result.seed,
                           self.target.device, self.target.overrides)
         box.prepare(work)
+        champion_run = result.commit == result.champion
+        held = None if champion_run else self.budget_limit(result.champion)
+        budget, grace = self.target.budget_seconds, self.target.grace_seconds
+        deadline = budget + grace if held is None else min(budget + grace, held.kill)
+        cap = int(self.target.max_disk_gb * 2**30)
         outcome = run_untrusted(
             box.wrap(argv, work, work / script.parent), cwd=work / script.parent, env=scrubbed_env(work, self.target.threads),
-            deadline_seconds=self.target.budget_seconds + self.target.grace_seconds, on_progress=on_progress,
-            limits=box.limits,
+            deadline_seconds=deadline, on_progress=on_progress, limits=box.limits,
+            watch=lambda: over_disk_cap(work, cap),
         )
         result.train_seconds = round(outcome.wall_seconds, 2)
         result.peak_memory_gb = round(outcome.max_rss_gb, 3)
+        if outcome.stopped:
+            result.status, result.log_tail = "rejected", outcome.log_tail
+            result.reason = f"{outcome.stopped}; the run was killed while training"
+            return
         if outcome.timed_out:
             result.status, result.log_tail = "timeout", outcome.log_tail
-            result.reason = f"training ran past its budget of {self.target.budget_seconds:g} s plus {self.target.grace_seconds:g} s grace and was killed"
+            if held is not None and deadline < budget + grace:
+                result.reason = (f"over_budget: training ran past {deadline:.1f} s and was killed; it is held to its budget "
+                                 f"of {budget:g} s + {held.allowance:.1f} s start-up and export allowance (measured from the "
+                                 f"champion's runs) + {held.tolerance:.1f} s tolerance")
+            else:
+                result.reason = f"training ran past its budget of {budget:g} s plus {grace:g} s grace and was killed"
             return
         # The training process and everything it started are gone now (process group killed; in the sandbox,
-        # its pid namespace is torn down). The model is copied out and hashed: that copy is what gets scored.
+        # its pid namespace is torn down). What it left on disk is measured before anything is taken from it.
+        if why := over_disk_cap(work, cap):
+            result.status, result.log_tail, result.reason = "rejected", outcome.log_tail, why
+            return
+        if held is not None and outcome.wall_seconds > held.reject:
+            result.status, result.log_tail = "rejected", outcome.log_tail
+            result.reason = (f"over_budget: training took {outcome.wall_seconds:.1f} s of wall time (measured by the runner), "
+                             f"more than its budget of {budget:g} s + {held.allowance:.1f} s start-up and export allowance "
+                             f"(measured from the champion's runs) + {held.tolerance:.1f} s tolerance = {held.reject:.1f} s")
+            return
+        # The model is copied out and hashed: that copy is what gets scored.
         model, why = take_file(out / "model.pt2", tmp / "model.pt2", MAX_MODEL_BYTES)
         if outcome.returncode != 0 or model is None:
             result.status, result.log_tail = "crash", outcome.log_tail
@@ -204,35 +244,107 @@ class Runner:
         if summary is not None:
             self._read_summary(summary, result)
 
+        score_deadline, why_deadline = self.score_deadline(result.champion, splits)
         try:
-            score = scorer.score(model, splits, self.evaluator.device)
+            score = scorer.score(model, splits, self.evaluator.device, deadline=score_deadline)
         except WorkerDied as e:
             score = {"status": "invalid", "reason": str(e)}
+        except ScoreTimeout as e:
+            result.score_seconds = round(e.seconds, 2)
+            result.status, result.log_tail = "rejected", outcome.log_tail
+            result.reason = f"scoring_timeout: the evaluator was killed: {e} ({why_deadline})"
+            return
+        result.score_seconds = round(scorer.last_seconds or 0.0, 2)
         if score["status"] == "error":
             raise EvaluatorError(f"evaluator score failed: {score['reason']}")
         if score["status"] != "ok":
             result.status, result.log_tail = "rejected", outcome.log_tail
             result.reason = f"the evaluator rejected the model: {score['reason']}"
             return
+        if score.get("fingerprint", data["fingerprint"]) != data["fingerprint"]:
+            raise EvaluatorError(f"the evaluator scored on splits {score['fingerprint']}, not the ones prepared for this "
+                                 f"run ({data['fingerprint']})")
         result.metrics = {k: round(v, 6) for k, v in score["metrics"].items()}
         if result.flags:
             result.log_tail = outcome.log_tail  # a flagged run waits for a human: show what it printed
+        if champion_run:
+            self._measured(result.champion, outcome.wall_seconds - budget, scorer.last_seconds / max(len(splits), 1))
         self._keep_artifacts(tmp, result)
 
+    # --- limits measured from the champion's own runs ---------------------------------------------------------
+    def timing(self, champion: str) -> dict[str, float]:
+        """The champion's measured times: `overhead` (training wall time beyond the budget: start-up and export)
+        and `score_per_split` (scoring seconds per split), the largest seen; kept next to its artifacts so a
+        resumed `arbot run` knows them without training the champion again."""
+        if champion not in self._timing:
+            known: dict[str, float] = {}
+            if self.artifacts is not None:
+                try:
+                    raw = json.loads((self.artifacts / champion[:12] / TIMING_FILE).read_text())
+                    known = {k: float(raw[k]) for k in ("overhead", "score_per_split") if isinstance(raw.get(k), (int, float))}
+                except (OSError, ValueError, AttributeError):
+                    pass
+            self._timing[champion] = known
+        return self._timing[champion]
+
+    def _measured(self, champion: str, overhead: float, score_per_split: float) -> None:
+        known = self.timing(champion)
+        known["overhead"] = max(known.get("overhead", 0.0), max(overhead, 0.0))
+        known["score_per_split"] = max(known.get("score_per_split", 0.0), score_per_split)
+        if self.artifacts is not None:
+            dest = self.artifacts / champion[:12]
+            dest.mkdir(parents=True, exist_ok=True)
+            (dest / TIMING_FILE).write_text(json.dumps({"budget_seconds": self.target.budget_seconds, **known}) + "\n")
+
+    def budget_limit(self, champion: str) -> BudgetLimit | None:
+        """What a candidate's training is held to, measured from outside: budget + the champion's start-up and
+        export time (its allowance) + a tolerance; None until the champion's runs have been measured."""
+        overhead = self.timing(champion).get("overhead")
+        if overhead is None:
+            return None
+        budget = self.target.budget_seconds
+        tolerance = max(self.target.budget_tolerance_seconds, self.target.budget_tolerance * (budget + overhead))
+        return BudgetLimit(allowance=overhead, tolerance=tolerance, reject=budget + overhead + tolerance,
+                           kill=budget + overhead + 2 * tolerance)
+
+    def score_deadline(self, champion: str, splits: tuple[str, ...]) -> tuple[float, str]:
+        """Seconds a scoring may take: evaluator.timeout_factor x the champion's own scoring time, at least
+        evaluator.timeout_seconds; and how it was set (for the reason of a run killed at it)."""
+        floor, factor = self.evaluator.timeout_seconds, self.evaluator.timeout_factor
+        per_split = self.timing(champion).get("score_per_split")
+        if per_split is None:
+            return floor, f"the deadline is evaluator.timeout_seconds, {floor:g} s; the champion's scoring time is not measured yet"
+        measured = factor * per_split * len(splits)
+        if measured <= floor:
+            return floor, (f"the deadline is the floor evaluator.timeout_seconds, {floor:g} s, above {factor:g} x the "
+                           f"champion's {per_split * len(splits):.1f} s")
+        return measured, f"the deadline is {factor:g} x the champion's own scoring time of {per_split * len(splits):.1f} s"
+
+    def evaluator_limits(self) -> Limits:
+        return Limits(memory_bytes=self.limits.memory_bytes, max_processes=self.limits.max_processes,
+                      max_file_bytes=EVALUATOR_FILE_BYTES)
+
     def _scorer(self, champion: str) -> EvaluatorWorker:
-        """The warm evaluator of this champion commit (the previous champion's worker is stopped)."""
+        """The warm evaluator of this champion commit (the previous champion's worker is stopped), sandboxed
+        like training (its own uid and limits) unless the sandbox is `none`."""
         if self._worker is None or self._worker.champion != champion:
             if self._worker is not None:
                 self._worker.close()
-            self._worker = EvaluatorWorker(champion, self.cache, self.target.threads)
+            box = self.sandbox()
+            evaluator_box = box.with_uid(self.evaluator.sandbox_uid, self.evaluator_limits()) if box.kind == "bwrap" else None
+            self._worker = EvaluatorWorker(champion, self.cache, self.target.threads, sandbox=evaluator_box)
             export_tree(self.repo, champion, "evaluator", self._worker.dir)
         return self._worker
 
     def _prepared(self, champion: str, evaluator_dir: Path) -> dict:
         """The data splits as the champion's evaluator prepares them (once per champion in this process)."""
         if champion not in self._splits:
+            try:
+                key = self.evaluator.prepare_env()  # the secret split key reaches prepare only, never a sandbox
+            except ValueError as e:
+                raise EvaluatorError(str(e)) from e
             proc = subprocess.run([sys.executable, "-m", "evaluator", "prepare", "--cache", str(self.cache)],
-                                  cwd=evaluator_dir, env=scrubbed_env(evaluator_dir, self.target.threads),
+                                  cwd=evaluator_dir, env={**scrubbed_env(evaluator_dir, self.target.threads), **key},
                                   capture_output=True, text=True)
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
             if proc.returncode != 0 or not lines:
@@ -261,6 +373,28 @@ class Runner:
         for name in ("model.pt2", "summary.json"):
             if (out / name).is_file():
                 shutil.copyfile(out / name, dest / name)
+
+
+@dataclass(frozen=True)
+class BudgetLimit:
+    """A candidate's training wall time, measured by the runner: over `reject` it is rejected (over_budget),
+    at `kill` it is killed (timeout)."""
+
+    allowance: float  # the champion's start-up and export time (its training wall time beyond the budget)
+    tolerance: float
+    reject: float
+    kill: float
+
+
+def over_disk_cap(work: Path, cap: int) -> str:
+    """Why the work dir is over the run's disk cap (target.max_disk_gb), or "" when it is not."""
+    usage = disk_usage(work)
+    if usage.unreadable:
+        return f"disk_cap: the run made part of its work dir unreadable, so its disk use cannot be measured ({usage.unreadable})"
+    if usage.bytes > cap:
+        return (f"disk_cap: the run wrote {usage.bytes / 2**30:.2f} GiB in {usage.entries} files and directories, over "
+                f"the cap of {cap / 2**30:g} GiB per run (target.max_disk_gb)")
+    return ""
 
 
 def take_file(src: Path, dest: Path, max_bytes: int) -> tuple[Path | None, str]:

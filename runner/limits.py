@@ -42,3 +42,52 @@ def default_memory_bytes() -> int:
         return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.75)
     except (ValueError, OSError):
         return 0
+
+
+MIN_ENTRY_BYTES = 4096  # every file, directory or link counts at least one block (an inode is not free either)
+
+
+@dataclass
+class DiskUsage:
+    bytes: int = 0  # allocated bytes (hard links counted once), each entry at least MIN_ENTRY_BYTES
+    entries: int = 0
+    unreadable: str = ""  # a directory that could not be listed (a run that hides what it wrote)
+
+
+def disk_usage(root: str | os.PathLike) -> DiskUsage:
+    """What a run's work directory holds on disk: every entry under root, never following symlinks.
+
+    Allocated blocks (st_blocks), not apparent sizes: a sparse file costs what it occupies. A directory the
+    candidate made unlistable is made listable by its owner (the runner, or root) and listed; one that still
+    cannot be read is reported in `unreadable`, so the caller can refuse the run rather than miss what is in it."""
+    usage, seen = DiskUsage(), set()
+    stack = [os.fspath(root)]
+    while stack:
+        path = stack.pop()
+        try:
+            entries = list(os.scandir(path))
+        except PermissionError:
+            try:
+                os.chmod(path, 0o700)
+                entries = list(os.scandir(path))
+            except OSError as e:
+                usage.unreadable = f"{path}: {e.strerror}"
+                continue
+        except FileNotFoundError:
+            continue  # removed while we looked
+        except OSError as e:
+            usage.unreadable = f"{path}: {e.strerror}"
+            continue
+        for entry in entries:
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            usage.entries += 1
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            usage.bytes += max(st.st_blocks * 512, MIN_ENTRY_BYTES)
+            if entry.is_dir(follow_symlinks=False):
+                stack.append(entry.path)
+    return usage

@@ -30,6 +30,7 @@ class ProcessOutcome:
     max_rss_gb: float
     log_tail: str
     killed_by: int | None = None  # the signal that ended the process, when one did
+    stopped: str = ""  # why `watch` stopped the run before it ended (the process group was killed), if it did
 
 
 def scrubbed_env(workdir: Path, threads: int) -> dict[str, str]:
@@ -69,11 +70,13 @@ def _pump(stream, tail: deque, on_progress: ProgressCallback | None) -> None:
 
 def run_untrusted(
     argv: list[str], cwd: Path, env: dict[str, str], deadline_seconds: float, on_progress: ProgressCallback | None = None,
-    limits: Limits | None = None,
+    limits: Limits | None = None, watch: Callable[[], str] | None = None, watch_every: float = 1.0,
 ) -> ProcessOutcome:
     """Run argv to completion or kill its whole process group at the deadline (also on Ctrl-C).
 
-    `limits` (memory, processes, file size) are set in the child before exec and hold for all it starts."""
+    `limits` (memory, processes, file size) are set in the child before exec and hold for all it starts.
+    `watch` is called every `watch_every` seconds while it runs: a non-empty answer (why) kills the process
+    group at once and is returned as `stopped` (the disk cap is watched this way)."""
     start = time.monotonic()
     proc = subprocess.Popen(
         argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -82,7 +85,8 @@ def run_untrusted(
     tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
     reader = threading.Thread(target=_pump, args=(proc.stdout, tail, on_progress), daemon=True)
     reader.start()
-    status, rusage, timed_out = None, None, False
+    status, rusage, timed_out, stopped = None, None, False, ""
+    next_watch = start + watch_every
     try:
         while status is None:
             pid, st, ru = os.wait4(proc.pid, os.WNOHANG)
@@ -91,6 +95,11 @@ def run_untrusted(
             elif time.monotonic() - start > deadline_seconds:
                 timed_out = True
                 _kill_group(proc.pid)
+            elif watch is not None and not stopped and time.monotonic() >= next_watch:
+                stopped = watch() or ""
+                if stopped:
+                    _kill_group(proc.pid)
+                next_watch = time.monotonic() + watch_every
             else:
                 time.sleep(0.05)
     except BaseException:
@@ -108,6 +117,7 @@ def run_untrusted(
         max_rss_gb=(rusage.ru_maxrss if rusage else 0) / 1024**2,
         log_tail="\n".join(tail),
         killed_by=-os.waitstatus_to_exitcode(status) if status is not None and os.WIFSIGNALED(status) else None,
+        stopped=stopped,
     )
 
 

@@ -22,6 +22,7 @@ class RunResult(BaseModel):
     tokens: int | None = None
     tokens_per_second: float | None = None
     train_seconds: float | None = None
+    score_seconds: float | None = None  # the scoring request's wall time, measured by the runner
     total_seconds: float = 0.0
     peak_memory_gb: float | None = None
     device: str | None = None

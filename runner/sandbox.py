@@ -10,8 +10,8 @@ sandbox (so the process limit holds and root-owned files stay closed); otherwise
 in a user namespace. The wall clock is enforced from outside (runner.process); when bwrap dies its pid
 namespace dies with it, so nothing the candidate started survives the run.
 
-Where bwrap is missing or cannot start, `auto` falls back to no sandbox and says so loudly (and the run
-records `sandbox: none`); `require` refuses to run.
+Where bwrap (found on PATH) is missing or cannot start, `auto` falls back to no sandbox and says so loudly (and
+the run records `sandbox: none`); `require` refuses to run.
 """
 
 from __future__ import annotations
@@ -22,13 +22,14 @@ import shutil
 import subprocess
 import sys
 import sysconfig
-import tempfile
 import threading
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from runner.limits import Limits
 from runner.process import scrubbed_env
+from runner.tempdirs import OwnedTempDir
 
 # The uid/gid a root runner drops to inside the sandbox (nobody/nogroup on Debian).
 DEFAULT_UID = 65534
@@ -87,7 +88,16 @@ class Sandbox:
             return argv
         return self.command(argv, work, cwd)
 
-    def command(self, argv: list[str], work: Path, cwd: Path) -> list[str]:
+    def with_uid(self, uid: int, limits: Limits) -> Sandbox:
+        """The same sandbox for another untrusted role (the evaluator): its own uid (when the runner is root)
+        and its own limits; no second probe is needed, bwrap itself was already shown to work."""
+        return replace(self, drop_to=(uid, uid) if self.drop_to is not None else None, limits=limits)
+
+    def command(self, argv: list[str], work: Path | None, cwd: Path, ro: Sequence[Path] = (),
+                tmpfs: Sequence[tuple[Path, int]] = ()) -> list[str]:
+        """The bwrap command line for argv: `work` is the one writable directory (None: none), `ro` more
+        directories or files bound read-only at their own paths, `tmpfs` private size-limited scratch mounts
+        (path, bytes), writable by the sandbox uid and gone with the sandbox."""
         cmd = [self.bwrap or "bwrap", "--die-with-parent", "--new-session",
                "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
                "--hostname", "arbot-sandbox"]
@@ -119,8 +129,18 @@ class Sandbox:
             cmd += ["--dev-bind", dev, dev]
         if gpus and os.path.isdir("/sys"):
             cmd += ["--ro-bind", "/sys", "/sys"]
-        work = Path(os.path.realpath(work))
-        cmd += parents(work) + ["--bind", str(work), str(work), "--remount-ro", "/", "--chdir", str(cwd)]
+        for path, size in tmpfs:
+            path = Path(path)
+            cmd += parents(path) + ["--perms", "01777", "--size", str(int(size)), "--tmpfs", str(path)]
+            made.add(path)
+        for path in ro:
+            path = Path(os.path.realpath(path))
+            cmd += parents(path) + ["--ro-bind", str(path), str(path)]
+            made.add(path)
+        if work is not None:
+            work = Path(os.path.realpath(work))
+            cmd += parents(work) + ["--bind", str(work), str(work)]
+        cmd += ["--remount-ro", "/", "--chdir", str(cwd)]
         if self.drop_to is not None:
             uid, gid = self.drop_to
             cmd += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--",
@@ -135,22 +155,22 @@ _PROBE_LOCK = threading.Lock()
 
 
 def resolve(mode: str, limits: Limits, uid: int = DEFAULT_UID, work_root: Path | None = None) -> Sandbox:
-    """The sandbox to use for `mode` (auto | require | off). `auto` and `require` probe bwrap once per process:
-    it must start, import torch inside, and have no network. `require` raises SandboxUnavailable on failure."""
+    """The sandbox to use for `mode` (auto | require | off). `auto` and `require` probe the bwrap on PATH once per
+    process: it must start, import torch inside, and have no network. `require` raises SandboxUnavailable on failure."""
     if mode == "off":
         return Sandbox("none", limits=limits, note="sandbox disabled by config (target.sandbox: off)")
-    key = (uid, limits)
+    exe = shutil.which("bwrap")
+    key = (exe, uid, limits)
     with _PROBE_LOCK:
         if key not in _PROBES:
-            _PROBES[key] = _probe(limits, uid, work_root)
+            _PROBES[key] = _probe(exe, limits, uid, work_root)
         box = _PROBES[key]
     if box.kind == "none" and mode == "require":
         raise SandboxUnavailable(f"target.sandbox is 'require' but the sandbox cannot start: {box.note}")
     return box
 
 
-def _probe(limits: Limits, uid: int, work_root: Path | None) -> Sandbox:
-    exe = shutil.which("bwrap")
+def _probe(exe: str | None, limits: Limits, uid: int, work_root: Path | None) -> Sandbox:
     if exe is None:
         return Sandbox("none", limits=limits, note="bubblewrap (bwrap) is not installed; install it (apt-get install bubblewrap)")
     drop = (uid, uid) if os.geteuid() == 0 else None
@@ -158,7 +178,7 @@ def _probe(limits: Limits, uid: int, work_root: Path | None) -> Sandbox:
     check = ("import socket, torch\n"
              "try:\n    socket.create_connection(('1.1.1.1', 53), timeout=1)\n    print('NETWORK')\n"
              "except OSError:\n    print('SANDBOX-OK')\n")
-    with tempfile.TemporaryDirectory(prefix="arbot-probe-", dir=work_root) as tmp:
+    with OwnedTempDir(prefix="arbot-probe-", dir=work_root) as tmp:
         os.chmod(tmp, 0o711)
         work = Path(tmp) / "work"
         work.mkdir()

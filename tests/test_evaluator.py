@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import math
 import os
@@ -33,15 +35,26 @@ def prepared(cache) -> data.Prepared:
     return data.prepare(cache)
 
 
+@pytest.fixture
+def private_cache(prepared, tmp_path, monkeypatch) -> Path:
+    """An empty cache holding only the verified sdist, where nothing may be downloaded."""
+    (tmp_path / "cache" / "sources").mkdir(parents=True)
+    shutil.copy(data.fetch_source(prepared.dir.parent), tmp_path / "cache" / "sources")
+    monkeypatch.setattr(data, "download_source", lambda dest: pytest.fail("should not download"))
+    return tmp_path / "cache"
+
+
 def export(module: nn.Module, path: Path, B: int = 8, T: int = 128, dtype=torch.int64) -> Path:
     example = torch.zeros((B, T), dtype=dtype)
     torch.export.save(torch.export.export(module.eval(), (example,)), path)
     return path
 
 
-def evaluator_cli(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", "evaluator", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=120)
+def evaluator_cli(*args, cwd=ROOT, env=None, stdin=None):
+    """The evaluator CLI with no split key or split id but those in `env`."""
+    base = {k: v for k, v in os.environ.items() if k not in (data.SPLIT_KEY_ENV, data.SPLIT_ID_ENV)}
+    return subprocess.run([sys.executable, "-m", "evaluator", *map(str, args)], cwd=cwd, env={**base, **(env or {})},
+                          input=stdin, capture_output=True, text=True, timeout=120)
 
 
 # --- data ---------------------------------------------------------------------------------------
@@ -94,6 +107,98 @@ def test_prepare_is_deterministic_and_repairs_a_corrupted_cache(prepared, tmp_pa
     assert repaired.manifest == prepared.manifest
     assert repaired.val.read_bytes() == prepared.val.read_bytes()
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [prepared.split_id, "sources"]
+
+
+# --- the split key ---------------------------------------------------------------------------------
+
+
+def test_keyed_split_rule_on_synthetic_corpus():
+    """With a key, each group of 64 blocks gives one val and one other holdout block, where HMAC(key, group)
+    says (computed here independently); another key picks other blocks; every block is used exactly once."""
+    corpus = b"".join(bytes([g % 256, i]) * 2048 for g in range(3) for i in range(64)) + b"tail"
+    blocks = [corpus[i * 4096:(i + 1) * 4096] for i in range(3 * 64 + 1)]
+
+    def expected(key):
+        val, holdout = [], []
+        for g in range(4):  # the last group holds one short block
+            d = hmac.new(key, f"group {g}".encode(), hashlib.sha256).digest()
+            v = int.from_bytes(d[:8], "big") % 64
+            h = (v + 1 + int.from_bytes(d[8:16], "big") % 63) % 64
+            assert h != v
+            val += blocks[64 * g + v:64 * g + v + 1] if 64 * g + v < len(blocks) else []
+            holdout += blocks[64 * g + h:64 * g + h + 1] if 64 * g + h < len(blocks) else []
+        return b"".join(val), b"".join(holdout)
+
+    parts = data.split_corpus(corpus, b"operator secret")
+    assert (parts["val"], parts["holdout"]) == expected(b"operator secret")
+    assert len(parts["val"]) >= 3 * 4096 and len(parts["holdout"]) >= 3 * 4096
+    assert len(parts["train"]) + len(parts["val"]) + len(parts["holdout"]) == len(corpus)
+    other = data.split_corpus(corpus, b"another secret")
+    assert (other["val"], other["holdout"]) == expected(b"another secret") != (parts["val"], parts["holdout"])
+    assert data.split_corpus(corpus)["val"] == blocks[0] + blocks[64] + blocks[128] + blocks[192]  # the public rule
+
+
+def test_keyed_prepare_has_its_own_cache_and_fingerprint(prepared, private_cache, monkeypatch):
+    """A key gives other val/holdout blocks of the same corpus, in a cache dir of its own that another key (or
+    none) never reuses; the manifest and fingerprint name the key by an HMAC id and never hold it."""
+    a = data.prepare(private_cache, b"key-a")
+    b = data.prepare(private_cache, b"key-b")
+    assert len({a.split_id, b.split_id, prepared.split_id}) == 3
+    assert len({a.fingerprint, b.fingerprint, prepared.fingerprint}) == 3
+    assert a.split_key == data.key_id(b"key-a") != b.split_key and prepared.split_key == "none"
+    assert a.split_key == "hmac-" + hmac.new(b"key-a", b"arbot split key id", hashlib.sha256).hexdigest()[:16]
+    assert a.val.read_bytes() != prepared.val.read_bytes() and a.val.read_bytes() != b.val.read_bytes()
+    for p in (a, b):  # the same corpus, dealt differently
+        sizes = {n: p.path(n).stat().st_size for n in data.SPLITS}
+        assert sum(sizes.values()) == sum(prepared.manifest["splits"][n]["size"] for n in data.SPLITS)
+        assert 60_000 < sizes["val"] < 80_000 and 60_000 < sizes["holdout"] < 80_000
+        assert b"key-" not in (p.dir / "manifest.json").read_bytes()
+    assert a.manifest["split_rule"] == data.KEYED_SPLIT_RULE and a.manifest["split_key"] == a.split_key
+    monkeypatch.setattr(data, "build", lambda *a: pytest.fail("should reuse the prepared splits"))
+    assert data.prepare(private_cache, b"key-a") == a
+    assert sorted(p.name for p in private_cache.iterdir()) == sorted([a.split_id, b.split_id, "sources"])
+
+
+def test_a_process_without_the_key_reads_splits_prepared_with_it(private_cache, tmp_path):
+    """The runner prepares with the key; the scoring worker, given only the split id, scores on the same splits
+    with the same fingerprint, and never builds any. Without a key the evaluator says so."""
+    keyed = evaluator_cli("prepare", "--cache", private_cache, env={data.SPLIT_KEY_ENV: "operator secret"})
+    assert keyed.returncode == 0, keyed.stderr
+    out = json.loads(keyed.stdout)
+    assert out["split_key"] == data.key_id(b"operator secret") and "warning" not in keyed.stderr
+    by_id = evaluator_cli("fingerprint", "--cache", private_cache, env={data.SPLIT_ID_ENV: out["split_id"]})
+    assert by_id.returncode == 0, by_id.stderr
+    assert json.loads(by_id.stdout) == {k: out[k] for k in ("fingerprint", "split_id", "split_key")}
+    model = export(Uniform(), tmp_path / "m.pt2", 16, 256)
+    serve = evaluator_cli("serve", "--cache", private_cache, env={data.SPLIT_ID_ENV: out["split_id"]},
+                          stdin=json.dumps({"model": str(model), "splits": ["val"]}) + "\n")
+    answer = json.loads(serve.stdout)
+    assert answer["status"] == "ok" and answer["fingerprint"] == out["fingerprint"], serve.stderr
+    assert answer["tokens_evaluated"] == Path(out["val"]).stat().st_size - 1
+    missing = evaluator_cli("fingerprint", "--cache", private_cache, env={data.SPLIT_ID_ENV: "0" * 12})
+    assert missing.returncode == 2 and "no prepared splits 000000000000" in missing.stderr
+    assert not (private_cache / ("0" * 12)).exists()
+    public = evaluator_cli("prepare", "--cache", private_cache)
+    assert public.returncode == 0 and json.loads(public.stdout)["split_key"] == "none"
+    assert "warning: split_key: none" in public.stderr
+
+
+def test_the_split_key_reaches_prepare_and_never_training(tmp_path, monkeypatch):
+    from runner.config import EvaluatorConfig
+    from runner.process import scrubbed_env
+
+    monkeypatch.setenv("ARBOT_SPLIT_KEY", "from the environment")
+    monkeypatch.setenv("MY_KEY", "from another variable")
+    assert EvaluatorConfig().prepare_env() == {"ARBOT_SPLIT_KEY": "from the environment"}
+    assert EvaluatorConfig(split_key_env="MY_KEY").prepare_env() == {"ARBOT_SPLIT_KEY": "from another variable"}
+    (tmp_path / "key").write_text("from a file\n")
+    assert EvaluatorConfig(split_key_file=str(tmp_path / "key")).prepare_env() == {"ARBOT_SPLIT_KEY": "from a file"}
+    with pytest.raises(ValueError, match="cannot read the split key"):
+        EvaluatorConfig(split_key_file=str(tmp_path / "missing")).prepare_env()
+    env = scrubbed_env(tmp_path, 1)
+    assert not any("from" in v for v in env.values()) and "ARBOT_SPLIT_KEY" not in env
+    monkeypatch.delenv("ARBOT_SPLIT_KEY")
+    assert EvaluatorConfig().prepare_env() == {}
 
 
 def test_complete_cache_is_reused_offline(prepared, monkeypatch):
@@ -181,7 +286,7 @@ def test_score_is_our_own_cross_entropy(prepared, tmp_path):
 
 
 @pytest.mark.parametrize("model, reason", [
-    (PeeksAtNextByte(), "model looks ahead: logits at position 0 changed when later tokens changed"),
+    (PeeksAtNextByte(), "model looks ahead: on "),
     (PeeksAtNextRow(), "model mixes batch rows"),
     (MakesNaN(), "NaN or infinite logits"),
     (WrongVocab(), "output must be floating logits of shape [8, 128, 256], got torch.float32 [8, 128, 255]"),
@@ -204,7 +309,7 @@ def test_input_must_be_int64_tokens(prepared, tmp_path):
 def test_unloadable_file_is_invalid(prepared, tmp_path):
     (tmp_path / "m.pt2").write_bytes(b"not a model")
     result = score(tmp_path / "m.pt2", prepared)
-    assert result["status"] == "invalid" and "could not load exported program" in result["reason"]
+    assert result["status"] == "invalid" and "model file refused: not a .pt2 (zip) archive" in result["reason"]
 
 
 # --- end to end: a trained model, the CLI, the fingerprint --------------------------------------
@@ -250,7 +355,7 @@ def test_prepare_and_fingerprint_from_a_copy_elsewhere(prepared, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == {"split_id": prepared.split_id, "train": str(prepared.train),
                                        "val": str(prepared.val), "holdout": str(prepared.holdout),
-                                       "fingerprint": prepared.fingerprint}
+                                       "fingerprint": prepared.fingerprint, "split_key": "none"}
     with open(tmp_path / "evaluator" / "score.py", "a") as f:
         f.write("\n# edited\n")
     proc = evaluator_cli("fingerprint", "--cache", prepared.dir.parent, cwd=tmp_path)

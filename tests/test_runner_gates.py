@@ -115,3 +115,33 @@ def test_approval_after_the_champion_moved_closes_the_win_as_stale_and_measures_
     assert new_lines(held.proposal.files["target/train.py"]) <= fresh_lines  # its own change ...
     assert new_lines(moved.proposal.files["target/train.py"]) <= fresh_lines  # ... on top of the new champion's
     assert loop.step().id == fresh.id  # the next run measures it
+
+
+def test_a_run_held_over_its_budget_is_never_a_win(tmp_path):
+    """The runner rejects a candidate whose training outran budget + the champion's start-up + tolerance
+    (runner.job, reason `over_budget: ...`); the loop closes it as rejected with that reason, however good
+    its number would have been, and merges nothing."""
+    over = ("over_budget: training took 31.0 s of wall time (measured by the runner), more than its budget of 10 s "
+            "+ 6.0 s start-up and export allowance (measured from the champion's runs) + 5.0 s tolerance = 21.0 s")
+
+    class OverBudget(FakeRunner):
+        def run(self, candidate, champion, seed=0, splits=("val",), on_progress=None):
+            result = super().run(candidate, champion, seed, splits, on_progress)
+            if candidate != champion:
+                result.status, result.reason, result.metrics = "rejected", over, {}
+            return result
+
+    repo = make_repo(tmp_path / "r", tiny_config())
+    config = load_config(Path(repo.working_tree_dir) / "arbot.yml")
+    forge = LocalForge(repo)
+    forge.ensure_champion()
+    source = (Path(repo.working_tree_dir) / "target" / "train.py").read_text()
+    runner = OverBudget(config.target, {"default": (1.0, 1.01, [])})
+    runner.table[forge.champion()] = (4.0, 4.04, [])
+    loop = Loop(forge, runner, Proposer(set_knobs(source, {"LEARNING_RATE": 3e-3})), make_policy(config.policy),
+                config.target)
+    loop.measure_champion()
+    start = forge.champion()
+    rec = loop.step()
+    assert rec.decision.verdict == "rejected" and rec.merged_as is None and forge.champion() == start
+    assert "over_budget" in rec.decision.reason

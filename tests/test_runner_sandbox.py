@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -102,12 +104,13 @@ def test_process_limit_stops_a_fork_bomb_and_the_wall_clock_kills_it(box, tmp_pa
     code = "import os, time\nn = 0\nfor _ in range(100000):\n    try:\n        os.fork(); n += 1\n    except OSError:\n        time.sleep(0.01)\n"
     out = run_in(box, tmp_path, code, deadline=4)
     assert out.timed_out
-    if os.geteuid() == 0:  # nothing of the sandbox uid survives the run
+    if os.geteuid() == 0:  # nothing of it survives the run (other runs on this machine may share the uid)
         leftover = []
-        for status in Path("/proc").glob("[0-9]*/status"):
+        for proc in Path("/proc").glob("[0-9]*"):
             try:
-                if "\nUid:\t65534\t" in status.read_text():
-                    leftover.append(status.parent.name)
+                if "\nUid:\t65534\t" in (proc / "status").read_text() and \
+                        os.readlink(proc / "cwd").startswith(str(tmp_path)):
+                    leftover.append(proc.name)
             except OSError:
                 pass
         assert leftover == []
@@ -161,3 +164,140 @@ def test_runner_with_sandbox_required_fails_as_a_setup_error(research_repo, monk
     runner = Runner(research_repo, target, EvaluatorConfig())
     with pytest.raises(EvaluatorError, match="sandbox is 'require'"):
         runner.run("HEAD", "HEAD")
+
+
+# --- the scoring sandbox's command, the disk cap, the temporary directories ----------------------------------
+
+def test_command_for_the_evaluator_binds_only_code_inbox_and_data_read_only(tmp_path):
+    box = sb.Sandbox("bwrap", bwrap="bwrap", drop_to=(65534, 65534)).with_uid(65533, sb.Limits(max_file_bytes=1 << 20))
+    assert box.drop_to == (65533, 65533) and box.limits.max_file_bytes == 1 << 20
+    code, inbox, data = tmp_path / "evaluator", tmp_path / "inbox", tmp_path / "cache" / "split"
+    cmd = box.command([sys.executable, "-m", "evaluator", "serve"], None, tmp_path, ro=[code, inbox, data],
+                      tmpfs=[(tmp_path / "scratch", 1 << 20)])
+    assert "--bind" not in cmd  # nothing of the host is writable
+    ro = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--ro-bind"]
+    assert [p for p in ro if p.startswith(str(tmp_path))] == [str(Path(os.path.realpath(p))) for p in (code, inbox, data)]
+    i = cmd.index("--tmpfs")
+    assert cmd[i + 1] == str(tmp_path / "scratch") and cmd[i - 2:i] == ["--size", str(1 << 20)]
+    assert cmd[cmd.index("--") + 4:cmd.index("--") + 6] == ["-c", sb._DROP] and "65533" in cmd
+    text = " ".join(cmd)
+    for flag in ("--unshare-net", "--unshare-pid", "--die-with-parent", "--new-session", "--remount-ro /"):
+        assert flag in text
+
+
+def test_disk_usage_counts_what_occupies_the_disk(tmp_path):
+    from runner.limits import MIN_ENTRY_BYTES, disk_usage
+
+    (tmp_path / "a").write_bytes(b"x" * (1 << 20))
+    os.link(tmp_path / "a", tmp_path / "hardlink")  # the same blocks: counted once
+    with open(tmp_path / "sparse", "wb") as f:  # 1 GiB apparent size, almost nothing on disk
+        f.truncate(1 << 30)
+    hidden = tmp_path / "d" / "hidden"
+    hidden.mkdir(parents=True)
+    (hidden / "b").write_bytes(b"y" * (1 << 20))
+    for i in range(50):
+        (tmp_path / "d" / f"empty{i}").touch()
+    os.chmod(hidden, 0)  # a directory made unlistable is still measured
+    usage = disk_usage(tmp_path)
+    assert 2 << 20 <= usage.bytes < (2 << 20) + 60 * MIN_ENTRY_BYTES + (1 << 20) and usage.entries == 56
+    assert not usage.unreadable
+
+
+def test_over_the_disk_cap_names_it(tmp_path):
+    from runner.job import over_disk_cap
+
+    for i in range(8):
+        (tmp_path / f"f{i}").write_bytes(b"z" * (1 << 20))
+    assert over_disk_cap(tmp_path, 16 << 20) == ""
+    why = over_disk_cap(tmp_path, 4 << 20)
+    assert why.startswith("disk_cap:") and "over the cap" in why and "max_disk_gb" in why
+
+
+def test_watch_stops_a_run_at_once(tmp_path):
+    calls = []
+
+    def watch():
+        calls.append(time.monotonic())
+        return "enough" if len(calls) >= 2 else ""
+
+    start = time.monotonic()
+    out = run_untrusted([sys.executable, "-c", "import time; time.sleep(60)"], cwd=tmp_path, env=scrubbed_env(tmp_path, 1),
+                        deadline_seconds=30, watch=watch, watch_every=0.2)
+    assert out.stopped == "enough" and not out.timed_out and out.killed_by == 9
+    assert time.monotonic() - start < 5
+
+
+def test_the_temporary_directories_of_a_dead_owner_are_swept_and_no_others(tmp_path):
+    from runner import tempdirs
+
+    code = ("import os, sys\nsys.path.insert(0, sys.argv[1])\nfrom runner.tempdirs import OwnedTempDir\n"
+            "d = OwnedTempDir('arbot-run-', dir=sys.argv[2])\nprint(d.name, flush=True)\nos.kill(os.getpid(), 9)\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(ROOT), str(tmp_path)], capture_output=True, text=True)
+    dead = Path(proc.stdout.strip())
+    assert proc.returncode == -9 and dead.is_dir()  # killed: nothing cleaned up
+    live = tempdirs.OwnedTempDir("arbot-evaluator-", dir=tmp_path)
+    stranger = tmp_path / "arbot-run-notours"  # no owner file: not known to be ours, or still being set up
+    stranger.mkdir()
+    assert tempdirs.sweep(tmp_path) == [str(dead)]
+    assert not dead.exists() and Path(live.name).is_dir() and stranger.is_dir()
+    live.cleanup()
+    assert not Path(live.name).exists()
+
+
+# --- where the sandbox is required -------------------------------------------------------------------------------
+
+def without_bwrap(monkeypatch, tmp_path) -> None:
+    """PATH holds git and nothing else: the runner finds no bwrap (it looks it up on PATH)."""
+    (tmp_path / "bin").mkdir(parents=True)
+    os.symlink(shutil.which("git"), tmp_path / "bin" / "git")
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+
+
+def test_the_probe_follows_path(box, monkeypatch, tmp_path):
+    """A bwrap probed earlier in this process does not hide that PATH no longer has one."""
+    assert sb.resolve("auto", box.limits).kind == "bwrap"
+    without_bwrap(monkeypatch, tmp_path)
+    assert sb.resolve("auto", box.limits).kind == "none"
+    with pytest.raises(sb.SandboxUnavailable, match="not installed"):
+        sb.resolve("require", box.limits)
+
+
+def test_an_unset_sandbox_is_required_by_the_runner(research_repo, monkeypatch, tmp_path):
+    from bot.config import EvaluatorConfig, TargetConfig
+    from runner.job import Runner, SandboxError
+
+    from .conftest import tiny_config
+
+    assert TargetConfig().sandbox is None
+    without_bwrap(monkeypatch, tmp_path / "path")
+    runner = Runner(research_repo, TargetConfig(**tiny_config()["target"]), EvaluatorConfig())
+    with pytest.raises(SandboxError, match="sandbox is 'require'.*set target.sandbox: auto"):
+        runner.run("HEAD", "HEAD")
+
+
+@pytest.mark.parametrize("configured, proposer, expected", [
+    (None, None, "auto"),  # the local search demo
+    ({"run": {"proposer": "search"}}, "llm", None),  # --proposer llm: required
+    ({"run": {"proposer": "llm"}}, None, None),
+    ({"run": {"proposer": {"llm": 0.5, "search": 0.5}}}, None, None),
+    ({"run": {"proposer": {"llm": 0, "search": 1}}}, None, "auto"),
+    ({"target": {"sandbox": "require"}}, None, "require"),  # explicit settings win
+    ({"target": {"sandbox": "auto"}, "run": {"proposer": "llm"}}, None, "auto"),
+    ({"target": {"sandbox": "off"}}, "search", "off"),
+])
+def test_auto_only_for_the_local_search_demo(configured, proposer, expected):
+    from bot.config import Config, local_sandbox
+
+    assert local_sandbox(Config.model_validate(configured or {}), proposer) == expected
+
+
+def test_unsandboxed_runs_say_what_is_not_isolated(research_repo, monkeypatch, tmp_path, caplog):
+    from bot.config import EvaluatorConfig, TargetConfig
+    from runner.job import Runner
+
+    without_bwrap(monkeypatch, tmp_path)
+    Runner(research_repo, TargetConfig(sandbox="auto"), EvaluatorConfig()).sandbox()
+    warning = " ".join(caplog.text.split())
+    for what in ("WITHOUT a sandbox", "bubblewrap (bwrap) is not installed", "val and holdout", "the network",
+                 "through /proc", "the evaluator loads the model in a process of that user"):
+        assert what in warning, what

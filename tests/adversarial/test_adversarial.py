@@ -67,16 +67,18 @@ class Proposer:
 
 
 class Suite:
-    def __init__(self, tmp: Path):
+    def __init__(self, tmp: Path, artifacts: Path | None = None, **sections: dict):
         cfg = tiny_config(target={"budget_seconds": 1.0, "grace_seconds": 25, "sandbox": "require", "memory_gb": 3,
                                   "max_processes": 128})
+        for key, value in sections.items():
+            cfg.setdefault(key, {}).update(value)
         self.repo = make_repo(tmp / "research", cfg, script_edit=weak)
         self.config = load_config(Path(self.repo.working_tree_dir) / "arbot.yml")
         self.forge = LocalForge(self.repo)
         self.forge.ensure_champion()
         self.start = self.forge.champion()
         self.proposer = Proposer()
-        self.runner = Runner(self.repo, self.config.target, self.config.evaluator)
+        self.runner = Runner(self.repo, self.config.target, self.config.evaluator, artifacts=artifacts)
         self.loop = Loop(self.forge, self.runner, self.proposer, make_policy(self.config.policy),
                          self.config.target)
         self.loop.measure_champion()
