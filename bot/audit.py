@@ -13,14 +13,14 @@ from statistics import mean
 from scipy import stats
 
 from bot.forges.local import LocalForge
-from bot.records import AuditRecord, ExperimentRecord, ok_metric
+from bot.records import AuditRecord, ExperimentRecord, Metric, ok_metric, oriented
 from runner.job import Runner
 
 AUDIT_SEED_OFFSET = 1000  # replication seeds: disjoint from the seeds any decision used
 
 
-def audit_win(forge: LocalForge, runner: Runner, rec: ExperimentRecord, runs: int, alpha: float, at: str,
-              on_run=None) -> AuditRecord:
+def audit_win(forge: LocalForge, runner: Runner, rec: ExperimentRecord, runs: int, alpha: float, metric: Metric,
+              at: str, on_run=None) -> AuditRecord:
     """Re-measure a merged win against its parent with `runs` fresh seeds each; save the audit in its note."""
     if rec.merged_as is None:
         raise ValueError(f"{rec.id} was not merged; only wins are audited")
@@ -31,11 +31,12 @@ def audit_win(forge: LocalForge, runner: Runner, rec: ExperimentRecord, runs: in
         # Both sides scored by the evaluator of the parent, as the original decision was.
         cand.append(runner.run(rec.commit, rec.parent, seed=seed, on_progress=hook(rec.id, rec.commit, seed)))
         base.append(runner.run(rec.parent, rec.parent, seed=seed, on_progress=hook("parent", rec.parent, seed)))
-    c, b = ok_metric(cand), ok_metric(base)
+    c, b = ok_metric(cand, metric.key()), ok_metric(base, metric.key())
     audit = AuditRecord(runs=runs, seeds=list(range(first, first + runs)), candidate=c, baseline=b, at=at)
     if len(c) >= 2 and len(b) >= 2:
-        audit.effect = mean(b) - mean(c)
-        audit.p_value = float(stats.ttest_ind(c, b, alternative="less").pvalue)
+        oc, ob = oriented(c, metric.direction), oriented(b, metric.direction)  # lower is better
+        audit.effect = mean(ob) - mean(oc)
+        audit.p_value = float(stats.ttest_ind(oc, ob, alternative="less").pvalue)
         audit.replicates = audit.effect > 0 and audit.p_value < alpha
     else:
         audit.replicates = False

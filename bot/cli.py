@@ -23,7 +23,7 @@ from bot.proposers.base import ProposalError
 from bot.proposers.factory import make_proposer
 from bot.lifecycle import MAX_REFUSED
 from bot.proposers.failures import ProposalRejected, SpendCapReached
-from bot.records import ExperimentRecord, ok_metric
+from bot.records import ExperimentRecord, Metric, ok_metric
 from bot.results import row
 from runner.job import EvaluatorError, Runner
 
@@ -73,11 +73,12 @@ class RunDisplay:
         return update
 
 
-def describe(rec: ExperimentRecord) -> str:
+def describe(rec: ExperimentRecord, metric: Metric) -> str:
     d = rec.decision
-    r = row(rec)
+    key = metric.key()
     colour = {"win": "green", "loss": "yellow"}.get(d.verdict, "red")
-    return f"[bold]{rec.id}[/] {rec.proposal.hypothesis} -> [{colour}]{d.verdict}[/] ({d.rule}) val_bpb {r['val_bpb']} {d.reason}"
+    return (f"[bold]{rec.id}[/] {rec.proposal.hypothesis} -> [{colour}]{d.verdict}[/] ({d.rule}) "
+            f"{key} {row(rec, metric)[key]} {d.reason}")
 
 
 @app.command()
@@ -102,15 +103,16 @@ def run(
         maker = make_proposer(p.config, p.repo, proposer, model, sandbox=p.runner.sandbox)
         if hasattr(maker, "check"):
             maker.check()  # an unreachable endpoint fails here, before any training
+        metric = p.config.metric
         loop = Loop(p.forge, p.runner, maker, make_policy(p.config.policy),
-                    p.config.target, on_run=RunDisplay(progress, p.config.target.budget_seconds))
+                    p.config.target, on_run=RunDisplay(progress, p.config.target.budget_seconds), metric=metric)
         done: list[ExperimentRecord] = []
         refused = streak = 0  # proposals that failed the validation cascade: recorded, no branch, count as attempts
         results = p.root / p.config.run.results_file
         try:
             with progress:
                 start = loop.measure_champion()
-                console.print(f"champion {start.commit[:7]}: {champion_summary(start.runs)}")
+                console.print(f"champion {start.commit[:7]}: {champion_summary(start.runs, metric)}")
                 while limit is None or len(done) + refused < limit:
                     try:
                         rec = loop.step()
@@ -126,34 +128,35 @@ def run(
                         continue
                     streak = 0
                     done.append(rec)
-                    console.print(describe(rec))
-                    export_results(p.forge, results)
+                    console.print(describe(rec, metric))
+                    export_results(p.forge, results, metric)
         except KeyboardInterrupt:
-            export_results(p.forge, results)
+            export_results(p.forge, results, metric)
             console.print("[yellow]interrupted[/]: every finished run is saved; `arbot run` resumes where this stopped")
             raise typer.Exit(130)
-        console.print(experiment_table(done))
+        console.print(experiment_table(done, metric))
         end = p.forge.champion_record(p.forge.champion())
-        console.print(f"champion {start.commit[:7]} -> {end.commit[:7]}: {champion_summary(start.runs)} -> "
-                      f"{champion_summary(end.runs)}; results in {results}")
+        console.print(f"champion {start.commit[:7]} -> {end.commit[:7]}: {champion_summary(start.runs, metric)} -> "
+                      f"{champion_summary(end.runs, metric)}; results in {results}")
 
 
 
-def champion_summary(runs) -> str:
-    values = ok_metric(runs)
+def champion_summary(runs, metric: Metric) -> str:
+    values = ok_metric(runs, metric.key())
     if not values:
         return "not measured"
-    spread = f" ± {stdev(values):.4f}" if len(values) > 1 else ""
-    return f"val_bpb {mean(values):.4f}{spread} ({len(values)} runs)"
+    spread = f" ± {metric.fmt(stdev(values))}" if len(values) > 1 else ""
+    return f"{metric.key()} {metric.fmt(mean(values))}{spread} ({len(values)} runs)"
 
 
-def experiment_table(records: list[ExperimentRecord]) -> Table:
+def experiment_table(records: list[ExperimentRecord], metric: Metric) -> Table:
     table = Table(title="experiments")
-    for col in ("experiment", "status", "val_bpb", "delta", "rule", "runs", "description"):
+    cols = ("experiment", "status", metric.key(), "delta", "rule", "runs", "description")
+    for col in cols:
         table.add_column(col)
     for rec in records:
-        r = row(rec)
-        table.add_row(r["experiment"], r["status"], r["val_bpb"], r["delta"], r["rule"], r["runs"], r["description"])
+        r = row(rec, metric)
+        table.add_row(*(r[c] for c in cols))
     return table
 
 
@@ -169,7 +172,7 @@ def log(repo: Path = typer.Option(Path("."), "--repo"), config: Optional[Path] =
             history.add_row(sha[:7], t.get("Experiment", ""), t.get("Metric", ""), t.get("Baseline", ""),
                             t.get("Delta", ""), t.get("Rule", ""), t.get("Proposer", ""))
         console.print(history)
-        console.print(experiment_table(p.forge.experiments()))
+        console.print(experiment_table(p.forge.experiments(), p.config.metric))
         refused = p.forge.failed_proposals()
         if refused:
             table = Table(title="refused proposals (no branch)")
@@ -198,7 +201,8 @@ def status(repo: Path = typer.Option(Path("."), "--repo"), config: Optional[Path
         for r in recs:
             key = r.decision.verdict if r.decision else "unfinished"
             counts[key] = counts.get(key, 0) + 1
-        console.print(f"champion {sha[:7]}: {champion_summary(p.forge.champion_record(sha).runs)} (noise floor)")
+        console.print(f"champion {sha[:7]}: {champion_summary(p.forge.champion_record(sha).runs, p.config.metric)} "
+                      "(noise floor)")
         console.print(f"experiments: {len(recs)} " + " ".join(f"{k}={v}" for k, v in sorted(counts.items())))
         for line in cost_lines(p.forge, recs):
             console.print(line)
@@ -225,10 +229,17 @@ def evaluate(
     as_json: bool = typer.Option(False, "--json", help="print the result record as JSON"),
     holdout: bool = typer.Option(False, "--holdout", help="also score the holdout split"),
     budget: Optional[float] = typer.Option(None, "--budget", min=0.1),
+    champion_overhead: Optional[float] = typer.Option(
+        None, "--champion-overhead", min=0, help="the champion's measured start-up and export seconds (its runs' "
+        "training wall time beyond the budget): the candidate is held to budget + this + a tolerance"),
+    champion_score_seconds: Optional[float] = typer.Option(
+        None, "--champion-score-seconds", min=0, help="the champion's measured scoring seconds per split: the "
+        "scoring deadline is evaluator.timeout_factor times this (at least evaluator.timeout_seconds)"),
     repo: Path = typer.Option(Path("."), "--repo"),
     config: Optional[Path] = typer.Option(None, "--config"),
 ):
-    """The runner job on one commit: guard, train, score with the champion's evaluator; prints the result record."""
+    """The runner job on one commit: guard, train, score with the champion's evaluator; prints the result record.
+    A runner that never ran the champion (GitHub mode) is told its measured times by the bot."""
     with clear_errors():
         p = Project(repo, config)
         if budget is not None:
@@ -238,6 +249,8 @@ def evaluate(
                 champion = p.forge.champion()
             except (git.BadName, ValueError):
                 champion = commit
+        if champion_overhead is not None and champion_score_seconds is not None:
+            p.runner.measured(p.repo.rev_parse(champion).hexsha, champion_overhead, champion_score_seconds)
         splits = ("val", "holdout") if holdout else ("val",)
         result = p.runner.run(commit, champion, seed=seed, splits=splits)
         if as_json:
@@ -271,7 +284,7 @@ def audit(
                             TextColumn("{task.fields[loss]}"), console=console, transient=True)
         with progress:
             for rec in wins:
-                a = audit_win(p.forge, p.runner, rec, runs, alpha, at=now(),
+                a = audit_win(p.forge, p.runner, rec, runs, alpha, p.config.metric, at=now(),
                               on_run=RunDisplay(progress, p.config.target.budget_seconds))
                 verdict = "[green]replicates[/]" if a.replicates else "[red]does not replicate[/]"
                 effect = f"effect {a.effect:+.4f}, p={a.p_value:.3g}" if a.effect is not None else a.note
@@ -290,12 +303,12 @@ def approve(
     """Merge a win that diff inspection held for a human, after you have read its diff."""
     with clear_errors():
         p = Project(repo, config)
-        loop = Loop(p.forge, p.runner, None, make_policy(p.config.policy), p.config.target)
+        loop = Loop(p.forge, p.runner, None, make_policy(p.config.policy), p.config.target, metric=p.config.metric)
         try:
             rec = loop.approve(experiment)
         except ValueError as e:
             raise ConfigError(str(e)) from e
-        export_results(p.forge, p.root / p.config.run.results_file)
+        export_results(p.forge, p.root / p.config.run.results_file, p.config.metric)
         if rec.merged_as:
             console.print(f"{experiment} approved and merged: {p.config.run.champion_branch} is now {rec.merged_as[:7]}")
         else:
@@ -368,6 +381,37 @@ def setup(
             raise ConfigError(str(e)) from e
         except GithubException as e:
             raise ConfigError(f"GitHub answered {e.status}: {e.data}; check github.repo, base_url and the credentials") from e
+
+
+@app.command()
+def init(
+    script: Optional[str] = typer.Option(None, "--script", help="the training script, relative to the repository root"),
+    allowed: Optional[str] = typer.Option(None, "--allowed", help="comma-separated globs a proposal may change (default: the script)"),
+    budget: Optional[float] = typer.Option(None, "--budget", help="training seconds per run"),
+    metric: Optional[str] = typer.Option(None, "--metric", help="the metric that decides (the evaluator reports val_<metric>), e.g. loss"),
+    direction: Optional[str] = typer.Option(None, "--direction", help="minimize or maximize"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
+    owner: Optional[str] = typer.Option(None, "--owner", help="CODEOWNERS owner of evaluator/ and .github/ (e.g. @org/team)"),
+    force: bool = typer.Option(False, "--force", help="overwrite files that exist and differ"),
+    repo: Path = typer.Option(Path("."), "--repo"),
+):
+    """Set arbot up in an existing git repository: arbot.yml, the GitHub workflows, CODEOWNERS lines and an
+    evaluator skeleton; asks for what the options do not give. Keeps every file that exists (unless --force)."""
+    from bot.init import Answers, apply, plan, repo_root
+
+    with clear_errors():
+        root = repo_root(repo)
+        script = script or typer.prompt("Training script", default="train.py")
+        allowed = allowed or typer.prompt("Files a proposal may change (comma-separated globs)", default=script)
+        answers = Answers(
+            script=script, allowed_paths=[p.strip() for p in allowed.split(",") if p.strip()],
+            budget_seconds=budget if budget is not None else typer.prompt("Training budget per run, in seconds",
+                                                                          default=300.0, type=float),
+            metric=metric or typer.prompt("Metric (your evaluator reports val_<metric>; e.g. loss, accuracy)"),
+            direction=direction or typer.prompt("Direction (minimize or maximize)", default="minimize"),
+            device=device, owner=owner)
+        for line in apply(root, plan(root, answers), force):
+            typer.echo(line)
 
 
 LEASE_WAIT = 120  # seconds `arbot decide` and `arbot propose` wait for another writer's lease

@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError
 
 from bot.policy import PolicyConfig
+from bot.records import Metric
 from runner.config import EvaluatorConfig, Strict, TargetConfig
 
 CONFIG_FILE = "arbot.yml"
@@ -126,6 +127,11 @@ class Config(Strict):
     llm: LLMConfig = Field(default_factory=LLMConfig)
     run: RunConfig = Field(default_factory=RunConfig)
     github: GitHubConfig = Field(default_factory=GitHubConfig)
+
+    @property
+    def metric(self) -> Metric:
+        """The metric that decides, from the evaluator section."""
+        return Metric.of(self.evaluator)
 
 
 def local_sandbox(config: Config, proposer: str | None = None) -> str | None:

@@ -25,26 +25,26 @@ import statistics
 from dataclasses import dataclass, field
 
 from bot.policy import Policy
-from bot.records import (HOLDOUT, VAL, ChampionRecord, Decision, Evidence, ExperimentRecord, RunResult, RunSpec, ok_metric,
-                         val_runs)
+from bot.records import (DEFAULT_METRIC, HOLDOUT, VAL, ChampionRecord, Decision, Evidence, ExperimentRecord, Metric,
+                         RunResult, RunSpec, ok_metric, sign, val_runs)
 from runner.config import TargetConfig
 
-METRIC, HOLDOUT_METRIC = "val_bpb", "holdout_bpb"
 MAX_REFUSED = 5  # proposals refused in a row (no branch made) before an executor stops proposing
 HOLDOUT_TRIES = 2  # champion holdout runs tried before a win on that champion is rejected for want of a reference
 
 
 @dataclass(frozen=True)
 class Rules:
-    """What decides, besides the records: the policy and the target's holds."""
+    """What decides, besides the records: the policy, the target's holds and the metric."""
 
     policy: Policy
     review_flagged: bool = True
-    holdout_max_gap: float | None = 0.01
+    holdout_max_gap: float | None = TargetConfig.model_fields["holdout_max_gap"].default
+    metric: Metric = DEFAULT_METRIC
 
     @classmethod
-    def of(cls, policy: Policy, target: TargetConfig) -> Rules:
-        return cls(policy, target.review_flagged, target.holdout_max_gap)
+    def of(cls, policy: Policy, target: TargetConfig, metric: Metric) -> Rules:
+        return cls(policy, target.review_flagged, target.holdout_max_gap, metric)
 
 
 # --- actions ------------------------------------------------------------------------------------------------
@@ -111,7 +111,7 @@ def next_action(exp: ExperimentRecord, champion: ChampionRecord, current: str, r
     if tampered and (exp.decision is None or exp.decision.verdict == "win"):
         return Decide(Decision(verdict="rejected", rule="tampered", reason=(
             f"{tampered}: what would be merged is not what was measured, so nothing measured counts")),
-            evidence(exp, champion, removes_code))
+            evidence(exp, champion, rules.metric, removes_code))
     if exp.decision is not None:
         if exp.decision.verdict != "win":
             return Close(exp.decision)
@@ -119,17 +119,17 @@ def next_action(exp: ExperimentRecord, champion: ChampionRecord, current: str, r
             return Replay(current)
         if exp.review == "needed":
             return Hold(f"{exp.id} is a win held for human review: {exp.decision.reason}")
-        return Promote(trailers(exp, exp.decision))
+        return Promote(trailers(exp, exp.decision, rules.metric))
     if exp.parent != current:
         return Replay(current)
     if (floor := noise_floor(champion, rules)) is not None:
         return floor
-    ev = evidence(exp, champion, removes_code)
+    ev = evidence(exp, champion, rules.metric, removes_code)
     decision = rules.policy.decide(ev)
     if not decision.final:
         return _more_runs(exp, champion, decision)
     if decision.verdict == "win" and rules.holdout_max_gap is not None:
-        confirmed = _confirm_holdout(exp, champion, decision, rules.holdout_max_gap)
+        confirmed = _confirm_holdout(exp, champion, decision, rules.holdout_max_gap, rules.metric)
         if not isinstance(confirmed, Decision):
             return confirmed
         decision = confirmed
@@ -143,17 +143,18 @@ def noise_floor(champion: ChampionRecord, rules: Rules) -> Run | ChampionFails |
     if (broken := _failed_run(val_runs(champion.runs))) is not None:
         return ChampionFails(f"the champion {champion.commit[:12]} itself fails ({broken.status}): "
                              f"{broken.reason}\n{broken.log_tail}")
-    missing = rules.policy.baseline_runs - len(ok_metric(champion.runs)) - _pending(champion, VAL)
+    missing = rules.policy.baseline_runs - len(ok_metric(champion.runs, rules.metric.key())) - _pending(champion, VAL)
     if missing > 0:
         return Run(_specs(champion, "champion", missing, (VAL,)), f"the champion's noise floor needs {missing} more runs")
     return None
 
 
-def evidence(exp: ExperimentRecord, champion: ChampionRecord, removes_code: bool = False) -> Evidence:
+def evidence(exp: ExperimentRecord, champion: ChampionRecord, metric: Metric, removes_code: bool = False) -> Evidence:
     runs = val_runs(exp.runs)
     failed = _failed_run(runs)
-    return Evidence(metric=METRIC, champion=ok_metric(champion.runs, METRIC),
-                    candidate=ok_metric(exp.runs, METRIC), candidate_status=failed.status if failed else "ok",
+    key = metric.key()
+    return Evidence(metric=key, direction=metric.direction, champion=ok_metric(champion.runs, key),
+                    candidate=ok_metric(exp.runs, key), candidate_status=failed.status if failed else "ok",
                     candidate_reason=failed.reason if failed else "", removes_code=removes_code)
 
 
@@ -183,23 +184,23 @@ def _more_runs(exp: ExperimentRecord, champion: ChampionRecord, decision: Decisi
     return Run(specs, decision.reason) if specs else Wait(f"{len(exp.pending) + len(champion.pending)} runs in flight")
 
 
-def holdout_gap(run: RunResult) -> float | None:
-    """(holdout - val) / val of one run: very stable across seeds of one model, so a candidate whose gap is much
-    larger than the champion's fits val better than unseen text, i.e. it has likely seen val; much smaller, it has
-    likely seen holdout."""
-    m = run.metrics
-    if run.ok and HOLDOUT_METRIC in m and m.get(METRIC, 0) > 0:
-        return (m[HOLDOUT_METRIC] - m[METRIC]) / m[METRIC]
+def holdout_gap(run: RunResult, metric: Metric) -> float | None:
+    """(holdout - val) / |val| of one run's metric: very stable across seeds of one model, so a candidate whose gap
+    departs much from the champion's fits val better than unseen data (it has likely seen val), or holdout."""
+    m, val, holdout = run.metrics, metric.key(VAL), metric.key(HOLDOUT)
+    if run.ok and holdout in m and m.get(val, 0) != 0:
+        return (m[holdout] - m[val]) / abs(m[val])
     return None
 
 
-def _confirm_holdout(exp: ExperimentRecord, champion: ChampionRecord, win: Decision, max_gap: float) -> Decision | Run | Wait:
+def _confirm_holdout(exp: ExperimentRecord, champion: ChampionRecord, win: Decision, max_gap: float,
+                     metric: Metric) -> Decision | Run | Wait:
     """A win is confirmed by one candidate run scored on val and holdout, against the champion's gap (measured
     once per champion, tried again once if that run failed). Returns the confirmed or rejected decision, or the
     runs still needed."""
     both = (VAL, HOLDOUT)
     tried = [r for r in champion.runs if HOLDOUT in r.splits]
-    measured = any(holdout_gap(r) is not None for r in tried)
+    measured = any(holdout_gap(r, metric) is not None for r in tried)
     confirm = [r for r in exp.runs if HOLDOUT in r.splits]
     again = not measured and len(tried) < HOLDOUT_TRIES and not _pending(champion, HOLDOUT)
     specs = ((_specs(champion, "champion", 1, both) if again else ())
@@ -208,17 +209,20 @@ def _confirm_holdout(exp: ExperimentRecord, champion: ChampionRecord, win: Decis
         return Run(specs, f"confirming the win on holdout: {win.reason}")
     if not confirm or _pending(champion, HOLDOUT):
         return Wait("the holdout confirmation is in flight")
-    reference = [g for g in map(holdout_gap, tried) if g is not None]
-    gap = holdout_gap(confirm[-1])
+    reference = [g for r in tried if (g := holdout_gap(r, metric)) is not None]
+    gap = holdout_gap(confirm[-1], metric)
     if gap is None or not reference:
         why = confirm[-1].reason if not confirm[-1].ok else "the champion's holdout could not be measured"
         return win.model_copy(update={"verdict": "rejected", "rule": "holdout_gap",
                                       "reason": f"the holdout confirmation run failed: {why}"})
     excess = gap - statistics.fmean(reference)
     if abs(excess) > max_gap:
-        side, seen, other = ("more", "val", "holdout") if excess > 0 else ("less", "holdout", "val")
+        side = "more" if excess > 0 else "less"
+        # a relatively worse holdout (higher when minimizing) means the candidate fits val better
+        seen, other = ("val", "holdout") if sign(metric.direction) * excess > 0 else ("holdout", "val")
+        val, holdout = metric.key(VAL), metric.key(HOLDOUT)
         return win.model_copy(update={"verdict": "rejected", "rule": "holdout_gap", "reason": (
-            f"holdout confirmation: ({HOLDOUT_METRIC} - {METRIC}) / {METRIC} is {gap:+.4f}, {abs(excess):.4f} {side} "
+            f"holdout confirmation: ({holdout} - {val}) / {val} is {gap:+.4f}, {abs(excess):.4f} {side} "
             f"than the champion's (limit {max_gap:g} either way); the candidate fits {seen} better than {other}, so "
             f"it has likely seen {seen}. Was: {win.reason}")})
     return win.model_copy(update={"reason": f"{win.reason}; holdout confirmed (gap excess {excess:+.4f})"})
@@ -241,16 +245,15 @@ def stale_decision(stale: ExperimentRecord, champion: str, fresh_id: str | None)
         + (f"measured again as {fresh_id}" if fresh_id else "its change conflicts with the new champion")))
 
 
-def trailers(exp: ExperimentRecord, decision: Decision) -> dict[str, str]:
+def trailers(exp: ExperimentRecord, decision: Decision, metric: Metric) -> dict[str, str]:
     """The audit trail of a win, as git trailers on its merge commit (GitHub mode adds `PR:`)."""
-    m = decision.metric
-    fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
+    m, fmt = decision.metric or metric.key(), metric.fmt
     fingerprint = next((r.evaluator_fingerprint for r in exp.runs if r.evaluator_fingerprint), None)
     out = {
         "Experiment": exp.id,
         "Metric": f"{m}={fmt(decision.candidate_mean)}",
         "Baseline": f"{m}={fmt(decision.champion_mean)}",
-        "Delta": "n/a" if decision.effect is None else f"{-decision.effect:+.4f}",
+        "Delta": fmt(decision.delta, signed=True),
         "Runs": f"{decision.candidate_runs} candidate, {decision.champion_runs} champion",
         "Rule": decision.rule + (f" (p={decision.p_value:.3g})" if decision.p_value is not None else ""),
         "Proposer": exp.proposal.proposer,

@@ -16,7 +16,7 @@ from bot.forges.local import LocalForge
 from bot.policy import Policy
 from bot.proposers.base import Proposer
 from bot.proposers.context import propose
-from bot.records import ChampionRecord, ExperimentRecord, RunSpec
+from bot.records import DEFAULT_METRIC, ChampionRecord, ExperimentRecord, Metric, RunSpec
 from bot.results import results_table
 from runner.config import TargetConfig
 from runner.job import Runner
@@ -34,9 +34,9 @@ def now() -> str:
 
 class Loop:
     def __init__(self, forge: LocalForge, runner: Runner, proposer: Proposer | None, policy: Policy,
-                 target: TargetConfig, on_run: RunHook | None = None):
+                 target: TargetConfig, on_run: RunHook | None = None, metric: Metric = DEFAULT_METRIC):
         self.forge, self.runner, self.proposer, self.target = forge, runner, proposer, target
-        self.rules = lc.Rules.of(policy, target)
+        self.rules = lc.Rules.of(policy, target, metric)
         self.on_run = on_run or (lambda label, commit, seed: None)
 
     def measure_champion(self) -> ChampionRecord:
@@ -111,9 +111,10 @@ class Loop:
 
     def _open(self) -> ExperimentRecord:
         champion = self.forge.champion()
-        return self.forge.open_experiment(propose(self.forge, self.proposer, self.target, champion), champion, now())
+        proposal = propose(self.forge, self.proposer, self.target, champion, self.rules.metric)
+        return self.forge.open_experiment(proposal, champion, now())
 
 
-def export_results(forge: LocalForge, path: Path) -> None:
-    """results.tsv: autoresearch's columns (commit val_bpb memory_gb status description), then arbot's own."""
-    path.write_text(results_table(forge.experiments()))
+def export_results(forge: LocalForge, path: Path, metric: Metric) -> None:
+    """results.tsv: autoresearch's columns (commit, the metric, memory_gb, status, description), then arbot's own."""
+    path.write_text(results_table(forge.experiments(), metric))

@@ -1,7 +1,7 @@
 """Promotion policy: decide from measured runs whether a candidate beats the champion.
 
-A single training run is a noisy measurement: on the CPU target the seed-to-seed spread of val_bpb is
-0.02-0.07 at a 20 s budget, larger than most real improvements. A rule that trusts one run merges noise.
+A single training run is a noisy measurement: on the built-in CPU target the seed-to-seed spread of the metric
+is 0.02-0.07 at a 20 s budget, larger than most real improvements. A rule that trusts one run merges noise.
 
 Two rules are provided:
 
@@ -14,6 +14,10 @@ Two rules are provided:
 The loop calls `decide(Evidence)` repeatedly; the policy answers `more_runs` (asking for more candidate
 and/or champion runs) until it reaches a final verdict. It never asks for more once
 `max_candidate_runs` is reached, so the exchange always terminates.
+
+The rules are written for lower-is-better: `_oriented` multiplies every value by the direction's sign first
+(`bot.records.oriented`), so a maximized metric is decided by the same code. Means and reasons show the values
+as measured; `effect` is the improvement (positive: the candidate is better) in either direction.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from typing import Literal, Protocol, runtime_checkable
 from pydantic import BaseModel, Field, field_validator, model_validator
 from scipy import special
 
-from bot.records import Decision, Evidence
+from bot.records import Decision, Evidence, oriented
 
 TestKind = Literal["pooled", "welch", "paired"]
 
@@ -140,8 +144,9 @@ def t_sf(t: float, df: float) -> float:
     return float(special.stdtr(df, -t))
 
 
-def _fmt(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.4g}"
+def _oriented(ev: Evidence) -> tuple[list[float], list[float]]:
+    """The champion's and the candidate's values, oriented so that lower is better."""
+    return oriented(ev.champion, ev.direction), oriented(ev.candidate, ev.direction)
 
 
 def _failed(ev: Evidence) -> Decision:
@@ -204,8 +209,9 @@ class MarginPolicy:
             return _more(
                 ev, "margin", f"{len(ev.candidate)} of {self.runs} candidate runs made.", cand=self.runs - len(ev.candidate)
             )
-        ch, ca = _mean(ev.champion), _mean(ev.candidate)
-        effect = ch - ca
+        champ, cand = _oriented(ev)
+        ch, ca = _mean(ev.champion), _mean(ev.candidate)  # as measured
+        effect = _mean(champ) - _mean(cand)
         spread = math.sqrt(_var(ev.champion)) if len(ev.champion) > 1 else None
         stats = dict(
             metric=ev.metric,
@@ -312,7 +318,7 @@ class NoiseAwarePolicy:
         c = self.cfg
         if ev.candidate_status != "ok":
             return _failed(ev)
-        champ, cand = ev.champion, ev.candidate
+        champ, cand = _oriented(ev)
         nh, nc = len(champ), len(cand)
         if nh < 2:
             need = self.baseline_runs - nh
@@ -322,8 +328,8 @@ class NoiseAwarePolicy:
         if nc == 0:
             return _more(ev, "screen", "No candidate run yet.", cand=1)
 
-        ch, ca = _mean(champ), _mean(cand)
-        effect = ch - ca
+        ch, ca = _mean(ev.champion), _mean(ev.candidate)  # as measured
+        effect = _mean(champ) - _mean(cand)
         sd_h = math.sqrt(_var(champ))
         if nc >= 2:
             sd = math.sqrt(((nh - 1) * sd_h**2 + (nc - 1) * _var(cand)) / (nh + nc - 2))
@@ -359,7 +365,7 @@ class NoiseAwarePolicy:
 
         # --- simplification: statistically no worse after simplification_runs runs
         if simplification and nc >= c.simplification_runs:
-            _, p_w, _, _ = self._test(cand, champ, 0.0)  # H1: candidate worse (metric higher)
+            _, p_w, _, _ = self._test(cand, champ, 0.0)  # H1: candidate worse
             if effect >= -c.simplification_tolerance * sd and p_w > c.alpha:
                 return final(
                     "win",

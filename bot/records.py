@@ -9,11 +9,50 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from runner.config import Direction, EvaluatorConfig
 from runner.result import RunResult, RunStatus
 
 Verdict = Literal["win", "loss", "crash", "timeout", "rejected", "more_runs"]
-LOWER_IS_BETTER = {"val_bpb": True, "holdout_bpb": True}
 VAL, HOLDOUT = "val", "holdout"  # the evaluator's splits a run is scored on
+
+
+def sign(direction: Direction) -> int:
+    """+1 when lower is better, -1 when higher is."""
+    return 1 if direction == "minimize" else -1
+
+
+def oriented(values: list[float], direction: Direction) -> list[float]:
+    """The values times the direction's sign, so lower is better: the policy and the audit compare these, so each
+    rule is written once, for lower-is-better."""
+    return [sign(direction) * v for v in values]
+
+
+class Metric(BaseModel, frozen=True):
+    """The metric that decides (evaluator.metric, .direction, .precision). The evaluator reports it for each split
+    it scores as `<split>_<name>`: the val one decides, the holdout one confirms a win."""
+
+    name: str
+    direction: Direction
+    precision: int
+
+    @classmethod
+    def of(cls, evaluator: EvaluatorConfig) -> Metric:
+        return cls(name=evaluator.metric, direction=evaluator.direction, precision=evaluator.precision)
+
+    def key(self, split: str = VAL) -> str:
+        return f"{split}_{self.name}"
+
+    @property
+    def better(self) -> str:
+        """Which way wins, in words: lower or higher."""
+        return "lower" if self.direction == "minimize" else "higher"
+
+    def fmt(self, value: float | None, signed: bool = False) -> str:
+        """A value (signed: a delta, with its sign) at the configured precision; n/a for none."""
+        return "n/a" if value is None else f"{value:{'+' if signed else ''}.{self.precision}f}"
+
+
+DEFAULT_METRIC = Metric.of(EvaluatorConfig())  # the built-in target's
 
 
 class KnobChange(BaseModel):
@@ -41,9 +80,10 @@ class Proposal(BaseModel):
 
 
 class Evidence(BaseModel):
-    """What the policy sees: the measured metric of the champion's and the candidate's runs (lower is better)."""
+    """What the policy sees: the measured metric of the champion's and the candidate's runs."""
 
-    metric: str = "val_bpb"
+    metric: str = ""  # the val key of the metric
+    direction: Direction = "minimize"
     champion: list[float]
     candidate: list[float]
     candidate_status: RunStatus = "ok"
@@ -57,10 +97,10 @@ class Decision(BaseModel):
     verdict: Verdict
     rule: str
     reason: str
-    metric: str = "val_bpb"
+    metric: str = ""  # the val key of the metric, when the policy decided
     champion_mean: float | None = None
     candidate_mean: float | None = None
-    effect: float | None = None  # champion_mean - candidate_mean: positive means the candidate is better
+    effect: float | None = None  # the improvement over the champion's mean: positive means the candidate is better
     spread: float | None = None  # the noise the rule used (standard deviation of single runs)
     p_value: float | None = None
     champion_runs: int = 0
@@ -71,6 +111,14 @@ class Decision(BaseModel):
     @property
     def final(self) -> bool:
         return self.verdict != "more_runs"
+
+    @property
+    def delta(self) -> float | None:
+        """candidate_mean - champion_mean, as humans read it (a win's is negative when minimizing, positive when
+        maximizing); None when the rule measured no effect."""
+        if self.effect is None or self.candidate_mean is None or self.champion_mean is None:
+            return None
+        return self.candidate_mean - self.champion_mean
 
 
 class RunSpec(BaseModel):
@@ -99,7 +147,7 @@ class AuditRecord(BaseModel):
     seeds: list[int]
     candidate: list[float]
     baseline: list[float]
-    effect: float | None = None  # baseline mean - candidate mean: positive means the win held
+    effect: float | None = None  # the improvement over the baseline mean: positive means the win held
     p_value: float | None = None
     replicates: bool = False
     note: str = ""
@@ -168,6 +216,6 @@ def val_runs(runs: list[RunResult]) -> list[RunResult]:
     return [r for r in runs if HOLDOUT not in r.splits]
 
 
-def ok_metric(runs: list[RunResult], metric: str = "val_bpb") -> list[float]:
-    """The metric of each successful val run, in order."""
+def ok_metric(runs: list[RunResult], metric: str) -> list[float]:
+    """The metric (its val key) of each successful val run, in order."""
     return [r.metrics[metric] for r in val_runs(runs) if r.ok and metric in r.metrics]

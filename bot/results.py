@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from statistics import mean
 
-from bot.records import ExperimentRecord, ok_metric
+from bot.records import ExperimentRecord, Metric, ok_metric
 
-# autoresearch's columns first, then arbot's own.
-COLUMNS = [
-    "commit", "val_bpb", "memory_gb", "status", "description",
+ARBOT_COLUMNS = [
     "experiment", "verdict", "rule", "delta", "p_value", "runs", "seeds", "proposer",
     "train_seconds", "total_seconds", "parent", "merged_as", "evaluator", "reason",
 ]
@@ -24,21 +22,26 @@ def status(rec: ExperimentRecord) -> str:
     return STATUS.get(rec.decision.verdict, rec.decision.verdict)
 
 
-def row(rec: ExperimentRecord) -> dict[str, str]:
+def columns(metric: Metric) -> list[str]:
+    """autoresearch's columns first (its metric column named after ours), then arbot's own."""
+    return ["commit", metric.key(), "memory_gb", "status", "description", *ARBOT_COLUMNS]
+
+
+def row(rec: ExperimentRecord, metric: Metric) -> dict[str, str]:
     d = rec.decision
-    values = ok_metric(rec.runs)
+    values = ok_metric(rec.runs, metric.key())
     memory = [r.peak_memory_gb for r in rec.runs if r.peak_memory_gb is not None]
     fingerprint = next((r.evaluator_fingerprint for r in rec.runs if r.evaluator_fingerprint), "")
     return {
         "commit": rec.commit[:7],
-        "val_bpb": f"{mean(values):.6f}" if values else "0.000000",
+        metric.key(): f"{mean(values):.6f}" if values else "0.000000",  # autoresearch's format
         "memory_gb": f"{max(memory):.2f}" if memory else "0.00",
         "status": status(rec),
         "description": rec.proposal.hypothesis,
         "experiment": rec.id,
         "verdict": d.verdict if d else "",
         "rule": d.rule if d else "",
-        "delta": f"{-d.effect:+.4f}" if d and d.effect is not None else "",
+        "delta": metric.fmt(d.delta, signed=True) if d and d.delta is not None else "",
         "p_value": f"{d.p_value:.3g}" if d and d.p_value is not None else "",
         "runs": str(len(rec.runs)),
         "seeds": ",".join(str(r.seed) for r in rec.runs),
@@ -52,7 +55,8 @@ def row(rec: ExperimentRecord) -> dict[str, str]:
     }
 
 
-def results_table(records: list[ExperimentRecord]) -> str:
-    lines = ["\t".join(COLUMNS)]
-    lines += ["\t".join(row(r)[c] for c in COLUMNS) for r in records]
+def results_table(records: list[ExperimentRecord], metric: Metric) -> str:
+    cols = columns(metric)
+    lines = ["\t".join(cols)]
+    lines += ["\t".join(row(r, metric)[c] for c in cols) for r in records]
     return "\n".join(lines) + "\n"

@@ -12,6 +12,7 @@ from runner.limits import MAX_FILE_BYTES
 from runner.sandbox import DEFAULT_UID
 
 SPLIT_KEY_VAR = "ARBOT_SPLIT_KEY"  # where the evaluator's `prepare` reads the split key
+Direction = Literal["minimize", "maximize"]
 
 
 class Strict(BaseModel):
@@ -65,15 +66,23 @@ class TargetConfig(Strict):
         "environment, ...) waits for a human to approve it instead of merging",
     )
     holdout_max_gap: float | None = Field(
-        0.01,
+        0.02,  # an honest candidate's gap differs from a much weaker champion's by about 1% (tiny model, tests/test_loop.py)
         ge=0,
         description="a win is confirmed with one run scored on val and holdout; it is rejected when its relative gap "
-        "(holdout_bpb - val_bpb) / val_bpb differs from the champion's by more than this, either way (a model that has "
-        "seen val, or holdout); none = no holdout check",
+        "(holdout - val) / val of the metric differs from the champion's by more than this, either way (a model that "
+        "has seen val, or holdout); none = no holdout check",
     )
 
 
 class EvaluatorConfig(Strict):
+    metric: str = Field(
+        "bpb", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="the metric that decides: the evaluator reports "
+        "it for each split it scores as <split>_<metric> (val_<metric>, holdout_<metric>); val decides, holdout "
+        "confirms a win"
+    )
+    direction: Direction = Field(
+        "minimize", description="minimize or maximize: whether a lower or a higher metric wins")
+    precision: int = Field(4, ge=0, le=12, description="decimals the metric and its deltas are shown with")
     device: Literal["auto", "cpu", "cuda"] = Field("cpu", description="where the evaluator scores the model")
     cache_dir: str | None = Field(None, description="where the data splits are prepared; default ~/.cache/arbot")
     timeout_seconds: float = Field(

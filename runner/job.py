@@ -268,7 +268,7 @@ class Runner:
         if result.flags:
             result.log_tail = outcome.log_tail  # a flagged run waits for a human: show what it printed
         if champion_run:
-            self._measured(result.champion, outcome.wall_seconds - budget, scorer.last_seconds / max(len(splits), 1))
+            self.measured(result.champion, outcome.wall_seconds - budget, scorer.last_seconds / max(len(splits), 1))
         self._keep_artifacts(tmp, result)
 
     # --- limits measured from the champion's own runs ---------------------------------------------------------
@@ -287,7 +287,9 @@ class Runner:
             self._timing[champion] = known
         return self._timing[champion]
 
-    def _measured(self, champion: str, overhead: float, score_per_split: float) -> None:
+    def measured(self, champion: str, overhead: float, score_per_split: float) -> None:
+        """Add what the champion's runs took: here after each of its runs, or from its recorded runs when this
+        runner never ran it (GitHub mode: a fresh runner per run, told by the bot that dispatched it)."""
         known = self.timing(champion)
         known["overhead"] = max(known.get("overhead", 0.0), max(overhead, 0.0))
         known["score_per_split"] = max(known.get("score_per_split", 0.0), score_per_split)
@@ -395,6 +397,16 @@ def over_disk_cap(work: Path, cap: int) -> str:
         return (f"disk_cap: the run wrote {usage.bytes / 2**30:.2f} GiB in {usage.entries} files and directories, over "
                 f"the cap of {cap / 2**30:g} GiB per run (target.max_disk_gb)")
     return ""
+
+
+def champion_timing(runs: list[RunResult], budget_seconds: float) -> tuple[float, float] | None:
+    """(start-up and export seconds, scoring seconds per split) of a champion, from its recorded runs, as the
+    runner measures them after each champion run; None before it has an ok run."""
+    ok = [r for r in runs if r.status == "ok" and r.train_seconds is not None and r.score_seconds]
+    if not ok:
+        return None
+    return (max(max(r.train_seconds - budget_seconds, 0.0) for r in ok),
+            max(r.score_seconds / max(len(r.splits), 1) for r in ok))
 
 
 def take_file(src: Path, dest: Path, max_bytes: int) -> tuple[Path | None, str]:

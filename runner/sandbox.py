@@ -175,7 +175,10 @@ def _probe(exe: str | None, limits: Limits, uid: int, work_root: Path | None) ->
         return Sandbox("none", limits=limits, note="bubblewrap (bwrap) is not installed; install it (apt-get install bubblewrap)")
     drop = (uid, uid) if os.geteuid() == 0 else None
     box = Sandbox("bwrap", bwrap=exe, drop_to=drop, limits=limits)
-    check = ("import socket, torch\n"
+    # torch is found, not imported: the import costs seconds in every runner process, and a torch that cannot
+    # load inside the sandbox fails the first run loudly anyway
+    check = ("import importlib.util, socket\n"
+             "assert importlib.util.find_spec('torch'), 'torch is not importable inside the sandbox'\n"
              "try:\n    socket.create_connection(('1.1.1.1', 53), timeout=1)\n    print('NETWORK')\n"
              "except OSError:\n    print('SANDBOX-OK')\n")
     with OwnedTempDir(prefix="arbot-probe-", dir=work_root) as tmp:

@@ -11,7 +11,7 @@ from bot.config import load_config
 from bot.forges.local import LocalForge
 from bot.loop import Loop
 from bot.policy import make_policy
-from bot.records import Decision, Proposal, RunResult
+from bot.records import DEFAULT_METRIC, Metric, Decision, Proposal, RunResult
 from runner.job import Runner
 
 from .conftest import make_repo, tiny_config
@@ -20,14 +20,14 @@ from .conftest import make_repo, tiny_config
 class StubRunner:
     """Returns val_bpb drawn around a per-commit mean (tests only; the real runner is tested elsewhere)."""
 
-    def __init__(self, means: dict[str, float], sd: float = 0.01):
-        self.means, self.sd, self.calls = means, sd, []
+    def __init__(self, means: dict[str, float], sd: float = 0.01, key: str = "val_bpb"):
+        self.means, self.sd, self.calls, self.key = means, sd, [], key
         self.rng = random.Random(0)
 
     def run(self, commit, champion, seed=0, on_progress=None, splits=("val",)):
         self.calls.append((commit, champion, seed))
         value = self.means[commit] + self.rng.gauss(0, self.sd)
-        return RunResult(status="ok", commit=commit, champion=champion, seed=seed, metrics={"val_bpb": value},
+        return RunResult(status="ok", commit=commit, champion=champion, seed=seed, metrics={self.key: value},
                          splits=list(splits))
 
 
@@ -40,7 +40,7 @@ def merged_win(research_repo):
     rec = forge.open_experiment(p, forge.champion(), started_at="t")
     d = Decision(verdict="win", rule="margin", reason="r", champion_mean=3.3, candidate_mean=3.2, effect=0.1)
     rec.decision = d
-    rec.merged_as = forge.promote(rec, lc.trailers(rec, d))
+    rec.merged_as = forge.promote(rec, lc.trailers(rec, d, DEFAULT_METRIC))
     forge.save(rec)
     return forge, rec
 
@@ -48,7 +48,7 @@ def merged_win(research_repo):
 def test_audit_of_a_real_win_replicates_with_fresh_seeds(merged_win):
     forge, rec = merged_win
     runner = StubRunner({rec.commit: 3.0, rec.parent: 3.2})
-    a = audit_win(forge, runner, rec, runs=3, alpha=0.05, at="now")
+    a = audit_win(forge, runner, rec, runs=3, alpha=0.05, metric=DEFAULT_METRIC, at="now")
     assert a.replicates and a.effect == pytest.approx(0.2, abs=0.05) and a.p_value < 0.05
     assert min(seed for _, _, seed in runner.calls) >= 1000  # never the seeds that decided it
     assert all(champion == rec.parent for _, champion, _ in runner.calls)  # the parent's evaluator scores both
@@ -56,15 +56,27 @@ def test_audit_of_a_real_win_replicates_with_fresh_seeds(merged_win):
     assert saved.audits == [a]
     assert regression_rate(forge.experiments()) == (0.0, 1)
     # A second audit uses new seeds again.
-    audit_win(forge, runner, saved, runs=2, alpha=0.05, at="later")
+    audit_win(forge, runner, saved, runs=2, alpha=0.05, metric=DEFAULT_METRIC, at="later")
     assert forge.experiments()[0].audits[1].seeds == [1003, 1004]
 
 
 def test_audit_of_noise_does_not_replicate(merged_win):
     forge, rec = merged_win
-    a = audit_win(forge, StubRunner({rec.commit: 3.2, rec.parent: 3.2}, sd=0.05), rec, runs=3, alpha=0.05, at="now")
+    a = audit_win(forge, StubRunner({rec.commit: 3.2, rec.parent: 3.2}, sd=0.05), rec, runs=3, alpha=0.05,
+                  metric=DEFAULT_METRIC, at="now")
     assert not a.replicates
     assert regression_rate(forge.experiments()) == (1.0, 1)
+
+
+def test_an_audit_follows_the_metric_direction(merged_win):
+    forge, rec = merged_win
+    acc = Metric(name="acc", direction="maximize", precision=4)
+    higher = StubRunner({rec.commit: 0.95, rec.parent: 0.90}, key="val_acc")
+    a = audit_win(forge, higher, rec, runs=3, alpha=0.05, metric=acc, at="now")
+    assert a.replicates and a.effect == pytest.approx(0.05, abs=0.02) and a.candidate[0] > 0.9
+    lower = StubRunner({rec.commit: 0.85, rec.parent: 0.90}, key="val_acc")
+    b = audit_win(forge, lower, rec, runs=3, alpha=0.05, metric=acc, at="later")
+    assert not b.replicates and b.effect < 0
 
 
 def test_revert_rolls_a_win_back_with_trailers(merged_win):

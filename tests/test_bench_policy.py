@@ -61,3 +61,12 @@ def test_table_output():
     assert r.exit_code == 0, r.output
     for name in ("arbot", "greedy", "fixed_t", "promotions", "power"):
         assert name in r.output
+
+
+def test_a_maximized_metric_gets_exactly_the_same_results():
+    """The rules see the metric as configured: negated and maximized, every campaign ends exactly the same."""
+    args = ["policy", "--json", "--campaigns", "10", "--experiments", "20"]
+    low = CliRunner().invoke(bench_app, args)
+    high = CliRunner().invoke(bench_app, args + ["--direction", "maximize"])
+    assert low.exit_code == high.exit_code == 0 and json.loads(low.output) == json.loads(high.output)
+    assert CliRunner().invoke(bench_app, args + ["--direction", "up"]).exit_code != 0

@@ -21,8 +21,10 @@ def arbot(repo, *args, **kw):
 @pytest.mark.slow
 def test_interrupted_run_resumes_without_lost_or_duplicated_experiments(research_repo):
     forge = LocalForge(research_repo)
+    # Ctrl-C as in a terminal: a CI that runs the suite as a background job starts it with SIGINT ignored
     proc = subprocess.Popen([*ARBOT, "run", "-n", "3", "--repo", research_repo.working_tree_dir],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 180
     while not any(h.name == "arbot/exp-1" for h in research_repo.heads):  # exp-1 exists: it is being trained now
         assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
@@ -73,7 +75,7 @@ def test_evaluate_prints_a_result_record(research_repo):
 
 
 def test_approve_merges_a_held_win_and_results_show_review_until_then(research_repo):
-    from bot.records import Decision, Proposal
+    from bot.records import DEFAULT_METRIC, Decision, Proposal
     from bot.results import row
 
     forge = LocalForge(research_repo)
@@ -85,12 +87,12 @@ def test_approve_merges_a_held_win_and_results_show_review_until_then(research_r
     rec.decision = Decision(verdict="win", rule="margin", reason="r", effect=0.1, champion_mean=3.3, candidate_mean=3.2)
     rec.review = "needed"
     forge.save(rec)
-    assert row(forge.experiments()[0])["status"] == "review"
+    assert row(forge.experiments()[0], DEFAULT_METRIC)["status"] == "review"
 
     r = arbot(research_repo, "approve", "exp-1")
     assert r.returncode == 0, r.stdout + r.stderr
     done = forge.experiments()[0]
     assert done.review == "approved" and done.merged_as == forge.champion()
-    assert row(done)["status"] == "keep"
+    assert row(done, DEFAULT_METRIC)["status"] == "keep"
     again = arbot(research_repo, "approve", "exp-1")
     assert again.returncode == 2 and "not a win waiting for review" in again.stdout

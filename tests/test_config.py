@@ -52,3 +52,24 @@ def test_not_yaml_or_not_a_mapping(tmp_path):
         load_config(write(tmp_path, "target: [\n"))
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         load_config(write(tmp_path, "- a\n- b\n"))
+
+
+def test_the_metric_is_configuration(tmp_path):
+    assert (Config().metric.key(), Config().metric.key("holdout"), Config().metric.direction) == \
+        ("val_bpb", "holdout_bpb", "minimize")  # the built-in evaluator's
+    cfg = load_config(write(tmp_path, "evaluator:\n  metric: accuracy\n  direction: maximize\n  precision: 2\n"))
+    m = cfg.metric
+    assert (m.key(), m.key("holdout"), m.direction, m.better) == ("val_accuracy", "holdout_accuracy", "maximize", "higher")
+    assert (m.fmt(0.9123), m.fmt(0.0123, signed=True), m.fmt(None)) == ("0.91", "+0.01", "n/a")
+
+
+def test_a_bad_direction_names_the_key_and_the_allowed_values(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, "evaluator:\n  direction: up\n"))
+    msg = str(e.value)
+    assert "evaluator.direction" in msg and "'minimize' or 'maximize'" in msg and "'up'" in msg
+
+
+def test_a_metric_name_must_fit_a_trailer(tmp_path):
+    with pytest.raises(ConfigError, match=r"evaluator.metric: String should match pattern"):
+        load_config(write(tmp_path, "evaluator:\n  metric: 'val bpb=1'\n"))

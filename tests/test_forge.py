@@ -4,7 +4,7 @@ import pytest
 
 from bot import lifecycle as lc
 from bot.forges.local import ForgeError, LocalForge
-from bot.records import ChampionRecord, Decision, Proposal, RunResult
+from bot.records import DEFAULT_METRIC, ChampionRecord, Decision, Proposal, RunResult
 
 
 def proposal(text: str) -> Proposal:
@@ -56,7 +56,7 @@ def test_promote_merges_with_trailers_and_moves_champion(forge, research_repo):
     rec.runs = [RunResult(status="ok", commit=rec.commit, metrics={"val_bpb": 3.2}, evaluator_fingerprint="abc")]
     d = Decision(verdict="win", rule="margin", reason="r", champion_mean=3.3, candidate_mean=3.2, effect=0.1,
                  champion_runs=1, candidate_runs=1)
-    merge = forge.promote(rec, lc.trailers(rec, d))
+    merge = forge.promote(rec, lc.trailers(rec, d, DEFAULT_METRIC))
     assert forge.champion() == merge
     c = research_repo.commit(merge)
     assert [p.hexsha for p in c.parents] == [old, rec.commit]
@@ -72,9 +72,9 @@ def test_promote_refuses_a_stale_measurement(forge, research_repo):
     a = forge.open_experiment(proposal("a = 1\n"), forge.champion(), started_at="t")
     b = forge.open_experiment(proposal("b = 1\n"), forge.champion(), started_at="t")
     d = Decision(verdict="win", rule="margin", reason="r")
-    forge.promote(a, lc.trailers(a, d))
+    forge.promote(a, lc.trailers(a, d, DEFAULT_METRIC))
     with pytest.raises(ForgeError, match="was measured against"):
-        forge.promote(b, lc.trailers(b, d))
+        forge.promote(b, lc.trailers(b, d, DEFAULT_METRIC))
 
 
 def test_notes_round_trip_both_record_kinds(forge):
@@ -108,7 +108,7 @@ def test_a_stale_experiment_is_measured_again_on_the_new_champion(forge, researc
     other = forge.open_experiment(proposal(script.replace("N_HEAD = 4", "N_HEAD = 2", 1)), base, started_at="t")
     d = Decision(verdict="win", rule="margin", reason="r")
     other.decision = d
-    other.merged_as = forge.promote(other, lc.trailers(other, d))
+    other.merged_as = forge.promote(other, lc.trailers(other, d, DEFAULT_METRIC))
     forge.save(other)
 
     loop = Loop(forge, runner=None, proposer=None, policy=make_policy(PolicyConfig()),

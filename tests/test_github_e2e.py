@@ -247,7 +247,8 @@ def test_github_mode_end_to_end(tmp_path, monkeypatch):
                 head1, head2 = fake.head_sha(pr1), fake.head_sha(pr2)
                 wait_for(lambda: fake.dispatches, "the champion's run dispatched", workflow)
                 assert fake.dispatches[0]["inputs"] == {"request": f"champion:{start[:12]}:seed-0:val", "commit": start,
-                                                        "champion": start, "seed": "0", "splits": "val"}
+                                                        "champion": start, "seed": "0", "splits": "val",
+                                                        "champion_overhead": "", "champion_score_seconds": ""}
                 assert fake.dispatches[0]["ref"] == "refs/heads/main"
                 wait_for(lambda: health()["budget"]["experiments_today"] == 2, "both experiments counted", workflow)
 
@@ -310,8 +311,10 @@ def test_github_mode_end_to_end(tmp_path, monkeypatch):
     by_role = lambda role: [r for r in requests if r.startswith(f"{role}:")]  # noqa: E731
     assert len(by_role("exp-1")) >= 2 and by_role("exp-2") and by_role("exp-3")  # a win takes more than one seed
     assert any(r.endswith(":val+holdout") for r in by_role("exp-1"))  # its holdout confirmation: a dispatch too
-    assert [d["inputs"]["champion"] for d in fake.dispatches if d["inputs"]["request"].startswith("exp-3:")] == [
-        champion] * len(by_role("exp-3"))
+    exp3_inputs = [d["inputs"] for d in fake.dispatches if d["inputs"]["request"].startswith("exp-3:")]
+    assert [i["champion"] for i in exp3_inputs] == [champion] * len(by_role("exp-3"))
+    # its champion's measured times go with each candidate run: the runner holds it to them (docs/security.md)
+    assert all(float(i["champion_overhead"]) >= 0 and float(i["champion_score_seconds"]) > 0 for i in exp3_inputs)
     assert {r["id"]: r["status"] for r in fake.runs.values()} == {d["id"]: "completed" for d in fake.dispatches}
     for played in workflow.played:
         run, check, inputs = played["result"], played["check"], played["dispatch"]["inputs"]

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from bot.config import GitHubConfig
 from bot.github.forge import (EVALUATE_WORKFLOW, RESULTS_MARKER, GitHubForgeError, connect, pr_body,
                               results_comment, squash_message, trajectory_chart, verdict_check)
-from bot.records import Decision, ExperimentRecord, KnobChange, Proposal
+from bot.records import DEFAULT_METRIC, Decision, ExperimentRecord, KnobChange, Metric, Proposal
 from tests.fake_github.server import FakeGitHub
 from tests.fake_github.serving import serving
 
@@ -186,7 +186,7 @@ def test_results_comment_is_upserted_and_a_loss_closed(fake, local):
         assert fake.comments[cid]["body"] == f"{RESULTS_MARKER}\nsecond"
         loss = Decision(verdict="loss", rule="margin", reason="worse by 0.2", champion_mean=1.25, candidate_mean=1.45,
                         effect=-0.2, champion_runs=1, candidate_runs=1)
-        forge.close_as(forge.pr(pr.number), "loss", results_comment(rec, loss, [("start", 1.25)]))
+        forge.close_as(forge.pr(pr.number), "loss", results_comment(rec, loss, [("start", 1.25)], DEFAULT_METRIC))
         state = fake.prs[pr.number]
         assert state.state == "closed" and not state.merged and state.labels == ["arbot", "arbot:loss"]
         assert len([c for c in fake.comments.values() if RESULTS_MARKER in c["body"]]) == 1
@@ -246,11 +246,27 @@ def test_rendering():
     assert body.startswith("<!-- arbot:experiment exp-3 -->") and "| `DEPTH` | 2 | 3 |" in body and "b" * 40 in body
     title, message = squash_message(rec, {"Experiment": "exp-3"}, 12)
     assert title == "arbot: deeper (exp-3) (#12)" and message == "Experiment: exp-3\nPR: #12\n"
-    chart = trajectory_chart([("start", 1.3), ("exp-1", 1.25), ("exp-3", 1.2)])
+    chart = trajectory_chart([("start", 1.3), ("exp-1", 1.25), ("exp-3", 1.2)], DEFAULT_METRIC)
     assert "xychart-beta" in chart and 'x-axis ["start", "exp-1", "exp-3"]' in chart and "line [1.3000, 1.2500, 1.2000]" in chart
-    comment = results_comment(rec, win(), [("start", 1.25), ("exp-3", 1.24)])
+    assert 'title "champion val_bpb (lower is better)"' in chart
+    comment = results_comment(rec, win(), [("start", 1.25), ("exp-3", 1.24)], DEFAULT_METRIC)
     assert comment.startswith(RESULTS_MARKER) and "| 1.2400 | 1.2500 | -0.0100 | 2 / 2 | n/a |" in comment
-    assert trajectory_chart([]) == ""
+    assert trajectory_chart([], DEFAULT_METRIC) == ""
+
+
+def test_rendering_a_maximized_metric():
+    """PR comment, chart and verdict follow evaluator.metric, .direction and .precision: a win raises the metric."""
+    acc = Metric(name="acc", direction="maximize", precision=3)
+    rec = ExperimentRecord(id="exp-4", number=4, branch="arbot/exp-4", commit="a" * 40, parent="b" * 40,
+                           proposal=Proposal(proposer="llm", hypothesis="wider", files={}))
+    up = Decision(verdict="win", rule="confirm:pooled", reason="better", metric="val_acc", champion_mean=0.91,
+                  candidate_mean=0.935, effect=0.025, champion_runs=3, candidate_runs=2, p_value=0.001)
+    comment = results_comment(rec, up, [("start", 0.9), ("exp-4", 0.935)], acc)
+    assert "| val_acc | champion | delta |" in comment and "| 0.935 | 0.910 | +0.025 | 2 / 3 | 0.001 |" in comment
+    assert 'title "champion val_acc (higher is better)"' in comment and "line [0.900, 0.935]" in comment
+    assert verdict_check(up, acc).title == "win: val_acc 0.935 vs 0.910 (+0.025)"
+    # a decision made outside the policy carries no metric name: the configured one is shown
+    assert verdict_check(Decision(verdict="crash", rule="crash", reason="x"), acc).title == "crash: val_acc n/a vs n/a"
 
 
 def test_push_to_the_bare_repository_is_never_forced(fake, local):
@@ -331,17 +347,18 @@ def test_the_extract_covers_every_operation_the_fake_serves():
 def test_the_verdict_check_lets_only_a_win_merge():
     """arbot/verdict: success for a win (branch protection lets it merge), neutral for a win held for review,
     failure for anything else. The decision itself is the lifecycle's (bot.lifecycle)."""
-    check = verdict_check(win())
+    check = verdict_check(win(), DEFAULT_METRIC)
     assert check.conclusion == "success" and check.title == "win: val_bpb 1.2400 vs 1.2500 (-0.0100)"
     assert check.summary == "better by 0.0100\n\nRule: margin"
-    held = verdict_check(win(), held=True)
+    held = verdict_check(win(), DEFAULT_METRIC, held=True)
     assert held.conclusion == "neutral" and held.title == "held for review: win: val_bpb 1.2400 vs 1.2500 (-0.0100)"
     loss = win().model_copy(update={"verdict": "loss", "effect": -0.01, "candidate_mean": 1.26, "reason": "worse"})
-    assert verdict_check(loss).conclusion == "failure" and verdict_check(loss).title.startswith("loss: val_bpb 1.2600")
-    crash = Decision(verdict="crash", rule="crash", reason="exit 1")
-    assert verdict_check(crash).conclusion == "failure" and verdict_check(crash).title == "crash: val_bpb n/a vs n/a"
-    stale = win().model_copy(update={"verdict": "rejected", "rule": "stale"})
-    assert verdict_check(stale).conclusion == "failure" and verdict_check(stale).summary.endswith("Rule: stale")
+    lost = verdict_check(loss, DEFAULT_METRIC)
+    assert lost.conclusion == "failure" and lost.title.startswith("loss: val_bpb 1.2600")
+    crash = verdict_check(Decision(verdict="crash", rule="crash", reason="exit 1"), DEFAULT_METRIC)
+    assert crash.conclusion == "failure" and crash.title == "crash: val_bpb n/a vs n/a"
+    stale = verdict_check(win().model_copy(update={"verdict": "rejected", "rule": "stale"}), DEFAULT_METRIC)
+    assert stale.conclusion == "failure" and stale.summary.endswith("Rule: stale")
     assert not (Path(__file__).parent.parent / "bot" / "github" / "decide.py").exists()
 
 
@@ -371,12 +388,13 @@ def test_dispatch_starts_the_evaluate_workflow_with_the_run_request(fake, local)
         assert body == {"ref": "champion", "inputs": inputs, "return_run_details": True}
         [d] = fake.dispatches
         assert run_id == d["id"] and forge.workflow_run(run_id)["display_title"] == f"arbot-evaluate {inputs['request']}"
-        assert d["inputs"] == inputs and d["workflow"] == EVALUATE_WORKFLOW and d["ref"] == "refs/heads/champion"
+        defaults = {"champion_overhead": "", "champion_score_seconds": ""}  # the optional inputs, as declared
+        assert d["inputs"] == {**inputs, **defaults} and d["workflow"] == EVALUATE_WORKFLOW and d["ref"] == "refs/heads/champion"
         assert d["sha"] == champion and d["user"] == "arbot-user"
         # splits defaults to val (the workflow's default)
         forge.dispatch(EVALUATE_WORKFLOW, "champion", {k: v for k, v in inputs.items() if k != "splits"})
         assert fake.dispatches[-1]["inputs"]["splits"] == "val"
-        # the workflow declares exactly the five inputs: anything else is refused, as GitHub does
+        # the workflow declares exactly its inputs: anything else is refused, as GitHub does
         for extra in ({"pr": "1"}, {"attempt": "2"}):
             with pytest.raises(GithubException) as e:
                 forge.dispatch(EVALUATE_WORKFLOW, "champion", {**inputs, **extra})

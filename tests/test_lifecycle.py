@@ -17,14 +17,15 @@ import pytest
 
 from bot import lifecycle as lc
 from bot.policy import MarginPolicy, NoiseAwarePolicy, PolicyConfig
-from bot.records import ChampionRecord, Cost, Decision, ExperimentRecord, Proposal, RunResult, RunSpec
+from bot.records import (DEFAULT_METRIC, ChampionRecord, Cost, Decision, ExperimentRecord, Metric, Proposal, RunResult,
+                         RunSpec)
 
 CHAMP = "c" * 40  # the champion the experiment was measured on
 NEWER = "f" * 40  # a later champion
 CAND = "e" * 40  # the experiment's commit
 EXP = "exp-7"
 NOISE = NoiseAwarePolicy(PolicyConfig())
-RULES = lc.Rules(NOISE)  # review_flagged=True, holdout_max_gap=0.01
+RULES = lc.Rules(NOISE, holdout_max_gap=0.01)  # review_flagged=True; the table's gaps are set against 0.01
 FLAG = "timing: target/train.py: time.perf_counter = lambda: 0"
 
 
@@ -295,7 +296,7 @@ def test_next_action(case: Case):
     elif isinstance(action, lc.Done):
         assert action.merged_as == case.exp.merged_as
     elif isinstance(action, lc.Promote):
-        assert action.trailers == lc.trailers(case.exp, case.exp.decision)
+        assert action.trailers == lc.trailers(case.exp, case.exp.decision, case.rules.metric)
     elif isinstance(action, (lc.Wait, lc.Hold)):
         text = action.why
     elif isinstance(action, lc.ChampionFails):
@@ -369,12 +370,12 @@ def test_promote_carries_exactly_the_trailers_of_the_win():
 def test_trailers_without_cost_p_value_fingerprint_or_numbers():
     exp = experiment([run(2.9, 0, fingerprint=None)], decision=None, proposer="search")
     bare = Decision(verdict="win", rule="margin", reason="r")
-    t = lc.trailers(exp, bare)
+    t = lc.trailers(exp, bare, DEFAULT_METRIC)
     assert "Cost" not in t
     assert t["Rule"] == "margin" and t["Evaluator"] == "unknown" and t["Proposer"] == "search"
     assert t["Metric"] == t["Baseline"] == "val_bpb=n/a" and t["Delta"] == "n/a" and t["Seeds"] == "0"
     # tokens alone (a free local model) still record the cost
-    assert lc.trailers(experiment(cost=Cost(prompt_tokens=10, completion_tokens=5)), bare)["Cost"] == "15 tokens, $0.0000"
+    assert lc.trailers(experiment(cost=Cost(prompt_tokens=10, completion_tokens=5)), bare, DEFAULT_METRIC)["Cost"] == "15 tokens, $0.0000"
 
 
 # --- the other pure pieces ------------------------------------------------------------------------------------
@@ -395,21 +396,22 @@ def test_val_runs_and_evidence_leave_out_holdout_confirmations():
     assert lc.val_runs(runs) == runs[:2]
     exp = experiment(runs)
     champ = champion(*FLOOR, extra=(champ_holdout(val=1.0),))
-    ev = lc.evidence(exp, champ, removes_code=True)
+    ev = lc.evidence(exp, champ, DEFAULT_METRIC, removes_code=True)
     assert ev.candidate == list(WIN) and ev.champion == list(FLOOR)
     assert ev.candidate_status == "ok" and ev.removes_code
     # a crashed confirmation run is not a crashed candidate either
     crashed = run(None, 2, status="crash", reason="x").model_copy(update={"splits": ["val", "holdout"]})
-    assert lc.evidence(experiment(cand_runs(*WIN) + [crashed]), champ).candidate_status == "ok"
+    assert lc.evidence(experiment(cand_runs(*WIN) + [crashed]), champ, DEFAULT_METRIC).candidate_status == "ok"
     # but a crashed val run is
-    failed = lc.evidence(experiment(cand_runs(2.9) + [run(None, 1, status="timeout", reason="slow")]), champ)
+    failed = lc.evidence(experiment(cand_runs(2.9) + [run(None, 1, status="timeout", reason="slow")]), champ,
+                         DEFAULT_METRIC)
     assert (failed.candidate_status, failed.candidate_reason, failed.candidate) == ("timeout", "slow", [2.9])
 
 
 def test_holdout_gap_of_one_run():
-    assert lc.holdout_gap(champ_holdout()) == pytest.approx(0.01)
-    assert lc.holdout_gap(run(3.0, 0)) is None  # val only
-    assert lc.holdout_gap(run(None, 0, status="crash", holdout=3.0)) is None
+    assert lc.holdout_gap(champ_holdout(), DEFAULT_METRIC) == pytest.approx(0.01)
+    assert lc.holdout_gap(run(3.0, 0), DEFAULT_METRIC) is None  # val only
+    assert lc.holdout_gap(run(None, 0, status="crash", holdout=3.0), DEFAULT_METRIC) is None
 
 
 def test_a_noise_floor_that_is_met_is_none():
@@ -433,5 +435,68 @@ def test_is_active(exp, active):
 def test_rules_of_a_target():
     from runner.config import TargetConfig
 
-    rules = lc.Rules.of(NOISE, TargetConfig(review_flagged=False, holdout_max_gap=None))
-    assert rules == lc.Rules(NOISE, review_flagged=False, holdout_max_gap=None)
+    rules = lc.Rules.of(NOISE, TargetConfig(review_flagged=False, holdout_max_gap=None), SCORE)
+    assert rules == lc.Rules(NOISE, review_flagged=False, holdout_max_gap=None, metric=SCORE)
+
+
+# --- a metric to maximize -------------------------------------------------------------------------------------
+# The same numbers as above, mirrored: the champion scores 3.00, 3.02, 3.04 on `val_score` (higher is better); a
+# candidate at 3.52, 3.54 is as clear a win as 2.50, 2.52 is when minimizing. Its holdout reference: 3.00 -> 2.97.
+SCORE = Metric(name="score", direction="maximize", precision=4)
+SCORE_RULES = lc.Rules(NOISE, metric=SCORE)
+
+
+def score_run(val: float, seed: int, commit: str = CAND, holdout: float | None = None) -> RunResult:
+    r = run(val, seed, commit=commit, holdout=holdout)
+    return r.model_copy(update={"metrics": {k.replace("_bpb", "_score"): v for k, v in r.metrics.items()}})
+
+
+def score_champion() -> ChampionRecord:
+    runs = [score_run(v, i, commit=CHAMP) for i, v in enumerate(FLOOR)] + [score_run(3.00, 3, CHAMP, holdout=2.97)]
+    return ChampionRecord(commit=CHAMP, runs=runs)
+
+
+def score_experiment(*vals: float, holdout: float | None = None) -> ExperimentRecord:
+    runs = [score_run(v, i) for i, v in enumerate(vals)]
+    if holdout is not None:
+        runs.append(score_run(3.53, len(vals), holdout=holdout))
+    return experiment(runs)
+
+
+MAXIMIZE = {
+    "higher first run: promising, one more seed": Case(
+        score_experiment(3.52), score_champion(), lc.Run, rules=SCORE_RULES, specs=(spec(EXP, CAND, 1),)),
+    "lower first run: screen loss": Case(
+        score_experiment(2.98), score_champion(), lc.Decide, rules=SCORE_RULES, verdict="loss", rule="screen",
+        review=None),
+    "the same higher run when minimizing: screen loss": Case(
+        score_experiment(3.52), score_champion(), lc.Decide, rules=lc.Rules(NOISE, metric=SCORE.model_copy(
+            update={"direction": "minimize"})), verdict="loss", rule="screen", review=None),
+    "higher, holdout gap like the champion's: win": Case(
+        score_experiment(3.52, 3.54, holdout=3.49), score_champion(), lc.Decide, rules=SCORE_RULES, verdict="win",
+        rule="confirm:pooled", review=None, says=("val_score 3.5300", "holdout confirmed")),
+    "holdout far below val: it has seen val": Case(
+        score_experiment(3.52, 3.54, holdout=3.20), score_champion(), lc.Decide, rules=SCORE_RULES,
+        verdict="rejected", rule="holdout_gap", review=None, says=("(holdout_score - val_score)", "seen val")),
+    "holdout far above val: it has seen holdout": Case(
+        score_experiment(3.52, 3.54, holdout=3.80), score_champion(), lc.Decide, rules=SCORE_RULES,
+        verdict="rejected", rule="holdout_gap", review=None, says=("seen holdout",)),
+}
+
+
+@pytest.mark.parametrize("case", MAXIMIZE.values(), ids=MAXIMIZE.keys())
+def test_next_action_maximizing(case: Case):
+    test_next_action(case)
+
+
+def test_a_maximized_win_is_promoted_with_a_positive_delta():
+    exp = score_experiment(3.52, 3.54, holdout=3.49)
+    decide = lc.next_action(exp, score_champion(), CHAMP, SCORE_RULES)
+    assert isinstance(decide, lc.Decide) and decide.evidence.direction == "maximize"
+    assert decide.decision.effect == pytest.approx(0.51) and decide.decision.delta == pytest.approx(0.51)
+    exp.decision, exp.evidence = decide.decision, decide.evidence
+    promote = lc.next_action(exp, score_champion(), CHAMP, SCORE_RULES)
+    assert isinstance(promote, lc.Promote)
+    t = promote.trailers
+    assert (t["Metric"], t["Baseline"], t["Delta"]) == ("val_score=3.5300", "val_score=3.0200", "+0.5100")
+    assert lc.trailers(exp, exp.decision, SCORE.model_copy(update={"precision": 2}))["Delta"] == "+0.51"

@@ -9,7 +9,7 @@ from bot.forges.local import LocalForge
 from bot.knobs import find_knobs, set_knobs
 from bot.loop import Loop, export_results
 from bot.policy import make_policy
-from bot.records import Proposal
+from bot.records import DEFAULT_METRIC, Proposal
 from runner.job import Runner
 
 from .conftest import make_repo, tiny_config
@@ -82,7 +82,7 @@ def test_loop_wins_crashes_times_out_and_rejects(tmp_path):
     # Later experiments were measured against the new champion.
     assert crash.parent == win.merged_as
 
-    export_results(forge, tmp_path / "results.tsv")
+    export_results(forge, tmp_path / "results.tsv", DEFAULT_METRIC)
     lines = (tmp_path / "results.tsv").read_text().splitlines()
     assert lines[0].startswith("commit\tval_bpb\tmemory_gb\tstatus\tdescription\t")
     assert [ln.split("\t")[3] for ln in lines[1:]] == ["keep", "crash", "timeout", "rejected"]

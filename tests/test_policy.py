@@ -276,3 +276,36 @@ def test_every_final_decision_fills_its_numbers():
             assert d.champion_runs >= 2 and d.candidate_runs >= 1
             if d.rule != "screen":
                 assert d.p_value is not None
+
+
+# ----------------------------------------------------------------------------- direction
+
+
+def test_margin_maximize_keeps_a_higher_metric():
+    p = MarginPolicy(margin=0.01)
+    up = p.decide(Evidence(metric="val_acc", direction="maximize", champion=[0.90], candidate=[0.95]))
+    assert (up.verdict, up.rule) == ("win", "margin") and up.effect == pytest.approx(0.05)
+    assert up.delta == pytest.approx(0.05) and "val_acc 0.9500 beats the champion's 0.9000" in up.reason
+    assert p.decide(Evidence(direction="maximize", champion=[0.90], candidate=[0.85])).verdict == "loss"
+    assert p.decide(Evidence(direction="minimize", champion=[0.90], candidate=[0.95])).verdict == "loss"
+
+
+@pytest.mark.parametrize("policy", [NoiseAwarePolicy(), NoiseAwarePolicy(PolicyConfig(test="paired")),
+                                    NoiseAwarePolicy(PolicyConfig(test="welch")), MarginPolicy(margin=0.1)])
+@pytest.mark.parametrize("seed", range(4))
+def test_maximizing_negated_values_decides_exactly_as_minimizing(policy, seed):
+    """Direction is one transformation: the same evidence negated and maximized gets the same decision, with the
+    means shown as measured (negated) and the improvement unchanged."""
+    rng = np.random.default_rng(seed)
+    champ = list(3.0 + 0.02 * rng.normal(size=4))
+    for n in range(1, 7):
+        cand = list(3.0 - 0.02 * seed + 0.02 * rng.normal(size=n))
+        low = policy.decide(Evidence(champion=champ, candidate=cand, removes_code=seed == 3))
+        high = policy.decide(Evidence(direction="maximize", champion=[-x for x in champ], candidate=[-x for x in cand],
+                                      removes_code=seed == 3))
+        assert (high.verdict, high.rule, high.effect, high.p_value, high.spread) == \
+               (low.verdict, low.rule, low.effect, low.p_value, low.spread)
+        assert (high.more_candidate_runs, high.more_champion_runs) == (low.more_candidate_runs, low.more_champion_runs)
+        if low.candidate_mean is not None:
+            assert (high.candidate_mean, high.champion_mean) == (-low.candidate_mean, -low.champion_mean)
+            assert high.delta == -low.delta  # a win's delta is negative when minimizing, positive when maximizing

@@ -145,3 +145,19 @@ def test_a_run_held_over_its_budget_is_never_a_win(tmp_path):
     rec = loop.step()
     assert rec.decision.verdict == "rejected" and rec.merged_as is None and forge.champion() == start
     assert "over_budget" in rec.decision.reason
+
+
+def test_champion_timing_from_its_recorded_runs():
+    """What a runner that never ran the champion is told (GitHub mode): the largest start-up and export time
+    beyond the budget, and the largest scoring time per split, of the champion's ok runs."""
+    from runner.job import champion_timing
+
+    def run(status="ok", train=None, score=None, splits=("val",)):
+        return RunResult(status=status, commit="c", champion="c", seed=0, train_seconds=train, score_seconds=score,
+                         splits=list(splits))
+
+    assert champion_timing([], 10) is None
+    assert champion_timing([run("crash", 50, 3), run(train=12.0)], 10) is None  # no ok run with both times
+    assert champion_timing([run(train=13.5, score=2.0), run(train=12.0, score=4.0, splits=("val", "holdout")),
+                            run("timeout", 60, 9)], 10) == (3.5, 2.0)
+    assert champion_timing([run(train=8.0, score=1.0)], 10) == (0.0, 1.0)  # ended early: no negative allowance

@@ -61,7 +61,7 @@ def test_validators_reject_a_broken_workflow(tmp_path):
     assert subprocess.run([tool("actionlint"), str(bad)], capture_output=True, timeout=120).returncode != 0
 
 
-INPUTS = {"request", "commit", "champion", "seed", "splits"}
+INPUTS = {"request", "commit", "champion", "seed", "splits", "champion_overhead", "champion_score_seconds"}
 
 
 def code(path: Path) -> str:
@@ -81,6 +81,7 @@ def test_evaluate_is_dispatched_by_the_bot_only():
     assert set(inputs) == INPUTS and all(i["type"] == "string" for i in inputs.values())
     assert [n for n, i in inputs.items() if i.get("required")] == ["request", "commit", "champion", "seed"]
     assert inputs["splits"]["default"] == "val"
+    assert inputs["champion_overhead"]["default"] == inputs["champion_score_seconds"]["default"] == ""
     text = code(EVALUATE)
     for trigger in ("pull_request", "pull_request_target", "workflow_run", "github.event.pull_request", "head_ref"):
         assert trigger not in text
@@ -99,7 +100,9 @@ def test_inputs_reach_the_shell_through_env_only():
             assert "${{" not in step.get("run", ""), (name, step.get("name"))
     train, report = wf["jobs"]["train"], wf["jobs"]["report"]
     assert train["env"] == {"COMMIT": "${{ inputs.commit }}", "CHAMPION": "${{ inputs.champion }}",
-                            "SEED": "${{ inputs.seed }}", "SPLITS": "${{ inputs.splits }}"}
+                            "SEED": "${{ inputs.seed }}", "SPLITS": "${{ inputs.splits }}",
+                            "OVERHEAD": "${{ inputs.champion_overhead }}",
+                            "SCORE_SECONDS": "${{ inputs.champion_score_seconds }}"}
     assert report["env"] == {"COMMIT": "${{ inputs.commit }}", "CHAMPION": "${{ inputs.champion }}",
                              "REQUEST": "${{ inputs.request }}"}
 
@@ -120,6 +123,9 @@ def run_step(script: str, env: dict, cwd: Path) -> subprocess.CompletedProcess:
     ({"COMMIT": HEAD, "CHAMPION": CHAMPION, "SEED": "-1", "SPLITS": "val"}, False),
     ({"COMMIT": HEAD, "CHAMPION": CHAMPION, "SEED": "0", "SPLITS": "holdout"}, False),
     ({"COMMIT": HEAD, "CHAMPION": CHAMPION, "SEED": "0", "SPLITS": ""}, False),
+    ({"COMMIT": HEAD, "CHAMPION": CHAMPION, "SEED": "0", "SPLITS": "val", "OVERHEAD": "3.25", "SCORE_SECONDS": "1"}, True),
+    ({"COMMIT": HEAD, "CHAMPION": CHAMPION, "SEED": "0", "SPLITS": "val", "OVERHEAD": "1e9", "SCORE_SECONDS": ""}, False),
+    ({"COMMIT": HEAD, "CHAMPION": CHAMPION, "SEED": "0", "SPLITS": "val", "OVERHEAD": "", "SCORE_SECONDS": "2; id"}, False),
 ])
 def test_the_train_job_checks_its_inputs_first(env, ok, tmp_path):
     train = load(EVALUATE)["jobs"]["train"]
@@ -128,19 +134,22 @@ def test_the_train_job_checks_its_inputs_first(env, ok, tmp_path):
     assert (r.returncode == 0) == ok, r.stderr
 
 
-@pytest.mark.parametrize("splits, holdout", [("val", False), ("val,holdout", True)])
-def test_the_train_step_runs_arbot_evaluate_on_the_requested_run(splits, holdout, tmp_path):
+@pytest.mark.parametrize("splits, timing, extra", [
+    ("val", {}, []), ("val,holdout", {}, ["--holdout"]),
+    ("val", {"OVERHEAD": "3.5", "SCORE_SECONDS": "1.25"}, ["--champion-overhead", "3.5", "--champion-score-seconds", "1.25"]),
+])
+def test_the_train_step_runs_arbot_evaluate_on_the_requested_run(splits, timing, extra, tmp_path):
     """The step, run with a stand-in for arbot that prints its arguments: even a failing run leaves its output."""
     (tmp_path / ".venv" / "bin").mkdir(parents=True)
     stub = tmp_path / ".venv" / "bin" / "arbot"
     stub.write_text('#!/bin/bash\nprintf \'%s\\n\' "$@"\necho "training" >&2\nexit 1\n')
     stub.chmod(0o755)
     step = steps(load(EVALUATE)["jobs"]["train"], "Train and evaluate")
-    r = run_step(step["run"], {"COMMIT": HEAD, "CHAMPION": CHAMPION, "SEED": "4", "SPLITS": splits}, tmp_path)
+    r = run_step(step["run"], {"COMMIT": HEAD, "CHAMPION": CHAMPION, "SEED": "4", "SPLITS": splits, **timing}, tmp_path)
     assert r.returncode == 0, r.stderr  # the report job turns a failed run into its check run
     assert "arbot evaluate exited with 1" in r.stdout and "training" in r.stdout  # the log tail
     argv = (tmp_path / "result.json").read_text().split()
-    assert argv == ["evaluate", HEAD, "--champion", CHAMPION, "--seed", "4", *(["--holdout"] if holdout else []), "--json"]
+    assert argv == ["evaluate", HEAD, "--champion", CHAMPION, "--seed", "4", *extra, "--json"]
     assert (tmp_path / "evaluate.log").read_text() == "training\n"
 
 
@@ -159,7 +168,7 @@ def test_train_job_has_no_secrets_and_read_only_permissions():
     assert root["with"] == {"fetch-depth": 0, "persist-credentials": False}
     assert steps(train, "Make sure the commit")["run"] == 'git cat-file -e "${COMMIT}^{commit}" && git cat-file -e "${CHAMPION}^{commit}"'
     runs = "\n".join(s.get("run", "") for s in train["steps"])
-    assert '.venv/bin/arbot evaluate "$COMMIT" --champion "$CHAMPION" --seed "$SEED" "${holdout[@]}" --json' in runs
+    assert '.venv/bin/arbot evaluate "$COMMIT" --champion "$CHAMPION" --seed "$SEED" "${extra[@]}" --json' in runs
     assert "> result.json 2> evaluate.log" in runs
     upload = next(s for s in train["steps"] if str(s.get("uses", "")).startswith("actions/upload-artifact"))
     assert upload["if"] == "always()" and upload["with"]["name"] == "arbot-result"

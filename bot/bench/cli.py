@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bot.bench.policy_sim import METRICS, SimConfig, run_benchmark
+from runner.config import Direction
 
 HEADERS = {
     "false_promotion_rate": "false promotions",
@@ -38,10 +39,13 @@ def policy(
     seed: int = typer.Option(0, help="Seed of the numpy Generators: same seed, same numbers."),
     sigma: float = typer.Option(1.0, min=1e-9, help="Noise sd of one run in metric units (0.04 mirrors the CPU target); results are in sigma units."),
     pair_correlation: float = typer.Option(0.0, min=0.0, max=0.99, help="Correlation of same-seed champion and candidate runs (0: conservative)."),
+    direction: Direction = typer.Option(
+        "minimize", help="minimize or maximize: how the rules are shown the metric (the results are the same)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object {rule: {metric: value}}."),
 ) -> None:
     """Compare promotion rules on simulated campaigns: arbot (noise-aware defaults), greedy (one run, keep if better), fixed_t (5 seeds each, Welch t)."""
-    sim = SimConfig(campaigns=campaigns, experiments=experiments, seed=seed, sigma=sigma, pair_correlation=pair_correlation)
+    sim = SimConfig(campaigns=campaigns, experiments=experiments, seed=seed, sigma=sigma,
+                    pair_correlation=pair_correlation, direction=direction)
     results = run_benchmark(sim)
     out = {rule: {k: _num(v[k]) for k in METRICS} for rule, v in results.items()}
     if as_json:

@@ -1,7 +1,8 @@
 """Simulated research campaigns to compare promotion rules (`arbot bench policy`).
 
-A synthetic target has a true metric value (lower is better). Each experiment proposes a change with a
-known true effect (improvement, in noise sigmas) drawn from a mix: most proposals do nothing or harm, a
+A synthetic target has a true metric value (lower is better inside the simulation; with `direction: maximize`
+the rules see it negated, as a metric to maximize, and must decide exactly the same). Each experiment proposes a
+change with a known true effect (improvement, in noise sigmas) drawn from a mix: most proposals do nothing or harm, a
 few help. A run measures true value + Gaussian noise of sd `sigma`. Runs with the same seed index share
 a seed component (correlation `pair_correlation`) for the same champion, as training runs with the same
 seed do. Every rule goes through the same loop driver: `baseline_runs` champion runs when a champion is
@@ -19,7 +20,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from bot.policy import MarginPolicy, NoiseAwarePolicy, Policy, PolicyConfig, t_sf
-from bot.records import Decision, Evidence
+from bot.records import Decision, Evidence, oriented
+from runner.config import Direction
 
 METRICS = (
     "false_promotion_rate",
@@ -53,7 +55,8 @@ class SimConfig:
     campaigns: int = 200
     experiments: int = 50
     seed: int = 0
-    sigma: float = 1.0  # noise sd of one run, metric units (0.04 mirrors the CPU target's val_bpb)
+    sigma: float = 1.0  # noise sd of one run, metric units (0.04 mirrors the built-in CPU target's metric)
+    direction: Direction = "minimize"  # how the rules are shown the metric
     pair_correlation: float = 0.0  # correlation of same-seed runs of champion and candidate (0: conservative)
     power_threshold: float = 2.0  # power is measured on true improvements >= this many sigmas
     mix: ProposalMix = field(default_factory=ProposalMix)
@@ -81,7 +84,7 @@ class FixedTPolicy:
                 more_candidate_runs=max(0, self.n - nc),
                 more_champion_runs=max(0, self.n - nh),
             )
-        h, c = np.asarray(ev.champion), np.asarray(ev.candidate)
+        h, c = np.asarray(oriented(ev.champion, ev.direction)), np.asarray(oriented(ev.candidate, ev.direction))
         a, b = h.var(ddof=1) / nh, c.var(ddof=1) / nc
         effect = float(h.mean() - c.mean())
         se = math.sqrt(a + b)
@@ -92,8 +95,8 @@ class FixedTPolicy:
             verdict="win" if win else "loss",
             rule="fixed_t",
             reason=f"Welch t p={p:.3g}",
-            champion_mean=float(h.mean()),
-            candidate_mean=float(c.mean()),
+            champion_mean=float(np.mean(ev.champion)),
+            candidate_mean=float(np.mean(ev.candidate)),
             effect=effect,
             spread=float(h.std(ddof=1)),
             p_value=p,
@@ -157,7 +160,9 @@ def simulate_rule(policy: Policy, sim: SimConfig, max_calls: int = 1000) -> dict
             cand: list[float] = []
             runs = 0
             for _ in range(max_calls):
-                d = policy.decide(Evidence(champion=champ.runs, candidate=cand, removes_code=bool(removes[e])))
+                # the metric as reported: the simulation's values, negated when maximized (the sign is its own inverse)
+                d = policy.decide(Evidence(champion=oriented(champ.runs, sim.direction), direction=sim.direction,
+                                           candidate=oriented(cand, sim.direction), removes_code=bool(removes[e])))
                 if d.final:
                     break
                 for _ in range(d.more_champion_runs):

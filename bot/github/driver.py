@@ -45,6 +45,7 @@ from bot.proposers.context import propose
 from bot.proposers.failures import ProposalRejected, SpendCapReached
 from bot.records import Decision, ExperimentRecord, RunResult, RunSpec, ok_metric
 from runner.guard import changed_paths, forbidden_paths
+from runner.job import champion_timing
 
 log = logging.getLogger("arbot.github")
 
@@ -120,7 +121,7 @@ class Driver:
         self.budget, self.paused = budget, paused
         self.lease = Lease(self._git, local, holder or holder_name("driver"))
         self.lease_wait = lease_wait
-        self.rules = lc.Rules.of(policy, config.target)
+        self.rules = lc.Rules.of(policy, config.target, config.metric)
         self.lf = MirrorForge(local, self.push_notes, champion_branch=config.run.champion_branch,
                               branch_prefix=config.run.branch_prefix)
 
@@ -195,8 +196,9 @@ class Driver:
                 self._promote(rec, action.trailers)
                 return rec
             elif isinstance(action, lc.Hold):
-                self._conclude(rec, verdict_check(rec.decision, held=True), f"Held for a human: {action.why}. "
-                               "Read the diff; a user with write access comments `/arbot approve` to merge it.")
+                self._conclude(rec, verdict_check(rec.decision, self.rules.metric, held=True),
+                               f"Held for a human: {action.why}. Read the diff; a user with write access comments "
+                               "`/arbot approve` to merge it.")
                 return rec
             elif isinstance(action, lc.Close):
                 self._close(rec)
@@ -226,9 +228,12 @@ class Driver:
     def _start(self, owner, spec: RunSpec) -> None:
         """Dispatch the evaluate workflow on the default branch (a definition no PR can change) and note its run."""
         requested_at = now()
-        run_id = self.forge.dispatch(EVALUATE_WORKFLOW, self.forge.repo.default_branch, {
-            "request": spec.key, "commit": spec.commit, "champion": spec.champion, "seed": str(spec.seed),
-            "splits": ",".join(spec.splits)})
+        inputs = {"request": spec.key, "commit": spec.commit, "champion": spec.champion, "seed": str(spec.seed),
+                  "splits": ",".join(spec.splits)}
+        timing = champion_timing(self.lf.champion_record(spec.champion).runs, self.config.target.budget_seconds)
+        if spec.commit != spec.champion and timing is not None:  # the runner holds the candidate to the champion's times
+            inputs |= {"champion_overhead": f"{timing[0]:.2f}", "champion_score_seconds": f"{timing[1]:.2f}"}
+        run_id = self.forge.dispatch(EVALUATE_WORKFLOW, self.forge.repo.default_branch, inputs)
         owner.pending = [s.model_copy(update={"run_id": run_id, "requested_at": requested_at}) if s.key == spec.key
                          else s for s in owner.pending]
         self.lf.save(owner)
@@ -303,7 +308,7 @@ class Driver:
         if pr.merged:
             self.record_merge(rec, pr.merge_commit_sha)
             return
-        self._conclude(rec, verdict_check(rec.decision))
+        self._conclude(rec, verdict_check(rec.decision, self.rules.metric))
         title, body = squash_message(rec, trailers, pr.number)
         if self.forge.enable_automerge(pr, rec.commit, title, body):
             log.info("PR #%d (%s): auto-merge enabled at %s", pr.number, rec.id, rec.commit[:12])
@@ -312,8 +317,9 @@ class Driver:
                 log.info("PR #%d (%s): merged as %s", pr.number, rec.id, self.forge.merge(pr, rec.commit, title, body)[:12])
             except GitHubForgeError as e:  # tried again on the next event and on the server's catch-up timer
                 log.warning("PR #%d (%s): not merged: %s", pr.number, rec.id, e)
-                self._conclude(rec, verdict_check(rec.decision), f"**Not merged yet**: GitHub refused the merge "
-                               f"({str(e)[:500]}). The bot tries again on the next event and on its catch-up timer.")
+                self._conclude(rec, verdict_check(rec.decision, self.rules.metric),
+                               f"**Not merged yet**: GitHub refused the merge ({str(e)[:500]}). The bot tries again "
+                               "on the next event and on its catch-up timer.")
         merged = self.forge.pr(pr.number)
         if merged.merged:  # at once; GitHub may also merge later, and the closed webhook records it then
             self.sync()
@@ -330,16 +336,17 @@ class Driver:
 
     def _close(self, rec: ExperimentRecord) -> None:
         pr = self._pr(rec)
-        check = verdict_check(rec.decision)
+        check = verdict_check(rec.decision, self.rules.metric)
         self._verdict(rec, check)
         if pr.state == "open":
-            self.forge.close_as(pr, rec.decision.verdict, results_comment(rec, rec.decision, self.trajectory(rec)))
+            self.forge.close_as(pr, rec.decision.verdict,
+                                results_comment(rec, rec.decision, self.trajectory(rec), self.rules.metric))
             log.info("PR #%d (%s): closed as %s (%s)", pr.number, rec.id, rec.decision.verdict, rec.decision.rule)
 
     def _conclude(self, rec: ExperimentRecord, check, note: str = "") -> None:
         """The verdict check and the results comment of a decided experiment."""
         self._verdict(rec, check)
-        comment = results_comment(rec, rec.decision, self.trajectory(rec))
+        comment = results_comment(rec, rec.decision, self.trajectory(rec), self.rules.metric)
         self._comment(rec, f"{comment}\n\n{note}" if note else comment)
 
     def _verdict(self, rec: ExperimentRecord, check) -> None:
@@ -426,7 +433,8 @@ class Driver:
         """One experiment on the mirror, its PR (the branch is pushed, never forced), and its first runs."""
         self.sync()
         champion = self.lf.champion()
-        rec = self.lf.open_experiment(propose(self.lf, self.proposer, self.config.target, champion), champion, now())
+        proposal = propose(self.lf, self.proposer, self.config.target, champion, self.rules.metric)
+        rec = self.lf.open_experiment(proposal, champion, now())
         pr = self.forge.open_pr(rec, self.local)
         if self.budget is not None:
             self.budget.record_experiment()
@@ -473,11 +481,12 @@ class Driver:
         wins = [r for r in recs if r.merged_as or (current is not None and r.id == current.id
                                                    and current.decision is not None and current.decision.verdict == "win")]
         points = []
-        start = ok_metric(self.lf.champion_record(recs[0].parent).runs) if recs else []
+        key = self.rules.metric.key()
+        start = ok_metric(self.lf.champion_record(recs[0].parent).runs, key) if recs else []
         if start:
             points.append(("start", statistics.fmean(start)))
         for r in wins:
-            values = ok_metric(current.runs if current is not None and r.id == current.id else r.runs)
+            values = ok_metric(current.runs if current is not None and r.id == current.id else r.runs, key)
             if values:
                 points.append((r.id, statistics.fmean(values)))
         return points

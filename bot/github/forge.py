@@ -27,7 +27,7 @@ from github.PullRequest import PullRequest
 from github.Repository import Repository
 
 from bot.config import GitHubConfig
-from bot.records import Decision, ExperimentRecord
+from bot.records import Decision, ExperimentRecord, Metric
 
 log = logging.getLogger("arbot.github")
 
@@ -454,37 +454,39 @@ def squash_message(rec: ExperimentRecord, trailers: Mapping[str, str], pr_number
     return title, (f"{rationale}\n\n{body}\n" if rationale else f"{body}\n")
 
 
-def trajectory_chart(points: list[tuple[str, float]], metric: str = "val_bpb") -> str:
+def trajectory_chart(points: list[tuple[str, float]], metric: Metric) -> str:
     """The champion's metric over its merges, as a Mermaid xychart-beta block (GitHub renders it natively)."""
     if not points:
         return ""
+    fmt, key = metric.fmt, metric.key()
     labels = ", ".join(f'"{label}"' for label, _ in points)
-    values = ", ".join(f"{v:.4f}" for _, v in points)
+    values = ", ".join(fmt(v) for _, v in points)
     lo, hi = min(v for _, v in points), max(v for _, v in points)
-    pad = max((hi - lo) * 0.1, 1e-3)
+    pad = max((hi - lo) * 0.1, 10.0 ** -metric.precision)
     return "\n".join([
-        "```mermaid", "xychart-beta", f'    title "champion {metric}"', f"    x-axis [{labels}]",
-        f'    y-axis "{metric}" {lo - pad:.4f} --> {hi + pad:.4f}', f"    line [{values}]", "```",
+        "```mermaid", "xychart-beta", f'    title "champion {key} ({metric.better} is better)"',
+        f"    x-axis [{labels}]",
+        f'    y-axis "{key}" {fmt(lo - pad)} --> {fmt(hi + pad)}', f"    line [{values}]", "```",
     ])
 
 
-def results_comment(rec: ExperimentRecord, decision: Decision, trajectory: list[tuple[str, float]]) -> str:
+def results_comment(rec: ExperimentRecord, decision: Decision, trajectory: list[tuple[str, float]],
+                    metric: Metric) -> str:
     """The one results comment of an experiment PR: verdict, the numbers, the champion's trajectory."""
-    fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
-    delta = "n/a" if decision.effect is None else f"{-decision.effect:+.4f}"
+    fmt = metric.fmt
     lines = [
         RESULTS_MARKER,
         f"### {rec.id}: **{decision.verdict}** ({decision.rule})",
         "",
         decision.reason,
         "",
-        f"| {decision.metric} | champion | delta | runs (candidate / champion) | p |",
+        f"| {decision.metric or metric.key()} | champion | delta | runs (candidate / champion) | p |",
         "| --- | --- | --- | --- | --- |",
-        f"| {fmt(decision.candidate_mean)} | {fmt(decision.champion_mean)} | {delta} "
+        f"| {fmt(decision.candidate_mean)} | {fmt(decision.champion_mean)} | {fmt(decision.delta, signed=True)} "
         f"| {decision.candidate_runs} / {decision.champion_runs} | "
         f"{'n/a' if decision.p_value is None else f'{decision.p_value:.3g}'} |",
     ]
-    chart = trajectory_chart(trajectory, decision.metric)
+    chart = trajectory_chart(trajectory, metric)
     if chart:
         lines += ["", chart]
     return "\n".join(lines)
@@ -497,12 +499,13 @@ class VerdictCheck:
     summary: str
 
 
-def verdict_check(decision: Decision, held: bool = False) -> VerdictCheck:
+def verdict_check(decision: Decision, metric: Metric, held: bool = False) -> VerdictCheck:
     """The `arbot/verdict` check of a final decision: success only for a win, so branch protection lets only
     wins merge; a win held for review is neutral until a human approves it."""
-    fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
-    delta = "" if decision.effect is None else f" ({-decision.effect:+.4f})"
-    title = f"{decision.verdict}: {decision.metric} {fmt(decision.candidate_mean)} vs {fmt(decision.champion_mean)}{delta}"
+    fmt = metric.fmt
+    delta = "" if decision.delta is None else f" ({fmt(decision.delta, signed=True)})"
+    title = (f"{decision.verdict}: {decision.metric or metric.key()} {fmt(decision.candidate_mean)} "
+             f"vs {fmt(decision.champion_mean)}{delta}")
     if held:
         return VerdictCheck("neutral", f"held for review: {title}"[:200], f"{decision.reason}\n\nRule: {decision.rule}")
     return VerdictCheck("success" if decision.verdict == "win" else "failure", title[:200],

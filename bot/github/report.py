@@ -6,7 +6,7 @@ every field is checked for its type, text is escaped, and the log tail is fenced
 Standard library only: the report job runs it from the champion's checkout without installing arbot.
 
 Usage: python bot/github/report.py --result result.json --head-sha SHA [--champion-sha SHA] [--log evaluate.log]
-                                   [--baseline champion.json | --notes DIR] [--external-id KEY]
+                                   [--baseline champion.json | --notes DIR] [--external-id KEY] [--metric NAME]
                                    [--out check-run.json] [--summary FILE]
 Writes the body of POST /repos/{owner}/{repo}/check-runs to --out (or stdout) and, with --summary,
 appends the Markdown summary there (pass $GITHUB_STEP_SUMMARY). --external-id is the run request's key, by
@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 EVALUATE_CHECK = "arbot/evaluate"  # the check run this script renders, which the bot reads
-METRIC = "val_bpb"
+VAL_PREFIX = "val_"  # the evaluator reports a metric as <split>_<name> (bot.records.Metric.key): val decides
 STATUSES = {"ok", "crash", "timeout", "rejected"}
 MAX_TEXT = 60_000  # the API caps output.summary and output.text at 65535 characters
 LOG_LINES = 60
@@ -68,8 +68,15 @@ def load_runs(text: str) -> list[dict]:
     return runs
 
 
-def baseline_values(text: str | None, metric: str = METRIC) -> list[float]:
-    """The champion's measured values of `metric`, from its ChampionRecord JSON (the git note) or a list of runs."""
+def val_metric(runs: list) -> str | None:
+    """The metric the result reports for val (the first, when an evaluator reports several): the one shown."""
+    return next((k for r in runs if isinstance(r, dict) and isinstance(r.get("metrics"), dict)
+                 for k in r["metrics"] if isinstance(k, str) and k.startswith(VAL_PREFIX)), None)
+
+
+def baseline_values(text: str | None, metric: str | None = None) -> list[float]:
+    """The champion's measured values of `metric` (default: its val metric), from its ChampionRecord JSON (the git
+    note) or a list of runs."""
     if not text:
         return []
     try:
@@ -77,6 +84,7 @@ def baseline_values(text: str | None, metric: str = METRIC) -> list[float]:
     except ValueError:
         return []
     runs = data.get("runs", []) if isinstance(data, dict) else data if isinstance(data, list) else []
+    metric = metric or val_metric(runs)
     out = []
     for r in runs:
         if isinstance(r, dict) and r.get("status") == "ok" and isinstance(r.get("metrics"), dict):
@@ -140,9 +148,11 @@ def mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def render(runs: list[dict], head_sha: str, baseline: list[float], log_text: str = "", metric: str = METRIC) -> dict:
+def render(runs: list[dict], head_sha: str, baseline: list[float], log_text: str = "",
+           metric: str | None = None) -> dict:
     """The check run (POST body) of the run(s) of `head_sha`, the commit trained: success when every run is ok,
-    failure otherwise. The verdict is arbot/verdict's."""
+    failure otherwise. `metric` defaults to the runs' val metric. The verdict is arbot/verdict's."""
+    metric = metric or val_metric(runs) or f"{VAL_PREFIX}metric"
     problems = []
     for r in runs:
         if r["commit"] != head_sha:
@@ -227,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--log", type=Path)
     ap.add_argument("--baseline", type=Path, help="the champion's record (git note) or a list of its runs")
     ap.add_argument("--notes", type=Path, help="a checkout of refs/notes/arbot: the baseline is the champion's note")
-    ap.add_argument("--metric", default=METRIC)
+    ap.add_argument("--metric", help="the metric to show (default: the one the result reports for val)")
     ap.add_argument("--details-url", help="the workflow run's URL (a link on the check run)")
     ap.add_argument("--external-id", help="the run request's key: the bot finds the result by it")
     ap.add_argument("--out", type=Path)
@@ -243,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
         baseline_file = args.baseline
         if baseline_file is None and args.notes is not None and args.champion_sha and args.notes.is_dir():
             baseline_file = note_path(args.notes, args.champion_sha)
-        check = render(runs, args.head_sha, baseline_values(read(baseline_file), args.metric), log_text, args.metric)
+        metric = args.metric or val_metric(runs)
+        check = render(runs, args.head_sha, baseline_values(read(baseline_file), metric), log_text, metric)
     except BadResult as e:
         check = render_missing(args.head_sha, str(e), log_text)
     if args.details_url and re.fullmatch(r"https?://[^\s]+", args.details_url):

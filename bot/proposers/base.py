@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from bot.knobs import Knob
-from bot.records import ExperimentRecord, Proposal
+from bot.records import DEFAULT_METRIC, ExperimentRecord, Metric, Proposal
 
 
 @dataclass
@@ -17,6 +17,7 @@ class ProposalContext:
     knobs: list[Knob]
     history: list[ExperimentRecord] = field(default_factory=list)
     program: str = ""  # target/program.md
+    metric: Metric = DEFAULT_METRIC  # what the proposal should improve
 
     @property
     def script(self) -> str:

@@ -73,7 +73,7 @@ MAX_HYPOTHESIS = 200
 FORMAT = """\
 Answer in exactly this format (plain text):
 
-Hypothesis: <one line: the change and the effect on val_bpb you expect>
+Hypothesis: <one line: the change and the effect on the metric you expect>
 Rationale: <a few sentences: why it should help within the fixed time budget>
 <path of the file to edit, on its own line>
 <<<<<<< SEARCH

@@ -11,21 +11,21 @@ from statistics import mean
 from bot.knobs import format_value
 from bot.proposers.base import ProposalContext
 from bot.proposers.edits import FORMAT
-from bot.records import ExperimentRecord, ok_metric
+from bot.records import ExperimentRecord, Metric, ok_metric
 
 CHARS_PER_TOKEN = 4
 ERROR_TAIL_LINES = 6
 
-SYSTEM = """\
-You are an ML researcher improving a small language model's training script. Each experiment trains the
-edited script for a fixed wall-clock budget and a fixed evaluator scores val_bpb (bits per byte on held-out
-text; lower is better). A change is kept only if it beats the current champion by more than run-to-run noise.
-Propose one change that you expect to lower val_bpb: architecture, optimizer, schedule, initialization or
-efficiency (more steps in the same time also helps). Do not repeat an experiment from the history.
+
+def system_prompt(metric: Metric) -> str:
+    return f"""\
+You are an ML researcher improving a model's training script. Each experiment trains the edited script for a
+fixed wall-clock budget and a fixed evaluator scores {metric.key()} on held-out data ({metric.better} is better).
+A change is kept only if it beats the current champion by more than run-to-run noise. Propose one change that you
+expect to make {metric.key()} {metric.better}: architecture, optimizer, schedule, initialization or efficiency
+(more steps in the same time also helps). Do not repeat an experiment from the history.
 
 """ + FORMAT
-
-DEFAULT_PROGRAM = "No program.md was given: improve val_bpb within the fixed time budget."
 
 
 def estimate_tokens(text: str) -> int:
@@ -38,15 +38,15 @@ def knob_table(ctx: ProposalContext) -> str:
     return "\n".join(f"{k.name} = {format_value(k.value)}  (line {k.line})" for k in ctx.knobs)
 
 
-def describe_experiment(rec: ExperimentRecord) -> str:
+def describe_experiment(rec: ExperimentRecord, metric: Metric) -> str:
     d = rec.decision
     verdict = d.verdict if d else "in flight"
     parts = [f"- {rec.id} [{verdict}] ({rec.proposal.proposer}) {rec.proposal.hypothesis}"]
-    values = ok_metric(rec.runs)
+    values = ok_metric(rec.runs, metric.key())
     if values:
-        parts.append(f"val_bpb {mean(values):.4f}")
-    if d and d.effect is not None:
-        parts.append(f"delta {-d.effect:+.4f} vs champion")
+        parts.append(f"{metric.key()} {metric.fmt(mean(values))}")
+    if d and d.delta is not None:
+        parts.append(f"delta {metric.fmt(d.delta, signed=True)} vs champion")
     line = "; ".join(parts)
     if d and d.verdict not in ("win", "loss") and d.reason:
         line += f"\n  reason: {d.reason}"
@@ -62,8 +62,9 @@ def build_prompt(ctx: ProposalContext, editable: list[str], token_budget: int,
     """(system, user, history records kept). Raises ValueError when even the prompt without history is too long."""
     files = "\n\n".join(f"### {path}\n```\n{text}```" if text.endswith("\n") else f"### {path}\n```\n{text}\n```"
                         for path, text in ctx.files.items())
+    program = ctx.program.strip() or f"No program.md was given: improve {ctx.metric.key()} within the time budget."
     head = (
-        f"# Research program\n{ctx.program.strip() or DEFAULT_PROGRAM}\n\n"
+        f"# Research program\n{program}\n\n"
         f"# Editable paths (glob patterns)\n{', '.join(editable)}\n\n"
         f"# Current champion files (commit {ctx.champion[:12]})\n{files}\n\n"
         f"# Knobs of {ctx.script_path} (top-level constants)\n{knob_table(ctx)}\n\n"
@@ -73,8 +74,9 @@ def build_prompt(ctx: ProposalContext, editable: list[str], token_budget: int,
         head += (f"The runner sets these knobs with --set, so editing their values in the file has no effect: "
                  f"{values}\n\n")
     tail = "\nPropose the next experiment now, in the answer format."
-    lines = [describe_experiment(r) for r in ctx.history]
-    fixed = estimate_tokens(SYSTEM) + estimate_tokens(head) + estimate_tokens(tail) + 20
+    system = system_prompt(ctx.metric)
+    lines = [describe_experiment(r, ctx.metric) for r in ctx.history]
+    fixed = estimate_tokens(system) + estimate_tokens(head) + estimate_tokens(tail) + 20
     if fixed > token_budget:
         raise ValueError(f"the prompt needs about {fixed} tokens without any history, more than "
                          f"llm.prompt_token_budget = {token_budget}; raise the budget")
@@ -92,4 +94,4 @@ def build_prompt(ctx: ProposalContext, editable: list[str], token_budget: int,
         history = f"# Experiment history, oldest first{note}\n" + "\n".join(kept) + "\n"
     else:
         history = "# Experiment history\n(none yet: this is the first experiment)\n"
-    return SYSTEM, head + history + tail, len(kept)
+    return system, head + history + tail, len(kept)

@@ -16,7 +16,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from bot.config import KnobRange, SearchConfig
 from bot.knobs import Knob, format_value, set_knobs
 from bot.proposers.base import ProposalContext, ProposalError
-from bot.records import ExperimentRecord, KnobChange, Proposal, ok_metric
+from bot.records import ExperimentRecord, KnobChange, Metric, Proposal, ok_metric
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -70,7 +70,7 @@ class SearchProposer:
             raise ProposalError(f"{ctx.script_path} has no knobs to search (top-level UPPER_CASE numeric constants)")
         dists = {k.name: distribution(k, self.cfg.knobs.get(k.name)) for k in knobs}
         choice = CategoricalDistribution([k.name for k in knobs])
-        study = self._study(ctx.history, choice, dists)
+        study = self._study(ctx.history, choice, dists, ctx.metric)
         current = {k.name: k.value for k in knobs}
         tried = [(name, rec.proposal.params[name]) for rec in ctx.history
                  if (name := rec.proposal.params.get("knob")) in dists]
@@ -84,13 +84,14 @@ class SearchProposer:
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         raise ProposalError(f"the search found no new value in {MAX_RESAMPLES} tries; widen search.knobs ranges")
 
-    def _study(self, history: list[ExperimentRecord], choice: CategoricalDistribution, dists) -> optuna.Study:
+    def _study(self, history: list[ExperimentRecord], choice: CategoricalDistribution, dists,
+               metric: Metric) -> optuna.Study:
         # The seed depends on the history length, so a resumed run proposes exactly what an uninterrupted one would.
         seed = self.cfg.seed * 1_000_003 + len(history)
         sampler = optuna.samplers.TPESampler(seed=seed)  # random for its first 10 trials, then TPE
-        study = optuna.create_study(direction="minimize", sampler=sampler)
+        study = optuna.create_study(direction=metric.direction, sampler=sampler)
         for rec in history:
-            trial = _past_trial(rec, choice, dists)
+            trial = _past_trial(rec, choice, dists, metric.key())
             if trial is not None:
                 study.add_trial(trial)
         return study
@@ -129,13 +130,14 @@ def _near(dist: BaseDistribution, a: float, b: float) -> bool:
     return abs(a - b) <= NOVELTY * (hi - lo)
 
 
-def _past_trial(rec: ExperimentRecord, choice: CategoricalDistribution, dists) -> optuna.trial.FrozenTrial | None:
+def _past_trial(rec: ExperimentRecord, choice: CategoricalDistribution, dists,
+                metric: str) -> optuna.trial.FrozenTrial | None:
     """An earlier search experiment as a finished Optuna trial (crashes as failed), or None if it does not fit."""
     name = rec.proposal.params.get("knob")
     if rec.proposal.proposer != "search" or rec.decision is None or name not in dists:
         return None
     params = {"knob": name, name: rec.proposal.params[name]}
-    values = ok_metric(rec.runs)
+    values = ok_metric(rec.runs, metric)
     ok = rec.decision.verdict in ("win", "loss") and values
     try:
         return optuna.trial.create_trial(

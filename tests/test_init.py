@@ -1,0 +1,201 @@
+"""`arbot init` (bot/init.py) in a fresh repository holding only a toy training script: what it writes, that it
+keeps what exists, that a second run writes nothing, that the evaluator skeleton fails loudly, and that once it
+is filled in `arbot run` makes a first experiment."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import git
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from bot.cli import app
+from bot.config import load_config
+from bot.forges.local import LocalForge
+
+ROOT = Path(__file__).resolve().parents[1]
+TOY_SCRIPT = """\
+import argparse, json, math, pathlib, random
+LR = 0.001
+p = argparse.ArgumentParser()
+for flag in ("--data", "--out", "--budget", "--seed", "--device"):
+    p.add_argument(flag)
+p.add_argument("--set", action="append", default=[])
+args = p.parse_args()
+random.seed(int(args.seed))
+pathlib.Path(args.out).mkdir(parents=True, exist_ok=True)
+(pathlib.Path(args.out) / "model.pt2").write_text(json.dumps({"loss": abs(math.log10(LR) + 2) + random.gauss(0, 0.05)}))
+"""
+# The skeleton's two functions filled in for the toy: fixed splits, and the loss the toy's model file carries.
+FILLED = {
+    '    raise FillMeIn("prepare()")': '''\
+    import os, pathlib
+    d = pathlib.Path(cache) / "toy"
+    if not os.environ.get("ARBOT_SPLIT_ID"):  # prepare builds; scoring (a read-only cache) only finds
+        d.mkdir(parents=True, exist_ok=True)
+        for name in ("train", "val", "holdout"):
+            (d / name).write_text(name)
+    return {"split_id": "toy", "fingerprint": "toy-1", "split_key": "none",
+            **{name: str(d / name) for name in ("train", "val", "holdout")}}''',
+    '    raise FillMeIn("score()")': '''\
+    import pathlib
+    loss = json.loads(pathlib.Path(model).read_text())["loss"]
+    return {"status": "ok", "metrics": {f"{split}_{METRIC}": loss for split in splits}, "reason": "",
+            "fingerprint": prepared["fingerprint"]}''',
+}
+FLAGS = ["--script", "train.py", "--allowed", "train.py, model/*.py", "--budget", "60",
+         "--metric", "accuracy", "--direction", "maximize", "--owner", "@org/ml"]
+WRITTEN = ["arbot.yml", ".github/workflows/arbot-evaluate.yml", ".github/workflows/arbot-propose.yml",
+           "evaluator/__init__.py", "evaluator/__main__.py", ".github/CODEOWNERS"]
+
+
+@pytest.fixture
+def toy(tmp_path) -> Path:
+    root = tmp_path / "toy"
+    root.mkdir()
+    repo = git.Repo.init(root, initial_branch="main")
+    (root / "train.py").write_text(TOY_SCRIPT)
+    repo.index.add(["train.py"])
+    repo.index.commit("a toy training script", author=git.Actor("t", "t@example.com"),
+                      committer=git.Actor("t", "t@example.com"))
+    return root
+
+
+def init(root: Path, *args: str, input: str | None = None):
+    return CliRunner().invoke(app, ["init", *args, "--repo", str(root)], input=input, terminal_width=200)
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file() and ".git" not in p.parts}
+
+
+def test_init_with_flags_writes_every_file(toy):
+    r = init(toy, *FLAGS)
+    assert r.exit_code == 0, r.output
+    assert [line.split()[1].rstrip(":") for line in r.output.splitlines() if line.startswith("wrote")] == WRITTEN
+    assert yaml.safe_load((toy / "arbot.yml").read_text()) == {
+        "target": {"script": "train.py", "allowed_paths": ["train.py", "model/*.py"], "budget_seconds": 60,
+                   "device": "auto"},
+        "evaluator": {"metric": "accuracy", "direction": "maximize"},
+    }
+    for name in ("arbot-evaluate.yml", "arbot-propose.yml"):
+        assert (toy / ".github/workflows" / name).read_text() == (ROOT / ".github/workflows" / name).read_text()
+    assert "/evaluator/ @org/ml\n/.github/ @org/ml\n" in (toy / ".github/CODEOWNERS").read_text()
+    assert 'METRIC, DIRECTION = "accuracy", "maximize"' in (toy / "evaluator/__main__.py").read_text()
+    assert (toy / "train.py").read_text() == TOY_SCRIPT
+
+
+def test_written_config_loads_with_the_config_loader(toy):
+    assert init(toy, *FLAGS).exit_code == 0
+    config = load_config(toy / "arbot.yml")
+    assert config.target.script == "train.py" and config.target.allowed_paths == ["train.py", "model/*.py"]
+    assert config.target.budget_seconds == 60 and config.target.device == "auto"
+    assert (config.evaluator.metric, config.evaluator.direction) == ("accuracy", "maximize")
+
+
+def test_second_run_writes_nothing_and_says_so(toy):
+    assert init(toy, *FLAGS).exit_code == 0
+    before = snapshot(toy)
+    r = init(toy, *FLAGS)
+    assert r.exit_code == 0, r.output
+    assert r.output.splitlines() == [f"kept {path} (up to date)" for path in WRITTEN] + [
+        "nothing written: every file is in place"]
+    assert snapshot(toy) == before
+
+
+def test_an_existing_file_is_kept_and_reported_unless_forced(toy):
+    mine = "target:\n  script: train.py\n  budget_seconds: 5\n"
+    (toy / "arbot.yml").write_text(mine)
+    r = init(toy, *FLAGS)
+    assert r.exit_code == 0, r.output
+    assert "kept arbot.yml (exists and differs from what init writes; --force overwrites it)" in r.output
+    assert (toy / "arbot.yml").read_text() == mine
+    assert "wrote evaluator/__main__.py" in r.output
+
+    r = init(toy, *FLAGS, "--force")
+    assert "overwrote arbot.yml (--force)" in r.output
+    assert not any(line.startswith("wrote") for line in r.output.splitlines())
+    assert yaml.safe_load((toy / "arbot.yml").read_text())["evaluator"]["metric"] == "accuracy"
+
+
+def test_owners_are_added_to_the_codeowners_file_github_reads(toy):
+    (toy / "CODEOWNERS").write_text("* @org/everyone\n/evaluator/ @org/eval\n")
+    r = init(toy, *FLAGS)
+    assert "added to CODEOWNERS: owners of /evaluator/, /.github/" in r.output
+    assert (toy / "CODEOWNERS").read_text() == ("* @org/everyone\n/evaluator/ @org/eval\n# arbot: the evaluator and "
+                                                "the workflows decide what wins; changes to them need an owner's "
+                                                "review\n/.github/ @org/ml\n")
+    assert not (toy / ".github/CODEOWNERS").exists()
+
+
+def test_the_evaluator_skeleton_fails_loudly_until_filled_in(toy):
+    assert init(toy, *FLAGS).exit_code == 0
+    (toy / "model.pt2").write_bytes(b"toy")
+    for command in (["score", "--model", "model.pt2"], ["prepare"]):
+        proc = subprocess.run([sys.executable, "-m", "evaluator", *command, "--cache", str(toy / "cache")],
+                              cwd=toy, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2 and proc.stdout == ""
+        assert "evaluator/__main__.py is the skeleton `arbot init` wrote; fill me in" in proc.stderr
+
+
+def test_outside_a_git_repository_it_refuses_and_writes_nothing(tmp_path):
+    (tmp_path / "train.py").write_text(TOY_SCRIPT)
+    r = init(tmp_path, *FLAGS)
+    assert r.exit_code == 2
+    assert "is not inside a git repository" in " ".join(r.output.split()) and "Traceback" not in r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train.py"]
+
+
+def test_a_missing_script_or_a_bad_answer_is_one_clear_error(toy):
+    r = init(toy, *FLAGS, "--script", "nope.py")
+    assert r.exit_code == 2 and "training script nope.py: no such file in the repository" in " ".join(r.output.split())
+    r = init(toy, *FLAGS, "--direction", "up")
+    assert r.exit_code == 2 and "evaluator.direction: Input should be 'minimize' or 'maximize' (got 'up')" in r.output
+    r = init(toy, *FLAGS, "--budget", "-1")
+    assert r.exit_code == 2 and "target.budget_seconds: Input should be greater than 0 (got -1.0)" in r.output
+    assert not (toy / "arbot.yml").exists()
+
+
+def test_it_asks_for_what_the_flags_do_not_give(toy):
+    # script, allowed paths (default: the script), budget, metric, direction (default: minimize)
+    r = init(toy, input="train.py\n\n120\nloss\n\n")
+    assert r.exit_code == 0, r.output
+    assert "Files a proposal may change (comma-separated globs) [train.py]:" in r.output
+    assert yaml.safe_load((toy / "arbot.yml").read_text()) == {
+        "target": {"script": "train.py", "allowed_paths": ["train.py"], "budget_seconds": 120, "device": "auto"},
+        "evaluator": {"metric": "loss", "direction": "minimize"},
+    }
+    assert not (toy / ".github/CODEOWNERS").exists()  # no --owner, no CODEOWNERS
+
+
+@pytest.mark.parametrize("name", ["arbot-evaluate.yml", "arbot-propose.yml"])
+def test_the_packaged_workflows_are_this_repositorys(name):
+    """`arbot init` writes bot/templates/<name>: after changing .github/workflows/<name>, copy it there."""
+    assert (ROOT / "bot/templates" / name).read_text() == (ROOT / ".github/workflows" / name).read_text()
+
+
+def test_after_init_and_the_evaluator_filled_in_a_first_experiment_runs(toy, tmp_path):
+    r = init(toy, "--script", "train.py", "--allowed", "train.py", "--budget", "2", "--metric", "loss",
+             "--direction", "minimize")
+    assert r.exit_code == 0, r.output
+    main = toy / "evaluator/__main__.py"
+    text = main.read_text()
+    for skeleton, filled in FILLED.items():
+        assert skeleton in text
+        text = text.replace(skeleton, filled)
+    main.write_text(text)
+    repo = git.Repo(toy)
+    repo.git.add(A=True)
+    repo.index.commit("arbot init, the evaluator filled in", author=git.Actor("t", "t@example.com"),
+                      committer=git.Actor("t", "t@example.com"))
+    proc = subprocess.run([sys.executable, "-m", "bot", "run", "-n", "1", "--repo", str(toy)], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "ARBOT_CACHE": str(tmp_path / "cache")})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    [rec] = LocalForge(repo).experiments()
+    assert rec.id == "exp-1" and rec.decision is not None and rec.decision.verdict in {"win", "loss"}
+    assert rec.runs and all("val_loss" in run.metrics for run in rec.runs)
