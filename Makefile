@@ -17,9 +17,10 @@ $(BIN)/arbot: pyproject.toml
 run: $(BIN)/arbot
 	$(BIN)/arbot run $(ARGS)
 
-# The default suite (a few minutes on 2 cores); `make test-slow` runs the long end-to-end tests, CI runs both.
+# The default suite (a few minutes on 2 cores, one worker per core); `make test-slow` runs the long end-to-end
+# tests one at a time (they train and time real runs), CI runs both.
 test: $(BIN)/arbot
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow" -n auto $(PYTEST_ARGS)
 
 test-slow: $(BIN)/arbot
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
