@@ -16,7 +16,7 @@ from bot.github.forge import EVALUATE_WORKFLOW, GitHubForgeError, squash_message
 from tests.fake_github.server import NOT_AUTHORIZED, FakeGitHub
 from tests.fake_github.serving import serving
 from tests.test_fake_github_dispatch import EVALUATE
-from tests.test_github_forge import (APP_ID, INSTALLATION, REPO, TOKEN, add_evaluate_workflow, app_forge_for, app_key,  # noqa: F401
+from tests.test_github_forge import (APP_ID, INSTALLATION, REPO, TOKEN, add_evaluate_workflow, app_fake, app_forge_for,  # noqa: F401
                                      experiment, fake, forge_for, local)
 
 ACTIONS, OTHER = "ghs_actions", "ghs_other"
@@ -186,25 +186,20 @@ def test_a_failed_download_is_an_error(fake, local, monkeypatch):
 
 
 # --- check runs by the Actions token --------------------------------------------------------------------------
-def test_the_actions_token_cannot_set_details_url(tmp_path, local):
-    fake = FakeGitHub(tmp_path / "remote", app=(APP_ID, app_key(tmp_path), INSTALLATION))
+def test_the_actions_token_cannot_set_details_url(tmp_path, local, app_fake):
+    fake = app_fake()
     fake.tokens[ACTIONS] = "github-actions[bot]"
-    local.git.push(str(fake.bare), "main:refs/heads/main")
-    try:
-        with serving(fake.asgi) as url:
-            forge = app_forge_for(url, fake, tmp_path)
-            champion, _ = forge.ensure_champion()
-            sent = "http://github.test/octo-org/research/actions/runs/77"
-            by_actions = check_run(url, ACTIONS, champion, "arbot/evaluate", details_url=sent)
-            assert by_actions["details_url"] == by_actions["html_url"] == fake.check_page(by_actions["id"]) != sent
-            assert by_actions["app"]["slug"] == "github-actions" and by_actions["app"]["id"] == 15368
-            # an App's own installation token keeps it
-            forge.post_check(champion, "arbot/verdict", "success", "win", "", details_url="https://example.test/x")
-            assert forge.check(champion, "arbot/verdict").details_url == "https://example.test/x"
-            assert forge.check(champion, "arbot/evaluate", app_slug="github-actions").details_url == fake.check_page(by_actions["id"])
-    finally:
-        fake.close()
-    assert fake.all_violations == []
+    with serving(fake.asgi) as url:
+        forge = app_forge_for(url, fake, tmp_path)
+        champion, _ = forge.ensure_champion()
+        sent = "http://github.test/octo-org/research/actions/runs/77"
+        by_actions = check_run(url, ACTIONS, champion, "arbot/evaluate", details_url=sent)
+        assert by_actions["details_url"] == by_actions["html_url"] == fake.check_page(by_actions["id"]) != sent
+        assert by_actions["app"]["slug"] == "github-actions" and by_actions["app"]["id"] == 15368
+        # an App's own installation token keeps it
+        forge.post_check(champion, "arbot/verdict", "success", "win", "", details_url="https://example.test/x")
+        assert forge.check(champion, "arbot/verdict").details_url == "https://example.test/x"
+        assert forge.check(champion, "arbot/evaluate", app_slug="github-actions").details_url == fake.check_page(by_actions["id"])
 
 
 # --- auto-merge -----------------------------------------------------------------------------------------------
@@ -247,39 +242,34 @@ def test_auto_merge_is_refused_as_github_refuses_it(fake, local):
 
 
 # --- branch protection pinned to the App -----------------------------------------------------------------------
-def test_the_pinned_check_and_the_push_restrictions_hold(tmp_path, local):
-    fake = FakeGitHub(tmp_path / "remote", app=(APP_ID, app_key(tmp_path), INSTALLATION))
+def test_the_pinned_check_and_the_push_restrictions_hold(tmp_path, local, app_fake):
+    fake = app_fake()
     fake.tokens[OTHER] = "other-app[bot]"
-    local.git.push(str(fake.bare), "main:refs/heads/main")
-    try:
-        with serving(fake.asgi) as url:
-            bot = app_forge_for(url, fake, tmp_path)
-            human = forge_for(url, fake)  # a PAT of a repository admin
-            champion, _ = bot.ensure_champion()
-            assert bot.protect_champion(*bot.app()) == [
-                "requires arbot/verdict from the app arbot-app", "branches must be up to date",
-                "only arbot-app may push to or merge into it", "code owners must review changes to their paths"]
-            rec = experiment(local, champion, 1, "0.005")
-            pr = bot.open_pr(rec, local)
-            title, body = squash_message(rec, {"Experiment": "exp-1"}, pr.number)
+    with serving(fake.asgi) as url:
+        bot = app_forge_for(url, fake, tmp_path)
+        human = forge_for(url, fake)  # a PAT of a repository admin
+        champion, _ = bot.ensure_champion()
+        assert bot.protect_champion(*bot.app()) == [
+            "requires arbot/verdict from the app arbot-app", "branches must be up to date",
+            "only arbot-app may push to or merge into it", "code owners must review changes to their paths"]
+        rec = experiment(local, champion, 1, "0.005")
+        pr = bot.open_pr(rec, local)
+        title, body = squash_message(rec, {"Experiment": "exp-1"}, pr.number)
 
-            # arbot/verdict from another app, or a user's commit status of that name, does not count
-            check_run(url, OTHER, rec.commit)
-            human.post_check(rec.commit, "arbot/verdict", "success", "win", "")  # a PAT: a commit status
-            with pytest.raises(GitHubForgeError) as e:
-                bot.merge(bot.pr(pr.number), rec.commit, title, body)
-            assert "405" in str(e.value) and 'Required status check "arbot/verdict" was not set by the expected GitHub app.' in str(e.value)
+        # arbot/verdict from another app, or a user's commit status of that name, does not count
+        check_run(url, OTHER, rec.commit)
+        human.post_check(rec.commit, "arbot/verdict", "success", "win", "")  # a PAT: a commit status
+        with pytest.raises(GitHubForgeError) as e:
+            bot.merge(bot.pr(pr.number), rec.commit, title, body)
+        assert "405" in str(e.value) and 'Required status check "arbot/verdict" was not set by the expected GitHub app.' in str(e.value)
 
-            bot.post_check(rec.commit, "arbot/verdict", "success", "win", "")  # the App's own check run
-            # only the App may merge into champion: the human's merge is refused as GitHub refuses a restricted push
-            with pytest.raises(GithubException) as e:
-                human.pr(pr.number).merge(commit_title=title, commit_message=body, merge_method="squash", sha=rec.commit)
-            assert e.value.status == 405 and e.value.data["message"] == NOT_AUTHORIZED
-            sha = bot.merge(bot.pr(pr.number), rec.commit, title, body)
-            assert fake.ref("champion") == sha and fake.prs[pr.number].merged
-    finally:
-        fake.close()
-    assert fake.all_violations == []
+        bot.post_check(rec.commit, "arbot/verdict", "success", "win", "")  # the App's own check run
+        # only the App may merge into champion: the human's merge is refused as GitHub refuses a restricted push
+        with pytest.raises(GithubException) as e:
+            human.pr(pr.number).merge(commit_title=title, commit_message=body, merge_method="squash", sha=rec.commit)
+        assert e.value.status == 405 and e.value.data["message"] == NOT_AUTHORIZED
+        sha = bot.merge(bot.pr(pr.number), rec.commit, title, body)
+        assert fake.ref("champion") == sha and fake.prs[pr.number].merged
 
 
 def test_deprecated_contexts_pin_the_app_that_last_posted_the_check(fake, local):
@@ -307,15 +297,10 @@ def test_deprecated_contexts_pin_the_app_that_last_posted_the_check(fake, local)
     fake.violations.clear()
 
 
-def test_get_app_needs_the_apps_jwt(tmp_path, local):
-    fake = FakeGitHub(tmp_path / "remote", app=(APP_ID, app_key(tmp_path), INSTALLATION))
-    local.git.push(str(fake.bare), "main:refs/heads/main")
-    try:
-        with serving(fake.asgi) as url:
-            assert app_forge_for(url, fake, tmp_path).app() == (APP_ID, "arbot-app")
-            assert forge_for(url, fake).app() is None
-            r = httpx.get(f"{url}/api/v3/app", headers={"Authorization": f"token {TOKEN}"})
-            assert r.status_code == 401
-    finally:
-        fake.close()
-    assert fake.all_violations == []
+def test_get_app_needs_the_apps_jwt(tmp_path, local, app_fake):
+    fake = app_fake()
+    with serving(fake.asgi) as url:
+        assert app_forge_for(url, fake, tmp_path).app() == (APP_ID, "arbot-app")
+        assert forge_for(url, fake).app() is None
+        r = httpx.get(f"{url}/api/v3/app", headers={"Authorization": f"token {TOKEN}"})
+        assert r.status_code == 401

@@ -69,6 +69,24 @@ def app_key(tmp_path: Path) -> str:
     return key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
 
 
+@pytest.fixture
+def app_fake(tmp_path, local):
+    """A fake with the GitHub App `arbot-app` (id APP_ID) installed; owner_type as the test's parameter, if any."""
+    fakes = []
+
+    def make(owner_type: str = "Organization") -> FakeGitHub:
+        fake = FakeGitHub(tmp_path / f"remote-{len(fakes)}", app=(APP_ID, app_key(tmp_path), INSTALLATION),
+                          owner_type=owner_type)
+        local.git.push(str(fake.bare), "main:refs/heads/main")
+        fakes.append(fake)
+        return fake
+
+    yield make
+    for fake in fakes:
+        fake.close()
+        assert fake.all_violations == [], fake.all_violations
+
+
 def app_config(url: str, tmp_path: Path) -> GitHubConfig:
     return GitHubConfig.model_validate({"repo": REPO, "base_url": f"{url}/api/v3", "auth": {
         "app_id": APP_ID, "private_key_path": str(tmp_path / "app.pem"), "installation_id": INSTALLATION}})

@@ -12,29 +12,11 @@ from github import GithubException
 from bot.github.setup import codeowners, run_setup
 from tests.fake_github.server import ORG_ONLY, FakeGitHub
 from tests.fake_github.serving import serving
-from tests.test_github_forge import (APP_ID, FAST, INSTALLATION, REPO, TOKEN, app_forge_for, app_key, fake,  # noqa: F401
+from tests.test_github_forge import (APP_ID, FAST, INSTALLATION, REPO, TOKEN, app_fake, app_forge_for, app_key, fake,  # noqa: F401
                                      forge_for, local)
 
 NOTHING = ("nothing to change: champion, labels (arbot, arbot:loss, arbot:crash), protection (arbot/verdict required) "
            "and auto-merge are in place")
-
-
-@pytest.fixture
-def app_fake(tmp_path, local):
-    """A fake with the GitHub App `arbot-app` (id APP_ID) installed; owner_type as the test's parameter, if any."""
-    fakes = []
-
-    def make(owner_type: str = "Organization") -> FakeGitHub:
-        fake = FakeGitHub(tmp_path / f"remote-{len(fakes)}", app=(APP_ID, app_key(tmp_path), INSTALLATION),
-                          owner_type=owner_type)
-        local.git.push(str(fake.bare), "main:refs/heads/main")
-        fakes.append(fake)
-        return fake
-
-    yield make
-    for fake in fakes:
-        fake.close()
-        assert fake.all_violations == [], fake.all_violations
 
 
 def test_arbot_setup_with_a_pat_is_idempotent_and_says_what_it_changed(fake, local):
