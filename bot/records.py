@@ -140,6 +140,17 @@ class RunSpec(BaseModel):
         return f"{self.role}:{self.commit[:12]}:seed-{self.seed}:{'+'.join(self.splits)}"
 
 
+class LostRun(BaseModel):
+    """A run the machine lost (job cancelled or preempted, node failed, worker died): asked for again, and kept
+    here so nothing about it is lost; it never counts as the candidate's result."""
+
+    key: str  # the RunSpec's key
+    job: str
+    node: str = ""
+    reason: str
+    at: str = ""
+
+
 class AuditRecord(BaseModel):
     """One replication of a merged win: fresh seeds for the win and for the champion it was measured against."""
 
@@ -171,7 +182,8 @@ class ExperimentRecord(BaseModel):
     reverted_as: str | None = None  # the champion commit that rolled this win back (arbot revert)
     audits: list[AuditRecord] = Field(default_factory=list)
     review: Literal["needed", "approved"] | None = None  # a flagged win waits for a human (arbot approve)
-    pending: list[RunSpec] = Field(default_factory=list)  # runs asked for, not reported yet (GitHub mode)
+    pending: list[RunSpec] = Field(default_factory=list)  # runs asked for, not reported yet
+    lost: list[LostRun] = Field(default_factory=list)  # attempts the machine lost (each asked for again)
     started_at: str = ""
     finished_at: str | None = None
 
@@ -183,7 +195,8 @@ class ChampionRecord(BaseModel):
     commit: str
     experiment: str | None = None  # the experiment that made this champion; None for the starting point
     runs: list[RunResult] = Field(default_factory=list)
-    pending: list[RunSpec] = Field(default_factory=list)  # runs asked for, not reported yet (GitHub mode)
+    pending: list[RunSpec] = Field(default_factory=list)  # runs asked for, not reported yet
+    lost: list[LostRun] = Field(default_factory=list)  # attempts the machine lost (each asked for again)
 
 
 class Attempt(BaseModel):

@@ -33,6 +33,8 @@ class RunResult(BaseModel):
     flags: list[str] = Field(default_factory=list)  # what diff inspection found suspicious (runner.inspect)
     model_sha256: str | None = None  # the exported model as scored (copied out of the sandbox, then hashed)
     splits: list[str] = Field(default_factory=lambda: ["val"])  # what it was scored on: val, or val + holdout
+    job: str | None = None  # the executor's name for the run: "worker 1", "slurm 1234", "workflow run 99"
+    node: str | None = None  # the machine it ran on
 
     @property
     def ok(self) -> bool:

@@ -1,0 +1,61 @@
+"""Executors: where the runs the lifecycle asks for are made, one interface for every backend.
+
+The local loop (bot.loop) notes each run as pending on its record, hands it to an executor with `submit`, and
+collects what ended with `poll`. An executor decides nothing and stores nothing: it makes runs.
+
+    LocalPool   (bot.executors.pool)   N worker threads on this machine, one GPU or a share of the cores each
+    Slurm       (bot.executors.slurm)  one batch job per run on a Slurm cluster, results on the shared filesystem
+    (GitHub mode dispatches the evaluate workflow once per run: bot.github.driver)
+
+A run ends as `Finished` (the runner's result: ok or not, it counts) or `Lost` (the run was never made to the end
+for a reason of the machine, not the candidate: a job cancelled or preempted, a node failure, a dead worker). A
+lost run is recorded on its record (`lost`) and asked for again; it never counts as the candidate's crash.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from bot.records import RunResult, RunSpec
+
+MAX_LOST = 3  # times one run may be lost (and submitted again) before it is recorded as a crash of the machine
+
+
+@dataclass(frozen=True)
+class Finished:
+    spec: RunSpec
+    result: RunResult  # with `job` and `node` set by the executor
+
+
+@dataclass(frozen=True)
+class Lost:
+    spec: RunSpec
+    job: str  # the executor's name for the attempt, e.g. "slurm 1234", "worker 2"
+    node: str
+    reason: str  # why the run did not end, with what the engine said (e.g. "CANCELLED by 0")
+
+
+Outcome = Finished | Lost
+
+
+class Executor(Protocol):
+    slots: int  # how many runs it makes at once; the loop keeps at most this many submitted
+
+    def submit(self, spec: RunSpec) -> RunSpec:
+        """Start the run; returns `spec` as it is to be noted pending (with `run_id` where the engine gives a job
+        id, and `requested_at`)."""
+        ...
+
+    def resume(self, spec: RunSpec) -> bool:
+        """A run noted pending by an earlier process (an `arbot run` that was interrupted or died): True when this
+        executor still makes it and `poll` will report it, False when it has to be submitted again."""
+        ...
+
+    def poll(self, timeout: float) -> list[Outcome]:
+        """The runs that ended since the last call, waiting up to `timeout` seconds for the first."""
+        ...
+
+    def close(self) -> None:
+        """Stop: runs still in the making are abandoned (a worker's) or left running (a batch job's)."""
+        ...
