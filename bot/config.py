@@ -78,6 +78,27 @@ class RunConfig(Strict):
     champion_branch: str = Field("champion", description="the branch that holds the best version")
     branch_prefix: str = Field("arbot/exp-", description="experiment branches are named <prefix><n>")
     results_file: str = Field("results.tsv", description="where `arbot run` exports the experiment table")
+    executor: Literal["local", "slurm"] = Field(
+        "local", description="where `arbot run` makes its runs: local (a pool of workers on this machine) or slurm "
+        "(one batch job per run; see the slurm section)")
+    workers: int = Field(
+        1, ge=1, description="local executor: runs made at once (one GPU each when CUDA_VISIBLE_DEVICES or several "
+        "GPUs are present, else a share of the cores each); also how many experiments are in flight at once")
+
+
+class SlurmConfig(Strict):
+    """The Slurm executor (run.executor: slurm): each run is one `sbatch` job; the repository and the results live
+    on a filesystem the nodes share."""
+
+    partition: str | None = Field(None, description="sbatch --partition; none = the cluster's default")
+    max_jobs: int = Field(2, ge=1, description="runs submitted at once (and experiments in flight)")
+    cpus_per_task: int = Field(1, ge=1, description="sbatch --cpus-per-task (and the training's thread count)")
+    gpus_per_task: int = Field(0, ge=0, description="sbatch --gpus-per-task; 0 = none")
+    time_limit_minutes: int | None = Field(None, ge=1, description="sbatch --time; none = budget + grace + 10 min")
+    extra_args: list[str] = Field(default_factory=list, description="more sbatch arguments, e.g. [--account=ml]")
+    work_dir: str = Field(".arbot/slurm", description="job scripts, logs and results, relative to the repository "
+                          "root (which must be on a filesystem every node mounts)")
+    poll_seconds: float = Field(2.0, gt=0, description="how often squeue/sacct are asked about the jobs")
 
 
 class GitHubAuthConfig(Strict):
@@ -127,6 +148,7 @@ class Config(Strict):
     llm: LLMConfig = Field(default_factory=LLMConfig)
     run: RunConfig = Field(default_factory=RunConfig)
     github: GitHubConfig = Field(default_factory=GitHubConfig)
+    slurm: SlurmConfig = Field(default_factory=SlurmConfig)
 
     @property
     def metric(self) -> Metric:

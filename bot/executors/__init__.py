@@ -42,9 +42,10 @@ Outcome = Finished | Lost
 class Executor(Protocol):
     slots: int  # how many runs it makes at once; the loop keeps at most this many submitted
 
-    def submit(self, spec: RunSpec) -> RunSpec:
+    def submit(self, spec: RunSpec, timing: tuple[float, float] | None) -> RunSpec:
         """Start the run; returns `spec` as it is to be noted pending (with `run_id` where the engine gives a job
-        id, and `requested_at`)."""
+        id, and `requested_at`). `timing`: the champion's measured start-up/export and scoring seconds per split
+        (runner.job.champion_timing), which the runner holds the candidate to; None before the champion ran."""
         ...
 
     def resume(self, spec: RunSpec) -> bool:
