@@ -81,8 +81,11 @@ class SandboxError(EvaluatorError, SandboxUnavailable):
 class Runner:
     """Runs candidates of one repository. The evaluator always comes from the champion commit."""
 
-    def __init__(self, repo: git.Repo, target: TargetConfig, evaluator: EvaluatorConfig, artifacts: Path | None = None):
+    def __init__(self, repo: git.Repo, target: TargetConfig, evaluator: EvaluatorConfig, artifacts: Path | None = None,
+                 devices: str | None = None):
+        """`devices`: the GPUs its training and scoring may use (CUDA_VISIBLE_DEVICES; one pool worker's share)."""
         self.repo = repo
+        self.devices = devices
         self.target = target
         self.evaluator = evaluator
         self.artifacts = artifacts
@@ -203,7 +206,7 @@ class Runner:
         deadline = budget + grace if held is None else min(budget + grace, held.kill)
         cap = int(self.target.max_disk_gb * 2**30)
         outcome = run_untrusted(
-            box.wrap(argv, work, work / script.parent), cwd=work / script.parent, env=scrubbed_env(work, self.target.threads),
+            box.wrap(argv, work, work / script.parent), cwd=work / script.parent, env=scrubbed_env(work, self.target.threads, self.devices),
             deadline_seconds=deadline, on_progress=on_progress, limits=box.limits,
             watch=lambda: over_disk_cap(work, cap),
         )
@@ -334,7 +337,8 @@ class Runner:
                 self._worker.close()
             box = self.sandbox()
             evaluator_box = box.with_uid(self.evaluator.sandbox_uid, self.evaluator_limits()) if box.kind == "bwrap" else None
-            self._worker = EvaluatorWorker(champion, self.cache, self.target.threads, sandbox=evaluator_box)
+            self._worker = EvaluatorWorker(champion, self.cache, self.target.threads, sandbox=evaluator_box,
+                                          devices=self.devices)
             export_tree(self.repo, champion, "evaluator", self._worker.dir)
         return self._worker
 
@@ -346,7 +350,7 @@ class Runner:
             except ValueError as e:
                 raise EvaluatorError(str(e)) from e
             proc = subprocess.run([sys.executable, "-m", "evaluator", "prepare", "--cache", str(self.cache)],
-                                  cwd=evaluator_dir, env={**scrubbed_env(evaluator_dir, self.target.threads), **key},
+                                  cwd=evaluator_dir, env={**scrubbed_env(evaluator_dir, self.target.threads, self.devices), **key},
                                   capture_output=True, text=True)
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
             if proc.returncode != 0 or not lines:

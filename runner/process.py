@@ -33,8 +33,9 @@ class ProcessOutcome:
     stopped: str = ""  # why `watch` stopped the run before it ended (the process group was killed), if it did
 
 
-def scrubbed_env(workdir: Path, threads: int) -> dict[str, str]:
-    """The only environment a candidate sees: no tokens, no secrets, no proxies, no user paths."""
+def scrubbed_env(workdir: Path, threads: int, devices: str | None = None) -> dict[str, str]:
+    """The only environment a candidate sees: no tokens, no secrets, no proxies, no user paths. `devices`: the GPUs
+    it may use (CUDA_VISIBLE_DEVICES, one worker's share); None: this process's own setting."""
     env = {
         "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
         "HOME": str(workdir),
@@ -47,7 +48,9 @@ def scrubbed_env(workdir: Path, threads: int) -> dict[str, str]:
     }
     if threads:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
-    if "CUDA_VISIBLE_DEVICES" in os.environ:
+    if devices is not None:
+        env["CUDA_VISIBLE_DEVICES"] = devices
+    elif "CUDA_VISIBLE_DEVICES" in os.environ:
         env["CUDA_VISIBLE_DEVICES"] = os.environ["CUDA_VISIBLE_DEVICES"]
     return env
 

@@ -49,7 +49,7 @@ class ScoreTimeout(RuntimeError):
 
 class EvaluatorWorker:
     def __init__(self, champion: str, cache: Path, threads: int, sandbox: Sandbox | None = None,
-                 data_dir: Path | None = None):
+                 data_dir: Path | None = None, devices: str | None = None):
         self.champion = champion
         self._tmp = OwnedTempDir(prefix="arbot-evaluator-")
         self.dir = Path(self._tmp.name)  # the caller exports the champion's evaluator/ here (self.dir / "evaluator")
@@ -60,7 +60,7 @@ class EvaluatorWorker:
         self.sandbox = sandbox if sandbox is not None and sandbox.kind == "bwrap" else None
         self.data_dir = data_dir  # the prepared splits (CACHE/<split_id>), bound read-only; set before the first score
         self.cache = Path(os.path.realpath(cache))
-        self.env = scrubbed_env(self.scratch if self.sandbox else self.dir, threads)
+        self.env = scrubbed_env(self.scratch if self.sandbox else self.dir, threads, devices)
         self.proc: subprocess.Popen | None = None
         self.last_seconds: float | None = None  # how long the last request took, start-up included when cold
         self._buf = b""
