@@ -4,4 +4,11 @@ exported models by bits per byte. Imports only the standard library, numpy and t
     python -m evaluator prepare --cache DIR
     python -m evaluator score --model PATH --cache DIR [--splits val[,holdout]] [--device auto|cpu|cuda]
     python -m evaluator fingerprint --cache DIR
+    python -m evaluator serve --cache DIR
+    python -m evaluator protocol
+
+The protocol (its messages, exit codes and versions) is specified in docs/evaluator.md.
 """
+
+PROTOCOL = 1  # the version of arbot's evaluator protocol this evaluator speaks
+METRIC, DIRECTION = "bpb", "minimize"  # it reports val_bpb (and holdout_bpb): bits per byte, lower is better

@@ -1,4 +1,5 @@
-"""Command line of the evaluator. Prints one JSON line on stdout.
+"""Command line of the evaluator: arbot's evaluator protocol, version 1 (docs/evaluator.md). Prints one JSON
+line on stdout (`serve`: one per request line on stdin).
 
 Exit codes: 0 ok, 3 the model is invalid, 2 usage or data errors.
 
@@ -13,6 +14,7 @@ import json
 import sys
 from pathlib import Path
 
+from . import DIRECTION, METRIC, PROTOCOL
 from .data import NO_KEY, SPLITS, DataError, from_env
 
 
@@ -20,9 +22,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m evaluator", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     p_prepare = commands.add_parser("prepare", help="download, verify and split the data")
-    p_score = commands.add_parser("score", help="score an exported model (model.pt2)")
+    p_score = commands.add_parser("score", help="score an exported model (a torch.export program)")
     p_finger = commands.add_parser("fingerprint", help="print the evaluator fingerprint")
     p_serve = commands.add_parser("serve", help="score one model per JSON request line on stdin (a warm worker)")
+    commands.add_parser("protocol", help="print the protocol version this evaluator speaks, its metric and direction")
     for p in (p_prepare, p_score, p_finger, p_serve):
         p.add_argument("--cache", required=True, help="cache directory for the prepared splits")
     p_score.add_argument("--model", required=True, help="path of the torch.export program")
@@ -30,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     p_score.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
     args = parser.parse_args(argv)
 
+    if args.command == "protocol":
+        print(json.dumps({"protocol": PROTOCOL, "metric": METRIC, "direction": DIRECTION}), flush=True)
+        return 0
     if args.command == "serve":
         return serve(args.cache)
     names = []

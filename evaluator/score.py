@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import METRIC
 from .data import Prepared
 from .modelfile import Refused, load_program
 
@@ -244,9 +245,9 @@ def score(model_path, splits: Prepared, split_names=("val",), device="cpu") -> d
             for name in split_names:
                 value, count = bpb(module, data[name], B, T, dev, name, tasks_at, gen)
                 if not (MIN_BPB <= value <= MAX_BPB):
-                    raise Invalid(f"implausible {name}_bpb {value:.4f} (must be in [{MIN_BPB}, {MAX_BPB}]; "
+                    raise Invalid(f"implausible {name}_{METRIC} {value:.4f} (must be in [{MIN_BPB}, {MAX_BPB}]; "
                                   "far below 1 means the model has seen this split)")
-                result["metrics"][f"{name}_bpb"] = value
+                result["metrics"][f"{name}_{METRIC}"] = value
                 result["tokens_evaluated"] += count
     except Invalid as e:
         result.update(status="invalid", metrics={}, reason=str(e))

@@ -24,6 +24,7 @@ from runner.guard import changed_paths, forbidden_paths
 from runner.inspect import Shingles, data_overlap, inspect_change
 from runner.limits import Limits, default_memory_bytes, disk_usage
 from runner.process import ProcessOutcome, ProgressCallback, run_untrusted, scrubbed_env
+from runner.protocol import ProtocolError, check_metric, check_score, handshake
 from runner.result import RunResult
 from runner.scorer import EvaluatorWorker, ScoreTimeout, WorkerDied
 from runner.sandbox import Sandbox, SandboxUnavailable, resolve
@@ -264,6 +265,10 @@ class Runner:
             result.status, result.log_tail = "rejected", outcome.log_tail
             result.reason = f"the evaluator rejected the model: {score['reason']}"
             return
+        try:
+            check_score(score, splits, self.evaluator.metric)
+        except ProtocolError as e:
+            raise EvaluatorError(f"the evaluator/ of champion {result.champion[:12]}: {e}") from e
         if score.get("fingerprint", data["fingerprint"]) != data["fingerprint"]:
             raise EvaluatorError(f"the evaluator scored on splits {score['fingerprint']}, not the ones prepared for this "
                                  f"run ({data['fingerprint']})")
@@ -345,6 +350,7 @@ class Runner:
     def _prepared(self, champion: str, evaluator_dir: Path) -> dict:
         """The data splits as the champion's evaluator prepares them (once per champion in this process)."""
         if champion not in self._splits:
+            self._check_protocol(champion, evaluator_dir)
             try:
                 key = self.evaluator.prepare_env()  # the secret split key reaches prepare only, never a sandbox
             except ValueError as e:
@@ -357,6 +363,16 @@ class Runner:
                 raise EvaluatorError(f"evaluator prepare failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}")
             self._splits[champion] = json.loads(lines[-1])
         return self._splits[champion]
+
+    def _check_protocol(self, champion: str, evaluator_dir: Path) -> None:
+        """The champion's evaluator speaks this runner's protocol and reports the configured metric, else a setup
+        error (EvaluatorError: no candidate is charged with it)."""
+        try:
+            answer = handshake(evaluator_dir / "evaluator", sys.executable,
+                               scrubbed_env(evaluator_dir, self.target.threads))
+            check_metric(answer, self.evaluator.metric, self.evaluator.direction)
+        except ProtocolError as e:
+            raise EvaluatorError(f"the evaluator/ of champion {champion[:12]}: {e}") from e
 
     def _read_summary(self, path: Path, result: RunResult) -> None:
         """Training's own report: informational only (steps, tokens, device); never used for the decision."""
