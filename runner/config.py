@@ -6,12 +6,14 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from runner.limits import MAX_FILE_BYTES
 from runner.sandbox import DEFAULT_UID
 
 SPLIT_KEY_VAR = "ARBOT_SPLIT_KEY"  # where the evaluator's `prepare` reads the split key
+DEFAULT_ARTIFACT = "model.pt2"  # what the built-in target writes: a torch.export program
+SUMMARY_FILE = "summary.json"  # the training's own report, next to its artifact in --out
 Direction = Literal["minimize", "maximize"]
 
 
@@ -32,6 +34,11 @@ class TargetConfig(Strict):
         40.0, ge=0, description="extra wall-clock time for start-up and export before the run is killed as a timeout"
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where training runs")
+    artifact: str = Field(
+        DEFAULT_ARTIFACT, description="the file the training script writes in its --out directory and the evaluator "
+        "scores (`score --model`, serve's `model`): the built-in target writes a torch.export program; your "
+        "evaluator may read any format it can load as data, e.g. weights.npz (docs/evaluator.md)",
+    )
     overrides: dict[str, float | int] = Field(
         default_factory=dict, description="knob values passed to train.py with --set (scale the model to a GPU)"
     )
@@ -72,6 +79,14 @@ class TargetConfig(Strict):
         "(holdout - val) / val of the metric differs from the champion's by more than this, either way (a model that "
         "has seen val, or holdout); none = no holdout check",
     )
+
+    @field_validator("artifact")
+    @classmethod
+    def _a_file_name(cls, name: str) -> str:
+        if not name or name in (".", "..", SUMMARY_FILE) or "/" in name or "\\" in name or name.startswith("."):
+            raise ValueError(f"must be a plain file name the training writes in --out, like {DEFAULT_ARTIFACT} or "
+                             f"weights.npz (not a path, not hidden, not {SUMMARY_FILE})")
+        return name
 
 
 class EvaluatorConfig(Strict):

@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 
 import git
 
-from runner.config import EvaluatorConfig, TargetConfig
+from runner.config import SUMMARY_FILE, EvaluatorConfig, TargetConfig
 from runner.guard import changed_paths, forbidden_paths
 from runner.inspect import Shingles, data_overlap, inspect_change
 from runner.limits import Limits, default_memory_bytes, disk_usage
@@ -35,6 +35,8 @@ MAX_MODEL_BYTES = 4 << 30  # an exported model larger than this is not copied ou
 MAX_INSPECT_BYTES = 8 << 20  # changed files larger than this are not inspected (only flagged)
 EVALUATOR_FILE_BYTES = 256 << 20  # the scoring worker writes nothing but its log; no file it writes may exceed this
 TIMING_FILE = "timing.json"  # the champion's measured start-up/export and scoring times, next to its artifacts
+TRAINING_CONTRACT = "the training contract (docs/evaluator.md#training-script)"
+NO_SUCH_FILE = "it does not exist"  # take_file's answer for a file the candidate never wrote
 _SWEPT = False  # stale temporary directories are swept once per process, by the first Runner
 __all__ = ["EvaluatorError", "Runner", "SandboxError", "SandboxUnavailable", "default_cache_dir", "export_tree", "train_argv"]
 
@@ -225,6 +227,7 @@ class Runner:
                                  f"champion's runs) + {held.tolerance:.1f} s tolerance")
             else:
                 result.reason = f"training ran past its budget of {budget:g} s plus {grace:g} s grace and was killed"
+            result.reason += f"; {budget_contract(budget)}"
             return
         # The training process and everything it started are gone now (process group killed; in the sandbox,
         # its pid namespace is torn down). What it left on disk is measured before anything is taken from it.
@@ -235,16 +238,18 @@ class Runner:
             result.status, result.log_tail = "rejected", outcome.log_tail
             result.reason = (f"over_budget: training took {outcome.wall_seconds:.1f} s of wall time (measured by the runner), "
                              f"more than its budget of {budget:g} s + {held.allowance:.1f} s start-up and export allowance "
-                             f"(measured from the champion's runs) + {held.tolerance:.1f} s tolerance = {held.reject:.1f} s")
+                             f"(measured from the champion's runs) + {held.tolerance:.1f} s tolerance = {held.reject:.1f} s; "
+                             f"{budget_contract(budget)}")
             return
         # The model is copied out and hashed: that copy is what gets scored.
-        model, why = take_file(out / "model.pt2", tmp / "model.pt2", MAX_MODEL_BYTES)
+        artifact = self.target.artifact
+        model, why = take_file(out / artifact, tmp / artifact, MAX_MODEL_BYTES)
         if outcome.returncode != 0 or model is None:
             result.status, result.log_tail = "crash", outcome.log_tail
-            result.reason = crash_reason(outcome, box.limits) if outcome.returncode else f"training finished without a usable out/model.pt2: {why}"
+            result.reason = crash_reason(outcome, box.limits) if outcome.returncode else artifact_missing(artifact, why)
             return
         result.model_sha256 = sha256_file(model)
-        summary, _ = take_file(out / "summary.json", tmp / "summary.json", 1 << 20)
+        summary, _ = take_file(out / SUMMARY_FILE, tmp / SUMMARY_FILE, 1 << 20)
         if summary is not None:
             self._read_summary(summary, result)
 
@@ -392,7 +397,7 @@ class Runner:
             return
         dest = self.artifacts / result.commit[:12] / f"seed-{result.seed}"
         dest.mkdir(parents=True, exist_ok=True)
-        for name in ("model.pt2", "summary.json"):
+        for name in (self.target.artifact, SUMMARY_FILE):
             if (out / name).is_file():
                 shutil.copyfile(out / name, dest / name)
 
@@ -429,6 +434,21 @@ def champion_timing(runs: list[RunResult], budget_seconds: float) -> tuple[float
             max(r.score_seconds / max(len(r.splits), 1) for r in ok))
 
 
+def budget_contract(budget: float) -> str:
+    """What the contract says of --budget, for the reason of a run that ignored it."""
+    return (f"{TRAINING_CONTRACT} requires the script to stop training within --budget seconds ({budget:g} here), "
+            "then write its model and exit")
+
+
+def artifact_missing(artifact: str, why: str) -> str:
+    """Why a training that exited 0 has no artifact to score, naming the contract it broke."""
+    if why == NO_SUCH_FILE:
+        return (f"the training script exited 0 but wrote no out/{artifact}: {TRAINING_CONTRACT} requires it to write "
+                f"its model into the --out directory as {artifact} (target.artifact in arbot.yml)")
+    return (f"the training script's out/{artifact} is not usable: {why}; {TRAINING_CONTRACT} requires a regular file "
+            f"of at most {MAX_MODEL_BYTES >> 30} GiB")
+
+
 def take_file(src: Path, dest: Path, max_bytes: int) -> tuple[Path | None, str]:
     """Copy a file the candidate wrote to a trusted place: a regular file only (no symlink to a host file),
     at most max_bytes. Returns (dest, "") or (None, why not)."""
@@ -439,7 +459,7 @@ def take_file(src: Path, dest: Path, max_bytes: int) -> tuple[Path | None, str]:
     try:
         fd = os.open(src.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dfd)
     except FileNotFoundError:
-        return None, "it does not exist"
+        return None, NO_SUCH_FILE
     except OSError as e:
         return None, f"it cannot be opened safely ({e.strerror}: a symlink or special file?)"
     finally:

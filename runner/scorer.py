@@ -93,10 +93,11 @@ class EvaluatorWorker:
         self._started.append(self.proc)
 
     def _stage(self, model: Path) -> Path:
-        """Put the model into the inbox (a hard link when it can, else a copy), read-only; nothing else is there."""
+        """Put the model into the inbox under its own name (target.artifact: an evaluator may tell formats by it),
+        a hard link when it can, else a copy, read-only; nothing else is there."""
         if self.sandbox is None:
             return model
-        staged = self.inbox / "model.pt2"
+        staged = self.inbox / model.name
         self._unstage()
         try:
             os.link(model, staged)

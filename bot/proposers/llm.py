@@ -86,7 +86,7 @@ class LLMProposer:
         self.client = client or make_client(cfg)
         self.endpoint = str(self.client.base_url).rstrip("/")
         self.structured = cfg.structured_output
-        self.smoke = SmokeRunner(cfg.smoke, target.script, repo, sandbox) if cfg.smoke.enabled else None
+        self.smoke = SmokeRunner(cfg.smoke, target.script, repo, sandbox, target.artifact) if cfg.smoke.enabled else None
         self.spent_run = 0.0  # USD this proposer spent in this process
         self._spent_today = spent_today
 

@@ -1,7 +1,8 @@
 """The last two steps of the validation cascade: is the candidate new, and does it train at all (a CPU smoke run)?
 
 The smoke run trains the candidate script for about a second with a tiny model on synthetic bytes (never the
-validation or holdout data), through the same untrusted-process path as real runs, and requires out/model.pt2.
+validation or holdout data), through the same untrusted-process path as real runs, and requires its artifact
+(out/<target.artifact>).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from bot.config import SmokeConfig
 from bot.knobs import find_knobs
 from bot.proposers.edits import EditError
 from bot.records import ExperimentRecord
+from runner.config import DEFAULT_ARTIFACT
 from runner.job import export_tree, train_argv
 from runner.process import run_untrusted, scrubbed_env
 
@@ -63,8 +65,9 @@ def synthetic_bytes(n: int = 1 << 16) -> bytes:
 
 class SmokeRunner:
     def __init__(self, cfg: SmokeConfig, script_path: str, repo: git.Repo | None = None,
-                 sandbox: Callable[[], Any] | None = None):
+                 sandbox: Callable[[], Any] | None = None, artifact: str = DEFAULT_ARTIFACT):
         self.cfg = cfg
+        self.artifact = artifact  # target.artifact: the file the script must write in --out
         self.script = PurePosixPath(script_path)
         self.repo = repo
         self.sandbox = sandbox  # the runner's training sandbox (runner.sandbox.Sandbox), when there is one
@@ -101,5 +104,5 @@ class SmokeRunner:
                 raise SmokeError(f"{what} did not finish within {self.cfg.timeout_seconds:g} s. Output:\n{tail}")
             if outcome.returncode != 0:
                 raise SmokeError(f"{what} failed with exit code {outcome.returncode}. Output:\n{tail}")
-            if not (out / "model.pt2").is_file():
-                raise SmokeError(f"{what} exited 0 but wrote no out/model.pt2. Output:\n{tail}")
+            if not (out / self.artifact).is_file():
+                raise SmokeError(f"{what} exited 0 but wrote no out/{self.artifact}. Output:\n{tail}")
