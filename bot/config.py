@@ -96,6 +96,9 @@ class SlurmConfig(Strict):
     gpus_per_task: int = Field(0, ge=0, description="sbatch --gpus-per-task; 0 = none")
     time_limit_minutes: int | None = Field(None, ge=1, description="sbatch --time; none = budget + grace + 10 min")
     extra_args: list[str] = Field(default_factory=list, description="more sbatch arguments, e.g. [--account=ml]")
+    export_env: list[str] = Field(
+        default_factory=list, description="environment variables a job takes from `arbot run`'s beyond PATH, HOME, "
+        "USER, LANG, LC_ALL, TMPDIR, ARBOT_CACHE and XDG_CACHE_HOME (no others reach the cluster: no tokens or keys)")
     work_dir: str = Field(".arbot/slurm", description="job scripts, logs and results, relative to the repository "
                           "root (which must be on a filesystem every node mounts)")
     poll_seconds: float = Field(2.0, gt=0, description="how often squeue/sacct are asked about the jobs")
