@@ -17,14 +17,16 @@ from bot.audit import audit_win, regression_rate, revert_win
 from bot.bench.cli import bench_app
 from bot.config import CONFIG_FILE, Config, ConfigError, load_config, local_sandbox
 from bot.forges.local import ForgeError, LocalForge
-from bot.loop import ChampionBroken, Loop, export_results, now
+from bot.executors import Executor
+from bot.executors.pool import Inline, LocalPool
+from bot.loop import ChampionBroken, Loop, RunsLost, export_results, now
 from bot.policy import make_policy
 from bot.proposers.base import ProposalError
 from bot.proposers.factory import make_proposer
-from bot.lifecycle import MAX_REFUSED
-from bot.proposers.failures import ProposalRejected, SpendCapReached
+from bot.proposers.failures import ProposalRejected
 from bot.records import ExperimentRecord, Metric, ok_metric
 from bot.results import row
+from runner.config import TargetConfig
 from runner.job import EvaluatorError, Runner
 
 app = typer.Typer(help="arbot: automated ML research, one experiment per branch, a fixed evaluator, noise-aware promotion.",
@@ -44,7 +46,10 @@ class Project:
         self.root = Path(self.repo.working_tree_dir)
         self.config: Config = load_config(config or self.root / CONFIG_FILE)
         self.forge = LocalForge(self.repo, self.config.run.champion_branch, self.config.run.branch_prefix)
-        self.runner = Runner(self.repo, self.config.target, self.config.evaluator, artifacts=self.root / ".arbot" / "runs")
+        self.config_file = config or self.root / CONFIG_FILE
+        self.runs_dir = self.root / ".arbot" / "runs"
+        self.runner = Runner(self.repo, self.config.target, self.config.evaluator, artifacts=self.runs_dir)
+        self.status_file = Path(self.repo.git_dir) / "arbot-status.json"  # a running `arbot run`'s state
 
 
 @contextmanager
@@ -52,7 +57,7 @@ def clear_errors():
     """Known failures end in one clear message and exit code 2, never a traceback."""
     try:
         yield
-    except (ConfigError, ForgeError, ChampionBroken, ProposalError, EvaluatorError) as e:
+    except (ConfigError, ForgeError, ChampionBroken, ProposalError, EvaluatorError, RunsLost) as e:
         console.print(f"[bold red]error:[/] {e}")
         raise typer.Exit(2)
 
@@ -85,6 +90,8 @@ def describe(rec: ExperimentRecord, metric: Metric) -> str:
 def run(
     experiments: Optional[int] = typer.Option(None, "--experiments", "-n", min=1, help="stop after N experiments (default: config, else until Ctrl-C)"),
     budget: Optional[float] = typer.Option(None, "--budget", min=0.1, help="training seconds per run (overrides target.budget_seconds)"),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="runs made at once on this machine, one GPU or a share of the cores each (overrides run.workers)"),
+    executor: Optional[str] = typer.Option(None, "--executor", help="local or slurm (overrides run.executor)"),
     config: Optional[Path] = typer.Option(None, "--config", help=f"config file (default: {CONFIG_FILE} at the repo root)"),
     repo: Path = typer.Option(Path("."), "--repo", help="the git repository to research in"),
     proposer: Optional[str] = typer.Option(None, "--proposer", help="search or llm (overrides run.proposer)"),
@@ -95,6 +102,10 @@ def run(
         p = Project(repo, config)
         if budget is not None:
             p.config.target.budget_seconds = budget
+        if workers is not None:
+            p.config.run.workers = workers
+        if executor is not None:
+            p.config.run.executor = executor
         p.config.target.sandbox = local_sandbox(p.config, proposer)
         limit = experiments or p.config.run.experiments
         p.forge.ensure_champion()
@@ -104,41 +115,60 @@ def run(
         if hasattr(maker, "check"):
             maker.check()  # an unreachable endpoint fails here, before any training
         metric = p.config.metric
-        loop = Loop(p.forge, p.runner, maker, make_policy(p.config.policy),
-                    p.config.target, on_run=RunDisplay(progress, p.config.target.budget_seconds), metric=metric)
-        done: list[ExperimentRecord] = []
-        refused = streak = 0  # proposals that failed the validation cascade: recorded, no branch, count as attempts
+        display = RunDisplay(progress, p.config.target.budget_seconds)
+        runs = make_executor(p, display)
+        loop = Loop(p.forge, p.runner, maker, make_policy(p.config.policy), p.config.target, on_run=display,
+                    metric=metric, executor=runs, status_file=p.status_file)
         results = p.root / p.config.run.results_file
         try:
             with progress:
                 start = loop.measure_champion()
                 console.print(f"champion {start.commit[:7]}: {champion_summary(start.runs, metric)}")
-                while limit is None or len(done) + refused < limit:
-                    try:
-                        rec = loop.step()
-                    except SpendCapReached as e:
-                        console.print(f"[yellow]stopped proposing[/]: {e}")
-                        break
-                    except ProposalRejected as e:
-                        refused, streak = refused + 1, streak + 1
-                        console.print(f"[red]proposal refused[/] (no branch made): {e}")
-                        if streak >= MAX_REFUSED:
-                            console.print(f"[yellow]stopped[/]: {streak} proposals in a row were refused")
-                            break
-                        continue
-                    streak = 0
-                    done.append(rec)
-                    console.print(describe(rec, metric))
-                    export_results(p.forge, results, metric)
+                done = loop.campaign(limit, CampaignReport(p.forge, results, metric))
         except KeyboardInterrupt:
             export_results(p.forge, results, metric)
             console.print("[yellow]interrupted[/]: every finished run is saved; `arbot run` resumes where this stopped")
             raise typer.Exit(130)
+        finally:
+            runs.close()
+            p.status_file.unlink(missing_ok=True)
+        export_results(p.forge, results, metric)
         console.print(experiment_table(done, metric))
         end = p.forge.champion_record(p.forge.champion())
         console.print(f"champion {start.commit[:7]} -> {end.commit[:7]}: {champion_summary(start.runs, metric)} -> "
                       f"{champion_summary(end.runs, metric)}; results in {results}")
 
+
+def make_executor(p: Project, on_run: RunDisplay) -> Executor:
+    """Where `arbot run` makes its runs (run.executor, run.workers)."""
+    if p.config.run.executor == "slurm":
+        from bot.executors.slurm import Slurm
+
+        return Slurm.of(p.root, p.config_file, p.config)
+    if p.config.run.workers == 1:
+        return Inline(p.runner, on_run)
+
+    def worker_runner(target: TargetConfig, gpus: str | None) -> Runner:
+        return Runner(git.Repo(p.root), target, p.config.evaluator, artifacts=p.runs_dir, devices=gpus)
+
+    return LocalPool(worker_runner, p.config.target, p.config.run.workers, on_run)
+
+
+class CampaignReport:
+    """What `arbot run` prints as experiments finish (results.tsv is written after each)."""
+
+    def __init__(self, forge: LocalForge, results: Path, metric: Metric):
+        self.forge, self.results, self.metric = forge, results, metric
+
+    def finished(self, rec: ExperimentRecord) -> None:
+        console.print(describe(rec, self.metric))
+        export_results(self.forge, self.results, self.metric)
+
+    def refused(self, error: ProposalRejected) -> None:
+        console.print(f"[red]proposal refused[/] (no branch made): {error}")
+
+    def stopped(self, why: str) -> None:
+        console.print(f"[yellow]{why}[/]")
 
 
 def champion_summary(runs, metric: Metric) -> str:
@@ -412,6 +442,29 @@ def init(
             device=device, owner=owner)
         for line in apply(root, plan(root, answers), force):
             typer.echo(line)
+
+
+@app.command()
+def doctor(repo: Path = typer.Option(Path("."), "--repo"), config: Optional[Path] = typer.Option(None, "--config")):
+    """Check this repository and this machine for a run: one line per check (ok, warn, FAIL) with the fix;
+    exit 1 when something blocks a run (warnings do not)."""
+    from rich.markup import escape
+
+    from bot.doctor import FAIL, WARN, diagnose
+
+    colour = {FAIL: "bold red", WARN: "yellow"}
+    checks = []
+    for check in diagnose(repo, config):
+        checks.append(check)
+        fix = f" [dim]->[/] fix: {escape(check.fix)}" if check.fix else ""
+        console.print(f"[{colour.get(check.status, 'green')}]{check.status:>4}[/] [bold]{escape(check.name)}[/]: "
+                      f"{escape(check.detail)}{fix}")
+    blocking = [c.name for c in checks if c.blocks]
+    warned = sum(c.status == WARN for c in checks)
+    if blocking:
+        console.print(f"[bold red]a run is blocked[/] by {len(blocking)} check(s): {', '.join(blocking)}")
+        raise typer.Exit(1)
+    console.print(f"[green]ready for `arbot run`[/]" + (f" ({warned} warning(s))" if warned else ""))
 
 
 LEASE_WAIT = 120  # seconds `arbot decide` and `arbot propose` wait for another writer's lease

@@ -57,6 +57,15 @@ class Executor(Protocol):
         """The runs that ended since the last call, waiting up to `timeout` seconds for the first."""
         ...
 
+    def cancel(self, spec: RunSpec) -> None:
+        """The run is no longer needed (its experiment was decided meanwhile): drop it if it has not started;
+        one already running may be stopped or left to end (its result is then ignored)."""
+        ...
+
+    def busy(self) -> dict[str, str]:
+        """What it is making now: worker (or job) -> the key of its run, for `arbot status`."""
+        ...
+
     def close(self) -> None:
         """Stop: runs still in the making are abandoned (a worker's) or left running (a batch job's)."""
         ...

@@ -15,7 +15,8 @@ class ProposalContext:
     script_path: str  # e.g. target/train.py
     files: dict[str, str]  # the champion's text of each allowed file
     knobs: list[Knob]
-    history: list[ExperimentRecord] = field(default_factory=list)
+    history: list[ExperimentRecord] = field(default_factory=list)  # decided experiments
+    pending: list[ExperimentRecord] = field(default_factory=list)  # experiments in flight: propose none of them again
     program: str = ""  # target/program.md
     metric: Metric = DEFAULT_METRIC  # what the proposal should improve
 

@@ -11,15 +11,17 @@ from runner.config import TargetConfig
 
 
 def context(forge: LocalForge, target: TargetConfig, champion: str, metric: Metric) -> ProposalContext:
-    """The champion's allowed files, its knobs and program.md, the decided history, the metric."""
+    """The champion's allowed files, its knobs and program.md, the decided history, the experiments in flight,
+    the metric."""
     files = forge.allowed_files(champion, target.allowed_paths)
     if target.script not in files:
         raise ProposalError(f"the champion has no {target.script} among the allowed paths {target.allowed_paths}")
     program = forge.text(champion, target.script.rsplit("/", 1)[0] + "/program.md") or ""
+    experiments = forge.experiments()
     return ProposalContext(champion=champion, script_path=target.script, files=files,
                            knobs=find_knobs(files[target.script]),
-                           history=[r for r in forge.experiments() if r.decision is not None], program=program,
-                           metric=metric)
+                           history=[r for r in experiments if r.decision is not None],
+                           pending=[r for r in experiments if r.decision is None], program=program, metric=metric)
 
 
 def propose(forge: LocalForge, proposer: Proposer, target: TargetConfig, champion: str, metric: Metric) -> Proposal:

@@ -57,6 +57,14 @@ def describe_experiment(rec: ExperimentRecord, metric: Metric) -> str:
     return line
 
 
+def in_flight(ctx: ProposalContext) -> str:
+    """The experiments being measured now (other workers): not to be proposed again."""
+    if not ctx.pending:
+        return ""
+    lines = "\n".join(f"- {r.id}: {r.proposal.hypothesis}" for r in ctx.pending)
+    return f"\n# In flight now (being measured by other workers; do not propose these again)\n{lines}\n"
+
+
 def build_prompt(ctx: ProposalContext, editable: list[str], token_budget: int,
                  pinned: dict[str, float | int] | None = None) -> tuple[str, str, int]:
     """(system, user, history records kept). Raises ValueError when even the prompt without history is too long."""
@@ -73,7 +81,7 @@ def build_prompt(ctx: ProposalContext, editable: list[str], token_budget: int,
         values = ", ".join(f"{k}={format_value(v)}" for k, v in pinned.items())
         head += (f"The runner sets these knobs with --set, so editing their values in the file has no effect: "
                  f"{values}\n\n")
-    tail = "\nPropose the next experiment now, in the answer format."
+    tail = in_flight(ctx) + "\nPropose the next experiment now, in the answer format."
     system = system_prompt(ctx.metric)
     lines = [describe_experiment(r, ctx.metric) for r in ctx.history]
     fixed = estimate_tokens(system) + estimate_tokens(head) + estimate_tokens(tail) + 20

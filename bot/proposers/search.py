@@ -36,6 +36,7 @@ DEFAULT_RANGES: dict[str, KnobRange] = {
     "SEQ_LEN": KnobRange(choices=[32, 64, 128, 256]),
 }
 MAX_RESAMPLES = 30
+PENDING_SEED_STEP = 7919  # a prime: the sampler's seed differs for each number of experiments in flight
 NOVELTY = 0.05  # a new value must differ from every tried one by 5% of the knob's range
 
 
@@ -70,9 +71,9 @@ class SearchProposer:
             raise ProposalError(f"{ctx.script_path} has no knobs to search (top-level UPPER_CASE numeric constants)")
         dists = {k.name: distribution(k, self.cfg.knobs.get(k.name)) for k in knobs}
         choice = CategoricalDistribution([k.name for k in knobs])
-        study = self._study(ctx.history, choice, dists, ctx.metric)
+        study = self._study(ctx.history, ctx.pending, choice, dists, ctx.metric)
         current = {k.name: k.value for k in knobs}
-        tried = [(name, rec.proposal.params[name]) for rec in ctx.history
+        tried = [(name, rec.proposal.params[name]) for rec in ctx.history + ctx.pending
                  if (name := rec.proposal.params.get("knob")) in dists]
         for _ in range(MAX_RESAMPLES):
             trial = study.ask()
@@ -84,13 +85,16 @@ class SearchProposer:
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         raise ProposalError(f"the search found no new value in {MAX_RESAMPLES} tries; widen search.knobs ranges")
 
-    def _study(self, history: list[ExperimentRecord], choice: CategoricalDistribution, dists,
-               metric: Metric) -> optuna.Study:
-        # The seed depends on the history length, so a resumed run proposes exactly what an uninterrupted one would.
-        seed = self.cfg.seed * 1_000_003 + len(history)
-        sampler = optuna.samplers.TPESampler(seed=seed)  # random for its first 10 trials, then TPE
+    def _study(self, history: list[ExperimentRecord], pending: list[ExperimentRecord],
+               choice: CategoricalDistribution, dists, metric: Metric) -> optuna.Study:
+        # The seed depends on the history (and what is in flight), so a resumed run proposes exactly what an
+        # uninterrupted one would.
+        seed = self.cfg.seed * 1_000_003 + len(history) + PENDING_SEED_STEP * len(pending)
+        # random for its first 10 trials, then TPE; experiments in flight are running trials, scored by the
+        # constant liar as the worst so far, so parallel workers spread out instead of piling on one region
+        sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=bool(pending))
         study = optuna.create_study(direction=metric.direction, sampler=sampler)
-        for rec in history:
+        for rec in history + pending:
             trial = _past_trial(rec, choice, dists, metric.key())
             if trial is not None:
                 study.add_trial(trial)
@@ -132,19 +136,22 @@ def _near(dist: BaseDistribution, a: float, b: float) -> bool:
 
 def _past_trial(rec: ExperimentRecord, choice: CategoricalDistribution, dists,
                 metric: str) -> optuna.trial.FrozenTrial | None:
-    """An earlier search experiment as a finished Optuna trial (crashes as failed), or None if it does not fit."""
+    """A search experiment as an Optuna trial: finished (crashes as failed), running while it is in flight, or
+    None if it does not fit."""
     name = rec.proposal.params.get("knob")
-    if rec.proposal.proposer != "search" or rec.decision is None or name not in dists:
+    if rec.proposal.proposer != "search" or name not in dists:
         return None
     params = {"knob": name, name: rec.proposal.params[name]}
     values = ok_metric(rec.runs, metric)
-    ok = rec.decision.verdict in ("win", "loss") and values
+    ok = rec.decision is not None and rec.decision.verdict in ("win", "loss") and values
+    state = (optuna.trial.TrialState.RUNNING if rec.decision is None else
+             optuna.trial.TrialState.COMPLETE if ok else optuna.trial.TrialState.FAIL)
     try:
         return optuna.trial.create_trial(
             params=params,
             distributions={"knob": choice, name: dists[name]},
             value=sum(values) / len(values) if ok else None,
-            state=optuna.trial.TrialState.COMPLETE if ok else optuna.trial.TrialState.FAIL,
+            state=state,
         )
     except ValueError:
         return None  # its value lies outside today's ranges

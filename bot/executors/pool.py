@@ -1,0 +1,165 @@
+"""The local executor: runs made on this machine, by one worker (in the caller's thread) or a pool of them.
+
+Each worker has its own Runner (its own git handle and warm evaluator) and its share of the machine: one GPU each
+when GPUs are given (`CUDA_VISIBLE_DEVICES`), else an equal share of the cores (`OMP_NUM_THREADS`) and of the
+memory limit. A pool's runs end with the process that makes them: one noted pending by an earlier `arbot run`
+is submitted again (`resume` says False), so a killed loop loses nothing but the time of the runs it was making.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import shutil
+import socket
+import subprocess
+import threading
+from collections.abc import Callable
+
+from bot.executors import Finished, Outcome
+from bot.records import RunResult, RunSpec
+from runner.config import TargetConfig
+from runner.job import Runner
+from runner.limits import default_memory_bytes
+
+RunHook = Callable[[str, str, int], Callable[[dict], None] | None]  # (label, commit, seed) -> progress callback
+MakeRunner = Callable[[TargetConfig, str | None], Runner]  # (the worker's target settings, its GPUs) -> a Runner
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this machine offers: CUDA_VISIBLE_DEVICES when set, else those `nvidia-smi -L` lists, else none."""
+    if (env := os.environ.get("CUDA_VISIBLE_DEVICES")) is not None:
+        return [d.strip() for d in env.split(",") if d.strip()]
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
+
+
+def shares(target: TargetConfig, workers: int, gpus: list[str]) -> list[tuple[TargetConfig, str | None]]:
+    """Each worker's settings and GPUs: one GPU each when there are GPUs (and training may use them), else the
+    configured thread count (0: the cores split evenly) and the memory limit split evenly."""
+    if workers > 1 and gpus and target.device != "cpu":
+        if len(gpus) < workers:
+            raise ValueError(f"run.workers is {workers} but only {len(gpus)} GPUs are visible ({','.join(gpus)}): "
+                             "use one worker per GPU, or set target.device: cpu to share the cores")
+        return [(target, gpus[i]) for i in range(workers)]
+    threads = target.threads or max(1, (os.cpu_count() or 1) // workers)
+    memory = target.memory_gb or (default_memory_bytes() / 2**30 / workers if default_memory_bytes() else None)
+    share = target.model_copy(update={"threads": threads if workers > 1 else target.threads,
+                                      "memory_gb": memory if workers > 1 else target.memory_gb})
+    return [(share, None)] * workers
+
+
+class Inline:
+    """One worker, in the caller's thread: `poll` makes the next run asked for. Ctrl-C stops it at once."""
+
+    slots = 1
+
+    def __init__(self, runner: Runner, on_run: RunHook | None = None):
+        self.runner, self.on_run = runner, on_run or (lambda label, commit, seed: None)
+        self._queue: list[tuple[RunSpec, tuple[float, float] | None]] = []
+        self.making: str | None = None
+
+    def submit(self, spec: RunSpec, timing: tuple[float, float] | None) -> RunSpec:
+        self._queue.append((spec, timing))
+        return spec
+
+    def resume(self, spec: RunSpec) -> bool:
+        return False
+
+    def poll(self, timeout: float) -> list[Outcome]:
+        if not self._queue:
+            return []
+        spec, timing = self._queue.pop(0)
+        self.making = spec.key
+        try:
+            return [Finished(spec, make_run(self.runner, spec, timing, self.on_run, "worker 1"))]
+        finally:
+            self.making = None
+
+    def cancel(self, spec: RunSpec) -> None:
+        self._queue = [item for item in self._queue if item[0].key != spec.key]
+
+    def busy(self) -> dict[str, str]:
+        return {"worker 1": self.making} if self.making else {}
+
+    def close(self) -> None:
+        self._queue.clear()
+
+
+class LocalPool:
+    """`workers` threads, each making one run at a time in its own Runner, first asked first made."""
+
+    def __init__(self, make_runner: MakeRunner, target: TargetConfig, workers: int, on_run: RunHook | None = None,
+                 gpus: list[str] | None = None):
+        self.slots = workers
+        self.on_run = on_run or (lambda label, commit, seed: None)
+        self._todo: queue.Queue = queue.Queue()
+        self._done: queue.Queue = queue.Queue()
+        self._current: dict[str, str] = {}  # worker name -> the key of the run it is making
+        self._cancelled: set[str] = set()
+        shared = shares(target, workers, visible_gpus() if gpus is None else gpus)
+        self._threads = [threading.Thread(target=self._work, args=(f"worker {i + 1}", make_runner, *share),
+                                          name=f"arbot-worker-{i + 1}", daemon=True)
+                         for i, share in enumerate(shared)]
+        for t in self._threads:
+            t.start()
+
+    def submit(self, spec: RunSpec, timing: tuple[float, float] | None) -> RunSpec:
+        self._todo.put((spec, timing))
+        return spec
+
+    def resume(self, spec: RunSpec) -> bool:
+        return False
+
+    def poll(self, timeout: float) -> list[Outcome]:
+        """What ended; a worker's error (the sandbox or the evaluator broke, not the candidate) is raised here, so
+        `arbot run` stops with it as it does with one worker (the run stays pending and is made again next time)."""
+        try:
+            ended = [self._done.get(timeout=timeout)]
+        except queue.Empty:
+            return []
+        while not self._done.empty():
+            ended.append(self._done.get_nowait())
+        for item in ended:
+            if isinstance(item, BaseException):
+                raise item
+        return ended
+
+    def cancel(self, spec: RunSpec) -> None:
+        self._cancelled.add(spec.key)  # a worker skips it when it comes up; one being made runs to its end
+
+    def busy(self) -> dict[str, str]:
+        return dict(self._current)
+
+    def close(self) -> None:
+        for _ in self._threads:
+            self._todo.put(None)
+
+    def _work(self, name: str, make_runner: MakeRunner, target: TargetConfig, gpus: str | None) -> None:
+        runner = None
+        while (item := self._todo.get()) is not None:
+            spec, timing = item
+            if spec.key in self._cancelled:
+                continue
+            self._current[name] = spec.key
+            try:
+                runner = runner or make_runner(target, gpus)
+                self._done.put(Finished(spec, make_run(runner, spec, timing, self.on_run, name)))
+            except Exception as e:  # noqa: BLE001 - handed to the loop's thread, which raises it
+                self._done.put(e)
+            self._current.pop(name, None)
+
+
+def make_run(runner: Runner, spec: RunSpec, timing: tuple[float, float] | None, on_run: RunHook,
+             worker: str) -> RunResult:
+    """One runner job for `spec`, told the champion's measured times when known; the result names its worker."""
+    if timing is not None:
+        runner.measured(spec.champion, *timing)
+    result = runner.run(spec.commit, spec.champion, seed=spec.seed, splits=tuple(spec.splits),
+                        on_progress=on_run(spec.role, spec.commit, spec.seed))
+    return result.model_copy(update={"splits": spec.splits, "job": worker, "node": socket.gethostname()})
