@@ -144,7 +144,7 @@ def make_executor(p: Project, on_run: RunDisplay) -> Executor:
     if p.config.run.executor == "slurm":
         from bot.executors.slurm import Slurm
 
-        return Slurm.of(p.root, p.config_file, p.config)
+        return Slurm(p.root, p.config)
     if p.config.run.workers == 1:
         return Inline(p.runner, on_run)
 
