@@ -464,7 +464,7 @@ def doctor(repo: Path = typer.Option(Path("."), "--repo"), config: Optional[Path
     if blocking:
         console.print(f"[bold red]a run is blocked[/] by {len(blocking)} check(s): {', '.join(blocking)}")
         raise typer.Exit(1)
-    console.print(f"[green]ready for `arbot run`[/]" + (f" ({warned} warning(s))" if warned else ""))
+    console.print("[green]ready for `arbot run`[/]" + (f" ({warned} warning(s))" if warned else ""))
 
 
 LEASE_WAIT = 120  # seconds `arbot decide` and `arbot propose` wait for another writer's lease

@@ -4,7 +4,6 @@ is filled in `arbot run` makes a first experiment."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -179,22 +178,44 @@ def test_the_packaged_workflows_are_this_repositorys(name):
     assert (ROOT / "bot/templates" / name).read_text() == (ROOT / ".github/workflows" / name).read_text()
 
 
-def test_after_init_and_the_evaluator_filled_in_a_first_experiment_runs(toy, tmp_path):
+def doctor(root: Path) -> tuple[int, str]:
+    r = CliRunner().invoke(app, ["doctor", "--repo", str(root)])
+    return r.exit_code, " ".join(r.output.split())  # rich wraps lines at the terminal's width
+
+
+def test_after_init_doctor_rejects_the_skeleton_accepts_it_filled_in_and_a_first_experiment_runs(toy, tmp_path,
+                                                                                                  monkeypatch):
+    monkeypatch.setenv("ARBOT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("ARBOT_SPLIT_KEY", "a secret")  # else doctor warns that val and holdout follow a public rule
     r = init(toy, "--script", "train.py", "--allowed", "train.py", "--budget", "2", "--metric", "loss",
-             "--direction", "minimize")
+             "--direction", "minimize", "--device", "cpu")  # cpu: doctor need not import torch to say what auto uses
     assert r.exit_code == 0, r.output
+    repo = git.Repo(toy)
+    actor = git.Actor("t", "t@example.com")
+    repo.git.add(A=True)
+    repo.index.commit("arbot init", author=actor, committer=actor)
+    code, said = doctor(toy)
+    assert code == 1, said
+    assert ("FAIL data splits: the evaluator's prepare failed: `prepare` exited 2: evaluator error: prepare() is not "
+            "written yet: evaluator/__main__.py is the skeleton `arbot init` wrote; fill me in") in said
+    assert said.endswith("a run is blocked by 1 check(s): data splits")
+
     main = toy / "evaluator/__main__.py"
     text = main.read_text()
     for skeleton, filled in FILLED.items():
         assert skeleton in text
         text = text.replace(skeleton, filled)
     main.write_text(text)
-    repo = git.Repo(toy)
+    code, said = doctor(toy)  # filled in but not committed: runs use the committed skeleton
+    assert code == 1 and "warn uncommitted changes: evaluator/__main__.py" in said and "FAIL data splits" in said
     repo.git.add(A=True)
-    repo.index.commit("arbot init, the evaluator filled in", author=git.Actor("t", "t@example.com"),
-                      committer=git.Actor("t", "t@example.com"))
+    repo.index.commit("the evaluator filled in", author=actor, committer=actor)
+    code, said = doctor(toy)
+    assert code == 0, said
+    assert "ok data splits: fingerprint toy-1" in said and "FAIL" not in said and "ready for `arbot run`" in said
+
     proc = subprocess.run([sys.executable, "-m", "bot", "run", "-n", "1", "--repo", str(toy)], capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "ARBOT_CACHE": str(tmp_path / "cache")})
+                          text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     [rec] = LocalForge(repo).experiments()
     assert rec.id == "exp-1" and rec.decision is not None and rec.decision.verdict in {"win", "loss"}

@@ -186,9 +186,10 @@ class GitHubForge:
             self._app = (app.id, app.slug)
         return self._app
 
-    def protect_champion(self, app_id: int | None = None, app_slug: str | None = None) -> list[str]:
+    def protect_champion(self, app_id: int | None = None, app_slug: str | None = None, apply: bool = True) -> list[str]:
         """Branch protection on champion that pins the bot; idempotent: reads the protection back, changes only what
-        differs and returns what it changed (empty: nothing).
+        differs and returns what it changed (empty: nothing); with apply=False only says what it would change
+        (`arbot doctor`).
 
         - `arbot/verdict` required, from the App `app_id` only (`checks: [{context, app_id}]`; the deprecated
           `contexts` is not sent: GitHub refuses both at once), with branches up to date (`strict`). Without an App
@@ -228,8 +229,8 @@ class GitHubForge:
         reviews = current.get("required_pull_request_reviews")
         if not (reviews or {}).get("require_code_owner_reviews"):
             changes.append("code owners must review changes to their paths")
-        if not changes:
-            return []
+        if not changes or not apply:
+            return changes
         flag = lambda key: bool((current.get(key) or {}).get("enabled"))  # noqa: E731
         body = {
             "required_status_checks": {"strict": True, "checks": [

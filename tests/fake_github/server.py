@@ -67,6 +67,7 @@ NOT_AUTHORIZED = ("You're not authorized to push to this branch. "
 BOOLEAN_RULES = ("required_linear_history", "allow_force_pushes", "allow_deletions", "block_creations",
                  "required_conversation_resolution", "lock_branch", "allow_fork_syncing")
 ORG_ONLY = "Only organization repositories can have users and team restrictions"
+ROLES = ("read", "triage", "write", "maintain", "admin")  # collaborator roles, least to most
 EXPRESSION = re.compile(r"\$\{\{\s*(?:github\.event\.)?inputs\.([A-Za-z_][\w-]*)\s*\}\}")
 
 
@@ -120,6 +121,12 @@ class FakeGitHub:
         self.tokens = {token: login}
         self.app = app
         self.app_slug = app_slug
+        # The App's permissions and events (GET /app); its installation on this repository has them too, and is
+        # answered by GET /repos/{owner}/{repo}/installation while `installed`.
+        self.app_permissions = {"actions": "write", "checks": "write", "contents": "write", "issues": "write",
+                                "metadata": "read", "pull_requests": "write"}
+        self.app_events = ["check_run", "issue_comment", "pull_request", "push", "workflow_run"]
+        self.installed = True
         self.lock = threading.RLock()
         self.prs: dict[int, PR] = {}
         self.comments: dict[int, dict] = {}
@@ -285,14 +292,18 @@ class FakeGitHub:
                  description=lab.get("description"), default=False, url=f"{self.api}/repos/{self.full_name}/labels/{name}")
         return d
 
-    def repo_json(self, full: bool = True) -> dict:
+    def repo_json(self, user: str | None = None) -> dict:
+        """The repository; `permissions` are the requesting user's, from their collaborator role."""
         d = self.example("full-repository-default-response")
         d.update(name=self.name, full_name=self.full_name, default_branch=self.default_branch, private=True,
                  allow_auto_merge=self.allow_auto_merge, language=None, license=None, fork=False)
         for fork_only in ("source", "parent", "template_repository"):
             d.pop(fork_only, None)
         d["owner"].update(login=self.owner, type=self.owner_type)
-        d.setdefault("permissions", {"admin": True, "maintain": True, "push": True, "triage": True, "pull": True})
+        role = self.collaborators.get(user or "", "read")
+        d["permissions"] = {key: ROLES.index(role) >= ROLES.index(needed) for key, needed in
+                            (("admin", "admin"), ("maintain", "maintain"), ("push", "write"), ("triage", "triage"),
+                             ("pull", "read"))}
         return d
 
     def pr_json(self, pr: PR) -> dict:
@@ -392,10 +403,18 @@ class FakeGitHub:
         d = self.example("integration")
         d.update(id=self.app_id_of(slug), slug=slug, name=slug, node_id=f"APP_{slug}",
                  html_url=f"http://github.test/apps/{slug}", owner=self.user(self.owner),
-                 permissions={"actions": "write", "checks": "write", "contents": "write", "issues": "write",
-                              "metadata": "read", "pull_requests": "write"},
-                 events=["check_run", "issue_comment", "pull_request", "push"])
+                 permissions=dict(self.app_permissions), events=list(self.app_events))
         d["owner"]["type"] = self.owner_type
+        return d
+
+    def installation_json(self) -> dict:
+        """The App's installation on the owner, as GET /repos/{owner}/{repo}/installation shows it."""
+        d = self.example("installation")
+        d.update(id=self.app[2], app_id=self.app[0], app_slug=self.app_slug, target_type=self.owner_type,
+                 repository_selection="selected", permissions=dict(self.app_permissions), events=list(self.app_events),
+                 access_tokens_url=f"{self.api}/app/installations/{self.app[2]}/access_tokens",
+                 html_url=f"http://github.test/organizations/{self.owner}/settings/installations/{self.app[2]}")
+        d["account"].update(login=self.owner, type=self.owner_type)
         return d
 
     def run_json(self, run: dict) -> dict:
@@ -523,7 +542,7 @@ class FakeGitHub:
     def _auth(self, request: Request, path: str) -> str:
         header = request.headers.get("authorization", "")
         scheme, _, cred = header.partition(" ")
-        if path == "/app" or path.startswith("/app/"):
+        if path == "/app" or path.startswith("/app/") or path.endswith("/installation"):  # the App's JWT
             if not self.app or scheme.lower() != "bearer":
                 raise HTTPError(401, "A JSON web token could not be decoded")
             try:
@@ -620,7 +639,7 @@ class FakeGitHub:
         raise HTTPError(404, "Not Found")
 
     def op_installation_token(self, installation_id: int):
-        if not self.app or installation_id != self.app[2]:
+        if not self.app or not self.installed or installation_id != self.app[2]:
             raise HTTPError(404, "Not Found")
         token = f"ghs_installation{self.next_id()}"
         self.tokens[token] = f"{self.app_slug}[bot]"
@@ -634,14 +653,20 @@ class FakeGitHub:
         """GET /app with the App's JWT (_auth checked it)."""
         return 200, self.integration_json(self.app_slug)
 
-    def op_get_repo(self, **_):
-        return 200, self.repo_json()
+    def op_get_repo(self, user: str, **_):
+        return 200, self.repo_json(user)
 
-    def op_update_repo(self, body: dict, **_):
+    def op_get_installation(self, **_):
+        """GET /repos/{owner}/{repo}/installation with the App's JWT (_auth checked it)."""
+        if not self.installed:
+            raise HTTPError(404, "Not Found")
+        return 200, self.installation_json()
+
+    def op_update_repo(self, body: dict, user: str, **_):
         """PATCH /repos/{owner}/{repo}: allow_auto_merge is kept (the other settings are accepted and ignored)."""
         if "allow_auto_merge" in body:
             self.allow_auto_merge = bool(body["allow_auto_merge"])
-        return 200, self.repo_json()
+        return 200, self.repo_json(user)
 
     def op_get_branch(self, branch: str, **_):
         sha = self.ref(branch)
@@ -1112,6 +1137,7 @@ def _routes() -> list[tuple[str, re.Pattern, str]]:
     table = [
         ("get", "", "op_get_repo"),
         ("patch", "", "op_update_repo"),
+        ("get", "/installation", "op_get_installation"),
         ("get", "/branches/(?P<branch>[^/]+)", "op_get_branch"),
         ("get", "/branches/(?P<branch>.+)/protection", "op_get_protection"),
         ("put", "/branches/(?P<branch>.+)/protection", "op_put_protection"),
