@@ -45,6 +45,7 @@ APP_EVENTS = ("pull_request", "check_run", "issue_comment", "push", "workflow_ru
 LEVELS = {"read": 1, "write": 2, "admin": 3}
 # Run in the runner's Python: which torch, which CUDA build, which GPUs the training would see.
 TORCH_PROBE = """\
+import json
 try:
     import torch
 except Exception as e:

@@ -449,3 +449,14 @@ def test_a_github_config_adds_the_github_checks_to_the_command(ready, fake, monk
     assert checks["github workflow"].status == OK  # arbot init wrote it
     assert checks["github protection"].blocks
     assert read_config(root_of(ready), None)[0].status == OK
+
+
+def test_github_unreachable_fails_naming_the_url(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+    checks = github(pat_config(url), {"ARBOT_GITHUB_TOKEN": TOKEN})
+    assert checks["github"].blocks and checks["github"].detail.startswith(f"cannot reach {url}/api/v3: ")
+    assert checks["github"].fix == "check github.base_url and the network"
