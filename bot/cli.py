@@ -20,6 +20,8 @@ from bot.forges.local import ForgeError, LocalForge
 from bot.executors import Executor
 from bot.executors.pool import Inline, LocalPool
 from bot.loop import ChampionBroken, Loop, RunsLost, export_results, now
+from bot.plot import plot as draw
+from bot.progress import champion_steps, live, stale_rate, trajectory
 from bot.policy import make_policy
 from bot.proposers.base import ProposalError
 from bot.proposers.factory import make_proposer
@@ -32,7 +34,7 @@ from runner.job import EvaluatorError, Runner
 app = typer.Typer(help="arbot: automated ML research, one experiment per branch, a fixed evaluator, noise-aware promotion.",
                   no_args_is_help=True, add_completion=False)
 app.add_typer(bench_app, name="bench")
-console = Console()
+console = Console(emoji=False)  # run keys such as "exp-1:abc:seed-0" are not :emoji: codes
 
 
 class Project:
@@ -234,8 +236,47 @@ def status(repo: Path = typer.Option(Path("."), "--repo"), config: Optional[Path
         console.print(f"champion {sha[:7]}: {champion_summary(p.forge.champion_record(sha).runs, p.config.metric)} "
                       "(noise floor)")
         console.print(f"experiments: {len(recs)} " + " ".join(f"{k}={v}" for k, v in sorted(counts.items())))
-        for line in cost_lines(p.forge, recs):
+        for line in cost_lines(p.forge, recs) + progress_lines(p, recs):
             console.print(line)
+
+
+def progress_lines(p: Project, recs: list[ExperimentRecord]) -> list[str]:
+    """The stale rate, the champion's trajectory and, while an `arbot run` runs, its workers and queue."""
+    rate, stale, decided = stale_rate(recs)
+    lines = [f"stale rate: {rate:.0%} ({stale} of {decided} decided experiments measured again because the "
+             "champion moved while they were in flight)" if rate is not None else "stale rate: nothing decided yet"]
+    steps = champion_steps(p.forge.champion_log())
+    if steps:
+        lines.append(f"champion trajectory ({p.config.metric.key()}, one step per merged win): "
+                     + " -> ".join(value for _, value in steps))
+    state = live(p.status_file)
+    if state is None:
+        lines.append("no `arbot run` is running on this repository")
+    else:
+        busy = ", ".join(f"{worker}: {key}" for worker, key in sorted(state["busy"].items())) or "idle"
+        rate_h = state.get("runs_per_hour")
+        lines.append(f"running (pid {state['pid']}, {state['in_flight']} experiments in flight at most): {busy}; "
+                     f"queued runs: {state['queued']}; runs made: {state['runs_made']}"
+                     + (f" ({rate_h} per hour)" if rate_h is not None else "") + f"; as of {state['updated_at']}")
+    return lines
+
+
+@app.command()
+def plot(
+    out: Path = typer.Option(Path("trajectory.png"), "--out", help="the image to write (.png, .svg or .pdf)"),
+    repo: Path = typer.Option(Path("."), "--repo"),
+    config: Optional[Path] = typer.Option(None, "--config"),
+):
+    """The research trajectory as an image: each experiment's metric, merged wins marked, the champion's noise band."""
+    with clear_errors():
+        p = Project(repo, config)
+        recs = p.forge.experiments()
+        champions = {sha: p.forge.champion_record(sha) for sha in {r.parent for r in recs}}
+        points = trajectory(recs, champions, p.config.metric)
+        if not points:
+            raise ConfigError("no decided experiment yet: `arbot run` first")
+        written = draw(points, p.config.metric, out if out.is_absolute() else Path.cwd() / out)
+        console.print(f"wrote {written} ({len(points)} experiments)")
 
 
 def cost_lines(forge: LocalForge, recs: list[ExperimentRecord]) -> list[str]:

@@ -729,7 +729,7 @@ def test_the_webhook_server_runs_a_campaign(gh):
     store.set_flag(PAUSED_FLAG, "1")  # started paused: no webhook may be lost before the fake knows the bot's URL
     d = gh.driver("win", "worse", per_day=2, paused=lambda: store.flag(PAUSED_FLAG) == "1")
     app = create_app(ServerSettings(secret="s3cret", state_path=store.path, repo=REPO, experiments_per_day=2),
-                     Dispatcher(store, repo=REPO, driver=d), store, on_start=d.advance_all)
+                     Dispatcher(store, repo=REPO, driver=d), store, on_start=d.advance_all, progress=d.progress)
     with serving(app) as bot_url:
         fake.hooks.url, fake.hooks.secret = f"{bot_url}/webhook", "s3cret"
         resume = comment("/arbot resume")  # a maintainer's comment, as GitHub delivers it
@@ -752,3 +752,7 @@ def test_the_webhook_server_runs_a_campaign(gh):
     kinds = {x.event for x in fake.hooks.deliveries}
     assert {"check_run", "pull_request"} <= kinds and all(x.status in (200, 202) for x in fake.hooks.deliveries)
     assert len(fake.dispatches) == 3  # the champion, then one run per experiment
+    research = health["research"]  # the research as /healthz shows it: nothing in flight, one step up
+    assert research["in_flight"] == [] and research["queued"] == 0 and research["runs_per_hour"] > 0
+    assert (research["stale_rate"], research["decided"]) == (0.0, 2)
+    assert [step["experiment"] for step in research["trajectory"]] == ["start", "exp-1"]

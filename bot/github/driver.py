@@ -40,6 +40,7 @@ from bot.github.forge import (CONCLUSION_TO_STATE, EVALUATE_WORKFLOW, VERDICT_CH
                               GitHubForgeError, results_comment, squash_message, verdict_check)
 from bot.github.lease import Lease, holder_name
 from bot.policy import Policy
+from bot.progress import champion_steps, stale_rate
 from bot.proposers.base import Proposer
 from bot.proposers.context import propose
 from bot.proposers.failures import ProposalRejected, SpendCapReached
@@ -474,6 +475,27 @@ class Driver:
         if rec is None:
             raise GitHubForgeError(f"PR #{number} ({pr.head.ref}) is not an arbot experiment")
         return rec
+
+    def progress(self) -> dict:
+        """What `/healthz` shows of the research: each evaluate run in flight (a runner each), the runs asked for
+        and not started yet, runs per hour, the stale rate and the champion's trajectory. Reads its own handle on
+        the mirror (the webhook worker writes through another)."""
+        forge = LocalForge(git.Repo(self.local.git_dir), champion_branch=self.config.run.champion_branch,
+                           branch_prefix=self.config.run.branch_prefix)
+        recs = forge.experiments()
+        owners = [r for r in recs if lc.is_active(r)] + [forge.champion_record(sha) for sha in {r.parent for r in recs}]
+        pending = [s for o in owners for s in o.pending]
+        made = sum(len(r.runs) for r in recs)
+        starts = sorted(r.started_at for r in recs if r.started_at)
+        hours = (datetime.now(timezone.utc) - datetime.fromisoformat(starts[0])).total_seconds() / 3600 if starts else 0
+        rate, stale, decided = stale_rate(recs)
+        return {"in_flight": [{"run": s.key, "workflow_run": s.run_id, "requested_at": s.requested_at}
+                              for s in pending if s.run_id is not None],
+                "queued": sum(s.run_id is None for s in pending),
+                "runs_per_hour": round(made / hours, 1) if hours > 0 else None,
+                "stale_rate": rate, "stale": stale, "decided": decided,
+                "trajectory": [{"experiment": e, self.rules.metric.key(): v}
+                               for e, v in champion_steps(forge.champion_log())]}
 
     def trajectory(self, current: ExperimentRecord | None = None) -> list[tuple[str, float]]:
         """The champion's metric: its first measured value, then each merged win (and this one, if a win)."""

@@ -116,7 +116,9 @@ class Worker:
 
 
 def create_app(settings: ServerSettings, handler: Handler, store: Store | None = None,
-               on_start: Callable[[], Any] | None = None) -> FastAPI:
+               on_start: Callable[[], Any] | None = None, progress: Callable[[], dict] | None = None) -> FastAPI:
+    """`progress`: the research's state for /healthz (GitHub mode: the driver's runs in flight, stale rate,
+    trajectory)."""
     store = store or Store(settings.state_path)
     budget = Budget(store, settings.experiments_per_day, settings.runner_minutes_per_day)
     worker = Worker(store, handler, on_start, settings.catch_up_seconds)
@@ -167,6 +169,15 @@ def create_app(settings: ServerSettings, handler: Handler, store: Store | None =
             "deliveries": store.counts(),
             "paused": paused(),
             "budget": budget.state(),
+            "research": research(),
         }
+
+    def research() -> dict | None:
+        if progress is None:
+            return None
+        try:
+            return progress()
+        except Exception as e:  # noqa: BLE001 - the health check must answer even when the mirror is unreadable
+            return {"error": f"{type(e).__name__}: {e}"}
 
     return app

@@ -50,7 +50,8 @@ def build_app(config: Config, root: Path, environ: dict | None = None):
             "not decided", e)
     dispatcher = Dispatcher(store, repo=settings.repo, champion_branch=config.run.champion_branch, can_write=can_write,
                             driver=driver)
-    return create_app(settings, dispatcher, store, on_start=driver.advance_all if driver is not None else None)
+    return create_app(settings, dispatcher, store, on_start=driver.advance_all if driver is not None else None,
+                      progress=driver.progress if driver is not None else None)
 
 
 def build_driver(config: Config, root: Path, forge, store, settings, mirror_path: Path | None = None,

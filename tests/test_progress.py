@@ -1,0 +1,100 @@
+"""Progress you can watch: `arbot status` (stale rate, trajectory, a running campaign's workers) and `arbot plot`,
+on a scripted campaign with two experiments in flight."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import git
+import matplotlib.image
+import pytest
+
+from bot.config import load_config
+from bot.executors.pool import LocalPool
+from bot.forges.local import LocalForge
+from bot.loop import Loop
+from bot.policy import make_policy
+from bot.progress import champion_steps, live, stale_rate, trajectory
+from bot.records import DEFAULT_METRIC
+from tests.scripted import ScriptedProposer, Variant, make_world
+from tests.test_local_pool import CountingRunner
+
+WORLD = {"win": Variant(effect=-0.3), "slow-meh": Variant(effect=-0.004), "worse": Variant(effect=0.2)}
+
+
+@pytest.fixture
+def campaign(tmp_path):
+    """exp-1 wins while exp-2 is in flight; exp-2 is measured again as exp-3; then exp-4 is a loss."""
+    repo = make_world(tmp_path / "w", {"policy": {"rule": "noise_aware"}})
+    config = load_config(tmp_path / "w" / "arbot.yml")
+    forge = LocalForge(repo)
+    forge.ensure_champion()
+    pool = LocalPool(lambda target, gpus: CountingRunner(git.Repo(repo.working_dir), WORLD, delay=0.2),
+                     config.target, 2)
+    status = tmp_path / "status.json"
+    loop = Loop(forge, None, ScriptedProposer("win", "slow-meh", "worse"), make_policy(config.policy),
+                config.target, executor=pool, status_file=status)
+    try:
+        loop.measure_champion()
+        loop.campaign(limit=3)
+    finally:
+        pool.close()
+    return repo, forge, status
+
+
+def arbot(repo, *args):
+    return subprocess.run([sys.executable, "-m", "bot", *args, "--repo", repo.working_tree_dir],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "300"})
+
+
+def test_status_shows_the_stale_rate_and_the_champions_trajectory(campaign):
+    repo, forge, _ = campaign
+    rate, stale, decided = stale_rate(forge.experiments())
+    assert (stale, decided) == (1, 4) and rate == 0.25
+    out = arbot(repo, "status").stdout
+    assert "stale rate: 25% (1 of 4 decided experiments measured again" in out
+    steps = champion_steps(forge.champion_log())
+    assert [e for e, _ in steps] == ["start", "exp-1"] and float(steps[1][1]) < float(steps[0][1])
+    assert f"champion trajectory (val_bpb, one step per merged win): {steps[0][1]} -> {steps[1][1]}" in out
+    assert "no `arbot run` is running on this repository" in out
+
+
+def test_a_running_campaign_shows_its_workers_queue_and_rate(campaign, tmp_path):
+    repo, _, status = campaign
+    state = json.loads(status.read_text())  # written while it ran
+    assert state["in_flight"] == 2 and state["runs_made"] > 0 and state["pid"] == os.getpid()
+    assert live(status) is not None  # this process wrote it and still runs
+    mine = repo.git_dir + "/arbot-status.json"
+    with open(mine, "w") as f:  # as `arbot run` would, mid-campaign
+        json.dump({**state, "busy": {"worker 1": "exp-9:abc:seed-0:val", "worker 2": "champion:def:seed-3:val"},
+                   "queued": 3}, f)
+    out = arbot(repo, "status").stdout
+    assert "worker 1: exp-9:abc:seed-0:val, worker 2: champion:def:seed-3:val; queued runs: 3" in out
+    dead = {**state, "pid": 2**22 + 12345}  # a campaign whose process is gone is not running
+    with open(mine, "w") as f:
+        json.dump(dead, f)
+    assert "no `arbot run` is running" in arbot(repo, "status").stdout
+
+
+def test_plot_writes_the_trajectory_as_an_image(campaign, tmp_path):
+    repo, forge, _ = campaign
+    points = trajectory(forge.experiments(), {sha: forge.champion_record(sha) for sha in
+                                              {r.parent for r in forge.experiments()}}, DEFAULT_METRIC)
+    assert [(p.experiment, p.verdict, p.merged) for p in points] == [
+        ("exp-1", "win", True), ("exp-2", "rejected", False), ("exp-3", "loss", False), ("exp-4", "loss", False)]
+    assert points[0].value < points[0].champion and points[0].noise > 0
+    assert points[2].champion == pytest.approx(points[0].value)  # measured on the new champion, the win's runs
+    out = tmp_path / "plots" / "trajectory.png"
+    result = arbot(repo, "plot", "--out", str(out))
+    assert result.returncode == 0, result.stdout + result.stderr
+    image = matplotlib.image.imread(out)
+    assert image.shape[0] > 300 and image.shape[1] > 600 and image.std() > 0  # a real, non-blank picture
+
+
+def test_plot_before_any_experiment_says_what_to_do(tmp_path):
+    repo = make_world(tmp_path / "w", {})
+    result = arbot(repo, "plot")
+    assert result.returncode == 2 and "no decided experiment yet: `arbot run` first" in result.stdout
