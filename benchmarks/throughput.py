@@ -1,0 +1,91 @@
+"""Throughput: experiments decided per hour by `arbot run` with 1 and 2 local workers, and with the Slurm executor.
+
+    python benchmarks/throughput.py [--experiments 6] [--budget 5] [--executors local:1,local:2,slurm:2] [--json]
+
+Each configuration gets a fresh clone of this checkout's committed HEAD (the built-in target, the search proposer
+with the same seed), one training thread per worker (target.threads: 1), and runs `arbot run -n N` as a user
+would (a subprocess); its wall time from start to end (the champion's noise floor included) and its records give
+the rate. An experiment closed as stale (measured again because a win moved the champion while it was in flight)
+is not counted as decided: its fresh copy is. The stale rate is reported beside. The machine should be idle:
+the rate is what the cores give. `slurm:N` needs a running cluster (scripts/slurm-up.sh) and submits N jobs at
+once, one core each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def clone(dest: Path, executor: str, workers: int, experiments: int, budget: float) -> None:
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(dest)], check=True)
+    config = yaml.safe_load((dest / "arbot.yml").read_text()) or {}
+    config.setdefault("target", {}).update({"threads": 1, "budget_seconds": budget})
+    config.setdefault("run", {}).update({"experiments": experiments, "executor": executor, "workers": workers})
+    if executor == "slurm":
+        config["slurm"] = {"max_jobs": workers, "cpus_per_task": 1}
+    (dest / "arbot.yml").write_text(yaml.safe_dump(config))
+    subprocess.run(["git", "-C", str(dest), "commit", "-qam", "benchmark settings"], check=True,
+                   env={"GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "b@x", "GIT_COMMITTER_NAME": "bench",
+                        "GIT_COMMITTER_EMAIL": "b@x", "PATH": "/usr/bin:/bin"})
+
+
+def measure(executor: str, workers: int, experiments: int, budget: float) -> dict:
+    import git
+
+    from bot.forges.local import LocalForge
+    from bot.progress import stale_rate
+
+    with tempfile.TemporaryDirectory(prefix="arbot-throughput-") as tmp:
+        repo = Path(tmp) / "repo"
+        clone(repo, executor, workers, experiments, budget)
+        start = time.monotonic()
+        done = subprocess.run([sys.executable, "-m", "bot", "run", "--repo", str(repo)], capture_output=True, text=True)
+        seconds = time.monotonic() - start
+        if done.returncode != 0:
+            raise SystemExit(f"{executor}:{workers} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+        recs = LocalForge(git.Repo(repo)).experiments()
+        rate, stale, decided = stale_rate(recs)
+        runs = sum(len(r.runs) for r in recs)
+        return {"executor": executor, "workers": workers, "seconds": round(seconds, 1),
+                "decided": decided - stale, "stale": stale, "stale_rate": round(rate or 0.0, 3), "runs": runs,
+                "wins": sum(bool(r.merged_as) for r in recs),
+                "experiments_per_hour": round((decided - stale) / seconds * 3600, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--experiments", type=int, default=6)
+    parser.add_argument("--budget", type=float, default=5.0, help="training seconds per run")
+    parser.add_argument("--executors", default="local:1,local:2,slurm:2", help="executor:workers, comma-separated")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    rows = []
+    for item in args.executors.split(","):
+        executor, workers = item.split(":")
+        rows.append(measure(executor, int(workers), args.experiments, args.budget))
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    base = next((r["experiments_per_hour"] for r in rows if (r["executor"], r["workers"]) == ("local", 1)), None)
+    for r in rows:
+        r["speedup_vs_1_worker"] = round(r["experiments_per_hour"] / base, 2) if base else None
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    print(f"{'executor':<8} {'workers':>7} {'seconds':>8} {'decided':>7} {'stale':>6} {'runs':>5} {'exp/hour':>9} {'speedup':>8}")
+    for r in rows:
+        print(f"{r['executor']:<8} {r['workers']:>7} {r['seconds']:>8} {r['decided']:>7} {r['stale_rate']:>6.0%} "
+              f"{r['runs']:>5} {r['experiments_per_hour']:>9} {r['speedup_vs_1_worker'] or '':>8}")
+
+
+if __name__ == "__main__":
+    main()
