@@ -6,20 +6,25 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from bot.config import load_config
-from bot.executors import Finished, Lost
-from bot.executors.slurm import Slurm, run_dir_name
-from bot.records import RunSpec
+from bot.executors.slurm import Slurm
+from bot.forges.local import LocalForge
+from bot.knobs import set_knobs
+from bot.loop import Loop
+from bot.policy import make_policy
 
 from .conftest import make_repo, tiny_config
+from .test_loop import SLOW_LR, ScriptedProposer, after_knobs, script_edit
 
 pytestmark = pytest.mark.slow
 SETUP = "run scripts/slurm-up.sh (as root) to start a single-node cluster on this machine"
+HOST = socket.gethostname().split(".")[0]  # the node's name (slurmd's: hostname -s)
 
 
 def require_cluster() -> None:
@@ -29,38 +34,67 @@ def require_cluster() -> None:
     ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True)
     if ping.returncode != 0 or "UP" not in ping.stdout:
         pytest.fail(f"no Slurm controller answers (scontrol ping: {(ping.stdout + ping.stderr).strip()}): {SETUP}")
-    nodes = subprocess.run(["sinfo", "-h", "-o", "%n %T"], capture_output=True, text=True).stdout.split("\n")
-    if not any(line.split()[1:2] and line.split()[1].rstrip("*") in ("idle", "mixed", "allocated")
-               for line in nodes):
-        pytest.fail(f"the Slurm cluster has no node that can run jobs (sinfo: {nodes}): {SETUP}")
+    states = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True).stdout.split()
+    if not {"idle", "mixed", "allocated"} & set(states):
+        pytest.fail(f"the Slurm cluster has no node that can run jobs (sinfo states: {states}): {SETUP}")
 
 
-def test_real_jobs_finish_with_job_and_node_and_a_job_cancelled_from_outside_is_lost(tmp_path):
-    require_cluster()
-    repo = make_repo(tmp_path / "r", tiny_config(slurm={"poll_seconds": 0.5}))
-    root = Path(repo.working_tree_dir)
-    ex = Slurm(root, load_config(root / "arbot.yml"))
-    sha = repo.head.commit.hexsha
-    kept = ex.submit(RunSpec(role="champion", commit=sha, champion=sha, seed=0), None)
-    doomed = ex.submit(RunSpec(role="champion", commit=sha, champion=sha, seed=1), None)
-    started = ex.work / run_dir_name(doomed.key) / f"{doomed.run_id}.node"  # written first thing by the job
-    deadline = time.monotonic() + 60
-    while not started.exists() and time.monotonic() < deadline:
+def cancel_first_job_of(work: Path, run_prefix: str, cancelled: list[int], stop: threading.Event) -> None:
+    """From outside, as an operator (or a preemption) would: scancel the first job of the run whose directory
+    starts with `run_prefix`, once it has started (its node file is written first thing)."""
+    while not stop.is_set():
+        started = sorted(work.glob(f"{run_prefix}*/*.node"))
+        if started:
+            job_id = int(started[0].stem)
+            subprocess.run(["scancel", str(job_id)], check=True)
+            cancelled.append(job_id)
+            return
         time.sleep(0.2)
-    assert started.exists(), f"job {doomed.run_id} did not start within 60 s"
-    subprocess.run(["scancel", str(doomed.run_id)], check=True)  # from outside, as an operator or preemption would
 
-    outcomes = {}
-    deadline = time.monotonic() + 300
-    while len(outcomes) < 2 and time.monotonic() < deadline:
-        outcomes.update({o.spec.key: o for o in ex.poll(5)})
-    assert len(outcomes) == 2, f"only {list(outcomes)} ended within 300 s"
-    finished, lost = outcomes[kept.key], outcomes[doomed.key]
-    assert isinstance(finished, Finished), finished
-    assert finished.result.ok, finished.result.reason + finished.result.log_tail
-    assert finished.result.job == f"slurm {kept.run_id}" and finished.result.node == socket.gethostname().split(".")[0]
-    assert finished.result.metrics["val_bpb"] > 0 and finished.result.seed == 0
-    assert isinstance(lost, Lost), lost
-    assert lost.job == f"slurm {doomed.run_id}" and "ended CANCELLED" in lost.reason
-    # the attempt's files stay on the shared filesystem: its log, and no result
-    assert not list(ex.work.glob(f"*/{doomed.run_id}.json")) and list(ex.work.glob(f"*/{doomed.run_id}.log"))
+
+def test_a_campaign_runs_through_slurm_and_a_job_cancelled_from_outside_is_recorded_and_made_again(tmp_path):
+    require_cluster()
+    cfg = tiny_config(target={"holdout_max_gap": None}, run={"executor": "slurm"},
+                      slurm={"max_jobs": 2, "poll_seconds": 0.5})
+    repo = make_repo(tmp_path / "r", cfg, script_edit=SLOW_LR)
+    root = Path(repo.working_tree_dir)
+    config = load_config(root / "arbot.yml")
+    forge = LocalForge(repo)
+    forge.ensure_champion()
+    start = forge.champion()
+    proposer = ScriptedProposer(  # cheap on purpose: one real win, the rest end before or early in training
+        ("Raise LEARNING_RATE to 3e-3", script_edit(lambda s: set_knobs(s, {"LEARNING_RATE": 3e-3}))),
+        ("Edit the evaluator", lambda files: {**files, "evaluator/score.py": "BROKEN = True\n"}),
+        ("Crash on purpose", script_edit(after_knobs("raise RuntimeError('boom: candidate crashed')"))),
+        ("Add a file outside the allowed paths", lambda files: {**files, "notes.txt": "hello\n"}),
+    )
+    executor = Slurm(root, config)
+    loop = Loop(forge, None, proposer, make_policy(config.policy), config.target, metric=config.metric,
+                executor=executor)
+    cancelled: list[int] = []
+    stop = threading.Event()
+    canceller = threading.Thread(target=cancel_first_job_of, args=(executor.work, "exp-1_", cancelled, stop))
+    canceller.start()
+    try:
+        done = {rec.id: rec for rec in loop.campaign(4)}
+    finally:
+        stop.set()
+        canceller.join()
+        executor.close()
+
+    assert [done[e].decision.verdict for e in ("exp-1", "exp-2", "exp-3", "exp-4")] == \
+        ["win", "rejected", "crash", "rejected"]
+    win = done["exp-1"]
+    assert forge.champion() == win.merged_as and repo.commit(win.merged_as).parents[0].hexsha == start
+    # the cancelled job is on the record, with Slurm's word for it; the run was made again and counted once
+    [lost] = win.lost
+    assert cancelled and lost.job == f"slurm {cancelled[0]}" and "ended CANCELLED" in lost.reason
+    assert lost.key.startswith("exp-1:") and lost.node == HOST
+    [run] = win.runs
+    assert run.ok and run.job.startswith("slurm ") and run.job != lost.job and run.node == HOST
+    assert not win.pending
+    # every run of the campaign, champions' included, was a Slurm job on this node
+    runs = [r for rec in done.values() for r in rec.runs] + \
+        [r for sha in (start, win.merged_as) for r in forge.champion_record(sha).runs]
+    assert len(runs) >= 5 and all(r.job.startswith("slurm ") and r.node == HOST for r in runs)
+    assert "boom: candidate crashed" in done["exp-3"].runs[0].log_tail
