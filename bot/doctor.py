@@ -161,7 +161,7 @@ def check_champion(repo: git.Repo, config: Config, dirty: list[str]) -> Check:
     return ok("champion", f"no {branch} branch yet: the first `arbot run` creates it from HEAD ({sha[:7]})")
 
 
-def check_uncommitted(config: Config, dirty: list[str], created: bool) -> Check:
+def check_uncommitted(config: Config, dirty: list[str], champion_exists: bool) -> Check:
     """Changes to what runs use (the training script's directory, the allowed paths, the evaluator) that are not
     committed: arbot trains and scores committed files only, so these are in no run."""
     script_dir = str(PurePosixPath(config.target.script).parent)
@@ -170,10 +170,12 @@ def check_uncommitted(config: Config, dirty: list[str], created: bool) -> Check:
             or any(fnmatchcase(p, pattern) for pattern in config.target.allowed_paths)]
     if not used:
         return ok("uncommitted changes", "none to the training code or the evaluator")
-    where = f"the {config.run.champion_branch} branch" if created else "HEAD, from which the first run creates " \
-        f"{config.run.champion_branch}"
-    return warn("uncommitted changes", f"{listed(used)}: runs use the committed files of {where}, not these",
-                "commit them (or discard them) before `arbot run`")
+    branch = config.run.champion_branch
+    if champion_exists:
+        return warn("uncommitted changes", f"{listed(used)}: runs use the committed files of the {branch} branch, "
+                    "not these", f"commit them and bring them into {branch} (or discard them)")
+    return warn("uncommitted changes", f"{listed(used)}: runs use the committed files of HEAD, from which the first "
+                f"run creates {branch}, not these", "commit them (or discard them) before `arbot run`")
 
 
 # --- what the runs use --------------------------------------------------------------------------------------

@@ -176,6 +176,9 @@ def test_uncommitted_training_code_or_evaluator_is_a_warning_naming_them(ready):
     assert check.detail == ("evaluator/extra.py, train/model.py, train/train.py: runs use the committed files of HEAD, "
                             "from which the first run creates champion, not these")
     assert check.fix == "commit them (or discard them) before `arbot run`"
+    moved = check_uncommitted(config, uncommitted(ready), True)  # champion exists: it is what runs use
+    assert moved.status == WARN and "runs use the committed files of the champion branch" in moved.detail
+    assert moved.fix == "commit them and bring them into champion (or discard them)"
 
 
 # --- the training script and the allowed paths --------------------------------------------------------------
