@@ -549,6 +549,39 @@ def test_an_experiment_measured_on_an_old_champion_is_closed_and_opened_again(gh
     assert [x["inputs"]["champion"] for x in fake.dispatches] == [start, moved, moved]
 
 
+def test_two_runners_two_experiments_in_flight_one_wins_the_other_is_measured_again(gh):
+    """Two GPU runners: both experiments' runs are dispatched at once (the champion's shared); exp-1's runner
+    reports first and it wins; exp-2's result, measured on the old champion, does not count: it is closed as stale
+    and its change measured again on the new champion."""
+    fake = gh.fake
+    start = fake.ref("champion")
+    d = gh.driver("win", "worse", max_in_flight=2)
+    d.fill()
+    assert [x["inputs"]["request"].split(":")[0] for x in fake.dispatches] == ["champion"]  # one for both
+    gh.play()
+    d.advance_all()
+    dispatched = {x["inputs"]["request"].split(":")[0]: x for x in fake.dispatches}
+    assert sorted(dispatched) == ["champion", "exp-1", "exp-2"]  # both experiments' runs in flight together
+    gh.workflow(dispatched["exp-1"])  # the first runner reports; exp-2's is still training
+    d.advance_all()
+    exp1 = next(r for r in d.lf.experiments() if r.id == "exp-1")
+    assert exp1.merged_as and fake.prs[1].merged and fake.ref("champion") != start
+    gh.workflow(dispatched["exp-2"])  # the second runner reports: measured on the old champion
+    gh.played = len(fake.dispatches)
+    gh.auto()
+    gh.settle(d)
+    stale, fresh = (next(r for r in d.lf.experiments() if r.id == i) for i in ("exp-2", "exp-3"))
+    assert (stale.decision.rule, stale.decision.reason) == ("stale", (
+        f"champion moved from {start[:12]} to {exp1.merged_as[:12]} before this was merged; measured again as exp-3"))
+    assert fake.prs[2].state == "closed" and not fake.prs[2].merged
+    assert fresh.parent == exp1.merged_as and fresh.proposal.hypothesis == "worse"  # the change, on the new champion
+    assert "# arbot-test: win\n" in fresh.proposal.files[SCRIPT] and "# arbot-test: worse\n" in fresh.proposal.files[SCRIPT]
+    assert (fresh.decision.verdict, fake.prs[3].state) == ("loss", "closed")
+    requests = [x["inputs"]["request"] for x in fake.dispatches]
+    assert len(requests) == len(set(requests)) == 4  # champion, exp-1, exp-2, exp-3: none twice
+    assert [r.seed for r in d.lf.champion_record(start).runs] == [0]
+
+
 # --- proposing: pause, budget, max_in_flight, the review hold -----------------------------------------------------
 def test_pause_budget_and_max_in_flight(gh):
     fake = gh.fake
