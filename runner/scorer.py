@@ -33,6 +33,7 @@ from runner.tempdirs import OwnedTempDir
 SCRATCH_BYTES = 256 << 20  # the sandboxed worker's private tmpfs (HOME, TMPDIR)
 MAX_ANSWER_BYTES = 1 << 20  # one answer line; a longer one is a broken worker
 STDERR_TAIL_BYTES = 64 << 10
+ANSWER_STATUSES = ("ok", "invalid", "error")  # a score answer's status (runner/schemas/score-answer.schema.json)
 
 
 class WorkerDied(RuntimeError):
@@ -140,7 +141,7 @@ class EvaluatorWorker:
             self.proc = None
             tail = self._stderr_tail()
             raise WorkerDied(f"the evaluator process died while scoring this model (exit {code}){': ' + tail if tail else ''}")
-        return json.loads(line)
+        return score_answer(line)
 
     def _readline(self, until: float | None) -> bytes:
         """One answer line from the worker; b"" or a partial line when it ended; TimeoutError past `until`."""
@@ -181,6 +182,21 @@ class EvaluatorWorker:
 
     def close(self) -> None:
         self._finalizer()
+
+
+def score_answer(line: bytes) -> dict:
+    """The worker's answer line as a dict with a status of the protocol; any other line is the evaluator's own
+    failure (status error: a setup error, never the candidate's)."""
+    try:
+        answer = json.loads(line)
+    except ValueError:
+        answer = None
+    if (not isinstance(answer, dict) or answer.get("status") not in ANSWER_STATUSES
+            or not isinstance(answer.setdefault("reason", ""), str)):
+        text = line.decode("utf-8", "replace").strip()[:300]
+        return {"status": "error", "reason": f"the evaluator answered a line that is not a score answer of the protocol "
+                                             f"(docs/evaluator.md#score; print nothing else on stdout): {text!r}"}
+    return answer
 
 
 def _kill(proc: subprocess.Popen) -> None:

@@ -106,6 +106,20 @@ def test_the_runners_score_request_is_the_schemas(tmp_path):
     assert request == {"model": str(tmp_path / "weights.npz"), "splits": ["val", "holdout"], "device": "cpu"}
 
 
+@pytest.mark.parametrize("printed", ["loading the model...", '["ok"]', '{"status": "fine"}'])
+def test_an_answer_line_outside_the_protocol_is_the_evaluators_failure(tmp_path, printed):
+    """Not the candidate's: the runner stops with a setup error (status error) instead of charging the model."""
+    worker = EvaluatorWorker("c" * 40, tmp_path / "cache", threads=1)
+    (worker.dir / "evaluator").mkdir()
+    (worker.dir / "evaluator/__main__.py").write_text(f"import sys\nfor line in sys.stdin:\n    print({printed!r}, flush=True)\n")
+    try:
+        answer = worker.score(tmp_path / "model.pt2", ("val",), "cpu", deadline=60)
+    finally:
+        worker.close()
+    assert answer["status"] == "error" and "not a score answer of the protocol (docs/evaluator.md#score" in answer["reason"]
+    assert printed in answer["reason"]
+
+
 @pytest.mark.parametrize("name, answer, complaint", [
     ("protocol-answer", {"protocol": "1"}, "is not of type 'integer'"),
     ("protocol-answer", {"version": 1}, "'protocol' is a required property"),
