@@ -7,7 +7,7 @@
 #
 # The cluster: one node named after `hostname -s` with this machine's CPUs and memory (as `slurmd -C` sees them),
 # daemons running as root, no cgroups (ProctrackType=proctrack/linuxproc, TaskPlugin=task/none, no cgroup.conf),
-# no accounting database (so no sacct: the executor asks `scontrol show job`), a generated munge key.
+# no accounting database (so no sacct: the executor asks squeue), a generated munge key.
 set -euo pipefail
 
 CONF=/etc/slurm/slurm.conf
