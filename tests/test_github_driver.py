@@ -564,16 +564,19 @@ def test_two_runners_two_experiments_in_flight_one_wins_the_other_is_measured_ag
     assert sorted(dispatched) == ["champion", "exp-1", "exp-2"]  # both experiments' runs in flight together
     gh.workflow(dispatched["exp-1"])  # the first runner reports; exp-2's is still training
     d.advance_all()
-    exp1 = next(r for r in d.lf.experiments() if r.id == "exp-1")
-    assert exp1.merged_as and fake.prs[1].merged and fake.ref("champion") != start
-    gh.workflow(dispatched["exp-2"])  # the second runner reports: measured on the old champion
-    gh.played = len(fake.dispatches)
-    gh.auto()
-    gh.settle(d)
-    stale, fresh = (next(r for r in d.lf.experiments() if r.id == i) for i in ("exp-2", "exp-3"))
+    exp1, stale, fresh = (next(r for r in d.lf.experiments() if r.id == i) for i in ("exp-1", "exp-2", "exp-3"))
+    assert exp1.merged_as and fake.prs[1].merged and fake.ref("champion") == exp1.merged_as
+    # exp-2 is closed at once: what its runner will report was measured on the old champion
     assert (stale.decision.rule, stale.decision.reason) == ("stale", (
         f"champion moved from {start[:12]} to {exp1.merged_as[:12]} before this was merged; measured again as exp-3"))
-    assert fake.prs[2].state == "closed" and not fake.prs[2].merged
+    assert fake.prs[2].state == "closed" and not fake.prs[2].merged and not stale.pending
+    gh.workflow(dispatched["exp-2"])  # the second runner reports late: it counts for nothing
+    gh.played = 3
+    gh.auto()
+    gh.play()
+    gh.settle(d)
+    stale, fresh = (next(r for r in d.lf.experiments() if r.id == i) for i in ("exp-2", "exp-3"))
+    assert stale.runs == [] and stale.decision.rule == "stale"
     assert fresh.parent == exp1.merged_as and fresh.proposal.hypothesis == "worse"  # the change, on the new champion
     assert "# arbot-test: win\n" in fresh.proposal.files[SCRIPT] and "# arbot-test: worse\n" in fresh.proposal.files[SCRIPT]
     assert (fresh.decision.verdict, fake.prs[3].state) == ("loss", "closed")
