@@ -24,7 +24,7 @@ from runner.guard import changed_paths, forbidden_paths
 from runner.inspect import Shingles, data_overlap, inspect_change
 from runner.limits import Limits, default_memory_bytes, disk_usage
 from runner.process import ProcessOutcome, ProgressCallback, run_untrusted, scrubbed_env
-from runner.protocol import ProtocolError, check_metric, check_score, handshake
+from runner.protocol import ProtocolError, check_metric, check_prepared, check_score, handshake, last_json_line
 from runner.result import RunResult
 from runner.scorer import EvaluatorWorker, ScoreTimeout, WorkerDied
 from runner.sandbox import Sandbox, SandboxUnavailable, resolve
@@ -363,10 +363,12 @@ class Runner:
             proc = subprocess.run([sys.executable, "-m", "evaluator", "prepare", "--cache", str(self.cache)],
                                   cwd=evaluator_dir, env={**scrubbed_env(evaluator_dir, self.target.threads, self.devices), **key},
                                   capture_output=True, text=True)
-            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-            if proc.returncode != 0 or not lines:
+            if proc.returncode != 0:
                 raise EvaluatorError(f"evaluator prepare failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}")
-            self._splits[champion] = json.loads(lines[-1])
+            try:
+                self._splits[champion] = check_prepared(last_json_line(proc.stdout))
+            except ProtocolError as e:
+                raise EvaluatorError(f"the evaluator/ of champion {champion[:12]}: {e}") from e
         return self._splits[champion]
 
     def _check_protocol(self, champion: str, evaluator_dir: Path) -> None:

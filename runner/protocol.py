@@ -16,6 +16,7 @@ PROTOCOL_VERSION = 1
 HANDSHAKE_SECONDS = 60.0  # the protocol command does no work: a minute is a hung evaluator
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 DOCS = "docs/evaluator.md"
+PREPARED_KEYS = ("split_id", "train", "val", "holdout", "fingerprint", "split_key")  # what prepare answers
 
 
 class ProtocolError(RuntimeError):
@@ -60,6 +61,18 @@ def check_metric(answer: dict, metric: str, direction: str) -> None:
     if said != {"metric": metric, "direction": direction}:
         raise ProtocolError(f"the evaluator reports {said['metric']} ({said['direction']}), but arbot.yml says "
                             f"evaluator.metric: {metric}, evaluator.direction: {direction}: make them agree")
+
+
+def check_prepared(answer: object) -> dict:
+    """prepare's answer when it names the splits and the fingerprint (runner/schemas/prepare-answer), else
+    ProtocolError naming what is missing."""
+    if not isinstance(answer, dict):
+        raise ProtocolError(f"prepare printed no JSON object on its last line starting with '{{' (see {DOCS}#prepare)")
+    missing = [key for key in PREPARED_KEYS if not isinstance(answer.get(key), str) or not answer[key]]
+    if missing:
+        raise ProtocolError(f"prepare answered without {', '.join(missing)} (it answered {', '.join(sorted(answer))}; "
+                            f"see {DOCS}#prepare)")
+    return answer
 
 
 def check_score(answer: dict, splits: tuple[str, ...], metric: str) -> None:

@@ -21,7 +21,8 @@ from runner import protocol
 from runner.config import EvaluatorConfig, TargetConfig
 from runner.job import EvaluatorError, Runner
 from runner.process import scrubbed_env
-from runner.protocol import PROTOCOL_VERSION, ProtocolError, check_metric, check_score, handshake, schema
+from runner.protocol import (PROTOCOL_VERSION, ProtocolError, check_metric, check_prepared, check_score, handshake,
+                             schema)
 from runner.scorer import EvaluatorWorker
 
 from evaluator import data
@@ -194,6 +195,10 @@ def test_the_metric_and_the_score_answer_are_checked_against_the_configuration()
         check_score({"status": "ok", "metrics": {"val_accuracy": 0.9}}, ("val", "holdout"), "accuracy")
     with pytest.raises(ProtocolError, match="not finite numbers: val_accuracy"):
         check_score({"status": "ok", "metrics": {"val_accuracy": float("nan")}}, ("val",), "accuracy")
+    with pytest.raises(ProtocolError, match="prepare answered without holdout, fingerprint \\(it answered split_id, "):
+        check_prepared({"split_id": "x", "train": "/t", "val": "/v", "split_key": "none"})
+    with pytest.raises(ProtocolError, match="prepare printed no JSON object"):
+        check_prepared(None)
 
 
 # --- the runner: the handshake, a configured artifact, the training contract ---------------------------------------
