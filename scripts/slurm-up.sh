@@ -16,6 +16,8 @@ RUN=/run/arbot-slurm                         # pid files of the daemons started 
 LOGS=/var/log/slurm
 WAIT_SECONDS=60
 
+fail() { echo "slurm-up: $*" >&2; exit 2; }  # a wrong invocation: nothing was started, no logs to show
+
 die() {
     echo "slurm-up: $*" >&2
     for log in "$LOGS/slurmctld.log" "$LOGS/slurmd.log"; do
@@ -38,11 +40,11 @@ stop() {
     done
 }
 
-[ "$(id -u)" = 0 ] || die "must run as root (it installs packages, writes /etc/slurm and starts daemons): sudo $0 $*"
+[ "$(id -u)" = 0 ] || fail "must run as root (it installs packages, writes /etc/slurm and starts daemons): sudo $0 $*"
 case "${1:-}" in
     --stop) stop; exit 0 ;;
     "") ;;
-    *) die "unknown argument '$1'; usage: $0 [--stop]" ;;
+    *) fail "unknown argument '$1'; usage: $0 [--stop]" ;;
 esac
 
 install() {
