@@ -133,7 +133,7 @@ def test_what_the_sandboxed_worker_sees(research_repo, tmp_path, box, monkeypatc
     probe = f"""
 import json, os, socket, sys
 sys.stdin.readline()
-seen = {{"uid": os.getuid(), "pids": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
+seen = {{"status": "ok", "uid": os.getuid(), "pids": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
         "environ": os.environ.get("ARBOT_FAKE_SECRET", ""), "exists": {{}}, "writable": {{}}}}
 for p in {[str(research_repo.working_tree_dir), str(sources), str(tmp_path), "/home", "/root/.ssh"]!r}:
     seen["exists"][p] = os.path.exists(p)
