@@ -27,7 +27,7 @@ import numpy as np
 DEPTH = 1               # hidden layers
 HIDDEN = 64             # width of each hidden layer
 BATCH_SIZE = 32         # samples per optimizer step
-LEARNING_RATE = 1e-4    # peak Adam learning rate (conservative: the demo budget wants more)
+LEARNING_RATE = 3e-5    # peak Adam learning rate (conservative: the demo budget wants more)
 WEIGHT_DECAY = 1e-4     # decoupled weight decay on the weight matrices (not on biases)
 BETA1 = 0.9             # Adam beta1
 BETA2 = 0.999           # Adam beta2
