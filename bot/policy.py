@@ -8,7 +8,7 @@ Two rules are provided:
 * `MarginPolicy` - the simple rule. The candidate wins when its mean beats the champion's mean by more
   than `margin`. With `margin=0` and one run each this is autoresearch's greedy "keep if better".
 * `NoiseAwarePolicy` - the default. It estimates the noise floor from the champion's repeated runs,
-  screens a candidate on one run, and confirms a promising one with a group-sequential one-sided
+  screens a candidate on one run (most proposals cost that one run), and confirms a promising one with a group-sequential one-sided
   t-test (alpha spending over looks), so clear cases stop early and noise is rarely promoted.
 
 The loop calls `decide(Evidence)` repeatedly; the policy answers `more_runs` (asking for more candidate
@@ -57,10 +57,9 @@ class PolicyConfig(BaseModel, extra="forbid"):
         ge=0.0,
         description="Minimum effect size in metric units: the test is against 'improvement <= min_effect', and the mean improvement must exceed it.",
     )
-    screen_sigmas: float = Field(
-        0.0,
-        ge=0.0,
-        description="A first candidate run worse than the champion mean by more than this many noise sigmas is discarded at once.",
+    screen_bar: float = Field(
+        1.0,
+        description="A first candidate run that does not beat the champion mean by more than this many noise sigmas is discarded at once (negative: a somewhat worse first run goes on).",
     )
     futility_sigmas: float = Field(
         1.0,
@@ -77,7 +76,12 @@ class PolicyConfig(BaseModel, extra="forbid"):
     match_champion_runs: int = Field(
         6,
         ge=2,
-        description="Champion runs requested up to min(candidate runs, this): pairs candidate seeds with champion seeds; champion runs are reused by later experiments.",
+        description="Cap on the champion runs a candidate asks for (up to its own runs + champion_lead); champion runs are reused by later experiments.",
+    )
+    champion_lead: int = Field(
+        1,
+        ge=0,
+        description="A promising candidate asks for champion runs up to its own run count + this (at most match_champion_runs): the champion's mean is compared against every candidate, so it is worth knowing better.",
     )
     test: TestKind = Field(
         "pooled",
@@ -94,6 +98,15 @@ class PolicyConfig(BaseModel, extra="forbid"):
     simplification_runs: int = Field(
         3, ge=2, description="Simplification: candidate runs needed before a no-worse simplification is promoted."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: object) -> object:
+        if isinstance(data, dict) and "screen_sigmas" in data:
+            raise ValueError(
+                "policy.screen_sigmas was replaced by policy.screen_bar, which counts the other way: the first run "
+                "must beat the champion mean by more than screen_bar noise sds (screen_sigmas: s is screen_bar: -s)")
+        return data
 
     @field_validator("alpha")
     @classmethod
@@ -252,9 +265,10 @@ class NoiseAwarePolicy:
 
     * Noise floor: the sample sd of the champion's runs (at least two are required), pooled with the
       candidate's residuals once the candidate has two or more runs.
-    * Screen (1 candidate run): worse than the champion mean by more than screen_sigmas * noise -> loss.
+    * Screen (1 candidate run): not better than the champion mean by more than screen_bar * noise -> loss.
       A single run never promotes.
-    * Confirm (n >= 2 candidate runs, champion runs matched up to `match_champion_runs` so seeds pair):
+    * Confirm (n >= 2 candidate runs; the champion is run up to the candidate's count + champion_lead, at most
+      `match_champion_runs`, so its mean, which every candidate is compared with, is known at least as well):
       one-sided t-test of H0 "improvement <= min_effect". The alpha available at look n is the increment
       of the spending function alpha * ((n-1)/(N-1))**power, N = max_candidate_runs; by Bonferroni over
       looks the overall false-promotion probability of a no-better candidate is <= alpha.
@@ -346,18 +360,18 @@ class NoiseAwarePolicy:
 
         def ask_next(reason: str, p: float | None = None) -> Decision:
             # one more candidate seed; champion runs up to the paired count (capped by match_champion_runs)
-            want_h = min(nc + 1, max(c.match_champion_runs, self.baseline_runs))
+            want_h = min(nc + 1 + c.champion_lead, max(c.match_champion_runs, self.baseline_runs))
             return _more(ev, "confirm", reason, cand=1, champ=max(0, want_h - nh), p_value=p, **stats)
 
         # --- screen: one run
         if nc == 1:
-            bar = c.screen_sigmas + (c.simplification_tolerance if simplification else 0.0)
-            if effect < -bar * sd_h:
+            bar = c.screen_bar - (c.simplification_tolerance if simplification else 0.0)
+            if effect <= bar * sd_h:
                 return final(
                     "loss",
                     "screen",
-                    f"First run {m} {ca:.4f} is worse than the champion mean {ch:.4f} by {-effect:.4g}, "
-                    f"more than {bar:g} x noise sd {sd_h:.4g}.",
+                    f"First run {m} {ca:.4f} against the champion mean {ch:.4f}: improvement {effect:.4g} is not more "
+                    f"than {bar:g} x noise sd {sd_h:.4g}.",
                 )
             return ask_next(
                 f"First run {m} {ca:.4f} vs champion {ch:.4f} (improvement {effect:.4g}, noise sd {sd_h:.4g}): promising, confirming."

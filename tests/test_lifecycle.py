@@ -5,7 +5,9 @@ on) with scripted run results, and the numbers are chosen so that the named rule
 
 The noise-aware policy below uses the defaults of PolicyConfig: baseline_runs 3, alpha 0.025 spent as
 alpha * ((n-1)/5)**2 over max_candidate_runs 6 (so 0.001 at look 2, 0.003 at look 3, 0.009 at look 6),
-screen_sigmas 0, futility_sigmas 1, pooled t-test, simplification within 0.5 sigma after 3 runs.
+screen_bar 1 (a first run must beat the champion mean by more than one sd), champion_lead 1 (a promising candidate
+asks for champion runs up to its own count + 1), futility_sigmas 1, pooled t-test, simplification within 0.5 sigma
+after 3 runs.
 The champion's val runs are 3.00, 3.02, 3.04: mean 3.02, sd 0.02.
 """
 
@@ -130,23 +132,27 @@ CASES = {
         lc.ChampionFails, says=("crash", "champion boom", CHAMP[:12])),
     # --- the candidate's runs
     "first candidate run: seed 0": Case(experiment(), champion(*FLOOR), lc.Run, specs=(spec(EXP, CAND, 0),)),
-    # 3.05 is 0.03 worse than the champion mean, more than screen_sigmas 0 x sd.
+    # 3.05 is 0.03 worse than the champion mean: not better by more than screen_bar 1 x sd.
     "screen loss": Case(experiment(cand_runs(3.05)), champion(*FLOOR), lc.Decide, verdict="loss", rule="screen",
                         review=None),
-    # 2.99 is promising at look 1: one more candidate seed; champion runs are matched up to 2 <= 3 made: none.
+    # 2.99 is 0.03 better, more than 1 sd (0.02): promising at look 1, one more candidate seed; champion runs up to
+    # 2 + champion_lead 1 <= 3 made: none.
     "promising first run: one more candidate seed": Case(
         experiment(cand_runs(2.99)), champion(*FLOOR), lc.Run, specs=(spec(EXP, CAND, 1),), says=("promising",)),
     # look 3: mean 3.00, effect 0.02, pooled se 0.0129, t 1.55, p ~ 0.1 > 0.003 and t >= futility 1: one more
-    # candidate seed and a 4th champion seed to match it. The champion's holdout run (seed 3) takes a seed too.
+    # candidate seed, and champion seeds up to 4 + champion_lead 1 = 5 runs. The champion's holdout run (seed 3)
+    # takes a seed too.
     "confirm: more candidate and champion runs, seeds after every run": Case(
         experiment(cand_runs(2.99, 3.01, 3.00)), champion(*FLOOR, extra=(champ_holdout(),)), lc.Run,
-        specs=(spec("champion", CHAMP, 4), spec(EXP, CAND, 3)), says=("not yet significant",)),
-    "confirm: the candidate run asked is pending, the champion's is not: only the champion's": Case(
+        specs=(spec("champion", CHAMP, 4), spec("champion", CHAMP, 5), spec(EXP, CAND, 3)),
+        says=("not yet significant",)),
+    "confirm: the candidate run asked is pending, the champion's are not: only the champion's": Case(
         experiment(cand_runs(2.99, 3.01, 3.00), pending=(spec(EXP, CAND, 3),)), champion(*FLOOR), lc.Run,
-        specs=(spec("champion", CHAMP, 3),)),
+        specs=(spec("champion", CHAMP, 3), spec("champion", CHAMP, 4))),
     "confirm: everything asked for is pending: wait": Case(
         experiment(cand_runs(2.99, 3.01, 3.00), pending=(spec(EXP, CAND, 3),)),
-        champion(*FLOOR, pending=(spec("champion", CHAMP, 3),)), lc.Wait, says=("2 runs in flight",)),
+        champion(*FLOOR, pending=(spec("champion", CHAMP, 3), spec("champion", CHAMP, 4))), lc.Wait,
+        says=("3 runs in flight",)),
     # look 2: mean 3.015, effect 0.005, se 0.0154: 0.33 standard errors < futility 1.
     "futility loss": Case(experiment(cand_runs(3.01, 3.02)), champion(*FLOOR), lc.Decide, verdict="loss",
                           rule="futility", review=None),

@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from bot.bench.policy_sim import METRICS, SimConfig, run_benchmark
+from bot.bench.policy_sim import METRICS, SCENARIOS, SimConfig, run_benchmark
 from runner.config import Direction
 
-HEADERS = {
+HEADERS = {  # the table's columns (the JSON has every metric of METRICS)
     "false_promotion_rate": "false promotions",
     "power": "power (>=2 sd)",
-    "runs_per_experiment": "runs / experiment",
+    "runs_per_experiment": "runs / exp.",
     "true_improvement": "true improvement (sd)",
+    "true_improvement_per_100_runs": "per 100 runs (sd)",
     "cost_per_confirmed_improvement": "runs / real win",
+    "keep_rate": "keep rate",
 }
+BASELINE_RULE = "greedy"  # the rule the others' improvement per 100 runs is compared with
 
 bench_app = typer.Typer(help="Benchmarks of arbot itself (promotion policy simulation).", no_args_is_help=True)
 
@@ -34,29 +38,44 @@ def _num(x: float) -> float | None:
 
 @bench_app.command("policy")
 def policy(
-    campaigns: int = typer.Option(200, min=1, help="Simulated research campaigns."),
-    experiments: int = typer.Option(50, min=1, help="Experiments (proposals) per campaign."),
+    campaigns: int = typer.Option(None, min=1, help="Simulated research campaigns per mix (default: 200 for the default mix, 80 for the others)."),
+    experiments: int = typer.Option(None, min=1, help="Experiments (proposals) per campaign (default: 50 for the default mix, 125 for the others)."),
     seed: int = typer.Option(0, help="Seed of the numpy Generators: same seed, same numbers."),
     sigma: float = typer.Option(1.0, min=1e-9, help="Noise sd of one run in metric units (0.04 mirrors the CPU target); results are in sigma units."),
     pair_correlation: float = typer.Option(0.0, min=0.0, max=0.99, help="Correlation of same-seed champion and candidate runs (0: conservative)."),
     direction: Direction = typer.Option(
         "minimize", help="minimize or maximize: how the rules are shown the metric (the results are the same)."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object {rule: {metric: value}}."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object: {rule: {metric: value}} for the default mix, and every mix under 'mixes'."),
 ) -> None:
-    """Compare promotion rules on simulated campaigns: arbot (noise-aware defaults), greedy (one run, keep if better), fixed_t (5 seeds each, Welch t)."""
-    sim = SimConfig(campaigns=campaigns, experiments=experiments, seed=seed, sigma=sigma,
-                    pair_correlation=pair_correlation, direction=direction)
-    results = run_benchmark(sim)
-    out = {rule: {k: _num(v[k]) for k in METRICS} for rule, v in results.items()}
+    """Compare promotion rules on simulated campaigns of three proposal mixes: arbot (noise-aware defaults), greedy
+    (autoresearch's loop: one run, keep if better, the kept run becomes the champion's value), fixed_t (5 seeds each, Welch t)."""
+    mixes = {}
+    for name, scenario in SCENARIOS.items():
+        sim = SimConfig.of(scenario, campaigns=campaigns, experiments=experiments, seed=seed, sigma=sigma,
+                           pair_correlation=pair_correlation, direction=direction)
+        results = run_benchmark(sim)
+        mixes[name] = {"about": scenario.about, "mix": asdict(sim.mix), "campaigns": sim.campaigns,
+                       "experiments": sim.experiments,
+                       "rules": {rule: {k: _num(v[k]) for k in METRICS} for rule, v in results.items()}}
     if as_json:
-        typer.echo(json.dumps(out))
+        typer.echo(json.dumps({**mixes["default"]["rules"], "mixes": mixes}))
         return
-    table = Table(
-        title=f"Promotion rules: {campaigns} campaigns x {experiments} experiments, seed {seed}, noise sd {sigma:g} (effects in sigma units)"
-    )
+    console = Console(width=max(130, Console().width))
+    for name, m in mixes.items():
+        console.print(_table(name, m, seed, sigma))
+
+
+def _table(name: str, m: dict, seed: int, sigma: float) -> Table:
+    mix = SCENARIOS[name].mix
+    table = Table(title=f"mix '{name}': {m['about']}\n{mix.describe()}; {m['campaigns']} campaigns x "
+                        f"{m['experiments']} experiments, seed {seed}, noise sd {sigma:g} (effects in sd units)")
     table.add_column("rule")
-    for k in METRICS:
+    for k in HEADERS:
         table.add_column(HEADERS[k], justify="right")
-    for rule, v in out.items():
-        table.add_row(rule, *("-" if v[k] is None else f"{v[k]:.3f}" for k in METRICS))
-    Console(width=max(120, Console().width)).print(table)
+    table.add_column(f"per 100 runs / {BASELINE_RULE}", justify="right")
+    base = m["rules"][BASELINE_RULE]["true_improvement_per_100_runs"]
+    for rule, v in m["rules"].items():
+        per100 = v["true_improvement_per_100_runs"]
+        ratio = "-" if per100 is None or not base or base <= 0 else f"{per100 / base:.2f}"
+        table.add_row(rule, *("-" if v[k] is None else f"{v[k]:.3f}" for k in HEADERS), ratio)
+    return table

@@ -3,11 +3,20 @@
 A synthetic target has a true metric value (lower is better inside the simulation; with `direction: maximize`
 the rules see it negated, as a metric to maximize, and must decide exactly the same). Each experiment proposes a
 change with a known true effect (improvement, in noise sigmas) drawn from a mix: most proposals do nothing or harm, a
-few help. A run measures true value + Gaussian noise of sd `sigma`. Runs with the same seed index share
-a seed component (correlation `pair_correlation`) for the same champion, as training runs with the same
-seed do. Every rule goes through the same loop driver: `baseline_runs` champion runs when a champion is
-created, then `decide` is asked, the requested runs are made, and so on until a final verdict. A
-promotion applies the candidate's true effect to the champion (a bad promotion hurts later campaigns).
+few help. A run measures true value + Gaussian noise of sd `sigma`; runs with the same seed share a seed component
+(correlation `pair_correlation`), as training runs with the same seed do.
+
+Every rule goes through the runs the lifecycle (`bot.lifecycle`) makes, counted the same way for each:
+- a new champion is run until it has the policy's `baseline_runs` val runs;
+- `decide` is asked, the requested champion and candidate runs are made, and so on until a final verdict; champion
+  runs stay with the champion and serve its later experiments;
+- a win, when the rule confirms on holdout (`Rules.holdout_max_gap` set), costs one candidate run scored on val and
+  holdout, plus one champion holdout run the first time (later champions inherit the winner's). The synthetic target
+  does not overfit val, so the check always passes; its runs are counted, never used in a mean;
+- the promoted candidate's val runs become the new champion's runs (`lifecycle.champion_after`), so a winner's luck
+  stays in the champion's measured value. With one run each and margin 0 this is autoresearch's greedy loop: the kept
+  run's single measurement becomes the value the next candidate must beat.
+A promotion applies the candidate's true effect to the champion (a bad promotion hurts the rest of the campaign).
 
 Everything is drawn from numpy Generators seeded from `seed`, so a benchmark is reproducible.
 """
@@ -15,10 +24,12 @@ Everything is drawn from numpy Generators seeded from `seed`, so a benchmark is 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+import statistics
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
+from bot.lifecycle import Rules
 from bot.policy import MarginPolicy, NoiseAwarePolicy, Policy, PolicyConfig, t_sf
 from bot.records import Decision, Evidence, oriented
 from runner.config import Direction
@@ -29,6 +40,9 @@ METRICS = (
     "runs_per_experiment",
     "true_improvement",
     "cost_per_confirmed_improvement",
+    "true_improvement_per_100_runs",
+    "keep_rate",
+    "median_kept_margin",
 )
 
 
@@ -49,6 +63,41 @@ class ProposalMix:
         win = rng.uniform(self.win_low, self.win_high, n)
         return np.where(u < self.null_share, 0.0, np.where(u < self.null_share + self.harmful_share, harm, win))
 
+    def describe(self) -> str:
+        return (f"{self.null_share:.0%} null, {self.harmful_share:.0%} harmful -|N(0, {self.harmful_scale:g})|, "
+                f"{1 - self.null_share - self.harmful_share:.0%} wins U({self.win_low:g}, {self.win_high:g}) sd")
+
+
+# autoresearch's published overnight run (docs/policy.md): about 125 experiments, 22 kept by greedy, half of the kept
+# improvements smaller than the seed-to-seed noise. The mix keeps the default's shape (null and harmful 60:25, wins
+# from 0.25 sd) and fits the two free numbers, the share of wins and their largest size, so that greedy, simulated,
+# keeps 22/125 and the median kept margin over the champion's value is about one noise sd
+# (tests/test_bench_policy.py checks the fit).
+AUTORESEARCH_WINS = 0.12
+AUTORESEARCH = ProposalMix(null_share=(1 - AUTORESEARCH_WINS) * 0.60 / 0.85,
+                           harmful_share=(1 - AUTORESEARCH_WINS) * 0.25 / 0.85, win_low=0.25, win_high=4.0)
+AUTORESEARCH_EXPERIMENTS = 125
+AUTORESEARCH_KEEP_RATE = 22 / 125
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A mix, and the campaigns it is measured over (each scenario simulates about 10,000 experiments)."""
+
+    mix: ProposalMix
+    experiments: int
+    campaigns: int
+    about: str
+
+
+SCENARIOS = {
+    "default": Scenario(ProposalMix(), 50, 200, "the default mix"),
+    "small": Scenario(ProposalMix(win_low=0.25, win_high=1.0), AUTORESEARCH_EXPERIMENTS, 80,
+                      "small effects: the default mix with wins of 0.25-1 sd, over an overnight run"),
+    "autoresearch": Scenario(AUTORESEARCH, AUTORESEARCH_EXPERIMENTS, 80,
+                             "calibrated on autoresearch's published run (greedy keeps 22 of 125, kept margins ~1 sd)"),
+}
+
 
 @dataclass
 class SimConfig:
@@ -60,6 +109,12 @@ class SimConfig:
     pair_correlation: float = 0.0  # correlation of same-seed runs of champion and candidate (0: conservative)
     power_threshold: float = 2.0  # power is measured on true improvements >= this many sigmas
     mix: ProposalMix = field(default_factory=ProposalMix)
+
+    @classmethod
+    def of(cls, scenario: Scenario, **overrides) -> SimConfig:
+        """The config of a scenario; `overrides` (campaigns, experiments, seed, ...) replace its values."""
+        base = cls(campaigns=scenario.campaigns, experiments=scenario.experiments, mix=scenario.mix)
+        return replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
 
 class FixedTPolicy:
@@ -105,60 +160,67 @@ class FixedTPolicy:
         )
 
 
-def default_rules(sigma: float = 1.0) -> dict[str, Policy]:
-    """The rules the benchmark compares: arbot's defaults, autoresearch's greedy rule, a fixed-n t-test."""
+def default_rules() -> dict[str, Rules]:
+    """The rules the benchmark compares: arbot's defaults (holdout confirmation on, as the target's default), greedy
+    as autoresearch runs it (one run, keep if better, no holdout), and a fixed-n t-test in arbot's lifecycle."""
     return {
-        "arbot": NoiseAwarePolicy(PolicyConfig()),
-        "greedy": MarginPolicy(margin=0.0, baseline_runs=1, runs=1),
-        "fixed_t": FixedTPolicy(n=5, alpha=0.05),
+        "arbot": Rules(NoiseAwarePolicy(PolicyConfig())),
+        "greedy": Rules(MarginPolicy(margin=0.0, baseline_runs=1, runs=1), holdout_max_gap=None),
+        "fixed_t": Rules(FixedTPolicy(n=5, alpha=0.05)),
     }
 
 
-class _Champion:
-    """A champion's true value, its runs (by seed) and its per-seed shared noise components."""
+class _Campaign:
+    """One campaign's champion: its true value, its val runs, whether its holdout is measured, and every run made."""
 
-    def __init__(self, true: float, rng: np.random.Generator, sim: SimConfig) -> None:
-        self.true = true
-        self.rng = rng
-        self.sim = sim
-        self.seed_parts: list[float] = []
+    def __init__(self, sim: SimConfig, rng: np.random.Generator) -> None:
+        self.sim, self.rng = sim, rng
+        self.true = 0.0
         self.runs: list[float] = []
+        self.holdout_measured = False
+        self.seed_parts: list[float] = []  # a seed's share of the noise, the same for every commit of the campaign
+        self.made = 0
 
-    def seed_part(self, i: int) -> float:
-        while len(self.seed_parts) <= i:
-            self.seed_parts.append(float(self.rng.normal()) * math.sqrt(self.sim.pair_correlation) * self.sim.sigma)
-        return self.seed_parts[i]
+    def measure(self, true: float, seed: int) -> float:
+        s, rho = self.sim.sigma, self.sim.pair_correlation
+        while len(self.seed_parts) <= seed:
+            self.seed_parts.append(float(self.rng.normal()) * math.sqrt(rho) * s)
+        self.made += 1
+        return true + self.seed_parts[seed] + float(self.rng.normal()) * math.sqrt(1.0 - rho) * s
 
-    def measure(self, true: float, i: int) -> float:
-        own = float(self.rng.normal()) * math.sqrt(1.0 - self.sim.pair_correlation) * self.sim.sigma
-        return true + self.seed_part(i) + own
+    def baseline(self, policy: Policy) -> None:
+        """The champion's noise floor: runs until it has the policy's baseline_runs (seeds continue after its own)."""
+        while len(self.runs) < policy.baseline_runs:
+            self.runs.append(self.measure(self.true, len(self.runs)))
+
+    def confirm_holdout(self) -> None:
+        """A win's holdout confirmation: one candidate run on val + holdout, and the champion's reference once."""
+        self.made += 1 if self.holdout_measured else 2
+
+    def promote(self, true: float, runs: list[float]) -> None:
+        self.true, self.runs, self.holdout_measured = true, list(runs), True
 
 
-def simulate_rule(policy: Policy, sim: SimConfig, max_calls: int = 1000) -> dict[str, float]:
+def simulate_rule(rules: Rules, sim: SimConfig, max_calls: int = 1000) -> dict[str, float]:
     """Run `sim.campaigns` campaigns of `sim.experiments` experiments with one rule; return its metrics."""
-    s = sim.sigma
-    promotions = false_promotions = 0
-    strong = strong_promoted = 0
-    exp_runs = 0  # candidate runs + extra champion runs, per experiment
-    total_runs = 0  # everything, champion baselines included
-    real_wins = 0
+    policy, s = rules.policy, sim.sigma
+    promotions = false_promotions = strong = strong_promoted = real_wins = 0
+    baseline_runs = total_runs = 0
+    margins: list[float] = []
     improvements = []
     for camp in range(sim.campaigns):
         # independent streams: the proposals and the noise, both fixed by (seed, campaign)
         prop_rng = np.random.default_rng([sim.seed, camp, 1])
-        noise_rng = np.random.default_rng([sim.seed, camp, 2])
         effects = sim.mix.draw(prop_rng, sim.experiments) * s
         removes = prop_rng.random(sim.experiments) < sim.mix.removes_code_share
-        start = 0.0
-        champ = _Champion(start, noise_rng, sim)
-        for i in range(policy.baseline_runs):
-            champ.runs.append(champ.measure(champ.true, i))
-        total_runs += policy.baseline_runs
+        champ = _Campaign(sim, np.random.default_rng([sim.seed, camp, 2]))
         for e in range(sim.experiments):
+            before = champ.made
+            champ.baseline(policy)
+            baseline_runs += champ.made - before
             eff = float(effects[e])
             cand_true = champ.true - eff  # lower is better
             cand: list[float] = []
-            runs = 0
             for _ in range(max_calls):
                 # the metric as reported: the simulation's values, negated when maximized (the sign is its own inverse)
                 d = policy.decide(Evidence(champion=oriented(champ.runs, sim.direction), direction=sim.direction,
@@ -169,42 +231,38 @@ def simulate_rule(policy: Policy, sim: SimConfig, max_calls: int = 1000) -> dict
                     champ.runs.append(champ.measure(champ.true, len(champ.runs)))
                 for _ in range(d.more_candidate_runs):
                     cand.append(champ.measure(cand_true, len(cand)))
-                runs += d.more_champion_runs + d.more_candidate_runs
             else:  # pragma: no cover - a policy that never ends is a bug
                 raise RuntimeError(f"{getattr(policy, 'name', policy)} did not reach a verdict in {max_calls} calls")
-            exp_runs += runs
-            total_runs += runs
-            if eff >= sim.power_threshold * s:
-                strong += 1
+            strong += eff >= sim.power_threshold * s
             if d.verdict == "win":
                 promotions += 1
-                if eff <= 0:
-                    false_promotions += 1
-                else:
-                    real_wins += 1
-                if eff >= sim.power_threshold * s:
-                    strong_promoted += 1
-                champ = _Champion(cand_true, noise_rng, sim)
-                for i in range(policy.baseline_runs):
-                    champ.runs.append(champ.measure(champ.true, i))
-                total_runs += policy.baseline_runs
-        improvements.append((start - champ.true) / s)
+                false_promotions += eff <= 0
+                real_wins += eff > 0
+                strong_promoted += eff >= sim.power_threshold * s
+                margins.append((d.effect or 0.0) / s)
+                if rules.holdout_max_gap is not None:
+                    champ.confirm_holdout()
+                champ.promote(cand_true, cand)
+        total_runs += champ.made
+        improvements.append(-champ.true / s)
     n_exp = sim.campaigns * sim.experiments
     return {
         "false_promotion_rate": false_promotions / promotions if promotions else 0.0,
         "power": strong_promoted / strong if strong else float("nan"),
-        "runs_per_experiment": exp_runs / n_exp,
+        "runs_per_experiment": (total_runs - baseline_runs) / n_exp,
         "true_improvement": float(np.mean(improvements)),
         "cost_per_confirmed_improvement": total_runs / real_wins if real_wins else float("inf"),
-        "promotions_per_campaign": promotions / sim.campaigns,
+        "true_improvement_per_100_runs": 100 * float(np.sum(improvements)) / total_runs,
+        "keep_rate": promotions / n_exp,
+        "median_kept_margin": statistics.median(margins) if margins else float("nan"),
     }
 
 
-def run_benchmark(sim: SimConfig | None = None, rules: dict[str, Policy] | None = None) -> dict[str, dict[str, float]]:
+def run_benchmark(sim: SimConfig | None = None, rules: dict[str, Rules] | None = None) -> dict[str, dict[str, float]]:
     """Metrics per rule, on the same proposals and seeds."""
     sim = sim or SimConfig()
-    rules = rules if rules is not None else default_rules(sim.sigma)
-    return {name: simulate_rule(p, sim) for name, p in rules.items()}
+    rules = rules if rules is not None else default_rules()
+    return {name: simulate_rule(r, sim) for name, r in rules.items()}
 
 
 def sim_config_dict(sim: SimConfig) -> dict:
