@@ -73,6 +73,20 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+class Laps:
+    """Wall seconds of each step of one run, as the runner measures them (RunResult.phases): where the time
+    beyond the training budget goes. Informational only; no limit is read from them."""
+
+    def __init__(self, phases: dict[str, float], start: float):
+        self.phases, self._last = phases, start
+
+    def __call__(self, phase: str) -> None:
+        """Add the seconds since the previous lap to `phase`."""
+        now = time.monotonic()
+        self.phases[phase] = round(self.phases.get(phase, 0.0) + now - self._last, 3)
+        self._last = now
+
+
 class EvaluatorError(RuntimeError):
     """The trusted evaluator itself failed (not the candidate): a broken setup, not an experiment result."""
 
@@ -142,9 +156,11 @@ class Runner:
         candidate = self.repo.commit(candidate).hexsha
         champion = self.repo.commit(champion).hexsha
         result = RunResult(status="ok", commit=candidate, champion=champion, seed=seed, splits=list(splits))
+        lap = Laps(result.phases, start)
         changed = changed_paths(self.repo, champion, candidate)
         result.flags = self.inspect(champion, candidate, changed)
         bad = forbidden_paths(changed, self.target.allowed_paths)
+        lap("inspect")
         if bad:
             result.status = "rejected"
             result.reason = (
@@ -154,7 +170,8 @@ class Runner:
             box = self.sandbox()
             result.sandbox = box.kind
             with OwnedTempDir(prefix="arbot-run-") as tmp:
-                self._train_and_score(Path(tmp), result, changed, splits, on_progress, box)
+                self._train_and_score(Path(tmp), result, changed, splits, on_progress, box, lap)
+        lap("bookkeeping")  # the champion's timing, the kept artifacts, the work dir removed
         result.total_seconds = round(time.monotonic() - start, 2)
         return result
 
@@ -184,17 +201,19 @@ class Runner:
         return self._shingles[champion]
 
     def _train_and_score(self, tmp: Path, result: RunResult, paths: list[str], splits: tuple[str, ...],
-                         on_progress, box: Sandbox) -> None:
+                         on_progress, box: Sandbox, lap: Laps) -> None:
         work, out = tmp / "work", tmp / "work" / "out"
         out.mkdir(parents=True)
         scorer = self._scorer(result.champion)
         data = self._prepared(result.champion, scorer.dir)
         scorer.data_dir = Path(os.path.realpath(data["val"])).parent
         result.evaluator_fingerprint = data["fingerprint"]
+        lap("evaluator")  # its code exported, its protocol checked, the splits prepared: once per champion
         changed = {p: self._blob(result.commit, p) for p in paths}
         texts = {p: (b if not p.endswith(".py") else b.decode("utf-8", "surrogateescape"))
                  for p, b in changed.items() if b is not None and len(b) <= MAX_INSPECT_BYTES}
         result.flags += data_overlap(texts, self._held_out(result.champion, data))
+        lap("inspect")
 
         script = PurePosixPath(self.target.script)
         export_tree(self.repo, result.commit, str(script.parent), work)
@@ -203,6 +222,7 @@ class Runner:
         argv = train_argv(script.name, work / "train.bin", out, self.target.budget_seconds, result.seed,
                           self.target.device, self.target.overrides)
         box.prepare(work)
+        lap("checkout")
         champion_run = result.commit == result.champion
         held = None if champion_run else self.budget_limit(result.champion)
         budget, grace = self.target.budget_seconds, self.target.grace_seconds
@@ -215,6 +235,7 @@ class Runner:
         )
         result.train_seconds = round(outcome.wall_seconds, 2)
         result.peak_memory_gb = round(outcome.max_rss_gb, 3)
+        lap("train")  # the sandboxed process: sandbox and interpreter start, imports, training, export, exit
         if outcome.stopped:
             result.status, result.log_tail = "rejected", outcome.log_tail
             result.reason = f"{outcome.stopped}; the run was killed while training"
@@ -252,6 +273,7 @@ class Runner:
         summary, _ = take_file(out / SUMMARY_FILE, tmp / SUMMARY_FILE, 1 << 20)
         if summary is not None:
             self._read_summary(summary, result)
+        lap("copy_out")  # the disk cap measured, the model and summary copied out of the sandbox, the model hashed
 
         score_deadline, why_deadline = self.score_deadline(result.champion, splits)
         try:
@@ -263,6 +285,8 @@ class Runner:
             result.status, result.log_tail = "rejected", outcome.log_tail
             result.reason = f"scoring_timeout: the evaluator was killed: {e} ({why_deadline})"
             return
+        finally:
+            lap("score")
         result.score_seconds = round(scorer.last_seconds or 0.0, 2)
         if score["status"] == "error":
             raise EvaluatorError(f"evaluator score failed: {score['reason']}")

@@ -24,6 +24,7 @@ class RunResult(BaseModel):
     train_seconds: float | None = None
     score_seconds: float | None = None  # the scoring request's wall time, measured by the runner
     total_seconds: float = 0.0
+    phases: dict[str, float] = Field(default_factory=dict)  # wall seconds of each step of the run (runner.job.PHASES)
     peak_memory_gb: float | None = None
     device: str | None = None
     params: int | None = None

@@ -16,10 +16,24 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
+PHASES = {}  # seconds of each step of this script, for the summary (informational: the runner times runs itself)
+_lap = time.perf_counter()
+
+
+def mark(phase):
+    """Record the seconds since the previous mark as `phase`."""
+    global _lap
+    now = time.perf_counter()
+    PHASES[phase] = round(now - _lap, 3)
+    _lap = now
+
+
+import numpy as np  # after the clock starts: the import is a phase of its own
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+mark("import")
 
 # ---------------------------------------------------------------------------
 # Knobs (override any of them with --set NAME=VALUE)
@@ -126,6 +140,7 @@ data = torch.from_numpy(np.fromfile(args.data, dtype=np.uint8))
 if len(data) <= SEQ_LEN + 1:
     sys.exit(f"error: {args.data} has {len(data)} bytes, need more than SEQ_LEN+1 = {SEQ_LEN + 1}")
 offsets = torch.arange(SEQ_LEN + 1)
+mark("data")
 
 
 def get_batch():
@@ -141,6 +156,7 @@ no_decay = [p for p in model.parameters() if p.dim() < 2]
 optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": WEIGHT_DECAY},
                                {"params": no_decay, "weight_decay": 0.0}],
                               lr=LEARNING_RATE, betas=(BETA1, BETA2))
+mark("setup")
 
 
 def lr_scale(progress):
@@ -181,6 +197,7 @@ while train_time < args.budget:
         report = {"elapsed": round(train_time, 2), "budget": args.budget, "step": step,
                   "loss": round(smooth_loss / (1 - 0.9 ** step), 4)}
         print("@progress " + json.dumps(report), flush=True)
+mark("train")
 
 # ---------------------------------------------------------------------------
 # Export for the evaluator and write the summary
@@ -190,7 +207,10 @@ out.mkdir(parents=True, exist_ok=True)
 model = model.to("cpu").float().eval()
 example = torch.zeros((EVAL_BATCH, SEQ_LEN), dtype=torch.long)
 with torch.no_grad():
-    torch.export.save(torch.export.export(model, (example,)), out / "model.pt2")
+    program = torch.export.export(model, (example,))
+mark("export")
+torch.export.save(program, out / "model.pt2")
+mark("save")
 summary = {
     "steps": step,
     "tokens": step * BATCH_SIZE * SEQ_LEN,
@@ -201,6 +221,7 @@ summary = {
     "params": n_params,
     "seed": args.seed,
     "final_loss": round(smooth_loss / (1 - 0.9 ** step), 4),
+    "phases": PHASES,  # import, data, setup (model, optimizer; CUDA start-up on a GPU), train, export, save
 }
 (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 print(json.dumps(summary), flush=True)

@@ -47,7 +47,9 @@ def test_writes_summary_and_progress(run):
     proc, out = run
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary) == {"steps", "tokens", "train_seconds", "tokens_per_second", "peak_memory_gb",
-                            "device", "params", "seed", "final_loss"}
+                            "device", "params", "seed", "final_loss", "phases"}
+    assert set(summary["phases"]) == {"import", "data", "setup", "train", "export", "save"}
+    assert summary["phases"]["train"] >= 3.0, "the train phase is the budget"
     assert summary["device"] == "cpu" and summary["peak_memory_gb"] is None and summary["seed"] == 0
     assert summary["steps"] > 5 and summary["tokens"] == summary["steps"] * 8 * 32
     assert 3.0 <= summary["train_seconds"] < 4.5, "stops near its budget"
