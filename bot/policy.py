@@ -49,7 +49,7 @@ class PolicyConfig(BaseModel, extra="forbid"):
         3, ge=1, description="Champion runs made when a champion is created, to measure the noise floor."
     )
     alpha: float = Field(
-        0.025,
+        0.02,
         description="Noise-aware rule: one-sided false-promotion bound for a candidate no better than the champion, spent over all looks.",
     )
     min_effect: float = Field(

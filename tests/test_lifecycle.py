@@ -3,8 +3,8 @@
 No git, no runner, no I/O: every situation is a pair of records (the experiment and the champion it is measured
 on) with scripted run results, and the numbers are chosen so that the named rule of the policy really fires.
 
-The noise-aware policy below uses the defaults of PolicyConfig: baseline_runs 3, alpha 0.025 spent as
-alpha * ((n-1)/5)**2 over max_candidate_runs 6 (so 0.001 at look 2, 0.003 at look 3, 0.009 at look 6),
+The noise-aware policy below uses the defaults of PolicyConfig: baseline_runs 3, alpha 0.02 spent as
+alpha * ((n-1)/5)**2 over max_candidate_runs 6 (so 0.0008 at look 2, 0.0024 at look 3, 0.0072 at look 6),
 screen_bar 1 (a first run must beat the champion mean by more than one sd), champion_lead 1 (a promising candidate
 asks for champion runs up to its own count + 1), futility_sigmas 1, pooled t-test, simplification within 0.5 sigma
 after 3 runs.
@@ -76,7 +76,7 @@ def experiment(runs: list[RunResult] = (), parent: str = CHAMP, decision: Decisi
 
 
 # Candidate runs the noise-aware policy calls a win at look 2: mean 2.51 against 3.02, pooled se 0.0167,
-# t = 30.6 on 3 degrees of freedom, p ~ 4e-5 <= 0.001.
+# t = 30.6 on 3 degrees of freedom, p ~ 4e-5 <= 0.0008.
 WIN = (2.50, 2.52)
 
 
@@ -139,7 +139,7 @@ CASES = {
     # 2 + champion_lead 1 <= 3 made: none.
     "promising first run: one more candidate seed": Case(
         experiment(cand_runs(2.99)), champion(*FLOOR), lc.Run, specs=(spec(EXP, CAND, 1),), says=("promising",)),
-    # look 3: mean 3.00, effect 0.02, pooled se 0.0129, t 1.55, p ~ 0.1 > 0.003 and t >= futility 1: one more
+    # look 3: mean 3.00, effect 0.02, pooled se 0.0129, t 1.55, p ~ 0.1 > 0.0024 and t >= futility 1: one more
     # candidate seed, and champion seeds up to 4 + champion_lead 1 = 5 runs. The champion's holdout run (seed 3)
     # takes a seed too.
     "confirm: more candidate and champion runs, seeds after every run": Case(
@@ -156,7 +156,7 @@ CASES = {
     # look 2: mean 3.015, effect 0.005, se 0.0154: 0.33 standard errors < futility 1.
     "futility loss": Case(experiment(cand_runs(3.01, 3.02)), champion(*FLOOR), lc.Decide, verdict="loss",
                           rule="futility", review=None),
-    # look 6: mean 3.01, effect 0.01, se 0.0131, t 0.76, p ~ 0.23 > 0.009 at the cap.
+    # look 6: mean 3.01, effect 0.01, se 0.0131, t 0.76, p ~ 0.23 > 0.0072 at the cap.
     "max_runs loss": Case(experiment(cand_runs(2.99, 3.01, 3.03, 2.99, 3.01, 3.03)), champion(*FLOOR), lc.Decide,
                           verdict="loss", rule="max_runs", review=None),
     # --- a win is confirmed on holdout

@@ -31,6 +31,7 @@ def run_loop(policy: Policy, champ_true: float, cand_true: float, rng: np.random
 def test_defaults_and_make_policy():
     cfg = PolicyConfig()
     assert cfg.rule == "noise_aware" and cfg.baseline_runs == 3 and 0 < cfg.alpha < 0.5
+    assert cfg.screen_bar == 1.0 and cfg.champion_lead == 1
     p = make_policy(cfg)
     assert isinstance(p, NoiseAwarePolicy) and p.name == "noise_aware" and p.baseline_runs == 3
     assert isinstance(p, Policy)
@@ -49,7 +50,7 @@ def test_defaults_and_make_policy():
         ({"max_candidate_runs": 1}, "max_candidate_runs"),
         ({"rule": "bayes"}, "rule"),
         ({"min_effect": -1}, "min_effect"),
-        ({"screen_sigmas": -1}, "screen_sigmas"),
+        ({"champion_lead": -1}, "champion_lead"),
         ({"bogus": 1}, "bogus"),
         ({"simplification_runs": 9, "max_candidate_runs": 8}, "simplification_runs"),
     ],
@@ -58,6 +59,12 @@ def test_config_validation_names_the_key(kwargs, key):
     with pytest.raises(ValidationError) as e:
         PolicyConfig(**kwargs)
     assert key in str(e.value)
+
+
+def test_the_renamed_screen_key_says_how_to_translate_it():
+    with pytest.raises(ValidationError) as e:
+        PolicyConfig(screen_sigmas=1.0)
+    assert "screen_bar" in str(e.value) and "screen_sigmas: s is screen_bar: -s" in str(e.value)
 
 
 def test_config_fields_are_described():
@@ -140,8 +147,12 @@ def test_screen_discards_clear_loser_after_one_run():
     assert "0.2" in d.reason
 
 
-def test_screen_sigmas_sets_the_bar():
-    lenient = NoiseAwarePolicy(PolicyConfig(screen_sigmas=1.0))
+def test_screen_bar_sets_the_bar():
+    p = NoiseAwarePolicy()  # the first run must beat the champion mean by more than 1 sd (0.04)
+    d = p.decide(Evidence(champion=CHAMP, candidate=[0.98]))  # better, but by 0.5 sd only: one run is all it costs
+    assert (d.verdict, d.rule, d.candidate_runs) == ("loss", "screen", 1) and "not more than 1 x noise sd" in d.reason
+    assert p.decide(Evidence(champion=CHAMP, candidate=[0.95])).verdict == "more_runs"  # 1.25 sd better
+    lenient = NoiseAwarePolicy(PolicyConfig(screen_bar=-1.0))  # a first run up to 1 sd worse goes on
     assert lenient.decide(Evidence(champion=CHAMP, candidate=[1.03])).verdict == "more_runs"  # 0.75 sd worse
     assert lenient.decide(Evidence(champion=CHAMP, candidate=[1.05])).verdict == "loss"  # 1.25 sd worse
 
@@ -150,13 +161,17 @@ def test_never_promotes_on_a_single_run():
     p = NoiseAwarePolicy()
     d = p.decide(Evidence(champion=CHAMP, candidate=[0.0]))  # 25 sd better, still one run
     assert d.verdict == "more_runs" and d.more_candidate_runs == 1
-    assert d.more_champion_runs == 0  # champion already has >= 2 runs
+    assert d.more_champion_runs == 0  # the champion's 3 runs already cover 2 candidate runs + champion_lead 1
 
 
-def test_confirm_asks_for_champion_runs_to_pair_seeds():
-    p = NoiseAwarePolicy()
+def test_confirm_runs_the_champion_one_ahead_of_the_candidate():
+    p = NoiseAwarePolicy()  # champion_lead 1: champion runs up to the candidate's next count + 1
     d = p.decide(Evidence(champion=CHAMP, candidate=[0.97, 0.98, 0.97]))
-    assert d.verdict == "more_runs" and d.more_candidate_runs == 1 and d.more_champion_runs == 1
+    assert d.verdict == "more_runs" and d.more_candidate_runs == 1 and d.more_champion_runs == 2
+    d = NoiseAwarePolicy(PolicyConfig(champion_lead=0)).decide(Evidence(champion=CHAMP, candidate=[0.97, 0.98, 0.97]))
+    assert d.more_champion_runs == 1
+    capped = NoiseAwarePolicy(PolicyConfig(champion_lead=3, match_champion_runs=5))
+    assert capped.decide(Evidence(champion=CHAMP, candidate=[0.97, 0.98, 0.97])).more_champion_runs == 2
 
 
 def test_clear_win_is_promoted_with_numbers():
@@ -238,7 +253,7 @@ def test_three_sigma_win_is_promoted():
 
 def test_always_terminates_within_cap():
     rng = np.random.default_rng(1)
-    for cfg in [PolicyConfig(), PolicyConfig(max_candidate_runs=3, futility_sigmas=-100, screen_sigmas=100)]:
+    for cfg in [PolicyConfig(), PolicyConfig(max_candidate_runs=3, futility_sigmas=-100, screen_bar=-100)]:
         p = NoiseAwarePolicy(cfg)
         for eff in [-1, 0, 0.5, 1, 3]:
             for _ in range(50):
@@ -257,6 +272,20 @@ def test_simplification_no_worse_is_promoted():
     off = NoiseAwarePolicy(PolicyConfig(simplification_wins=False))
     d = off.decide(Evidence(champion=CHAMP, candidate=[1.0, 1.0, 1.0], removes_code=True))
     assert d.rule != "simplification"
+
+
+def test_a_tiny_effect_needs_more_runs_than_a_large_one():
+    """Sequential: a clear loser costs one run; past the screen, a large win is decided in a few runs and a small real
+    effect is measured longer."""
+    rng = np.random.default_rng(21)
+    p = NoiseAwarePolicy()
+
+    def runs(effect: float) -> list[int]:
+        return [run_loop(p, 0.0, -effect, rng).candidate_runs for _ in range(400)]
+
+    assert np.mean(runs(-3.0)) < 1.05
+    small, large = [n for n in runs(0.75) if n > 1], [n for n in runs(5.0) if n > 1]
+    assert np.mean(large) < 3.2 and np.mean(small) > np.mean(large) + 0.5, (np.mean(small), np.mean(large))
 
 
 def test_simplification_single_decision():
