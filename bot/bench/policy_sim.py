@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -263,7 +263,3 @@ def run_benchmark(sim: SimConfig | None = None, rules: dict[str, Rules] | None =
     sim = sim or SimConfig()
     rules = rules if rules is not None else default_rules()
     return {name: simulate_rule(r, sim) for name, r in rules.items()}
-
-
-def sim_config_dict(sim: SimConfig) -> dict:
-    return asdict(sim)
