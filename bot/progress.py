@@ -46,8 +46,12 @@ def champion_steps(log: list[tuple[str, dict[str, str]]]) -> list[tuple[str, str
     merges = [t for _, t in reversed(log) if "Metric" in t and "Baseline" in t]
     if not merges:
         return []
-    value = lambda trailer: trailer.split("=", 1)[-1]  # noqa: E731 - "val_bpb=1.2345" -> "1.2345"
-    return [("start", value(merges[0]["Baseline"]))] + [(t["Experiment"], value(t["Metric"])) for t in merges]
+    return [("start", _value(merges[0]["Baseline"]))] + [(t["Experiment"], _value(t["Metric"])) for t in merges]
+
+
+def _value(trailer: str) -> str:
+    """A metric trailer's value: "<key>=1.2345" -> "1.2345"."""
+    return trailer.split("=", 1)[-1]
 
 
 def stale_rate(experiments: list[ExperimentRecord]) -> tuple[float | None, int, int]:
