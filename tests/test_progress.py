@@ -22,12 +22,12 @@ from bot.records import DEFAULT_METRIC
 from tests.scripted import ScriptedProposer, Variant, make_world
 from tests.test_local_pool import CountingRunner
 
-WORLD = {"win": Variant(effect=-0.3), "slow-meh": Variant(effect=-0.004), "worse": Variant(effect=0.2)}
+WORLD = {"win": Variant(effect=-0.3), "slow-win": Variant(effect=-0.2), "worse": Variant(effect=0.2)}
 
 
 @pytest.fixture
 def campaign(tmp_path):
-    """exp-1 wins while exp-2 is in flight; exp-2 is measured again as exp-3; then exp-4 is a loss."""
+    """exp-1 wins while exp-2 is in flight; exp-2 is measured again as exp-3 and wins too; then exp-4 is a loss."""
     repo = make_world(tmp_path / "w", {"policy": {"rule": "noise_aware"}})
     config = load_config(tmp_path / "w" / "arbot.yml")
     forge = LocalForge(repo)
@@ -35,7 +35,7 @@ def campaign(tmp_path):
     pool = LocalPool(lambda target, gpus: CountingRunner(git.Repo(repo.working_dir), WORLD, delay=0.2),
                      config.target, 2)
     status = tmp_path / "status.json"
-    loop = Loop(forge, None, ScriptedProposer("win", "slow-meh", "worse"), make_policy(config.policy),
+    loop = Loop(forge, None, ScriptedProposer("win", "slow-win", "worse"), make_policy(config.policy),
                 config.target, executor=pool, status_file=status)
     try:
         loop.measure_champion()
@@ -57,8 +57,8 @@ def test_status_shows_the_stale_rate_and_the_champions_trajectory(campaign):
     out = arbot(repo, "status").stdout
     assert "stale rate: 25% (1 of 4 decided experiments measured again" in out
     steps = champion_steps(forge.champion_log())
-    assert [e for e, _ in steps] == ["start", "exp-1"] and float(steps[1][1]) < float(steps[0][1])
-    assert f"champion trajectory (val_bpb, one step per merged win): {steps[0][1]} -> {steps[1][1]}" in out
+    assert [e for e, _ in steps] == ["start", "exp-1", "exp-3"] and float(steps[2][1]) < float(steps[1][1]) < float(steps[0][1])
+    assert f"champion trajectory (val_bpb, one step per merged win): {' -> '.join(v for _, v in steps)}" in out
     assert "no `arbot run` is running on this repository" in out
 
 
@@ -84,7 +84,7 @@ def test_plot_writes_the_trajectory_as_an_image(campaign, tmp_path):
     points = trajectory(forge.experiments(), {sha: forge.champion_record(sha) for sha in
                                               {r.parent for r in forge.experiments()}}, DEFAULT_METRIC)
     assert [(p.experiment, p.verdict, p.merged) for p in points] == [
-        ("exp-1", "win", True), ("exp-2", "rejected", False), ("exp-3", "loss", False), ("exp-4", "loss", False)]
+        ("exp-1", "win", True), ("exp-2", "rejected", False), ("exp-3", "win", True), ("exp-4", "loss", False)]
     assert points[0].value < points[0].champion and points[0].noise > 0
     assert points[2].champion == pytest.approx(points[0].value)  # measured on the new champion, the win's runs
     out = tmp_path / "plots" / "trajectory.png"
