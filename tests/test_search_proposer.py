@@ -56,11 +56,11 @@ def test_history_from_git_notes_feeds_the_sampler():
         runs = [RunResult(status="ok" if verdict == "loss" else "crash", commit="x", metrics={"val_bpb": 3.0 + i / 10})]
         history.append(ExperimentRecord(id=f"exp-{i+1}", number=i + 1, branch="b", commit="x", parent="c", proposal=p,
                                         runs=runs, decision=Decision(verdict=verdict, rule="r", reason="")))
-    study = proposer._study(history, *_space(proposer), DEFAULT_METRIC)
+    study = proposer._study(history, [], *_space(proposer), DEFAULT_METRIC)
     assert len(study.trials) == 6
     assert sum(t.state.name == "FAIL" for t in study.trials) == 1
     assert study.direction.name == "MINIMIZE"
-    assert proposer._study([], *_space(proposer), Metric(name="acc", direction="maximize", precision=4)).direction.name \
+    assert proposer._study([], [], *_space(proposer), Metric(name="acc", direction="maximize", precision=4)).direction.name \
         == "MAXIMIZE"
 
 
