@@ -34,6 +34,7 @@ log = logging.getLogger("arbot.runner")
 MAX_MODEL_BYTES = 4 << 30  # an exported model larger than this is not copied out of the sandbox
 MAX_INSPECT_BYTES = 8 << 20  # changed files larger than this are not inspected (only flagged)
 EVALUATOR_FILE_BYTES = 256 << 20  # the scoring worker writes nothing but its log; no file it writes may exceed this
+EVALUATOR_DIR = "evaluator"  # the champion's evaluator package, exported from its commit
 TIMING_FILE = "timing.json"  # the champion's measured start-up/export and scoring times, next to its artifacts
 TRAINING_CONTRACT = "the training contract (docs/evaluator.md#training-script)"
 NO_SUCH_FILE = "it does not exist"  # take_file's answer for a file the candidate never wrote
@@ -107,10 +108,11 @@ class Runner:
         self.evaluator = evaluator
         self.artifacts = artifacts
         self.cache = Path(evaluator.cache_dir) if evaluator.cache_dir else default_cache_dir()
-        self._splits: dict[str, dict] = {}
-        self._shingles: dict[str, dict[str, Shingles]] = {}
+        self._splits: dict[str, dict] = {}  # evaluator tree -> the splits it prepared
+        self._shingles: dict[str, dict[str, Shingles]] = {}  # split id -> its val and holdout shingles
         self._sandbox: Sandbox | None = None
         self._worker: EvaluatorWorker | None = None
+        self._worker_tree: str | None = None  # the evaluator tree the worker runs
         self._timing: dict[str, dict[str, float]] = {}
         global _SWEPT
         if not _SWEPT:
@@ -195,10 +197,10 @@ class Runner:
             after[path] = None if new is None else new.decode("utf-8", "surrogateescape")
         return flags + inspect_change(before, after)
 
-    def _held_out(self, champion: str, data: dict) -> dict[str, Shingles]:
-        if champion not in self._shingles:
-            self._shingles[champion] = {name: Shingles(Path(data[name]).read_bytes()) for name in ("val", "holdout")}
-        return self._shingles[champion]
+    def _held_out(self, data: dict) -> dict[str, Shingles]:
+        if data["split_id"] not in self._shingles:
+            self._shingles[data["split_id"]] = {name: Shingles(Path(data[name]).read_bytes()) for name in ("val", "holdout")}
+        return self._shingles[data["split_id"]]
 
     def _train_and_score(self, tmp: Path, result: RunResult, paths: list[str], splits: tuple[str, ...],
                          on_progress, box: Sandbox, lap: Laps) -> None:
@@ -208,11 +210,11 @@ class Runner:
         data = self._prepared(result.champion, scorer.dir)
         scorer.data_dir = Path(os.path.realpath(data["val"])).parent
         result.evaluator_fingerprint = data["fingerprint"]
-        lap("evaluator")  # its code exported, its protocol checked, the splits prepared: once per champion
+        lap("evaluator")  # its code exported, its protocol checked, the splits prepared: once per evaluator
         changed = {p: self._blob(result.commit, p) for p in paths}
         texts = {p: (b if not p.endswith(".py") else b.decode("utf-8", "surrogateescape"))
                  for p, b in changed.items() if b is not None and len(b) <= MAX_INSPECT_BYTES}
-        result.flags += data_overlap(texts, self._held_out(result.champion, data))
+        result.flags += data_overlap(texts, self._held_out(data))
         lap("inspect")
 
         script = PurePosixPath(self.target.script)
@@ -222,6 +224,10 @@ class Runner:
         argv = train_argv(script.name, work / "train.bin", out, self.target.budget_seconds, result.seed,
                           self.target.device, self.target.overrides)
         box.prepare(work)
+        # The worker starts (Python, torch, the splits) while this run trains, not after: a cold start costs the
+        # first run of an evaluator seconds of scoring. It is idle until its first request, so the training it
+        # overlaps pays only for that start-up, which on CPU lands in training's own start-up (imports).
+        scorer.start()
         lap("checkout")
         champion_run = result.commit == result.champion
         held = None if champion_run else self.budget_limit(result.champion)
@@ -363,22 +369,34 @@ class Runner:
         return Limits(memory_bytes=self.limits.memory_bytes, max_processes=self.limits.max_processes,
                       max_file_bytes=EVALUATOR_FILE_BYTES)
 
+    def evaluator_tree(self, champion: str) -> str:
+        """The git tree id of the champion's evaluator/ (its content hash): champions with the same one have the
+        same evaluator, byte for byte. The commit itself when it has none (exporting it then says so)."""
+        try:
+            return (self.repo.commit(champion).tree / EVALUATOR_DIR).hexsha
+        except KeyError:
+            return champion
+
     def _scorer(self, champion: str) -> EvaluatorWorker:
-        """The warm evaluator of this champion commit (the previous champion's worker is stopped), sandboxed
-        like training (its own uid and limits) unless the sandbox is `none`."""
-        if self._worker is None or self._worker.champion != champion:
+        """The warm evaluator of this champion's evaluator/, sandboxed like training (its own uid and limits)
+        unless the sandbox is `none`. A new champion whose evaluator/ is the same tree (every win that changes
+        only the training code) keeps the worker: the code it runs is identical; another one stops it."""
+        tree = self.evaluator_tree(champion)
+        if self._worker is None or self._worker_tree != tree:
             if self._worker is not None:
                 self._worker.close()
             box = self.sandbox()
             evaluator_box = box.with_uid(self.evaluator.sandbox_uid, self.evaluator_limits()) if box.kind == "bwrap" else None
             self._worker = EvaluatorWorker(champion, self.cache, self.target.threads, sandbox=evaluator_box,
                                           devices=self.devices)
-            export_tree(self.repo, champion, "evaluator", self._worker.dir)
+            self._worker_tree = tree
+            export_tree(self.repo, champion, EVALUATOR_DIR, self._worker.dir)
         return self._worker
 
     def _prepared(self, champion: str, evaluator_dir: Path) -> dict:
-        """The data splits as the champion's evaluator prepares them (once per champion in this process)."""
-        if champion not in self._splits:
+        """The data splits as the champion's evaluator prepares them (once per evaluator tree in this process)."""
+        tree = self.evaluator_tree(champion)
+        if tree not in self._splits:
             self._check_protocol(champion, evaluator_dir)
             try:
                 key = self.evaluator.prepare_env()  # the secret split key reaches prepare only, never a sandbox
@@ -390,16 +408,16 @@ class Runner:
             if proc.returncode != 0:
                 raise EvaluatorError(f"evaluator prepare failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}")
             try:
-                self._splits[champion] = check_prepared(last_json_line(proc.stdout))
+                self._splits[tree] = check_prepared(last_json_line(proc.stdout))
             except ProtocolError as e:
                 raise EvaluatorError(f"the evaluator/ of champion {champion[:12]}: {e}") from e
-        return self._splits[champion]
+        return self._splits[tree]
 
     def _check_protocol(self, champion: str, evaluator_dir: Path) -> None:
         """The champion's evaluator speaks this runner's protocol and reports the configured metric, else a setup
         error (EvaluatorError: no candidate is charged with it)."""
         try:
-            answer = handshake(evaluator_dir / "evaluator", sys.executable,
+            answer = handshake(evaluator_dir / EVALUATOR_DIR, sys.executable,
                                scrubbed_env(evaluator_dir, self.target.threads))
             check_metric(answer, self.evaluator.metric, self.evaluator.direction)
         except ProtocolError as e:

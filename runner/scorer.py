@@ -63,7 +63,7 @@ class EvaluatorWorker:
         self.cache = Path(os.path.realpath(cache))
         self.env = scrubbed_env(self.scratch if self.sandbox else self.dir, threads, devices)
         self.proc: subprocess.Popen | None = None
-        self.last_seconds: float | None = None  # how long the last request took, start-up included when cold
+        self.last_seconds: float | None = None  # how long the last request took, what is left of start-up included
         self._buf = b""
         self._started: list[subprocess.Popen] = []  # every process started, for the finalizer to stop
         self._finalizer = weakref.finalize(self, _stop, self._started, self._tmp)
@@ -78,6 +78,12 @@ class EvaluatorWorker:
             return serve
         ro = [self.dir / "evaluator", self.inbox] + ([self.data_dir] if self.data_dir is not None else [])
         return self.sandbox.command(serve, None, self.dir, ro=ro, tmpfs=[(self.scratch, SCRATCH_BYTES)])
+
+    def start(self) -> None:
+        """Start the worker unless it runs: Python, torch and the splits load while the caller does other work
+        (the run's training), so the first request finds it warm. `data_dir` must be set first."""
+        if self.proc is None or self.proc.poll() is not None:
+            self._start()
 
     def _start(self) -> None:
         stderr = open(self.dir / "stderr.log", "ab")
@@ -116,8 +122,7 @@ class EvaluatorWorker:
     def score(self, model: Path, splits: tuple[str, ...], device: str, deadline: float | None = None) -> dict:
         """Score one model; kill the worker and raise ScoreTimeout when the answer takes longer than `deadline`
         seconds (None: wait as long as it takes), WorkerDied when the worker ends without an answer."""
-        if self.proc is None or self.proc.poll() is not None:
-            self._start()
+        self.start()
         start = time.monotonic()
         request = {"model": str(self._stage(model)), "splits": list(splits), "device": device}
         try:
