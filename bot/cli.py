@@ -463,6 +463,7 @@ def init(
     direction: Optional[str] = typer.Option(None, "--direction", help="minimize or maximize"),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
     owner: Optional[str] = typer.Option(None, "--owner", help="CODEOWNERS owner of evaluator/ and .github/ (e.g. @org/team)"),
+    arbot_package: Optional[str] = typer.Option(None, "--arbot-package", help="what the workflows pip-install as arbot: a requirement or a path (default: arbot==<this version>)"),
     force: bool = typer.Option(False, "--force", help="overwrite files that exist and differ"),
     repo: Path = typer.Option(Path("."), "--repo"),
 ):
@@ -481,7 +482,7 @@ def init(
             metric=metric or typer.prompt("Metric (your evaluator reports val_<metric>; e.g. loss, accuracy)"),
             direction=direction or typer.prompt("Direction (minimize or maximize)", default="minimize"),
             device=device, owner=owner)
-        for line in apply(root, plan(root, answers), force):
+        for line in apply(root, plan(root, answers, arbot_package), force):
             typer.echo(line)
 
 

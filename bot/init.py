@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from importlib.resources import files
 from pathlib import Path
 
@@ -19,6 +20,10 @@ WORKFLOWS = ("arbot-evaluate.yml", "arbot-propose.yml")
 # GitHub reads the first of these that exists; a new one goes into .github/.
 CODEOWNERS_PATHS = (".github/CODEOWNERS", "CODEOWNERS", "docs/CODEOWNERS")
 TEMPLATES = files("bot") / "templates"
+# The one line of each workflow that says where arbot comes from; the templates install this repository's checkout.
+PACKAGE_LINE = '  ARBOT_PACKAGE: {}\n'
+TEMPLATE_PACKAGE = "."
+EXAMPLE_PACKAGE = "arbot @ git+https://github.com/ORG/arbot@v0.1.0"  # said where a spec is asked for
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,7 @@ class File:
     content: str
     extends: bool = False  # the content adds lines to the existing file, so writing it loses nothing
     note: str = ""  # said when the file is written
+    summary: str = ""  # said once after the per-file lines when this file (or another with it) is written
 
 
 def repo_root(path: Path) -> Path:
@@ -80,15 +86,46 @@ evaluator:
 """
 
 
-def plan(root: Path, answers: Answers) -> list[File]:
-    """The files `arbot init` writes for these answers."""
+def installed_package() -> str:
+    """The pip requirement of the arbot running `arbot init`: the default of what the workflows install."""
+    try:
+        return f"arbot=={version('arbot')}"
+    except PackageNotFoundError:
+        raise ConfigError("arbot is not installed as a package, so init cannot name it for the workflows: pass "
+                          f"--arbot-package SPEC (e.g. {json.dumps(EXAMPLE_PACKAGE)})") from None
+
+
+def check_package(spec: str) -> None:
+    """The spec is one argument of `pip install` inside a workflow: a requirement or a path, not an option."""
+    if not spec.strip() or spec.startswith("-") or "${{" in spec or any(not c.isprintable() for c in spec):
+        raise ConfigError(f"--arbot-package {spec!r}: give one pip requirement or path, e.g. arbot==0.1.0 or "
+                          f"{json.dumps(EXAMPLE_PACKAGE)} (on one line, no option such as -e, no ${{{{ }}}})")
+
+
+def workflow_text(name: str, package: str) -> str:
+    """The packaged workflow with ARBOT_PACKAGE set to this spec."""
+    text = (TEMPLATES / name).read_text()
+    template_line = PACKAGE_LINE.format(json.dumps(TEMPLATE_PACKAGE))
+    if text.count(template_line) != 1:  # a template edited out of shape must not ship the checkout's "."
+        raise RuntimeError(f"bot/templates/{name} must hold the line {template_line.strip()!r} exactly once")
+    return text.replace(template_line, PACKAGE_LINE.format(json.dumps(package)))
+
+
+def plan(root: Path, answers: Answers, package: str | None = None) -> list[File]:
+    """The files `arbot init` writes for these answers; the workflows install arbot with `pip install PACKAGE`
+    (default: the arbot running this)."""
     config = config_text(answers)
     check(root, answers, config)
+    package = installed_package() if package is None else package
+    check_package(package)
     skeleton = (TEMPLATES / "evaluator_main.py").read_text()
     for key in ("metric", "direction"):
         skeleton = skeleton.replace(f'"{{{key}}}"', json.dumps(getattr(answers, key)))
     out = [File(CONFIG_FILE, config),
-           *(File(f".github/workflows/{name}", (TEMPLATES / name).read_text()) for name in WORKFLOWS),
+           *(File(f".github/workflows/{name}", workflow_text(name, package), summary=(
+               f"the workflows install arbot with pip install {json.dumps(package)}: another with --arbot-package "
+               f"(e.g. {json.dumps(EXAMPLE_PACKAGE)}), or edit ARBOT_PACKAGE at their top"))
+             for name in WORKFLOWS),
            # a regular package: a namespace one would lose to the `evaluator` package installed with arbot
            File("evaluator/__init__.py", ""),
            File("evaluator/__main__.py", skeleton,
@@ -102,7 +139,7 @@ def plan(root: Path, answers: Answers) -> list[File]:
 
 def apply(root: Path, planned: list[File], force: bool = False) -> list[str]:
     """Write what is missing; one line per file: wrote, added to, overwrote (--force) or kept."""
-    lines = []
+    lines, written = [], []
     for f in planned:
         dest = root / f.path
         old = dest.read_text() if dest.is_file() else None
@@ -114,12 +151,14 @@ def apply(root: Path, planned: list[File], force: bool = False) -> list[str]:
             continue
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_text(f.content)
+        written.append(f)
         if old is None:
             lines.append(f"wrote {f.path}" + (f": {f.note}" if f.note else ""))
         elif f.extends:
             lines.append(f"added to {f.path}: owners of {', '.join(GUARDED)}")
         else:
             lines.append(f"overwrote {f.path} (--force)")
-    lines.append("nothing written: every file is in place" if all(line.startswith("kept") for line in lines)
-                 else "review the files written and commit them to the default branch")
+    lines += dict.fromkeys(f.summary for f in written if f.summary)
+    lines.append("review the files written and commit them to the default branch" if written
+                 else "nothing written: every file is in place")
     return lines

@@ -46,6 +46,7 @@ from tests.test_github_forge import FAST, REPO, TOKEN, forge_for
 
 ROOT = Path(__file__).resolve().parent.parent
 EVALUATE = ROOT / ".github" / "workflows" / "arbot-evaluate.yml"
+VENV = Path(sys.executable).parent.parent  # this project's venv: the workflow's installed arbot in both jobs
 SECRET = "e2e-secret"
 RUN_URL = "http://github.test"
 
@@ -126,8 +127,8 @@ class Workflow:
         checkout = job / "train"
         subprocess.run(["git", "clone", "-q", "--branch", dispatch["head_branch"], str(self.fake.bare), str(checkout)],
                        check=True)
-        # "Install arbot from the default branch": the research repository is not this project, whose venv stands in
-        (checkout / ".venv").symlink_to(Path(sys.executable).parent.parent)
+        # "Install arbot (ARBOT_PACKAGE)": this project's venv stands in for the installed arbot
+        (checkout / ".venv").symlink_to(VENV)
         env = self._env(train, inputs)
         for step in train["steps"]:
             if "run" in step and not step["name"].startswith("Install"):
@@ -135,11 +136,11 @@ class Workflow:
         # "Upload the result": the arbot-result artifact of this run (what the bot reads)
         self.fake.add_artifact(dispatch["id"], "arbot-result", {
             name: (checkout / name).read_bytes() for name in ("result.json", "evaluate.log") if (checkout / name).exists()})
-        # --- report: report.py from the default branch's checkout, the notes and the artifact as data -------------
+        # --- report: the installed arbot's report module, the notes and the artifact as data ----------------------
         report = self.jobs["report"]
         work = job / "report"
         work.mkdir()
-        (work / "bot").symlink_to(ROOT / "bot")  # this project's report.py stands in for the champion's
+        (work / ".venv").symlink_to(VENV)  # "Install arbot's report script": this project's venv stands in
         self._notes(work / ".arbot-notes")
         (work / "artifact").mkdir()
         for name in ("result.json", "evaluate.log"):

@@ -4,8 +4,11 @@ is filled in `arbot run` makes a first experiment."""
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import git
@@ -51,6 +54,8 @@ FLAGS = ["--script", "train.py", "--allowed", "train.py, model/*.py", "--budget"
          "--metric", "accuracy", "--direction", "maximize", "--owner", "@org/ml"]
 WRITTEN = ["arbot.yml", ".github/workflows/arbot-evaluate.yml", ".github/workflows/arbot-propose.yml",
            "evaluator/__init__.py", "evaluator/__main__.py", ".github/CODEOWNERS"]
+THIS_REPOSITORYS_PACKAGE = 'ARBOT_PACKAGE: "."'  # this repository's workflows install its checkout
+GIT_PACKAGE = "arbot @ git+https://example.com/arbot@v1"
 
 
 @pytest.fixture
@@ -82,8 +87,14 @@ def test_init_with_flags_writes_every_file(toy):
                    "device": "auto"},
         "evaluator": {"metric": "accuracy", "direction": "maximize"},
     }
+    default = f"arbot=={version('arbot')}"  # the arbot that ran init
     for name in ("arbot-evaluate.yml", "arbot-propose.yml"):
-        assert (toy / ".github/workflows" / name).read_text() == (ROOT / ".github/workflows" / name).read_text()
+        ours = (ROOT / ".github/workflows" / name).read_text()
+        assert (toy / ".github/workflows" / name).read_text() == ours.replace(
+            THIS_REPOSITORYS_PACKAGE, f'ARBOT_PACKAGE: "{default}"')
+    assert (f'the workflows install arbot with pip install "{default}": another with --arbot-package '
+            '(e.g. "arbot @ git+https://github.com/ORG/arbot@v0.1.0"), or edit ARBOT_PACKAGE at their top'
+            ) in r.output.splitlines()
     assert "/evaluator/ @org/ml\n/.github/ @org/ml\n" in (toy / ".github/CODEOWNERS").read_text()
     assert 'METRIC, DIRECTION = "accuracy", "maximize"' in (toy / "evaluator/__main__.py").read_text()
     assert (toy / "train.py").read_text() == TOY_SCRIPT
@@ -174,8 +185,84 @@ def test_it_asks_for_what_the_flags_do_not_give(toy):
 
 @pytest.mark.parametrize("name", ["arbot-evaluate.yml", "arbot-propose.yml"])
 def test_the_packaged_workflows_are_this_repositorys(name):
-    """`arbot init` writes bot/templates/<name>: after changing .github/workflows/<name>, copy it there."""
-    assert (ROOT / "bot/templates" / name).read_text() == (ROOT / ".github/workflows" / name).read_text()
+    """`arbot init` writes bot/templates/<name> with its own ARBOT_PACKAGE: after changing
+    .github/workflows/<name>, copy it there."""
+    ours = (ROOT / ".github/workflows" / name).read_text()
+    assert (ROOT / "bot/templates" / name).read_text() == ours
+    assert ours.count(f"\n  {THIS_REPOSITORYS_PACKAGE}\n") == 1  # the one line init replaces
+
+
+def workflow(root: Path, name: str) -> dict:
+    return yaml.safe_load((root / ".github/workflows" / name).read_text())
+
+
+def pip_arguments(wf: dict, job: str, tmp: Path) -> list[list[str]]:
+    """Each `Install` step of the job, run as GitHub runs it with the workflow's env and stand-ins for python3 and
+    pip: the arguments pip got, one list per step."""
+    bin_dir, pip, log = tmp / "bin", tmp / "pip", tmp / "pip-args"
+    bin_dir.mkdir(exist_ok=True)
+    pip.write_text(f'#!/bin/bash\nprintf "%s\\0" "$@" > {log}\n')
+    (bin_dir / "python3").write_text(f'#!/bin/bash\n[ "$1 $2" = "-m venv" ] || exit 9\nmkdir -p .venv/bin\n'
+                                     f'cp {pip} .venv/bin/pip\n')
+    for stub in (pip, bin_dir / "python3"):
+        stub.chmod(0o755)
+    out = []
+    for step in (s for s in wf["jobs"][job]["steps"] if s.get("name", "").startswith("Install")):
+        work = tmp / f"{job}-{len(out)}"
+        work.mkdir()
+        subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", step["run"]], cwd=work, check=True,
+                       env={"PATH": f"{bin_dir}:/usr/bin:/bin", **wf["env"]}, timeout=60)
+        out.append(log.read_text().split("\0")[:-1])
+    return out
+
+
+def test_the_workflows_install_exactly_the_arbot_package_given(toy, tmp_path):
+    r = init(toy, *FLAGS, "--arbot-package", GIT_PACKAGE)
+    assert r.exit_code == 0, r.output
+    assert f'the workflows install arbot with pip install "{GIT_PACKAGE}"' in r.output
+    evaluate, propose = workflow(toy, "arbot-evaluate.yml"), workflow(toy, "arbot-propose.yml")
+    assert evaluate["env"] == propose["env"] == {"ARBOT_PACKAGE": GIT_PACKAGE}
+    assert pip_arguments(evaluate, "train", tmp_path) == [["install", "--quiet", GIT_PACKAGE]]
+    assert pip_arguments(evaluate, "report", tmp_path) == [["install", "--quiet", "--no-deps", GIT_PACKAGE]]
+    assert pip_arguments(propose, "decide-and-propose", tmp_path) == [
+        ["install", "--quiet", "--extra-index-url", "https://download.pytorch.org/whl/cpu", GIT_PACKAGE]]
+    render = next(s for s in evaluate["jobs"]["report"]["steps"] if s["name"].startswith("Render"))
+    assert render["run"].startswith(".venv/bin/python -I -m bot.github.report --result artifact/result.json ")
+
+
+def test_the_report_step_renders_with_the_installed_module_not_a_bot_package_of_the_checkout(toy, tmp_path):
+    assert init(toy, *FLAGS).exit_code == 0
+    report = workflow(toy, "arbot-evaluate.yml")["jobs"]["report"]
+    work = tmp_path / "report"
+    (work / "bot/github").mkdir(parents=True)  # the user's own `bot` package, which must not shadow arbot's
+    for name in ("bot/__init__.py", "bot/github/__init__.py"):
+        (work / name).write_text("")
+    (work / "bot/github/report.py").write_text("raise SystemExit('the checkout bot package ran')\n")
+    (work / ".venv").symlink_to(Path(sys.executable).parent.parent)  # this project's venv: the installed arbot
+    (work / ".arbot-notes").mkdir()
+    render = next(s for s in report["steps"] if s["name"].startswith("Render"))
+    env = {**os.environ, "COMMIT": "a" * 40, "CHAMPION": "c" * 40, "REQUEST": "exp-1:aaaa:seed-0:val",
+           "GITHUB_SERVER_URL": "https://github.com", "GITHUB_REPOSITORY": "o/r", "GITHUB_RUN_ID": "7",
+           "GITHUB_STEP_SUMMARY": str(tmp_path / "summary.md")}
+    r = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", render["run"]], cwd=work, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    check = json.loads((work / "check-run.json").read_text())  # no artifact: a failure check run, still posted
+    assert check["conclusion"] == "failure" and check["external_id"] == "exp-1:aaaa:seed-0:val"
+
+
+def test_the_report_module_needs_nothing_but_the_standard_library():
+    """The report job installs arbot with --no-deps: `-m bot.github.report` with no site-packages at all."""
+    r = subprocess.run([sys.executable, "-E", "-S", "-m", "bot.github.report", "--help"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "--result" in r.stdout, r.stderr
+
+
+@pytest.mark.parametrize("spec", ["-e .", "", "arbot==1\nrm -rf /", "arbot @ ${{ github.ref }}"])
+def test_an_arbot_package_that_is_not_one_pip_argument_is_refused(toy, spec):
+    r = init(toy, *FLAGS, "--arbot-package", spec)
+    assert r.exit_code == 2 and "give one pip requirement or path" in " ".join(r.output.split()), r.output
+    assert not (toy / ".github").exists()
 
 
 def doctor(root: Path) -> tuple[int, str]:

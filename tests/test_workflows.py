@@ -184,7 +184,7 @@ def test_report_job_posts_the_check_run_from_the_default_branchs_script():
         {"persist-credentials": False},  # report.py comes from the default branch, never from a PR
         {"ref": "refs/notes/arbot", "path": ".arbot-notes", "persist-credentials": False}]  # data: the baseline
     render_step = steps(report, "Render")["run"]
-    assert "python3 bot/github/report.py --result artifact/result.json" in render_step
+    assert ".venv/bin/python -I -m bot.github.report --result artifact/result.json" in render_step  # the installed one
     for arg in ('--head-sha "$COMMIT"', '--champion-sha "$CHAMPION"', "--notes .arbot-notes",
                 '--external-id "$REQUEST"', "--out check-run.json"):
         assert arg in render_step

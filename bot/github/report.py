@@ -3,11 +3,12 @@
 
 The artifact comes from a job that ran untrusted training code, so it is data only: it is parsed as JSON,
 every field is checked for its type, text is escaped, and the log tail is fenced so it cannot break out.
-Standard library only: the report job runs it from the champion's checkout without installing arbot.
+Standard library only: the report job installs arbot without its dependencies (`pip install --no-deps`) and
+runs this module as `python -I -m bot.github.report`.
 
-Usage: python bot/github/report.py --result result.json --head-sha SHA [--champion-sha SHA] [--log evaluate.log]
-                                   [--baseline champion.json | --notes DIR] [--external-id KEY] [--metric NAME]
-                                   [--out check-run.json] [--summary FILE]
+Usage: python -m bot.github.report --result result.json --head-sha SHA [--champion-sha SHA] [--log evaluate.log]
+                                  [--baseline champion.json | --notes DIR] [--external-id KEY] [--metric NAME]
+                                  [--out check-run.json] [--summary FILE]
 Writes the body of POST /repos/{owner}/{repo}/check-runs to --out (or stdout) and, with --summary,
 appends the Markdown summary there (pass $GITHUB_STEP_SUMMARY). --external-id is the run request's key, by
 which the bot finds this result (bot.github.driver).
