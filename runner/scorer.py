@@ -1,8 +1,9 @@
 """A warm evaluator: the champion's `python -m evaluator serve`, kept running between runs.
 
 Starting Python, importing torch and the first model load cost about 5 s per run on 2 cores; a warm worker
-scores the default model in about 2 s. One worker serves one champion commit (its own evaluator code); it
-runs in its own process with a scrubbed environment and never imports candidate code.
+scores the default model in about 2 s. The runner starts it while the first run trains (`start`), and one worker
+serves every champion whose evaluator/ is the same git tree (the same code); it runs in its own process with a
+scrubbed environment and never imports candidate code.
 
 With a sandbox (runner.sandbox, kind "bwrap") the worker runs under bubblewrap like training does: its own
 uid (a root runner drops to evaluator.sandbox_uid), no network, its own pid namespace (no /proc of the
