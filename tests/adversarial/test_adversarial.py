@@ -313,7 +313,7 @@ def test_smuggles_val_as_a_data_file(suite):
 
 
 def test_symlinks_the_model_to_a_host_file(suite):
-    code = replace(better(suite.source), "torch.export.save(torch.export.export(model, (example,)), out / \"model.pt2\")",
+    code = replace(better(suite.source), "torch.export.save(program, out / \"model.pt2\")",
                    "import os\nos.symlink('/etc/hostname', out / 'model.pt2')")
     rec = suite.attack("Export a symlink", code)
     assert rec.decision.verdict == "crash" and "symlink" in rec.runs[0].reason

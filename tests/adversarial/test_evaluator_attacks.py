@@ -119,9 +119,9 @@ def no_marker(suite) -> None:
 @pytest.mark.parametrize("kind", ["weight", "sample_inputs"])
 def test_a_model_file_that_runs_code_when_loaded_is_refused(suite, kind):
     code = after_knobs(better(suite.source), POISON)
-    code = replace(code, 'torch.export.save(torch.export.export(model, (example,)), out / "model.pt2")',
-                   'torch.export.save(torch.export.export(model, (example,)), out / "model.pt2")\n'
-                   f'    _poison(out / "model.pt2", {kind!r}, {payload(suite.drop)!r})')
+    code = replace(code, 'torch.export.save(program, out / "model.pt2")',
+                   'torch.export.save(program, out / "model.pt2")\n'
+                   f'_poison(out / "model.pt2", {kind!r}, {payload(suite.drop)!r})')
     rec = suite.attack(f"Export a model whose {kind} run code", code)
     run = rec.runs[0]
     assert rec.decision.verdict == "rejected" and run.status == "rejected" and not run.metrics
