@@ -61,11 +61,16 @@ def counting():
     return CountingRunner
 
 
-def world_loop(tmp_path, world, names, workers=2):
-    repo = make_world(tmp_path / "w", CONFIG)
-    config = load_config(tmp_path / "w" / "arbot.yml")
+def scripted_world(tmp_path, config: dict = CONFIG):
+    """The scripted world's repository, its loaded arbot.yml and a forge with the champion branch made."""
+    repo = make_world(tmp_path / "w", config)
     forge = LocalForge(repo)
     forge.ensure_champion()
+    return repo, load_config(tmp_path / "w" / "arbot.yml"), forge
+
+
+def world_loop(tmp_path, world, names, workers=2):
+    repo, config, forge = scripted_world(tmp_path)
     pool = LocalPool(lambda target, gpus: CountingRunner(git.Repo(repo.working_dir), world), config.target, workers)
     loop = Loop(forge, None, ScriptedProposer(*names), make_policy(config.policy), config.target, executor=pool)
     return forge, loop, pool
@@ -111,10 +116,7 @@ def test_one_worker_makes_the_same_decisions_as_the_serial_loop(tmp_path, counti
 
 def test_a_loop_killed_mid_run_resumes_without_losing_or_repeating_a_run(tmp_path, counting):
     world = {"win": Variant(effect=-0.3)}
-    repo = make_world(tmp_path / "w", CONFIG)
-    config = load_config(tmp_path / "w" / "arbot.yml")
-    forge = LocalForge(repo)
-    forge.ensure_champion()
+    repo, config, forge = scripted_world(tmp_path)
 
     class Dies(CountingRunner):
         def run(self, candidate, champion, seed=0, splits=("val",), on_progress=None):
@@ -156,10 +158,7 @@ class Losing(Inline):
 
 
 def test_a_lost_run_is_recorded_and_made_again_never_counted_as_the_candidates(tmp_path, counting):
-    repo = make_world(tmp_path / "w", CONFIG)
-    config = load_config(tmp_path / "w" / "arbot.yml")
-    forge = LocalForge(repo)
-    forge.ensure_champion()
+    repo, config, forge = scripted_world(tmp_path)
     sha = forge.champion()
     key = RunSpec(role="champion", commit=sha, champion=sha, seed=1).key
     executor = Losing(CountingRunner(repo, {}, delay=0), {key: 1})
@@ -171,10 +170,7 @@ def test_a_lost_run_is_recorded_and_made_again_never_counted_as_the_candidates(t
 
 
 def test_a_run_the_machine_keeps_losing_stops_the_loop_with_the_reason(tmp_path, counting):
-    repo = make_world(tmp_path / "w", CONFIG)
-    config = load_config(tmp_path / "w" / "arbot.yml")
-    forge = LocalForge(repo)
-    forge.ensure_champion()
+    repo, config, forge = scripted_world(tmp_path)
     sha = forge.champion()
     key = RunSpec(role="champion", commit=sha, champion=sha, seed=0).key
     loop = Loop(forge, None, ScriptedProposer(), make_policy(config.policy), config.target,

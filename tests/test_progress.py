@@ -12,15 +12,13 @@ import git
 import matplotlib.image
 import pytest
 
-from bot.config import load_config
 from bot.executors.pool import LocalPool
-from bot.forges.local import LocalForge
 from bot.loop import Loop
 from bot.policy import make_policy
 from bot.progress import champion_steps, live, stale_rate, trajectory
 from bot.records import DEFAULT_METRIC
 from tests.scripted import ScriptedProposer, Variant, make_world
-from tests.test_local_pool import CountingRunner
+from tests.test_local_pool import CountingRunner, scripted_world
 
 WORLD = {"win": Variant(effect=-0.3), "slow-win": Variant(effect=-0.2), "worse": Variant(effect=0.2)}
 
@@ -28,10 +26,7 @@ WORLD = {"win": Variant(effect=-0.3), "slow-win": Variant(effect=-0.2), "worse":
 @pytest.fixture
 def campaign(tmp_path):
     """exp-1 wins while exp-2 is in flight; exp-2 is measured again as exp-3 and wins too; then exp-4 is a loss."""
-    repo = make_world(tmp_path / "w", {"policy": {"rule": "noise_aware"}})
-    config = load_config(tmp_path / "w" / "arbot.yml")
-    forge = LocalForge(repo)
-    forge.ensure_champion()
+    repo, config, forge = scripted_world(tmp_path)
     pool = LocalPool(lambda target, gpus: CountingRunner(git.Repo(repo.working_dir), WORLD, delay=0.2),
                      config.target, 2)
     status = tmp_path / "status.json"
