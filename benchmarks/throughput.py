@@ -21,23 +21,17 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
+from common import ROOT, clone
 
-ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def clone(dest: Path, executor: str, workers: int, experiments: int, budget: float) -> None:
-    subprocess.run(["git", "clone", "-q", str(ROOT), str(dest)], check=True)
-    config = yaml.safe_load((dest / "arbot.yml").read_text()) or {}
-    config.setdefault("target", {}).update({"threads": 1, "budget_seconds": budget})
-    config.setdefault("run", {}).update({"experiments": experiments, "executor": executor, "workers": workers})
+def settings(executor: str, workers: int, experiments: int, budget: float) -> dict:
+    out = {"target": {"threads": 1, "budget_seconds": budget},
+           "run": {"experiments": experiments, "executor": executor, "workers": workers}}
     if executor == "slurm":
-        config["slurm"] = {"max_jobs": workers, "cpus_per_task": 1}
-    (dest / "arbot.yml").write_text(yaml.safe_dump(config))
-    subprocess.run(["git", "-C", str(dest), "commit", "-qam", "benchmark settings"], check=True,
-                   env={"GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "b@x", "GIT_COMMITTER_NAME": "bench",
-                        "GIT_COMMITTER_EMAIL": "b@x", "PATH": "/usr/bin:/bin"})
+        out["slurm"] = {"max_jobs": workers, "cpus_per_task": 1}
+    return out
 
 
 def measure(executor: str, workers: int, experiments: int, budget: float) -> dict:
@@ -48,7 +42,7 @@ def measure(executor: str, workers: int, experiments: int, budget: float) -> dic
 
     with tempfile.TemporaryDirectory(prefix="arbot-throughput-") as tmp:
         repo = Path(tmp) / "repo"
-        clone(repo, executor, workers, experiments, budget)
+        clone(repo, settings(executor, workers, experiments, budget))
         start = time.monotonic()
         done = subprocess.run([sys.executable, "-m", "bot", "run", "--repo", str(repo)], capture_output=True, text=True)
         seconds = time.monotonic() - start

@@ -24,6 +24,8 @@ class KnobRange(Strict):
 
 class SearchConfig(Strict):
     seed: int = Field(0, description="seed of the Optuna sampler")
+    sampler: Literal["tpe", "random"] = Field(
+        "tpe", description="tpe: random for 10 experiments, then Optuna's TPE; random: random search throughout")
     knobs: dict[str, KnobRange] = Field(default_factory=dict, description="ranges per knob; others use defaults")
     exclude: list[str] = Field(
         default_factory=lambda: ["EVAL_BATCH"],

@@ -69,3 +69,12 @@ def _space(proposer):
     from bot.proposers.search import distribution
     knobs = find_knobs(SCRIPT)
     return CategoricalDistribution([k.name for k in knobs]), {k.name: distribution(k, None) for k in knobs}
+
+
+def test_the_random_sampler_is_random_search_and_says_so():
+    proposer = SearchProposer(SearchConfig(sampler="random"))
+    study = proposer._study([], [], *_space(proposer), DEFAULT_METRIC)
+    assert type(study.sampler).__name__ == "RandomSampler"
+    p = proposer.propose(ctx())
+    assert "random search" in p.rationale and len(changed_knobs(SCRIPT, p.files["target/train.py"])) == 1
+    assert "TPE" in SearchProposer(SearchConfig()).propose(ctx()).rationale

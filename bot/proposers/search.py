@@ -36,6 +36,7 @@ DEFAULT_RANGES: dict[str, KnobRange] = {
     "SEQ_LEN": KnobRange(choices=[32, 64, 128, 256]),
 }
 MAX_RESAMPLES = 30
+SAMPLERS = {"tpe": "TPE", "random": "random search"}  # search.sampler -> how a proposal's rationale names it
 PENDING_SEED_STEP = 7919  # a prime: the sampler's seed differs for each number of experiments in flight
 NOVELTY = 0.05  # a new value must differ from every tried one by 5% of the knob's range
 
@@ -92,7 +93,8 @@ class SearchProposer:
         seed = self.cfg.seed * 1_000_003 + len(history) + PENDING_SEED_STEP * len(pending)
         # random for its first 10 trials, then TPE; experiments in flight are running trials, scored by the
         # constant liar as the worst so far, so parallel workers spread out instead of piling on one region
-        sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=bool(pending))
+        sampler = (optuna.samplers.RandomSampler(seed=seed) if self.cfg.sampler == "random"
+                   else optuna.samplers.TPESampler(seed=seed, constant_liar=bool(pending)))
         study = optuna.create_study(direction=metric.direction, sampler=sampler)
         for rec in history + pending:
             trial = _past_trial(rec, choice, dists, metric.key())
@@ -107,7 +109,8 @@ class SearchProposer:
         return Proposal(
             proposer=self.name,
             hypothesis=f"{verb} {name} from {format_value(old)} to {format_value(new)}{ratio}",
-            rationale=f"Optuna TPE over {n_past} earlier experiments chose {name} as the knob to change next.",
+            rationale=f"Optuna {SAMPLERS[self.cfg.sampler]} over {n_past} earlier experiments chose {name} as the knob "
+                      "to change next.",
             files={ctx.script_path: set_knobs(ctx.script, {name: new})},
             knobs=[change],
             params={"knob": name, name: new},

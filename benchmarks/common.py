@@ -1,0 +1,23 @@
+"""What the benchmarks that run `arbot run` share: a fresh clone of this checkout with its settings committed."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_GIT = {"GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@localhost", "GIT_COMMITTER_NAME": "bench",
+             "GIT_COMMITTER_EMAIL": "bench@localhost", "PATH": "/usr/bin:/bin"}
+
+
+def clone(dest: Path, settings: dict) -> None:
+    """Clone this checkout's committed HEAD to `dest` and commit `settings` merged into its arbot.yml (one level
+    deep: each section's keys replace the file's; a None section value removes nothing, it sets the key to null)."""
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(dest)], check=True)
+    config = yaml.safe_load((dest / "arbot.yml").read_text()) or {}
+    for section, values in settings.items():
+        config.setdefault(section, {}).update(values)
+    (dest / "arbot.yml").write_text(yaml.safe_dump(config))
+    subprocess.run(["git", "-C", str(dest), "commit", "-qam", "benchmark settings"], check=True, env=BENCH_GIT)

@@ -1,0 +1,140 @@
+"""Yield on the real target: arbot's policy, greedy keep/revert and random search, each given the same runner time,
+then every promotion and each final champion measured again with fresh seeds.
+
+    python benchmarks/yield.py [--seconds 900] [--budget 5] [--audit-runs 3] [--final-runs 4]
+                               [--strategies arbot,greedy,random] [--json]
+
+Each strategy gets a fresh clone of this checkout's committed HEAD (the built-in target, one worker) and runs
+`arbot run` as a user would, until `--seconds` of wall time have passed; then it is interrupted as Ctrl-C does
+(its run in flight is lost, as it would be). Strategies:
+
+- arbot:  the defaults (the search proposer, the noise-aware policy, holdout confirmation);
+- greedy: autoresearch's keep/revert, the same proposer: one run, kept when it beats the champion's value
+          (`policy.rule: margin`, margin 0, one baseline run, no holdout check);
+- random: random search (`search.sampler: random`) with greedy's keep/revert.
+
+Afterwards, as `arbot audit` does, every promotion is run again against its parent with `--audit-runs` fresh seeds
+each (a promotion replicates when its improvement is positive and significant at 0.05, one-sided), and the
+starting champion and each final champion get `--final-runs` fresh seeds: the replicated improvement is the
+difference of those means (positive: better), per runner-hour of the campaign. The starting champion is the same
+tree in every clone, so it is measured once. The machine should be idle: every strategy gets the same seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from common import ROOT, clone
+
+sys.path.insert(0, str(ROOT))
+
+GREEDY = {"policy": {"rule": "margin", "margin": 0.0, "baseline_runs": 1}, "target": {"holdout_max_gap": None}}
+STRATEGIES = {
+    "arbot": {},
+    "greedy": GREEDY,
+    "random": {**GREEDY, "search": {"sampler": "random"}},
+}
+FRESH_SEED = 2000  # the final measurements' seeds: disjoint from the campaign's and the audits' (1000+)
+STOP_SECONDS = 120  # how long an interrupted `arbot run` may take to save and exit
+
+
+def campaign(repo: Path, seconds: float) -> float:
+    """`arbot run` in `repo` until `seconds` have passed, then Ctrl-C (SIGINT to its process group, as a terminal
+    sends it). Returns the seconds it ran."""
+    start = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "bot", "run", "--repo", str(repo)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=seconds)
+        raise SystemExit(f"`arbot run` in {repo} ended before its time ({proc.returncode}):\n{out[-3000:]}")
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGINT)
+        out, _ = proc.communicate(timeout=STOP_SECONDS)
+    if proc.returncode != 130:
+        raise SystemExit(f"`arbot run` in {repo} did not stop as interrupted ({proc.returncode}):\n{out[-3000:]}")
+    return time.monotonic() - start
+
+
+def fresh(project, commit: str, champion: str, runs: int) -> list[float]:
+    """`runs` fresh-seed measurements of `commit`, scored by `champion`'s evaluator, oriented lower-is-better."""
+    from bot.records import ok_metric, oriented
+
+    results = [project.runner.run(commit, champion, seed=FRESH_SEED + i) for i in range(runs)]
+    metric = project.config.metric
+    values = ok_metric(results, metric.key())
+    if len(values) < runs:
+        failed = next(r for r in results if not r.ok)
+        raise SystemExit(f"a fresh run of {commit[:12]} failed ({failed.status}): {failed.reason}")
+    return oriented(values, metric.direction)
+
+
+def measure(name: str, settings: dict, seconds: float, budget: float, audit_runs: int, final_runs: int,
+            start_values: list[float] | None, tmp: Path) -> tuple[dict, list[float]]:
+    from bot.audit import audit_win
+    from bot.cli import Project
+
+    repo = tmp / name
+    clone(repo, {**settings, "run": {"experiments": None},
+                 "target": {**settings.get("target", {}), "budget_seconds": budget}})
+    project = Project(repo, None)
+    start = project.repo.head.commit.hexsha
+    ran = campaign(repo, seconds)
+    project = Project(repo, None)  # the records as the campaign left them
+    wins = [r for r in project.forge.experiments() if r.merged_as]
+    at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    audits = [audit_win(project.forge, project.runner, r, audit_runs, 0.05, project.config.metric, at) for r in wins]
+    final = project.forge.champion()
+    start_values = start_values or fresh(project, start, start, final_runs)
+    final_values = fresh(project, final, start, final_runs) if final != start else start_values
+    improvement = statistics.fmean(start_values) - statistics.fmean(final_values)
+    recs = project.forge.experiments()
+    return {
+        "strategy": name, "seconds": round(ran, 1), "experiments": sum(r.decision is not None for r in recs),
+        "runs": sum(len(r.runs) for r in recs), "promotions": len(wins),
+        "not_replicated": sum(not a.replicates for a in audits),
+        "audit_effects": [round(a.effect, 4) if a.effect is not None else None for a in audits],
+        "start": round(statistics.fmean(start_values), 4), "final": round(statistics.fmean(final_values), 4),
+        "replicated_improvement": round(improvement, 4),
+        "per_runner_hour": round(improvement / (ran / 3600), 4),
+    }, start_values
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=900, help="wall (runner) seconds of each campaign")
+    parser.add_argument("--budget", type=float, default=5.0, help="training seconds per run")
+    parser.add_argument("--audit-runs", type=int, default=3, help="fresh seeds per side for each promotion")
+    parser.add_argument("--final-runs", type=int, default=4, help="fresh seeds for the starting and final champions")
+    parser.add_argument("--strategies", default=",".join(STRATEGIES))
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    rows, start_values = [], None
+    with tempfile.TemporaryDirectory(prefix="arbot-yield-") as tmp:
+        for name in args.strategies.split(","):
+            row, start_values = measure(name, STRATEGIES[name], args.seconds, args.budget, args.audit_runs,
+                                        args.final_runs, start_values, Path(tmp))
+            rows.append(row)
+            print(json.dumps(row), file=sys.stderr, flush=True)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    print(f"{'strategy':<8} {'seconds':>7} {'exps':>5} {'runs':>5} {'promoted':>8} {'not repl.':>9} {'start':>7} "
+          f"{'final':>7} {'improvement':>11} {'per hour':>9}")
+    for r in rows:
+        print(f"{r['strategy']:<8} {r['seconds']:>7} {r['experiments']:>5} {r['runs']:>5} {r['promotions']:>8} "
+              f"{r['not_replicated']:>9} {r['start']:>7} {r['final']:>7} {r['replicated_improvement']:>11} "
+              f"{r['per_runner_hour']:>9}")
+
+
+if __name__ == "__main__":
+    main()
