@@ -1,12 +1,15 @@
 """Throughput: experiments decided per hour by `arbot run` with 1 and 2 local workers, and with the Slurm executor.
 
-    python benchmarks/throughput.py [--experiments 6] [--budget 5] [--executors local:1,local:2,slurm:2] [--json]
+    python benchmarks/throughput.py [--experiments 6] [--budget 5] [--executors local:1,local:2,slurm:2] [--keep DIR]
+                                    [--json]
 
 Each configuration gets a fresh clone of this checkout's committed HEAD (the built-in target, the search proposer
 with the same seed), one training thread per worker (target.threads: 1), and runs `arbot run -n N` as a user
 would (a subprocess); its wall time from start to end (the champion's noise floor included) and its records give
 the rate. An experiment closed as stale (measured again because a win moved the champion while it was in flight)
-is not counted as decided: its fresh copy is. The stale rate is reported beside. The machine should be idle:
+is not counted as decided: its fresh copy is. The stale rate is reported beside, and so are every run the
+campaign made (champions' included), their mean wall seconds and the workers' utilization (run seconds over
+workers x wall seconds), which tell a slower run from an idle worker. The machine should be idle:
 the rate is what the cores give. `slurm:N` needs a running cluster (scripts/slurm-up.sh) and submits N jobs at
 once, one core each.
 """
@@ -34,27 +37,42 @@ def settings(executor: str, workers: int, experiments: int, budget: float) -> di
     return out
 
 
-def measure(executor: str, workers: int, experiments: int, budget: float) -> dict:
+def measure(executor: str, workers: int, experiments: int, budget: float, keep: Path | None = None) -> dict:
     import git
 
     from bot.forges.local import LocalForge
     from bot.progress import stale_rate
 
     with tempfile.TemporaryDirectory(prefix="arbot-throughput-") as tmp:
-        repo = Path(tmp) / "repo"
+        repo = (keep / f"{executor}-{workers}") if keep else Path(tmp) / "repo"
         clone(repo, settings(executor, workers, experiments, budget))
         start = time.monotonic()
         done = subprocess.run([sys.executable, "-m", "bot", "run", "--repo", str(repo)], capture_output=True, text=True)
         seconds = time.monotonic() - start
         if done.returncode != 0:
             raise SystemExit(f"{executor}:{workers} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-        recs = LocalForge(git.Repo(repo)).experiments()
+        forge = LocalForge(git.Repo(repo))
+        recs = forge.experiments()
         rate, stale, decided = stale_rate(recs)
-        runs = sum(len(r.runs) for r in recs)
+        runs = made(forge, recs)
+        busy = sum(r.total_seconds for r in runs)
         return {"executor": executor, "workers": workers, "seconds": round(seconds, 1),
-                "decided": decided - stale, "stale": stale, "stale_rate": round(rate or 0.0, 3), "runs": runs,
+                "decided": decided - stale, "stale": stale, "stale_rate": round(rate or 0.0, 3), "runs": len(runs),
                 "wins": sum(bool(r.merged_as) for r in recs),
+                "rejected": sum(r.decision is not None and r.decision.verdict == "rejected" and r.decision.rule != "stale"
+                                for r in recs),
+                "seconds_per_run": round(busy / len(runs), 1), "utilization": round(busy / (workers * seconds), 2),
+                "runs_per_hour": round(len(runs) / seconds * 3600, 1),
                 "experiments_per_hour": round((decided - stale) / seconds * 3600, 1)}
+
+
+def made(forge, recs) -> list:
+    """Every run the campaign made: the experiments' and each champion's own (a promoted champion's record starts
+    with its winner's runs, which are the experiment's)."""
+    wins = sum(bool(r.merged_as) for r in recs)
+    champions = [forge.repo.commit(f"{forge.champion_branch}~{i}").hexsha for i in range(wins + 1)]
+    own = [run for sha in champions for run in forge.champion_record(sha).runs if run.commit == sha]
+    return [run for r in recs for run in r.runs] + own
 
 
 def main() -> None:
@@ -62,12 +80,13 @@ def main() -> None:
     parser.add_argument("--experiments", type=int, default=6)
     parser.add_argument("--budget", type=float, default=5.0, help="training seconds per run")
     parser.add_argument("--executors", default="local:1,local:2,slurm:2", help="executor:workers, comma-separated")
+    parser.add_argument("--keep", type=Path, help="leave each campaign's repository here (<executor>-<workers>)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     rows = []
     for item in args.executors.split(","):
         executor, workers = item.split(":")
-        rows.append(measure(executor, int(workers), args.experiments, args.budget))
+        rows.append(measure(executor, int(workers), args.experiments, args.budget, args.keep))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     base = next((r["experiments_per_hour"] for r in rows if (r["executor"], r["workers"]) == ("local", 1)), None)
     for r in rows:
@@ -75,11 +94,12 @@ def main() -> None:
     if args.json:
         print(json.dumps(rows, indent=2))
         return
-    print(f"{'executor':<8} {'workers':>7} {'seconds':>8} {'decided':>7} {'stale':>6} {'runs':>5} {'exp/hour':>9} {'speedup':>8}")
+    print(f"{'executor':<8} {'workers':>7} {'seconds':>8} {'decided':>7} {'stale':>6} {'runs':>5} {'s/run':>6} "
+          f"{'busy':>5} {'runs/hour':>9} {'exp/hour':>9} {'speedup':>8}")
     for r in rows:
         print(f"{r['executor']:<8} {r['workers']:>7} {r['seconds']:>8} {r['decided']:>7} {r['stale_rate']:>6.0%} "
-              f"{r['runs']:>5} {r['experiments_per_hour']:>9} {r['speedup_vs_1_worker'] or '':>8}")
-
+              f"{r['runs']:>5} {r['seconds_per_run']:>6} {r['utilization']:>5.0%} {r['runs_per_hour']:>9} "
+              f"{r['experiments_per_hour']:>9} {r['speedup_vs_1_worker'] or '':>8}")
 
 if __name__ == "__main__":
     main()
