@@ -49,8 +49,8 @@ STOP_SECONDS = 120  # how long an interrupted `arbot run` may take to save and e
 
 
 def campaign(repo: Path, seconds: float) -> float:
-    """`arbot run` in `repo` until `seconds` have passed, then Ctrl-C (SIGINT to its process group, as a terminal
-    sends it). Returns the seconds it ran."""
+    """`arbot run` in `repo` until `seconds` have passed, then SIGINT, as Ctrl-C (to arbot alone: its git
+    helper processes must outlive it to save the records). Returns the seconds it ran."""
     start = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "bot", "run", "--repo", str(repo)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -58,10 +58,10 @@ def campaign(repo: Path, seconds: float) -> float:
         out, _ = proc.communicate(timeout=seconds)
         raise SystemExit(f"`arbot run` in {repo} ended before its time ({proc.returncode}):\n{out[-3000:]}")
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGINT)
+        os.kill(proc.pid, signal.SIGINT)
         out, _ = proc.communicate(timeout=STOP_SECONDS)
     if proc.returncode != 130:
-        raise SystemExit(f"`arbot run` in {repo} did not stop as interrupted ({proc.returncode}):\n{out[-3000:]}")
+        raise SystemExit(f"`arbot run` in {repo} did not stop as interrupted ({proc.returncode}):\n{out[-6000:]}")
     return time.monotonic() - start
 
 

@@ -128,6 +128,8 @@ def run(
                 console.print(f"champion {start.commit[:7]}: {champion_summary(start.runs, metric)}")
                 done = loop.campaign(limit, CampaignReport(p.forge, results, metric))
         except KeyboardInterrupt:
+            # Ctrl-C may have cut a read from git's persistent cat-file process mid-answer: start fresh ones
+            p.repo.git.clear_cache()
             export_results(p.forge, results, metric)
             console.print("[yellow]interrupted[/]: every finished run is saved; `arbot run` resumes where this stopped")
             raise typer.Exit(130)
