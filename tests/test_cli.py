@@ -96,3 +96,24 @@ def test_approve_merges_a_held_win_and_results_show_review_until_then(research_r
     assert row(done, DEFAULT_METRIC)["status"] == "keep"
     again = arbot(research_repo, "approve", "exp-1")
     assert again.returncode == 2 and "not a win waiting for review" in again.stdout
+
+
+def test_ctrl_c_in_the_middle_of_a_git_read_still_ends_as_interrupted(research_repo, monkeypatch):
+    """Ctrl-C can land while GitPython waits for git's persistent `cat-file --batch` answer: the answer is left
+    unread, and the next read would take it for its own. The records are saved and the run ends as interrupted."""
+    from typer.testing import CliRunner
+
+    from bot import cli
+    from bot.loop import Loop
+
+    def interrupted(self, limit, report=None):
+        self.forge.save(self.forge.champion_record(self.forge.champion()))  # a note for the export to read
+        cat_file = self.forge.repo.git._get_persistent_cmd("cat_file_all", "cat_file", batch=True)
+        cat_file.stdin.write(b"HEAD\n")  # asked, never read: as when the signal cut the read short
+        cat_file.stdin.flush()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Loop, "campaign", interrupted)
+    out = CliRunner().invoke(cli.app, ["run", "-n", "1", "--repo", research_repo.working_tree_dir])
+    assert out.exit_code == 130, out.output
+    assert "resumes" in out.output and (Path(research_repo.working_tree_dir) / "results.tsv").exists()
