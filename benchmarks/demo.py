@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -34,7 +35,8 @@ def demo(seed: int, tmp: Path) -> dict:
     repo = tmp / f"seed-{seed}"
     clone(repo, {"search": {"seed": seed}})
     start = time.monotonic()
-    done = subprocess.run(["make", "run"], cwd=repo, capture_output=True, text=True)
+    done = subprocess.run(["make", "run"], cwd=repo, capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "300"})  # rich wraps at the terminal's width
     minutes = (time.monotonic() - start) / 60
     if done.returncode != 0:
         raise SystemExit(f"seed {seed}: make run failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-2000:]}")
