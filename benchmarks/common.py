@@ -21,3 +21,12 @@ def clone(dest: Path, settings: dict) -> None:
         config.setdefault(section, {}).update(values)
     (dest / "arbot.yml").write_text(yaml.safe_dump(config))
     subprocess.run(["git", "-C", str(dest), "commit", "-qam", "benchmark settings"], check=True, env=BENCH_GIT)
+
+
+def print_table(columns: dict[str, str], rows: list[dict]) -> None:
+    """`rows` as an aligned text table: `columns` maps each row key to its header; values are printed as given
+    (format them first), the first column left-aligned, the others right-aligned."""
+    cells = [list(columns.values())] + [[str(r[k]) for k in columns] for r in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+    for line in cells:
+        print(" ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))))

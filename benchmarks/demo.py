@@ -3,9 +3,10 @@
     python benchmarks/demo.py [--seeds 0,1,2,3,4] [--json]
 
 Each seed gets a fresh clone of this checkout's committed HEAD with `search.seed` set and runs `make run` as a
-newcomer would, the venv included (torch from this machine's disk, as the Makefile pins it). Reports, per seed, the minutes it took, the experiments decided,
-the confirmed wins (merged into `champion`) and the champion before and after as `arbot run` printed them. The
-issue's goal: at least one win in 4 of 5 seeds, each in under 10 minutes. The machine should be idle.
+newcomer would, the venv included (torch from this machine's disk, as the Makefile pins it). Reports, per seed,
+the minutes it took, the experiments decided, the confirmed wins (merged into `champion`) and the champion before
+and after as `arbot run` printed them. The issue's goal: at least one win in 4 of 5 seeds, each in under 10
+minutes. The machine should be idle.
 """
 
 from __future__ import annotations

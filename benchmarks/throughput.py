@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, clone
+from common import ROOT, clone, print_table
 
 sys.path.insert(0, str(ROOT))
 
@@ -94,12 +94,12 @@ def main() -> None:
     if args.json:
         print(json.dumps(rows, indent=2))
         return
-    print(f"{'executor':<8} {'workers':>7} {'seconds':>8} {'decided':>7} {'stale':>6} {'runs':>5} {'s/run':>6} "
-          f"{'busy':>5} {'runs/hour':>9} {'exp/hour':>9} {'speedup':>8}")
-    for r in rows:
-        print(f"{r['executor']:<8} {r['workers']:>7} {r['seconds']:>8} {r['decided']:>7} {r['stale_rate']:>6.0%} "
-              f"{r['runs']:>5} {r['seconds_per_run']:>6} {r['utilization']:>5.0%} {r['runs_per_hour']:>9} "
-              f"{r['experiments_per_hour']:>9} {r['speedup_vs_1_worker'] or '':>8}")
+    print_table({"executor": "executor", "workers": "workers", "seconds": "seconds", "decided": "decided",
+                 "stale": "stale", "runs": "runs", "seconds_per_run": "s/run", "busy": "busy",
+                 "runs_per_hour": "runs/hour", "experiments_per_hour": "exp/hour", "speedup": "speedup"},
+                [{**r, "stale": f"{r['stale_rate']:.0%}", "busy": f"{r['utilization']:.0%}",
+                  "speedup": r["speedup_vs_1_worker"] or ""} for r in rows])
+
 
 if __name__ == "__main__":
     main()

@@ -34,7 +34,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from common import ROOT, clone
+from common import ROOT, clone, print_table
 
 sys.path.insert(0, str(ROOT))
 
@@ -86,18 +86,17 @@ def measure(name: str, settings: dict, seconds: float, budget: float, audit_runs
     repo = tmp / name
     clone(repo, {**settings, "run": {"experiments": None},
                  "target": {**settings.get("target", {}), "budget_seconds": budget}})
-    project = Project(repo, None)
+    project = Project(repo, None)  # its forge reads the records from git at each call
     start = project.repo.head.commit.hexsha
     ran = campaign(repo, seconds)
-    project = Project(repo, None)  # the records as the campaign left them
-    wins = [r for r in project.forge.experiments() if r.merged_as]
+    recs = project.forge.experiments()
+    wins = [r for r in recs if r.merged_as]
     at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     audits = [audit_win(project.forge, project.runner, r, audit_runs, 0.05, project.config.metric, at) for r in wins]
     final = project.forge.champion()
     start_values = start_values or fresh(project, start, start, final_runs)
     final_values = fresh(project, final, start, final_runs) if final != start else start_values
     improvement = statistics.fmean(start_values) - statistics.fmean(final_values)
-    recs = project.forge.experiments()
     return {
         "strategy": name, "seconds": round(ran, 1), "experiments": sum(r.decision is not None for r in recs),
         "runs": sum(len(r.runs) for r in recs), "promotions": len(wins),
@@ -128,13 +127,9 @@ def main() -> None:
     if args.json:
         print(json.dumps(rows, indent=2))
         return
-    print(f"{'strategy':<8} {'seconds':>7} {'exps':>5} {'runs':>5} {'promoted':>8} {'not repl.':>9} {'start':>7} "
-          f"{'final':>7} {'improvement':>11} {'per hour':>9}")
-    for r in rows:
-        print(f"{r['strategy']:<8} {r['seconds']:>7} {r['experiments']:>5} {r['runs']:>5} {r['promotions']:>8} "
-              f"{r['not_replicated']:>9} {r['start']:>7} {r['final']:>7} {r['replicated_improvement']:>11} "
-              f"{r['per_runner_hour']:>9}")
-
+    print_table({"strategy": "strategy", "seconds": "seconds", "experiments": "exps", "runs": "runs",
+                 "promotions": "promoted", "not_replicated": "not repl.", "start": "start", "final": "final",
+                 "replicated_improvement": "improvement", "per_runner_hour": "per hour"}, rows)
 
 if __name__ == "__main__":
     main()
