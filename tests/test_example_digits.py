@@ -307,7 +307,8 @@ def metric_value(trailer: str, key: str = "val_accuracy") -> float:
     return float(value)
 
 
-SEED_LR = {"LEARNING_RATE": 1e-5}  # a seed champion that barely learns in its budget: accuracy about chance (0.1)
+SEED_LR = {"LEARNING_RATE": 0.0}  # a seed champion that cannot learn (its weights stay at their initialisation):
+# accuracy about chance (0.1) on any machine, where a small rate learned up to 0.85 in 1 s on a fast one
 
 
 @pytest.mark.slow
