@@ -468,10 +468,15 @@ def over_disk_cap(work: Path, cap: int) -> str:
     return ""
 
 
+def timed_runs(runs: list[RunResult]) -> list[RunResult]:
+    """A champion's runs its times can be measured from: ok, with training and scoring seconds."""
+    return [r for r in runs if r.status == "ok" and r.train_seconds is not None and r.score_seconds]
+
+
 def champion_timing(runs: list[RunResult], budget_seconds: float) -> tuple[float, float] | None:
     """(start-up and export seconds, scoring seconds per split) of a champion, from its recorded runs, as the
     runner measures them after each champion run; None before it has an ok run."""
-    ok = [r for r in runs if r.status == "ok" and r.train_seconds is not None and r.score_seconds]
+    ok = timed_runs(runs)
     if not ok:
         return None
     return (max(max(r.train_seconds - budget_seconds, 0.0) for r in ok),
