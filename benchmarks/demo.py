@@ -1,12 +1,12 @@
 """The demo's win rate: `make run` from a fresh clone, once per search seed, on this machine.
 
-    python benchmarks/demo.py [--seeds 0,1,2,3,4] [--json]
+    python benchmarks/demo.py [--seeds 0,1,2,3,4] [--workers N] [--json]
 
 Each seed gets a fresh clone of this checkout's committed HEAD with `search.seed` set and runs `make run` as a
-newcomer would, the venv included (torch from this machine's disk, as the Makefile pins it). Reports, per seed,
-the minutes it took, the experiments decided, the confirmed wins (merged into `champion`) and the champion before
-and after as `arbot run` printed them. The issue's goal: at least one win in 4 of 5 seeds, each in under 10
-minutes. The machine should be idle.
+newcomer would, the venv included (torch from this machine's disk, as the Makefile pins it); `--workers N` runs
+`make run ARGS="--workers N"` instead. Reports, per seed, the minutes it took, the experiments decided, the
+confirmed wins (merged into `champion`) and the champion before and after as `arbot run` printed them. The
+issue's goal: at least one win in 4 of 5 seeds, each in under 10 minutes. The machine should be idle.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 CHAMPION_LINE = re.compile(r"^champion \w+ -> \w+: .*$", re.MULTILINE)
 
 
-def demo(seed: int, tmp: Path) -> dict:
+def demo(seed: int, tmp: Path, workers: int | None) -> dict:
     import git
 
     from bot.forges.local import LocalForge
@@ -36,7 +36,8 @@ def demo(seed: int, tmp: Path) -> dict:
     repo = tmp / f"seed-{seed}"
     clone(repo, {"search": {"seed": seed}})
     start = time.monotonic()
-    done = subprocess.run(["make", "run"], cwd=repo, capture_output=True, text=True,
+    make = ["make", "run"] + ([f"ARGS=--workers {workers}"] if workers else [])
+    done = subprocess.run(make, cwd=repo, capture_output=True, text=True,
                           env={**os.environ, "COLUMNS": "300"})  # rich wraps at the terminal's width
     minutes = (time.monotonic() - start) / 60
     if done.returncode != 0:
@@ -51,12 +52,13 @@ def demo(seed: int, tmp: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0,1,2,3,4")
+    parser.add_argument("--workers", type=int, help="arbot run --workers N (default: arbot.yml's run.workers)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="arbot-demo-") as tmp:
         for seed in map(int, args.seeds.split(",")):
-            rows.append(demo(seed, Path(tmp)))
+            rows.append(demo(seed, Path(tmp), args.workers))
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     if args.json:
         print(json.dumps(rows, indent=2))
