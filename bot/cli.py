@@ -26,7 +26,7 @@ from bot.policy import make_policy
 from bot.proposers.base import ProposalError
 from bot.proposers.factory import make_proposer
 from bot.proposers.failures import ProposalRejected
-from bot.records import ExperimentRecord, Metric, ok_metric
+from bot.records import ChampionRecord, ExperimentRecord, Metric, ok_metric
 from bot.results import row
 from runner.config import TargetConfig
 from runner.job import EvaluatorError, Runner
@@ -111,6 +111,7 @@ def run(
         p.config.target.sandbox = local_sandbox(p.config, proposer)
         limit = experiments or p.config.run.experiments
         p.forge.ensure_champion()
+        first = p.forge.champion()
         progress = Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
                             TextColumn("{task.fields[loss]}"), console=console, transient=True)
         maker = make_proposer(p.config, p.repo, proposer, model, sandbox=p.runner.sandbox)
@@ -124,8 +125,6 @@ def run(
         results = p.root / p.config.run.results_file
         try:
             with progress:
-                start = loop.measure_champion()
-                console.print(f"champion {start.commit[:7]}: {champion_summary(start.runs, metric)}")
                 done = loop.campaign(limit, CampaignReport(p.forge, results, metric))
         except KeyboardInterrupt:
             # Ctrl-C may have cut a read from git's persistent cat-file process mid-answer: start fresh ones
@@ -138,7 +137,7 @@ def run(
             p.status_file.unlink(missing_ok=True)
         export_results(p.forge, results, metric)
         console.print(experiment_table(done, metric))
-        end = p.forge.champion_record(p.forge.champion())
+        start, end = p.forge.champion_record(first), p.forge.champion_record(p.forge.champion())
         console.print(f"champion {start.commit[:7]} -> {end.commit[:7]}: {champion_summary(start.runs, metric)} -> "
                       f"{champion_summary(end.runs, metric)}; results in {results}")
 
@@ -163,6 +162,9 @@ class CampaignReport:
 
     def __init__(self, forge: LocalForge, results: Path, metric: Metric):
         self.forge, self.results, self.metric = forge, results, metric
+
+    def measured(self, champion: ChampionRecord) -> None:
+        console.print(f"champion {champion.commit[:7]}: {champion_summary(champion.runs, self.metric)}")
 
     def finished(self, rec: ExperimentRecord) -> None:
         console.print(describe(rec, self.metric))

@@ -28,7 +28,6 @@ from bot.policy import Policy
 from bot.records import (DEFAULT_METRIC, HOLDOUT, VAL, ChampionRecord, Decision, Evidence, ExperimentRecord, Metric,
                          RunResult, RunSpec, ok_metric, sign, val_runs)
 from runner.config import TargetConfig
-from runner.job import timed_runs
 
 MAX_REFUSED = 5  # proposals refused in a row (no branch made) before an executor stops proposing
 HOLDOUT_TRIES = 2  # champion holdout runs tried before a win on that champion is rejected for want of a reference
@@ -123,13 +122,8 @@ def next_action(exp: ExperimentRecord, champion: ChampionRecord, current: str, r
         return Promote(trailers(exp, exp.decision, rules.metric))
     if exp.parent != current:
         return Replay(current)
-    floor, early = noise_floor(champion, rules), _beside_floor(exp, champion, rules)
-    if isinstance(floor, ChampionFails):
+    if (floor := noise_floor(champion, rules)) is not None:
         return floor
-    if floor is not None:
-        return Run(floor.specs + early, floor.why)
-    if early:
-        return Run(early, "the candidate's first run, while the champion's noise floor is measured")
     ev = evidence(exp, champion, rules.metric, removes_code)
     decision = rules.policy.decide(ev)
     if not decision.final:
@@ -155,14 +149,9 @@ def noise_floor(champion: ChampionRecord, rules: Rules) -> Run | ChampionFails |
     return None
 
 
-def _beside_floor(exp: ExperimentRecord, champion: ChampionRecord, rules: Rules) -> tuple[RunSpec, ...]:
-    """A candidate's first run, asked for while its champion's noise floor is still being measured, so a worker
-    does not idle through the floor's last runs. Only once a champion run is timed: the runner holds a candidate
-    to the champion's measured start-up and export time, and before that it has none to hold it to."""
-    floor_met = len(ok_metric(champion.runs, rules.metric.key())) >= rules.policy.baseline_runs
-    if exp.runs or exp.pending or floor_met or not timed_runs(champion.runs):
-        return ()
-    return _specs(exp, exp.id, 1, (VAL,))
+def floor_met(champion: ChampionRecord, rules: Rules) -> bool:
+    """Whether the champion has the val runs its noise floor needs (made, not only asked for)."""
+    return len(ok_metric(champion.runs, rules.metric.key())) >= rules.policy.baseline_runs
 
 
 def evidence(exp: ExperimentRecord, champion: ChampionRecord, metric: Metric, removes_code: bool = False) -> Evidence:

@@ -45,12 +45,16 @@ class RunsLost(RuntimeError):
 class Report(Protocol):
     """What `arbot run` shows as a campaign goes (bot.cli)."""
 
+    def measured(self, champion: ChampionRecord) -> None: ...  # the champion a campaign started from, its floor made
     def finished(self, rec: ExperimentRecord) -> None: ...
     def refused(self, error: ProposalRejected) -> None: ...
     def stopped(self, why: str) -> None: ...
 
 
 class Quiet:
+    def measured(self, champion: ChampionRecord) -> None:
+        pass
+
     def finished(self, rec: ExperimentRecord) -> None:
         pass
 
@@ -97,12 +101,20 @@ class Loop:
     def campaign(self, limit: int | None, report: Report | None = None) -> list[ExperimentRecord]:
         """Finish the experiments left unfinished, then open new ones, up to `in_flight` at once, until `limit`
         experiments (finished ones that were unfinished, and proposals, refused ones included) have been taken
-        up (None: until interrupted). Returns the experiments finished, in the order they finished."""
+        up (None: until interrupted). Returns the experiments finished, in the order they finished.
+
+        The champion's noise floor is measured as part of it: experiments are proposed at once, and their first
+        runs go beside the floor's (bot.lifecycle), so no worker waits for the floor to end."""
         report = report or Quiet()
         self._resume()
         taken = len(self._active())
         refused_in_a_row, proposing, finished = 0, True, []
+        start: str | None = self.forge.champion()  # reported once its floor is made
         while True:
+            self._floor()
+            if start and lc.floor_met(champion := self.forge.champion_record(start), self.rules):
+                report.measured(champion)
+                start = None
             for rec in self._advance_all():
                 finished.append(rec)
                 report.finished(rec)

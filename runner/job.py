@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -152,8 +152,10 @@ class Runner:
 
     def run(
         self, candidate: str, champion: str, seed: int = 0, splits: tuple[str, ...] = ("val",),
-        on_progress: ProgressCallback | None = None,
+        on_progress: ProgressCallback | None = None, stop: Callable[[], str] | None = None,
     ) -> RunResult:
+        """One run of `candidate` scored by `champion`'s evaluator. `stop`, asked every second while it trains,
+        ends the training at once with its answer as the reason when that is not empty (a run no longer needed)."""
         start = time.monotonic()
         candidate = self.repo.commit(candidate).hexsha
         champion = self.repo.commit(champion).hexsha
@@ -172,7 +174,7 @@ class Runner:
             box = self.sandbox()
             result.sandbox = box.kind
             with OwnedTempDir(prefix="arbot-run-") as tmp:
-                self._train_and_score(Path(tmp), result, changed, splits, on_progress, box, lap)
+                self._train_and_score(Path(tmp), result, changed, splits, on_progress, box, lap, stop)
         lap("bookkeeping")  # the champion's timing, the kept artifacts, the work dir removed
         result.total_seconds = round(time.monotonic() - start, 2)
         return result
@@ -203,7 +205,7 @@ class Runner:
         return self._shingles[data["split_id"]]
 
     def _train_and_score(self, tmp: Path, result: RunResult, paths: list[str], splits: tuple[str, ...],
-                         on_progress, box: Sandbox, lap: Laps) -> None:
+                         on_progress, box: Sandbox, lap: Laps, stop: Callable[[], str] | None) -> None:
         work, out = tmp / "work", tmp / "work" / "out"
         out.mkdir(parents=True)
         scorer = self._scorer(result.champion)
@@ -237,7 +239,7 @@ class Runner:
         outcome = run_untrusted(
             box.wrap(argv, work, work / script.parent), cwd=work / script.parent, env=scrubbed_env(work, self.target.threads, self.devices),
             deadline_seconds=deadline, on_progress=on_progress, limits=box.limits,
-            watch=lambda: over_disk_cap(work, cap),
+            watch=lambda: (stop() if stop else "") or over_disk_cap(work, cap),
         )
         result.train_seconds = round(outcome.wall_seconds, 2)
         result.peak_memory_gb = round(outcome.max_rss_gb, 3)
@@ -468,15 +470,10 @@ def over_disk_cap(work: Path, cap: int) -> str:
     return ""
 
 
-def timed_runs(runs: list[RunResult]) -> list[RunResult]:
-    """A champion's runs its times can be measured from: ok, with training and scoring seconds."""
-    return [r for r in runs if r.status == "ok" and r.train_seconds is not None and r.score_seconds]
-
-
 def champion_timing(runs: list[RunResult], budget_seconds: float) -> tuple[float, float] | None:
     """(start-up and export seconds, scoring seconds per split) of a champion, from its recorded runs, as the
     runner measures them after each champion run; None before it has an ok run."""
-    ok = timed_runs(runs)
+    ok = [r for r in runs if r.status == "ok" and r.train_seconds is not None and r.score_seconds]
     if not ok:
         return None
     return (max(max(r.train_seconds - budget_seconds, 0.0) for r in ok),

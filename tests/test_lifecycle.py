@@ -62,12 +62,6 @@ def champ_holdout(val: float = 3.00, holdout: float = 3.03, seed: int = 3, **kw)
     return run(val, seed, commit=CHAMP, holdout=holdout, **kw)
 
 
-def timed(champ: ChampionRecord) -> ChampionRecord:
-    """The champion's runs as the runner records them: with their training and scoring seconds."""
-    return champ.model_copy(update={"runs": [r.model_copy(update={"train_seconds": 12.0, "score_seconds": 0.5})
-                                             for r in champ.runs]})
-
-
 FLOOR = (3.00, 3.02, 3.04)
 
 
@@ -131,21 +125,8 @@ CASES = {
     "noise floor continues after a run and a pending run": Case(
         experiment(), champion(3.00, pending=(spec("champion", CHAMP, 1),)), lc.Run,
         specs=(spec("champion", CHAMP, 2),), says=("1 more runs",)),
-    "noise floor all in flight, no champion run timed yet: asks for nothing more, waits": Case(
+    "noise floor all in flight: asks for nothing more, waits": Case(
         experiment(), champion(3.00, pending=(spec("champion", CHAMP, 1), spec("champion", CHAMP, 2))), lc.Wait),
-    # once a champion run is timed, the runner can hold a candidate to its start-up and export time
-    "a timed champion run: the candidate's first run goes beside the floor's last": Case(
-        experiment(), timed(champion(3.00, pending=(spec("champion", CHAMP, 1),))), lc.Run,
-        specs=(spec("champion", CHAMP, 2), spec(EXP, CAND, 0)), says=("1 more runs",)),
-    "a timed champion run, the floor's rest in flight: the candidate's first run alone": Case(
-        experiment(), timed(champion(3.00, pending=(spec("champion", CHAMP, 1), spec("champion", CHAMP, 2)))),
-        lc.Run, specs=(spec(EXP, CAND, 0),), says=("first run", "noise floor")),
-    "the candidate's first run in flight beside the floor: waits": Case(
-        experiment(pending=(spec(EXP, CAND, 0),)),
-        timed(champion(3.00, pending=(spec("champion", CHAMP, 1), spec("champion", CHAMP, 2)))), lc.Wait),
-    "the candidate's first run made beside the floor: no decision before the floor": Case(
-        experiment(cand_runs(2.50)), timed(champion(3.00, pending=(spec("champion", CHAMP, 1),))), lc.Run,
-        specs=(spec("champion", CHAMP, 2),)),
     "a champion run crashed": Case(
         experiment(), champion(3.00, extra=(run(None, 1, commit=CHAMP, status="crash", reason="champion boom"),)),
         lc.ChampionFails, says=("crash", "champion boom", CHAMP[:12])),

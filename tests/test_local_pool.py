@@ -15,13 +15,13 @@ import pytest
 
 from bot.config import SearchConfig, load_config
 from bot.executors import MAX_LOST, Lost
-from bot.executors.pool import Inline, LocalPool, shares
+from bot.executors.pool import CANCELLED, Inline, LocalPool, shares
 from bot.forges.local import LocalForge
-from bot.loop import Loop, RunsLost
+from bot.loop import Loop, Quiet, RunsLost
 from bot.policy import make_policy
 from bot.proposers.base import ProposalContext
 from bot.proposers.search import SearchProposer
-from bot.records import ExperimentRecord, RunSpec
+from bot.records import ExperimentRecord, RunResult, RunSpec
 from runner.config import TargetConfig
 from tests.scripted import SCRIPT, ScriptedProposer, ScriptedRunner, Variant, make_world, markers
 
@@ -40,7 +40,7 @@ class CountingRunner(ScriptedRunner):
         super().__init__(repo, world)
         self.delay = delay
 
-    def run(self, candidate, champion, seed=0, splits=("val",), on_progress=None):
+    def run(self, candidate, champion, seed=0, splits=("val",), on_progress=None, stop=None):
         cls = type(self)
         with cls.lock:
             cls.made[(candidate, seed, tuple(splits))] += 1
@@ -49,7 +49,7 @@ class CountingRunner(ScriptedRunner):
         try:
             slow = "slow" in " ".join(markers(self.repo.git.show(f"{candidate}:{SCRIPT}")))
             time.sleep(self.delay * (4 if slow else 1))
-            return super().run(candidate, champion, seed, splits, on_progress)
+            return super().run(candidate, champion, seed, splits, on_progress, stop)
         finally:
             with cls.lock:
                 cls.busy -= 1
@@ -101,6 +101,58 @@ def test_two_workers_run_two_experiments_at_once_and_a_win_sends_the_other_back_
     assert all(r.job in ("worker 1", "worker 2") and r.node for rec in recs.values() for r in rec.runs)
 
 
+class TimedRunner(CountingRunner):
+    """The counting runner, reporting training and scoring seconds on each run as the real runner does (so the
+    champion's runs are timed) and recording when each run started and ended."""
+
+    spans: list = []
+
+    def __init__(self, repo, world):
+        super().__init__(repo, world)
+        self.timed: set[str] = set()  # the champions whose times this runner was told
+
+    def measured(self, champion, overhead, score_per_split):
+        self.timed.add(champion)
+
+    def run(self, candidate, champion, seed=0, splits=("val",), on_progress=None, stop=None):
+        start = time.monotonic()
+        held = champion in self.timed  # what a real runner holds a candidate's budget to
+        result = super().run(candidate, champion, seed, splits, on_progress, stop)
+        type(self).spans.append((candidate == champion, held, start, time.monotonic()))
+        return result.model_copy(update={"train_seconds": self.delay, "score_seconds": 0.01})
+
+
+class Measured(Quiet):
+    def __init__(self):
+        self.champions = []
+
+    def measured(self, champion):
+        self.champions.append(champion)
+
+
+def test_a_campaign_runs_its_first_candidates_beside_the_champions_noise_floor(tmp_path, counting):
+    TimedRunner.spans = []
+    repo, config, forge = scripted_world(tmp_path)
+    world = {"worse": Variant(effect=0.2), "also-worse": Variant(effect=0.3)}
+    pool = LocalPool(lambda target, gpus: TimedRunner(git.Repo(repo.working_dir), world), config.target, 2)
+    loop = Loop(forge, None, ScriptedProposer("worse", "also-worse"), make_policy(config.policy), config.target,
+                executor=pool)
+    report = Measured()
+    try:
+        loop.campaign(limit=2, report=report)
+    finally:
+        pool.close()
+    floor = sorted(end for champion_run, _, _, end in TimedRunner.spans if champion_run)
+    candidates = [(held, start) for champion_run, held, start, _ in TimedRunner.spans if not champion_run]
+    print(TimedRunner.spans); assert len(floor) == 3  # the policy's baseline_runs
+    # every candidate held to the champion's times; the first one beside the floor's last run, not after it (the
+    # policy screens a first run against two champion runs)
+    assert all(held for held, _ in candidates) and floor[0] <= min(s for _, s in candidates) < floor[-1]
+    assert [r.verdict for r in (e.decision for e in forge.experiments())] == ["loss", "loss"]
+    (start,) = report.champions  # reported once, with its floor made
+    assert start.commit == forge.champion() and len(start.runs) == 3
+
+
 def test_one_worker_makes_the_same_decisions_as_the_serial_loop(tmp_path, counting):
     world = {"win": Variant(effect=-0.3), "worse": Variant(effect=0.2), "crash": Variant(status="crash")}
     forge, loop, pool = world_loop(tmp_path, world, ["win", "worse", "crash"], workers=1)
@@ -119,10 +171,10 @@ def test_a_loop_killed_mid_run_resumes_without_losing_or_repeating_a_run(tmp_pat
     repo, config, forge = scripted_world(tmp_path)
 
     class Dies(CountingRunner):
-        def run(self, candidate, champion, seed=0, splits=("val",), on_progress=None):
+        def run(self, candidate, champion, seed=0, splits=("val",), on_progress=None, stop=None):
             if candidate != forge.champion() and seed == 1:
                 raise KeyboardInterrupt  # Ctrl-C (or a kill) while the candidate's second run trains
-            return super().run(candidate, champion, seed, splits, on_progress)
+            return super().run(candidate, champion, seed, splits, on_progress, stop)
 
     loop = Loop(forge, Dies(repo, world, delay=0), ScriptedProposer("win"), make_policy(config.policy), config.target)
     with pytest.raises(KeyboardInterrupt):
@@ -155,6 +207,32 @@ class Losing(Inline):
             self.lose[spec.key] -= 1
             return [Lost(spec, job="slurm 41", node="gpu-7", reason="CANCELLED by 0")]
         return super().poll(timeout)
+
+
+def test_a_cancelled_run_is_stopped_while_it_trains_and_frees_its_worker(tmp_path):
+    class Training:
+        """Trains until its budget (10 s) or until `stop` answers, as runner.job.Runner does."""
+
+        def run(self, candidate, champion, seed=0, splits=("val",), on_progress=None, stop=None):
+            end = time.monotonic() + 10
+            while time.monotonic() < end and not (why := stop()):
+                time.sleep(0.05)
+            return RunResult(status="rejected", commit=candidate, champion=champion, seed=seed, reason=why)
+
+    repo, config, forge = scripted_world(tmp_path)
+    sha = forge.champion()
+    pool = LocalPool(lambda target, gpus: Training(), config.target, 1)
+    spec = RunSpec(role="exp-1", commit=sha, champion=sha, seed=0)
+    try:
+        start = time.monotonic()
+        pool.submit(spec, None)
+        while not pool.busy():
+            time.sleep(0.05)
+        pool.cancel(spec)
+        (ended,) = pool.poll(10)
+    finally:
+        pool.close()
+    assert ended.result.reason == CANCELLED and time.monotonic() - start < 5
 
 
 def test_a_lost_run_is_recorded_and_made_again_never_counted_as_the_candidates(tmp_path, counting):

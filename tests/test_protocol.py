@@ -8,6 +8,7 @@ import io
 import json
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import git
@@ -303,6 +304,18 @@ def test_a_script_that_ignores_the_budget_is_told_the_contract(tmp_path):
     result = runner.run(candidate.hexsha, head)
     assert result.status == "timeout" and result.reason.startswith("over_budget: training ran past")
     assert "requires the script to stop training within --budget seconds (0.5 here)" in result.reason
+
+
+def test_a_run_no_longer_needed_is_stopped_while_it_trains(tmp_path):
+    """A pool cancels a run whose experiment was decided or went stale (bot.executors.pool): the runner asks
+    `stop` while the script trains and kills it at once, instead of training to the budget for nothing."""
+    repo = toy_repo(tmp_path / "r", IGNORES_BUDGET)
+    runner = Runner(repo, TargetConfig(**{**CONFIG["target"], "budget_seconds": 30, "grace_seconds": 30}),
+                    EvaluatorConfig(**CONFIG["evaluator"], cache_dir=str(tmp_path / "cache")))
+    start = time.monotonic()
+    result = runner.run("HEAD", "HEAD", stop=lambda: "cancelled: no longer needed" if time.monotonic() > start + 2 else "")
+    assert result.status == "rejected" and result.reason == "cancelled: no longer needed; the run was killed while training"
+    assert result.train_seconds < 10 and not result.metrics
 
 
 def test_an_evaluator_of_another_version_stops_the_run_as_a_setup_error(tmp_path):

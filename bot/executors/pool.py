@@ -24,6 +24,7 @@ from runner.limits import default_memory_bytes
 
 RunHook = Callable[[str, str, int], Callable[[dict], None] | None]  # (label, commit, seed) -> progress callback
 MakeRunner = Callable[[TargetConfig, str | None], Runner]  # (the worker's target settings, its GPUs) -> a Runner
+CANCELLED = "cancelled: no longer needed (its experiment was decided, or the champion moved)"
 
 
 def visible_gpus() -> list[str]:
@@ -131,7 +132,7 @@ class LocalPool:
         return ended
 
     def cancel(self, spec: RunSpec) -> None:
-        self._cancelled.add(spec.key)  # a worker skips it when it comes up; one being made runs to its end
+        self._cancelled.add(spec.key)  # a worker skips it when it comes up; one being trained is stopped
 
     def busy(self) -> dict[str, str]:
         return dict(self._current)
@@ -149,17 +150,19 @@ class LocalPool:
             self._current[name] = spec.key
             try:
                 runner = runner or make_runner(target, gpus)
-                self._done.put(Finished(spec, make_run(runner, spec, timing, self.on_run, name)))
+                stop = lambda key=spec.key: CANCELLED if key in self._cancelled else ""  # noqa: E731
+                self._done.put(Finished(spec, make_run(runner, spec, timing, self.on_run, name, stop)))
             except Exception as e:  # noqa: BLE001 - handed to the loop's thread, which raises it
                 self._done.put(e)
             self._current.pop(name, None)
 
 
 def make_run(runner: Runner, spec: RunSpec, timing: tuple[float, float] | None, on_run: RunHook,
-             worker: str) -> RunResult:
-    """One runner job for `spec`, told the champion's measured times when known; the result names its worker."""
+             worker: str, stop: Callable[[], str] | None = None) -> RunResult:
+    """One runner job for `spec`, told the champion's measured times when known; the result names its worker.
+    `stop`: why the run is no longer wanted, asked while it trains (runner.job.Runner.run)."""
     if timing is not None:
         runner.measured(spec.champion, *timing)
     result = runner.run(spec.commit, spec.champion, seed=spec.seed, splits=tuple(spec.splits),
-                        on_progress=on_run(spec.role, spec.commit, spec.seed))
+                        on_progress=on_run(spec.role, spec.commit, spec.seed), stop=stop)
     return result.model_copy(update={"splits": spec.splits, "job": worker, "node": socket.gethostname()})
