@@ -1,10 +1,10 @@
 """Throughput: experiments decided per hour by `arbot run` with 1 and 2 local workers, and with the Slurm executor.
 
-    python benchmarks/throughput.py [--experiments 6] [--budget 5] [--executors local:1,local:2,slurm:2] [--keep DIR]
-                                    [--json]
+    python benchmarks/throughput.py [--experiments 6] [--budget 5] [--executors local:1,local:2,slurm:2] [--seed 0]
+                                    [--keep DIR] [--json]
 
 Each configuration gets a fresh clone of this checkout's committed HEAD (the built-in target, the search proposer
-with the same seed), one training thread per worker (target.threads: 1), and runs `arbot run -n N` as a user
+with the same `--seed`), one training thread per worker (target.threads: 1), and runs `arbot run -n N` as a user
 would (a subprocess); its wall time from start to end (the champion's noise floor included) and its records give
 the rate. An experiment closed as stale (measured again because a win moved the champion while it was in flight)
 is not counted as decided: its fresh copy is. The stale rate is reported beside, and so are every run the
@@ -29,15 +29,15 @@ from common import ROOT, clone, print_table
 sys.path.insert(0, str(ROOT))
 
 
-def settings(executor: str, workers: int, experiments: int, budget: float) -> dict:
-    out = {"target": {"threads": 1, "budget_seconds": budget},
+def settings(executor: str, workers: int, experiments: int, budget: float, seed: int) -> dict:
+    out = {"target": {"threads": 1, "budget_seconds": budget}, "search": {"seed": seed},
            "run": {"experiments": experiments, "executor": executor, "workers": workers}}
     if executor == "slurm":
         out["slurm"] = {"max_jobs": workers, "cpus_per_task": 1}
     return out
 
 
-def measure(executor: str, workers: int, experiments: int, budget: float, keep: Path | None = None) -> dict:
+def measure(executor: str, workers: int, experiments: int, budget: float, seed: int, keep: Path | None = None) -> dict:
     import git
 
     from bot.forges.local import LocalForge
@@ -45,7 +45,7 @@ def measure(executor: str, workers: int, experiments: int, budget: float, keep: 
 
     with tempfile.TemporaryDirectory(prefix="arbot-throughput-") as tmp:
         repo = (keep / f"{executor}-{workers}") if keep else Path(tmp) / "repo"
-        clone(repo, settings(executor, workers, experiments, budget))
+        clone(repo, settings(executor, workers, experiments, budget, seed))
         start = time.monotonic()
         done = subprocess.run([sys.executable, "-m", "bot", "run", "--repo", str(repo)], capture_output=True, text=True)
         seconds = time.monotonic() - start
@@ -80,13 +80,14 @@ def main() -> None:
     parser.add_argument("--experiments", type=int, default=6)
     parser.add_argument("--budget", type=float, default=5.0, help="training seconds per run")
     parser.add_argument("--executors", default="local:1,local:2,slurm:2", help="executor:workers, comma-separated")
+    parser.add_argument("--seed", type=int, default=0, help="the search proposer's seed (search.seed)")
     parser.add_argument("--keep", type=Path, help="leave each campaign's repository here (<executor>-<workers>)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     rows = []
     for item in args.executors.split(","):
         executor, workers = item.split(":")
-        rows.append(measure(executor, int(workers), args.experiments, args.budget, args.keep))
+        rows.append(measure(executor, int(workers), args.experiments, args.budget, args.seed, args.keep))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     base = next((r["experiments_per_hour"] for r in rows if (r["executor"], r["workers"]) == ("local", 1)), None)
     for r in rows:
