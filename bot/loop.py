@@ -103,8 +103,9 @@ class Loop:
         experiments (finished ones that were unfinished, and proposals, refused ones included) have been taken
         up (None: until interrupted). Returns the experiments finished, in the order they finished.
 
-        The champion's noise floor is measured as part of it: experiments are proposed at once, and their first
-        runs go beside the floor's (bot.lifecycle), so no worker waits for the floor to end."""
+        The champion's noise floor is measured as part of it: experiments are proposed at once, and a candidate's
+        first run goes beside the floor's last (the policy screens it against two champion runs), so no worker
+        waits for the floor to end."""
         report = report or Quiet()
         self._resume()
         taken = len(self._active())

@@ -144,7 +144,7 @@ def test_a_campaign_runs_its_first_candidates_beside_the_champions_noise_floor(t
         pool.close()
     floor = sorted(end for champion_run, _, _, end in TimedRunner.spans if champion_run)
     candidates = [(held, start) for champion_run, held, start, _ in TimedRunner.spans if not champion_run]
-    print(TimedRunner.spans); assert len(floor) == 3  # the policy's baseline_runs
+    assert len(floor) == 3  # the policy's baseline_runs
     # every candidate held to the champion's times; the first one beside the floor's last run, not after it (the
     # policy screens a first run against two champion runs)
     assert all(held for held, _ in candidates) and floor[0] <= min(s for _, s in candidates) < floor[-1]
