@@ -7,7 +7,8 @@ gather the records, call `next_action`, carry out what it says and store the res
     Wait            runs asked for earlier are still in flight (GitHub mode): nothing to do until they report
     Decide          the policy reached a final decision: record it (with the evidence and any review hold)
     Replay(onto)    the champion moved before this experiment was merged: close it as `stale`, measure its
-                    change again on the new champion (`stale_decision` says why)
+                    change again on the new champion (`stale_decision` says why). A loss is not replayed: the
+                    runs in flight finish on the champion they were asked against, and a loss there stands
     Hold            a win whose diff was flagged waits for a human (`arbot approve`, `/arbot approve`)
     Promote         merge the win, with exactly these trailers
     Close           a final non-win: keep the record, close the experiment (PR)
@@ -121,7 +122,7 @@ def next_action(exp: ExperimentRecord, champion: ChampionRecord, current: str, r
             return Hold(f"{exp.id} is a win held for human review: {exp.decision.reason}")
         return Promote(trailers(exp, exp.decision, rules.metric))
     if exp.parent != current:
-        return Replay(current)
+        return _champion_moved(exp, champion, current, rules, removes_code)
     if (floor := noise_floor(champion, rules)) is not None:
         return floor
     ev = evidence(exp, champion, rules.metric, removes_code)
@@ -147,6 +148,24 @@ def noise_floor(champion: ChampionRecord, rules: Rules) -> Run | ChampionFails |
     if missing > 0:
         return Run(_specs(champion, "champion", missing, (VAL,)), f"the champion's noise floor needs {missing} more runs")
     return None
+
+
+def _champion_moved(exp: ExperimentRecord, champion: ChampionRecord, current: str, rules: Rules,
+                    removes_code: bool) -> Wait | Decide | Replay:
+    """An undecided experiment whose champion moved. Its runs in flight finish on the champion they were asked
+    against; a final non-win there stands (decided against the champion it was measured on, as it would have been
+    had it run first), while a win or a need for more runs is measured again on the new champion: nothing is merged
+    on an old one, and a loser costs no second measurement."""
+    if _pending(exp, VAL) or _pending(champion, VAL):
+        return Wait(f"the champion moved to {current[:12]}; {exp.id}'s runs in flight finish on {exp.parent[:12]}, "
+                    "where a loss still stands")
+    ev = evidence(exp, champion, rules.metric, removes_code)
+    decision = rules.policy.decide(ev)
+    if decision.final and decision.verdict != "win":
+        return Decide(decision.model_copy(update={"reason": (
+            f"{decision.reason} (measured on {exp.parent[:12]}, the champion it was proposed on; the champion has "
+            f"since moved to {current[:12]})")}), ev)
+    return Replay(current)
 
 
 def floor_met(champion: ChampionRecord, rules: Rules) -> bool:

@@ -3,8 +3,8 @@
 It gathers the records (git notes), asks `next_action`, and does what it says: a run is noted pending on its
 record and handed to an executor (bot.executors: one worker in this thread, a pool of workers, Slurm jobs), a
 decision, a merge or a note is made at once. Up to `in_flight` experiments are open together, each decided
-against the champion it was measured on; when a win moves the champion, the others are measured again on the
-new one (the lifecycle's Replay), champion runs are shared between them, and the proposer sees the experiments
+against the champion it was measured on; when a win moves the champion, the others finish the runs in flight and
+are measured again on the new one unless those runs decided a loss (the lifecycle's Replay), champion runs are shared between them, and the proposer sees the experiments
 in flight. Every result is saved as it arrives, so an interrupted loop resumes where it stopped: runs already
 made are kept, runs in flight are taken up again (or made again), nothing is proposed twice. It decides nothing.
 """
@@ -182,8 +182,8 @@ class Loop:
 
     def _ready(self, rec: ExperimentRecord) -> bool:
         """Whether `rec` can be advanced: the runs its last decision asked for are all in (a decision is made on
-        all of them, as with one worker), or the champion moved and they no longer matter."""
-        return not self._awaiting.get(rec.id) or rec.parent != self.forge.champion()
+        all of them, as with one worker, also when the champion moved meanwhile)."""
+        return not self._awaiting.get(rec.id)
 
     def _record(self, experiment_id: str) -> ExperimentRecord | None:
         return next((r for r in self.forge.experiments() if r.id == experiment_id), None)

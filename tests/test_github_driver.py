@@ -549,13 +549,13 @@ def test_an_experiment_measured_on_an_old_champion_is_closed_and_opened_again(gh
     assert [x["inputs"]["champion"] for x in fake.dispatches] == [start, moved, moved]
 
 
-def test_two_runners_two_experiments_in_flight_one_wins_the_other_is_measured_again(gh):
+def two_in_flight_exp1_wins(gh, other: str) -> tuple[Driver, str, dict]:
     """Two GPU runners: both experiments' runs are dispatched at once (the champion's shared); exp-1's runner
-    reports first and it wins; exp-2's result, measured on the old champion, does not count: it is closed as stale
-    and its change measured again on the new champion."""
+    reports first and it wins while exp-2 (`other`) still trains on the old champion. Returns the driver, the old
+    champion and exp-2's dispatch."""
     fake = gh.fake
     start = fake.ref("champion")
-    d = gh.driver("win", "worse", max_in_flight=2)
+    d = gh.driver("win", other, max_in_flight=2)
     d.fill()
     assert [x["inputs"]["request"].split(":")[0] for x in fake.dispatches] == ["champion"]  # one for both
     gh.play()
@@ -564,25 +564,55 @@ def test_two_runners_two_experiments_in_flight_one_wins_the_other_is_measured_ag
     assert sorted(dispatched) == ["champion", "exp-1", "exp-2"]  # both experiments' runs in flight together
     gh.workflow(dispatched["exp-1"])  # the first runner reports; exp-2's is still training
     d.advance_all()
-    exp1, stale, fresh = (next(r for r in d.lf.experiments() if r.id == i) for i in ("exp-1", "exp-2", "exp-3"))
+    exp1, exp2 = (next(r for r in d.lf.experiments() if r.id == i) for i in ("exp-1", "exp-2"))
     assert exp1.merged_as and fake.prs[1].merged and fake.ref("champion") == exp1.merged_as
-    # exp-2 is closed at once: what its runner will report was measured on the old champion
+    # exp-2 waits for its run, which finishes on the champion it was asked against
+    assert exp2.decision is None and exp2.pending and fake.prs[2].state == "open"
+    assert len(fake.dispatches) == 3
+    return d, start, dispatched["exp-2"]
+
+
+def test_two_runners_two_experiments_in_flight_one_wins_the_other_is_measured_again(gh):
+    """exp-2's run reports a win on the old champion: that counts for nothing on the new one, so exp-2 is closed
+    as stale and its change measured again on the new champion, where it wins too."""
+    fake = gh.fake
+    d, start, exp2_run = two_in_flight_exp1_wins(gh, "win-again")
+    gh.workflow(exp2_run)
+    gh.played = 3
+    d.advance_all()
+    exp1, stale, fresh = (next(r for r in d.lf.experiments() if r.id == i) for i in ("exp-1", "exp-2", "exp-3"))
     assert (stale.decision.rule, stale.decision.reason) == ("stale", (
         f"champion moved from {start[:12]} to {exp1.merged_as[:12]} before this was merged; measured again as exp-3"))
     assert fake.prs[2].state == "closed" and not fake.prs[2].merged and not stale.pending
-    gh.workflow(dispatched["exp-2"])  # the second runner reports late: it counts for nothing
-    gh.played = 3
+    assert [r.champion for r in stale.runs] == [start]  # its run, kept on its record, measured on the old champion
     gh.auto()
     gh.play()
     gh.settle(d)
-    stale, fresh = (next(r for r in d.lf.experiments() if r.id == i) for i in ("exp-2", "exp-3"))
-    assert stale.runs == [] and stale.decision.rule == "stale"
-    assert fresh.parent == exp1.merged_as and fresh.proposal.hypothesis == "worse"  # the change, on the new champion
-    assert "# arbot-test: win\n" in fresh.proposal.files[SCRIPT] and "# arbot-test: worse\n" in fresh.proposal.files[SCRIPT]
-    assert (fresh.decision.verdict, fake.prs[3].state) == ("loss", "closed")
+    fresh = next(r for r in d.lf.experiments() if r.id == "exp-3")
+    assert fresh.parent == exp1.merged_as and fresh.proposal.hypothesis == "win-again"  # the change, on the new champion
+    assert "# arbot-test: win\n" in fresh.proposal.files[SCRIPT] and "# arbot-test: win-again\n" in fresh.proposal.files[SCRIPT]
+    assert (fresh.decision.verdict, fake.prs[3].merged) == ("win", True)
+    assert "\nExperiment: exp-3\n" in fake.message(fake.ref("champion"))
     requests = [x["inputs"]["request"] for x in fake.dispatches]
-    assert len(requests) == len(set(requests)) == 4  # champion, exp-1, exp-2, exp-3: none twice
+    assert len(requests) == len(set(requests))  # none twice
     assert [r.seed for r in d.lf.champion_record(start).runs] == [0]
+
+
+def test_two_runners_the_other_loses_on_the_champion_it_was_measured_on_and_is_not_measured_again(gh):
+    """exp-2's run reports a loss on the old champion: decided against the champion it was measured on, the loss
+    stands; its PR is closed as a loss and nothing is dispatched again for it."""
+    fake = gh.fake
+    d, start, exp2_run = two_in_flight_exp1_wins(gh, "worse")
+    gh.workflow(exp2_run)
+    gh.played = 3
+    gh.settle(d)
+    exp1, lost = (next(r for r in d.lf.experiments() if r.id == i) for i in ("exp-1", "exp-2"))
+    assert [r.id for r in d.lf.experiments()] == ["exp-1", "exp-2"]  # no replay
+    assert (lost.decision.verdict, lost.parent) == ("loss", start)
+    assert f"measured on {start[:12]}" in lost.decision.reason
+    assert f"since moved to {exp1.merged_as[:12]}" in lost.decision.reason
+    assert fake.prs[2].state == "closed" and "arbot:loss" in fake.prs[2].labels and not fake.prs[2].merged
+    assert len(fake.dispatches) == 3  # champion, exp-1, exp-2: nothing measured again
 
 
 # --- proposing: pause, budget, max_in_flight, the review hold -----------------------------------------------------

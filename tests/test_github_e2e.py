@@ -10,9 +10,9 @@ of it through the workflow_run webhook and reads the artifact of the run it disp
 
 The policy is the default one (noise_aware, 3 baseline runs, a holdout confirmation of a win), so the extra seeds
 and the holdout run are more dispatches. The campaign: two experiments opened at start (max_in_flight 2, a daily cap
-of 2); the first wins and is merged through branch protection with its trailers and PR; the second, measured on the
-old champion, is closed as stale and its change opened again on the new champion, where it loses and is closed
-with its label.
+of 2); the first wins and is merged through branch protection with its trailers and PR; the second, whose run on the
+old champion passes the screen there, is closed as stale and its change opened again on the new champion, where it
+loses and is closed with its label.
 """
 
 from __future__ import annotations

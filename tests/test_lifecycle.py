@@ -267,10 +267,25 @@ CASES = {
         experiment(decision=Decision(verdict="win", rule="margin", reason="r"), merged_as=NEWER),
         champion(*FLOOR), lc.Done, current=NEWER),
     # --- the champion moved
-    "undecided, champion moved: replay onto the current one": Case(
+    "undecided, champion moved, its run passed the screen: replay onto the current one": Case(
         experiment(cand_runs(2.99)), champion(*FLOOR), lc.Replay, current=NEWER),
     "undecided, no runs yet, champion moved: replay before any run": Case(
         experiment(), champion(), lc.Replay, current=NEWER),
+    "champion moved while its run trains: the run finishes on the champion it was asked against": Case(
+        experiment(pending=(spec(EXP, CAND, 0),)), champion(*FLOOR), lc.Wait, current=NEWER,
+        says=("moved to ffffffffffff", "exp-7's runs in flight finish on cccccccccccc")),
+    "champion moved while the champion runs it asked for train: waits for them too": Case(
+        experiment(cand_runs(2.99, 2.98)), champion(*FLOOR, pending=(spec("champion", CHAMP, 3),)), lc.Wait,
+        current=NEWER),
+    "champion moved, its run lost to the old champion: the loss stands, not measured again": Case(
+        experiment(cand_runs(3.05)), champion(*FLOOR), lc.Decide, current=NEWER, verdict="loss", rule="screen",
+        review=None, says=("measured on cccccccccccc", "since moved to ffffffffffff")),
+    "champion moved, its run crashed: the crash stands": Case(
+        experiment([run(None, 0, status="crash", reason="boom")]), champion(*FLOOR), lc.Decide, current=NEWER,
+        verdict="crash", rule="crash", review=None, says=("boom",)),
+    "champion moved, a win on val awaiting its holdout confirmation: replay (never merged on an old one)": Case(
+        experiment(cand_runs(*WIN), pending=(spec(EXP, CAND, 2, ("val", "holdout")),)), champion(*FLOOR),
+        lc.Replay, current=NEWER),
     "decided unmerged win on an old champion: replay": Case(
         experiment(cand_runs(*WIN), decision=Decision(verdict="win", rule="margin", reason="r")),
         champion(*FLOOR), lc.Replay, current=NEWER),
