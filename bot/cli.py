@@ -18,7 +18,7 @@ from bot.bench.cli import bench_app
 from bot.config import CONFIG_FILE, Config, ConfigError, load_config, local_sandbox
 from bot.forges.local import ForgeError, LocalForge
 from bot.executors import Executor
-from bot.executors.pool import Inline, LocalPool
+from bot.executors.pool import Inline, LocalPool, worker_count
 from bot.loop import ChampionBroken, Loop, RunsLost, export_results, now
 from bot.plot import plot as draw
 from bot.progress import champion_steps, live, stale_rate, trajectory
@@ -148,13 +148,14 @@ def make_executor(p: Project, on_run: RunDisplay) -> Executor:
         from bot.executors.slurm import Slurm
 
         return Slurm(p.root, p.config)
-    if p.config.run.workers == 1:
+    workers = worker_count(p.config.run.workers, p.config.target)
+    if workers == 1:
         return Inline(p.runner, on_run)
 
     def worker_runner(target: TargetConfig, gpus: str | None) -> Runner:
         return Runner(git.Repo(p.root), target, p.config.evaluator, artifacts=p.runs_dir, devices=gpus)
 
-    return LocalPool(worker_runner, p.config.target, p.config.run.workers, on_run)
+    return LocalPool(worker_runner, p.config.target, workers, on_run)
 
 
 class CampaignReport:

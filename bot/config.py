@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError
@@ -83,9 +83,10 @@ class RunConfig(Strict):
     executor: Literal["local", "slurm"] = Field(
         "local", description="where `arbot run` makes its runs: local (a pool of workers on this machine) or slurm "
         "(one batch job per run; see the slurm section)")
-    workers: int = Field(
-        1, ge=1, description="local executor: runs made at once (one GPU each when CUDA_VISIBLE_DEVICES or several "
-        "GPUs are present, else a share of the cores each); also how many experiments are in flight at once")
+    workers: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        "auto", description="local executor: runs made at once (one GPU each when CUDA_VISIBLE_DEVICES or several "
+        "GPUs are present, else a share of the cores each); also how many experiments are in flight at once. auto: "
+        "one per GPU, else one per target.threads cores (one each when 0), at most 4")
 
 
 class SlurmConfig(Strict):

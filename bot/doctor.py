@@ -24,6 +24,7 @@ from github import GithubException, GithubIntegration
 from requests.exceptions import RequestException
 
 from bot.config import CONFIG_FILE, Config, ConfigError, GitHubAuthConfig, load_config, local_sandbox
+from bot.executors.pool import worker_count
 from bot.github.forge import EVALUATE_WORKFLOW, VERDICT_CHECK, GitHubForge, GitHubForgeError, connect
 from bot.github.setup import GUARDED
 from runner.job import Runner, export_tree
@@ -369,7 +370,7 @@ def free_bytes(path: Path) -> tuple[Path, int]:
 def check_disk(config: Config, cache: Path, splits_bytes: int) -> list[Check]:
     """Each run may fill target.max_disk_gb in its work dir (in the temp dir), one per worker; a new champion's
     evaluator prepares its splits again in the cache."""
-    per_run, workers = config.target.max_disk_gb * 2**30, config.run.workers
+    per_run, workers = config.target.max_disk_gb * 2**30, worker_count(config.run.workers, config.target)
     work, free = free_bytes(Path(tempfile.gettempdir()))
     gib = lambda n: f"{n / 2**30:.1f} GiB"  # noqa: E731
     if free < per_run:

@@ -5,10 +5,13 @@ gather the records, call `next_action`, carry out what it says and store the res
 
     Run(specs)      train and score these (candidate or champion, seed, splits); the results join the records
     Wait            runs asked for earlier are still in flight (GitHub mode): nothing to do until they report
+    Defer(ahead)    past its screen, but another experiment on the same champion is being confirmed first
+                    (`ahead_of`): its further runs wait, so two promising changes are not confirmed at once
+                    only for one of them to go stale when the other wins
     Decide          the policy reached a final decision: record it (with the evidence and any review hold)
     Replay(onto)    the champion moved before this experiment was merged: close it as `stale`, measure its
-                    change again on the new champion (`stale_decision` says why). A loss is not replayed: the
-                    runs in flight finish on the champion they were asked against, and a loss there stands
+                    change again on the new champion (`stale_decision` says why). A screen in flight finishes
+                    on the old champion first, and a loss it shows there stands (`_champion_moved`)
     Hold            a win whose diff was flagged waits for a human (`arbot approve`, `/arbot approve`)
     Promote         merge the win, with exactly these trailers
     Close           a final non-win: keep the record, close the experiment (PR)
@@ -61,6 +64,12 @@ class Wait:
 
 
 @dataclass(frozen=True)
+class Defer:
+    ahead: str
+    why: str
+
+
+@dataclass(frozen=True)
 class Decide:
     decision: Decision
     evidence: Evidence
@@ -97,16 +106,17 @@ class ChampionFails:
     reason: str
 
 
-Action = Run | Wait | Decide | Replay | Hold | Promote | Close | Done | ChampionFails
+Action = Run | Wait | Defer | Decide | Replay | Hold | Promote | Close | Done | ChampionFails
 FINISHED = (Hold, Close, Done)  # what an executor stops at: the experiment needs nothing more from it
 
 
 # --- the one function ---------------------------------------------------------------------------------------
 def next_action(exp: ExperimentRecord, champion: ChampionRecord, current: str, rules: Rules,
-                removes_code: bool = False, tampered: str | None = None) -> Action:
+                removes_code: bool = False, tampered: str | None = None, ahead: str | None = None) -> Action:
     """The next step of `exp`. `champion` is the record of the champion it is measured on (exp.parent);
     `current` the champion branch's sha now; `removes_code` whether its change deletes lines on net;
-    `tampered` why its branch (or PR) is no longer the experiment's commit, when it is not."""
+    `tampered` why its branch (or PR) is no longer the experiment's commit, when it is not; `ahead` the experiment
+    being confirmed on the same champion before it (`ahead_of`), if any."""
     if exp.merged_as:
         return Done(exp.merged_as)
     if tampered and (exp.decision is None or exp.decision.verdict == "win"):
@@ -128,6 +138,9 @@ def next_action(exp: ExperimentRecord, champion: ChampionRecord, current: str, r
     ev = evidence(exp, champion, rules.metric, removes_code)
     decision = rules.policy.decide(ev)
     if not decision.final:
+        if ahead is not None and val_runs(exp.runs):
+            return Defer(ahead, f"{exp.id} passed its screen; {ahead} is being confirmed on this champion first "
+                         f"(were both confirmed, a win of one would leave the other's runs for nothing)")
         return _more_runs(exp, champion, decision)
     if decision.verdict == "win" and rules.holdout_max_gap is not None:
         confirmed = _confirm_holdout(exp, champion, decision, rules.holdout_max_gap, rules.metric)
@@ -152,13 +165,14 @@ def noise_floor(champion: ChampionRecord, rules: Rules) -> Run | ChampionFails |
 
 def _champion_moved(exp: ExperimentRecord, champion: ChampionRecord, current: str, rules: Rules,
                     removes_code: bool) -> Wait | Decide | Replay:
-    """An undecided experiment whose champion moved. Its runs in flight finish on the champion they were asked
-    against; a final non-win there stands (decided against the champion it was measured on, as it would have been
-    had it run first), while a win or a need for more runs is measured again on the new champion: nothing is merged
-    on an old one, and a loser costs no second measurement."""
-    if _pending(exp, VAL) or _pending(champion, VAL):
-        return Wait(f"the champion moved to {current[:12]}; {exp.id}'s runs in flight finish on {exp.parent[:12]}, "
-                    "where a loss still stands")
+    """An undecided experiment whose champion moved. Nothing is merged or decided on an old champion but a loss:
+    a screen in flight (its first runs) finishes there, and a loss or crash it shows stands, decided against the
+    champion it was measured on as it would have been had it run first (most experiments end at their screen, so
+    measuring them again would cost runs to learn little). Anything else, an experiment past its screen included,
+    is measured again on the new champion at once."""
+    if not val_runs(exp.runs) and _pending(exp, VAL):
+        return Wait(f"the champion moved to {current[:12]}; {exp.id}'s screen in flight finishes on "
+                    f"{exp.parent[:12]}, where a loss still stands")
     ev = evidence(exp, champion, rules.metric, removes_code)
     decision = rules.policy.decide(ev)
     if decision.final and decision.verdict != "win":
@@ -166,6 +180,29 @@ def _champion_moved(exp: ExperimentRecord, champion: ChampionRecord, current: st
             f"{decision.reason} (measured on {exp.parent[:12]}, the champion it was proposed on; the champion has "
             f"since moved to {current[:12]})")}), ev)
     return Replay(current)
+
+
+def ahead_of(exp: ExperimentRecord, active: list[ExperimentRecord]) -> str | None:
+    """The experiment on exp's champion that is confirmed before it, if any: undecided and past its screen, and
+    either asking for its further runs already or past its screen with a lower number. An experiment that asks
+    for its further runs itself has none ahead: it is never stopped half way."""
+    if _confirming(exp):
+        return None
+    rivals = [r for r in active if r.id != exp.id and r.parent == exp.parent and r.decision is None and val_runs(r.runs)]
+    first = [r for r in rivals if _confirming(r)] or [r for r in rivals if r.number < exp.number]
+    return min(first, key=lambda r: r.number).id if first else None
+
+
+def _confirming(exp: ExperimentRecord) -> bool:
+    """Past its screen and asking for more: more than one val run made, or one made and more in flight."""
+    made = len(val_runs(exp.runs))
+    return made > 1 or (made == 1 and _pending(exp, VAL) > 0)
+
+
+def deferred(exp: ExperimentRecord, active: list[ExperimentRecord]) -> bool:
+    """Whether `exp` is one `Defer` holds: past its screen, nothing in flight, another ahead of it. It holds no
+    worker, so an executor opens another experiment in its place (up to twice its in-flight count in all)."""
+    return exp.decision is None and bool(val_runs(exp.runs)) and not exp.pending and ahead_of(exp, active) is not None
 
 
 def floor_met(champion: ChampionRecord, rules: Rules) -> bool:

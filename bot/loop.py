@@ -3,10 +3,11 @@
 It gathers the records (git notes), asks `next_action`, and does what it says: a run is noted pending on its
 record and handed to an executor (bot.executors: one worker in this thread, a pool of workers, Slurm jobs), a
 decision, a merge or a note is made at once. Up to `in_flight` experiments are open together, each decided
-against the champion it was measured on; when a win moves the champion, the others finish the runs in flight and
-are measured again on the new one unless those runs decided a loss (the lifecycle's Replay), champion runs are shared between them, and the proposer sees the experiments
-in flight. Every result is saved as it arrives, so an interrupted loop resumes where it stopped: runs already
-made are kept, runs in flight are taken up again (or made again), nothing is proposed twice. It decides nothing.
+against the champion it was measured on; when a win moves the champion, the others are measured again on the
+new one (the lifecycle's Replay; a screen in flight finishes first, and a loss it shows stands), champion runs
+are shared between them, and the proposer sees the experiments in flight. Every result is saved as it arrives,
+so an interrupted loop resumes where it stopped: runs already made are kept, runs in flight are taken up again (or
+made again), nothing is proposed twice. It decides nothing.
 """
 
 from __future__ import annotations
@@ -116,11 +117,12 @@ class Loop:
             if start and lc.floor_met(champion := self.forge.champion_record(start), self.rules):
                 report.measured(champion)
                 start = None
-            for rec in self._advance_all():
+            done = self._advance_all()
+            for rec in done:
                 finished.append(rec)
                 report.finished(rec)
             opened = 0
-            while proposing and (limit is None or taken < limit) and len(self._active()) < self.in_flight:
+            while proposing and (limit is None or taken < limit) and self._has_room():
                 try:
                     self._open()
                     opened += 1
@@ -139,8 +141,8 @@ class Loop:
                 waiting = [r.id for r in self._active() if self._ready(r)]
                 if not waiting:
                     return finished
-                if opened:
-                    continue  # opened just now: advance them
+                if opened or done:
+                    continue  # opened or finished just now: advance them (one deferred on a finished one may go on)
                 raise RuntimeError(f"{', '.join(waiting)} wait for runs no executor is making (a bug: please report "
                                    "it with `arbot log`)")
             self._write_status()
@@ -180,10 +182,17 @@ class Loop:
     def _active(self) -> list[ExperimentRecord]:
         return [r for r in self.forge.experiments() if lc.is_active(r)]
 
+    def _has_room(self) -> bool:
+        """Room for another experiment: fewer than `in_flight` hold a worker (one the lifecycle defers holds none),
+        and fewer than twice that are open."""
+        active = self._active()
+        working = [r for r in active if not lc.deferred(r, active)]
+        return len(working) < self.in_flight and len(active) < 2 * self.in_flight
+
     def _ready(self, rec: ExperimentRecord) -> bool:
         """Whether `rec` can be advanced: the runs its last decision asked for are all in (a decision is made on
-        all of them, as with one worker, also when the champion moved meanwhile)."""
-        return not self._awaiting.get(rec.id)
+        all of them, as with one worker), or the champion moved (the lifecycle says whether they still matter)."""
+        return not self._awaiting.get(rec.id) or rec.parent != self.forge.champion()
 
     def _record(self, experiment_id: str) -> ExperimentRecord | None:
         return next((r for r in self.forge.experiments() if r.id == experiment_id), None)
@@ -213,12 +222,13 @@ class Loop:
         finished. Returns the experiment it ended on."""
         while True:
             action = lc.next_action(rec, self.forge.champion_record(rec.parent), self.forge.champion(), self.rules,
-                                    self.forge.removes_code(rec), self.forge.moved_branch(rec))
+                                    self.forge.removes_code(rec), self.forge.moved_branch(rec),
+                                    lc.ahead_of(rec, self._active()))
             if isinstance(action, lc.Run):
                 if train:
                     self._submit(action.specs, rec)
                 return rec
-            if isinstance(action, (lc.Wait, *lc.FINISHED)):
+            if isinstance(action, (lc.Wait, lc.Defer, *lc.FINISHED)):
                 return rec
             rec = self._carry_out(action, rec)
 

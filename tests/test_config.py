@@ -73,3 +73,13 @@ def test_a_bad_direction_names_the_key_and_the_allowed_values(tmp_path):
 def test_a_metric_name_must_fit_a_trailer(tmp_path):
     with pytest.raises(ConfigError, match=r"evaluator.metric: String should match pattern"):
         load_config(write(tmp_path, "evaluator:\n  metric: 'val bpb=1'\n"))
+
+
+def test_workers_is_a_number_or_auto(tmp_path):
+    assert load_config(tmp_path / "missing.yml").run.workers == "auto"
+    assert load_config(write(tmp_path, "run:\n  workers: 3\n")).run.workers == 3
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, "run:\n  workers: many\n"))
+    assert "run.workers" in str(e.value) and "'many'" in str(e.value) and "'auto'" in str(e.value)
+    with pytest.raises(ConfigError, match=r"run.workers.*greater than or equal to 1"):
+        load_config(write(tmp_path, "run:\n  workers: 0\n"))

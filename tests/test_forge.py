@@ -1,9 +1,10 @@
 """The local forge on real git repositories: branches, notes, merges with trailers, no working-tree changes."""
 
+import git
 import pytest
 
 from bot import lifecycle as lc
-from bot.forges.local import ForgeError, LocalForge
+from bot.forges.local import ForgeError, LocalForge, merge_lines
 from bot.records import DEFAULT_METRIC, ChampionRecord, Decision, Proposal, RunResult
 
 
@@ -120,3 +121,41 @@ def test_a_stale_experiment_is_measured_again_on_the_new_champion(forge, researc
     assert fresh.parent == forge.champion()
     text = fresh.proposal.files["target/train.py"]
     assert "DEPTH = 5" in text and "N_HEAD = 2" in text  # its own change on top of the new champion's
+
+
+def test_a_change_next_to_the_winners_line_is_measured_again_not_lost(forge, research_repo):
+    """git's three-way merge calls changes to two touching lines a conflict; two knobs on adjacent lines are two
+    separate changes, so the stale one is replayed with both."""
+    base = forge.champion()
+    script = (research_repo.commit(base).tree / "target/train.py").data_stream.read().decode()
+    lines = script.splitlines()
+    at = lambda prefix: next(i for i, line in enumerate(lines) if line.startswith(prefix))  # noqa: E731
+    assert at("N_HEAD = 4") == at("N_EMBD = 128") + 1  # adjacent lines
+    pending = forge.open_experiment(proposal(script.replace("N_HEAD = 4", "N_HEAD = 2", 1)), base, started_at="t")
+    winner = forge.open_experiment(proposal(script.replace("N_EMBD = 128", "N_EMBD = 64", 1)), base, started_at="t")
+    winner.merged_as = forge.promote(winner, lc.trailers(winner, Decision(verdict="win", rule="margin", reason="r"),
+                                                          DEFAULT_METRIC))
+    with pytest.raises(git.GitCommandError, match="CONFLICT"):  # what git's three-way merge says
+        research_repo.git.merge_tree("--write-tree", forge.champion(), pending.commit)
+    text = forge.replay_files(pending, forge.champion())["target/train.py"]
+    assert "N_HEAD = 2" in text and "N_EMBD = 64" in text and text.count("\n") == script.count("\n")
+    same_line = forge.open_experiment(proposal(script.replace("N_EMBD = 128", "N_EMBD = 256", 1)), base, started_at="t")
+    assert forge.replay_files(same_line, forge.champion()) is None  # the winner changed that very line
+
+
+@pytest.mark.parametrize("base, ours, theirs, merged", [
+    ("a\nb\nc\n", "a\nB\nc\n", "a\nb\nC\n", "a\nB\nC\n"),  # touching lines: both
+    ("a\nb\nc\n", "A\nb\nc\n", "a\nb\nC\n", "A\nb\nC\n"),  # apart: both
+    ("a\nb\nc\n", "a\nB\nc\n", "a\nX\nc\n", None),  # one line, two values
+    ("a\nb\n", "a\nb\nc\n", "a\nb\nd\n", None),  # two insertions at one place: which goes first is unknown
+    ("a\nb\n", "a\nb\nc\n", "a\nb\nc\n", "a\nb\nc\n"),  # the same change on both sides
+    ("a\nb\nc\nd\n", "a\nd\n", "a\nb\nX\nc\nd\n", None),  # an insertion inside lines the other deletes
+    ("a\nb\nc\n", "a\nc\n", "x\na\nb\nc\n", "x\na\nc\n"),  # a deletion and an insertion elsewhere
+    ("a\nb\n", "a\nB\n", "a\nb\nc\n", "a\nB\nc\n"),  # a change and an insertion right after it
+    (None, "new\n", None, "new\n"),  # a new file
+    (None, "new\n", "other\n", None),  # added on both sides, differently
+    ("a\n", "A\n", None, None),  # deleted on the champion, changed here
+    ("a\n", "A\n", "a\n", "A\n"),  # the champion did not touch it
+])
+def test_merge_lines(base, ours, theirs, merged):
+    assert merge_lines(base, ours, theirs) == merged

@@ -101,6 +101,7 @@ class Case:
     rule: str | None = None
     review: str | None = "absent"  # for Decide: the review it sets
     says: tuple[str, ...] = field(default_factory=tuple)  # in the reason / why
+    ahead: str | None = None  # another experiment being confirmed on the champion first
 
 
 MOVED = "branch arbot/exp-7 points at 0123456789ab, not the experiment's commit eeeeeeeeeeee"
@@ -266,18 +267,27 @@ CASES = {
     "merged: done": Case(
         experiment(decision=Decision(verdict="win", rule="margin", reason="r"), merged_as=NEWER),
         champion(*FLOOR), lc.Done, current=NEWER),
+    # --- another promising experiment on the same champion is confirmed first
+    "past its screen, another being confirmed: defer": Case(
+        experiment(cand_runs(2.99)), champion(*FLOOR), lc.Defer, ahead="exp-3",
+        says=("exp-7 passed its screen; exp-3 is being confirmed on this champion first",)),
+    "another being confirmed does not hold a screen": Case(
+        experiment(), champion(*FLOOR), lc.Run, ahead="exp-3", specs=(spec(EXP, CAND, 0),)),
+    "another being confirmed does not hold a final decision": Case(
+        experiment(cand_runs(3.05)), champion(*FLOOR), lc.Decide, ahead="exp-3", verdict="loss", rule="screen",
+        review=None),
     # --- the champion moved
     "undecided, champion moved, its run passed the screen: replay onto the current one": Case(
         experiment(cand_runs(2.99)), champion(*FLOOR), lc.Replay, current=NEWER),
     "undecided, no runs yet, champion moved: replay before any run": Case(
         experiment(), champion(), lc.Replay, current=NEWER),
-    "champion moved while its run trains: the run finishes on the champion it was asked against": Case(
+    "champion moved while its screen trains: the run finishes on the champion it was asked against": Case(
         experiment(pending=(spec(EXP, CAND, 0),)), champion(*FLOOR), lc.Wait, current=NEWER,
-        says=("moved to ffffffffffff", "exp-7's runs in flight finish on cccccccccccc")),
-    "champion moved while the champion runs it asked for train: waits for them too": Case(
-        experiment(cand_runs(2.99, 2.98)), champion(*FLOOR, pending=(spec("champion", CHAMP, 3),)), lc.Wait,
-        current=NEWER),
-    "champion moved, its run lost to the old champion: the loss stands, not measured again": Case(
+        says=("moved to ffffffffffff", "exp-7's screen in flight finishes on cccccccccccc")),
+    "champion moved past its screen, its next runs in flight: replay at once": Case(
+        experiment(cand_runs(2.99), pending=(spec(EXP, CAND, 1),)),
+        champion(*FLOOR, pending=(spec("champion", CHAMP, 3),)), lc.Replay, current=NEWER),
+    "champion moved, its screen lost to the old champion: the loss stands, not measured again": Case(
         experiment(cand_runs(3.05)), champion(*FLOOR), lc.Decide, current=NEWER, verdict="loss", rule="screen",
         review=None, says=("measured on cccccccccccc", "since moved to ffffffffffff")),
     "champion moved, its run crashed: the crash stands": Case(
@@ -294,7 +304,7 @@ CASES = {
 
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
 def test_next_action(case: Case):
-    action = lc.next_action(case.exp, case.champ, case.current, case.rules, case.removes_code, case.tampered)
+    action = lc.next_action(case.exp, case.champ, case.current, case.rules, case.removes_code, case.tampered, case.ahead)
     assert type(action) is case.expect, action
     text = ""
     if isinstance(action, lc.Run):
@@ -320,6 +330,9 @@ def test_next_action(case: Case):
         assert action.trailers == lc.trailers(case.exp, case.exp.decision, case.rules.metric)
     elif isinstance(action, (lc.Wait, lc.Hold)):
         text = action.why
+    elif isinstance(action, lc.Defer):
+        assert action.ahead == case.ahead
+        text = action.why
     elif isinstance(action, lc.ChampionFails):
         text = action.reason
     for words in case.says:
@@ -328,7 +341,8 @@ def test_next_action(case: Case):
 
 def test_every_action_kind_and_decided_rule_is_in_the_table():
     kinds = {c.expect for c in CASES.values()}
-    assert kinds == {lc.Run, lc.Wait, lc.Decide, lc.Replay, lc.Hold, lc.Promote, lc.Close, lc.Done, lc.ChampionFails}
+    assert kinds == {lc.Run, lc.Wait, lc.Defer, lc.Decide, lc.Replay, lc.Hold, lc.Promote, lc.Close, lc.Done,
+                     lc.ChampionFails}
     decided = {(c.verdict, c.rule) for c in CASES.values() if c.expect is lc.Decide}
     assert decided >= {("loss", "screen"), ("loss", "futility"), ("loss", "max_runs"), ("win", "confirm:pooled"),
                        ("rejected", "holdout_gap"), ("crash", "crash"), ("timeout", "timeout"),
@@ -521,3 +535,34 @@ def test_a_maximized_win_is_promoted_with_a_positive_delta():
     t = promote.trailers
     assert (t["Metric"], t["Baseline"], t["Delta"]) == ("val_score=3.5300", "val_score=3.0200", "+0.5100")
     assert lc.trailers(exp, exp.decision, SCORE.model_copy(update={"precision": 2}))["Delta"] == "+0.51"
+
+
+# --- which experiment is confirmed first ------------------------------------------------------------------
+def rec(number: int, runs: int = 0, pending: int = 0, parent: str = CHAMP, decided: bool = False) -> ExperimentRecord:
+    """exp-<number> on `parent`: `runs` val runs made, `pending` more in flight."""
+    commit = f"{number:040d}"
+    return ExperimentRecord(
+        id=f"exp-{number}", number=number, branch=f"arbot/exp-{number}", commit=commit, parent=parent,
+        proposal=Proposal(proposer="search", hypothesis="h", files={}),
+        runs=[run(2.99, i, commit=commit) for i in range(runs)],
+        pending=[spec(f"exp-{number}", commit, runs + i) for i in range(pending)],
+        decision=Decision(verdict="loss", rule="screen", reason="r") if decided else None)
+
+
+def test_the_experiment_asking_for_more_runs_first_is_confirmed_first():
+    confirming, screened = rec(5, runs=1, pending=2), rec(3, runs=1)
+    assert lc.ahead_of(screened, [confirming, screened]) == "exp-5"  # asking already, though numbered later
+    assert lc.ahead_of(confirming, [confirming, screened]) is None  # never stopped half way
+    assert lc.deferred(screened, [confirming, screened]) and not lc.deferred(confirming, [confirming, screened])
+
+
+def test_of_two_screened_at_once_the_lower_number_goes_first():
+    a, b = rec(3, runs=1), rec(4, runs=1)
+    assert lc.ahead_of(b, [a, b]) == "exp-3" and lc.ahead_of(a, [a, b]) is None
+
+
+def test_only_undecided_rivals_past_their_screen_on_the_same_champion_count():
+    mine = rec(9, runs=1)
+    for other in (rec(2), rec(2, pending=1), rec(2, runs=1, decided=True), rec(2, runs=3, parent=NEWER)):
+        assert lc.ahead_of(mine, [other, mine]) is None, other
+    assert not lc.deferred(rec(9, pending=1), [rec(2, runs=2), rec(9, pending=1)])  # a screen is never deferred

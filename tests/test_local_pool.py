@@ -6,6 +6,7 @@ the tests assert what must hold whatever the order.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import Counter
@@ -15,13 +16,13 @@ import pytest
 
 from bot.config import SearchConfig, load_config
 from bot.executors import MAX_LOST, Lost
-from bot.executors.pool import CANCELLED, Inline, LocalPool, shares
+from bot.executors.pool import AUTO_MAX_CPU_WORKERS, CANCELLED, Inline, LocalPool, shares, worker_count
 from bot.forges.local import LocalForge
 from bot.loop import Loop, Quiet, RunsLost
 from bot.policy import make_policy
 from bot.proposers.base import ProposalContext
 from bot.proposers.search import SearchProposer
-from bot.records import ExperimentRecord, RunResult, RunSpec
+from bot.records import ExperimentRecord, RunResult, RunSpec, val_runs
 from runner.config import TargetConfig
 from tests.scripted import SCRIPT, ScriptedProposer, ScriptedRunner, Variant, make_world, markers
 
@@ -99,6 +100,27 @@ def test_two_workers_run_two_experiments_at_once_and_a_win_sends_the_other_back_
         seeds = [(r.seed, tuple(r.splits)) for r in forge.champion_record(sha).runs]
         assert len(seeds) == len(set(seeds)) and not forge.champion_record(sha).pending
     assert all(r.job in ("worker 1", "worker 2") and r.node for rec in recs.values() for r in rec.runs)
+
+
+def test_two_promising_experiments_on_one_champion_are_not_confirmed_at_once(tmp_path, counting):
+    """Both pass their screens on one champion: one is confirmed, the other deferred (its worker screens another
+    experiment meanwhile); when the first wins, the deferred one is measured again having spent only its screen."""
+    world = {"win": Variant(effect=-0.3), "win-too": Variant(effect=-0.3), "worse": Variant(effect=0.2),
+             "worse-too": Variant(effect=0.25)}
+    forge, loop, pool = world_loop(tmp_path, world, ["win", "win-too", "worse", "worse-too"])
+    start = forge.champion()
+    try:
+        loop.measure_champion()
+        loop.campaign(limit=4)
+    finally:
+        pool.close()
+    recs = [r for r in forge.experiments() if r.parent == start]
+    confirmed = [r for r in recs if len(val_runs(r.runs)) > 1]
+    assert len(confirmed) == 1 and confirmed[0].merged_as  # one confirmed on the start champion: the win
+    stale = [r for r in recs if r.decision.rule == "stale"]
+    assert stale and all(sum(n for (commit, _, _), n in counting.made.items() if commit == r.commit) == 1
+                         for r in stale)  # its screen alone was made: no run spent confirming it
+    assert any(r.decision.rule == "screen" and r.number > min(s.number for s in stale) for r in recs)  # screened meanwhile
 
 
 class TimedRunner(CountingRunner):
@@ -276,6 +298,21 @@ def test_the_search_never_proposes_what_is_in_flight(tmp_path):
     third = search.propose(ctx([in_flight, ExperimentRecord(id="exp-2", number=2, branch="b2", commit="e" * 40,
                                                             parent="c" * 40, proposal=second)]))
     assert third.params not in (first.params, second.params)
+
+
+def test_auto_workers_are_one_per_gpu_else_one_per_threads_cores_at_most_four(monkeypatch):
+    target = TargetConfig()
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert worker_count(3, target, ["0"]) == 3  # a number is taken as it is
+    assert worker_count("auto", target, ["0", "1", "2"]) == 3  # one per GPU
+    assert worker_count("auto", TargetConfig(device="cpu"), ["0", "1", "2"]) == 2  # cpu training: one per core
+    assert worker_count("auto", target, []) == 2
+    assert worker_count("auto", TargetConfig(threads=2), []) == 1
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    assert worker_count("auto", target, []) == AUTO_MAX_CPU_WORKERS == 4
+    assert worker_count("auto", TargetConfig(threads=32), []) == 2
+    monkeypatch.setattr(os, "cpu_count", lambda: None)  # unknown: one
+    assert worker_count("auto", target, []) == 1
 
 
 def test_each_worker_gets_a_gpu_or_its_share_of_the_cores():

@@ -40,6 +40,25 @@ def visible_gpus() -> list[str]:
     return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
 
 
+AUTO_MAX_CPU_WORKERS = 4  # run.workers: auto on a CPU: each worker holds a training process and a warm evaluator,
+# and the memory limit is split between them; a number in run.workers goes past it
+
+
+def cores() -> int:
+    return os.cpu_count() or 1
+
+
+def worker_count(workers: int | str, target: TargetConfig, gpus: list[str] | None = None) -> int:
+    """run.workers as a number. `auto`: one worker per GPU when training may use GPUs, else one per
+    `target.threads` cores (one each when 0), at most AUTO_MAX_CPU_WORKERS."""
+    if workers != "auto":
+        return int(workers)
+    gpus = visible_gpus() if gpus is None else gpus
+    if gpus and target.device != "cpu":
+        return len(gpus)
+    return max(1, min(cores() // max(target.threads, 1), AUTO_MAX_CPU_WORKERS))
+
+
 def shares(target: TargetConfig, workers: int, gpus: list[str]) -> list[tuple[TargetConfig, str | None]]:
     """Each worker's settings and GPUs: one GPU each when there are GPUs (and training may use them), else the
     configured thread count (0: the cores split evenly) and the memory limit split evenly."""
@@ -48,7 +67,7 @@ def shares(target: TargetConfig, workers: int, gpus: list[str]) -> list[tuple[Ta
             raise ValueError(f"run.workers is {workers} but only {len(gpus)} GPUs are visible ({','.join(gpus)}): "
                              "use one worker per GPU, or set target.device: cpu to share the cores")
         return [(target, gpus[i]) for i in range(workers)]
-    threads = target.threads or max(1, (os.cpu_count() or 1) // workers)
+    threads = target.threads or max(1, cores() // workers)
     memory = target.memory_gb or (default_memory_bytes() / 2**30 / workers if default_memory_bytes() else None)
     share = target.model_copy(update={"threads": threads if workers > 1 else target.threads,
                                       "memory_gb": memory if workers > 1 else target.memory_gb})

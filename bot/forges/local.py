@@ -6,6 +6,7 @@ Nothing here touches the working tree or the index of the repository: commits ar
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 import tempfile
@@ -27,6 +28,45 @@ ZERO = "0" * 40
 
 class ForgeError(RuntimeError):
     pass
+
+
+Edit = tuple[int, int, tuple[str, ...]]  # base lines [i, j) replaced by these lines
+
+
+def _edits(base: list[str], text: str) -> list[Edit]:
+    ops = difflib.SequenceMatcher(None, base, lines := text.splitlines(keepends=True), autojunk=False).get_opcodes()
+    return [(i1, i2, tuple(lines[j1:j2])) for tag, i1, i2, j1, j2 in ops if tag != "equal"]
+
+
+def _clash(a: Edit, b: Edit) -> bool:
+    """Two edits of one base that cannot both be made: they change a line in common, or insert at one place
+    (which goes first is unknown), or one inserts inside the lines the other replaces."""
+    (i1, i2, _), (k1, k2, _) = a, b
+    if i1 == i2 and k1 == k2:
+        return i1 == k1
+    return max(i1, k1) < min(i2, k2) or (k1 == k2 and i1 < k1 < i2) or (i1 == i2 and k1 < i1 < k2)
+
+
+def merge_lines(base: str | None, ours: str, theirs: str | None) -> str | None:
+    """`ours` (a change of `base`) made on `theirs` (another change of it), line by line; None when they conflict.
+
+    Unlike git's three-way merge, changes to different lines merge even when they touch: a knob changed on one
+    line and another knob on the next are separate changes (git calls that a conflict, and a replay would be
+    lost). Changes to a line in common, two insertions at one place, or a file added or deleted on one side and
+    changed on the other are conflicts. `None` for base or theirs: the file does not exist there."""
+    if theirs == base or ours == theirs:
+        return ours
+    if base is None or theirs is None:
+        return None
+    lines = base.splitlines(keepends=True)
+    mine, other = _edits(lines, ours), _edits(lines, theirs)
+    if any(_clash(a, b) for a in mine for b in other if a != b):
+        return None
+    out, at = [], 0
+    for i1, i2, new in sorted(set(mine + other)):
+        out += lines[at:i1] + list(new)
+        at = i2
+    return "".join(out + lines[at:])
 
 
 class LocalForge:
@@ -172,13 +212,14 @@ class LocalForge:
         return Commit.create_from_tree(self.repo, tree, message, parent_commits=[parent_commit], head=False).hexsha
 
     def replay_files(self, rec: ExperimentRecord, onto: str) -> dict[str, str] | None:
-        """rec's change applied onto another champion (a three-way merge): the new text of each file it
+        """rec's change applied onto another champion, file by file (`merge_lines`): the new text of each file it
         changes, or None when it conflicts."""
-        try:
-            tree = self.repo.git.merge_tree("--write-tree", onto, rec.commit).splitlines()[0]
-        except git.GitCommandError:
-            return None
-        return {path: self.repo.git.show(f"{tree}:{path}", strip_newline_in_stdout=False) for path in rec.proposal.files}
+        out = {}
+        for path, text in rec.proposal.files.items():
+            if (merged := merge_lines(self.text(rec.parent, path), text, self.text(onto, path))) is None:
+                return None
+            out[path] = merged
+        return out
 
     # --- promotion ------------------------------------------------------------------------
     def promote(self, rec: ExperimentRecord, trailers: dict[str, str]) -> str:

@@ -154,15 +154,17 @@ class Driver:
 
     # --- the executor --------------------------------------------------------------------------------
     def advance_all(self) -> list[ExperimentRecord]:
-        """Record merges GitHub made, advance every active experiment until none changes champion, then open
-        new ones up to max_in_flight. What a webhook, `arbot decide` and a restart all run; safe to repeat."""
+        """Record merges GitHub made, advance every active experiment until none changes champion or finishes,
+        then open new ones up to max_in_flight. What a webhook, `arbot decide` and a restart all run; safe to repeat."""
         with self.lease.held(wait=self.lease_wait):
             advanced: dict[str, ExperimentRecord] = {}
-            champion = None
-            while champion != (champion := self._synced_champion()):
-                for rec in [r for r in self.lf.experiments() if lc.is_active(r)]:
+            champion, finished = None, False
+            while champion != (champion := self._synced_champion()) or finished:
+                finished = False  # one that finishes may let one it deferred go on: then another pass
+                for rec in self._active():
                     self.lease.keep()
-                    advanced[rec.id] = self.advance(rec)
+                    advanced[rec.id] = end = self.advance(rec)
+                    finished |= end.id != rec.id or not lc.is_active(end)
             self.fill()
             return list(advanced.values())
 
@@ -181,11 +183,11 @@ class Driver:
         self._collect(rec)
         while True:
             action = lc.next_action(rec, self.lf.champion_record(rec.parent), self.lf.champion(), self.rules,
-                                    self.lf.removes_code(rec), self._tampered(rec))
+                                    self.lf.removes_code(rec), self._tampered(rec), lc.ahead_of(rec, self._active()))
             if isinstance(action, lc.Run):
                 self._dispatch(rec, action)
                 return rec
-            if isinstance(action, (lc.Wait, lc.Done)):
+            if isinstance(action, (lc.Wait, lc.Defer, lc.Done)):
                 return rec
             if isinstance(action, lc.Decide):
                 rec.evidence, rec.review = action.evidence, action.review
@@ -417,7 +419,7 @@ class Driver:
                 if why:
                     log.warning("not proposing: %s", why)
                     break
-                if sum(r.decision is None for r in self.lf.experiments()) >= self.config.github.max_in_flight:
+                if not self._has_room():
                     break
                 try:
                     opened.append(self.propose())
@@ -444,6 +446,17 @@ class Driver:
         return rec
 
     # --- lookups -----------------------------------------------------------------------------------------
+    def _active(self) -> list[ExperimentRecord]:
+        return [r for r in self.lf.experiments() if lc.is_active(r)]
+
+    def _has_room(self) -> bool:
+        """Fewer than max_in_flight undecided experiments hold a runner (one the lifecycle defers holds none),
+        and fewer than twice that are open."""
+        undecided = [r for r in self.lf.experiments() if r.decision is None]
+        working = [r for r in undecided if not lc.deferred(r, undecided)]
+        limit = self.config.github.max_in_flight
+        return len(working) < limit and len(undecided) < 2 * limit
+
     def _tampered(self, rec: ExperimentRecord) -> str | None:
         """Why the experiment may not be merged whatever it measured, or None: its commit (checked on the
         mirror) changes a path outside target.allowed_paths (a note written by hand names any commit), or its
