@@ -48,10 +48,10 @@ WORLD = {
 OTHER_APP = "ghs_other_app"
 
 
-def settings(**github) -> dict:
-    """margin 0, one champion run, no holdout confirmation: a decision after two runs."""
-    return {"policy": {"rule": "margin", "margin": 0.0, "baseline_runs": 1}, "target": {"holdout_max_gap": None},
-            "github": {"repo": REPO, "max_in_flight": 1, **github}}
+def settings(policy: dict | None = None, **github) -> dict:
+    """margin 0, one champion run, no holdout confirmation: a decision after two runs (unless `policy` says)."""
+    return {"policy": policy or {"rule": "margin", "margin": 0.0, "baseline_runs": 1},
+            "target": {"holdout_max_gap": None}, "github": {"repo": REPO, "max_in_flight": 1, **github}}
 
 
 def now() -> str:
@@ -84,8 +84,8 @@ class GitHub:
 
     def driver(self, *names: str, mirror_name: str = "mirror.git", proposer=None, paused: Callable[[], bool] = lambda: False,
                per_day: int | None = None, first_slot: int = 0, holder: str | None = None, lease_wait: float = 0,
-               **github) -> Driver:
-        cfg = Config.model_validate(settings(**github))
+               policy: dict | None = None, **github) -> Driver:
+        cfg = Config.model_validate(settings(policy, **github))
         return Driver(self.forge, mirror(self.tmp / mirror_name), cfg, proposer or Proposer(*names, first_slot=first_slot),
                       make_policy(cfg.policy), budget=Budget(self.store, experiments_per_day=per_day), paused=paused,
                       holder=holder, lease_wait=lease_wait)
@@ -613,6 +613,43 @@ def test_two_runners_the_other_loses_on_the_champion_it_was_measured_on_and_is_n
     assert f"since moved to {exp1.merged_as[:12]}" in lost.decision.reason
     assert fake.prs[2].state == "closed" and "arbot:loss" in fake.prs[2].labels and not fake.prs[2].merged
     assert len(fake.dispatches) == 3  # champion, exp-1, exp-2: nothing measured again
+
+
+def test_a_second_promising_experiment_waits_for_the_first_and_frees_its_runner(gh):
+    """The noise-aware policy (a screen, then more runs): exp-1 and exp-2 both pass their screens on one champion.
+    exp-1 asked for its further runs first, so exp-2 is deferred, holds no runner, and a third experiment is
+    opened in its place; exp-1 wins and exp-2 is measured again having spent only its screen."""
+    fake = gh.fake
+    start = fake.ref("champion")
+    played: set[int] = set()
+
+    def play(prefix: str = "") -> None:
+        for i, x in enumerate(list(fake.dispatches)):
+            if i not in played and x["inputs"]["request"].startswith(prefix):
+                played.add(i)
+                gh.workflow(x)
+
+    d = gh.driver("win", "win-again", "worse", max_in_flight=2, policy={"rule": "noise_aware"})
+    d.fill()
+    play("champion:")  # the noise floor
+    d.advance_all()  # both screens dispatched
+    play("exp-1:")
+    d.advance_all()  # exp-1 passed its screen and asks for more runs (held)
+    play("exp-2:")
+    d.advance_all()  # exp-2 passed too: deferred, and a third experiment opened in its place
+    recs = {r.id: r for r in d.lf.experiments()}
+    assert recs["exp-1"].pending and recs["exp-2"].decision is None and not recs["exp-2"].pending
+    assert len(recs["exp-2"].runs) == 1 and recs["exp-3"].parent == start and recs["exp-3"].pending
+    gh.auto()
+    play()
+    gh.settle(d)
+    recs = {r.id: r for r in d.lf.experiments()}
+    win, deferred = recs["exp-1"], recs["exp-2"]
+    assert win.merged_as and len(win.runs) > 1
+    assert deferred.decision.rule == "stale" and [r.seed for r in deferred.runs] == [0]  # its screen alone
+    assert sum(x["inputs"]["request"].startswith("exp-2:") for x in fake.dispatches) == 1  # one dispatch for it
+    fresh = next(r for r in recs.values() if r.parent == win.merged_as and r.proposal.hypothesis == "win-again")
+    assert fresh.decision is not None and f"measured again as {fresh.id}" in deferred.decision.reason
 
 
 # --- proposing: pause, budget, max_in_flight, the review hold -----------------------------------------------------
