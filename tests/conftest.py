@@ -23,6 +23,7 @@ def tiny_config(**sections) -> dict:
     cfg = {
         "target": {"budget_seconds": 1.5, "grace_seconds": 30, "overrides": dict(TINY), "threads": 1},
         "policy": {"rule": "margin", "margin": 0.0, "baseline_runs": 1},
+        "run": {"workers": 1},  # one experiment at a time, whatever the machine's cores (run.workers: auto)
     }
     for key, value in sections.items():
         cfg.setdefault(key, {}).update(value)

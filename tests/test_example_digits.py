@@ -323,7 +323,8 @@ def test_arbot_run_merges_a_higher_accuracy_and_closes_a_lower_one(tmp_path, mon
     # (its relative gap (holdout - val) / val swings by +-0.3 there; the rule itself: tests/test_lifecycle.py).
     repo = example_repo(tmp_path / "digits", SEED_LR,
                         target={"budget_seconds": 1, "sandbox": "require", "holdout_max_gap": 1.0},
-                        policy={"baseline_runs": 2, "max_candidate_runs": 3})
+                        policy={"baseline_runs": 2, "max_candidate_runs": 3},
+                        run={"workers": 1})  # one at a time: the loss is measured on the new champion
     start = repo.head.commit.hexsha
     proposer = EditProposer(
         ("Raise LEARNING_RATE to 3e-3", lambda s: set_knobs(s, {"LEARNING_RATE": 3e-3})),
