@@ -188,7 +188,8 @@ def ahead_of(exp: ExperimentRecord, active: list[ExperimentRecord]) -> str | Non
     for its further runs itself has none ahead: it is never stopped half way."""
     if _confirming(exp):
         return None
-    rivals = [r for r in active if r.id != exp.id and r.parent == exp.parent and r.decision is None and val_runs(r.runs)]
+    rivals = [r for r in active
+              if r.id != exp.id and r.parent == exp.parent and r.decision is None and val_runs(r.runs)]
     first = [r for r in rivals if _confirming(r)] or [r for r in rivals if r.number < exp.number]
     return min(first, key=lambda r: r.number).id if first else None
 
@@ -200,9 +201,17 @@ def _confirming(exp: ExperimentRecord) -> bool:
 
 
 def deferred(exp: ExperimentRecord, active: list[ExperimentRecord]) -> bool:
-    """Whether `exp` is one `Defer` holds: past its screen, nothing in flight, another ahead of it. It holds no
-    worker, so an executor opens another experiment in its place (up to twice its in-flight count in all)."""
+    """Whether `exp` is one `Defer` holds: past its screen, nothing in flight, another ahead of it."""
     return exp.decision is None and bool(val_runs(exp.runs)) and not exp.pending and ahead_of(exp, active) is not None
+
+
+def has_room(experiments: list[ExperimentRecord], slots: int) -> bool:
+    """Whether an executor with `slots` workers (or runners) may open another experiment: fewer than `slots`
+    undecided ones hold one (a deferred one holds none, so another is screened in its place), and fewer than
+    twice that are open."""
+    undecided = [r for r in experiments if r.decision is None]
+    working = [r for r in undecided if not deferred(r, undecided)]
+    return len(working) < slots and len(undecided) < 2 * slots
 
 
 def floor_met(champion: ChampionRecord, rules: Rules) -> bool:

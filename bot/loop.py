@@ -122,7 +122,7 @@ class Loop:
                 finished.append(rec)
                 report.finished(rec)
             opened = 0
-            while proposing and (limit is None or taken < limit) and self._has_room():
+            while proposing and (limit is None or taken < limit) and lc.has_room(self._active(), self.in_flight):
                 try:
                     self._open()
                     opened += 1
@@ -181,13 +181,6 @@ class Loop:
     # --- one pass over the records ------------------------------------------------------------------------
     def _active(self) -> list[ExperimentRecord]:
         return [r for r in self.forge.experiments() if lc.is_active(r)]
-
-    def _has_room(self) -> bool:
-        """Room for another experiment: fewer than `in_flight` hold a worker (one the lifecycle defers holds none),
-        and fewer than twice that are open."""
-        active = self._active()
-        working = [r for r in active if not lc.deferred(r, active)]
-        return len(working) < self.in_flight and len(active) < 2 * self.in_flight
 
     def _ready(self, rec: ExperimentRecord) -> bool:
         """Whether `rec` can be advanced: the runs its last decision asked for are all in (a decision is made on

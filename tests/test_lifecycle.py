@@ -566,3 +566,11 @@ def test_only_undecided_rivals_past_their_screen_on_the_same_champion_count():
     for other in (rec(2), rec(2, pending=1), rec(2, runs=1, decided=True), rec(2, runs=3, parent=NEWER)):
         assert lc.ahead_of(mine, [other, mine]) is None, other
     assert not lc.deferred(rec(9, pending=1), [rec(2, runs=2), rec(9, pending=1)])  # a screen is never deferred
+
+
+def test_a_deferred_experiment_holds_no_slot_and_at_most_twice_the_slots_are_open():
+    confirming, waiting = rec(1, runs=1, pending=2), rec(2, runs=1)
+    assert lc.has_room([confirming, waiting], slots=2)  # the deferred one leaves its slot to a new screen
+    assert not lc.has_room([confirming, rec(2, pending=1)], slots=2)  # two screening or confirming: full
+    assert not lc.has_room([confirming, waiting, rec(3, runs=1), rec(4, pending=1)], slots=2)  # four open: enough
+    assert lc.has_room([confirming, rec(2, runs=1, decided=True)], slots=2)  # a decided one holds nothing

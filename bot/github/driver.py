@@ -419,7 +419,7 @@ class Driver:
                 if why:
                     log.warning("not proposing: %s", why)
                     break
-                if not self._has_room():
+                if not lc.has_room(self.lf.experiments(), self.config.github.max_in_flight):
                     break
                 try:
                     opened.append(self.propose())
@@ -448,14 +448,6 @@ class Driver:
     # --- lookups -----------------------------------------------------------------------------------------
     def _active(self) -> list[ExperimentRecord]:
         return [r for r in self.lf.experiments() if lc.is_active(r)]
-
-    def _has_room(self) -> bool:
-        """Fewer than max_in_flight undecided experiments hold a runner (one the lifecycle defers holds none),
-        and fewer than twice that are open."""
-        undecided = [r for r in self.lf.experiments() if r.decision is None]
-        working = [r for r in undecided if not lc.deferred(r, undecided)]
-        limit = self.config.github.max_in_flight
-        return len(working) < limit and len(undecided) < 2 * limit
 
     def _tampered(self, rec: ExperimentRecord) -> str | None:
         """Why the experiment may not be merged whatever it measured, or None: its commit (checked on the
