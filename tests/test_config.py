@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from bot.config import Config, ConfigError, load_config
@@ -83,3 +85,18 @@ def test_workers_is_a_number_or_auto(tmp_path):
     assert "run.workers" in str(e.value) and "'many'" in str(e.value) and "'auto'" in str(e.value)
     with pytest.raises(ConfigError, match=r"run.workers.*greater than or equal to 1"):
         load_config(write(tmp_path, "run:\n  workers: 0\n"))
+
+
+def test_the_gpu_profile_is_a_valid_config_for_the_built_in_target():
+    """arbot.gpu.yml: a 60 s budget on CUDA, knobs the target has, and a corpus the built-in evaluator prepares."""
+    from bot.knobs import find_knobs
+    from evaluator.data import CORPORA
+
+    root = Path(__file__).resolve().parent.parent
+    cfg = load_config(root / "arbot.gpu.yml")
+    assert cfg.target.budget_seconds == 60 and cfg.target.device == "cuda" and cfg.evaluator.device == "cuda"
+    assert cfg.evaluator.corpus in CORPORA and cfg.evaluator.corpus != "kjv"
+    knobs = {k.name: k.value for k in find_knobs((root / cfg.target.script).read_text())}
+    assert set(cfg.target.overrides) <= set(knobs)
+    assert cfg.target.overrides["N_EMBD"] % cfg.target.overrides["N_HEAD"] == 0
+    assert load_config(root / "arbot.yml").evaluator.corpus is None  # the CPU default keeps the default corpus
