@@ -12,6 +12,7 @@ float logits [EVAL_BATCH, SEQ_LEN, 256]) and OUT_DIR/summary.json.
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -225,3 +226,4 @@ summary = {
 }
 (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 print(json.dumps(summary), flush=True)
+os._exit(0)  # skip tearing torch down: an ordinary exit costs about 0.6 s more per run, for nothing
