@@ -1,7 +1,7 @@
 """Where a run's wall time beyond its training budget goes: real runs of the built-in target through the Runner.
 
-    python benchmarks/overhead.py [--runs 3] [--promoted 1] [--budget 5] [--set DEPTH=1 ...] [--threads 0]
-                                  [--sandbox require] [--json]
+    python benchmarks/overhead.py [--config arbot.gpu.yml] [--runs 3] [--promoted 1] [--budget 5]
+                                  [--set DEPTH=1 ...] [--threads 0] [--device cpu] [--sandbox require] [--json]
 
 Copies this checkout's target/ and evaluator/ into a throwaway repository and makes `--runs` champion runs (seeds
 0, 1, ...) with one Runner, sandboxed as `arbot run` makes them; then, as after a win, commits a new champion (its
@@ -57,10 +57,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3, help="runs of the first champion (the first is cold)")
     parser.add_argument("--promoted", type=int, default=1, help="runs of a new champion with the same evaluator/")
-    parser.add_argument("--budget", type=float, default=5.0, help="training seconds per run")
+    parser.add_argument("--config", type=Path, help="take the target's and the evaluator's settings from this file "
+                        "(e.g. arbot.gpu.yml: its budget, knobs, devices and corpus); the flags below override it")
+    parser.add_argument("--budget", type=float, help="training seconds per run (default: the config's, else 5)")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a knob of the model")
     parser.add_argument("--threads", type=int, default=0, help="target.threads (0: all cores)")
-    parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"), help="target.device")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"),
+                        help="target.device and evaluator.device (default: the config's, else cpu)")
     parser.add_argument("--sandbox", default="require", choices=("require", "auto", "off"), help="target.sandbox")
     parser.add_argument("--probes", type=int, default=5, help="times `python -c pass` is timed, bare and sandboxed")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
@@ -74,15 +77,18 @@ def main() -> None:
 
     import git
 
-    from runner.config import EvaluatorConfig, TargetConfig
+    from bot.config import Config, load_config
     from runner.job import Runner
 
+    config = load_config(args.config) if args.config else Config(target={"device": "cpu"}, evaluator={"device": "cpu"})
+    devices = {"device": args.device} if args.device else {}
+    args.budget = args.budget or (config.target.budget_seconds if args.config else 5.0)
     with tempfile.TemporaryDirectory(prefix="arbot-overhead-") as tmp:
         repo = research_repo(Path(tmp) / "repo", git)
-        target = TargetConfig(budget_seconds=args.budget, threads=args.threads, device=args.device,
-                              sandbox=args.sandbox, overrides=overrides)
-        runner = Runner(repo, target, EvaluatorConfig(device=args.device),
-                        artifacts=Path(tmp) / "artifacts")
+        target = config.target.model_copy(update={
+            "budget_seconds": args.budget, "threads": args.threads, "sandbox": args.sandbox,
+            "overrides": config.target.overrides | overrides, **devices})
+        runner = Runner(repo, target, config.evaluator.model_copy(update=devices), artifacts=Path(tmp) / "artifacts")
         starts = probe_starts(runner, Path(tmp), args.probes)
         champion = repo.head.commit.hexsha
         runs = [measure(runner, champion, seed, "cold" if seed == 0 else "warm", Path(tmp), starts)
@@ -93,7 +99,7 @@ def main() -> None:
                              Path(tmp), starts) for i in range(args.promoted)]
     warm = [r for r in runs if r["kind"] == "warm"]
     report = {
-        "budget_seconds": args.budget, "knobs": overrides, "threads": args.threads, "device": args.device,
+        "budget_seconds": args.budget, "knobs": target.overrides, "threads": args.threads, "device": target.device,
         "sandbox": runs[0]["sandbox"], "start_probes": starts, "runs": runs,
         "warm_median": {key: round(statistics.median(r["seconds"][key] for r in warm), 3)
                         for key in runs[0]["seconds"]} if warm else None,
