@@ -3,7 +3,8 @@
     python benchmarks/gpu_check.py --budget 60 [--out results.json]
 
 Needs a CUDA machine with torch; prepares (or reuses, via $ARBOT_CACHE) the data splits, then:
-1. trains target/train.py directly at the default size and at a GPU size (config overrides) and scores each;
+1. trains target/train.py directly at the default size (corpus kjv) and at the GPU profile's size and corpus
+   (arbot.gpu.yml) and scores each;
 2. runs the runner job (guard -> train -> champion's evaluator) on a throwaway git repository.
 Prints one JSON object with the measurements.
 """
@@ -22,15 +23,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-GPU_SIZE = {"DEPTH": 8, "N_EMBD": 512, "N_HEAD": 8, "SEQ_LEN": 512, "BATCH_SIZE": 64, "LEARNING_RATE": 1e-3}
+PROFILE = ROOT / "arbot.gpu.yml"  # the GPU profile: its knobs and corpus are the GPU size measured here
 
 
-def train_and_score(cache: Path, budget: float, overrides: dict, work: Path, device: str) -> dict:
+def train_and_score(cache: Path, budget: float, overrides: dict, work: Path, device: str, corpus: str) -> dict:
     from evaluator.data import prepare
     from evaluator.score import score
     from runner.job import train_argv
 
-    splits = prepare(cache)
+    splits = prepare(cache, corpus=corpus)
     out = work / "out"
     argv = train_argv("train.py", splits.train, out, budget, 0, device, overrides)
     start = time.monotonic()
@@ -43,7 +44,7 @@ def train_and_score(cache: Path, budget: float, overrides: dict, work: Path, dev
             "score_seconds": round(time.monotonic() - t0, 1)}
 
 
-def runner_job(cache: Path, budget: float, overrides: dict, work: Path, device: str) -> dict:
+def runner_job(cache: Path, budget: float, overrides: dict, work: Path, device: str, corpus: str) -> dict:
     import git
 
     from runner.config import EvaluatorConfig, TargetConfig
@@ -56,7 +57,7 @@ def runner_job(cache: Path, budget: float, overrides: dict, work: Path, device: 
     repo.git.add(A=True)
     repo.index.commit("gpu check")
     runner = Runner(repo, TargetConfig(budget_seconds=budget, device=device, overrides=overrides),
-                    EvaluatorConfig(device=device, cache_dir=str(cache)))
+                    EvaluatorConfig(device=device, cache_dir=str(cache), corpus=corpus))
     result = runner.run("HEAD", "HEAD", seed=0)
     return result.model_dump(exclude={"log_tail"}) | {"log_tail": result.log_tail[-2000:]}
 
@@ -70,21 +71,27 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
+    from bot.config import load_config
+    from evaluator.data import DEFAULT_CORPUS
+
+    profile = load_config(PROFILE)
+    gpu, gpu_corpus = profile.target, profile.evaluator.corpus or DEFAULT_CORPUS
     name = torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"
     report = {"torch": torch.__version__, "device": name, "budget_seconds": args.budget}
     with tempfile.TemporaryDirectory() as tmp:
-        for label, overrides in (("default_size", {}), ("gpu_size", GPU_SIZE)):
+        for label, overrides, corpus in (("default_size", {}, DEFAULT_CORPUS), ("gpu_size", gpu.overrides, gpu_corpus)):
             work = Path(tmp) / label
             work.mkdir()
             try:
-                report[label] = train_and_score(args.cache, args.budget, overrides, work, args.device)
+                report[label] = train_and_score(args.cache, args.budget, overrides, work, args.device, corpus)
             except Exception as e:  # report and go on: one failed measurement should not hide the others
                 report[label] = {"error": repr(e)}
             print(json.dumps({label: report[label]}), flush=True)
         work = Path(tmp) / "runner"
         work.mkdir()
         try:
-            report["runner_job_gpu_size"] = runner_job(args.cache, args.budget, GPU_SIZE, work, args.device)
+            report["runner_job_gpu_size"] = runner_job(args.cache, args.budget, gpu.overrides, work, args.device,
+                                                       gpu_corpus)
         except Exception as e:
             report["runner_job_gpu_size"] = {"error": repr(e)}
     text = json.dumps(report, indent=1)
