@@ -1,10 +1,11 @@
 """Yield on the real target: arbot's policy, greedy keep/revert and random search, each given the same runner time,
 then every promotion and each final champion measured again with fresh seeds.
 
-    python benchmarks/yield.py [--seconds 900] [--budget 5] [--audit-runs 3] [--final-runs 4]
+    python benchmarks/yield.py [--seconds 900] [--budget 5] [--workers 1] [--audit-runs 3] [--final-runs 4]
                                [--strategies arbot,greedy,random] [--json]
 
-Each strategy gets a fresh clone of this checkout's committed HEAD (the built-in target, one worker) and runs
+Each strategy gets a fresh clone of this checkout's committed HEAD (the built-in target, `--workers` workers, one
+by default: runner seconds are wall seconds times workers) and runs
 `arbot run` as a user would, until `--seconds` of wall time have passed; then it is interrupted as Ctrl-C does
 (its run in flight is lost, as it would be). Strategies:
 
@@ -78,13 +79,13 @@ def fresh(project, commit: str, champion: str, runs: int) -> list[float]:
     return oriented(values, metric.direction)
 
 
-def measure(name: str, settings: dict, seconds: float, budget: float, audit_runs: int, final_runs: int,
-            start_values: list[float] | None, tmp: Path) -> tuple[dict, list[float]]:
+def measure(name: str, settings: dict, seconds: float, budget: float, workers: int, audit_runs: int,
+            final_runs: int, start_values: list[float] | None, tmp: Path) -> tuple[dict, list[float]]:
     from bot.audit import audit_win
     from bot.cli import Project
 
     repo = tmp / name
-    clone(repo, {**settings, "run": {"experiments": None},
+    clone(repo, {**settings, "run": {"experiments": None, "workers": workers},
                  "target": {**settings.get("target", {}), "budget_seconds": budget}})
     project = Project(repo, None)  # its forge reads the records from git at each call
     start = project.repo.head.commit.hexsha
@@ -98,20 +99,22 @@ def measure(name: str, settings: dict, seconds: float, budget: float, audit_runs
     final_values = fresh(project, final, start, final_runs) if final != start else start_values
     improvement = statistics.fmean(start_values) - statistics.fmean(final_values)
     return {
-        "strategy": name, "seconds": round(ran, 1), "experiments": sum(r.decision is not None for r in recs),
+        "strategy": name, "seconds": round(ran, 1), "workers": workers, "experiments": sum(r.decision is not None for r in recs),
         "runs": sum(len(r.runs) for r in recs), "promotions": len(wins),
         "not_replicated": sum(not a.replicates for a in audits),
         "audit_effects": [round(a.effect, 4) if a.effect is not None else None for a in audits],
         "start": round(statistics.fmean(start_values), 4), "final": round(statistics.fmean(final_values), 4),
         "replicated_improvement": round(improvement, 4),
-        "per_runner_hour": round(improvement / (ran / 3600), 4),
+        "per_runner_hour": round(improvement / (ran * workers / 3600), 4),
     }, start_values
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=900, help="wall (runner) seconds of each campaign")
+    parser.add_argument("--seconds", type=float, default=900, help="wall seconds of each campaign")
     parser.add_argument("--budget", type=float, default=5.0, help="training seconds per run")
+    parser.add_argument("--workers", type=int, default=1, help="run.workers of each campaign (runner seconds: wall "
+                        "seconds x workers)")
     parser.add_argument("--audit-runs", type=int, default=3, help="fresh seeds per side for each promotion")
     parser.add_argument("--final-runs", type=int, default=4, help="fresh seeds for the starting and final champions")
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
@@ -120,8 +123,8 @@ def main() -> None:
     rows, start_values = [], None
     with tempfile.TemporaryDirectory(prefix="arbot-yield-") as tmp:
         for name in args.strategies.split(","):
-            row, start_values = measure(name, STRATEGIES[name], args.seconds, args.budget, args.audit_runs,
-                                        args.final_runs, start_values, Path(tmp))
+            row, start_values = measure(name, STRATEGIES[name], args.seconds, args.budget, args.workers,
+                                        args.audit_runs, args.final_runs, start_values, Path(tmp))
             rows.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
     if args.json:
