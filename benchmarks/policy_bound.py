@@ -99,10 +99,12 @@ def measure(mix: ProposalMix, sums: np.ndarray, actions: list[np.ndarray], holdo
 
 def bound(mix: ProposalMix, fdr: float, holdout: float, power_at: float = 2.0) -> dict[str, float]:
     """The best yield per run with false promotions at most `fdr`: bisection on the penalty, Dinkelbach inside."""
+    prior = Prior.of(mix)
+
     def at(penalty: float) -> dict[str, float]:
         cost = 0.1
         for _ in range(6):
-            result = measure(mix, *solve(Prior.of(mix), cost, penalty, holdout), holdout, power_at)
+            result = measure(mix, *solve(prior, cost, penalty, holdout), holdout, power_at)
             cost = result["per_100_runs"] / 100
         return result | {"penalty": penalty}
 
