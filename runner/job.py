@@ -263,6 +263,12 @@ class Runner:
         if why := over_disk_cap(work, cap):
             result.status, result.log_tail, result.reason = "rejected", outcome.log_tail, why
             return
+        # A crash is named as one even when it also ran long: it has no model to score, and its reason says which
+        # limit it hit (a memory bomb spends seconds filling its limit).
+        if outcome.returncode != 0:
+            result.status, result.log_tail = "crash", outcome.log_tail
+            result.reason = crash_reason(outcome, box.limits)
+            return
         if held is not None and outcome.wall_seconds > held.reject:
             result.status, result.log_tail = "rejected", outcome.log_tail
             result.reason = (f"over_budget: training took {outcome.wall_seconds:.1f} s of wall time (measured by the runner), "
@@ -273,9 +279,9 @@ class Runner:
         # The model is copied out and hashed: that copy is what gets scored.
         artifact = self.target.artifact
         model, why = take_file(out / artifact, tmp / artifact, MAX_MODEL_BYTES)
-        if outcome.returncode != 0 or model is None:
+        if model is None:
             result.status, result.log_tail = "crash", outcome.log_tail
-            result.reason = crash_reason(outcome, box.limits) if outcome.returncode else artifact_missing(artifact, why)
+            result.reason = artifact_missing(artifact, why)
             return
         result.model_sha256 = sha256_file(model)
         summary, _ = take_file(out / SUMMARY_FILE, tmp / SUMMARY_FILE, 1 << 20)

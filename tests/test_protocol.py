@@ -306,6 +306,25 @@ def test_a_script_that_ignores_the_budget_is_told_the_contract(tmp_path):
     assert "requires the script to stop training within --budget seconds (0.5 here)" in result.reason
 
 
+SLOW_THEN_OUT_OF_MEMORY = "import time\ntime.sleep(4)\nraise MemoryError('filled its memory limit')\n"
+
+
+def test_a_crash_that_also_ran_long_is_named_a_crash(tmp_path):
+    """A memory bomb spends seconds filling its limit before it dies: its record names the limit it hit, not the
+    time it took (it has no model either way, so the verdict cannot be a win)."""
+    repo = toy_repo(tmp_path / "r", SLOW_THEN_OUT_OF_MEMORY)
+    runner = Runner(repo, TargetConfig(**{**CONFIG["target"], "budget_tolerance_seconds": 2.0,
+                                                    "grace_seconds": 10.0}),
+                    EvaluatorConfig(**CONFIG["evaluator"], cache_dir=str(tmp_path / "cache")))
+    head = repo.head.commit
+    runner.measured(head.hexsha, 0.5, 0.1)  # held: rejected past 0.5 + 0.5 + 2 = 3 s, killed at 5 s
+    candidate = repo.index.commit("a candidate", parent_commits=[head], head=False,
+                                  author=git.Actor("t", "t@example.com"), committer=git.Actor("t", "t@example.com"))
+    result = runner.run(candidate.hexsha, head.hexsha)
+    assert result.train_seconds > runner.budget_limit(head.hexsha).reject
+    assert result.status == "crash" and result.reason.startswith("training exited with code 1 (out of memory")
+
+
 def test_a_run_no_longer_needed_is_stopped_while_it_trains(tmp_path):
     """A pool cancels a run whose experiment was decided or went stale (bot.executors.pool): the runner asks
     `stop` while the script trains and kills it at once, instead of training to the budget for nothing."""
