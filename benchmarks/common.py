@@ -1,4 +1,4 @@
-"""What the benchmarks that run `arbot run` share: a fresh clone of this checkout with its settings committed."""
+"""What the benchmarks share: a fresh clone of this checkout with its settings committed, `--set` knobs, a table."""
 
 from __future__ import annotations
 
@@ -21,6 +21,15 @@ def clone(dest: Path, settings: dict) -> None:
         config.setdefault(section, {}).update(values)
     (dest / "arbot.yml").write_text(yaml.safe_dump(config))
     subprocess.run(["git", "-C", str(dest), "commit", "-qam", "benchmark settings"], check=True, env=BENCH_GIT)
+
+
+def knob_values(items: list[str]) -> dict[str, int | float]:
+    """`--set NAME=VALUE` items as the knobs' numbers (a value with a point or an exponent is a float)."""
+    knobs: dict[str, int | float] = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        knobs[name] = float(value) if "." in value or "e" in value.lower() else int(value)
+    return knobs
 
 
 def print_table(columns: dict[str, str], rows: list[dict]) -> None:

@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import print_table  # noqa: E402
+from benchmarks.common import knob_values, print_table  # noqa: E402
 
 
 def train(argv: list[str], cwd: Path, threads: int) -> dict:
@@ -70,7 +70,7 @@ def main() -> None:
     config = load_config(args.config)
     target, evaluator = config.target, config.evaluator
     budget = args.budget or target.budget_seconds
-    overrides = dict(target.overrides) | dict(item.split("=", 1) for item in args.set)
+    overrides = target.overrides | knob_values(args.set)
     cache = Path(evaluator.cache_dir) if evaluator.cache_dir else default_cache_dir()
     splits = prepare(cache, corpus=args.corpus or evaluator.corpus or DEFAULT_CORPUS)
     threads = target.threads or max(1, (os.cpu_count() or 1) // args.jobs)

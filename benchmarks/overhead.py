@@ -34,6 +34,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import knob_values  # noqa: E402
+
 # (row, where it comes from, its key there); "process" rows come from the training script's summary
 ROWS = [
     ("inspect", "runner", "inspect"),
@@ -70,10 +72,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.runs < 1 or args.promoted < 0:
         parser.error("--runs must be at least 1 and --promoted at least 0")
-    overrides = {}
-    for item in args.set:
-        name, _, value = item.partition("=")
-        overrides[name] = float(value) if "." in value or "e" in value.lower() else int(value)
+    overrides = knob_values(args.set)
 
     import git
 

@@ -99,7 +99,8 @@ def measure(name: str, settings: dict, seconds: float, budget: float, workers: i
     final_values = fresh(project, final, start, final_runs) if final != start else start_values
     improvement = statistics.fmean(start_values) - statistics.fmean(final_values)
     return {
-        "strategy": name, "seconds": round(ran, 1), "workers": workers, "experiments": sum(r.decision is not None for r in recs),
+        "strategy": name, "seconds": round(ran, 1), "workers": workers,
+        "experiments": sum(r.decision is not None for r in recs),
         "runs": sum(len(r.runs) for r in recs), "promotions": len(wins),
         "not_replicated": sum(not a.replicates for a in audits),
         "audit_effects": [round(a.effect, 4) if a.effect is not None else None for a in audits],
