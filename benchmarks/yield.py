@@ -68,7 +68,7 @@ def campaign(repo: Path, seconds: float) -> float:
 
 def fresh(project, commit: str, champion: str, runs: int) -> list[float]:
     """`runs` fresh-seed measurements of `commit`, scored by `champion`'s evaluator, oriented lower-is-better."""
-    from bot.records import ok_metric, oriented
+    from bot.core.records import ok_metric, oriented
 
     results = [project.runner.run(commit, champion, seed=FRESH_SEED + i) for i in range(runs)]
     metric = project.config.metric

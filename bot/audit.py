@@ -13,7 +13,7 @@ from statistics import mean
 from scipy import stats
 
 from bot.forges.local import LocalForge
-from bot.records import AuditRecord, ExperimentRecord, Metric, ok_metric, oriented
+from bot.core.records import AuditRecord, ExperimentRecord, Metric, ok_metric, oriented
 from runner.job import Runner
 
 AUDIT_SEED_OFFSET = 1000  # replication seeds: disjoint from the seeds any decision used

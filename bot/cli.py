@@ -19,14 +19,16 @@ from bot.config import CONFIG_FILE, Config, ConfigError, load_config, local_sand
 from bot.forges.local import ForgeError, LocalForge
 from bot.executors import Executor
 from bot.executors.pool import Inline, LocalPool, worker_count
-from bot.loop import ChampionBroken, Loop, RunsLost, export_results, now
+from bot.loop import Loop, export_results
+from bot.stepper import RunsLost, now
+from bot.surfaces.local import ChampionBroken
 from bot.plot import plot as draw
 from bot.progress import champion_steps, live, stale_rate, trajectory
-from bot.policy import make_policy
+from bot.core.policy import make_policy
 from bot.proposers.base import ProposalError
 from bot.proposers.factory import make_proposer
 from bot.proposers.failures import ProposalRejected
-from bot.records import ChampionRecord, ExperimentRecord, Metric, ok_metric
+from bot.core.records import ChampionRecord, ExperimentRecord, Metric, ok_metric
 from bot.results import row
 from runner.config import TargetConfig
 from runner.job import EvaluatorError, Runner

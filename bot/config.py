@@ -8,8 +8,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError
 
-from bot.policy import PolicyConfig
-from bot.records import Metric
+from bot.core.policy import PolicyConfig
+from bot.core.records import Metric
 from runner.config import EvaluatorConfig, Strict, TargetConfig
 
 CONFIG_FILE = "arbot.yml"

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bot.progress import Point
-from bot.records import Metric
+from bot.core.records import Metric
 
 COLOURS = {"win": "tab:green", "loss": "tab:grey", "rejected": "tab:orange", "crash": "tab:red",
            "timeout": "tab:red"}

@@ -10,7 +10,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from bot.records import ChampionRecord, ExperimentRecord, Metric, ok_metric
+from bot.core.records import ChampionRecord, ExperimentRecord, Metric, ok_metric
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from statistics import mean
 
-from bot.records import ExperimentRecord, Metric, ok_metric
+from bot.core.records import ExperimentRecord, Metric, ok_metric
 
 ARBOT_COLUMNS = [
     "experiment", "verdict", "rule", "delta", "p_value", "runs", "seeds", "proposer",

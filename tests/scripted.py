@@ -17,7 +17,7 @@ import git
 import httpx
 
 from bot.github import report
-from bot.records import Proposal, RunResult
+from bot.core.records import Proposal, RunResult
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = "target/train.py"

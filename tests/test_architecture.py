@@ -29,7 +29,7 @@ def test_import_contracts_hold():
     ("runner/guard.py", "bot.cli"),  # runner below bot
     ("evaluator/data.py", "runner.guard"),  # evaluator self-contained
     ("runner/guard.py", "evaluator.data"),  # runner never imports the evaluator
-    ("bot/records.py", "bot.policy"),  # records is the bottom layer of bot
+    ("bot/core/records.py", "bot.core.policy"),  # records is the bottom layer of bot
 ])
 def test_contracts_catch_a_reverse_import(tmp_path, path, added):
     for package in PACKAGES:

@@ -5,13 +5,13 @@ from pathlib import Path
 
 import pytest
 
-from bot import lifecycle as lc
+from bot.core import lifecycle as lc
 from bot.audit import audit_win, regression_rate, revert_win
 from bot.config import load_config
 from bot.forges.local import LocalForge
 from bot.loop import Loop
-from bot.policy import make_policy
-from bot.records import DEFAULT_METRIC, Metric, Decision, Proposal, RunResult
+from bot.core.policy import make_policy
+from bot.core.records import DEFAULT_METRIC, Metric, Decision, Proposal, RunResult
 from runner.job import Runner
 
 from .conftest import make_repo, tiny_config

@@ -75,7 +75,7 @@ def test_evaluate_prints_a_result_record(research_repo):
 
 
 def test_approve_merges_a_held_win_and_results_show_review_until_then(research_repo):
-    from bot.records import DEFAULT_METRIC, Decision, Proposal
+    from bot.core.records import DEFAULT_METRIC, Decision, Proposal
     from bot.results import row
 
     forge = LocalForge(research_repo)

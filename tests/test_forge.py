@@ -3,9 +3,9 @@
 import git
 import pytest
 
-from bot import lifecycle as lc
+from bot.core import lifecycle as lc
 from bot.forges.local import ForgeError, LocalForge, merge_lines
-from bot.records import DEFAULT_METRIC, ChampionRecord, Decision, Proposal, RunResult
+from bot.core.records import DEFAULT_METRIC, ChampionRecord, Decision, Proposal, RunResult
 
 
 def proposal(text: str) -> Proposal:
@@ -101,7 +101,7 @@ def test_a_stale_experiment_is_measured_again_on_the_new_champion(forge, researc
     """Champion moved before a decision: the old experiment is closed and its change re-applied, not lost."""
     from bot.config import TargetConfig
     from bot.loop import Loop
-    from bot.policy import PolicyConfig, make_policy
+    from bot.core.policy import PolicyConfig, make_policy
 
     base = forge.champion()
     script = (research_repo.commit(base).tree / "target/train.py").data_stream.read().decode()

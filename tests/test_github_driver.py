@@ -27,11 +27,12 @@ import pytest
 from bot.config import Config
 from bot.forges.local import NOTES_REF, LocalForge
 from bot.github import report
-from bot.github.driver import Driver, mirror
+from bot.server.driver import Driver
+from bot.surfaces.github import mirror
 from bot.github.forge import GitHubForge, GitHubForgeError
-from bot.policy import make_policy
+from bot.core.policy import make_policy
 from bot.proposers.failures import ProposalRejected, SpendCapReached
-from bot.records import Cost, FailedProposal, RunResult, RunSpec
+from bot.core.records import Cost, FailedProposal, RunResult, RunSpec
 from bot.server.store import Budget, Store
 from tests.fake_github.server import FakeGitHub
 from tests.fake_github.serving import serving
@@ -321,8 +322,8 @@ def test_without_run_details_the_dispatched_run_is_found_by_its_name(gh):
     later = (datetime.now(timezone.utc) + timedelta(minutes=10)).isoformat(timespec="seconds")
     again = RunSpec(role="champion", commit=start, champion=start, seed=0, requested_at=later)
     fake.runs[999] = {**fake.runs[fake.dispatches[0]["id"]], "id": 999, "created_at": "2026-01-01T00:00:00Z"}
-    assert d._find_run(again) is None
-    assert d._find_run(again.model_copy(update={"requested_at": "2025-12-31T00:00:00+00:00"})) == 999
+    assert d.stepper.executor.find_run(again) is None
+    assert d.stepper.executor.find_run(again.model_copy(update={"requested_at": "2025-12-31T00:00:00+00:00"})) == 999
 
 
 @pytest.mark.parametrize("kind", ["pull_request", "other workflow", "other branch", "other request"])
@@ -349,6 +350,9 @@ def test_a_result_from_any_other_workflow_run_does_not_count(gh, kind):
     rec = d.lf.experiments()[0]
     rec.pending = [s.model_copy(update={"run_id": evil}) for s in rec.pending]
     d.lf.save(rec)  # pushed to GitHub, as a writer of refs/notes/arbot could
+    d.advance_all()  # the bot that dispatched the run follows the run it dispatched, whatever the note says
+    assert d.lf.experiments()[0].runs == []
+    d = gh.driver()  # restarted, it knows the dispatch only from the note: the run named there is verified
     d.advance_all()
     rec = d.lf.experiments()[0]
     (run,) = rec.runs
@@ -397,14 +401,21 @@ def test_a_run_without_a_usable_result_is_that_runs_crash(gh, answer_kind):
 
 
 def test_a_champion_that_does_not_train_is_said_on_the_pr(gh):
+    """One failed champion run may be the machine's: it is made again with the next seed. A second failure is
+    the champion's own: said on the PR, and nothing more is asked for."""
     fake = gh.fake
     d = gh.driver("win")
     d.fill()
     [dispatch] = fake.dispatches
     answer(gh, dispatch, files={}, conclusion="failure")
     d.advance_all()
+    assert "the champion fails" not in gh.comment(1)
+    [again] = fake.dispatches[1:]
+    assert again["inputs"]["commit"] == dispatch["inputs"]["commit"] and again["inputs"]["seed"] == "1"
+    answer(gh, again, files={}, conclusion="failure")
+    d.advance_all()
     assert "### exp-1: the champion fails" in gh.comment(1) and "left no result" in gh.comment(1)
-    assert fake.prs[1].state == "open" and len(fake.dispatches) == 1 and d.lf.experiments()[0].decision is None
+    assert fake.prs[1].state == "open" and len(fake.dispatches) == 2 and d.lf.experiments()[0].decision is None
 
 
 def test_a_pushed_or_edited_experiment_is_rejected_and_never_merged(gh):

@@ -30,11 +30,12 @@ import pytest
 import yaml
 
 from bot.config import Config
-from bot.github.driver import Driver, mirror
+from bot.server.driver import Driver
+from bot.surfaces.github import mirror
 from bot.knobs import find_knobs, set_knobs
-from bot.policy import make_policy
+from bot.core.policy import make_policy
 from bot.proposers.failures import SpendCapReached
-from bot.records import KnobChange, Proposal, RunResult
+from bot.core.records import KnobChange, Proposal, RunResult
 from bot.server.app import PAUSED_FLAG, ServerSettings, create_app
 from bot.server.dispatch import Dispatcher
 from bot.server.store import Budget, Store

@@ -18,10 +18,11 @@ import pytest
 import yaml
 
 from bot.config import Config
-from bot.github.driver import Driver, mirror
+from bot.server.driver import Driver
+from bot.surfaces.github import mirror
 from bot.knobs import set_knobs
-from bot.policy import make_policy
-from bot.records import Decision
+from bot.core.policy import make_policy
+from bot.core.records import Decision
 from bot.server.app import PAUSED_FLAG, ServerSettings, create_app
 from bot.server.dispatch import Dispatcher
 from bot.server.store import Budget, Store

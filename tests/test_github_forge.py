@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from bot.config import GitHubConfig
 from bot.github.forge import (EVALUATE_WORKFLOW, RESULTS_MARKER, GitHubForgeError, connect, pr_body,
                               results_comment, squash_message, trajectory_chart, verdict_check)
-from bot.records import DEFAULT_METRIC, Decision, ExperimentRecord, KnobChange, Metric, Proposal
+from bot.core.records import DEFAULT_METRIC, Decision, ExperimentRecord, KnobChange, Metric, Proposal
 from tests.fake_github.server import FakeGitHub
 from tests.fake_github.serving import serving
 
@@ -364,7 +364,7 @@ def test_the_extract_covers_every_operation_the_fake_serves():
 
 def test_the_verdict_check_lets_only_a_win_merge():
     """arbot/verdict: success for a win (branch protection lets it merge), neutral for a win held for review,
-    failure for anything else. The decision itself is the lifecycle's (bot.lifecycle)."""
+    failure for anything else. The decision itself is the lifecycle's (bot.core.lifecycle)."""
     check = verdict_check(win(), DEFAULT_METRIC)
     assert check.conclusion == "success" and check.title == "win: val_bpb 1.2400 vs 1.2500 (-0.0100)"
     assert check.summary == "better by 0.0100\n\nRule: margin"

@@ -1,4 +1,4 @@
-"""The experiment lifecycle (bot.lifecycle) as a table: hand-built records in, the one next action out.
+"""The experiment lifecycle (bot.core.lifecycle) as a table: hand-built records in, the one next action out.
 
 No git, no runner, no I/O: every situation is a pair of records (the experiment and the champion it is measured
 on) with scripted run results, and the numbers are chosen so that the named rule of the policy really fires.
@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from bot import lifecycle as lc
-from bot.policy import MarginPolicy, NoiseAwarePolicy, PolicyConfig
-from bot.records import (DEFAULT_METRIC, ChampionRecord, Cost, Decision, ExperimentRecord, Metric, Proposal, RunResult,
+from bot.core import lifecycle as lc
+from bot.core.policy import MarginPolicy, NoiseAwarePolicy, PolicyConfig
+from bot.core.records import (DEFAULT_METRIC, ChampionRecord, Cost, Decision, ExperimentRecord, Metric, Proposal, RunResult,
                          RunSpec)
 
 CHAMP = "c" * 40  # the champion the experiment was measured on
@@ -128,9 +128,13 @@ CASES = {
         specs=(spec("champion", CHAMP, 2),), says=("1 more runs",)),
     "noise floor all in flight: asks for nothing more, waits": Case(
         experiment(), champion(3.00, pending=(spec("champion", CHAMP, 1), spec("champion", CHAMP, 2))), lc.Wait),
-    "a champion run crashed": Case(
+    "a champion run crashed once (it may be the machine's failure): made again with the next seeds": Case(
         experiment(), champion(3.00, extra=(run(None, 1, commit=CHAMP, status="crash", reason="champion boom"),)),
-        lc.ChampionFails, says=("crash", "champion boom", CHAMP[:12])),
+        lc.Run, specs=(spec("champion", CHAMP, 2), spec("champion", CHAMP, 3)), says=("2 more runs",)),
+    "the champion failed twice: it fails, and the message says the way out": Case(
+        experiment(), champion(3.00, extra=(run(None, 1, commit=CHAMP, status="timeout", reason="machine busy"),
+                                            run(None, 2, commit=CHAMP, status="crash", reason="champion boom"))),
+        lc.ChampionFails, says=("2 of its runs failed", "crash", "champion boom", CHAMP[:12], "git branch -f")),
     # --- the candidate's runs
     "first candidate run: seed 0": Case(experiment(), champion(*FLOOR), lc.Run, specs=(spec(EXP, CAND, 0),)),
     # 3.05 is 0.03 worse than the champion mean: not better by more than screen_bar 1 x sd.
@@ -147,13 +151,25 @@ CASES = {
         experiment(cand_runs(2.99, 3.01, 3.00)), champion(*FLOOR, extra=(champ_holdout(),)), lc.Run,
         specs=(spec("champion", CHAMP, 4), spec("champion", CHAMP, 5), spec(EXP, CAND, 3)),
         says=("not yet significant",)),
-    "confirm: the candidate run asked is pending, the champion's are not: only the champion's": Case(
-        experiment(cand_runs(2.99, 3.01, 3.00), pending=(spec(EXP, CAND, 3),)), champion(*FLOOR), lc.Run,
-        specs=(spec("champion", CHAMP, 3), spec("champion", CHAMP, 4))),
-    "confirm: everything asked for is pending: wait": Case(
+    # An experiment is advanced on every run its request asked for, never on the part that arrived first, and
+    # decided only once no champion run is in flight.
+    "confirm: a candidate run asked for is in flight: wait": Case(
+        experiment(cand_runs(2.99, 3.01, 3.00), pending=(spec(EXP, CAND, 3),)), champion(*FLOOR), lc.Wait,
+        says=("1 of exp-7's runs are in flight",)),
+    "confirm: everything asked for is in flight: wait": Case(
         experiment(cand_runs(2.99, 3.01, 3.00), pending=(spec(EXP, CAND, 3),)),
         champion(*FLOOR, pending=(spec("champion", CHAMP, 3), spec("champion", CHAMP, 4))), lc.Wait,
-        says=("3 runs in flight",)),
+        says=("1 of exp-7's runs",)),
+    "confirm: the champion runs asked for are in flight, the candidate's are not: only the candidate's": Case(
+        experiment(cand_runs(2.99, 3.01, 3.00)),
+        champion(*FLOOR, pending=(spec("champion", CHAMP, 3), spec("champion", CHAMP, 4))), lc.Run,
+        specs=(spec(EXP, CAND, 3),)),
+    "a clear win with a champion run still in flight: wait for it": Case(
+        experiment(cand_runs(*WIN)), champion(*FLOOR, pending=(spec("champion", CHAMP, 3),)), lc.Wait,
+        says=("1 champion run(s) asked for are in flight",)),
+    "a clear loss with a champion run still in flight: wait for it": Case(
+        experiment(cand_runs(3.2)), champion(*FLOOR, pending=(spec("champion", CHAMP, 3),)), lc.Wait,
+        says=("the decision waits",)),
     # look 2: mean 3.015, effect 0.005, se 0.0154: 0.33 standard errors < futility 1.
     "futility loss": Case(experiment(cand_runs(3.01, 3.02)), champion(*FLOOR), lc.Decide, verdict="loss",
                           rule="futility", review=None),
@@ -238,8 +254,11 @@ CASES = {
     "margin: noise floor is one champion run": Case(
         experiment(), champion(), lc.Run, rules=lc.Rules(MarginPolicy(margin=0.01), holdout_max_gap=None),
         specs=(spec("champion", CHAMP, 0),)),
-    "margin: four runs wanted, one made, one pending: seeds 2 and 3": Case(
-        experiment(cand_runs(2.99), pending=(spec(EXP, CAND, 1),)), champion(3.00), lc.Run,
+    "margin: four runs wanted, one made, one in flight: wait for it": Case(
+        experiment(cand_runs(2.99), pending=(spec(EXP, CAND, 1),)), champion(3.00), lc.Wait,
+        rules=lc.Rules(MarginPolicy(margin=0.01, runs=4), holdout_max_gap=None)),
+    "margin: four runs wanted, two made: seeds 2 and 3": Case(
+        experiment(cand_runs(2.99, 2.98)), champion(3.00), lc.Run,
         rules=lc.Rules(MarginPolicy(margin=0.01, runs=4), holdout_max_gap=None),
         specs=(spec(EXP, CAND, 2), spec(EXP, CAND, 3))),
     "margin win: 0.02 > 0.01": Case(

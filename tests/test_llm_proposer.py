@@ -12,14 +12,14 @@ from bot.config import LLMConfig, TargetConfig, load_config
 from bot.forges.local import LocalForge
 from bot.knobs import find_knobs
 from bot.loop import Loop
-from bot.policy import make_policy
+from bot.core.policy import make_policy
 from bot.proposers.base import ProposalContext
 from bot.proposers.edits import ParseError, apply_edits, parse_answer
 from bot.proposers.factory import MixProposer, make_proposer
 from bot.proposers.failures import ProposalRejected, SpendCapReached
 from bot.proposers.llm import LLMEndpointError, LLMProposer
 from bot.proposers.prompt import build_prompt
-from bot.records import Decision, ExperimentRecord, Proposal
+from bot.core.records import Decision, ExperimentRecord, Proposal
 from runner.job import Runner
 
 from .conftest import ROOT, make_repo, tiny_config

@@ -18,11 +18,13 @@ from bot.config import SearchConfig, load_config
 from bot.executors import MAX_LOST, Lost
 from bot.executors.pool import AUTO_MAX_CPU_WORKERS, CANCELLED, Inline, LocalPool, shares, worker_count
 from bot.forges.local import LocalForge
-from bot.loop import Loop, Quiet, RunsLost
-from bot.policy import make_policy
+from bot.loop import Loop
+from bot.stepper import RunsLost
+from bot.surfaces.local import Quiet
+from bot.core.policy import make_policy
 from bot.proposers.base import ProposalContext
 from bot.proposers.search import SearchProposer
-from bot.records import ExperimentRecord, RunResult, RunSpec, val_runs
+from bot.core.records import ExperimentRecord, RunResult, RunSpec, val_runs
 from runner.config import TargetConfig
 from tests.scripted import SCRIPT, ScriptedProposer, ScriptedRunner, Variant, make_world, markers
 

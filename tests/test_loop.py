@@ -8,8 +8,8 @@ from bot.config import load_config
 from bot.forges.local import LocalForge
 from bot.knobs import find_knobs, set_knobs
 from bot.loop import Loop, export_results
-from bot.policy import make_policy
-from bot.records import DEFAULT_METRIC, Proposal
+from bot.core.policy import make_policy
+from bot.core.records import DEFAULT_METRIC, Proposal
 from runner.job import Runner
 
 from .conftest import make_repo, tiny_config

@@ -16,7 +16,7 @@ from bot.github import report
 from bot.knobs import find_knobs
 from bot.proposers.base import ProposalContext
 from bot.proposers.prompt import build_prompt
-from bot.records import ChampionRecord, Decision, ExperimentRecord, Metric, Proposal, RunResult
+from bot.core.records import ChampionRecord, Decision, ExperimentRecord, Metric, Proposal, RunResult
 from bot.results import results_table
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import pytest
 
-from bot import lifecycle as lc
+from bot.core import lifecycle as lc
 from bot.config import load_config
 from bot.forges.local import LocalForge
-from bot.github.driver import Driver, mirror
+from bot.server.driver import Driver
+from bot.surfaces.github import mirror
 from bot.loop import Loop
-from bot.policy import make_policy
+from bot.core.policy import make_policy
 from tests.fake_github.server import FakeGitHub
 from tests.fake_github.serving import serving
 from tests.scripted import (ACTIONS_TOKEN, ScriptedProposer, ScriptedRunner, ScriptedWorkflow, Variant, make_world)

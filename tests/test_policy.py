@@ -1,4 +1,4 @@
-"""Behaviour of the promotion policies (bot/policy.py)."""
+"""Behaviour of the promotion policies (bot/core/policy.py)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from bot.policy import MarginPolicy, NoiseAwarePolicy, Policy, PolicyConfig, make_policy
-from bot.records import Decision, Evidence
+from bot.core.policy import MarginPolicy, NoiseAwarePolicy, Policy, PolicyConfig, make_policy
+from bot.core.records import Decision, Evidence
 
 
 def run_loop(policy: Policy, champ_true: float, cand_true: float, rng: np.random.Generator, sd: float = 1.0,

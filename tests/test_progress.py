@@ -14,9 +14,9 @@ import pytest
 
 from bot.executors.pool import LocalPool
 from bot.loop import Loop
-from bot.policy import make_policy
+from bot.core.policy import make_policy
 from bot.progress import champion_steps, live, stale_rate, trajectory
-from bot.records import DEFAULT_METRIC
+from bot.core.records import DEFAULT_METRIC
 from tests.scripted import ScriptedProposer, Variant, make_world
 from tests.test_local_pool import CountingRunner, scripted_world
 

@@ -9,8 +9,8 @@ from bot.config import load_config
 from bot.forges.local import LocalForge
 from bot.knobs import set_knobs
 from bot.loop import Loop
-from bot.policy import make_policy
-from bot.records import Proposal, RunResult
+from bot.core.policy import make_policy
+from bot.core.records import Proposal, RunResult
 
 from .conftest import make_repo, tiny_config
 

@@ -5,7 +5,7 @@ from bot.config import KnobRange, SearchConfig
 from bot.knobs import find_knobs
 from bot.proposers.base import ProposalContext
 from bot.proposers.search import SearchProposer
-from bot.records import DEFAULT_METRIC, Metric, Decision, ExperimentRecord, RunResult
+from bot.core.records import DEFAULT_METRIC, Metric, Decision, ExperimentRecord, RunResult
 
 SCRIPT = (Path(__file__).resolve().parent.parent / "target" / "train.py").read_text()
 

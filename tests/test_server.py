@@ -333,7 +333,7 @@ def test_commands_need_write_access_when_github_can_be_asked(tmp_path):
 
 
 class DriverStub:
-    """Records the driver methods the dispatcher calls (bot.github.driver.Driver's entry points)."""
+    """Records the driver methods the dispatcher calls (bot.server.driver.Driver's entry points)."""
 
     def __init__(self):
         self.calls: list[tuple] = []

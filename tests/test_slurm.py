@@ -17,7 +17,7 @@ from bot.executors.slurm import Slurm
 from bot.forges.local import LocalForge
 from bot.knobs import set_knobs
 from bot.loop import Loop
-from bot.policy import make_policy
+from bot.core.policy import make_policy
 
 from .conftest import make_repo, tiny_config
 from .test_loop import SLOW_LR, ScriptedProposer, after_knobs, script_edit

@@ -17,7 +17,7 @@ from bot.executors import Finished, Lost
 from bot.executors import slurm as slurm_mod
 from bot.executors.slurm import (JobState, Slurm, SlurmError, batch_script, evaluate_argv, parse_sacct, parse_squeue,
                                  run_dir_name, sbatch_argv)
-from bot.records import RunResult, RunSpec
+from bot.core.records import RunResult, RunSpec
 
 SHA = "1a2b3c4d5e6f" + "0" * 28
 SPEC = RunSpec(role="exp-3", commit=SHA, champion="f" * 40, seed=2)

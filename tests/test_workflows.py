@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from bot.github.report import BadResult, baseline_values, extract, fence, load_runs, render
-from bot.records import ChampionRecord, RunResult
+from bot.core.records import ChampionRecord, RunResult
 from tests.fake_github.contract import validate_request
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -6,7 +6,7 @@ change with a known true effect (improvement, in noise sigmas) drawn from a mix:
 few help. A run measures true value + Gaussian noise of sd `sigma`; runs with the same seed share a seed component
 (correlation `pair_correlation`), as training runs with the same seed do.
 
-Every rule goes through the runs the lifecycle (`bot.lifecycle`) makes, counted the same way for each:
+Every rule goes through the runs the lifecycle (`bot.core.lifecycle`) makes, counted the same way for each:
 - a new champion is run until it has the policy's `baseline_runs` val runs;
 - `decide` is asked, the requested champion and candidate runs are made, and so on until a final verdict; champion
   runs stay with the champion and serve its later experiments;
@@ -29,9 +29,9 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from bot.lifecycle import Rules
-from bot.policy import MarginPolicy, NoiseAwarePolicy, Policy, PolicyConfig, t_sf
-from bot.records import Decision, Evidence, oriented
+from bot.core.lifecycle import Rules
+from bot.core.policy import MarginPolicy, NoiseAwarePolicy, Policy, PolicyConfig, t_sf
+from bot.core.records import Decision, Evidence, oriented
 from runner.config import Direction
 
 METRICS = (

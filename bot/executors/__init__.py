@@ -1,11 +1,14 @@
 """Executors: where the runs the lifecycle asks for are made, one interface for every backend.
 
-The local loop (bot.loop) notes each run as pending on its record, hands it to an executor with `submit`, and
+The stepper (bot.stepper) notes each run as pending on its record, hands it to an executor with `submit`, and
 collects what ended with `poll`. An executor decides nothing and stores nothing: it makes runs.
 
-    LocalPool   (bot.executors.pool)   N worker threads on this machine, one GPU or a share of the cores each
-    Slurm       (bot.executors.slurm)  one batch job per run on a Slurm cluster, results on the shared filesystem
-    (GitHub mode dispatches the evaluate workflow once per run: bot.github.driver)
+    Inline, LocalPool  (bot.executors.pool)            one worker in the caller's thread, or N worker threads on
+                                                       this machine, one GPU or a share of the cores each
+    Slurm              (bot.executors.slurm)           one batch job per run on a Slurm cluster, results on the
+                                                       shared filesystem
+    GitHubActions      (bot.executors.github_actions)  one dispatch of the evaluate workflow per run, on a
+                                                       self-hosted runner
 
 A run ends as `Finished` (the runner's result: ok or not, it counts) or `Lost` (the run was never made to the end
 for a reason of the machine, not the candidate: a job cancelled or preempted, a node failure, a dead worker). A
@@ -17,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from bot.records import RunResult, RunSpec
+from bot.core.records import RunResult, RunSpec
 
 MAX_LOST = 3  # times one run may be lost (and submitted again) before it is recorded as a crash of the machine
 

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable
 
 from bot.executors import Finished, Outcome
-from bot.records import RunResult, RunSpec
+from bot.core.records import RunResult, RunSpec
 from runner.config import TargetConfig
 from runner.job import Runner
 from runner.limits import default_memory_bytes

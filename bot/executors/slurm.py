@@ -30,7 +30,7 @@ import yaml
 
 from bot.config import Config, ConfigError
 from bot.executors import Finished, Lost, Outcome
-from bot.records import HOLDOUT, RunResult, RunSpec
+from bot.core.records import HOLDOUT, RunResult, RunSpec
 
 log = logging.getLogger("arbot.slurm")
 

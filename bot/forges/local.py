@@ -17,7 +17,7 @@ import git
 from git.objects import Commit
 from gitdb import IStream
 
-from bot.records import ChampionRecord, ExperimentRecord, FailedProposal, Proposal
+from bot.core.records import ChampionRecord, ExperimentRecord, FailedProposal, Proposal
 from runner.guard import forbidden_paths
 
 NOTES_REF = "arbot"  # refs/notes/arbot: experiment and champion records

@@ -27,7 +27,7 @@ from github.PullRequest import PullRequest
 from github.Repository import Repository
 
 from bot.config import GitHubConfig
-from bot.records import Decision, ExperimentRecord, Metric
+from bot.core.records import Decision, ExperimentRecord, Metric
 
 log = logging.getLogger("arbot.github")
 

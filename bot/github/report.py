@@ -11,7 +11,7 @@ Usage: python -m bot.github.report --result result.json --head-sha SHA [--champi
                                   [--out check-run.json] [--summary FILE]
 Writes the body of POST /repos/{owner}/{repo}/check-runs to --out (or stdout) and, with --summary,
 appends the Markdown summary there (pass $GITHUB_STEP_SUMMARY). --external-id is the run request's key, by
-which the bot finds this result (bot.github.driver).
+which the bot finds this result (bot.server.driver).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 EVALUATE_CHECK = "arbot/evaluate"  # the check run this script renders, which the bot reads
-VAL_PREFIX = "val_"  # the evaluator reports a metric as <split>_<name> (bot.records.Metric.key): val decides
+VAL_PREFIX = "val_"  # the evaluator reports a metric as <split>_<name> (bot.core.records.Metric.key): val decides
 STATUSES = {"ok", "crash", "timeout", "rejected"}
 MAX_TEXT = 60_000  # the API caps output.summary and output.text at 65535 characters
 LOG_LINES = 60

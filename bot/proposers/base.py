@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from bot.knobs import Knob
-from bot.records import DEFAULT_METRIC, ExperimentRecord, Metric, Proposal
+from bot.core.records import DEFAULT_METRIC, ExperimentRecord, Metric, Proposal
 
 
 @dataclass

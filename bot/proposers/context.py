@@ -6,7 +6,7 @@ from bot.forges.local import LocalForge
 from bot.knobs import find_knobs
 from bot.proposers.base import ProposalContext, ProposalError, Proposer
 from bot.proposers.failures import ProposalRejected
-from bot.records import Metric, Proposal
+from bot.core.records import Metric, Proposal
 from runner.config import TargetConfig
 
 

@@ -11,7 +11,7 @@ from bot.config import Config, ConfigError
 from bot.forges.local import LocalForge
 from bot.proposers.base import ProposalContext, Proposer
 from bot.proposers.failures import SpendCapReached
-from bot.records import Proposal
+from bot.core.records import Proposal
 
 PROPOSERS = ("search", "llm")
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from bot.proposers.base import ProposalError
-from bot.records import FailedProposal
+from bot.core.records import FailedProposal
 
 
 class ProposalRejected(ProposalError):

@@ -19,7 +19,7 @@ from bot.proposers.edits import EditError, check_compiles, check_paths, apply_ed
 from bot.proposers.failures import ProposalRejected, SpendCapReached, now
 from bot.proposers.prompt import build_prompt, estimate_tokens
 from bot.proposers.validate import SmokeRunner, check_new
-from bot.records import Attempt, Cost, FailedProposal, Proposal
+from bot.core.records import Attempt, Cost, FailedProposal, Proposal
 
 ANSWER_CHARS_KEPT = 4000
 ERROR_CHARS = 300

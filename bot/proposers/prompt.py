@@ -11,7 +11,7 @@ from statistics import mean
 from bot.knobs import format_value
 from bot.proposers.base import ProposalContext
 from bot.proposers.edits import FORMAT
-from bot.records import ExperimentRecord, Metric, ok_metric
+from bot.core.records import ExperimentRecord, Metric, ok_metric
 
 CHARS_PER_TOKEN = 4
 ERROR_TAIL_LINES = 6

@@ -16,7 +16,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from bot.config import KnobRange, SearchConfig
 from bot.knobs import Knob, format_value, set_knobs
 from bot.proposers.base import ProposalContext, ProposalError
-from bot.records import ExperimentRecord, KnobChange, Metric, Proposal, ok_metric
+from bot.core.records import ExperimentRecord, KnobChange, Metric, Proposal, ok_metric
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

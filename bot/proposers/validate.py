@@ -19,7 +19,7 @@ import git
 from bot.config import SmokeConfig
 from bot.knobs import find_knobs
 from bot.proposers.edits import EditError
-from bot.records import ExperimentRecord
+from bot.core.records import ExperimentRecord
 from runner.config import DEFAULT_ARTIFACT
 from runner.job import export_tree, train_argv
 from runner.process import run_untrusted, scrubbed_env

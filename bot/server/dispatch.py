@@ -1,7 +1,7 @@
 """The handler `arbot serve` runs on each delivery: route it (pure), then act.
 
 Here: ping, ignored events, `/arbot pause` and `/arbot resume` (a durable switch in the store). The rest goes
-to the driver (bot.github.driver.Driver): a reported run, a merge, a push to champion, `/arbot rerun` and
+to the driver (bot.server.driver.Driver): a reported run, a merge, a push to champion, `/arbot rerun` and
 `/arbot approve` each end in `advance_all`, which carries out the lifecycle for every active experiment and
 proposes the next ones. Without a driver (no GitHub credentials configured) those
 raise, so the delivery is recorded as failed with the reason and a manual redelivery runs it later.
@@ -25,7 +25,7 @@ class Dispatcher:
                  bot_login: str | None = None, can_write: Callable[[str], bool] | None = None, driver=None):
         """`can_write(user)` asks GitHub whether a user has write access (GitHubForge.has_write_access); without
         it, the comment's author_association (OWNER, MEMBER, COLLABORATOR) is all that is checked. `driver`: a
-        bot.github.driver.Driver (or anything with its methods)."""
+        bot.server.driver.Driver (or anything with its methods)."""
         self.store, self.repo, self.champion_branch, self.bot_login = store, repo, champion_branch, bot_login
         self.can_write = can_write
         self.driver = driver

@@ -60,9 +60,10 @@ def build_driver(config: Config, root: Path, forge, store, settings, mirror_path
     the daily budget and the pause switch (config or `/arbot pause`). The LLM proposer's smoke runs use the
     runner's training sandbox, as in `arbot run`. `command` names this writer on the lease; by default it waits
     out another holder's lease (a server restarted before its old lease expired). Contacts nothing."""
-    from bot.github.driver import MIRROR, Driver, mirror
+    from bot.server.driver import Driver
+    from bot.surfaces.github import MIRROR, mirror
     from bot.github.lease import DEFAULT_TTL, holder_name
-    from bot.policy import make_policy
+    from bot.core.policy import make_policy
     from bot.proposers.factory import make_proposer
     from bot.server.app import PAUSED_FLAG
     from bot.server.store import Budget

@@ -21,8 +21,8 @@ from bot.config import load_config
 from bot.forges.local import LocalForge
 from bot.knobs import find_knobs, set_knobs
 from bot.loop import Loop
-from bot.policy import make_policy
-from bot.records import Proposal
+from bot.core.policy import make_policy
+from bot.core.records import Proposal
 from evaluator.data import prepare, split_id
 from runner import sandbox as sb
 from runner.job import Runner

@@ -1,10 +1,12 @@
 """The experiment lifecycle, written once: one experiment's records in, the next action out.
 
-No I/O, no git, no clock. Both executors, the local loop (bot.loop) and GitHub mode (bot.github.driver),
-gather the records, call `next_action`, carry out what it says and store the result, then ask again:
+No I/O, no git, no clock. The stepper (bot.stepper), in every mode, gathers the records, calls `next_action`,
+carries out what it says and stores the result, then asks again:
 
     Run(specs)      train and score these (candidate or champion, seed, splits); the results join the records
-    Wait            runs asked for earlier are still in flight (GitHub mode): nothing to do until they report
+    Wait            runs asked for earlier are still in flight: an experiment is advanced only once every run its
+                    request asked for is in, and decided only once no champion run asked for is in flight either,
+                    never on the part that arrived first
     Defer(ahead)    past its screen, but another experiment on the same champion is being confirmed first
                     (`ahead_of`): its further runs wait, so two promising changes are not confirmed at once
                     only for one of them to go stale when the other wins
@@ -28,13 +30,14 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, field
 
-from bot.policy import Policy
-from bot.records import (DEFAULT_METRIC, HOLDOUT, VAL, ChampionRecord, Decision, Evidence, ExperimentRecord, Metric,
+from bot.core.policy import Policy
+from bot.core.records import (DEFAULT_METRIC, HOLDOUT, VAL, ChampionRecord, Decision, Evidence, ExperimentRecord, Metric,
                          RunResult, RunSpec, ok_metric, sign, val_runs)
 from runner.config import TargetConfig
 
 MAX_REFUSED = 5  # proposals refused in a row (no branch made) before an executor stops proposing
 HOLDOUT_TRIES = 2  # champion holdout runs tried before a win on that champion is rejected for want of a reference
+CHAMPION_FAILURES = 2  # failed champion runs before the champion itself is said to fail (one may be the machine's)
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,8 @@ def next_action(exp: ExperimentRecord, champion: ChampionRecord, current: str, r
         return _champion_moved(exp, champion, current, rules, removes_code)
     if (floor := noise_floor(champion, rules)) is not None:
         return floor
+    if mine := _pending(exp, VAL):
+        return Wait(f"{mine} of {exp.id}'s runs are in flight: it is decided on every run its request asked for")
     ev = evidence(exp, champion, rules.metric, removes_code)
     decision = rules.policy.decide(ev)
     if not decision.final:
@@ -142,6 +147,8 @@ def next_action(exp: ExperimentRecord, champion: ChampionRecord, current: str, r
             return Defer(ahead, f"{exp.id} passed its screen; {ahead} is being confirmed on this champion first "
                          f"(were both confirmed, a win of one would leave the other's runs for nothing)")
         return _more_runs(exp, champion, decision)
+    if theirs := _pending(champion, VAL):
+        return Wait(f"{theirs} champion run(s) asked for are in flight: the decision waits for them")
     if decision.verdict == "win" and rules.holdout_max_gap is not None:
         confirmed = _confirm_holdout(exp, champion, decision, rules.holdout_max_gap, rules.metric)
         if not isinstance(confirmed, Decision):
@@ -153,10 +160,17 @@ def next_action(exp: ExperimentRecord, champion: ChampionRecord, current: str, r
 
 # --- the pieces, each pure ---------------------------------------------------------------------------------
 def noise_floor(champion: ChampionRecord, rules: Rules) -> Run | ChampionFails | None:
-    """The champion runs its noise floor still needs (the policy's baseline), or None when it has them."""
-    if (broken := _failed_run(val_runs(champion.runs))) is not None:
-        return ChampionFails(f"the champion {champion.commit[:12]} itself fails ({broken.status}): "
-                             f"{broken.reason}\n{broken.log_tail}")
+    """The champion runs its noise floor still needs (the policy's baseline), or None when it has them. A failed
+    champion run counts for nothing and is made again with another seed (the machine may have failed: a
+    concurrent run, load); the champion fails only when CHAMPION_FAILURES of its runs have."""
+    failed = [r for r in val_runs(champion.runs) if not r.ok]
+    if len(failed) >= CHAMPION_FAILURES:
+        last = failed[-1]
+        return ChampionFails(
+            f"the champion {champion.commit[:12]} itself fails: {len(failed)} of its runs failed, the last "
+            f"({last.status}): {last.reason}\n{last.log_tail}\nNothing can be compared against it. Fix what fails "
+            f"(`arbot log` shows each run), then move the champion branch to a commit that trains (`git branch -f "
+            f"champion <commit>`, or commit the fix on it); `arbot doctor` checks it")
     missing = rules.policy.baseline_runs - len(ok_metric(champion.runs, rules.metric.key())) - _pending(champion, VAL)
     if missing > 0:
         return Run(_specs(champion, "champion", missing, (VAL,)), f"the champion's noise floor needs {missing} more runs")
@@ -245,13 +259,13 @@ def _specs(rec: ExperimentRecord | ChampionRecord, role: str, n: int, splits: tu
 
 
 def _more_runs(exp: ExperimentRecord, champion: ChampionRecord, decision: Decision) -> Run | Wait:
-    """The runs the policy asked for, less those already in flight."""
-    cand = decision.more_candidate_runs - _pending(exp, VAL)
-    champ = decision.more_champion_runs - _pending(champion, VAL)
+    """The runs the policy asked for, less the champion's already in flight (the experiment has none: it waits
+    for its own)."""
     if decision.more_candidate_runs + decision.more_champion_runs == 0:
         raise ValueError(f"the policy asked for more runs but named none: {decision}")
-    specs = _specs(champion, "champion", max(champ, 0), (VAL,)) + _specs(exp, exp.id, max(cand, 0), (VAL,))
-    return Run(specs, decision.reason) if specs else Wait(f"{len(exp.pending) + len(champion.pending)} runs in flight")
+    champ = decision.more_champion_runs - _pending(champion, VAL)
+    specs = _specs(champion, "champion", max(champ, 0), (VAL,)) + _specs(exp, exp.id, decision.more_candidate_runs, (VAL,))
+    return Run(specs, decision.reason) if specs else Wait(f"{len(champion.pending)} champion runs in flight")
 
 
 def holdout_gap(run: RunResult, metric: Metric) -> float | None:

@@ -16,7 +16,7 @@ and/or champion runs) until it reaches a final verdict. It never asks for more o
 `max_candidate_runs` is reached, so the exchange always terminates.
 
 The rules are written for lower-is-better: `_oriented` multiplies every value by the direction's sign first
-(`bot.records.oriented`), so a maximized metric is decided by the same code. Means and reasons show the values
+(`bot.core.records.oriented`), so a maximized metric is decided by the same code. Means and reasons show the values
 as measured; `effect` is the improvement (positive: the candidate is better) in either direction.
 """
 
@@ -28,7 +28,7 @@ from typing import Literal, Protocol, runtime_checkable
 from pydantic import BaseModel, Field, field_validator, model_validator
 from scipy import special
 
-from bot.records import Decision, Evidence, oriented
+from bot.core.records import Decision, Evidence, oriented
 
 TestKind = Literal["pooled", "welch", "paired"]
 

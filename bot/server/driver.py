@@ -1,0 +1,122 @@
+"""GitHub mode's entry points: the stepper (bot.stepper) with the GitHub ports, stepped once per event.
+
+The ports: runs are workflow runs of the evaluate workflow (bot.executors.github_actions), what people see and
+what merges are pull requests, checks, comments and the GitHub merge (bot.surfaces.github). Each entry point
+runs under the lease (bot.github.lease), so two writers (`arbot serve` and the scheduled workflow, or two servers)
+never step or propose at once, and each is safe to repeat: a run is noted pending before it is dispatched, the
+verdict is posted when it changes, the comment is upserted, merges carry the head guard.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timezone
+
+import git
+
+from bot.config import Config
+from bot.core import lifecycle as lc
+from bot.core.policy import Policy
+from bot.core.records import ExperimentRecord
+from bot.executors.github_actions import GitHubActions
+from bot.forges.local import LocalForge
+from bot.github.forge import GitHubForge, GitHubForgeError
+from bot.github.lease import Lease, holder_name
+from bot.progress import champion_steps, stale_rate
+from bot.proposers.base import Proposer
+from bot.stepper import Stepper
+from bot.surfaces.github import Budget, GitHubSurface
+
+
+class Driver:
+    def __init__(self, forge: GitHubForge, local: git.Repo, config: Config, proposer: Proposer, policy: Policy,
+                 budget: Budget | None = None, paused: Callable[[], bool] = lambda: False,
+                 holder: str | None = None, lease_wait: float = 0):
+        """`holder` names this writer on the lease; `lease_wait`: seconds to wait for another holder before giving
+        up with its name."""
+        self.forge, self.local, self.config, self.proposer, self.budget = forge, local, config, proposer, budget
+        self.surface = GitHubSurface(forge, local, config, budget, paused)
+        self.lf = self.surface.store
+        self.lease = Lease(self.surface.git, local, holder or holder_name("driver"))
+        self.lease_wait = lease_wait
+        slots = config.github.max_in_flight
+        self.stepper = Stepper(self.lf, GitHubActions(forge, slots, budget), self.surface, proposer, config.target,
+                               lc.Rules.of(policy, config.target, config.metric), slots, keep=self.lease.keep)
+
+    def sync(self) -> None:
+        self.surface.fetch()
+
+    def push_notes(self) -> None:
+        self.surface.push_notes()
+
+    def advance_all(self) -> list[ExperimentRecord]:
+        """Take in what GitHub reported and merged, advance every active experiment, then open new ones up to
+        github.max_in_flight. What a webhook, `arbot decide` and a restart all run; safe to repeat. Returns the
+        experiments that finished, those still active and those opened."""
+        with self.lease.held(wait=self.lease_wait):
+            finished = self.stepper.step(0)
+            return finished + self.stepper.active() + self.stepper.fill().opened
+
+    def advance_pr(self, number: int) -> ExperimentRecord:
+        """`arbot decide --pr N`: a step, then where the experiment of PR N stands."""
+        with self.lease.held(wait=self.lease_wait):
+            self.stepper.step(0)
+            return self._record_of(number)
+
+    def record_merged_pr(self, number: int) -> None:
+        """A PR closed as merged (auto-merge, or a human): record the win's merge before anything else runs."""
+        with self.lease.held(wait=self.lease_wait):
+            self.surface.fetch()
+            rec, pr = self._record_of(number), self.forge.pr(number)
+            if pr.merged:
+                self.stepper.record_merge(rec, pr.merge_commit_sha)
+
+    def approve(self, number: int) -> ExperimentRecord:
+        """`/arbot approve` on a held win: the same as `arbot approve` locally."""
+        with self.lease.held(wait=self.lease_wait):
+            self.surface.fetch()
+            rec = self._record_of(number)
+            if rec.review != "needed":
+                raise GitHubForgeError(f"PR #{number} ({rec.id}) is not a win waiting for review")
+            return self.stepper.approve(rec)
+
+    def rerun(self, number: int) -> bool:
+        """`/arbot rerun` on a PR: dispatch again every run of its experiment (and its champion) still pending,
+        e.g. after a runner died; only the new workflow run's result counts. False when nothing is pending."""
+        with self.lease.held(wait=self.lease_wait):
+            self.surface.fetch()
+            return self.stepper.again(self._record_of(number))
+
+    def fill(self) -> list[ExperimentRecord]:
+        """Open experiments while there is room, unless paused or over a daily cap."""
+        with self.lease.held(wait=self.lease_wait):
+            self.surface.fetch()  # the count is GitHub's, read under the lease
+            return self.stepper.fill().opened
+
+    def _record_of(self, number: int) -> ExperimentRecord:
+        pr = self.forge.pr(number)
+        rec = next((r for r in self.lf.experiments() if r.branch == pr.head.ref), None)
+        if rec is None:
+            raise GitHubForgeError(f"PR #{number} ({pr.head.ref}) is not an arbot experiment")
+        return rec
+
+    def progress(self) -> dict:
+        """What `/healthz` shows of the research: each evaluate run in flight (a runner each), the runs asked for
+        and not started yet, runs per hour, the stale rate and the champion's trajectory. Reads its own handle on
+        the mirror (the webhook worker writes through another)."""
+        forge = LocalForge(git.Repo(self.local.git_dir), champion_branch=self.config.run.champion_branch,
+                           branch_prefix=self.config.run.branch_prefix)
+        recs = forge.experiments()
+        owners = [r for r in recs if lc.is_active(r)] + [forge.champion_record(sha) for sha in {r.parent for r in recs}]
+        pending = [s for o in owners for s in o.pending]
+        made = sum(len(r.runs) for r in recs)
+        starts = sorted(r.started_at for r in recs if r.started_at)
+        hours = (datetime.now(timezone.utc) - datetime.fromisoformat(starts[0])).total_seconds() / 3600 if starts else 0
+        rate, stale, decided = stale_rate(recs)
+        return {"in_flight": [{"run": s.key, "workflow_run": s.run_id, "requested_at": s.requested_at}
+                              for s in pending if s.run_id is not None],
+                "queued": sum(s.run_id is None for s in pending),
+                "runs_per_hour": round(made / hours, 1) if hours > 0 else None,
+                "stale_rate": rate, "stale": stale, "decided": decided,
+                "trajectory": [{"experiment": e, self.config.metric.key(): v}
+                               for e, v in champion_steps(forge.champion_log())]}

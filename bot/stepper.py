@@ -1,0 +1,338 @@
+"""The stepper: one program carries out the lifecycle's actions (bot.core.lifecycle) in every mode.
+
+It gathers the records (git notes, through the store), asks `next_action` of every active experiment, and does
+what it says through two narrow ports:
+
+    executor  where runs are made (bot.executors: a worker pool, Slurm jobs, GitHub Actions workflow runs):
+              submit, resume, poll, cancel
+    surface   what people see and what merges (bot.surfaces: the terminal and local git, or pull requests,
+              check runs, comments and the GitHub merge)
+
+Local, Slurm and GitHub mode are this one program with other ports: `arbot run` (bot.loop) steps and waits on its
+executor between steps; GitHub mode (bot.server.driver) steps once per webhook event. The stepper decides
+nothing, not even when to decide: a decision waits for every run its request asked for (the lifecycle's rule).
+
+Every run is noted pending on its record (saved) before it is submitted, and every result is saved as it
+arrives, so a process that stops is taken up by the next: runs in flight are resumed or made again, runs
+already made are kept, nothing is proposed twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Protocol
+
+from bot.core import lifecycle as lc
+from bot.core.records import ChampionRecord, ExperimentRecord, LostRun, RunSpec
+from bot.executors import MAX_LOST, Executor, Finished, Lost, Outcome
+from bot.forges.local import LocalForge
+from bot.proposers.base import Proposer
+from bot.proposers.context import propose
+from bot.proposers.failures import ProposalRejected, SpendCapReached
+from runner.config import TargetConfig
+from runner.job import champion_timing
+
+log = logging.getLogger("arbot.stepper")
+
+
+class RunsLost(RuntimeError):
+    """The executor lost the same run MAX_LOST times in a row: the machine, not the candidate, is failing."""
+
+
+class Surface(Protocol):
+    """What people see and what merges (bot.surfaces.local, bot.surfaces.github)."""
+
+    def sync(self) -> dict[str, str]:
+        """Bring the records up to date with the surface; the wins merged outside the stepper (GitHub's
+        auto-merge, a human's merge button) since: experiment id -> merge commit."""
+        ...
+
+    def tampered(self, rec: ExperimentRecord) -> str | None:
+        """Why what would be merged is no longer the experiment's commit, or None."""
+        ...
+
+    def why_not_propose(self) -> str | None:
+        """Why no experiment may be opened now (paused, a daily cap), or None."""
+        ...
+
+    def opened(self, rec: ExperimentRecord) -> None: ...  # a new experiment (its pull request)
+    def measuring(self, rec: ExperimentRecord, run: lc.Run) -> None: ...  # its runs were submitted
+    def held(self, rec: ExperimentRecord, why: str) -> None: ...  # a win waits for a human
+    def closed(self, rec: ExperimentRecord) -> None: ...  # a final non-win
+
+    def promote(self, rec: ExperimentRecord, trailers: dict[str, str]) -> str | None:
+        """Merge the win with these trailers: the merge commit, or None while the merge is still to come."""
+        ...
+
+    def champion_fails(self, rec: ExperimentRecord | None, reason: str) -> None: ...
+    def refused(self, error: ProposalRejected) -> None: ...  # a proposal refused before any branch was made
+    def stopped(self, why: str) -> None: ...  # proposing stopped for good
+
+
+@dataclass
+class Filled:
+    """What one `fill` did: the experiments opened, the proposals tried (refused ones included), and why
+    proposing stopped for good, if it did."""
+
+    opened: list[ExperimentRecord] = field(default_factory=list)
+    tries: int = 0
+    stopped: str | None = None
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class Stepper:
+    def __init__(self, store: LocalForge, executor: Executor, surface: Surface, proposer: Proposer | None,
+                 target: TargetConfig, rules: lc.Rules, slots: int, keep: Callable[[], None] = lambda: None):
+        """`slots`: experiments open at once (lc.has_room); `keep`: called before each experiment is advanced
+        (GitHub mode renews its lease there)."""
+        self.store, self.executor, self.surface, self.proposer = store, executor, surface, proposer
+        self.target, self.rules, self.slots, self.keep = target, rules, slots, keep
+        self.in_flight: dict[str, RunSpec] = {}  # key -> spec, for every run handed to the executor
+        self._losses: dict[str, int] = {}  # key -> times lost in a row in this process
+        self.made = 0  # runs whose results this process took in
+
+    # --- one step ---------------------------------------------------------------------------------------------
+    def step(self, wait: float) -> list[ExperimentRecord]:
+        """Take in what changed outside (merges, runs noted pending elsewhere, runs that ended: waiting up to `wait`
+        seconds for the first), ask for the champion's noise floor, and advance every active experiment as far as
+        it goes. Returns the experiments that finished."""
+        for experiment_id, merge in self.surface.sync().items():
+            if (rec := self.record(experiment_id)) is not None:
+                self.record_merge(rec, merge)
+        self.take_up()
+        self.collect(self.executor.poll(wait))
+        self.floor()
+        return self._advance_all()
+
+    def _advance_all(self) -> list[ExperimentRecord]:
+        """Advance every active experiment, again while one finishes or the champion moves (that may let one it
+        deferred go on, or make others stale)."""
+        finished: list[ExperimentRecord] = []
+        while True:
+            champion, ended = self.store.champion(), []
+            for rec in self.active():
+                self.keep()
+                end = self.advance(rec)
+                ended += ([rec] if end.id != rec.id else []) + ([end] if not lc.is_active(end) else [])
+            finished += ended
+            if not ended and self.store.champion() == champion:
+                return finished
+
+    def advance(self, rec: ExperimentRecord, train: bool = True) -> ExperimentRecord:
+        """Carry out `rec`'s actions until it needs runs (submitted; not with train=False), waits, or is finished.
+        Returns the experiment it ended on (a replay's fresh one, when the champion moved)."""
+        while True:
+            action = lc.next_action(rec, self.store.champion_record(rec.parent), self.store.champion(), self.rules,
+                                    self.store.removes_code(rec), self.surface.tampered(rec),
+                                    lc.ahead_of(rec, self.active()))
+            if isinstance(action, lc.Run):
+                if train:
+                    self._submit(action.specs)
+                    self.surface.measuring(rec, action)
+                return rec
+            if isinstance(action, (lc.Wait, lc.Defer, lc.Done)):
+                return rec
+            if isinstance(action, lc.Decide):
+                self._decide(rec, action)
+            elif isinstance(action, lc.Replay):
+                rec = self._replay(rec, action.onto)
+            elif isinstance(action, lc.Promote):
+                if (merge := self.surface.promote(rec, action.trailers)) is not None:
+                    self.record_merge(rec, merge)
+                return rec
+            elif isinstance(action, lc.Hold):
+                self.surface.held(rec, action.why)
+                return rec
+            elif isinstance(action, lc.Close):
+                self.surface.closed(rec)
+                return rec
+            elif isinstance(action, lc.ChampionFails):
+                self.surface.champion_fails(rec, action.reason)
+                return rec
+
+    # --- what the actions change in the records ------------------------------------------------------------------
+    def _decide(self, rec: ExperimentRecord, action: lc.Decide) -> None:
+        self._drop_pending(rec)
+        rec.evidence, rec.decision, rec.review, rec.finished_at = action.evidence, action.decision, action.review, now()
+        self.store.save(rec)
+        log.info("%s: %s (%s) %s", rec.id, rec.decision.verdict, rec.decision.rule, rec.decision.reason)
+
+    def _replay(self, stale: ExperimentRecord, champion: str) -> ExperimentRecord:
+        """Measured on an old champion: never merged. Its change is opened again as a new experiment on the new
+        champion (when it still applies), and the stale one is closed."""
+        files = self.store.replay_files(stale, champion)
+        fresh = None
+        if files is not None:
+            fresh = self.store.open_experiment(stale.proposal.model_copy(update={"files": files}), champion, now())
+            self.surface.opened(fresh)
+        self._drop_pending(stale)
+        stale.decision, stale.finished_at = lc.stale_decision(stale, champion, fresh.id if fresh else None), now()
+        self.store.save(stale)
+        self.surface.closed(stale)
+        return fresh or stale
+
+    def record_merge(self, rec: ExperimentRecord, merge: str) -> None:
+        """A win merged as `merge`: its runs measure the new champion (its tree is the candidate's)."""
+        if rec.merged_as != merge:
+            rec.merged_as = merge
+            self.store.save(rec)
+        if not self.store.champion_record(merge).runs:
+            self.store.save(lc.champion_after(rec, merge))
+        log.info("%s merged as %s: it is the champion's measurement now", rec.id, merge[:12])
+
+    def approve(self, rec: ExperimentRecord, train: bool = True) -> ExperimentRecord:
+        """A human's approval of a held win: merged now or, when the champion moved meanwhile, closed as stale and
+        measured again (its runs submitted only with `train`)."""
+        if rec.review != "needed":
+            raise ValueError(f"{rec.id} is not a win waiting for review")
+        rec.review = "approved"
+        self.store.save(rec)
+        self.advance(rec, train=train)
+        return self.record(rec.id) or rec
+
+    # --- proposing ---------------------------------------------------------------------------------------------
+    def fill(self, tries: int | None = None) -> Filled:
+        """Open experiments while there is room (lc.has_room), at most `tries` proposals (None: no limit), unless
+        the surface says not now. A refused proposal counts as a try; MAX_REFUSED in a row, or the LLM's spend cap,
+        stop proposing for good."""
+        filled, refused = Filled(), 0
+        while (tries is None or filled.tries < tries) and lc.has_room(self.active(), self.slots):
+            if (why := self.surface.why_not_propose()) is not None:
+                log.warning("not proposing: %s", why)
+                break
+            self.keep()
+            filled.tries += 1
+            try:
+                filled.opened.append(self.open())
+                refused = 0
+            except SpendCapReached as e:
+                filled.stopped = f"stopped proposing: {e}"
+            except ProposalRejected as e:
+                refused += 1
+                self.surface.refused(e)
+                if refused >= lc.MAX_REFUSED:
+                    filled.stopped = f"stopped: {refused} proposals in a row were refused"
+            if filled.stopped:
+                self.surface.stopped(filled.stopped)
+                break
+        return filled
+
+    def open(self) -> ExperimentRecord:
+        """One experiment proposed on the current champion, shown, and its first runs asked for."""
+        champion = self.store.champion()
+        rec = self.store.open_experiment(propose(self.store, self.proposer, self.target, champion, self.rules.metric),
+                                         champion, now())
+        self.surface.opened(rec)
+        return self.advance(rec)
+
+    # --- runs: noted pending, handed to the executor, collected ----------------------------------------------
+    def floor(self) -> None:
+        """Ask for the runs the current champion's noise floor still needs."""
+        action = lc.noise_floor(self.store.champion_record(self.store.champion()), self.rules)
+        if isinstance(action, lc.ChampionFails):
+            self.surface.champion_fails(None, action.reason)
+        elif isinstance(action, lc.Run):
+            self._submit(action.specs)
+
+    def _owner(self, spec: RunSpec) -> ExperimentRecord | ChampionRecord | None:
+        return self.store.champion_record(spec.commit) if spec.role == "champion" else self.record(spec.role)
+
+    def _submit(self, specs: tuple[RunSpec, ...]) -> None:
+        for spec in specs:
+            self._hand_over(spec.model_copy(update={"requested_at": now()}), self._owner(spec))
+
+    def _hand_over(self, spec: RunSpec, owner: ExperimentRecord | ChampionRecord) -> None:
+        """Note the run pending on its record (saved first, so that a process stopped right after the submission
+        never submits it twice), hand it to the executor with the champion's timing, note what the executor
+        named it."""
+        self._note_pending(owner, spec)
+        timing = champion_timing(self.store.champion_record(spec.champion).runs, self.target.budget_seconds)
+        noted = self.executor.submit(spec, timing)
+        if noted != spec:
+            self._note_pending(owner, noted)
+        self.in_flight[noted.key] = noted
+
+    def _note_pending(self, owner: ExperimentRecord | ChampionRecord, spec: RunSpec) -> None:
+        owner.pending = [s for s in owner.pending if s.key != spec.key] + [spec]
+        self.store.save(owner)
+
+    def again(self, rec: ExperimentRecord) -> bool:
+        """Hand every run still pending for `rec` and its champion to the executor again (`/arbot rerun`, after a
+        runner died): only the new attempt's result counts. False when nothing is pending."""
+        owners = (rec, self.store.champion_record(rec.parent))
+        for owner in owners:
+            for spec in list(owner.pending):
+                self.executor.cancel(spec)
+                self._hand_over(spec, owner)
+        return any(owner.pending for owner in owners)
+
+    def collect(self, outcomes: list[Outcome]) -> None:
+        """Move each ended run into its record: a result joins the runs, a lost run is noted and submitted again.
+        One its record no longer waits for (decided meanwhile) is dropped."""
+        for outcome in outcomes:
+            spec = outcome.spec
+            owner = self._owner(spec)
+            wanted = owner is not None and any(s.key == spec.key for s in owner.pending)
+            if isinstance(outcome, Lost) and wanted:
+                self._lost(outcome, owner)
+                continue
+            self.in_flight.pop(spec.key, None)
+            if wanted and isinstance(outcome, Finished):
+                self._losses.pop(spec.key, None)
+                owner.pending = [s for s in owner.pending if s.key != spec.key]
+                owner.runs.append(outcome.result.model_copy(update={"splits": spec.splits}))  # as asked
+                self.made += 1
+                self.store.save(owner)
+
+    def _lost(self, lost: Lost, owner: ExperimentRecord | ChampionRecord) -> None:
+        spec = lost.spec
+        owner.lost.append(LostRun(key=spec.key, job=lost.job, node=lost.node, reason=lost.reason, at=now()))
+        self.store.save(owner)
+        self._losses[spec.key] = self._losses.get(spec.key, 0) + 1
+        if self._losses[spec.key] >= MAX_LOST:
+            raise RunsLost(f"the run {spec.key} was lost {MAX_LOST} times in a row, last as {lost.job} on "
+                           f"{lost.node or 'an unknown node'}: {lost.reason}. The machine is failing, not the "
+                           "candidate: fix the executor (see the lost runs in `arbot log`), then run again")
+        self._hand_over(spec, owner)
+
+    def _drop_pending(self, rec: ExperimentRecord) -> None:
+        """A decided experiment waits for nothing: its runs still in flight are cancelled and will not count."""
+        for spec in rec.pending:
+            self.executor.cancel(spec)
+            self.in_flight.pop(spec.key, None)
+        rec.pending = []
+
+    def take_up(self) -> None:
+        """Runs noted pending that this process is not making (noted by an earlier process, or by another writer
+        in GitHub mode) are resumed by the executor, or submitted again; runs it makes that no record waits for
+        any more are cancelled; a finished experiment's leftover pending runs are dropped."""
+        owners: list[ExperimentRecord | ChampionRecord] = [self.store.champion_record(self.store.champion())]
+        for rec in self.store.experiments():
+            if lc.is_active(rec):
+                owners += [rec, self.store.champion_record(rec.parent)]
+            elif rec.pending:
+                rec.pending = []
+                self.store.save(rec)
+        pending = {s.key: (s, owner) for owner in owners for s in owner.pending}
+        for key in [k for k in self.in_flight if k not in pending]:
+            self.executor.cancel(self.in_flight.pop(key))
+        for key, (spec, owner) in pending.items():
+            if key in self.in_flight:
+                continue
+            if self.executor.resume(spec):
+                self.in_flight[key] = spec
+            else:
+                self._hand_over(spec, owner)
+
+    # --- lookups ------------------------------------------------------------------------------------------------
+    def active(self) -> list[ExperimentRecord]:
+        return [r for r in self.store.experiments() if lc.is_active(r)]
+
+    def record(self, experiment_id: str) -> ExperimentRecord | None:
+        return next((r for r in self.store.experiments() if r.id == experiment_id), None)

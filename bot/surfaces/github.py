@@ -1,0 +1,234 @@
+"""The GitHub surface: each experiment is a pull request, each decision a check run, a comment and a merge.
+
+Decide -> the note (pushed at once); Promote -> `arbot/verdict` success and a squash merge through branch
+protection (auto-merge where the repository allows it), with the lifecycle's trailers plus `PR:`; Hold -> a
+neutral verdict until `/arbot approve`; Close -> the verdict, the results comment, a label, the PR closed (its
+branch kept); a replay's fresh experiment gets a PR of its own. A PR whose head is not the experiment's commit, or
+whose commit changes a path outside target.allowed_paths, is `tampered`: rejected, never merged.
+
+The bot keeps a bare mirror of the repository (`.arbot/github.git`): experiment commits are made there and
+pushed, champion and both notes refs are fetched before every step, and every note is pushed as soon as it is
+written. So the state lives on GitHub and a restarted bot rebuilds it from there.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+import git
+
+from bot.config import Config
+from bot.core import lifecycle as lc
+from bot.core.records import ExperimentRecord, ok_metric
+from bot.forges.local import NOTES_REF, NOTES_REFS, LocalForge
+from bot.github.forge import (CONCLUSION_TO_STATE, VERDICT_CHECK, GitHubForge, GitHubForgeError, results_comment,
+                              squash_message, verdict_check)
+from bot.proposers.failures import ProposalRejected
+from runner.guard import changed_paths, forbidden_paths
+
+log = logging.getLogger("arbot.github")
+
+MIRROR = ".arbot/github.git"
+
+
+class Budget(Protocol):
+    """The daily caps (bot.server.store.Budget)."""
+
+    def exhausted(self) -> str | None: ...
+    def record_experiment(self) -> None: ...
+    def record_runner_seconds(self, seconds: float) -> None: ...
+
+
+class MirrorForge(LocalForge):
+    """The local forge on the bot's mirror: every note it writes is pushed to GitHub at once."""
+
+    def __init__(self, repo: git.Repo, push_notes: Callable[[], None], **kwargs):
+        super().__init__(repo, **kwargs)
+        self.push_notes = push_notes
+
+    def _write_note(self, commit: str, payload: str, ref: str = NOTES_REF) -> None:
+        super()._write_note(commit, payload, ref)
+        self.push_notes()
+
+
+def mirror(path: Path) -> git.Repo:
+    """The bot's bare mirror, created on first use, with an identity for the commits and notes it writes."""
+    repo = git.Repo(path) if path.exists() else git.Repo.init(path, bare=True, mkdir=True)
+    with repo.config_writer() as cw:
+        if not cw.has_option("user", "name"):
+            cw.set_value("user", "name", "arbot")
+            cw.set_value("user", "email", "arbot@users.noreply.github.com")
+    return repo
+
+
+class GitHubSurface:
+    def __init__(self, forge: GitHubForge, local: git.Repo, config: Config, budget: Budget | None = None,
+                 paused: Callable[[], bool] = lambda: False):
+        self.forge, self.local, self.config, self.budget, self.paused = forge, local, config, budget, paused
+        self.metric = config.metric
+        self.store = MirrorForge(local, self.push_notes, champion_branch=config.run.champion_branch,
+                                 branch_prefix=config.run.branch_prefix)
+
+    # --- git: the mirror follows GitHub ----------------------------------------------------------------------
+    def git(self, *args: str) -> str:
+        """git in the mirror, "{remote}" replaced by GitHub's URL; errors never show the token."""
+        remote = self.forge.git_remote()
+        try:
+            return self.local.git.execute(["git", *[remote if a == "{remote}" else a for a in args]])
+        except git.GitCommandError as e:
+            token = self.forge._token()
+            detail = str(e.stderr).replace(token, "***") if token else str(e.stderr)
+            # from None: the GitCommandError's command line holds the remote URL with the token
+            raise GitHubForgeError(f"git {args[0]} failed: {detail}") from None
+
+    def fetch(self) -> None:
+        """Fetch champion, the experiment branches and the notes from GitHub (GitHub is the truth)."""
+        branch, prefix = self.config.run.champion_branch, self.config.run.branch_prefix
+        self.git("fetch", "--quiet", "{remote}", f"+refs/heads/{branch}:refs/heads/{branch}",
+                 f"+refs/heads/{prefix}*:refs/remotes/github/{prefix}*")
+        remote_refs = self.git("ls-remote", "{remote}", "refs/notes/*")
+        notes = [ref for ref in NOTES_REFS if ref in remote_refs.split()]
+        if notes:
+            self.git("fetch", "--quiet", "{remote}", *[f"+{ref}:{ref}" for ref in notes])
+
+    def push_notes(self) -> None:
+        """Never forced: a note written elsewhere meanwhile makes this fail loudly instead of being lost."""
+        local = [ref for ref in NOTES_REFS if self.store.has_ref(ref)]
+        self.git("push", "--quiet", "{remote}", *[f"{ref}:{ref}" for ref in local])
+
+    # --- the surface port (bot.stepper.Surface) ----------------------------------------------------------------
+    def sync(self) -> dict[str, str]:
+        """The mirror fetched; the wins GitHub merged meanwhile (auto-merge, or a human)."""
+        self.fetch()
+        merged = {}
+        for rec in self.store.experiments():
+            if rec.decision is not None and rec.decision.verdict == "win" and not rec.merged_as:
+                pr = self.forge.find_pr(rec.branch)
+                if pr is not None and pr.merged:
+                    merged[rec.id] = pr.merge_commit_sha
+        return merged
+
+    def tampered(self, rec: ExperimentRecord) -> str | None:
+        """Why the experiment may not be merged whatever it measured, or None: its commit (checked on the
+        mirror) changes a path outside target.allowed_paths (a note written by hand names any commit), or its
+        PR no longer holds that commit (a push to its branch, a head from another repository)."""
+        try:
+            outside = forbidden_paths(changed_paths(self.local, rec.parent, rec.commit),
+                                      self.config.target.allowed_paths)
+        except (ValueError, git.BadName, git.GitCommandError) as e:
+            return f"{rec.commit[:12]} cannot be compared with its champion {rec.parent[:12]} on the mirror ({e})"
+        if outside:
+            return f"{rec.commit[:12]} changes {', '.join(outside[:5])}, outside target.allowed_paths"
+        pr = self.forge.find_pr(rec.branch)
+        if pr is None:
+            return None
+        head_repo = pr.head.repo.full_name if pr.head.repo is not None else "a deleted repository"
+        if head_repo != self.forge.full_name:
+            return f"PR #{pr.number}'s head is in {head_repo}, not {self.forge.full_name}"
+        if pr.head.sha != rec.commit:
+            return f"PR #{pr.number}'s head is {pr.head.sha[:12]}, not the experiment's commit {rec.commit[:12]}"
+        return None
+
+    def why_not_propose(self) -> str | None:
+        if self.paused():
+            return "paused (github.paused, or `/arbot pause`; `/arbot resume` goes on)"
+        return self.budget.exhausted() if self.budget is not None else None
+
+    def opened(self, rec: ExperimentRecord) -> None:
+        """Its pull request (the branch is pushed, never forced); it counts against the daily cap."""
+        pr = self.forge.open_pr(rec, self.local)
+        if self.budget is not None:
+            self.budget.record_experiment()
+        log.info("opened PR #%d for %s: %s", pr.number, rec.id, rec.proposal.hypothesis)
+
+    def measuring(self, rec: ExperimentRecord, run: lc.Run) -> None:
+        self._comment(rec, f"### {rec.id}: measuring\n\n{run.why}\n\n" + "\n".join(f"- `{s.key}`" for s in run.specs))
+
+    def held(self, rec: ExperimentRecord, why: str) -> None:
+        self._conclude(rec, verdict_check(rec.decision, self.metric, held=True),
+                       f"Held for a human: {why}. Read the diff; a user with write access comments `/arbot approve` "
+                       "to merge it.")
+
+    def closed(self, rec: ExperimentRecord) -> None:
+        pr = self._pr(rec)
+        self._verdict(rec, verdict_check(rec.decision, self.metric))
+        if pr.state == "open":
+            self.forge.close_as(pr, rec.decision.verdict, results_comment(rec, rec.decision, self.trajectory(rec),
+                                                                          self.metric))
+            log.info("PR #%d (%s): closed as %s (%s)", pr.number, rec.id, rec.decision.verdict, rec.decision.rule)
+
+    def promote(self, rec: ExperimentRecord, trailers: dict[str, str]) -> str | None:
+        """The verdict, then a squash merge guarded by the head: auto-merge where GitHub offers it (the merge then
+        comes later, and `sync` records it), else a merge now. A refused merge is tried again on the next step."""
+        pr = self._pr(rec)
+        if not pr.merged:
+            self._conclude(rec, verdict_check(rec.decision, self.metric))
+            title, body = squash_message(rec, trailers, pr.number)
+            if self.forge.enable_automerge(pr, rec.commit, title, body):
+                log.info("PR #%d (%s): auto-merge enabled at %s", pr.number, rec.id, rec.commit[:12])
+            else:
+                try:
+                    merge = self.forge.merge(pr, rec.commit, title, body)
+                    log.info("PR #%d (%s): merged as %s", pr.number, rec.id, merge[:12])
+                except GitHubForgeError as e:
+                    log.warning("PR #%d (%s): not merged: %s", pr.number, rec.id, e)
+                    self._conclude(rec, verdict_check(rec.decision, self.metric),
+                                   f"**Not merged yet**: GitHub refused the merge ({str(e)[:500]}). The bot tries again "
+                                   "on the next event and on its catch-up timer.")
+            pr = self.forge.pr(pr.number)
+        if not pr.merged:
+            return None
+        self.fetch()  # the merge commit, on which the new champion's note is written
+        return pr.merge_commit_sha
+
+    def champion_fails(self, rec: ExperimentRecord | None, reason: str) -> None:
+        log.error("the champion fails%s: %s", f" ({rec.id} cannot be measured)" if rec else "", reason)
+        if rec is not None:
+            self._comment(rec, f"### {rec.id}: the champion fails\n\n{reason[:3000]}")
+
+    def refused(self, error: ProposalRejected) -> None:
+        log.warning("proposal refused (no branch made): %s", error)
+
+    def stopped(self, why: str) -> None:
+        log.warning("%s", why)
+
+    # --- what people read --------------------------------------------------------------------------------------
+    def _conclude(self, rec: ExperimentRecord, check, note: str = "") -> None:
+        """The verdict check and the results comment of a decided experiment."""
+        self._verdict(rec, check)
+        comment = results_comment(rec, rec.decision, self.trajectory(rec), self.metric)
+        self._comment(rec, f"{comment}\n\n{note}" if note else comment)
+
+    def _verdict(self, rec: ExperimentRecord, check) -> None:
+        """Post `arbot/verdict` on the experiment's commit unless the latest one already says this."""
+        latest = self.forge.check(rec.commit, VERDICT_CHECK)
+        want = check.conclusion if self.forge.use_checks else CONCLUSION_TO_STATE[check.conclusion]
+        if latest is None or latest.conclusion != want:
+            self.forge.post_check(rec.commit, VERDICT_CHECK, check.conclusion, check.title, check.summary)
+
+    def _comment(self, rec: ExperimentRecord, body: str) -> None:
+        self.forge.upsert_comment(self._pr(rec).number, body)
+
+    def _pr(self, rec: ExperimentRecord):
+        """The experiment's PR; opened now if the bot stopped between the experiment's note and its PR."""
+        return self.forge.find_pr(rec.branch) or self.forge.open_pr(rec, self.local)
+
+    def trajectory(self, current: ExperimentRecord | None = None) -> list[tuple[str, float]]:
+        """The champion's metric: its first measured value, then each merged win (and this one, if a win)."""
+        recs = self.store.experiments()
+        wins = [r for r in recs if r.merged_as or (current is not None and r.id == current.id
+                                                   and current.decision is not None and current.decision.verdict == "win")]
+        points = []
+        key = self.metric.key()
+        start = ok_metric(self.store.champion_record(recs[0].parent).runs, key) if recs else []
+        if start:
+            points.append(("start", statistics.fmean(start)))
+        for r in wins:
+            values = ok_metric(current.runs if current is not None and r.id == current.id else r.runs, key)
+            if values:
+                points.append((r.id, statistics.fmean(values)))
+        return points
