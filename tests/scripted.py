@@ -35,6 +35,7 @@ class Variant:
     status: str = "ok"  # or crash / timeout
     flags: tuple[str, ...] = ()  # what the runner's diff inspection would find
     gap: float = GAP
+    ticks: int = 1  # how many steps of a campaign its runs take (bot.stepper: one poll of the executor each)
 
 
 def train_py() -> str:
@@ -97,6 +98,62 @@ def result(world: dict[str, Variant], text: str, champion_text: str, commit: str
     if "holdout" in splits:
         metrics["holdout_bpb"] = val * (1 + max([GAP] + [v.gap for v in variants]))
     return RunResult(status="ok", metrics=metrics, **common)
+
+
+class Schedule:
+    """When each run ends, the same in every mode: a run handed over after tick t ends at tick t + `ticks` of the
+    change it measures (the variants its commit adds to its champion's; a champion run: 1), so the runs of a slow
+    change are still in flight while other experiments are decided. A tick is one poll of the executor (local,
+    Slurm) or one round of played workflow runs before the bot's step (GitHub)."""
+
+    def __init__(self, world: dict[str, Variant], show):
+        self.world, self.show, self.now = world, show, 0
+        self.waiting: list[tuple[int, object]] = []  # (the tick it ends at, the run)
+
+    def add(self, run, commit: str, champion: str) -> None:
+        new = [m for m in markers(self.show(commit)) if m not in markers(self.show(champion))]
+        self.waiting.append((self.now + max([self.world[m].ticks for m in new] or [1]), run))
+
+    def drop(self, keep) -> None:
+        self.waiting = [(at, run) for at, run in self.waiting if keep(run)]
+
+    def tick(self) -> list:
+        """The runs that end now, in the order they were handed over."""
+        self.now += 1
+        due = [run for at, run in self.waiting if at <= self.now]
+        self.waiting = [(at, run) for at, run in self.waiting if at > self.now]
+        return due
+
+
+class ScriptedExecutor:
+    """An executor (bot.executors.Executor) whose runs end on the Schedule, answered from the world."""
+
+    def __init__(self, repo: git.Repo, world: dict[str, Variant], slots: int):
+        self.runner, self.slots = ScriptedRunner(repo, world), slots
+        self.schedule = Schedule(world, lambda sha: repo.git.show(f"{sha}:{SCRIPT}"))
+        self.cancelled: list[str] = []
+
+    def submit(self, spec, timing):
+        self.schedule.add(spec, spec.commit, spec.champion)
+        return spec
+
+    def resume(self, spec) -> bool:
+        return False
+
+    def poll(self, timeout: float) -> list:
+        from bot.executors import Finished
+
+        return [Finished(s, self.runner.run(s.commit, s.champion, s.seed, tuple(s.splits))) for s in self.schedule.tick()]
+
+    def cancel(self, spec) -> None:
+        self.cancelled.append(spec.key)
+        self.schedule.drop(lambda s: s.key != spec.key)
+
+    def busy(self) -> dict[str, str]:
+        return {}
+
+    def close(self) -> None:
+        self.schedule.waiting.clear()
 
 
 class ScriptedRunner:

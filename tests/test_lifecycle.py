@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bot.core import lifecycle as lc
 from bot.core.policy import MarginPolicy, NoiseAwarePolicy, PolicyConfig
@@ -593,3 +595,20 @@ def test_a_deferred_experiment_holds_no_slot_and_at_most_twice_the_slots_are_ope
     assert not lc.has_room([confirming, rec(2, pending=1)], slots=2)  # two screening or confirming: full
     assert not lc.has_room([confirming, waiting, rec(3, runs=1), rec(4, pending=1)], slots=2)  # four open: enough
     assert lc.has_room([confirming, rec(2, runs=1, decided=True)], slots=2)  # a decided one holds nothing
+
+
+# --- a decision waits for every run asked for -----------------------------------------------------------------
+@settings(max_examples=300, deadline=None)
+@given(cand=st.lists(st.floats(2.4, 3.3), max_size=6), champ=st.lists(st.floats(2.9, 3.1), min_size=0, max_size=6),
+       cand_pending=st.integers(0, 2), champ_pending=st.integers(0, 2), crashed=st.booleans(),
+       policy=st.sampled_from([RULES, lc.Rules(MarginPolicy(margin=0.01), holdout_max_gap=None)]))
+def test_nothing_is_decided_while_a_run_asked_for_is_in_flight(cand, champ, cand_pending, champ_pending, crashed,
+                                                                 policy):
+    """Whatever has arrived, an experiment with one of its own val runs, or one of its champion's, in flight is
+    never decided (every mode: the stepper carries out only what this says); once none is, it may be."""
+    runs = cand_runs(*cand) + ([run(None, len(cand), status="crash", reason="boom")] if crashed else [])
+    exp = experiment(runs, pending=tuple(spec(EXP, CAND, len(runs) + i) for i in range(cand_pending)))
+    champ_rec = champion(*champ, pending=tuple(spec("champion", CHAMP, len(champ) + i) for i in range(champ_pending)))
+    action = lc.next_action(exp, champ_rec, CHAMP, policy)
+    if cand_pending or champ_pending:
+        assert not isinstance(action, lc.Decide), action

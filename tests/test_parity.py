@@ -8,6 +8,8 @@ measured again on the new champion, held, approved and merged.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from bot.core import lifecycle as lc
@@ -17,10 +19,13 @@ from bot.server.driver import Driver
 from bot.surfaces.github import mirror
 from bot.loop import Loop
 from bot.core.policy import make_policy
+from bot.executors.slurm import Slurm
 from tests.fake_github.server import FakeGitHub
 from tests.fake_github.serving import serving
-from tests.scripted import (ACTIONS_TOKEN, ScriptedProposer, ScriptedRunner, ScriptedWorkflow, Variant, make_world)
+from tests.scripted import (ACTIONS_TOKEN, Schedule, ScriptedExecutor, ScriptedProposer, ScriptedRunner,
+                            ScriptedWorkflow, Variant, make_world)
 from tests.test_github_forge import REPO, TOKEN, forge_for
+from tests.test_slurm_executor import fake, finish  # noqa: F401 - `fake`: the stand-in Slurm commands (a fixture)
 
 WORLD = {
     "win": Variant(effect=-0.3),
@@ -150,3 +155,135 @@ def test_github_mode_shows_each_decision_on_its_pull_request(both):
     keys = [d["inputs"]["request"] for d in fake.dispatches]
     assert len(keys) == len(set(keys)) and {d["head_branch"] for d in fake.dispatches} == {"main"}  # the default branch: a definition no PR changes
     assert fake.all_violations == []
+
+
+# --- two experiments in flight ------------------------------------------------------------------------------------
+# A slow change is screened while a fast win is confirmed and merged: its screen, still in flight when the champion
+# moves, finishes on the old champion, and as it is no loss its change is measured again on the new one (stale).
+WORLD2 = {
+    "win": Variant(effect=-0.3),
+    "slow-good": Variant(effect=-0.2, ticks=6),
+    "worse": Variant(effect=0.2),
+    "win-again": Variant(effect=-0.3),
+    "meh": Variant(effect=-0.004),
+}
+NAMES2 = ["win", "slow-good", "worse", "win-again", "meh"]
+CONFIG2 = {"policy": {"rule": "noise_aware"}, "run": {"workers": 2}, "github": {"repo": REPO, "max_in_flight": 2}}
+EXPECTED2 = {  # id: (hypothesis, verdict, rule, merged)
+    "exp-1": ("win", "win", "confirm:pooled", True),
+    "exp-2": ("slow-good", "rejected", "stale", False),
+}
+
+
+class SlurmCluster:
+    """The Slurm executor (bot.executors.slurm.Slurm, with stand-in Slurm commands) on a cluster whose jobs end on
+    the Schedule: each leaves the world's result where a job would."""
+
+    def __init__(self, slurm, repo, world, fake_slurm):
+        self.slurm, self.runner, self.fake_slurm, self.slots = slurm, ScriptedRunner(repo, world), fake_slurm, 2
+        self.schedule = Schedule(world, lambda sha: repo.git.show(f"{sha}:target/train.py"))
+
+    def submit(self, spec, timing):
+        noted = self.slurm.submit(spec, timing)
+        self.schedule.add(noted, spec.commit, spec.champion)
+        return noted
+
+    def poll(self, timeout):
+        due = self.schedule.tick()
+        for spec in due:
+            run = self.runner.run(spec.commit, spec.champion, spec.seed, tuple(spec.splits))
+            self.fake_slurm.set(spec.run_id, "COMPLETED")
+            finish(self.slurm, spec, spec.run_id, run.model_dump_json())
+        ended = []
+        while len(ended) < len(due):
+            ended += self.slurm.poll(5)
+        return ended
+
+    def cancel(self, spec):
+        self.schedule.drop(lambda s: s.key != spec.key)
+        self.slurm.cancel(spec)
+
+    def resume(self, spec):
+        return self.slurm.resume(spec)
+
+    def busy(self):
+        return self.slurm.busy()
+
+    def close(self):
+        self.slurm.close()
+
+
+def promotions_seen(loop: Loop, in_flight) -> list[tuple[str, set[str]]]:
+    """Each merge the loop makes, with the runs in flight at that moment."""
+    seen, promote = [], loop.surface.promote
+
+    def watched(rec, trailers):
+        seen.append((rec.id, {s.key for s in in_flight()}))
+        return promote(rec, trailers)
+
+    loop.surface.promote = watched
+    return seen
+
+
+def run_local_two(tmp_path, executor_for) -> tuple[list[tuple], list[dict], list]:
+    repo = make_world(tmp_path, CONFIG2)
+    config = load_config(tmp_path / "arbot.yml")
+    forge = LocalForge(repo)
+    forge.ensure_champion()
+    executor = executor_for(repo, config)
+    loop = Loop(forge, None, ScriptedProposer(*NAMES2), make_policy(config.policy), config.target, executor=executor)
+    seen = promotions_seen(loop, lambda: loop.stepper.in_flight.values())
+    loop.campaign(limit=len(NAMES2))
+    return (*outcome(forge), seen)
+
+
+def run_github_two(tmp_path) -> tuple[list[tuple], list[dict]]:
+    repo = make_world(tmp_path / "src", CONFIG2)
+    config = load_config(tmp_path / "src" / "arbot.yml")
+    fake = FakeGitHub(tmp_path / "remote", owner="octo-org", name="research", token=TOKEN)
+    fake.tokens[ACTIONS_TOKEN] = "github-actions[bot]"
+    repo.git.push(str(fake.bare), "main:refs/heads/main")
+    try:
+        with serving(fake.asgi) as url:
+            workflow = ScriptedWorkflow(fake, url, REPO, WORLD2)
+            forge = forge_for(url, fake)
+            forge.ensure_champion()
+            forge.ensure_labels()
+            forge.protect_champion()
+            proposer = ScriptedProposer(*NAMES2)
+            driver = Driver(forge, mirror(tmp_path / "mirror.git"), config, proposer, make_policy(config.policy),
+                            paused=lambda: not proposer.names)
+            schedule = Schedule(WORLD2, lambda sha: fake.git("show", f"{sha}:target/train.py").stdout)
+            handed = 0
+            for _ in range(100):  # one workflow round, then one step of the bot, as `arbot run` polls then steps
+                for dispatch in fake.dispatches[handed:]:
+                    schedule.add(dispatch, dispatch["inputs"]["commit"], dispatch["inputs"]["champion"])
+                handed = len(fake.dispatches)
+                for dispatch in schedule.tick():
+                    workflow(dispatch)
+                driver.advance_all()
+                if not proposer.names and not any(lc.is_active(r) for r in driver.lf.experiments()):
+                    break
+            else:
+                raise AssertionError("the campaign did not end in 100 steps")
+            driver.sync()
+            assert fake.all_violations == []
+            return outcome(driver.lf)
+    finally:
+        fake.close()
+
+
+def test_two_in_flight_local_slurm_and_github_make_the_same_decisions(tmp_path, fake):
+    local = run_local_two(tmp_path / "local", lambda repo, config: ScriptedExecutor(repo, WORLD2, 2))
+    slurm = run_local_two(tmp_path / "slurm", lambda repo, config: SlurmCluster(
+        Slurm(Path(repo.working_dir), config), repo, WORLD2, fake))
+    github = run_github_two(tmp_path / "github")
+    decisions = {d[0]: d[1:] for d in local[0]}
+    assert {k: decisions[k] for k in EXPECTED2} == EXPECTED2
+    # the change made stale is measured again on the new champion, as its own experiment
+    assert any(d[1] == "slow-good" and d[3] != "stale" for d in local[0] if d[0] != "exp-2")
+    # exp-1 merged while exp-2's screen was in flight
+    (merged, in_flight), *_ = local[2]
+    assert merged == "exp-1" and any(key.startswith("exp-2:") for key in in_flight), local[2]
+    assert slurm[:2] == local[:2]
+    assert github == local[:2]
