@@ -58,7 +58,7 @@ class Surface(Protocol):
         """Why no experiment may be opened now (paused, a daily cap), or None."""
         ...
 
-    def opened(self, rec: ExperimentRecord) -> None: ...  # a new experiment (its pull request)
+    def opened(self, rec: ExperimentRecord, proposed: bool) -> None: ...  # a new experiment (proposed, or a replay)
     def measuring(self, rec: ExperimentRecord, run: lc.Run) -> None: ...  # its runs were submitted
     def held(self, rec: ExperimentRecord, why: str) -> None: ...  # a win waits for a human
     def closed(self, rec: ExperimentRecord) -> None: ...  # a final non-win
@@ -133,7 +133,8 @@ class Stepper:
                                     lc.ahead_of(rec, self.active()))
             if isinstance(action, lc.Run):
                 if train:
-                    self._submit(action.specs)
+                    for spec in action.specs:
+                        self._hand_over(spec)
                     self.surface.measuring(rec, action)
                 return rec
             if isinstance(action, (lc.Wait, lc.Defer, lc.Done)):
@@ -170,7 +171,7 @@ class Stepper:
         fresh = None
         if files is not None:
             fresh = self.store.open_experiment(stale.proposal.model_copy(update={"files": files}), champion, now())
-            self.surface.opened(fresh)
+            self.surface.opened(fresh, proposed=False)
         self._drop_pending(stale)
         stale.decision, stale.finished_at = lc.stale_decision(stale, champion, fresh.id if fresh else None), now()
         self.store.save(stale)
@@ -228,7 +229,7 @@ class Stepper:
         champion = self.store.champion()
         rec = self.store.open_experiment(propose(self.store, self.proposer, self.target, champion, self.rules.metric),
                                          champion, now())
-        self.surface.opened(rec)
+        self.surface.opened(rec, proposed=True)
         return self.advance(rec)
 
     # --- runs: noted pending, handed to the executor, collected ----------------------------------------------
@@ -238,29 +239,26 @@ class Stepper:
         if isinstance(action, lc.ChampionFails):
             self.surface.champion_fails(None, action.reason)
         elif isinstance(action, lc.Run):
-            self._submit(action.specs)
+            for spec in action.specs:
+                self._hand_over(spec)
 
     def _owner(self, spec: RunSpec) -> ExperimentRecord | ChampionRecord | None:
         return self.store.champion_record(spec.commit) if spec.role == "champion" else self.record(spec.role)
 
-    def _submit(self, specs: tuple[RunSpec, ...]) -> None:
-        for spec in specs:
-            self._hand_over(spec.model_copy(update={"requested_at": now()}), self._owner(spec))
-
-    def _hand_over(self, spec: RunSpec, owner: ExperimentRecord | ChampionRecord) -> None:
+    def _hand_over(self, spec: RunSpec, owner: ExperimentRecord | ChampionRecord | None = None) -> None:
         """Note the run pending on its record (saved first, so that a process stopped right after the submission
         never submits it twice), hand it to the executor with the champion's timing, note what the executor
         named it."""
-        self._note_pending(owner, spec)
+        owner = owner or self._owner(spec)
+        spec = spec.model_copy(update={"requested_at": now()})
+        owner.pending = [s for s in owner.pending if s.key != spec.key] + [spec]
+        self.store.save(owner)
         timing = champion_timing(self.store.champion_record(spec.champion).runs, self.target.budget_seconds)
         noted = self.executor.submit(spec, timing)
         if noted != spec:
-            self._note_pending(owner, noted)
+            owner.pending = [s for s in owner.pending if s.key != spec.key] + [noted]
+            self.store.save(owner)
         self.in_flight[noted.key] = noted
-
-    def _note_pending(self, owner: ExperimentRecord | ChampionRecord, spec: RunSpec) -> None:
-        owner.pending = [s for s in owner.pending if s.key != spec.key] + [spec]
-        self.store.save(owner)
 
     def again(self, rec: ExperimentRecord) -> bool:
         """Hand every run still pending for `rec` and its champion to the executor again (`/arbot rerun`, after a

@@ -114,7 +114,7 @@ def test_a_stale_experiment_is_measured_again_on_the_new_champion(forge, researc
 
     loop = Loop(forge, runner=None, proposer=None, policy=make_policy(PolicyConfig()),
                 target=TargetConfig(allowed_paths=["target/*"]))
-    fresh = loop.advance(pending, train=False)  # the replay needs no run; it stops at the fresh one's first run
+    fresh = loop.stepper.advance(pending, train=False)  # the replay needs no run; it stops at the fresh one's first run
     assert fresh.id != pending.id and fresh.decision is None and fresh.runs == []
     old = next(r for r in forge.experiments() if r.id == pending.id)
     assert old.decision.verdict == "rejected" and old.decision.rule == "stale" and fresh.id in old.decision.reason

@@ -94,7 +94,7 @@ def test_approval_after_the_champion_moved_closes_the_win_as_stale_and_measures_
     forge, loop, runner = setup(tmp_path, lambda f: {"default": (3.0, 3.03, flagged), f.champion(): (4.0, 4.04, [])},
                                 3e-3)
     source = (Path(forge.repo.working_tree_dir) / "target" / "train.py").read_text()
-    loop.proposer.texts.append(set_knobs(source, {"GRAD_CLIP": 0.5}))  # a change that merges with the held one
+    loop.stepper.proposer.texts.append(set_knobs(source, {"GRAD_CLIP": 0.5}))  # a change that merges with the held one
     start = forge.champion()
     held = loop.step()
     assert held.review == "needed" and forge.champion() == start

@@ -138,10 +138,11 @@ class GitHubSurface:
             return "paused (github.paused, or `/arbot pause`; `/arbot resume` goes on)"
         return self.budget.exhausted() if self.budget is not None else None
 
-    def opened(self, rec: ExperimentRecord) -> None:
-        """Its pull request (the branch is pushed, never forced); it counts against the daily cap."""
+    def opened(self, rec: ExperimentRecord, proposed: bool) -> None:
+        """Its pull request (the branch is pushed, never forced); a proposed one counts against the daily cap (a
+        replay measures again a change that did)."""
         pr = self.forge.open_pr(rec, self.local)
-        if self.budget is not None:
+        if proposed and self.budget is not None:
             self.budget.record_experiment()
         log.info("opened PR #%d for %s: %s", pr.number, rec.id, rec.proposal.hypothesis)
 

@@ -54,7 +54,7 @@ class LocalSurface:
     def why_not_propose(self) -> str | None:
         return None
 
-    def opened(self, rec: ExperimentRecord) -> None:
+    def opened(self, rec: ExperimentRecord, proposed: bool) -> None:
         pass  # its branch is made with its commit (LocalForge.open_experiment)
 
     def measuring(self, rec: ExperimentRecord, run: lc.Run) -> None:
