@@ -21,7 +21,7 @@ from bot.executors.pool import Inline, RunHook
 from bot.forges.local import LocalForge
 from bot.proposers.base import Proposer
 from bot.results import results_table
-from bot.stepper import Stepper, now
+from bot.stepper import Stepper, Tracker, now
 from bot.surfaces.local import LocalSurface, Quiet, Report
 from runner.config import TargetConfig
 from runner.job import Runner
@@ -32,15 +32,16 @@ POLL_SECONDS = 1.0  # how long one wait for an executor's news lasts before the 
 class Loop:
     def __init__(self, forge: LocalForge, runner: Runner | None, proposer: Proposer | None, policy: Policy,
                  target: TargetConfig, on_run: RunHook | None = None, metric: Metric = DEFAULT_METRIC,
-                 executor: Executor | None = None, in_flight: int | None = None, status_file: Path | None = None):
+                 executor: Executor | None = None, in_flight: int | None = None, status_file: Path | None = None,
+                 tracker: Tracker | None = None):
         """`executor`: where runs are made (default: `runner`, in this thread); `in_flight`: experiments open at
         once (default: the executor's slots); `status_file`: where the state of the campaign is written for
-        `arbot status` while it runs."""
+        `arbot status` while it runs; `tracker`: where runs and decisions are also logged (bot.stepper.Tracker)."""
         self.forge = forge
         self.executor = executor or Inline(runner, on_run)
         self.surface = LocalSurface(forge)
         self.stepper = Stepper(forge, self.executor, self.surface, proposer, target, lc.Rules.of(policy, target, metric),
-                               in_flight or self.executor.slots)
+                               in_flight or self.executor.slots, tracker=tracker)
         self.status_file = status_file
         self._started = time.monotonic()
 

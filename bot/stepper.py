@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from typing import Protocol
 
 from bot.core import lifecycle as lc
-from bot.core.records import ChampionRecord, ExperimentRecord, LostRun, RunSpec
+from bot.core.records import ChampionRecord, ExperimentRecord, LostRun, RunResult, RunSpec
 from bot.executors import MAX_LOST, Executor, Finished, Lost, Outcome
 from bot.forges.local import LocalForge
 from bot.proposers.base import Proposer
@@ -72,6 +72,22 @@ class Surface(Protocol):
     def stopped(self, why: str) -> None: ...  # proposing stopped for good
 
 
+class Tracker(Protocol):
+    """Where runs and decisions are also logged as they happen (an experiment tracker: bot.tracking). Its methods
+    never raise: a tracker that is down never stops research, and what it missed is logged later from the notes."""
+
+    def ran(self, owner: ExperimentRecord | ChampionRecord, result: RunResult) -> None: ...  # a run joined a record
+    def decided(self, rec: ExperimentRecord) -> None: ...  # a decision (or a merge) was noted
+
+
+class NoTracker:
+    def ran(self, owner: ExperimentRecord | ChampionRecord, result: RunResult) -> None:
+        pass
+
+    def decided(self, rec: ExperimentRecord) -> None:
+        pass
+
+
 @dataclass
 class Filled:
     """What one `fill` did: the experiments opened, the proposals tried (refused ones included), and why
@@ -88,10 +104,12 @@ def now() -> str:
 
 class Stepper:
     def __init__(self, store: LocalForge, executor: Executor, surface: Surface, proposer: Proposer | None,
-                 target: TargetConfig, rules: lc.Rules, slots: int, keep: Callable[[], None] = lambda: None):
+                 target: TargetConfig, rules: lc.Rules, slots: int, keep: Callable[[], None] = lambda: None,
+                 tracker: Tracker | None = None):
         """`slots`: experiments open at once (lc.has_room); `keep`: called before each experiment is advanced
-        (GitHub mode renews its lease there)."""
+        (GitHub mode renews its lease there); `tracker`: where runs and decisions are also logged."""
         self.store, self.executor, self.surface, self.proposer = store, executor, surface, proposer
+        self.tracker = tracker or NoTracker()
         self.target, self.rules, self.slots, self.keep = target, rules, slots, keep
         self.in_flight: dict[str, RunSpec] = {}  # key -> spec, for every run handed to the executor
         self._losses: dict[str, int] = {}  # key -> times lost in a row in this process
@@ -162,6 +180,7 @@ class Stepper:
         self._drop_pending(rec)
         rec.evidence, rec.decision, rec.review, rec.finished_at = action.evidence, action.decision, action.review, now()
         self.store.save(rec)
+        self.tracker.decided(rec)
         log.info("%s: %s (%s) %s", rec.id, rec.decision.verdict, rec.decision.rule, rec.decision.reason)
 
     def _replay(self, stale: ExperimentRecord, champion: str) -> ExperimentRecord:
@@ -175,6 +194,7 @@ class Stepper:
         self._drop_pending(stale)
         stale.decision, stale.finished_at = lc.stale_decision(stale, champion, fresh.id if fresh else None), now()
         self.store.save(stale)
+        self.tracker.decided(stale)
         self.surface.closed(stale)
         return fresh or stale
 
@@ -183,6 +203,7 @@ class Stepper:
         if rec.merged_as != merge:
             rec.merged_as = merge
             self.store.save(rec)
+            self.tracker.decided(rec)
         if not self.store.champion_record(merge).runs:
             self.store.save(lc.champion_after(rec, merge))
         log.info("%s merged as %s: it is the champion's measurement now", rec.id, merge[:12])
@@ -284,9 +305,10 @@ class Stepper:
             if wanted and isinstance(outcome, Finished):
                 self._losses.pop(spec.key, None)
                 owner.pending = [s for s in owner.pending if s.key != spec.key]
-                owner.runs.append(outcome.result.model_copy(update={"splits": spec.splits}))  # as asked
+                owner.runs.append(result := outcome.result.model_copy(update={"splits": spec.splits}))  # as asked
                 self.made += 1
                 self.store.save(owner)
+                self.tracker.ran(owner, result)
 
     def _lost(self, lost: Lost, owner: ExperimentRecord | ChampionRecord) -> None:
         spec = lost.spec

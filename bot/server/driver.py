@@ -24,16 +24,16 @@ from bot.github.forge import GitHubForge, GitHubForgeError
 from bot.github.lease import Lease, holder_name
 from bot.progress import champion_steps, stale_rate
 from bot.proposers.base import Proposer
-from bot.stepper import Stepper
+from bot.stepper import Stepper, Tracker
 from bot.surfaces.github import Budget, GitHubSurface
 
 
 class Driver:
     def __init__(self, forge: GitHubForge, local: git.Repo, config: Config, proposer: Proposer, policy: Policy,
                  budget: Budget | None = None, paused: Callable[[], bool] = lambda: False,
-                 holder: str | None = None, lease_wait: float = 0):
+                 holder: str | None = None, lease_wait: float = 0, tracker: Tracker | None = None):
         """`holder` names this writer on the lease; `lease_wait`: seconds to wait for another holder before giving
-        up with its name."""
+        up with its name; `tracker`: where runs and decisions are also logged (bot.stepper.Tracker)."""
         self.forge, self.local, self.config, self.proposer, self.budget = forge, local, config, proposer, budget
         self.surface = GitHubSurface(forge, local, config, budget, paused)
         self.lf = self.surface.store
@@ -41,7 +41,8 @@ class Driver:
         self.lease_wait = lease_wait
         slots = config.github.max_in_flight
         self.stepper = Stepper(self.lf, GitHubActions(forge, slots, budget), self.surface, proposer, config.target,
-                               lc.Rules.of(policy, config.target, config.metric), slots, keep=self.lease.keep)
+                               lc.Rules.of(policy, config.target, config.metric), slots, keep=self.lease.keep,
+                               tracker=tracker)
 
     def sync(self) -> None:
         self.surface.fetch()
