@@ -29,7 +29,7 @@ from bot.proposers.failures import ProposalRejected
 from bot.records import ChampionRecord, ExperimentRecord, Metric, ok_metric
 from bot.results import row
 from runner.config import TargetConfig
-from runner.job import EvaluatorError, Runner
+from runner.job import ChampionTiming, EvaluatorError, Runner, champion_timing
 
 app = typer.Typer(help="arbot: automated ML research, one experiment per branch, a fixed evaluator, noise-aware promotion.",
                   no_args_is_help=True, add_completion=False)
@@ -310,12 +310,13 @@ def evaluate(
         "training wall time beyond the budget): the candidate is held to budget + this + a tolerance"),
     champion_score_seconds: Optional[float] = typer.Option(
         None, "--champion-score-seconds", min=0, help="the champion's measured scoring seconds per split: the "
-        "scoring deadline is evaluator.timeout_factor times this (at least evaluator.timeout_seconds)"),
+        "scoring deadline is evaluator.timeout_factor times this, plus 5 s (without it: evaluator.timeout_seconds)"),
     repo: Path = typer.Option(Path("."), "--repo"),
     config: Optional[Path] = typer.Option(None, "--config"),
 ):
     """The runner job on one commit: guard, train, score with the champion's evaluator; prints the result record.
-    A runner that never ran the champion (GitHub mode) is told its measured times by the bot."""
+    The candidate is held to the champion's measured times: given (GitHub mode, Slurm: the bot computed them),
+    else computed from the champion's runs in this clone's notes."""
     with clear_errors():
         p = Project(repo, config)
         if budget is not None:
@@ -326,9 +327,12 @@ def evaluate(
             except (git.BadName, ValueError):
                 champion = commit
         if champion_overhead is not None and champion_score_seconds is not None:
-            p.runner.measured(p.repo.rev_parse(champion).hexsha, champion_overhead, champion_score_seconds)
+            timing = ChampionTiming(champion_overhead, champion_score_seconds)
+        else:  # the champion's recorded runs in this clone's notes, when it has them
+            timing = champion_timing(p.forge.champion_record(p.repo.commit(champion).hexsha).runs,
+                                     p.config.target.budget_seconds)
         splits = ("val", "holdout") if holdout else ("val",)
-        result = p.runner.run(commit, champion, seed=seed, splits=splits)
+        result = p.runner.run(commit, champion, seed=seed, splits=splits, timing=timing)
         if as_json:
             print(result.model_dump_json(indent=2))
         else:

@@ -22,11 +22,17 @@ import base64
 import binascii
 import bz2
 import gzip
+import json
 import lzma
 import re
+import resource
+import signal
+import subprocess
+import sys
 import zlib
 from collections import Counter
 from collections.abc import Iterable
+from pathlib import Path
 
 # module prefix -> category; the longest matching prefix wins
 MODULES = {
@@ -339,3 +345,78 @@ def data_overlap(files: dict[str, str | bytes], splits: dict[str, Shingles], min
             flags.append(f"{hit[0]}-data: {path}: holds a copy of the {hit[0]} split "
                          f"({hit[1]} of {hit[2]} {SHINGLE}-byte windows match)")
     return flags
+
+
+# --- bounded: the inspection of one change runs in a child process ---------------------------------------
+
+INSPECT_SECONDS = 60.0  # wall and CPU seconds the inspection of one change may take
+INSPECT_MEMORY_BYTES = 2 << 30  # address space of the inspecting process
+
+
+class InspectionError(RuntimeError):
+    """The inspection of a change could not finish within its limits (depth, time or memory)."""
+
+
+def inspect_all(before: dict[str, str | None], after: dict[str, str | None], files: dict[str, str | bytes],
+                splits: dict[str, str]) -> list[str]:
+    """Every flag of a change (inspect_change, then data_overlap against the split files named in `splits`)."""
+    held = {name: Shingles(Path(path).read_bytes()) for name, path in splits.items()}
+    return inspect_change(before, after) + data_overlap(files, held)
+
+
+def inspect_bounded(before: dict[str, str | None], after: dict[str, str | None], files: dict[str, str | bytes],
+                    splits: dict[str, str], seconds: float = INSPECT_SECONDS,
+                    memory: int = INSPECT_MEMORY_BYTES) -> list[str]:
+    """inspect_all in a child process held to `seconds` (wall and CPU) and `memory` bytes, with Python's own
+    recursion limit: whatever the candidate's code does to the parser or the walk (nesting, size), this returns
+    the flags or raises InspectionError saying which limit it met."""
+    request = json.dumps({"before": before, "after": after, "splits": splits,
+                          "files": {p: (c if isinstance(c, str) else {"b64": base64.b64encode(c).decode()})
+                                    for p, c in files.items()}})
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+        cpu = int(seconds) + 1
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
+
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "PYTHONHASHSEED": "0",
+           "LANG": "C.UTF-8"}
+    try:
+        proc = subprocess.run([sys.executable, "-m", "runner.inspect"], input=request.encode("utf-8", "surrogatepass"),
+                              capture_output=True, timeout=seconds, env=env, preexec_fn=limit)
+    except subprocess.TimeoutExpired:
+        raise InspectionError(f"it took longer than {seconds:g} s") from None
+    try:
+        answer = json.loads(proc.stdout)
+    except ValueError:
+        answer = None
+    if proc.returncode == 0 and isinstance(answer, dict) and isinstance(answer.get("flags"), list):
+        return [str(f) for f in answer["flags"]]
+    said = answer.get("error") if isinstance(answer, dict) else None
+    if said:
+        raise InspectionError(said)
+    if proc.returncode < 0:
+        name = signal.Signals(-proc.returncode).name if -proc.returncode in signal.valid_signals() else -proc.returncode
+        raise InspectionError(f"the inspecting process was killed by {name} (CPU {seconds:g} s, memory "
+                              f"{memory >> 20} MiB)")
+    last = proc.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no output"]
+    raise InspectionError(f"the inspecting process exited {proc.returncode}: {last[0][:200]}")
+
+
+def _serve_one() -> None:
+    """`python -m runner.inspect`: one request (JSON on stdin) -> {"flags": [...]} or {"error": why} on stdout."""
+    request = json.loads(sys.stdin.buffer.read().decode("utf-8", "surrogatepass"))
+    files = {p: (base64.b64decode(c["b64"]) if isinstance(c, dict) else c) for p, c in request["files"].items()}
+    try:
+        flags = inspect_all(request["before"], request["after"], files, request["splits"])
+    except RecursionError:
+        answer = {"error": f"the code nests deeper than Python's recursion limit ({sys.getrecursionlimit()})"}
+    except MemoryError:
+        answer = {"error": "it needs more memory than the inspection may use"}
+    else:
+        answer = {"flags": flags}
+    sys.stdout.write(json.dumps(answer))
+
+
+if __name__ == "__main__":
+    _serve_one()

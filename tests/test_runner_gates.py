@@ -21,7 +21,7 @@ class FakeRunner:
     def __init__(self, target, table):
         self.target, self.table, self.calls = target, table, []
 
-    def run(self, candidate, champion, seed=0, splits=("val",), on_progress=None, stop=None):
+    def run(self, candidate, champion, seed=0, splits=("val",), on_progress=None, stop=None, timing=None):
         self.calls.append((candidate[:7], splits))
         val, holdout, flags = self.table.get(candidate, self.table["default"])
         metrics = {"val_bpb": val + 0.001 * seed}
@@ -125,7 +125,7 @@ def test_a_run_held_over_its_budget_is_never_a_win(tmp_path):
             "+ 6.0 s start-up and export allowance (measured from the champion's runs) + 5.0 s tolerance = 21.0 s")
 
     class OverBudget(FakeRunner):
-        def run(self, candidate, champion, seed=0, splits=("val",), on_progress=None, stop=None):
+        def run(self, candidate, champion, seed=0, splits=("val",), on_progress=None, stop=None, timing=None):
             result = super().run(candidate, champion, seed, splits, on_progress, stop)
             if candidate != champion:
                 result.status, result.reason, result.metrics = "rejected", over, {}
