@@ -81,6 +81,7 @@ BUILTINS = {
 FILE_METHODS = {"read_bytes", "read_text", "write_bytes", "write_text", "tofile", "unlink", "rmdir",
                 "symlink_to", "hardlink_to", "rename", "replace", "touch", "chmod", "iterdir", "rglob"}
 TIMING_NAMES = {"budget", "deadline"}  # `args.budget`: the time budget itself
+STRING_CATEGORIES = ("network", "subprocess", "env", "dynamic-code")  # a string naming one of these is flagged
 # string literals that point at what the candidate must not see
 SUSPICIOUS_STRINGS = re.compile(
     r"val\.bin|\bholdout\b|evaluator[/.]|\barbot\b|\.cache\b|/proc/|/etc/|/root\b|/home/|\.ssh|\bsecret|\btoken\b|"
@@ -89,15 +90,29 @@ EMBEDDED_BYTES = 2000  # a literal longer than this is data, not code
 LITERAL_PAYLOAD_BYTES = 4096  # new literal bytes one change may add (all files together) before it is flagged
 
 
+IMPORTERS = ("__import__", "importlib.import_module", "importlib.__import__")  # called with a module name
+
+
 def _resolve(node: ast.AST, aliases: dict[str, str]) -> str | None:
-    """The dotted name of an expression like `np.random.seed`, with import aliases resolved."""
+    """The dotted name of an expression like `np.random.seed`, with import aliases and plain rebindings resolved;
+    `getattr(x, "name")` is x.name and `__import__("mod")` / `importlib.import_module("mod")` is mod, whatever
+    names they are reached by."""
     parts = []
     while isinstance(node, ast.Attribute):
         parts.append(node.attr)
         node = node.value
     if isinstance(node, ast.Call):  # torch.Generator().manual_seed -> torch.Generator.manual_seed
         func = _resolve(node.func, aliases)
-        return func and ".".join([func, *reversed(parts)])
+        literal = [a.value for a in node.args[:2] if isinstance(a, ast.Constant) and isinstance(a.value, str)]
+        if func in IMPORTERS and node.args and literal and literal[0] == getattr(node.args[0], "value", None):
+            head = literal[0]
+        elif func == "getattr" and len(node.args) >= 2 and isinstance(node.args[1], ast.Constant) \
+                and isinstance(node.args[1].value, str):
+            base = _resolve(node.args[0], aliases)
+            head = base and f"{base}.{node.args[1].value}"
+        else:
+            head = func
+        return head and ".".join([head, *reversed(parts)])
     if not isinstance(node, ast.Name):
         return None
     head = aliases.get(node.id, node.id)
@@ -120,6 +135,14 @@ def _category(name: str) -> str | None:
     return None
 
 
+# strings that name something sensitive: reached through a string (getattr, __import__, vars()[...]), the name is
+# the only trace in the source
+NAMED = {**{prefix: cat for prefix, cat in MODULES.items() if cat in STRING_CATEGORIES and len(prefix) > 4},
+         "system": "subprocess", "popen": "subprocess", "Popen": "subprocess", "fork": "subprocess",
+         "execv": "subprocess", "execve": "subprocess", "spawnv": "subprocess", "check_output": "subprocess",
+         "environ": "env", "getenv": "env", "putenv": "env", "create_connection": "network"}
+
+
 def _imports(tree: ast.AST) -> dict[str, str]:
     aliases: dict[str, str] = {}
     for node in ast.walk(tree):
@@ -130,6 +153,38 @@ def _imports(tree: ast.AST) -> dict[str, str]:
             for a in node.names:
                 aliases[a.asname or a.name] = f"{node.module}.{a.name}"
     return aliases
+
+
+def _bindings(tree: ast.AST, aliases: dict[str, str]) -> dict[str, str]:
+    """The import aliases plus plain rebindings of a resolvable name (`o = os`, `s = getattr(os, "system")`,
+    `m = __import__("socket")`), followed through chains; a call's result (`t0 = time.perf_counter()`) is a
+    value, not a name, and is not followed."""
+    names = dict(aliases)
+    modules = {value.split(".")[0] for value in aliases.values()} | {"__import__", "getattr"}
+    assigns = [(t.id, node.value) for node in ast.walk(tree) if isinstance(node, (ast.Assign, ast.AnnAssign))
+               and node.value is not None
+               for t in (node.targets if isinstance(node, ast.Assign) else [node.target]) if isinstance(t, ast.Name)]
+    assigns += [(node.target.id, node.value) for node in ast.walk(tree) if isinstance(node, ast.NamedExpr)]
+    for _ in range(4):  # chains of rebindings: a = os; b = a; ...
+        changed = False
+        for name, value in assigns:
+            if isinstance(value, ast.Call) and _resolve(value.func, names) not in (*IMPORTERS, "getattr"):
+                continue
+            if not isinstance(value, (ast.Name, ast.Attribute, ast.Call)):
+                continue
+            resolved = _resolve(value, names)
+            if resolved and resolved != name and names.get(name) != resolved and (
+                    resolved.split(".")[0] in modules or _category(resolved)):
+                names[name], changed = resolved, True
+        if not changed:
+            break
+    return names
+
+
+def _starred(tree: ast.AST) -> list[str]:
+    """Modules imported with `from m import *` (their names come unqualified)."""
+    return [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module
+            and any(a.name == "*" for a in n.names)]
 
 
 def _own_parts(stmt: ast.stmt) -> tuple[str, list[ast.AST]]:
@@ -165,7 +220,9 @@ def signatures(source: str) -> Counter:
         tree = ast.parse(source)
     except SyntaxError as e:
         return Counter({("syntax", f"does not parse: {e.msg} (line {e.lineno})"): 1})
-    aliases = _imports(tree)
+    imported = _imports(tree)
+    aliases = _bindings(tree, imported)
+    starred = _starred(tree)
     found: Counter = Counter()
     for stmt in _statements(tree):
         text, parts = _own_parts(stmt)
@@ -176,21 +233,33 @@ def signatures(source: str) -> Counter:
         if isinstance(stmt, (ast.Import, ast.ImportFrom)):
             names = [a.name if isinstance(stmt, ast.Import) else f"{stmt.module}.{a.name}" for a in stmt.names]
             cats |= {c for c in map(_category, names) if c}
+            if any(a.name == "*" for a in stmt.names):
+                cats.add("dynamic-code")  # every name of the module, unqualified (each use is resolved below)
         if isinstance(stmt, (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Delete)):
             targets = stmt.targets if isinstance(stmt, (ast.Assign, ast.Delete)) else [stmt.target]
             for t in targets:
                 base = t.value if isinstance(t, (ast.Attribute, ast.Subscript)) else None
                 base_name = _resolve(base, aliases) if base is not None else None
-                if isinstance(t, ast.Attribute) and base_name and base_name.split(".")[0] in set(aliases.values()) | {"sys", "os", "builtins"}:
+                if isinstance(t, ast.Attribute) and base_name and base_name.split(".")[0] in set(imported.values()) | {"sys", "os", "builtins"}:
                     cats.add("monkeypatch")  # rebinding an attribute of a module: time.perf_counter = ...
                     cats.add(_category(f"{base_name}.{t.attr}") or "monkeypatch")
         for node in _nodes(parts):
+            if isinstance(node, ast.Call):
+                name = _resolve(node.func, aliases)
+                if name in IMPORTERS or name == "getattr":  # what it reaches, by the name given as a string
+                    cats.add(_category(_resolve(node, aliases) or "") or "dynamic-code")
+                if name == "setattr" and len(node.args) >= 2 and isinstance(node.args[1], ast.Constant):
+                    base = _resolve(node.args[0], aliases)
+                    if base and base.split(".")[0] in set(imported.values()) | {"sys", "os", "builtins"}:
+                        cats |= {"monkeypatch", _category(f"{base}.{node.args[1].value}") or "monkeypatch"}
             if isinstance(node, (ast.Attribute, ast.Name)):
                 name = _resolve(node, aliases)
                 if name:
                     cat = _category(name) if (isinstance(node, ast.Attribute) or node.id in aliases) else None
                     if cat:
                         cats.add(cat)
+                if isinstance(node, ast.Name) and node.id not in aliases and node.id not in BUILTINS:
+                    cats |= {c for c in (_category(f"{m}.{node.id}") for m in starred) if c}
                 if isinstance(node, ast.Name) and node.id in BUILTINS and node.id not in aliases:
                     cats.add(BUILTINS[node.id])
                 if isinstance(node, ast.Name) and node.id in ("__builtins__", "__loader__", "__spec__"):
@@ -201,6 +270,8 @@ def signatures(source: str) -> Counter:
                     cats.add("dynamic-code")
             elif isinstance(node, ast.Constant) and isinstance(node.value, (str, bytes)):
                 value = node.value if isinstance(node.value, str) else node.value.decode("latin-1")
+                if isinstance(node.value, str) and NAMED.get(value):  # a sensitive name spelled as a string
+                    cats.add(NAMED[value])
                 if len(value) > EMBEDDED_BYTES:
                     cats.add("embedded-data")
                     text = f"{len(value)}-byte literal: {text[:60]}..."

@@ -478,7 +478,7 @@ def read_summary(path: Path, result: RunResult) -> list[str]:
 
     def bad(key: str, what: str) -> None:
         value = summary[key]
-        shown = f"{value!r}" if isinstance(value, (int, float)) and not isinstance(value, bool) else type(value).__name__
+        shown = f"{value!r}"[:40] if type(value) in (int, float) else type(value).__name__
         flags.append(f"summary: out/{SUMMARY_FILE} field {key} is {shown}, not {what}; ignored")
 
     for key in COUNTS:
