@@ -56,7 +56,7 @@ def knob_table(ctx: ProposalContext) -> str:
 def describe_experiment(rec: ExperimentRecord, metric: Metric) -> str:
     d = rec.decision
     verdict = d.verdict if d else "in flight"
-    parts = [f"- {rec.id} [{verdict}] ({rec.proposal.proposer}) {rec.proposal.hypothesis}"]
+    parts = [f"- {rec.id} [{verdict}] ({rec.proposal.proposer}) {' '.join(clean_text(rec.proposal.hypothesis).split())}"]
     values = ok_metric(rec.runs, metric.key())
     if values:
         parts.append(f"{metric.key()} {metric.fmt(mean(values))}")
@@ -76,7 +76,7 @@ def in_flight(ctx: ProposalContext) -> str:
     """The experiments being measured now (other workers): not to be proposed again."""
     if not ctx.pending:
         return ""
-    lines = "\n".join(f"- {r.id}: {r.proposal.hypothesis}" for r in ctx.pending)
+    lines = "\n".join(f"- {r.id}: {' '.join(clean_text(r.proposal.hypothesis).split())}" for r in ctx.pending)
     return f"\n# In flight now (being measured by other workers; do not propose these again)\n{lines}\n"
 
 
