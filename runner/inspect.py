@@ -10,9 +10,16 @@ plain knob changes do not. Flags are labels for a human; the sandbox and the eva
 A change whose new literals (strings and bytes by length, numbers by size) add up to more than
 LITERAL_PAYLOAD_BYTES is flagged `literal-payload`: data smuggled in pieces, each under EMBEDDED_BYTES.
 
+Names are resolved, not matched: import aliases, plain rebindings (`o = os`), `getattr(x, "name")`,
+`__import__("mod")` and `importlib.import_module("mod")` with string names, star imports and `setattr` on a
+module all reach the category of what they name; a sensitive name spelled as a string is flagged too.
+
 `data_overlap` checks the changed files (their string literals, and the hex or base64 literals joined in source
 order, decoded from base64/hex/zlib/..., also under a single-byte XOR) for copies of the validation or holdout
 split.
+
+`inspect_bounded` runs both for one change in a child process held in time, memory and recursion depth: the
+runner always gets the flags or the limit the inspection met (InspectionError), never a crash of its own.
 """
 
 from __future__ import annotations

@@ -176,7 +176,7 @@ class Runner:
         outcome.irregular = irregular_paths(self.repo, candidate, changed)
         timing = None if candidate == champion or timing is None else ChampionTiming(*timing)
         limits = self.run_limits(timing, splits)
-        lap("guard")
+        lap("inspect")  # the guard: what the change is (its inspection adds to this phase)
         if not self._verdict(result, outcome, limits):
             box = self.sandbox()
             result.sandbox = box.kind
