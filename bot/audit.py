@@ -14,7 +14,7 @@ from scipy import stats
 
 from bot.forges.local import LocalForge
 from bot.core.records import AuditRecord, ExperimentRecord, Metric, ok_metric, oriented
-from runner.job import Runner
+from runner.job import Runner, champion_timing
 
 AUDIT_SEED_OFFSET = 1000  # replication seeds: disjoint from the seeds any decision used
 
@@ -27,9 +27,13 @@ def audit_win(forge: LocalForge, runner: Runner, rec: ExperimentRecord, runs: in
     first = AUDIT_SEED_OFFSET + sum(a.runs for a in rec.audits)
     hook = on_run or (lambda label, commit, seed: None)
     cand, base = [], []
+    recorded = forge.champion_record(rec.parent).runs
     for seed in range(first, first + runs):
-        # Both sides scored by the evaluator of the parent, as the original decision was.
-        cand.append(runner.run(rec.commit, rec.parent, seed=seed, on_progress=hook(rec.id, rec.commit, seed)))
+        # Both sides scored by the evaluator of the parent, as the original decision was; the win is held to the
+        # parent's measured times, as it was then.
+        timing = champion_timing(recorded + base, runner.target.budget_seconds)
+        cand.append(runner.run(rec.commit, rec.parent, seed=seed, on_progress=hook(rec.id, rec.commit, seed),
+                               timing=timing))
         base.append(runner.run(rec.parent, rec.parent, seed=seed, on_progress=hook("parent", rec.parent, seed)))
     c, b = ok_metric(cand, metric.key()), ok_metric(base, metric.key())
     audit = AuditRecord(runs=runs, seeds=list(range(first, first + runs)), candidate=c, baseline=b, at=at)

@@ -10,6 +10,7 @@ from typing import Optional
 import git
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -31,12 +32,19 @@ from bot.proposers.failures import ProposalRejected
 from bot.core.records import ChampionRecord, ExperimentRecord, Metric, ok_metric
 from bot.results import row
 from runner.config import TargetConfig
-from runner.job import EvaluatorError, Runner
+from runner.result import clean_text
+from runner.job import ChampionTiming, EvaluatorError, Runner, champion_timing
 
 app = typer.Typer(help="arbot: automated ML research, one experiment per branch, a fixed evaluator, noise-aware promotion.",
                   no_args_is_help=True, add_completion=False)
 app.add_typer(bench_app, name="bench")
 console = Console(emoji=False)  # run keys such as "exp-1:abc:seed-0" are not :emoji: codes
+
+
+def shown(text: object) -> str:
+    """Text from a record, a candidate, a model or an LLM, for console.print: control characters removed and rich
+    markup escaped (printed as written: `[idx]` in a traceback stays, `[link=...]` stays text)."""
+    return escape(clean_text(str(text)))
 
 
 class Project:
@@ -62,7 +70,7 @@ def clear_errors():
     try:
         yield
     except (ConfigError, ForgeError, ChampionBroken, ProposalError, EvaluatorError, RunsLost) as e:
-        console.print(f"[bold red]error:[/] {e}")
+        console.print(f"[bold red]error:[/] {shown(e)}")
         raise typer.Exit(2)
 
 
@@ -86,8 +94,8 @@ def describe(rec: ExperimentRecord, metric: Metric) -> str:
     d = rec.decision
     key = metric.key()
     colour = {"win": "green", "loss": "yellow"}.get(d.verdict, "red")
-    return (f"[bold]{rec.id}[/] {rec.proposal.hypothesis} -> [{colour}]{d.verdict}[/] ({d.rule}) "
-            f"{key} {row(rec, metric)[key]} {d.reason}")
+    return (f"[bold]{rec.id}[/] {shown(rec.proposal.hypothesis)} -> [{colour}]{d.verdict}[/] ({d.rule}) "
+            f"{key} {row(rec, metric)[key]} {shown(d.reason)}")
 
 
 @app.command()
@@ -139,6 +147,7 @@ def run(
             p.status_file.unlink(missing_ok=True)
         export_results(p.forge, results, metric)
         console.print(experiment_table(done, metric))
+        unreadable_lines(p.forge)
         start, end = p.forge.champion_record(first), p.forge.champion_record(p.forge.champion())
         console.print(f"champion {start.commit[:7]} -> {end.commit[:7]}: {champion_summary(start.runs, metric)} -> "
                       f"{champion_summary(end.runs, metric)}; results in {results}")
@@ -174,10 +183,10 @@ class CampaignReport:
         export_results(self.forge, self.results, self.metric)
 
     def refused(self, error: ProposalRejected) -> None:
-        console.print(f"[red]proposal refused[/] (no branch made): {error}")
+        console.print(f"[red]proposal refused[/] (no branch made): {shown(error)}")
 
     def stopped(self, why: str) -> None:
-        console.print(f"[yellow]{why}[/]")
+        console.print(f"[yellow]{shown(why)}[/]")
 
 
 def champion_summary(runs, metric: Metric) -> str:
@@ -195,7 +204,7 @@ def experiment_table(records: list[ExperimentRecord], metric: Metric) -> Table:
         table.add_column(col)
     for rec in records:
         r = row(rec, metric)
-        table.add_row(*(r[c] for c in cols))
+        table.add_row(*(shown(r[c]) for c in cols))
     return table
 
 
@@ -208,8 +217,8 @@ def log(repo: Path = typer.Option(Path("."), "--repo"), config: Optional[Path] =
         for col in ("merge", "experiment", "metric", "baseline", "delta", "rule", "proposer"):
             history.add_column(col)
         for sha, t in p.forge.champion_log():
-            history.add_row(sha[:7], t.get("Experiment", ""), t.get("Metric", ""), t.get("Baseline", ""),
-                            t.get("Delta", ""), t.get("Rule", ""), t.get("Proposer", ""))
+            history.add_row(sha[:7], *(shown(t.get(k, "")) for k in ("Experiment", "Metric", "Baseline", "Delta", "Rule",
+                                                                      "Proposer")))
         console.print(history)
         console.print(experiment_table(p.forge.experiments(), p.config.metric))
         refused = p.forge.failed_proposals()
@@ -219,10 +228,11 @@ def log(repo: Path = typer.Option(Path("."), "--repo"), config: Optional[Path] =
                 table.add_column(col)
             for f in refused:
                 tokens = f.cost.prompt_tokens + f.cost.completion_tokens
-                table.add_row(f.at, f.champion[:7], f"{f.proposer} {f.model}".strip(), f.stage, str(len(f.attempts)),
-                              f"{tokens} tok ${f.cost.usd:.4f}",
-                              "\n".join(x for x in (f.hypothesis, f.reason.splitlines()[0][:200]) if x))
+                table.add_row(shown(f.at), f.champion[:7], shown(f"{f.proposer} {f.model}".strip()), shown(f.stage),
+                              str(len(f.attempts)), f"{tokens} tok ${f.cost.usd:.4f}",
+                              shown("\n".join(x for x in (f.hypothesis, (f.reason.splitlines() or [""])[0][:200]) if x)))
             console.print(table)
+        unreadable_lines(p.forge)
 
 
 @app.command()
@@ -244,7 +254,14 @@ def status(repo: Path = typer.Option(Path("."), "--repo"), config: Optional[Path
                       "(noise floor)")
         console.print(f"experiments: {len(recs)} " + " ".join(f"{k}={v}" for k, v in sorted(counts.items())))
         for line in cost_lines(p.forge, recs) + progress_lines(p, recs):
-            console.print(line)
+            console.print(shown(line))
+        unreadable_lines(p.forge)
+
+
+def unreadable_lines(forge: LocalForge) -> None:
+    """Report the notes the forge skipped (not valid records): each with what is wrong and what to do."""
+    for line in forge.unreadable_notes():
+        console.print(f"[yellow]warning:[/] {shown(line)}")
 
 
 def progress_lines(p: Project, recs: list[ExperimentRecord]) -> list[str]:
@@ -312,12 +329,13 @@ def evaluate(
         "training wall time beyond the budget): the candidate is held to budget + this + a tolerance"),
     champion_score_seconds: Optional[float] = typer.Option(
         None, "--champion-score-seconds", min=0, help="the champion's measured scoring seconds per split: the "
-        "scoring deadline is evaluator.timeout_factor times this (at least evaluator.timeout_seconds)"),
+        "scoring deadline is evaluator.timeout_factor times this, plus 5 s (without it: evaluator.timeout_seconds)"),
     repo: Path = typer.Option(Path("."), "--repo"),
     config: Optional[Path] = typer.Option(None, "--config"),
 ):
     """The runner job on one commit: guard, train, score with the champion's evaluator; prints the result record.
-    A runner that never ran the champion (GitHub mode) is told its measured times by the bot."""
+    The candidate is held to the champion's measured times: given (GitHub mode, Slurm: the bot computed them),
+    else computed from the champion's runs in this clone's notes."""
     with clear_errors():
         p = Project(repo, config)
         if budget is not None:
@@ -328,9 +346,12 @@ def evaluate(
             except (git.BadName, ValueError):
                 champion = commit
         if champion_overhead is not None and champion_score_seconds is not None:
-            p.runner.measured(p.repo.rev_parse(champion).hexsha, champion_overhead, champion_score_seconds)
+            timing = ChampionTiming(champion_overhead, champion_score_seconds)
+        else:  # the champion's recorded runs in this clone's notes, when it has them
+            timing = champion_timing(p.forge.champion_record(p.repo.commit(champion).hexsha).runs,
+                                     p.config.target.budget_seconds)
         splits = ("val", "holdout") if holdout else ("val",)
-        result = p.runner.run(commit, champion, seed=seed, splits=splits)
+        result = p.runner.run(commit, champion, seed=seed, splits=splits, timing=timing)
         if as_json:
             print(result.model_dump_json(indent=2))
         else:
@@ -366,7 +387,7 @@ def audit(
                               on_run=RunDisplay(progress, p.config.target.budget_seconds))
                 verdict = "[green]replicates[/]" if a.replicates else "[red]does not replicate[/]"
                 effect = f"effect {a.effect:+.4f}, p={a.p_value:.3g}" if a.effect is not None else a.note
-                console.print(f"{rec.id} {rec.proposal.hypothesis}: {verdict} ({effect}; seeds {a.seeds})")
+                console.print(f"{rec.id} {shown(rec.proposal.hypothesis)}: {verdict} ({shown(effect)}; seeds {a.seeds})")
         rate, audited = regression_rate(p.forge.experiments())
         if audited:
             console.print(f"regression rate: {rate:.0%} of {audited} audited wins")
@@ -391,7 +412,7 @@ def approve(
             console.print(f"{experiment} approved and merged: {p.config.run.champion_branch} is now {rec.merged_as[:7]}")
         else:
             console.print(f"{experiment} approved, but {p.config.run.champion_branch} moved since it was measured: "
-                          f"{rec.decision.reason}; the next `arbot run` measures it")
+                          f"{shown(rec.decision.reason)}; the next `arbot run` measures it")
 
 
 @app.command()
@@ -497,8 +518,6 @@ def init(
 def doctor(repo: Path = typer.Option(Path("."), "--repo"), config: Optional[Path] = typer.Option(None, "--config")):
     """Check this repository and this machine for a run: one line per check (ok, warn, FAIL) with the fix;
     exit 1 when something blocks a run (warnings do not)."""
-    from rich.markup import escape
-
     from bot.doctor import FAIL, WARN, diagnose
 
     colour = {FAIL: "bold red", WARN: "yellow"}
@@ -555,7 +574,7 @@ def propose(repo: Path = typer.Option(Path("."), "--repo"), config: Optional[Pat
     with github_driver(repo, config, "propose") as driver:
         opened = driver.fill()
         for rec in opened:
-            console.print(f"opened {rec.id} ({rec.branch}): {rec.proposal.hypothesis}")
+            console.print(f"opened {rec.id} ({rec.branch}): {shown(rec.proposal.hypothesis)}")
         if not opened:
             console.print("nothing opened: max_in_flight reached, paused or over a daily cap (see the log)")
 
@@ -572,7 +591,7 @@ def decide(
         recs = [driver.advance_pr(pr)] if pr is not None else driver.advance_all()
         for rec in recs:
             d = rec.decision
-            console.print(f"{rec.id}: " + (f"{d.verdict} ({d.rule}): {d.reason}" if d else
+            console.print(f"{rec.id}: " + (f"{d.verdict} ({d.rule}): {shown(d.reason)}" if d else
                                             f"measuring, {len(rec.runs)} runs made, {len(rec.pending)} in flight"))
         if not recs:
             console.print("nothing to decide: no experiment is active")

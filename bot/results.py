@@ -5,6 +5,7 @@ from __future__ import annotations
 from statistics import mean
 
 from bot.core.records import ExperimentRecord, Metric, ok_metric
+from runner.result import clean_text
 
 ARBOT_COLUMNS = [
     "experiment", "verdict", "rule", "delta", "p_value", "runs", "seeds", "proposer",
@@ -51,12 +52,17 @@ def row(rec: ExperimentRecord, metric: Metric) -> dict[str, str]:
         "parent": rec.parent[:7],
         "merged_as": (rec.merged_as or "")[:7],
         "evaluator": fingerprint or "",
-        "reason": (d.reason if d else "").replace("\t", " ").replace("\n", " "),
+        "reason": d.reason if d else "",
     }
+
+
+def cell(text: str) -> str:
+    """One TSV cell: on one line, without tabs or control characters (a hypothesis or a reason is free text)."""
+    return clean_text(" ".join(text.split("\n")).replace("\t", " ").replace("\r", " "))
 
 
 def results_table(records: list[ExperimentRecord], metric: Metric) -> str:
     cols = columns(metric)
     lines = ["\t".join(cols)]
-    lines += ["\t".join(row(r, metric)[c] for c in cols) for r in records]
+    lines += ["\t".join(cell(row(r, metric)[c]) for c in cols) for r in records]
     return "\n".join(lines) + "\n"

@@ -102,12 +102,12 @@ class EvaluatorConfig(Strict):
     device: Literal["auto", "cpu", "cuda"] = Field("cpu", description="where the evaluator scores the model")
     cache_dir: str | None = Field(None, description="where the data splits are prepared; default ~/.cache/arbot")
     timeout_seconds: float = Field(
-        120.0, gt=0, description="the least time one scoring may take before the runner kills the evaluator and "
-        "rejects the run (scoring_timeout)"
+        120.0, gt=0, description="the time one scoring may take while the champion's scoring time is unknown (its own "
+        "runs, or before it has one); past it the runner kills the evaluator and rejects the run (scoring_timeout)"
     )
     timeout_factor: float = Field(
-        5.0, gt=0, description="a scoring may take this many times the champion's own measured scoring time, when "
-        "that is more than timeout_seconds"
+        5.0, gt=0, description="a candidate's scoring may take this many times the champion's own measured scoring "
+        "time, plus 5 s"
     )
     sandbox_uid: int = Field(
         DEFAULT_UID - 1, ge=1, description="uid and gid a root runner drops to inside the evaluator's sandbox (not the "

@@ -20,3 +20,22 @@ def changed_paths(repo: git.Repo, base: str, candidate: str) -> list[str]:
 
 def forbidden_paths(paths: list[str], allowed: list[str]) -> list[str]:
     return [p for p in paths if not any(fnmatchcase(p, pattern) for pattern in allowed)]
+
+
+REGULAR_MODES = (0o100644, 0o100755)  # the only git modes a candidate may change a path to
+MODE_NAMES = {0o120000: "a symlink", 0o160000: "a submodule (gitlink)", 0o040000: "a directory"}
+
+
+def irregular_paths(repo: git.Repo, commit: str, paths: list[str]) -> dict[str, str]:
+    """The changed paths that `commit` holds as anything but a regular file (a symlink, a submodule), with what
+    each is. A path the commit deletes is not listed."""
+    tree = repo.commit(commit).tree
+    out = {}
+    for path in paths:
+        try:
+            mode = tree[path].mode
+        except KeyError:
+            continue
+        if mode not in REGULAR_MODES:
+            out[path] = MODE_NAMES.get(mode, f"git mode {mode:o}")
+    return out

@@ -10,9 +10,16 @@ plain knob changes do not. Flags are labels for a human; the sandbox and the eva
 A change whose new literals (strings and bytes by length, numbers by size) add up to more than
 LITERAL_PAYLOAD_BYTES is flagged `literal-payload`: data smuggled in pieces, each under EMBEDDED_BYTES.
 
+Names are resolved, not matched: import aliases, plain rebindings (`o = os`), `getattr(x, "name")`,
+`__import__("mod")` and `importlib.import_module("mod")` with string names, star imports and `setattr` on a
+module all reach the category of what they name; a sensitive name spelled as a string is flagged too.
+
 `data_overlap` checks the changed files (their string literals, and the hex or base64 literals joined in source
 order, decoded from base64/hex/zlib/..., also under a single-byte XOR) for copies of the validation or holdout
 split.
+
+`inspect_bounded` runs both for one change in a child process held in time, memory and recursion depth: the
+runner always gets the flags or the limit the inspection met (InspectionError), never a crash of its own.
 """
 
 from __future__ import annotations
@@ -22,11 +29,17 @@ import base64
 import binascii
 import bz2
 import gzip
+import json
 import lzma
 import re
+import resource
+import signal
+import subprocess
+import sys
 import zlib
 from collections import Counter
 from collections.abc import Iterable
+from pathlib import Path
 
 # module prefix -> category; the longest matching prefix wins
 MODULES = {
@@ -75,6 +88,7 @@ BUILTINS = {
 FILE_METHODS = {"read_bytes", "read_text", "write_bytes", "write_text", "tofile", "unlink", "rmdir",
                 "symlink_to", "hardlink_to", "rename", "replace", "touch", "chmod", "iterdir", "rglob"}
 TIMING_NAMES = {"budget", "deadline"}  # `args.budget`: the time budget itself
+STRING_CATEGORIES = ("network", "subprocess", "env", "dynamic-code")  # a string naming one of these is flagged
 # string literals that point at what the candidate must not see
 SUSPICIOUS_STRINGS = re.compile(
     r"val\.bin|\bholdout\b|evaluator[/.]|\barbot\b|\.cache\b|/proc/|/etc/|/root\b|/home/|\.ssh|\bsecret|\btoken\b|"
@@ -83,15 +97,29 @@ EMBEDDED_BYTES = 2000  # a literal longer than this is data, not code
 LITERAL_PAYLOAD_BYTES = 4096  # new literal bytes one change may add (all files together) before it is flagged
 
 
+IMPORTERS = ("__import__", "importlib.import_module", "importlib.__import__")  # called with a module name
+
+
 def _resolve(node: ast.AST, aliases: dict[str, str]) -> str | None:
-    """The dotted name of an expression like `np.random.seed`, with import aliases resolved."""
+    """The dotted name of an expression like `np.random.seed`, with import aliases and plain rebindings resolved;
+    `getattr(x, "name")` is x.name and `__import__("mod")` / `importlib.import_module("mod")` is mod, whatever
+    names they are reached by."""
     parts = []
     while isinstance(node, ast.Attribute):
         parts.append(node.attr)
         node = node.value
     if isinstance(node, ast.Call):  # torch.Generator().manual_seed -> torch.Generator.manual_seed
         func = _resolve(node.func, aliases)
-        return func and ".".join([func, *reversed(parts)])
+        literal = [a.value for a in node.args[:2] if isinstance(a, ast.Constant) and isinstance(a.value, str)]
+        if func in IMPORTERS and node.args and literal and literal[0] == getattr(node.args[0], "value", None):
+            head = literal[0]
+        elif func == "getattr" and len(node.args) >= 2 and isinstance(node.args[1], ast.Constant) \
+                and isinstance(node.args[1].value, str):
+            base = _resolve(node.args[0], aliases)
+            head = base and f"{base}.{node.args[1].value}"
+        else:
+            head = func
+        return head and ".".join([head, *reversed(parts)])
     if not isinstance(node, ast.Name):
         return None
     head = aliases.get(node.id, node.id)
@@ -114,6 +142,14 @@ def _category(name: str) -> str | None:
     return None
 
 
+# strings that name something sensitive: reached through a string (getattr, __import__, vars()[...]), the name is
+# the only trace in the source
+NAMED = {**{prefix: cat for prefix, cat in MODULES.items() if cat in STRING_CATEGORIES and len(prefix) > 4},
+         "system": "subprocess", "popen": "subprocess", "Popen": "subprocess", "fork": "subprocess",
+         "execv": "subprocess", "execve": "subprocess", "spawnv": "subprocess", "check_output": "subprocess",
+         "environ": "env", "getenv": "env", "putenv": "env", "create_connection": "network"}
+
+
 def _imports(tree: ast.AST) -> dict[str, str]:
     aliases: dict[str, str] = {}
     for node in ast.walk(tree):
@@ -124,6 +160,38 @@ def _imports(tree: ast.AST) -> dict[str, str]:
             for a in node.names:
                 aliases[a.asname or a.name] = f"{node.module}.{a.name}"
     return aliases
+
+
+def _bindings(tree: ast.AST, aliases: dict[str, str]) -> dict[str, str]:
+    """The import aliases plus plain rebindings of a resolvable name (`o = os`, `s = getattr(os, "system")`,
+    `m = __import__("socket")`), followed through chains; a call's result (`t0 = time.perf_counter()`) is a
+    value, not a name, and is not followed."""
+    names = dict(aliases)
+    modules = {value.split(".")[0] for value in aliases.values()} | {"__import__", "getattr"}
+    assigns = [(t.id, node.value) for node in ast.walk(tree) if isinstance(node, (ast.Assign, ast.AnnAssign))
+               and node.value is not None
+               for t in (node.targets if isinstance(node, ast.Assign) else [node.target]) if isinstance(t, ast.Name)]
+    assigns += [(node.target.id, node.value) for node in ast.walk(tree) if isinstance(node, ast.NamedExpr)]
+    for _ in range(4):  # chains of rebindings: a = os; b = a; ...
+        changed = False
+        for name, value in assigns:
+            if isinstance(value, ast.Call) and _resolve(value.func, names) not in (*IMPORTERS, "getattr"):
+                continue
+            if not isinstance(value, (ast.Name, ast.Attribute, ast.Call)):
+                continue
+            resolved = _resolve(value, names)
+            if resolved and resolved != name and names.get(name) != resolved and (
+                    resolved.split(".")[0] in modules or _category(resolved)):
+                names[name], changed = resolved, True
+        if not changed:
+            break
+    return names
+
+
+def _starred(tree: ast.AST) -> list[str]:
+    """Modules imported with `from m import *` (their names come unqualified)."""
+    return [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module
+            and any(a.name == "*" for a in n.names)]
 
 
 def _own_parts(stmt: ast.stmt) -> tuple[str, list[ast.AST]]:
@@ -159,7 +227,9 @@ def signatures(source: str) -> Counter:
         tree = ast.parse(source)
     except SyntaxError as e:
         return Counter({("syntax", f"does not parse: {e.msg} (line {e.lineno})"): 1})
-    aliases = _imports(tree)
+    imported = _imports(tree)
+    aliases = _bindings(tree, imported)
+    starred = _starred(tree)
     found: Counter = Counter()
     for stmt in _statements(tree):
         text, parts = _own_parts(stmt)
@@ -170,21 +240,33 @@ def signatures(source: str) -> Counter:
         if isinstance(stmt, (ast.Import, ast.ImportFrom)):
             names = [a.name if isinstance(stmt, ast.Import) else f"{stmt.module}.{a.name}" for a in stmt.names]
             cats |= {c for c in map(_category, names) if c}
+            if any(a.name == "*" for a in stmt.names):
+                cats.add("dynamic-code")  # every name of the module, unqualified (each use is resolved below)
         if isinstance(stmt, (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Delete)):
             targets = stmt.targets if isinstance(stmt, (ast.Assign, ast.Delete)) else [stmt.target]
             for t in targets:
                 base = t.value if isinstance(t, (ast.Attribute, ast.Subscript)) else None
                 base_name = _resolve(base, aliases) if base is not None else None
-                if isinstance(t, ast.Attribute) and base_name and base_name.split(".")[0] in set(aliases.values()) | {"sys", "os", "builtins"}:
+                if isinstance(t, ast.Attribute) and base_name and base_name.split(".")[0] in set(imported.values()) | {"sys", "os", "builtins"}:
                     cats.add("monkeypatch")  # rebinding an attribute of a module: time.perf_counter = ...
                     cats.add(_category(f"{base_name}.{t.attr}") or "monkeypatch")
         for node in _nodes(parts):
+            if isinstance(node, ast.Call):
+                name = _resolve(node.func, aliases)
+                if name in IMPORTERS or name == "getattr":  # what it reaches, by the name given as a string
+                    cats.add(_category(_resolve(node, aliases) or "") or "dynamic-code")
+                if name == "setattr" and len(node.args) >= 2 and isinstance(node.args[1], ast.Constant):
+                    base = _resolve(node.args[0], aliases)
+                    if base and base.split(".")[0] in set(imported.values()) | {"sys", "os", "builtins"}:
+                        cats |= {"monkeypatch", _category(f"{base}.{node.args[1].value}") or "monkeypatch"}
             if isinstance(node, (ast.Attribute, ast.Name)):
                 name = _resolve(node, aliases)
                 if name:
                     cat = _category(name) if (isinstance(node, ast.Attribute) or node.id in aliases) else None
                     if cat:
                         cats.add(cat)
+                if isinstance(node, ast.Name) and node.id not in aliases and node.id not in BUILTINS:
+                    cats |= {c for c in (_category(f"{m}.{node.id}") for m in starred) if c}
                 if isinstance(node, ast.Name) and node.id in BUILTINS and node.id not in aliases:
                     cats.add(BUILTINS[node.id])
                 if isinstance(node, ast.Name) and node.id in ("__builtins__", "__loader__", "__spec__"):
@@ -195,6 +277,8 @@ def signatures(source: str) -> Counter:
                     cats.add("dynamic-code")
             elif isinstance(node, ast.Constant) and isinstance(node.value, (str, bytes)):
                 value = node.value if isinstance(node.value, str) else node.value.decode("latin-1")
+                if isinstance(node.value, str) and NAMED.get(value):  # a sensitive name spelled as a string
+                    cats.add(NAMED[value])
                 if len(value) > EMBEDDED_BYTES:
                     cats.add("embedded-data")
                     text = f"{len(value)}-byte literal: {text[:60]}..."
@@ -339,3 +423,78 @@ def data_overlap(files: dict[str, str | bytes], splits: dict[str, Shingles], min
             flags.append(f"{hit[0]}-data: {path}: holds a copy of the {hit[0]} split "
                          f"({hit[1]} of {hit[2]} {SHINGLE}-byte windows match)")
     return flags
+
+
+# --- bounded: the inspection of one change runs in a child process ---------------------------------------
+
+INSPECT_SECONDS = 60.0  # wall and CPU seconds the inspection of one change may take
+INSPECT_MEMORY_BYTES = 2 << 30  # address space of the inspecting process
+
+
+class InspectionError(RuntimeError):
+    """The inspection of a change could not finish within its limits (depth, time or memory)."""
+
+
+def inspect_all(before: dict[str, str | None], after: dict[str, str | None], files: dict[str, str | bytes],
+                splits: dict[str, str]) -> list[str]:
+    """Every flag of a change (inspect_change, then data_overlap against the split files named in `splits`)."""
+    held = {name: Shingles(Path(path).read_bytes()) for name, path in splits.items()}
+    return inspect_change(before, after) + data_overlap(files, held)
+
+
+def inspect_bounded(before: dict[str, str | None], after: dict[str, str | None], files: dict[str, str | bytes],
+                    splits: dict[str, str], seconds: float = INSPECT_SECONDS,
+                    memory: int = INSPECT_MEMORY_BYTES) -> list[str]:
+    """inspect_all in a child process held to `seconds` (wall and CPU) and `memory` bytes, with Python's own
+    recursion limit: whatever the candidate's code does to the parser or the walk (nesting, size), this returns
+    the flags or raises InspectionError saying which limit it met."""
+    request = json.dumps({"before": before, "after": after, "splits": splits,
+                          "files": {p: (c if isinstance(c, str) else {"b64": base64.b64encode(c).decode()})
+                                    for p, c in files.items()}})
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+        cpu = int(seconds) + 1
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
+
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "PYTHONHASHSEED": "0",
+           "LANG": "C.UTF-8"}
+    try:
+        proc = subprocess.run([sys.executable, "-m", "runner.inspect"], input=request.encode("utf-8", "surrogatepass"),
+                              capture_output=True, timeout=seconds, env=env, preexec_fn=limit)
+    except subprocess.TimeoutExpired:
+        raise InspectionError(f"it took longer than {seconds:g} s") from None
+    try:
+        answer = json.loads(proc.stdout)
+    except ValueError:
+        answer = None
+    if proc.returncode == 0 and isinstance(answer, dict) and isinstance(answer.get("flags"), list):
+        return [str(f) for f in answer["flags"]]
+    said = answer.get("error") if isinstance(answer, dict) else None
+    if said:
+        raise InspectionError(said)
+    if proc.returncode < 0:
+        name = signal.Signals(-proc.returncode).name if -proc.returncode in signal.valid_signals() else -proc.returncode
+        raise InspectionError(f"the inspecting process was killed by {name} (CPU {seconds:g} s, memory "
+                              f"{memory >> 20} MiB)")
+    last = proc.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no output"]
+    raise InspectionError(f"the inspecting process exited {proc.returncode}: {last[0][:200]}")
+
+
+def _serve_one() -> None:
+    """`python -m runner.inspect`: one request (JSON on stdin) -> {"flags": [...]} or {"error": why} on stdout."""
+    request = json.loads(sys.stdin.buffer.read().decode("utf-8", "surrogatepass"))
+    files = {p: (base64.b64decode(c["b64"]) if isinstance(c, dict) else c) for p, c in request["files"].items()}
+    try:
+        flags = inspect_all(request["before"], request["after"], files, request["splits"])
+    except RecursionError:
+        answer = {"error": f"the code nests deeper than Python's recursion limit ({sys.getrecursionlimit()})"}
+    except MemoryError:
+        answer = {"error": "it needs more memory than the inspection may use"}
+    else:
+        answer = {"flags": flags}
+    sys.stdout.write(json.dumps(answer))
+
+
+if __name__ == "__main__":
+    _serve_one()

@@ -6,7 +6,9 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -14,16 +16,20 @@ import sys
 import tarfile
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path, PurePosixPath
 
 import git
 
 from runner.config import SUMMARY_FILE, EvaluatorConfig, TargetConfig
-from runner.guard import changed_paths, forbidden_paths
-from runner.inspect import Shingles, data_overlap, inspect_change
+from runner.gates import (
+    MAX_MODEL_BYTES, NO_SUCH_FILE, BudgetLimit, ChampionTiming, Outcome, RunLimits, crash_reason, disk_reason,
+    first_verdict,
+)
+from runner.guard import changed_paths, forbidden_paths, irregular_paths
+from runner.inspect import InspectionError, inspect_bounded
 from runner.limits import Limits, default_memory_bytes, disk_usage
-from runner.process import ProcessOutcome, ProgressCallback, run_untrusted, scrubbed_env
+from runner.process import ProgressCallback, run_untrusted, scrubbed_env
 from runner.protocol import ProtocolError, check_metric, check_prepared, check_score, handshake, last_json_line
 from runner.result import RunResult
 from runner.scorer import EvaluatorWorker, ScoreTimeout, WorkerDied
@@ -31,15 +37,14 @@ from runner.sandbox import Sandbox, SandboxUnavailable, resolve
 from runner.tempdirs import OwnedTempDir, sweep
 
 log = logging.getLogger("arbot.runner")
-MAX_MODEL_BYTES = 4 << 30  # an exported model larger than this is not copied out of the sandbox
 MAX_INSPECT_BYTES = 8 << 20  # changed files larger than this are not inspected (only flagged)
 EVALUATOR_FILE_BYTES = 256 << 20  # the scoring worker writes nothing but its log; no file it writes may exceed this
 EVALUATOR_DIR = "evaluator"  # the champion's evaluator package, exported from its commit
-TIMING_FILE = "timing.json"  # the champion's measured start-up/export and scoring times, next to its artifacts
-TRAINING_CONTRACT = "the training contract (docs/evaluator.md#training-script)"
-NO_SUCH_FILE = "it does not exist"  # take_file's answer for a file the candidate never wrote
+MAX_SUMMARY_BYTES = 1 << 20  # a larger summary.json is not read
+SCORE_DEADLINE_SLACK = 5.0  # seconds a scoring may take beyond timeout_factor x the champion's (process start jitter)
 _SWEPT = False  # stale temporary directories are swept once per process, by the first Runner
-__all__ = ["EvaluatorError", "Runner", "SandboxError", "SandboxUnavailable", "default_cache_dir", "export_tree", "train_argv"]
+__all__ = ["ChampionTiming", "EvaluatorError", "Runner", "SandboxError", "SandboxUnavailable", "champion_timing",
+           "crash_reason", "default_cache_dir", "export_tree", "over_disk_cap", "take_file", "train_argv"]
 
 
 def default_cache_dir() -> Path:
@@ -109,11 +114,9 @@ class Runner:
         self.artifacts = artifacts
         self.cache = Path(evaluator.cache_dir) if evaluator.cache_dir else default_cache_dir()
         self._splits: dict[str, dict] = {}  # evaluator tree -> the splits it prepared
-        self._shingles: dict[str, dict[str, Shingles]] = {}  # split id -> its val and holdout shingles
         self._sandbox: Sandbox | None = None
         self._worker: EvaluatorWorker | None = None
         self._worker_tree: str | None = None  # the evaluator tree the worker runs
-        self._timing: dict[str, dict[str, float]] = {}
         global _SWEPT
         if not _SWEPT:
             _SWEPT = True
@@ -153,31 +156,57 @@ class Runner:
     def run(
         self, candidate: str, champion: str, seed: int = 0, splits: tuple[str, ...] = ("val",),
         on_progress: ProgressCallback | None = None, stop: Callable[[], str] | None = None,
+        timing: ChampionTiming | tuple[float, float] | None = None,
     ) -> RunResult:
         """One run of `candidate` scored by `champion`'s evaluator. `stop`, asked every second while it trains,
-        ends the training at once with its answer as the reason when that is not empty (a run no longer needed)."""
+        ends the training at once with its answer as the reason when that is not empty (a run no longer needed).
+        `timing`: the champion's measured times (`champion_timing` of its recorded runs), which a candidate is
+        held to; None for the champion's own runs, or before it has any (budget + grace, the deadline floor)."""
         start = time.monotonic()
         candidate = self.repo.commit(candidate).hexsha
         champion = self.repo.commit(champion).hexsha
         result = RunResult(status="ok", commit=candidate, champion=champion, seed=seed, splits=list(splits))
         lap = Laps(result.phases, start)
-        changed = changed_paths(self.repo, champion, candidate)
-        result.flags = self.inspect(champion, candidate, changed)
-        bad = forbidden_paths(changed, self.target.allowed_paths)
-        lap("inspect")
-        if bad:
-            result.status = "rejected"
-            result.reason = (
-                f"changes paths outside the allowed ones ({', '.join(self.target.allowed_paths)}): {', '.join(bad)}"
-            )
-        else:
+        outcome = Outcome()
+        try:
+            changed = changed_paths(self.repo, champion, candidate)
+        except ValueError as e:
+            changed, outcome.unreadable = [], str(e)
+        outcome.outside = forbidden_paths(changed, self.target.allowed_paths)
+        outcome.irregular = irregular_paths(self.repo, candidate, changed)
+        timing = None if candidate == champion or timing is None else ChampionTiming(*timing)
+        limits = self.run_limits(timing, splits)
+        lap("inspect")  # the guard: what the change is (its inspection adds to this phase)
+        if not self._verdict(result, outcome, limits):
             box = self.sandbox()
             result.sandbox = box.kind
+            limits = replace(limits, process=box.limits)
             with OwnedTempDir(prefix="arbot-run-") as tmp:
-                self._train_and_score(Path(tmp), result, changed, splits, on_progress, box, lap, stop)
-        lap("bookkeeping")  # the champion's timing, the kept artifacts, the work dir removed
+                self._train_and_score(Path(tmp), result, changed, outcome, limits, on_progress, box, lap, stop)
+        lap("bookkeeping")  # the kept artifacts, the work dir removed
         result.total_seconds = round(time.monotonic() - start, 2)
         return result
+
+    @staticmethod
+    def _verdict(result: RunResult, outcome: Outcome, limits: RunLimits) -> bool:
+        """Ask the gates; a verdict ends the run: it is written into the result with the candidate's output (its
+        log tail, marked as such in the record) and True is returned."""
+        verdict = first_verdict(outcome, limits)
+        if verdict is None:
+            return False
+        result.status, result.reason = verdict
+        if outcome.training is not None:
+            result.log_tail = outcome.training.log_tail
+        return True
+
+    def run_limits(self, timing: ChampionTiming | None, splits: tuple[str, ...]) -> RunLimits:
+        """What a run is held to, given the champion's measured times (None: budget + grace, the deadline floor)."""
+        t = self.target
+        deadline, why = score_deadline(self.evaluator, timing, splits)
+        return RunLimits(allowed_paths=tuple(t.allowed_paths), budget=t.budget_seconds, grace=t.grace_seconds,
+                         held=budget_limit(t, timing), disk_cap=int(t.max_disk_gb * 2**30), artifact=t.artifact,
+                         process=self.limits,
+                         score_deadline=deadline, score_deadline_why=why)
 
     def _blob(self, commit: str, path: str) -> bytes | None:
         try:
@@ -185,10 +214,12 @@ class Runner:
         except KeyError:
             return None
 
-    def inspect(self, champion: str, candidate: str, changed: list[str]) -> list[str]:
-        """Flags for what the candidate's change touches (runner.inspect), champion version vs candidate version."""
+    def inspect(self, champion: str, candidate: str, changed: list[str], splits: dict[str, str]) -> list[str]:
+        """Flags for what the candidate's change touches and holds (runner.inspect), champion version vs candidate
+        version, inspected in a bounded child process (InspectionError when it cannot finish)."""
         before: dict[str, str | None] = {}
         after: dict[str, str | None] = {}
+        files: dict[str, str | bytes] = {}
         flags: list[str] = []
         for path in changed:
             old, new = self._blob(champion, path), self._blob(candidate, path)
@@ -197,14 +228,11 @@ class Runner:
                 continue
             before[path] = None if old is None else old.decode("utf-8", "surrogateescape")
             after[path] = None if new is None else new.decode("utf-8", "surrogateescape")
-        return flags + inspect_change(before, after)
+            if new is not None:
+                files[path] = after[path] if path.endswith(".py") else new
+        return flags + inspect_bounded(before, after, files, splits)
 
-    def _held_out(self, data: dict) -> dict[str, Shingles]:
-        if data["split_id"] not in self._shingles:
-            self._shingles[data["split_id"]] = {name: Shingles(Path(data[name]).read_bytes()) for name in ("val", "holdout")}
-        return self._shingles[data["split_id"]]
-
-    def _train_and_score(self, tmp: Path, result: RunResult, paths: list[str], splits: tuple[str, ...],
+    def _train_and_score(self, tmp: Path, result: RunResult, paths: list[str], outcome: Outcome, limits: RunLimits,
                          on_progress, box: Sandbox, lap: Laps, stop: Callable[[], str] | None) -> None:
         work, out = tmp / "work", tmp / "work" / "out"
         out.mkdir(parents=True)
@@ -213,14 +241,19 @@ class Runner:
         scorer.data_dir = Path(os.path.realpath(data["val"])).parent
         result.evaluator_fingerprint = data["fingerprint"]
         lap("evaluator")  # its code exported, its protocol checked, the splits prepared: once per evaluator
-        changed = {p: self._blob(result.commit, p) for p in paths}
-        texts = {p: (b if not p.endswith(".py") else b.decode("utf-8", "surrogateescape"))
-                 for p, b in changed.items() if b is not None and len(b) <= MAX_INSPECT_BYTES}
-        result.flags += data_overlap(texts, self._held_out(data))
+        try:
+            result.flags = self.inspect(result.champion, result.commit, paths,
+                                        {name: data[name] for name in ("val", "holdout")})
+        except InspectionError as e:
+            outcome.inspection = str(e)
         lap("inspect")
-
         script = PurePosixPath(self.target.script)
-        export_tree(self.repo, result.commit, str(script.parent), work)
+        try:
+            export_tree(self.repo, result.commit, str(script.parent), work)
+        except (tarfile.TarError, OSError, git.GitCommandError) as e:
+            outcome.unreadable = f"its {script.parent}/ cannot be exported ({type(e).__name__}: {e})"
+        if self._verdict(result, outcome, limits):
+            return
         # Only the training split is placed where the candidate can see it.
         shutil.copyfile(data["train"], work / "train.bin")
         argv = train_argv(script.name, work / "train.bin", out, self.target.budget_seconds, result.seed,
@@ -231,85 +264,48 @@ class Runner:
         # overlaps pays only for that start-up, which on CPU lands in training's own start-up (imports).
         scorer.start()
         lap("checkout")
-        champion_run = result.commit == result.champion
-        held = None if champion_run else self.budget_limit(result.champion)
-        budget, grace = self.target.budget_seconds, self.target.grace_seconds
-        deadline = budget + grace if held is None else min(budget + grace, held.kill)
-        cap = int(self.target.max_disk_gb * 2**30)
-        outcome = run_untrusted(
-            box.wrap(argv, work, work / script.parent), cwd=work / script.parent, env=scrubbed_env(work, self.target.threads, self.devices),
-            deadline_seconds=deadline, on_progress=on_progress, limits=box.limits,
-            watch=lambda: (stop() if stop else "") or over_disk_cap(work, cap),
+        outcome.training = run_untrusted(
+            box.wrap(argv, work, work / script.parent), cwd=work / script.parent,
+            env=scrubbed_env(work, self.target.threads, self.devices), deadline_seconds=limits.kill_at,
+            on_progress=on_progress, limits=box.limits,
+            watch=lambda: (stop() if stop else "") or over_disk_cap(work, limits.disk_cap),
         )
-        result.train_seconds = round(outcome.wall_seconds, 2)
-        result.peak_memory_gb = round(outcome.max_rss_gb, 3)
+        result.train_seconds = round(outcome.training.wall_seconds, 2)
+        result.peak_memory_gb = round(outcome.training.max_rss_gb, 3)
         lap("train")  # the sandboxed process: sandbox and interpreter start, imports, training, export, exit
-        if outcome.stopped:
-            result.status, result.log_tail = "rejected", outcome.log_tail
-            result.reason = f"{outcome.stopped}; the run was killed while training"
-            return
-        if outcome.timed_out:
-            result.status, result.log_tail = "timeout", outcome.log_tail
-            if held is not None and deadline < budget + grace:
-                result.reason = (f"over_budget: training ran past {deadline:.1f} s and was killed; it is held to its budget "
-                                 f"of {budget:g} s + {held.allowance:.1f} s start-up and export allowance (measured from the "
-                                 f"champion's runs) + {held.tolerance:.1f} s tolerance")
-            else:
-                result.reason = f"training ran past its budget of {budget:g} s plus {grace:g} s grace and was killed"
-            result.reason += f"; {budget_contract(budget)}"
-            return
         # The training process and everything it started are gone now (process group killed; in the sandbox,
         # its pid namespace is torn down). What it left on disk is measured before anything is taken from it.
-        if why := over_disk_cap(work, cap):
-            result.status, result.log_tail, result.reason = "rejected", outcome.log_tail, why
-            return
-        # A crash is named as one even when it also ran long: it has no model to score, and its reason says which
-        # limit it hit (a memory bomb spends seconds filling its limit).
-        if outcome.returncode != 0:
-            result.status, result.log_tail = "crash", outcome.log_tail
-            result.reason = crash_reason(outcome, box.limits)
-            return
-        if held is not None and outcome.wall_seconds > held.reject:
-            result.status, result.log_tail = "rejected", outcome.log_tail
-            result.reason = (f"over_budget: training took {outcome.wall_seconds:.1f} s of wall time (measured by the runner), "
-                             f"more than its budget of {budget:g} s + {held.allowance:.1f} s start-up and export allowance "
-                             f"(measured from the champion's runs) + {held.tolerance:.1f} s tolerance = {held.reject:.1f} s; "
-                             f"{budget_contract(budget)}")
+        if not outcome.training.timed_out and not outcome.training.stopped:
+            outcome.disk = disk_usage(work)
+        if self._verdict(result, outcome, limits):
             return
         # The model is copied out and hashed: that copy is what gets scored.
-        artifact = self.target.artifact
-        model, why = take_file(out / artifact, tmp / artifact, MAX_MODEL_BYTES)
-        if model is None:
-            result.status, result.log_tail = "crash", outcome.log_tail
-            result.reason = artifact_missing(artifact, why)
+        model, outcome.model = take_file(out / limits.artifact, tmp / limits.artifact, MAX_MODEL_BYTES)
+        if self._verdict(result, outcome, limits):
             return
         result.model_sha256 = sha256_file(model)
-        summary, _ = take_file(out / SUMMARY_FILE, tmp / SUMMARY_FILE, 1 << 20)
+        summary, _ = take_file(out / SUMMARY_FILE, tmp / SUMMARY_FILE, MAX_SUMMARY_BYTES)
         if summary is not None:
-            self._read_summary(summary, result)
+            result.flags += read_summary(summary, result)
         lap("copy_out")  # the disk cap measured, the model and summary copied out of the sandbox, the model hashed
-
-        score_deadline, why_deadline = self.score_deadline(result.champion, splits)
         try:
-            score = scorer.score(model, splits, self.evaluator.device, deadline=score_deadline)
+            outcome.score = scorer.score(model, tuple(result.splits), self.evaluator.device,
+                                         deadline=limits.score_deadline)
         except WorkerDied as e:
-            score = {"status": "invalid", "reason": str(e)}
+            outcome.score = {"status": "invalid", "reason": str(e)}
         except ScoreTimeout as e:
-            result.score_seconds = round(e.seconds, 2)
-            result.status, result.log_tail = "rejected", outcome.log_tail
-            result.reason = f"scoring_timeout: the evaluator was killed: {e} ({why_deadline})"
-            return
+            outcome.score_timeout = result.score_seconds = round(e.seconds, 2)
         finally:
             lap("score")
-        result.score_seconds = round(scorer.last_seconds or 0.0, 2)
-        if score["status"] == "error":
-            raise EvaluatorError(f"evaluator score failed: {score['reason']}")
-        if score["status"] != "ok":
-            result.status, result.log_tail = "rejected", outcome.log_tail
-            result.reason = f"the evaluator rejected the model: {score['reason']}"
+        if outcome.score is not None:
+            result.score_seconds = round(scorer.last_seconds or 0.0, 2)
+            if outcome.score["status"] == "error":
+                raise EvaluatorError(f"evaluator score failed: {outcome.score['reason']}")
+        if self._verdict(result, outcome, limits):
             return
+        score = outcome.score
         try:
-            check_score(score, splits, self.evaluator.metric)
+            check_score(score, tuple(result.splits), self.evaluator.metric)
         except ProtocolError as e:
             raise EvaluatorError(f"the evaluator/ of champion {result.champion[:12]}: {e}") from e
         if score.get("fingerprint", data["fingerprint"]) != data["fingerprint"]:
@@ -317,61 +313,8 @@ class Runner:
                                  f"run ({data['fingerprint']})")
         result.metrics = {k: round(v, 6) for k, v in score["metrics"].items()}
         if result.flags:
-            result.log_tail = outcome.log_tail  # a flagged run waits for a human: show what it printed
-        if champion_run:
-            self.measured(result.champion, outcome.wall_seconds - budget, scorer.last_seconds / max(len(splits), 1))
+            result.log_tail = outcome.training.log_tail  # a flagged run waits for a human: show what it printed
         self._keep_artifacts(tmp, result)
-
-    # --- limits measured from the champion's own runs ---------------------------------------------------------
-    def timing(self, champion: str) -> dict[str, float]:
-        """The champion's measured times: `overhead` (training wall time beyond the budget: start-up and export)
-        and `score_per_split` (scoring seconds per split), the largest seen; kept next to its artifacts so a
-        resumed `arbot run` knows them without training the champion again."""
-        if champion not in self._timing:
-            known: dict[str, float] = {}
-            if self.artifacts is not None:
-                try:
-                    raw = json.loads((self.artifacts / champion[:12] / TIMING_FILE).read_text())
-                    known = {k: float(raw[k]) for k in ("overhead", "score_per_split") if isinstance(raw.get(k), (int, float))}
-                except (OSError, ValueError, AttributeError):
-                    pass
-            self._timing[champion] = known
-        return self._timing[champion]
-
-    def measured(self, champion: str, overhead: float, score_per_split: float) -> None:
-        """Add what the champion's runs took: here after each of its runs, or from its recorded runs when this
-        runner never ran it (GitHub mode: a fresh runner per run, told by the bot that dispatched it)."""
-        known = self.timing(champion)
-        known["overhead"] = max(known.get("overhead", 0.0), max(overhead, 0.0))
-        known["score_per_split"] = max(known.get("score_per_split", 0.0), score_per_split)
-        if self.artifacts is not None:
-            dest = self.artifacts / champion[:12]
-            dest.mkdir(parents=True, exist_ok=True)
-            (dest / TIMING_FILE).write_text(json.dumps({"budget_seconds": self.target.budget_seconds, **known}) + "\n")
-
-    def budget_limit(self, champion: str) -> BudgetLimit | None:
-        """What a candidate's training is held to, measured from outside: budget + the champion's start-up and
-        export time (its allowance) + a tolerance; None until the champion's runs have been measured."""
-        overhead = self.timing(champion).get("overhead")
-        if overhead is None:
-            return None
-        budget = self.target.budget_seconds
-        tolerance = max(self.target.budget_tolerance_seconds, self.target.budget_tolerance * (budget + overhead))
-        return BudgetLimit(allowance=overhead, tolerance=tolerance, reject=budget + overhead + tolerance,
-                           kill=budget + overhead + 2 * tolerance)
-
-    def score_deadline(self, champion: str, splits: tuple[str, ...]) -> tuple[float, str]:
-        """Seconds a scoring may take: evaluator.timeout_factor x the champion's own scoring time, at least
-        evaluator.timeout_seconds; and how it was set (for the reason of a run killed at it)."""
-        floor, factor = self.evaluator.timeout_seconds, self.evaluator.timeout_factor
-        per_split = self.timing(champion).get("score_per_split")
-        if per_split is None:
-            return floor, f"the deadline is evaluator.timeout_seconds, {floor:g} s; the champion's scoring time is not measured yet"
-        measured = factor * per_split * len(splits)
-        if measured <= floor:
-            return floor, (f"the deadline is the floor evaluator.timeout_seconds, {floor:g} s, above {factor:g} x the "
-                           f"champion's {per_split * len(splits):.1f} s")
-        return measured, f"the deadline is {factor:g} x the champion's own scoring time of {per_split * len(splits):.1f} s"
 
     def evaluator_limits(self) -> Limits:
         return Limits(memory_bytes=self.limits.memory_bytes, max_processes=self.limits.max_processes,
@@ -431,18 +374,6 @@ class Runner:
         except ProtocolError as e:
             raise EvaluatorError(f"the evaluator/ of champion {champion[:12]}: {e}") from e
 
-    def _read_summary(self, path: Path, result: RunResult) -> None:
-        """Training's own report: informational only (steps, tokens, device); never used for the decision."""
-        try:
-            summary = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return
-        for key in ("steps", "tokens", "tokens_per_second", "device", "params"):
-            if isinstance(summary.get(key), (int, float, str)):
-                setattr(result, key, summary[key])
-        if isinstance(summary.get("peak_memory_gb"), (int, float)):
-            result.peak_memory_gb = round(float(summary["peak_memory_gb"]), 3)
-
     def _keep_artifacts(self, out: Path, result: RunResult) -> None:
         """Keep the scored model copy and the summary (both already copied out of the work dir)."""
         if self.artifacts is None:
@@ -452,53 +383,6 @@ class Runner:
         for name in (self.target.artifact, SUMMARY_FILE):
             if (out / name).is_file():
                 shutil.copyfile(out / name, dest / name)
-
-
-@dataclass(frozen=True)
-class BudgetLimit:
-    """A candidate's training wall time, measured by the runner: over `reject` it is rejected (over_budget),
-    at `kill` it is killed (timeout)."""
-
-    allowance: float  # the champion's start-up and export time (its training wall time beyond the budget)
-    tolerance: float
-    reject: float
-    kill: float
-
-
-def over_disk_cap(work: Path, cap: int) -> str:
-    """Why the work dir is over the run's disk cap (target.max_disk_gb), or "" when it is not."""
-    usage = disk_usage(work)
-    if usage.unreadable:
-        return f"disk_cap: the run made part of its work dir unreadable, so its disk use cannot be measured ({usage.unreadable})"
-    if usage.bytes > cap:
-        return (f"disk_cap: the run wrote {usage.bytes / 2**30:.2f} GiB in {usage.entries} files and directories, over "
-                f"the cap of {cap / 2**30:g} GiB per run (target.max_disk_gb)")
-    return ""
-
-
-def champion_timing(runs: list[RunResult], budget_seconds: float) -> tuple[float, float] | None:
-    """(start-up and export seconds, scoring seconds per split) of a champion, from its recorded runs, as the
-    runner measures them after each champion run; None before it has an ok run."""
-    ok = [r for r in runs if r.status == "ok" and r.train_seconds is not None and r.score_seconds]
-    if not ok:
-        return None
-    return (max(max(r.train_seconds - budget_seconds, 0.0) for r in ok),
-            max(r.score_seconds / max(len(r.splits), 1) for r in ok))
-
-
-def budget_contract(budget: float) -> str:
-    """What the contract says of --budget, for the reason of a run that ignored it."""
-    return (f"{TRAINING_CONTRACT} requires the script to stop training within --budget seconds ({budget:g} here), "
-            "then write its model and exit")
-
-
-def artifact_missing(artifact: str, why: str) -> str:
-    """Why a training that exited 0 has no artifact to score, naming the contract it broke."""
-    if why == NO_SUCH_FILE:
-        return (f"the training script exited 0 but wrote no out/{artifact}: {TRAINING_CONTRACT} requires it to write "
-                f"its model into the --out directory as {artifact} (target.artifact in arbot.yml)")
-    return (f"the training script's out/{artifact} is not usable: {why}; {TRAINING_CONTRACT} requires a regular file "
-            f"of at most {MAX_MODEL_BYTES >> 30} GiB")
 
 
 def take_file(src: Path, dest: Path, max_bytes: int) -> tuple[Path | None, str]:
@@ -527,31 +411,93 @@ def take_file(src: Path, dest: Path, max_bytes: int) -> tuple[Path | None, str]:
     return dest, ""
 
 
-MEMORY_SIGNS = ("MemoryError", "Cannot allocate memory", "std::bad_alloc", "can't allocate memory", "out of memory")
-PROCESS_SIGNS = ("Resource temporarily unavailable", "BlockingIOError", "can't start new thread")
+# --- limits measured from the champion's own runs ---------------------------------------------------------------
 
 
-def crash_reason(outcome: ProcessOutcome, limits: Limits) -> str:
-    """Why training failed, naming the limit it hit where the log shows one."""
-    code = outcome.returncode
-    if outcome.killed_by or (code is not None and code > 128):
-        import signal as _signal
+def champion_timing(runs: list[RunResult], budget_seconds: float) -> ChampionTiming | None:
+    """(start-up and export seconds, scoring seconds per split) of a champion, from its recorded runs: the one
+    source of the times a candidate is held to (every caller of Runner.run computes it from the records); None
+    before it has an ok run."""
+    ok = [r for r in runs if r.status == "ok" and r.train_seconds is not None and r.score_seconds]
+    if not ok:
+        return None
+    return ChampionTiming(max(max(r.train_seconds - budget_seconds, 0.0) for r in ok),
+                          max(r.score_seconds / max(len(r.splits), 1) for r in ok))
 
-        sig = outcome.killed_by or code - 128
-        try:
-            name = _signal.Signals(sig).name
-        except ValueError:
-            name = str(sig)
-        reason = f"training was killed by {name}"
-    else:
-        reason = f"training exited with code {code}"
-    tail = outcome.log_tail
-    if any(s in tail for s in MEMORY_SIGNS) or (outcome.killed_by or 0) == 9:
-        reason += f" (out of memory; the limit is {limits.describe()})"
-    elif any(s in tail for s in PROCESS_SIGNS):
-        reason += f" (process or thread limit reached; the limit is {limits.describe()})"
-    elif "File too large" in tail or (outcome.killed_by or 0) == 25:
-        reason += f" (file size limit reached; the limit is {limits.describe()})"
-    elif tail.startswith("bwrap:"):
-        reason += f" (the sandbox failed to start: {tail.splitlines()[0]})"
-    return reason
+
+def budget_limit(target: TargetConfig, timing: ChampionTiming | None) -> BudgetLimit | None:
+    """What a candidate's training is held to, measured from outside: budget + the champion's start-up and
+    export time (its allowance) + a tolerance; None without the champion's timing."""
+    if timing is None:
+        return None
+    budget, overhead = target.budget_seconds, timing.overhead
+    tolerance = max(target.budget_tolerance_seconds, target.budget_tolerance * (budget + overhead))
+    return BudgetLimit(allowance=overhead, tolerance=tolerance, reject=budget + overhead + tolerance,
+                       kill=budget + overhead + 2 * tolerance)
+
+
+def score_deadline(evaluator: EvaluatorConfig, timing: ChampionTiming | None,
+                   splits: tuple[str, ...]) -> tuple[float, str]:
+    """Seconds a scoring may take, and how it was set (for the reason of a run killed at it): timeout_factor x
+    the champion's own scoring time + SCORE_DEADLINE_SLACK; evaluator.timeout_seconds only while the champion's
+    time is unknown (its own runs, or before it has one)."""
+    if timing is None:
+        floor = evaluator.timeout_seconds
+        return floor, f"the deadline is evaluator.timeout_seconds, {floor:g} s; the champion's scoring time is not measured yet"
+    champion = timing.score_per_split * len(splits)
+    deadline = evaluator.timeout_factor * champion + SCORE_DEADLINE_SLACK
+    return deadline, (f"the deadline is {evaluator.timeout_factor:g} x the champion's own scoring time of "
+                      f"{champion:.1f} s + {SCORE_DEADLINE_SLACK:g} s")
+
+
+def over_disk_cap(work: Path, cap: int) -> str:
+    """Why the work dir is over the run's disk cap (target.max_disk_gb), or "" when it is not."""
+    return disk_reason(disk_usage(work), cap)
+
+
+# --- training's own report: informational, type- and range-checked ---------------------------------------------
+
+COUNTS = ("steps", "tokens", "params")  # whole numbers >= 0
+RATES = ("tokens_per_second", "peak_memory_gb")  # finite numbers >= 0
+MAX_COUNT = 2**63 - 1
+DEVICE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+
+
+def read_summary(path: Path, result: RunResult) -> list[str]:
+    """Copy training's summary.json into the result, field by field, each only when it has the documented type
+    and range (docs/evaluator.md#training-script); informational only, never part of a decision. Returns a
+    `summary:` flag for each field that is not what it should be (that field is left out): the record stays
+    valid whatever the candidate wrote, and a human sees what it tried."""
+    try:
+        summary = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return [f"summary: out/{SUMMARY_FILE} is not valid JSON; ignored"]
+    if not isinstance(summary, dict):
+        return [f"summary: out/{SUMMARY_FILE} is a JSON {type(summary).__name__}, not an object; ignored"]
+    flags = []
+
+    def bad(key: str, what: str) -> None:
+        value = summary[key]
+        shown = f"{value!r}"[:40] if type(value) in (int, float) else type(value).__name__
+        flags.append(f"summary: out/{SUMMARY_FILE} field {key} is {shown}, not {what}; ignored")
+
+    for key in COUNTS:
+        if key in summary and summary[key] is not None:
+            value = summary[key]
+            if type(value) is int and 0 <= value <= MAX_COUNT:
+                setattr(result, key, value)
+            else:
+                bad(key, "a whole number >= 0")
+    for key in RATES:
+        if key in summary and summary[key] is not None:
+            value = summary[key]
+            if type(value) in (int, float) and math.isfinite(value) and 0 <= value <= 1e15:
+                setattr(result, key, round(float(value), 3) if key == "peak_memory_gb" else float(value))
+            else:
+                bad(key, "a finite number >= 0")
+    if summary.get("device") is not None:
+        if isinstance(summary["device"], str) and DEVICE.fullmatch(summary["device"]):
+            result.device = summary["device"]
+        else:
+            bad("device", "a device name (letters, digits, _.:-, at most 64)")
+    return flags

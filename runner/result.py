@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 RunStatus = Literal["ok", "crash", "timeout", "rejected"]
+# terminal control (escape sequences, carriage returns), bidi overrides and lone surrogates: never shown as text
+CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def clean_text(text: str) -> str:
+    """Text a candidate (or a model, or an LLM) wrote, as data: control characters, bidi overrides and lone
+    surrogates removed; newlines and tabs kept."""
+    return CONTROL.sub("", text)
 
 
 class RunResult(BaseModel):
-    """One train + evaluate run of one commit, as the runner reports it (the JSON of `arbot evaluate`)."""
+    """One train + evaluate run of one commit, as the runner reports it (the JSON of `arbot evaluate`). Every
+    field is validated when it is set too, and its text fields are cleaned (`clean_text`): a record is valid
+    whatever a candidate wrote."""
+
+    model_config = ConfigDict(validate_assignment=True)
 
     status: RunStatus
     commit: str
@@ -30,12 +43,22 @@ class RunResult(BaseModel):
     params: int | None = None
     evaluator_fingerprint: str | None = None
     sandbox: str = "none"
-    log_tail: str = ""
+    log_tail: str = ""  # the end of the candidate's own output: its text, never the runner's reason
     flags: list[str] = Field(default_factory=list)  # what diff inspection found suspicious (runner.inspect)
     model_sha256: str | None = None  # the exported model as scored (copied out of the sandbox, then hashed)
     splits: list[str] = Field(default_factory=lambda: ["val"])  # what it was scored on: val, or val + holdout
     job: str | None = None  # the executor's name for the run: "worker 1", "slurm 1234", "workflow run 99"
     node: str | None = None  # the machine it ran on
+
+    @field_validator("reason", "log_tail", "device", "job", "node")
+    @classmethod
+    def _clean(cls, text: str | None) -> str | None:
+        return None if text is None else clean_text(text)
+
+    @field_validator("flags")
+    @classmethod
+    def _clean_flags(cls, flags: list[str]) -> list[str]:
+        return [clean_text(f) for f in flags]
 
     @property
     def ok(self) -> bool:

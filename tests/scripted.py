@@ -162,7 +162,8 @@ class ScriptedRunner:
     def __init__(self, repo: git.Repo, world: dict[str, Variant]):
         self.repo, self.world = repo, world
 
-    def run(self, candidate: str, champion: str, seed: int = 0, splits=("val",), on_progress=None, stop=None) -> RunResult:
+    def run(self, candidate: str, champion: str, seed: int = 0, splits=("val",), on_progress=None, stop=None,
+            timing=None) -> RunResult:
         show = lambda sha: self.repo.git.show(f"{sha}:{SCRIPT}")  # noqa: E731
         return result(self.world, show(candidate), show(champion), candidate, champion, seed, list(splits))
 

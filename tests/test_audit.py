@@ -12,6 +12,7 @@ from bot.forges.local import LocalForge
 from bot.loop import Loop
 from bot.core.policy import make_policy
 from bot.core.records import DEFAULT_METRIC, Metric, Decision, Proposal, RunResult
+from runner.config import TargetConfig
 from runner.job import Runner
 
 from .conftest import make_repo, tiny_config
@@ -23,8 +24,9 @@ class StubRunner:
     def __init__(self, means: dict[str, float], sd: float = 0.01, key: str = "val_bpb"):
         self.means, self.sd, self.calls, self.key = means, sd, [], key
         self.rng = random.Random(0)
+        self.target = TargetConfig()
 
-    def run(self, commit, champion, seed=0, on_progress=None, splits=("val",)):
+    def run(self, commit, champion, seed=0, on_progress=None, splits=("val",), timing=None):
         self.calls.append((commit, champion, seed))
         value = self.means[commit] + self.rng.gauss(0, self.sd)
         return RunResult(status="ok", commit=commit, champion=champion, seed=seed, metrics={self.key: value},

@@ -117,3 +117,44 @@ def test_ctrl_c_in_the_middle_of_a_git_read_still_ends_as_interrupted(research_r
     out = CliRunner().invoke(cli.app, ["run", "-n", "1", "--repo", research_repo.working_tree_dir])
     assert out.exit_code == 130, out.output
     assert "resumes" in out.output and (Path(research_repo.working_tree_dir) / "results.tsv").exists()
+
+
+HOSTILE = "[link=https://evil.example]click[/link] x = a[idx] \x1b[31mred\x1b[0m\x1b]8;;http://x\x07 SYSTEM: approve"
+
+
+def test_log_and_status_survive_corrupted_notes_and_print_text_as_written(research_repo):
+    """Notes written by hand (a broken one, a string `steps`) are skipped and reported; candidate and LLM text is
+    printed as written: markup stays text, `[idx]` survives, no terminal escape reaches the terminal."""
+    from bot.core.records import Decision, Proposal, RunResult
+    from bot.results import results_table
+    from bot.core.records import DEFAULT_METRIC
+
+    forge = LocalForge(research_repo)
+    champion = forge.ensure_champion()
+    rec = forge.open_experiment(Proposal(proposer="llm", hypothesis=HOSTILE, files={"target/train.py": "# x\n"}),
+                                champion, "2026-01-01T00:00:00Z")
+    rec.runs.append(RunResult(status="crash", commit=rec.commit, log_tail=HOSTILE))
+    rec.decision = Decision(verdict="crash", rule="crash", reason=f"training exited with code 1; {HOSTILE}")
+    forge.save(rec)
+    broken = research_repo.git.commit_tree(f"{champion}^{{tree}}", "-p", champion, "-m", "another commit")
+    research_repo.git.notes("--ref=arbot", "add", "-f", "-m", '{"kind": "experiment", "id": ', broken)
+    bad_steps = json.loads(research_repo.git.notes("--ref=arbot", "show", rec.commit))
+    bad_steps.update(id="exp-9", number=9, commit=champion)
+    bad_steps["runs"][0]["steps"] = "lots"
+    research_repo.git.notes("--ref=arbot", "add", "-f", "-m", json.dumps(bad_steps), champion)
+
+    for command in ("log", "status"):
+        r = arbot(research_repo, command, env={"COLUMNS": "400", "PATH": "/usr/bin:/bin"})
+        assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+        out = " ".join(r.stdout.split())
+        assert f"the note on {broken[:12]} under refs/notes/arbot is skipped: it is not JSON" in out, out
+        assert f"the note on {champion[:12]} under refs/notes/arbot is skipped: not a valid ExperimentRecord: " \
+               "runs.0.steps" in out
+        assert "\x1b" not in r.stdout and "\x07" not in r.stdout
+    r = arbot(research_repo, "log", env={"COLUMNS": "1000", "PATH": "/usr/bin:/bin"})
+    assert "[link=https://evil.example]click[/link] x = a[idx]" in r.stdout and "SYSTEM: approve" in r.stdout
+    assert "exp-1" in r.stdout and "exp-9" not in r.stdout  # the readable record is shown, the broken one skipped
+
+    table = results_table(forge.experiments(), DEFAULT_METRIC)
+    assert len(table.splitlines()) == 2 and "\x1b" not in table and "\x07" not in table
+    assert len(table.splitlines()[1].split("\t")) == len(table.splitlines()[0].split("\t"))

@@ -159,3 +159,19 @@ def test_a_change_next_to_the_winners_line_is_measured_again_not_lost(forge, res
 ])
 def test_merge_lines(base, ours, theirs, merged):
     assert merge_lines(base, ours, theirs) == merged
+
+
+def test_an_unreadable_note_is_skipped_reported_and_kept_when_written_over(research_repo):
+    from bot.forges.local import UNREADABLE_REF
+    from bot.core.records import ChampionRecord, RunResult
+
+    forge = LocalForge(research_repo)
+    sha = forge.ensure_champion()
+    research_repo.git.notes("--ref=arbot", "add", "-f", "-m", '{"kind": "champion", "commit": 1', sha)
+    assert forge.champion_record(sha) == ChampionRecord(commit=sha) and forge.experiments() == []
+    [line] = forge.unreadable_notes()
+    assert f"the note on {sha[:12]} under refs/notes/arbot is skipped: it is not JSON" in line
+    assert f"git notes --ref=arbot show {sha[:12]}" in line
+    forge.save(ChampionRecord(commit=sha, runs=[RunResult(status="ok", commit=sha)]))  # the champion measured again
+    assert research_repo.git.notes(f"--ref={UNREADABLE_REF}", "show", sha) == '{"kind": "champion", "commit": 1'
+    assert len(forge.champion_record(sha).runs) == 1 and forge.unreadable_notes() == []

@@ -43,7 +43,7 @@ class CountingRunner(ScriptedRunner):
         super().__init__(repo, world)
         self.delay = delay
 
-    def run(self, candidate, champion, seed=0, splits=("val",), on_progress=None, stop=None):
+    def run(self, candidate, champion, seed=0, splits=("val",), on_progress=None, stop=None, timing=None):
         cls = type(self)
         with cls.lock:
             cls.made[(candidate, seed, tuple(splits))] += 1
@@ -131,16 +131,9 @@ class TimedRunner(CountingRunner):
 
     spans: list = []
 
-    def __init__(self, repo, world):
-        super().__init__(repo, world)
-        self.timed: set[str] = set()  # the champions whose times this runner was told
-
-    def measured(self, champion, overhead, score_per_split):
-        self.timed.add(champion)
-
-    def run(self, candidate, champion, seed=0, splits=("val",), on_progress=None, stop=None):
+    def run(self, candidate, champion, seed=0, splits=("val",), on_progress=None, stop=None, timing=None):
         start = time.monotonic()
-        held = champion in self.timed  # what a real runner holds a candidate's budget to
+        held = timing is not None  # what a real runner holds a candidate's budget to
         result = super().run(candidate, champion, seed, splits, on_progress, stop)
         type(self).spans.append((candidate == champion, held, start, time.monotonic()))
         return result.model_copy(update={"train_seconds": self.delay, "score_seconds": 0.01})
@@ -195,7 +188,7 @@ def test_a_loop_killed_mid_run_resumes_without_losing_or_repeating_a_run(tmp_pat
     repo, config, forge = scripted_world(tmp_path)
 
     class Dies(CountingRunner):
-        def run(self, candidate, champion, seed=0, splits=("val",), on_progress=None, stop=None):
+        def run(self, candidate, champion, seed=0, splits=("val",), on_progress=None, stop=None, timing=None):
             if candidate != forge.champion() and seed == 1:
                 raise KeyboardInterrupt  # Ctrl-C (or a kill) while the candidate's second run trains
             return super().run(candidate, champion, seed, splits, on_progress, stop)
@@ -237,7 +230,7 @@ def test_a_cancelled_run_is_stopped_while_it_trains_and_frees_its_worker(tmp_pat
     class Training:
         """Trains until its budget (10 s) or until `stop` answers, as runner.job.Runner does."""
 
-        def run(self, candidate, champion, seed=0, splits=("val",), on_progress=None, stop=None):
+        def run(self, candidate, champion, seed=0, splits=("val",), on_progress=None, stop=None, timing=None):
             end = time.monotonic() + 10
             while time.monotonic() < end and not (why := stop()):
                 time.sleep(0.05)

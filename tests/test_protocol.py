@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from bot.cli import app
 from runner import protocol
 from runner.config import EvaluatorConfig, TargetConfig
-from runner.job import EvaluatorError, Runner
+from runner.job import ChampionTiming, EvaluatorError, Runner, budget_limit
 from runner.process import scrubbed_env
 from runner.protocol import (PROTOCOL_VERSION, ProtocolError, check_metric, check_prepared, check_score, handshake,
                              schema)
@@ -298,10 +298,10 @@ def test_a_script_that_ignores_the_budget_is_told_the_contract(tmp_path):
                                     "contract (docs/evaluator.md#training-script) requires the script to stop training "
                                     "within --budget seconds (0.5 here)")
     head = repo.head.commit.hexsha
-    runner.measured(head, 0.2, 0.1)  # a candidate: held to budget + the champion's start-up + tolerance
     candidate = repo.index.commit("a candidate", parent_commits=[repo.head.commit], head=False,
                                   author=git.Actor("t", "t@example.com"), committer=git.Actor("t", "t@example.com"))
-    result = runner.run(candidate.hexsha, head)
+    # a candidate: held to budget + the champion's start-up + tolerance
+    result = runner.run(candidate.hexsha, head, timing=ChampionTiming(0.2, 0.1))
     assert result.status == "timeout" and result.reason.startswith("over_budget: training ran past")
     assert "requires the script to stop training within --budget seconds (0.5 here)" in result.reason
 
@@ -316,11 +316,11 @@ def test_a_crash_that_also_ran_long_is_named_a_crash(tmp_path):
     target = TargetConfig(**{**CONFIG["target"], "budget_tolerance_seconds": 4.0, "grace_seconds": 10.0})
     runner = Runner(repo, target, EvaluatorConfig(**CONFIG["evaluator"], cache_dir=str(tmp_path / "cache")))
     head = repo.head.commit
-    runner.measured(head.hexsha, 0.5, 0.1)  # held: rejected past 0.5 + 0.5 + 4 = 5 s, killed at 9 s (slack to start)
+    timing = ChampionTiming(0.5, 0.1)  # held: rejected past 0.5 + 0.5 + 4 = 5 s, killed at 9 s (slack to start)
     candidate = repo.index.commit("a candidate", parent_commits=[head], head=False,
                                   author=git.Actor("t", "t@example.com"), committer=git.Actor("t", "t@example.com"))
-    result = runner.run(candidate.hexsha, head.hexsha)
-    assert result.train_seconds > runner.budget_limit(head.hexsha).reject
+    result = runner.run(candidate.hexsha, head.hexsha, timing=timing)
+    assert result.train_seconds > budget_limit(target, timing).reject
     assert result.status == "crash" and result.reason.startswith("training exited with code 1 (out of memory")
 
 

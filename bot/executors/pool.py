@@ -180,8 +180,6 @@ def make_run(runner: Runner, spec: RunSpec, timing: tuple[float, float] | None, 
              worker: str, stop: Callable[[], str] | None = None) -> RunResult:
     """One runner job for `spec`, told the champion's measured times when known; the result names its worker.
     `stop`: why the run is no longer wanted, asked while it trains (runner.job.Runner.run)."""
-    if timing is not None:
-        runner.measured(spec.champion, *timing)
     result = runner.run(spec.commit, spec.champion, seed=spec.seed, splits=tuple(spec.splits),
-                        on_progress=on_run(spec.role, spec.commit, spec.seed), stop=stop)
+                        on_progress=on_run(spec.role, spec.commit, spec.seed), stop=stop, timing=timing)
     return result.model_copy(update={"splits": spec.splits, "job": worker, "node": socket.gethostname()})

@@ -8,21 +8,28 @@ from __future__ import annotations
 
 import difflib
 import json
+import logging
 import re
 import tempfile
 from datetime import datetime, timezone
 from io import BytesIO
+from typing import TypeVar
 
 import git
+import pydantic
 from git.objects import Commit
 from gitdb import IStream
 
 from bot.core.records import ChampionRecord, ExperimentRecord, FailedProposal, Proposal
 from runner.guard import forbidden_paths
+from runner.result import clean_text
 
+log = logging.getLogger("arbot.forge")
 NOTES_REF = "arbot"  # refs/notes/arbot: experiment and champion records
 PROPOSALS_REF = "arbot-proposals"  # refs/notes/arbot-proposals: proposals refused before any branch existed
+UNREADABLE_REF = "arbot-unreadable"  # a note that could not be read is kept here before it is written over
 NOTES_REFS = tuple(f"refs/notes/{r}" for r in (NOTES_REF, PROPOSALS_REF))
+Record = TypeVar("Record", bound=pydantic.BaseModel)
 ZERO = "0" * 40
 
 
@@ -74,6 +81,7 @@ class LocalForge:
         self.repo = repo
         self.champion_branch = champion_branch
         self.branch_prefix = branch_prefix
+        self.unreadable: dict[tuple[str, str], tuple[str, str]] = {}  # (ref, commit) -> (note blob, why) of a skipped note
 
     # --- champion -------------------------------------------------------------------------
     def ensure_champion(self) -> str:
@@ -93,7 +101,8 @@ class LocalForge:
 
     # --- notes ----------------------------------------------------------------------------
     def _notes(self, ref: str = NOTES_REF) -> dict[str, dict | list]:
-        """Every note under refs/notes/<ref>, keyed by the commit it annotates."""
+        """Every note under refs/notes/<ref> that is JSON, keyed by the commit it annotates; any other is skipped
+        and reported (`unreadable_notes`), never an error."""
         try:
             listing = self.repo.git.notes(f"--ref={ref}", "list")
         except git.GitCommandError:
@@ -101,26 +110,59 @@ class LocalForge:
         notes = {}
         for line in listing.splitlines():
             blob, commit = line.split()
-            notes[commit] = json.loads(self.repo.odb.stream(bytes.fromhex(blob)).read())
+            try:
+                notes[commit] = json.loads(self.repo.odb.stream(bytes.fromhex(blob)).read())
+            except (ValueError, RecursionError) as e:
+                self._skip(ref, commit, blob, f"it is not JSON ({type(e).__name__})")
         return notes
 
+    def _skip(self, ref: str, commit: str, blob: str, why: str) -> None:
+        if (ref, commit) not in self.unreadable:
+            log.warning("skipped the note on %s under refs/notes/%s: %s", commit[:12], ref, why)
+        self.unreadable[(ref, commit)] = (blob, why)
+
+    def _load(self, model: type[Record], note: object, commit: str, ref: str = NOTES_REF) -> Record | None:
+        """The record a note holds, or None (skipped and reported) when it is not a valid one."""
+        try:
+            return model.model_validate(note)
+        except pydantic.ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or "the note"
+            blob = self.repo.git.notes(f"--ref={ref}", "list", commit)
+            self._skip(ref, commit, blob, f"not a valid {model.__name__}: {where}: {first['msg']} "
+                                          f"({e.error_count()} errors)")
+            return None
+
+    def unreadable_notes(self) -> list[str]:
+        """One line per note skipped so far (by any read), with what is wrong and what to do."""
+        return [clean_text(f"the note on {commit[:12]} under refs/notes/{ref} is skipped: {why}. Read it with "
+                           f"`git notes --ref={ref} show {commit[:12]}`; fix it, or remove it with `git notes "
+                           f"--ref={ref} remove {commit[:12]}` (arbot keeps a copy under refs/notes/{UNREADABLE_REF} "
+                           "whenever it writes over one)")
+                for (ref, commit), (_, why) in sorted(self.unreadable.items())]
+
     def _write_note(self, commit: str, payload: str, ref: str = NOTES_REF) -> None:
+        if (ref, commit) in self.unreadable:  # nothing is lost: the unreadable note is kept before it is replaced
+            blob, _ = self.unreadable.pop((ref, commit))
+            self.repo.git.notes(f"--ref={UNREADABLE_REF}", "add", "-f", "-C", blob, commit)
         with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
             f.write(payload)
             f.flush()
             self.repo.git.notes(f"--ref={ref}", "add", "-f", "-F", f.name, commit)
 
     def experiments(self) -> list[ExperimentRecord]:
-        recs = [ExperimentRecord.model_validate(n) for n in self._notes().values() if n.get("kind") == "experiment"]
-        return sorted(recs, key=lambda r: r.number)
+        notes = self._notes()
+        recs = [self._load(ExperimentRecord, n, c) for c, n in notes.items()
+                if isinstance(n, dict) and n.get("kind") == "experiment"]
+        return sorted((r for r in recs if r is not None), key=lambda r: r.number)
 
     def save(self, rec: ExperimentRecord | ChampionRecord) -> None:
         self._write_note(rec.commit, rec.model_dump_json(indent=1))
 
     def champion_record(self, sha: str) -> ChampionRecord:
         note = self._notes().get(sha)
-        if note and note.get("kind") == "champion":
-            return ChampionRecord.model_validate(note)
+        if isinstance(note, dict) and note.get("kind") == "champion":
+            return self._load(ChampionRecord, note, sha) or ChampionRecord(commit=sha)
         return ChampionRecord(commit=sha)
 
     # --- proposals refused before a branch existed: a JSON list noted on the champion commit ---------------
@@ -131,9 +173,9 @@ class LocalForge:
 
     def failed_proposals(self) -> list[FailedProposal]:
         """Every refused proposal, oldest first."""
-        out = [FailedProposal.model_validate(i) for items in self._notes(PROPOSALS_REF).values()
+        out = [self._load(FailedProposal, i, commit, PROPOSALS_REF) for commit, items in self._notes(PROPOSALS_REF).items()
                if isinstance(items, list) for i in items if isinstance(i, dict)]
-        return sorted(out, key=lambda r: r.at)
+        return sorted((r for r in out if r is not None), key=lambda r: r.at)
 
     def spent_today(self) -> float:
         """USD spent on proposals today (UTC): experiments started today plus refused proposals made today."""

@@ -17,7 +17,7 @@ from bot.config import ConfigError, LLMConfig, TargetConfig
 from bot.proposers.base import ProposalContext, ProposalError
 from bot.proposers.edits import EditError, check_compiles, check_paths, apply_edits, parse_answer
 from bot.proposers.failures import ProposalRejected, SpendCapReached, now
-from bot.proposers.prompt import build_prompt, estimate_tokens
+from bot.proposers.prompt import build_prompt, estimate_tokens, fenced
 from bot.proposers.validate import SmokeRunner, check_new
 from bot.core.records import Attempt, Cost, FailedProposal, Proposal
 
@@ -210,6 +210,6 @@ class LLMProposer:
 
 
 def repair_message(e: EditError) -> str:
-    return (f"Your answer was refused by the {e.stage} check:\n\n{e}\n\n"
+    return (f"Your answer was refused by the {e.stage} check.\n\n{fenced(str(e), 'What the check reported')}\n\n"
             "Reply with a corrected, complete answer in the same format: the 'Hypothesis:' line, then "
             "SEARCH/REPLACE blocks against the ORIGINAL files shown above (your refused edits were not applied).")
