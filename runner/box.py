@@ -1,0 +1,285 @@
+"""One resource box per run, enforced by the kernel: a cgroup per run in each of the memory, pids and cpuset
+controllers (cgroup v1, or v2 where the runner's cgroup may have children with them) and a size-limited tmpfs for
+its work dir (runner.mounts).
+
+  * memory: everything the run's processes hold, shared memory (memfd, /dev/shm) and the files it writes in its
+    work dir included (RLIMIT_DATA counts none of these); over it the kernel kills inside the run (OOM).
+  * pids: processes and threads of this run only (RLIMIT_NPROC counts every process of a uid, on the whole machine).
+  * cpuset: the cores the run may use (target.threads of them), whatever threads it starts or affinity it asks for.
+
+The run's cgroups are children of the runner's own cgroup, so every limit above the runner still holds. The
+training process joins them before it executes anything (runner.process), so all it starts is inside. The kernel's
+own counters (an OOM kill, a refused fork, a full work dir) name the limit a run went over (`breach`); the runner
+never reads them from anything the candidate writes."""
+
+from __future__ import annotations
+
+import errno
+import functools
+import itertools
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from runner import mounts
+from runner.limits import Limits, parse_cpus
+
+MEMORY, PIDS, CPUSET = "memory", "pids", "cpuset"
+RUN_PREFIX = "arbot-run-"  # a run's cgroup: arbot-run-<runner pid>-<n>
+_PROBE_NAME = "arbot-probe-"
+_counter = itertools.count()
+
+
+class BoxError(RuntimeError):
+    """A run's cgroups could not be set up although the machine has them: a machine failure, not the candidate's."""
+
+
+@dataclass(frozen=True)
+class Controller:
+    """Where this runner makes its runs' cgroups of one controller."""
+
+    name: str
+    parent: Path  # the runner's own cgroup in this controller's hierarchy
+    v2: bool
+
+    def file(self, key: str) -> str:
+        """The control file of `key` in this version (v1 and v2 name some differently)."""
+        return (_V2 if self.v2 else _V1)[self.name].get(key, key)
+
+
+# v1 name -> per-version file; keys not listed are the same in both
+_V1 = {MEMORY: {"max": "memory.limit_in_bytes", "swap": "memory.memsw.limit_in_bytes", "peak": "memory.max_usage_in_bytes",
+                "events": "memory.oom_control"},
+       PIDS: {"max": "pids.max", "events": "pids.events"}, CPUSET: {"mems": "cpuset.mems"}}
+_V2 = {MEMORY: {"max": "memory.max", "swap": "memory.swap.max", "peak": "memory.peak", "events": "memory.events"},
+       PIDS: {"max": "pids.max", "events": "pids.events"}, CPUSET: {"mems": "cpuset.mems.effective"}}
+
+
+def _cgroup_mounts() -> list[tuple[Path, str, set[str]]]:
+    """(mount point, fs type, options) of every cgroup filesystem this process sees."""
+    out = []
+    try:
+        lines = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        parts = line.split()
+        if len(parts) >= 4 and parts[2] in ("cgroup", "cgroup2"):
+            out.append((Path(parts[1]), parts[2], set(parts[3].split(","))))
+    return out
+
+
+def _own_cgroups() -> dict[str, str]:
+    """This process's cgroup path per v1 controller, and under "" its v2 (unified) one."""
+    out: dict[str, str] = {}
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        _, names, path = line.split(":", 2)
+        for name in names.split(",") if names else [""]:
+            out[name] = path
+    return out
+
+
+def find(name: str) -> Controller | str:
+    """Where this runner's runs get their `name` cgroups (v1 first: a controller bound to v1 is absent from v2),
+    or why they cannot."""
+    own = _own_cgroups()
+    found = _cgroup_mounts()
+    for mount, kind, options in found:
+        if kind == "cgroup" and name in options and name in own:
+            return Controller(name, mount / own[name].lstrip("/"), v2=False)
+    for mount, kind, _ in found:
+        if kind == "cgroup2" and "" in own:
+            parent = mount / own[""].lstrip("/")
+            try:
+                available = (parent / "cgroup.controllers").read_text().split()
+                enabled = (parent / "cgroup.subtree_control").read_text().split()
+            except OSError:
+                continue
+            if name not in available:
+                continue
+            if name not in enabled:
+                try:
+                    (parent / "cgroup.subtree_control").write_text(f"+{name}")
+                except OSError as e:
+                    return (f"cgroup v2: {name} cannot be enabled for children of the runner's cgroup {parent} "
+                            f"({e.strerror}; v2 allows it only in a cgroup that holds no processes)")
+            return Controller(name, parent, v2=True)
+    return f"no {name} cgroup controller is mounted (neither /sys/fs/cgroup/{name}, v1, nor in v2's cgroup.controllers)"
+
+
+@functools.cache
+def controller(name: str) -> Controller | str:
+    """The `name` controller where this runner can make a child cgroup and set its limit (tried once per
+    process), or why not."""
+    found = find(name)
+    if isinstance(found, str):
+        return found
+    if os.geteuid() != 0:
+        return f"the runner is not root, so it cannot make cgroups in {found.parent}"
+    probe = found.parent / f"{_PROBE_NAME}{os.getpid()}"
+    try:
+        probe.mkdir(exist_ok=True)
+        try:
+            _configure(found, probe, _parent_cpus(found) if name == CPUSET else {MEMORY: 1 << 30, PIDS: 64}[name])
+        finally:
+            probe.rmdir()
+    except OSError as e:
+        return f"cannot make a cgroup in {found.parent} ({e.strerror}: a read-only or unprivileged cgroup mount)"
+    _sweep(found.parent)
+    return found
+
+
+def _sweep(parent: Path) -> None:
+    """Remove the run cgroups a killed runner left behind (those whose runner pid is gone; rmdir refuses any
+    that still holds a process)."""
+    for group in parent.glob(f"{RUN_PREFIX}*"):
+        pid = group.name[len(RUN_PREFIX):].split("-")[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            _empty_and_remove(group)
+
+
+def _parent_cpus(ctrl: Controller) -> tuple[int, ...]:
+    return parse_cpus((ctrl.parent / ("cpuset.cpus.effective" if ctrl.v2 else "cpuset.cpus")).read_text())
+
+
+def _configure(ctrl: Controller, group: Path, value) -> None:
+    """Set one run cgroup's limit: memory bytes (swap none), a pids count, or the cores of a cpuset."""
+    if ctrl.name == MEMORY:
+        (group / ctrl.file("max")).write_text(str(value))
+        try:
+            (group / ctrl.file("swap")).write_text(str(0 if ctrl.v2 else value))
+        except FileNotFoundError:
+            pass  # no swap accounting: nothing to limit
+    elif ctrl.name == PIDS:
+        (group / ctrl.file("max")).write_text(str(value))
+    else:
+        (group / "cpuset.mems").write_text((ctrl.parent / ctrl.file("mems")).read_text().strip())
+        (group / "cpuset.cpus").write_text(",".join(map(str, value)))
+
+
+def _events(group: Path, ctrl: Controller) -> dict[str, int]:
+    try:
+        text = (group / ctrl.file("events")).read_text()
+    except OSError:
+        return {}
+    return {k: int(v) for k, v in (line.split() for line in text.splitlines() if len(line.split()) == 2)}
+
+
+class RunBox:
+    """The cgroups of one run (those the machine has and its limits ask for) and the tmpfs its work dir is on.
+    Use as a context manager: made on entry; on exit every process left in it is killed and the cgroups removed."""
+
+    def __init__(self, limits: Limits, cwd: Path):
+        self.limits = limits
+        self.disk = mounts.disk_of(cwd)  # the size-limited work dir the run runs in, if it has one
+        self.groups: dict[str, tuple[Controller, Path]] = {}
+
+    def wanted(self) -> dict[str, object]:
+        """Each controller's limit for this run (those the limits set)."""
+        out: dict[str, object] = {}
+        if self.limits.memory_bytes:
+            out[MEMORY] = self.limits.memory_bytes
+        if self.limits.max_processes:
+            out[PIDS] = self.limits.max_processes
+        if self.limits.cpus:
+            out[CPUSET] = self.limits.cpus
+        return out
+
+    def __enter__(self) -> RunBox:
+        name = f"{RUN_PREFIX}{os.getpid()}-{next(_counter)}"
+        try:
+            for key, value in self.wanted().items():
+                ctrl = controller(key)
+                if isinstance(ctrl, str):
+                    continue  # not on this machine: `arbot doctor` says so, and the pool refuses to share it
+                group = ctrl.parent / name
+                group.mkdir()
+                self.groups[key] = (ctrl, group)
+                _configure(ctrl, group, value)
+        except OSError as e:
+            self.close()
+            raise BoxError(f"cannot set up the run's cgroup {name} ({e}): the machine's cgroups changed since "
+                           "the runner started; see `arbot doctor`") from e
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def processes_bounded(self) -> bool:
+        return PIDS in self.groups
+
+    def join(self) -> None:
+        """Move the calling process into the run's cgroups (in the child, before exec)."""
+        for _, group in self.groups.values():
+            with open(group / "cgroup.procs", "w") as f:
+                f.write(str(os.getpid()))
+
+    def breach(self) -> str:
+        """Which limit the run went over, by the kernel's own count (empty: none)."""
+        if MEMORY in self.groups and _events(self.groups[MEMORY][1], self.groups[MEMORY][0]).get("oom_kill", 0):
+            return (f"memory_limit: the run's memory (its processes, shared memory such as memfd and /dev/shm, and the "
+                    f"files in its work dir) reached the limit of {self.limits.memory_bytes / 2**30:g} GiB "
+                    "(target.memory_gb) and the kernel killed it")
+        if PIDS in self.groups and _events(self.groups[PIDS][1], self.groups[PIDS][0]).get("max", 0):
+            return (f"pids_limit: the run tried to hold more than {self.limits.max_processes} processes and threads "
+                    "at once (target.max_processes) and the kernel refused")
+        if self.disk is not None and self.limits.disk_bytes and _full(self.disk):
+            return (f"disk_cap: the run filled its work dir, a filesystem of {self.limits.disk_bytes / 2**30:g} GiB "
+                    "(target.max_disk_gb), and its next write failed")
+        return ""
+
+    def peak_memory_bytes(self) -> int | None:
+        """The most memory the run held at once (its cgroup's peak, shared memory included), None without one."""
+        if MEMORY not in self.groups:
+            return None
+        ctrl, group = self.groups[MEMORY]
+        try:
+            return int((group / ctrl.file("peak")).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def close(self) -> None:
+        """Kill what is left in the run's cgroups and remove them."""
+        for ctrl, group in self.groups.values():
+            _empty_and_remove(group)
+        self.groups.clear()
+
+
+def _full(disk: Path) -> bool:
+    """Whether the tmpfs has no block or no inode left (a write or a new file there fails)."""
+    try:
+        st = os.statvfs(disk)
+    except OSError:
+        return False
+    return st.f_bavail == 0 or st.f_favail == 0
+
+
+GROUP_GONE_SECONDS = 10.0  # how long killed processes may take to leave a cgroup before it is given up on
+
+
+def _empty_and_remove(group: Path) -> None:
+    deadline = time.monotonic() + GROUP_GONE_SECONDS
+    while True:
+        try:
+            pids = [int(p) for p in (group / "cgroup.procs").read_text().split()]
+        except FileNotFoundError:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            group.rmdir()
+            return
+        except OSError as e:
+            if e.errno != errno.EBUSY or time.monotonic() > deadline:
+                return  # left for the next runner's sweep (_sweep)
+            time.sleep(0.02)
