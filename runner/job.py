@@ -22,7 +22,7 @@ import git
 from runner.config import SUMMARY_FILE, EvaluatorConfig, TargetConfig
 from runner.guard import changed_paths, forbidden_paths
 from runner.inspect import Shingles, data_overlap, inspect_change
-from runner.limits import Limits, default_memory_bytes, disk_usage
+from runner.limits import Limits, disk_usage
 from runner.process import ProcessOutcome, ProgressCallback, run_untrusted, scrubbed_env
 from runner.protocol import ProtocolError, check_metric, check_prepared, check_score, handshake, last_json_line
 from runner.result import RunResult
@@ -122,10 +122,7 @@ class Runner:
 
     @property
     def limits(self) -> Limits:
-        t = self.target
-        memory = int(t.memory_gb * 2**30) if t.memory_gb else default_memory_bytes()
-        return Limits(memory_bytes=memory or None, max_processes=t.max_processes,
-                      max_file_bytes=int(t.max_file_gb * 2**30))
+        return self.target.limits(self.devices)
 
     def sandbox(self) -> Sandbox:
         """The sandbox per target.sandbox (unset: `require`), probed once; warns loudly when runs go unsandboxed."""
