@@ -283,3 +283,56 @@ def _empty_and_remove(group: Path) -> None:
             if e.errno != errno.EBUSY or time.monotonic() > deadline:
                 return  # left for the next runner's sweep (_sweep)
             time.sleep(0.02)
+
+
+@dataclass(frozen=True)
+class Enforcement:
+    """Whether one limit of a run is enforced by the kernel on this machine: `by` what; where nothing enforces
+    it (`by` empty), `why` not and the fix."""
+
+    limit: str
+    by: str
+    why: str
+    fix: str
+    isolates: bool = True  # False: the limit does not keep concurrent runs apart (its absence alone is no reason to refuse workers)
+
+
+ROOT_FIX = "run the runner as root on a machine with cgroup v1 controllers mounted (or v2 ones delegated to it)"
+
+
+def enforcement(limits: Limits, sandboxed: bool) -> list[Enforcement]:
+    """How each of a run's limits is enforced here: memory, processes, cores, disk and devices, one entry each."""
+    def cgroup(name: str) -> tuple[str, str]:
+        found = controller(name)
+        return ("", found) if isinstance(found, str) else (f"its own {name} cgroup (v{2 if found.v2 else 1}, "
+                                                          f"under {found.parent})", "")
+
+    out = []
+    by, why = cgroup(MEMORY)
+    out.append(Enforcement("memory", f"{by}: shared memory (memfd, /dev/shm) and its work dir's files count" if by else "",
+                           f"only RLIMIT_DATA per process, which counts no shared memory (memfd_create) and no files: {why}",
+                           ROOT_FIX))
+    by, why = cgroup(PIDS)
+    if not by and os.geteuid() == 0 and sandboxed:
+        by = "RLIMIT_NPROC of the run's own sandbox uid (one uid per worker; no pids cgroup: " + why + ")"
+    out.append(Enforcement("processes and threads", by,
+                           f"only RLIMIT_NPROC, which counts every process of the runner's uid, so parallel runs share "
+                           f"it: {why}", ROOT_FIX))
+    by, why = cgroup(CPUSET)
+    if not limits.cpus:
+        out.append(Enforcement("cpu cores", "", "target.threads is 0: a run may use every core",
+                               "set target.threads (each worker is then bound to its own cores)"))
+    else:
+        out.append(Enforcement("cpu cores", f"{by}: cores {','.join(map(str, limits.cpus))}" if by else "",
+                               f"target.threads is only a request (OMP_NUM_THREADS): {why}", ROOT_FIX))
+    out.append(Enforcement(
+        "disk", f"a tmpfs of target.max_disk_gb per run ({(limits.disk_bytes or 0) / 2**30:g} GiB): a write past it fails "
+        "at once" if mounts.can_mount() and limits.disk_bytes else "",
+        "measured every second and after the run, so a run may write past target.max_disk_gb for up to a second "
+        "(the runner is not root, so it cannot mount a size-limited work dir)", ROOT_FIX, isolates=False))
+    out.append(Enforcement(
+        "devices", "bubblewrap binds only the worker's GPUs (its CUDA_VISIBLE_DEVICES) and the driver's control "
+        "nodes into its private /dev" if sandboxed else "",
+        "runs are not sandboxed: they see every device of the runner", "install bubblewrap (target.sandbox: require)",
+        isolates=False))
+    return out
