@@ -148,3 +148,70 @@ def test_honest_candidate_still_wins_in_its_box(suite):
     rec = suite.loop.step()
     assert rec.decision.verdict == "win" and rec.merged_as and rec.review is None, rec.decision
     assert all(r.status == "ok" and r.sandbox == "bwrap" and 0 < r.peak_memory_gb < MEMORY_GB for r in rec.runs)
+
+
+# --- a concurrent run is never affected ----------------------------------------------------------------------------
+
+HOG = """
+import os as _os, threading as _th, time as _time
+_fd = _os.memfd_create("hog")  # most of its memory, in shared memory no per-process limit counts
+for _i in range(18):
+    _os.write(_fd, b"\\1" * (64 << 20))
+def _spin():
+    while True:
+        pass
+for _i in range(40):  # processes and threads up to its pids limit, every one of them spinning
+    if _os.fork() == 0:
+        _spin()
+for _i in range(80):
+    _th.Thread(target=_spin, daemon=True).start()
+print("hog: 1.1 GiB of memfd, 40 processes and 80 threads spinning", flush=True)
+"""
+
+
+def test_a_hog_in_one_worker_leaves_the_other_workers_result_as_it_is_solo(tmp_path):
+    """Two workers (each its own uid, core and cgroups): one candidate holds its memory in memfd and spins as many
+    processes and threads as its pids limit allows; the honest run beside it ends ok with the score it gets solo,
+    within the noise of two solo runs."""
+    import git
+
+    from bot.config import load_config
+    from bot.executors.pool import LocalPool
+    from bot.records import RunSpec
+    from runner.job import Runner
+
+    from ..conftest import commit_change, make_repo, tiny_config
+
+    cfg = tiny_config(target={"budget_seconds": 2.0, "sandbox": "require", "memory_gb": MEMORY_GB,
+                              "max_processes": 128, "threads": 1}, run={"workers": 2})
+    repo = make_repo(tmp_path / "research", cfg)
+    config = load_config(tmp_path / "research" / "arbot.yml")
+    honest = repo.head.commit.hexsha
+    source = (tmp_path / "research" / "target" / "train.py").read_text()
+    hog = commit_change(repo, "hog", honest, {"target/train.py": after_knobs(source, HOG)}, "hog")
+    pool = LocalPool(lambda target, gpus: Runner(git.Repo(repo.working_dir), target, config.evaluator, devices=gpus),
+                     config.target, 2, gpus=[])
+
+    def results(*commits: str) -> dict[str, object]:
+        specs = [RunSpec(role=f"r{i}", commit=c, champion=honest, seed=0) for i, c in enumerate(commits)]
+        for spec in specs:
+            pool.submit(spec, None)
+        done: dict[str, object] = {}
+        while len(done) < len(specs):
+            done.update({o.spec.role: o.result for o in pool.poll(120)})
+        return done
+
+    try:
+        results(honest, honest)  # both workers' evaluators warm, the champion measured
+        solo = [results(honest)["r0"] for _ in range(2)]
+        beside = results(hog, honest)
+    finally:
+        pool.close()
+    hogged, fair = beside["r0"], beside["r1"]
+    assert "hog:" in hogged.log_tail or hogged.status != "ok", hogged
+    assert fair.status == "ok" and fair.job != hogged.job, fair
+    scores = [r.metrics["val_bpb"] for r in solo]
+    noise = max(abs(scores[0] - scores[1]), 0.01 * scores[0])
+    print(f"\nsolo val_bpb {scores}, beside the hog {fair.metrics['val_bpb']} ({fair.steps} steps, solo "
+          f"{[r.steps for r in solo]}); the hog: {hogged.status} {hogged.reason[:80]}")
+    assert abs(fair.metrics["val_bpb"] - sum(scores) / 2) <= 2 * noise
