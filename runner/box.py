@@ -1,11 +1,12 @@
-"""One resource box per run, enforced by the kernel: a cgroup per run in each of the memory, pids and cpuset
+"""One resource box per run, enforced by the kernel: a cgroup per run in each of the memory, pids, cpu and cpuset
 controllers (cgroup v1, or v2 where the runner's cgroup may have children with them) and a size-limited tmpfs for
 its work dir (runner.mounts).
 
   * memory: everything the run's processes hold, shared memory (memfd, /dev/shm) and the files it writes in its
     work dir included (RLIMIT_DATA counts none of these); over it the kernel kills inside the run (OOM).
   * pids: processes and threads of this run only (RLIMIT_NPROC counts every process of a uid, on the whole machine).
-  * cpuset: the cores the run may use (target.threads of them), whatever threads it starts or affinity it asks for.
+  * cpu: the CPU time the run may use, target.threads cores' worth, however many threads it starts;
+  * cpuset: the cores it may run on (target.cpus; a pool gives each worker its own), whatever affinity it asks for.
 
 The run's cgroups are children of the runner's own cgroup, so every limit above the runner still holds. The
 training process joins them before it executes anything (runner.process), so all it starts is inside. The kernel's
@@ -26,7 +27,8 @@ from pathlib import Path
 from runner import mounts
 from runner.limits import Limits, parse_cpus
 
-MEMORY, PIDS, CPUSET = "memory", "pids", "cpuset"
+MEMORY, PIDS, CPU, CPUSET = "memory", "pids", "cpu", "cpuset"
+CPU_PERIOD_US = 100_000  # the cpu quota's period: a run of n cores may use n x this of CPU time in each
 RUN_PREFIX = "arbot-run-"  # a run's cgroup: arbot-run-<runner pid>-<n>
 _PROBE_NAME = "arbot-probe-"
 _counter = itertools.count()
@@ -52,9 +54,9 @@ class Controller:
 # v1 name -> per-version file; keys not listed are the same in both
 _V1 = {MEMORY: {"max": "memory.limit_in_bytes", "swap": "memory.memsw.limit_in_bytes", "peak": "memory.max_usage_in_bytes",
                 "events": "memory.oom_control"},
-       PIDS: {"max": "pids.max", "events": "pids.events"}, CPUSET: {"mems": "cpuset.mems"}}
+       PIDS: {"max": "pids.max", "events": "pids.events"}, CPU: {"max": "cpu.cfs_quota_us"}, CPUSET: {"mems": "cpuset.mems"}}
 _V2 = {MEMORY: {"max": "memory.max", "swap": "memory.swap.max", "peak": "memory.peak", "events": "memory.events"},
-       PIDS: {"max": "pids.max", "events": "pids.events"}, CPUSET: {"mems": "cpuset.mems.effective"}}
+       PIDS: {"max": "pids.max", "events": "pids.events"}, CPU: {"max": "cpu.max"}, CPUSET: {"mems": "cpuset.mems.effective"}}
 
 
 def _cgroup_mounts() -> list[tuple[Path, str, set[str]]]:
@@ -126,7 +128,7 @@ def controller(name: str) -> Controller | str:
     try:
         probe.mkdir(exist_ok=True)
         try:
-            _configure(found, probe, _parent_cpus(found) if name == CPUSET else {MEMORY: 1 << 30, PIDS: 64}[name])
+            _configure(found, probe, _parent_cpus(found) if name == CPUSET else {MEMORY: 1 << 30, PIDS: 64, CPU: 1}[name])
         finally:
             probe.rmdir()
     except OSError as e:
@@ -149,7 +151,8 @@ def _parent_cpus(ctrl: Controller) -> tuple[int, ...]:
 
 
 def _configure(ctrl: Controller, group: Path, value) -> None:
-    """Set one run cgroup's limit: memory bytes (swap none), a pids count, or the cores of a cpuset."""
+    """Set one run cgroup's limit: memory bytes (swap none), a pids count, cores' worth of CPU time, or the cores
+    of a cpuset."""
     if ctrl.name == MEMORY:
         (group / ctrl.file("max")).write_text(str(value))
         try:
@@ -158,6 +161,11 @@ def _configure(ctrl: Controller, group: Path, value) -> None:
             pass  # no swap accounting: nothing to limit
     elif ctrl.name == PIDS:
         (group / ctrl.file("max")).write_text(str(value))
+    elif ctrl.name == CPU and ctrl.v2:
+        (group / "cpu.max").write_text(f"{value * CPU_PERIOD_US} {CPU_PERIOD_US}")
+    elif ctrl.name == CPU:
+        (group / "cpu.cfs_period_us").write_text(str(CPU_PERIOD_US))
+        (group / "cpu.cfs_quota_us").write_text(str(value * CPU_PERIOD_US))
     else:
         (group / "cpuset.mems").write_text((ctrl.parent / ctrl.file("mems")).read_text().strip())
         (group / "cpuset.cpus").write_text(",".join(map(str, value)))
@@ -187,6 +195,8 @@ class RunBox:
             out[MEMORY] = self.limits.memory_bytes
         if self.limits.max_processes:
             out[PIDS] = self.limits.max_processes
+        if self.limits.cores:
+            out[CPU] = self.limits.cores
         if self.limits.cpus:
             out[CPUSET] = self.limits.cpus
         return out
@@ -318,13 +328,15 @@ def enforcement(limits: Limits, sandboxed: bool) -> list[Enforcement]:
     out.append(Enforcement("processes and threads", by,
                            f"only RLIMIT_NPROC, which counts every process of the runner's uid, so parallel runs share "
                            f"it: {why}", ROOT_FIX))
-    by, why = cgroup(CPUSET)
-    if not limits.cpus:
+    by, why = cgroup(CPU)
+    if not limits.cores:
         out.append(Enforcement("cpu cores", "", "target.threads is 0: a run may use every core",
-                               "set target.threads (each worker is then bound to its own cores)"))
+                               "set target.threads (each parallel worker then also gets its own cores)"))
     else:
-        out.append(Enforcement("cpu cores", f"{by}: cores {','.join(map(str, limits.cpus))}" if by else "",
-                               f"target.threads is only a request (OMP_NUM_THREADS): {why}", ROOT_FIX))
+        pinned, _ = cgroup(CPUSET) if limits.cpus else ("", "")
+        by = f"{by}: {limits.cores} cores' worth of CPU time" + (f"; {pinned}: cores {','.join(map(str, limits.cpus))}"
+                                                                 if pinned else "") if by else ""
+        out.append(Enforcement("cpu cores", by, f"target.threads is only a request (OMP_NUM_THREADS): {why}", ROOT_FIX))
     out.append(Enforcement(
         "disk", f"a tmpfs of target.max_disk_gb per run ({(limits.disk_bytes or 0) / 2**30:g} GiB): a write past it fails "
         "at once" if mounts.can_mount() and limits.disk_bytes else "",

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from runner.limits import MAX_FILE_BYTES, Limits, default_memory_bytes, parse_cpus, run_cores
+from runner.limits import MAX_FILE_BYTES, Limits, default_memory_bytes, parse_cpus
 from runner.sandbox import DEFAULT_UID
 
 SPLIT_KEY_VAR = "ARBOT_SPLIT_KEY"  # where the evaluator's `prepare` reads the split key
@@ -43,12 +43,12 @@ class TargetConfig(Strict):
     overrides: dict[str, float | int] = Field(
         default_factory=dict, description="knob values passed to train.py with --set (scale the model to a GPU)"
     )
-    threads: int = Field(0, ge=0, description="CPU threads for training and evaluation, and the number of cores "
-                         "training is bound to (a cpuset, where the machine has one); 0 = all cores")
+    threads: int = Field(0, ge=0, description="CPU threads for training and evaluation, and the CPU time a training "
+                         "run may use, in cores' worth (a cpu cgroup quota, where the machine has one); 0 = all cores")
     cpus: str | None = Field(
         None, pattern=r"^\d+(-\d+)?(,\d+(-\d+)?)*$", description="the cores training may run on, as a cpuset list "
-        "('0-3,8'); unset: the first target.threads of the runner's cores (0: all); with run.workers above 1 each "
-        "worker gets its own target.threads of them")
+        "('0-3,8'); unset: any of the runner's; with run.workers above 1 each worker gets its own target.threads of "
+        "them (of these, else of the runner's)")
     sandbox: Literal["auto", "require", "off"] | None = Field(
         None,
         description="train and score inside bubblewrap: 'require' refuses to run without it, 'auto' uses it when it "
@@ -102,7 +102,7 @@ class TargetConfig(Strict):
         memory = int(self.memory_gb * 2**30) if self.memory_gb else default_memory_bytes()
         return Limits(memory_bytes=memory or None, max_processes=self.max_processes,
                       max_file_bytes=int(self.max_file_gb * 2**30), disk_bytes=int(self.max_disk_gb * 2**30),
-                      cpus=run_cores(self.threads, parse_cpus(self.cpus) if self.cpus else None), gpus=gpus)
+                      cores=self.threads or None, cpus=parse_cpus(self.cpus) if self.cpus else None, gpus=gpus)
 
     @field_validator("artifact")
     @classmethod

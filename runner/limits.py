@@ -18,7 +18,8 @@ class Limits:
     max_file_bytes: int = MAX_FILE_BYTES  # RLIMIT_FSIZE: no single file may exceed this
     # the run's box (runner.box, runner.mounts): its memory and pids cgroups take memory_bytes and max_processes
     disk_bytes: int | None = None  # size of the tmpfs the work dir is put on (target.max_disk_gb); None = none
-    cpus: tuple[int, ...] | None = None  # the cores it may run on (a cpuset); None = all this runner may use
+    cores: int | None = None  # CPU time it may use, in cores' worth (a cpu quota: target.threads); None = all
+    cpus: tuple[int, ...] | None = None  # the cores it may run on (a cpuset: target.cpus); None = the runner's
     gpus: str | None = None  # the GPUs bound into its sandbox (CUDA_VISIBLE_DEVICES form); None = all visible
 
     def apply(self, nproc: bool = True) -> None:
@@ -40,8 +41,8 @@ class Limits:
         parts.append(f"files {self.max_file_bytes / 2**30:g} GiB")
         if self.disk_bytes:
             parts.append(f"disk {self.disk_bytes / 2**30:g} GiB")
-        if self.cpus:
-            parts.append(f"cores {','.join(map(str, self.cpus))}")
+        if self.cores:
+            parts.append(f"{self.cores} cores")
         return ", ".join(parts)
 
 
@@ -61,15 +62,6 @@ def parse_cpus(text: str) -> tuple[int, ...]:
             lo, _, hi = part.partition("-")
             cpus.update(range(int(lo), int(hi or lo) + 1))
     return tuple(sorted(cpus))
-
-
-def run_cores(threads: int, cpus: tuple[int, ...] | None = None) -> tuple[int, ...] | None:
-    """The cores a run is bound to: the first `threads` of `cpus` (default: those this runner may use); None (all of
-    the runner's) when threads is 0 and no cores are named."""
-    if not threads:
-        return cpus
-    mine = cpus or tuple(sorted(os.sched_getaffinity(0)))
-    return mine[:threads]
 
 
 MIN_ENTRY_BYTES = 4096  # every file, directory or link counts at least one block (an inode is not free either)

@@ -312,7 +312,9 @@ def test_the_limits_say_what_enforces_each_on_this_machine(ready):
     assert all(c.status == OK for c in checks.values()), checks
     assert "memory cgroup" in checks["limit: memory"].detail and "memfd" in checks["limit: memory"].detail
     assert "pids cgroup" in checks["limit: processes and threads"].detail
-    assert "cpuset cgroup" in checks["limit: cpu cores"].detail and "cores 0" in checks["limit: cpu cores"].detail
+    assert "cpu cgroup" in checks["limit: cpu cores"].detail and "1 cores' worth" in checks["limit: cpu cores"].detail
+    pinned = {c.name: c for c in check_limits(config_of(ready, target={"threads": 1, "cpus": "1"}), sandboxed=True)}
+    assert "cpuset cgroup" in pinned["limit: cpu cores"].detail and "cores 1" in pinned["limit: cpu cores"].detail
     assert "tmpfs" in checks["limit: disk"].detail
     unbound = {c.name: c for c in check_limits(config_of(ready, target={"threads": 0}, run={"workers": 1}), sandboxed=True)}
     assert unbound["limit: cpu cores"].status == WARN and "set target.threads" in unbound["limit: cpu cores"].fix

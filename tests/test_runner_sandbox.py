@@ -359,13 +359,13 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="cgroups and mounts ne
 def test_a_run_gets_its_own_cgroups_and_they_go_with_it(tmp_path):
     from runner.limits import Limits
 
-    limits = Limits(memory_bytes=300 << 20, max_processes=40, cpus=(0,))
+    limits = Limits(memory_bytes=300 << 20, max_processes=40, cores=1, cpus=(0,))
     code = "print(open('/proc/self/cgroup').read())"
     out = run_untrusted([sys.executable, "-c", code], cwd=tmp_path, env=scrubbed_env(tmp_path, 1), deadline_seconds=30,
                         limits=limits)
     assert out.returncode == 0 and not out.stopped, out
     groups = {line.split(":")[1]: line.split(":")[2] for line in out.log_tail.splitlines() if line.count(":") >= 2}
-    for name in (runbox.MEMORY, runbox.PIDS, runbox.CPUSET):
+    for name in (runbox.MEMORY, runbox.PIDS, runbox.CPU, runbox.CPUSET):
         ctrl = runbox.controller(name)
         assert isinstance(ctrl, runbox.Controller), ctrl
         assert os.path.basename(groups[name]).startswith(runbox.RUN_PREFIX), groups

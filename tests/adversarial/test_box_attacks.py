@@ -30,7 +30,7 @@ def suite(tmp_path_factory):
     box = sb.resolve("auto", sb.Limits())
     if box.kind != "bwrap":
         pytest.skip(f"the adversarial suite needs bubblewrap: {box.note}")
-    for name in (runbox.MEMORY, runbox.PIDS, runbox.CPUSET):
+    for name in (runbox.MEMORY, runbox.PIDS, runbox.CPU, runbox.CPUSET):
         if isinstance(why := runbox.controller(name), str):
             pytest.fail(f"the {name} limit is not the kernel's on this machine: {why}")
     os.environ["ARBOT_FAKE_SECRET"] = SECRET
@@ -109,13 +109,27 @@ raise SystemExit(3)  # a crash keeps the log for the test to read
 
 
 def test_uses_more_cores_than_target_threads(suite):
-    """target.threads is 1: four spinning threads, after asking for every core, get one core's time."""
+    """target.threads is 1: four spinning threads, after asking for every core, get one core's worth of CPU time
+    (the run's cpu quota); a pool worker is also pinned to its own cores (target.cpus: a cpuset)."""
     assert os.cpu_count() >= 2, "needs a machine with at least two cores to show the bound"
     rec, run = attack(suite, "Use every core", SPIN)
     found = re.search(r"AFFINITY \[(.*)\] CORES-USED ([0-9.]+)", run.log_tail)
     assert found, run.log_tail
-    assert found.group(1) == "0" and float(found.group(2)) <= 1.1, found.group(0)
+    assert float(found.group(2)) <= 1.1, found.group(0)
     assert rec.decision.verdict == "crash"
+
+
+def test_a_worker_pinned_to_its_cores_cannot_leave_them(suite):
+    """target.cpus (what a pool gives each worker): sched_setaffinity to every core still leaves it on its own."""
+    suite.runner.target = suite.runner.target.model_copy(update={"cpus": "1"})
+    suite.runner._sandbox = None  # the sandbox carries the limits: resolve it again for the new cpuset
+    try:
+        rec, run = attack(suite, "Use every core, pinned", SPIN)
+    finally:
+        suite.runner.target = suite.runner.target.model_copy(update={"cpus": None})
+        suite.runner._sandbox = None
+    found = re.search(r"AFFINITY \[(.*)\] CORES-USED ([0-9.]+)", run.log_tail)
+    assert found and found.group(1) == "1" and float(found.group(2)) <= 1.1, run.log_tail
 
 
 FILL = {
