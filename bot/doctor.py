@@ -24,9 +24,10 @@ from github import GithubException, GithubIntegration
 from requests.exceptions import RequestException
 
 from bot.config import CONFIG_FILE, Config, ConfigError, GitHubAuthConfig, load_config, local_sandbox
-from bot.executors.pool import worker_count
+from bot.executors.pool import shares, unboxed, visible_gpus, worker_count
 from bot.github.forge import EVALUATE_WORKFLOW, VERDICT_CHECK, GitHubForge, GitHubForgeError, connect
 from bot.github.setup import GUARDED
+from runner.box import enforcement
 from runner.job import Runner, export_tree
 from runner.process import scrubbed_env
 from runner.protocol import ProtocolError, check_metric, handshake, last_json_line
@@ -308,6 +309,30 @@ def check_sandbox(config: Config, runner: Runner) -> Check:
     return warn("sandbox", f"runs go unsandboxed: {box.note}", f"{install}, or set target.sandbox: require")
 
 
+def check_limits(config: Config, sandboxed: bool) -> list[Check]:
+    """One line per limit of a run (runner.box): what enforces it here, or why nothing does and the fix. Where
+    parallel workers would share a limit the kernel cannot split, the pool refuses them: a FAIL, unless the
+    operator allowed it (target.allow_unboxed_workers)."""
+    workers = worker_count(config.run.workers, config.target)
+    try:
+        share = shares(config.target, workers, visible_gpus())[0][0]
+    except ValueError:  # more workers than GPUs: `arbot run` says so itself
+        share = config.target
+    refused = workers > 1 and not config.target.allow_unboxed_workers and unboxed(share, sandboxed)
+    checks = []
+    for e in enforcement(share.limits(), sandboxed):
+        name = f"limit: {e.limit}"
+        if e.by:
+            checks.append(ok(name, f"enforced per run by {e.by}"))
+        elif refused and f"{e.limit}: {e.why}" in refused:
+            checks.append(fail(name, f"not enforced: {e.why}; run.workers is {workers}, so `arbot run` refuses to "
+                               "start its workers", f"{e.fix}, or set run.workers: 1, or target.allow_unboxed_workers: "
+                               "true to accept that one run may starve or crash another"))
+        else:
+            checks.append(warn(name, f"not enforced: {e.why}", e.fix))
+    return checks
+
+
 @dataclass(frozen=True)
 class TorchInfo:
     version: str | None = None
@@ -549,7 +574,9 @@ def diagnose(repo_dir: Path, config_path: Path | None = None, environ: Mapping[s
             splits = check_splits(Path(tmp), config, runner.cache)
             splits_bytes = splits.bytes
             yield splits.check
-    yield check_sandbox(config, runner)
+    checked = check_sandbox(config, runner)
+    yield checked
+    yield from check_limits(config, sandboxed=checked.status == OK)
     yield check_devices(config, None if set(devices(config).values()) == {"cpu"} else probe_torch())
     yield from check_disk(config, runner.cache, splits_bytes)
     if config.github.repo:

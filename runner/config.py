@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from runner.limits import MAX_FILE_BYTES
+from runner.limits import MAX_FILE_BYTES, Limits, default_memory_bytes, parse_cpus
 from runner.sandbox import DEFAULT_UID
 
 SPLIT_KEY_VAR = "ARBOT_SPLIT_KEY"  # where the evaluator's `prepare` reads the split key
@@ -43,7 +43,12 @@ class TargetConfig(Strict):
     overrides: dict[str, float | int] = Field(
         default_factory=dict, description="knob values passed to train.py with --set (scale the model to a GPU)"
     )
-    threads: int = Field(0, ge=0, description="CPU threads for training and evaluation; 0 = all cores")
+    threads: int = Field(0, ge=0, description="CPU threads for training and evaluation, and the CPU time a training "
+                         "run may use, in cores' worth (a cpu cgroup quota, where the machine has one); 0 = all cores")
+    cpus: str | None = Field(
+        None, pattern=r"^\d+(-\d+)?(,\d+(-\d+)?)*$", description="the cores training may run on, as a cpuset list "
+        "('0-3,8'); unset: any of the runner's; with run.workers above 1 each worker gets its own target.threads of "
+        "them (of these, else of the runner's)")
     sandbox: Literal["auto", "require", "off"] | None = Field(
         None,
         description="train and score inside bubblewrap: 'require' refuses to run without it, 'auto' uses it when it "
@@ -52,15 +57,26 @@ class TargetConfig(Strict):
     )
     sandbox_uid: int = Field(DEFAULT_UID, ge=1, description="uid and gid a root runner drops to inside the sandbox")
     memory_gb: float | None = Field(
-        None, gt=0, description="memory limit of each training process (RLIMIT_DATA), in GiB; none = 75% of RAM"
+        None, gt=0, description="memory limit of each training run, in GiB: its memory cgroup (its processes, shared "
+        "memory such as memfd and /dev/shm, and the files in its work dir) where the machine has one, and "
+        "RLIMIT_DATA of each process; over it the kernel kills the run (memory_limit); none = 75% of RAM"
     )
     max_processes: int = Field(
-        2048, ge=16, description="processes and threads the training may have (RLIMIT_NPROC; per uid, so shared by parallel runs)"
+        2048, ge=16, description="processes and threads one training run may hold at once: its pids cgroup where the "
+        "machine has one (a fork past it fails: pids_limit), else RLIMIT_NPROC, which counts every process of the "
+        "sandbox uid"
     )
     max_file_gb: float = Field(MAX_FILE_BYTES / 2**30, gt=0, description="largest file the training may write, in GiB")
     max_disk_gb: float = Field(
         8.0, gt=0, description="total disk a run may use in its work dir (every file and directory, each at least "
-        "4 KiB), in GiB: measured every second while it trains and once after; over it the run is killed and rejected"
+        "4 KiB), in GiB: a root runner puts the work dir on a tmpfs of this size (a write past it fails at once; its "
+        "files count against memory_gb too), and it is measured every second while it trains and once after; over "
+        "it the run is killed and rejected (disk_cap)"
+    )
+    allow_unboxed_workers: bool = Field(
+        False, description="run parallel workers (run.workers above 1) even where the kernel cannot bound each run's "
+        "memory, processes and cores (no cgroups, not root: `arbot doctor` says which); one run may then starve or "
+        "crash another"
     )
     budget_tolerance_seconds: float = Field(
         5.0, ge=0, description="a candidate whose training wall time (measured by the runner) exceeds the budget + the "
@@ -80,6 +96,13 @@ class TargetConfig(Strict):
         "(holdout - val) / val of the metric differs from the champion's by more than this, either way (a model that "
         "has seen val, or holdout); none = no holdout check",
     )
+
+    def limits(self, gpus: str | None = None) -> Limits:
+        """What one training run is bounded by (runner.limits, runner.box); `gpus`: its worker's GPUs."""
+        memory = int(self.memory_gb * 2**30) if self.memory_gb else default_memory_bytes()
+        return Limits(memory_bytes=memory or None, max_processes=self.max_processes,
+                      max_file_bytes=int(self.max_file_gb * 2**30), disk_bytes=int(self.max_disk_gb * 2**30),
+                      cores=self.threads or None, cpus=parse_cpus(self.cpus) if self.cpus else None, gpus=gpus)
 
     @field_validator("artifact")
     @classmethod

@@ -28,7 +28,7 @@ from runner.gates import (
 )
 from runner.guard import changed_paths, forbidden_paths, irregular_paths
 from runner.inspect import InspectionError, inspect_bounded
-from runner.limits import Limits, default_memory_bytes, disk_usage
+from runner.limits import Limits, disk_usage
 from runner.process import ProgressCallback, run_untrusted, scrubbed_env
 from runner.protocol import ProtocolError, check_metric, check_prepared, check_score, handshake, last_json_line
 from runner.result import RunResult
@@ -125,10 +125,7 @@ class Runner:
 
     @property
     def limits(self) -> Limits:
-        t = self.target
-        memory = int(t.memory_gb * 2**30) if t.memory_gb else default_memory_bytes()
-        return Limits(memory_bytes=memory or None, max_processes=t.max_processes,
-                      max_file_bytes=int(t.max_file_gb * 2**30))
+        return self.target.limits(self.devices)
 
     def sandbox(self) -> Sandbox:
         """The sandbox per target.sandbox (unset: `require`), probed once; warns loudly when runs go unsandboxed."""

@@ -16,14 +16,20 @@ class Limits:
     memory_bytes: int | None = None  # RLIMIT_DATA (heap and private mappings); None = no limit
     max_processes: int | None = None  # RLIMIT_NPROC (processes and threads of the uid); None = no limit
     max_file_bytes: int = MAX_FILE_BYTES  # RLIMIT_FSIZE: no single file may exceed this
+    # the run's box (runner.box, runner.mounts): its memory and pids cgroups take memory_bytes and max_processes
+    disk_bytes: int | None = None  # size of the tmpfs the work dir is put on (target.max_disk_gb); None = none
+    cores: int | None = None  # CPU time it may use, in cores' worth (a cpu quota: target.threads); None = all
+    cpus: tuple[int, ...] | None = None  # the cores it may run on (a cpuset: target.cpus); None = the runner's
+    gpus: str | None = None  # the GPUs bound into its sandbox (CUDA_VISIBLE_DEVICES form); None = all visible
 
-    def apply(self) -> None:
-        """Call in the child before exec (preexec_fn)."""
+    def apply(self, nproc: bool = True) -> None:
+        """Call in the child before exec (preexec_fn). `nproc` False: the processes are bounded per run by a pids
+        cgroup instead (RLIMIT_NPROC counts every process of the uid, concurrent runs' included)."""
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         resource.setrlimit(resource.RLIMIT_FSIZE, (self.max_file_bytes, self.max_file_bytes))
         if self.memory_bytes:
             resource.setrlimit(resource.RLIMIT_DATA, (self.memory_bytes, self.memory_bytes))
-        if self.max_processes:
+        if self.max_processes and nproc:
             resource.setrlimit(resource.RLIMIT_NPROC, (self.max_processes, self.max_processes))
 
     def describe(self) -> str:
@@ -33,6 +39,10 @@ class Limits:
         if self.max_processes:
             parts.append(f"{self.max_processes} processes")
         parts.append(f"files {self.max_file_bytes / 2**30:g} GiB")
+        if self.disk_bytes:
+            parts.append(f"disk {self.disk_bytes / 2**30:g} GiB")
+        if self.cores:
+            parts.append(f"{self.cores} cores")
         return ", ".join(parts)
 
 
@@ -42,6 +52,16 @@ def default_memory_bytes() -> int:
         return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.75)
     except (ValueError, OSError):
         return 0
+
+
+def parse_cpus(text: str) -> tuple[int, ...]:
+    """A cpuset list ("0-3,6") as the cores it names."""
+    cpus: set[int] = set()
+    for part in text.strip().split(","):
+        if part:
+            lo, _, hi = part.partition("-")
+            cpus.update(range(int(lo), int(hi or lo) + 1))
+    return tuple(sorted(cpus))
 
 
 MIN_ENTRY_BYTES = 4096  # every file, directory or link counts at least one block (an inode is not free either)

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from runner.box import RunBox
+from runner.gpus import visible_devices
 from runner.limits import Limits
 
 PROGRESS_PREFIX = "@progress "
@@ -27,15 +29,16 @@ class ProcessOutcome:
     returncode: int | None  # None when killed at the deadline
     timed_out: bool
     wall_seconds: float
-    max_rss_gb: float
+    max_rss_gb: float  # its memory cgroup's peak (shared memory included) where it has one, else its max RSS
     log_tail: str
     killed_by: int | None = None  # the signal that ended the process, when one did
-    stopped: str = ""  # why `watch` stopped the run before it ended (the process group was killed), if it did
+    stopped: str = ""  # the limit the run went over (runner.box), or why `watch` stopped it (its group was killed)
 
 
 def scrubbed_env(workdir: Path, threads: int, devices: str | None = None) -> dict[str, str]:
     """The only environment a candidate sees: no tokens, no secrets, no proxies, no user paths. `devices`: the GPUs
-    it may use (CUDA_VISIBLE_DEVICES, one worker's share); None: this process's own setting."""
+    it may use (CUDA_VISIBLE_DEVICES, one worker's share, passed as UUIDs: runner.gpus); None: this process's own
+    setting."""
     env = {
         "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
         "HOME": str(workdir),
@@ -49,7 +52,7 @@ def scrubbed_env(workdir: Path, threads: int, devices: str | None = None) -> dic
     if threads:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
     if devices is not None:
-        env["CUDA_VISIBLE_DEVICES"] = devices
+        env["CUDA_VISIBLE_DEVICES"] = visible_devices(devices)
     elif "CUDA_VISIBLE_DEVICES" in os.environ:
         env["CUDA_VISIBLE_DEVICES"] = os.environ["CUDA_VISIBLE_DEVICES"]
     return env
@@ -77,14 +80,29 @@ def run_untrusted(
 ) -> ProcessOutcome:
     """Run argv to completion or kill its whole process group at the deadline (also on Ctrl-C).
 
-    `limits` (memory, processes, file size) are set in the child before exec and hold for all it starts.
-    `watch` is called every `watch_every` seconds while it runs: a non-empty answer (why) kills the process
-    group at once and is returned as `stopped` (the disk cap is watched this way)."""
+    `limits` (memory, processes, file size) are set in the child before exec and hold for all it starts; where
+    the machine has cgroups the child first joins its own box of them (runner.box), so they hold per run.
+    Every `watch_every` seconds while it runs, and once after, the box is asked whether the run went over one of
+    its limits, then `watch` is called: a non-empty answer (why) kills the process group at once and is returned
+    as `stopped` (the disk cap is watched this way)."""
+    limits = limits or Limits()
+    with RunBox(limits, cwd) as box:
+        return _run_boxed(argv, cwd, env, deadline_seconds, on_progress, limits, box, watch, watch_every)
+
+
+def _run_boxed(argv: list[str], cwd: Path, env: dict[str, str], deadline_seconds: float,
+               on_progress: ProgressCallback | None, limits: Limits, box: RunBox, watch: Callable[[], str] | None,
+               watch_every: float) -> ProcessOutcome:
+    def enter() -> None:
+        box.join()
+        limits.apply(nproc=not box.processes_bounded)
+
     start = time.monotonic()
     proc = subprocess.Popen(
         argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        start_new_session=True, preexec_fn=(limits or Limits()).apply,
+        start_new_session=True, preexec_fn=enter,
     )
+    watch_all = lambda: box.breach() or (watch() if watch is not None else "")  # noqa: E731
     tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
     reader = threading.Thread(target=_pump, args=(proc.stdout, tail, on_progress), daemon=True)
     reader.start()
@@ -98,8 +116,8 @@ def run_untrusted(
             elif time.monotonic() - start > deadline_seconds:
                 timed_out = True
                 _kill_group(proc.pid)
-            elif watch is not None and not stopped and time.monotonic() >= next_watch:
-                stopped = watch() or ""
+            elif not stopped and time.monotonic() >= next_watch:
+                stopped = watch_all()
                 if stopped:
                     _kill_group(proc.pid)
                 next_watch = time.monotonic() + watch_every
@@ -111,13 +129,17 @@ def run_untrusted(
         raise
     finally:
         proc.returncode = 0  # reaped by wait4 above; stop Popen from waiting again
+    wall = time.monotonic() - start
     _kill_group(proc.pid)  # leftovers a candidate may have spawned
+    stopped = stopped or box.breach()  # an OOM kill ends the run before a watch sees it
+    peak = box.peak_memory_bytes()
+    box.close()  # and whatever is still in the run's cgroups (it left the group)
     reader.join(timeout=5)
     return ProcessOutcome(
         returncode=None if timed_out else os.waitstatus_to_exitcode(status),
         timed_out=timed_out,
-        wall_seconds=time.monotonic() - start,
-        max_rss_gb=(rusage.ru_maxrss if rusage else 0) / 1024**2,
+        wall_seconds=wall,
+        max_rss_gb=(peak if peak is not None else (rusage.ru_maxrss if rusage else 0) * 1024) / 2**30,
         log_tail="\n".join(tail),
         killed_by=-os.waitstatus_to_exitcode(status) if status is not None and os.WIFSIGNALED(status) else None,
         stopped=stopped,

@@ -3,12 +3,13 @@
 Inside the sandbox the candidate sees:
   * a read-only view of the system directories (/usr, /etc, the lib dirs) and of the Python installation,
   * its work directory (the exported target tree, train.bin, out/) at the same path, writable,
-  * a private /dev (plus /dev/nvidia* when present), /proc of its own pid namespace,
+  * a private /dev (plus the device nodes of its worker's GPUs: runner.gpus), /proc of its own pid namespace,
 and nothing else: no network (own network namespace), no repository, no evaluator, no data cache, no /home,
 no /root, no /tmp, no host processes. When the runner is root it drops to an unprivileged uid inside the
 sandbox (so the process limit holds and root-owned files stay closed); otherwise it runs as the runner's user
 in a user namespace. The wall clock is enforced from outside (runner.process); when bwrap dies its pid
-namespace dies with it, so nothing the candidate started survives the run.
+namespace dies with it, so nothing the candidate started survives the run. A root runner puts the work directory
+on a size-limited tmpfs (`prepare`); runner.box bounds its memory, processes and cores per run.
 
 Where bwrap (found on PATH) is missing or cannot start, `auto` falls back to no sandbox and says so loudly (and
 the run records `sandbox: none`); `require` refuses to run.
@@ -16,7 +17,6 @@ the run records `sandbox: none`); `require` refuses to run.
 
 from __future__ import annotations
 
-import glob
 import os
 import shutil
 import subprocess
@@ -27,9 +27,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from runner import mounts
+from runner.gpus import device_nodes
 from runner.limits import Limits
 from runner.process import scrubbed_env
-from runner.tempdirs import OwnedTempDir
+from runner.tempdirs import OwnedTempDir, rmtree
 
 # The uid/gid a root runner drops to inside the sandbox (nobody/nogroup on Debian).
 DEFAULT_UID = 65534
@@ -60,10 +62,6 @@ def _under_system(p: Path) -> bool:
     return any(str(p) == d or str(p).startswith(d + "/") for d in SYSTEM_DIRS if not os.path.islink(d))
 
 
-def gpu_devices() -> list[str]:
-    return sorted(glob.glob("/dev/nvidia*") + glob.glob("/dev/dri"))
-
-
 @dataclass
 class Sandbox:
     """How to start one untrusted command: `kind` is "bwrap" or "none" (recorded as RunResult.sandbox)."""
@@ -75,7 +73,10 @@ class Sandbox:
     note: str = ""  # why there is no sandbox, when kind == "none"
 
     def prepare(self, work: Path) -> None:
-        """Make the work directory writable by the sandbox uid (a root runner drops to it)."""
+        """Put the work directory on a tmpfs of limits.disk_bytes (a root runner; its content moved there), and
+        make it writable by the sandbox uid (a root runner drops to it)."""
+        if self.limits.disk_bytes and mounts.can_mount() and mounts.disk_of(work) is None:
+            _onto_disk(work, self.limits.disk_bytes)
         if self.kind != "bwrap" or self.drop_to is None:
             return
         uid, gid = self.drop_to
@@ -124,7 +125,7 @@ class Sandbox:
             cmd += parents(root) + ["--ro-bind", str(root), str(root)]
             made.add(root)
         cmd += ["--dev", "/dev", "--proc", "/proc"]
-        gpus = gpu_devices()
+        gpus = device_nodes(self.limits.gpus)
         for dev in gpus:
             cmd += ["--dev-bind", dev, dev]
         if gpus and os.path.isdir("/sys"):
@@ -148,6 +149,21 @@ class Sandbox:
         else:
             cmd += ["--", *argv]
         return cmd
+
+
+def _onto_disk(work: Path, size: int) -> None:
+    """Move work's content onto a fresh tmpfs of `size` bytes mounted at work (runner.mounts)."""
+    staged = work.with_name(work.name + ".staged")
+    work.rename(staged)
+    work.mkdir()
+    mounts.mount_disk(work, size)
+    try:
+        for entry in os.scandir(staged):
+            shutil.move(entry.path, work / entry.name)
+    except OSError as e:
+        raise OSError(e.errno, f"the run's files do not fit its work dir of {size / 2**30:g} GiB (target.max_disk_gb): "
+                      f"{e.strerror}", e.filename) from e
+    rmtree(staged)
 
 
 _PROBES: dict[tuple, Sandbox] = {}

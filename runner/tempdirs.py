@@ -17,6 +17,8 @@ import tempfile
 import weakref
 from pathlib import Path
 
+from runner.mounts import unmount_under
+
 OWNER_FILE = ".arbot-owner"
 PREFIXES = ("arbot-run-", "arbot-evaluator-", "arbot-probe-")
 
@@ -50,7 +52,9 @@ def _remove(path: str, fd: int) -> None:
 
 
 def rmtree(path: str | os.PathLike) -> None:
-    """Remove a tree a candidate wrote into, also where it took away the permissions of its own directories."""
+    """Remove a tree a candidate wrote into, also where it took away the permissions of its own directories, and
+    unmount the run's work-dir tmpfs in it first (runner.mounts)."""
+    unmount_under(path)
 
     def fix(func, p, exc):
         if isinstance(exc, FileNotFoundError):

@@ -4,7 +4,11 @@ and the exit code."""
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from importlib.metadata import version
 from pathlib import Path
@@ -17,7 +21,7 @@ from typer.testing import CliRunner
 from bot.cli import app
 from bot.config import Config
 from bot.doctor import (FAIL, OK, WARN, TorchInfo, check_allowed_paths, check_champion, check_devices, check_disk,
-                        check_evaluator, check_git, check_sandbox, check_script, check_splits, check_uncommitted,
+                        check_evaluator, check_git, check_limits, check_sandbox, check_script, check_splits, check_uncommitted,
                         committed_files, diagnose, free_bytes, github_checks, probe_torch, read_config, uncommitted)
 from bot.github.setup import run_setup
 from bot.init import Answers, apply, plan
@@ -292,6 +296,72 @@ def test_no_bwrap_on_path_fails_where_the_sandbox_is_required(ready, tmp_path, m
     demo = check()  # unset, the local search demo: auto
     assert demo.status == WARN and demo.detail.startswith("runs go unsandboxed: bubblewrap (bwrap) is not installed")
     assert check(target={"sandbox": "off"}).status == WARN
+
+
+LIMITS = ["limit: memory", "limit: processes and threads", "limit: cpu cores", "limit: disk", "limit: devices"]
+
+
+def test_the_limits_say_what_enforces_each_on_this_machine(ready):
+    """Root with cgroups (this machine and CI): each limit of a run is the kernel's, per run."""
+    checks = {c.name: c for c in check_limits(config_of(ready, target={"threads": 1}), sandboxed=True)}
+    assert list(checks) == LIMITS
+    assert checks["limit: devices"].status == OK and "only the worker's GPUs" in checks["limit: devices"].detail
+    if os.geteuid() != 0:
+        assert all(checks[n].status == WARN and "not root" in checks[n].detail for n in LIMITS[:3])
+        return
+    assert all(c.status == OK for c in checks.values()), checks
+    assert "memory cgroup" in checks["limit: memory"].detail and "memfd" in checks["limit: memory"].detail
+    assert "pids cgroup" in checks["limit: processes and threads"].detail
+    assert "cpu cgroup" in checks["limit: cpu cores"].detail and "1 cores' worth" in checks["limit: cpu cores"].detail
+    pinned = {c.name: c for c in check_limits(config_of(ready, target={"threads": 1, "cpus": "1"}), sandboxed=True)}
+    assert "cpuset cgroup" in pinned["limit: cpu cores"].detail and "cores 1" in pinned["limit: cpu cores"].detail
+    assert "tmpfs" in checks["limit: disk"].detail
+    unbound = {c.name: c for c in check_limits(config_of(ready, target={"threads": 0}, run={"workers": 1}), sandboxed=True)}
+    assert unbound["limit: cpu cores"].status == WARN and "set target.threads" in unbound["limit: cpu cores"].fix
+
+
+UNPRIVILEGED = """
+import json, os, sys
+from bot.config import Config
+from bot.doctor import check_limits
+from bot.executors.pool import refuse_unboxed
+config = Config.model_validate(json.loads(sys.argv[1]))
+os.setgroups([]); os.setgid(65534); os.setuid(65534)  # imported first: this Python lives under /root
+out = {"checks": [[c.name, c.status, c.detail, c.fix] for c in check_limits(config, sandboxed=True)]}
+try:
+    refuse_unboxed(config.target, 2)
+    out["refused"] = ""
+except ValueError as e:
+    out["refused"] = str(e)
+print(json.dumps(out))
+"""
+
+
+def test_a_runner_that_cannot_enforce_the_limits_says_so_and_refuses_parallel_workers(ready):
+    """A real unprivileged runner process (uid 65534): no cgroup of its own, no mount, one uid for every run."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to start a process that is not (CI runs as root)")
+
+    def unprivileged(**target):
+        data = yaml.safe_load((root_of(ready) / "arbot.yml").read_text())
+        data["run"] = {"workers": 2}
+        data["target"].update(target)
+        proc = subprocess.run([sys.executable, "-c", UNPRIVILEGED, json.dumps(data)], capture_output=True, text=True,
+                              cwd=Path(__file__).parent.parent)
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout)
+
+    out = unprivileged(threads=1)
+    checks = {name: (status, detail, fix) for name, status, detail, fix in out["checks"]}
+    for name in LIMITS[:3]:
+        status, detail, fix = checks[name]
+        assert status == FAIL and detail.startswith("not enforced:") and "not root" in detail, checks[name]
+        assert "refuses" in detail and "allow_unboxed_workers" in fix and "run.workers: 1" in fix
+    assert checks["limit: disk"][0] == WARN and "cannot mount" in checks["limit: disk"][1]
+    assert "memory: only RLIMIT_DATA" in out["refused"] and "processes and threads" in out["refused"]
+    assert "target.allow_unboxed_workers: true" in out["refused"]
+    allowed = unprivileged(threads=1, allow_unboxed_workers=True)
+    assert allowed["refused"] == "" and {s for _, s, _, _ in allowed["checks"]} == {OK, WARN}
 
 
 def test_cuda_asked_for_needs_a_cuda_build_that_sees_a_gpu(ready):

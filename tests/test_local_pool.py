@@ -16,7 +16,8 @@ import pytest
 
 from bot.config import SearchConfig, load_config
 from bot.executors import MAX_LOST, Lost
-from bot.executors.pool import AUTO_MAX_CPU_WORKERS, CANCELLED, Inline, LocalPool, shares, worker_count
+from bot.executors.pool import (AUTO_MAX_CPU_WORKERS, CANCELLED, WORKER_UID_STRIDE, Inline, LocalPool, shares,
+                                worker_count)
 from bot.forges.local import LocalForge
 from bot.loop import Loop
 from bot.stepper import RunsLost
@@ -319,3 +320,16 @@ def test_each_worker_gets_a_gpu_or_its_share_of_the_cores():
     with pytest.raises(ValueError, match="only 1 GPUs are visible"):
         shares(target, 2, ["0"])
     assert shares(TargetConfig(device="cpu"), 2, ["0"])[0][1] is None  # cpu training: cores, not GPUs
+
+
+def test_each_worker_gets_its_own_uid_and_its_own_cores():
+    """No per-uid limit (RLIMIT_NPROC) is shared by two workers, and each is bound to its own target.threads cores
+    (target.cpus, else the runner's), sharing one only where there are fewer cores than they ask for."""
+    workers = shares(TargetConfig(threads=2, cpus="0-5"), 3, [])
+    assert [t.sandbox_uid for t, _ in workers] == [TargetConfig().sandbox_uid + i * WORKER_UID_STRIDE for i in range(3)]
+    assert [t.cpus for t, _ in workers] == ["0,1", "2,3", "4,5"]
+    assert [t.limits().cpus for t, _ in workers] == [(0, 1), (2, 3), (4, 5)]
+    assert [t.cpus for t, _ in shares(TargetConfig(threads=2, cpus="0-2"), 2, [])] == ["0,1", "0,2"]
+    gpu = shares(TargetConfig(), 2, ["0", "1"])  # threads 0: GPU workers are not bound to cores
+    assert [t.cpus for t, _ in gpu] == [None, None] and gpu[0][0].sandbox_uid != gpu[1][0].sandbox_uid
+    assert shares(TargetConfig(threads=1), 1, [])[0][0] == TargetConfig(threads=1)  # one worker: as configured

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from runner import box as runbox
 from runner import sandbox as sb
 from runner.job import crash_reason, take_file
 from runner.process import ProcessOutcome, run_untrusted, scrubbed_env
@@ -100,10 +101,15 @@ def test_environment_is_scrubbed(box, tmp_path, monkeypatch):
     assert "hunter2" not in out.log_tail and "HOME" in out.log_tail
 
 
-def test_process_limit_stops_a_fork_bomb_and_the_wall_clock_kills_it(box, tmp_path):
+def test_process_limit_stops_a_fork_bomb(box, tmp_path):
+    """Its pids cgroup refuses the fork past the limit and names it at once; without one (no cgroups, not root)
+    RLIMIT_NPROC refuses it and the wall clock kills the bomb."""
     code = "import os, time\nn = 0\nfor _ in range(100000):\n    try:\n        os.fork(); n += 1\n    except OSError:\n        time.sleep(0.01)\n"
     out = run_in(box, tmp_path, code, deadline=4)
-    assert out.timed_out
+    if isinstance(runbox.controller(runbox.PIDS), runbox.Controller):
+        assert out.stopped.startswith("pids_limit:") and not out.timed_out, out
+    else:
+        assert out.timed_out
     if os.geteuid() == 0:  # nothing of it survives the run (other runs on this machine may share the uid)
         leftover = []
         for proc in Path("/proc").glob("[0-9]*"):
@@ -301,3 +307,86 @@ def test_unsandboxed_runs_say_what_is_not_isolated(research_repo, monkeypatch, t
     for what in ("WITHOUT a sandbox", "bubblewrap (bwrap) is not installed", "val and holdout", "the network",
                  "through /proc", "the evaluator loads the model in a process of that user"):
         assert what in warning, what
+
+
+# --- the run's box: cgroups, the size-limited work dir, the worker's GPUs ----------------------------------------
+
+def fake_driver(tmp_path: Path, minors_by_bus: dict[str, int]) -> tuple[Path, Path]:
+    """A /dev and a /proc/driver/nvidia/gpus as the NVIDIA driver lays them out (no GPU on this machine)."""
+    dev, proc = tmp_path / "dev", tmp_path / "gpus"
+    dev.mkdir()
+    for name in ("nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", *(f"nvidia{m}" for m in minors_by_bus.values())):
+        (dev / name).touch()
+    (dev / "dri").mkdir()
+    for bus, minor in minors_by_bus.items():
+        (proc / bus).mkdir(parents=True)
+        (proc / bus / "information").write_text(f"Model: \t\t NVIDIA H100\nIRQ:   \t\t 42\nGPU UUID: \t GPU-{minor}aa\n"
+                                                f"Device Minor: \t {minor}\nBus Location: \t {bus}\n")
+    return dev, proc
+
+
+def test_a_workers_sandbox_gets_only_its_gpus_nodes(tmp_path):
+    from runner import gpus
+
+    # minors need not follow the bus order nvidia-smi (and so CUDA_VISIBLE_DEVICES' indices) numbers them by
+    dev, proc = fake_driver(tmp_path, {"0000:c1:00.0": 0, "0000:41:00.0": 3, "0000:81:00.0": 1})
+    control = [str(dev / n) for n in ("nvidia-uvm", "nvidia-uvm-tools", "nvidiactl")]
+    assert [g.minor for g in gpus.nvidia_gpus(proc)] == [3, 1, 0]
+    assert gpus.device_nodes("1", dev, proc) == sorted([str(dev / "nvidia1"), *control])
+    assert gpus.device_nodes("0,2", dev, proc) == sorted([str(dev / "nvidia0"), str(dev / "nvidia3"), *control])
+    assert gpus.device_nodes("GPU-0aa", dev, proc) == sorted([str(dev / "nvidia0"), *control])
+    everything = sorted([str(dev / "dri"), *(str(p) for p in dev.glob("nvidia*"))])
+    assert gpus.device_nodes(None, dev, proc) == everything  # no share: the runner's GPUs, as before
+    assert gpus.device_nodes("7", dev, proc) == everything  # a name the driver does not list: not guessed at
+    # inside the sandbox CUDA numbers only the GPUs it can open: the selection goes in as UUIDs
+    assert gpus.visible_devices("1,2", proc) == "GPU-1aa,GPU-0aa"
+    assert gpus.visible_devices("1", tmp_path / "no-driver") == "1"
+
+
+def test_the_sandbox_binds_the_devices_its_limits_name(tmp_path, monkeypatch):
+    dev, proc = fake_driver(tmp_path, {"0000:41:00.0": 0, "0000:81:00.0": 1})
+    monkeypatch.setattr(sb, "device_nodes", lambda selection: __import__("runner.gpus").gpus.device_nodes(selection, dev, proc))
+    cmd = sb.Sandbox("bwrap", bwrap="bwrap", drop_to=(65534, 65534), limits=sb.Limits(gpus="1")).command(
+        [sys.executable], tmp_path / "work", tmp_path / "work")
+    bound = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--dev-bind"]
+    assert str(dev / "nvidia1") in bound and str(dev / "nvidia0") not in bound and str(dev / "nvidiactl") in bound
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="cgroups and mounts need a root runner (CI runs as root)")
+
+
+@needs_root
+def test_a_run_gets_its_own_cgroups_and_they_go_with_it(tmp_path):
+    from runner.limits import Limits
+
+    limits = Limits(memory_bytes=300 << 20, max_processes=40, cores=1, cpus=(0,))
+    code = "print(open('/proc/self/cgroup').read())"
+    out = run_untrusted([sys.executable, "-c", code], cwd=tmp_path, env=scrubbed_env(tmp_path, 1), deadline_seconds=30,
+                        limits=limits)
+    assert out.returncode == 0 and not out.stopped, out
+    groups = {line.split(":")[1]: line.split(":")[2] for line in out.log_tail.splitlines() if line.count(":") >= 2}
+    for name in (runbox.MEMORY, runbox.PIDS, runbox.CPU, runbox.CPUSET):
+        ctrl = runbox.controller(name)
+        assert isinstance(ctrl, runbox.Controller), ctrl
+        assert os.path.basename(groups[name]).startswith(runbox.RUN_PREFIX), groups
+        assert not list(ctrl.parent.glob(f"{runbox.RUN_PREFIX}{os.getpid()}-*"))  # removed after the run
+    assert 0 < out.max_rss_gb < 0.3  # the cgroup's peak
+
+
+@needs_root
+def test_the_work_dir_is_a_filesystem_of_the_disk_cap_and_is_unmounted_with_its_tree(tmp_path):
+    from runner import mounts
+    from runner.tempdirs import OwnedTempDir
+
+    box = sb.Sandbox("none", limits=sb.Limits(disk_bytes=8 << 20))
+    with OwnedTempDir(prefix="arbot-run-", dir=tmp_path) as tmp:
+        work = Path(tmp) / "work"
+        (work / "out").mkdir(parents=True)
+        (work / "train.bin").write_bytes(b"t" * 1000)
+        box.prepare(work)
+        assert mounts.disk_of(work / "out") == work and (work / "train.bin").read_bytes() == b"t" * 1000
+        with pytest.raises(OSError, match="No space left"):
+            (work / "big").write_bytes(b"x" * (9 << 20))
+        st = os.statvfs(work)
+        assert st.f_blocks * st.f_frsize == 8 << 20
+    assert mounts.disk_of(work) is None and not Path(tmp).exists()

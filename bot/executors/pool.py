@@ -1,8 +1,10 @@
 """The local executor: runs made on this machine, by one worker (in the caller's thread) or a pool of them.
 
 Each worker has its own Runner (its own git handle and warm evaluator) and its share of the machine: one GPU each
-when GPUs are given (`CUDA_VISIBLE_DEVICES`), else an equal share of the cores (`OMP_NUM_THREADS`) and of the
-memory limit. A pool's runs end with the process that makes them: one noted pending by an earlier `arbot run`
+when GPUs are given (`CUDA_VISIBLE_DEVICES`), else an equal share of the cores (`OMP_NUM_THREADS`, and a cpuset of
+its own cores: `target.cpus`) and of the memory limit; and its own sandbox uid, so no per-uid limit is shared. Where
+the kernel cannot keep parallel runs apart (runner.box: no cgroups, not root) a pool refuses to start unless
+target.allow_unboxed_workers says otherwise. A pool's runs end with the process that makes them: one noted pending by an earlier `arbot run`
 is submitted again (`resume` says False), so a killed loop loses nothing but the time of the runs it was making.
 """
 
@@ -19,12 +21,14 @@ from collections.abc import Callable
 from bot.executors import Finished, Outcome
 from bot.core.records import RunResult, RunSpec
 from runner.config import TargetConfig
+from runner.box import enforcement
 from runner.job import Runner
-from runner.limits import default_memory_bytes
+from runner.limits import default_memory_bytes, parse_cpus
 
 RunHook = Callable[[str, str, int], Callable[[dict], None] | None]  # (label, commit, seed) -> progress callback
 MakeRunner = Callable[[TargetConfig, str | None], Runner]  # (the worker's target settings, its GPUs) -> a Runner
 CANCELLED = "cancelled: no longer needed (its experiment was decided, or the champion moved)"
+WORKER_UID_STRIDE = 1000  # worker i (from 0) drops to target.sandbox_uid + i x this: its own uid, its own RLIMIT_NPROC
 
 
 def visible_gpus() -> list[str]:
@@ -66,12 +70,38 @@ def shares(target: TargetConfig, workers: int, gpus: list[str]) -> list[tuple[Ta
         if len(gpus) < workers:
             raise ValueError(f"run.workers is {workers} but only {len(gpus)} GPUs are visible ({','.join(gpus)}): "
                              "use one worker per GPU, or set target.device: cpu to share the cores")
-        return [(target, gpus[i]) for i in range(workers)]
-    threads = target.threads or max(1, cores() // workers)
+        return [(own_slot(target, i), gpus[i]) for i in range(workers)]
+    if workers == 1:
+        return [(target, None)]
     memory = target.memory_gb or (default_memory_bytes() / 2**30 / workers if default_memory_bytes() else None)
-    share = target.model_copy(update={"threads": threads if workers > 1 else target.threads,
-                                      "memory_gb": memory if workers > 1 else target.memory_gb})
-    return [(share, None)] * workers
+    share = target.model_copy(update={"threads": target.threads or max(1, cores() // workers), "memory_gb": memory})
+    return [(own_slot(share, i), None) for i in range(workers)]
+
+
+def own_slot(target: TargetConfig, i: int) -> TargetConfig:
+    """Worker i's settings: its own sandbox uid, and its own target.threads cores (of target.cpus, else of the
+    runner's), taken in turn, so workers share a core only where there are fewer cores than they ask for."""
+    update: dict = {"sandbox_uid": target.sandbox_uid + i * WORKER_UID_STRIDE}
+    if target.threads:
+        mine = parse_cpus(target.cpus) if target.cpus else tuple(sorted(os.sched_getaffinity(0)))
+        update["cpus"] = ",".join(map(str, sorted({mine[(i * target.threads + k) % len(mine)] for k in range(target.threads)})))
+    return target.model_copy(update=update)
+
+
+def unboxed(target: TargetConfig, sandboxed: bool = True) -> list[str]:
+    """Why the kernel cannot keep parallel runs of `target` (one worker's share) apart on this machine: one line
+    per limit that concurrent runs would share; empty where every such limit holds per run."""
+    return [f"{e.limit}: {e.why}" for e in enforcement(target.limits(), sandboxed)
+            if not e.by and e.isolates and not (e.limit == "cpu cores" and not target.threads)]
+
+
+def refuse_unboxed(target: TargetConfig, workers: int) -> None:
+    """Raise ValueError where parallel workers would share a limit the kernel cannot split, unless the operator
+    opted in (target.allow_unboxed_workers)."""
+    if workers > 1 and not target.allow_unboxed_workers and (why := unboxed(target, target.sandbox != "off")):
+        raise ValueError(f"run.workers is {workers}, but on this machine the kernel cannot keep parallel runs apart "
+                         f"(one could starve or crash another): {'; '.join(why)}. Run one worker (run.workers: 1), fix "
+                         "it (`arbot doctor` says how), or set target.allow_unboxed_workers: true to accept it")
 
 
 class Inline:
@@ -123,6 +153,7 @@ class LocalPool:
         self._current: dict[str, str] = {}  # worker name -> the key of the run it is making
         self._cancelled: set[str] = set()
         shared = shares(target, workers, visible_gpus() if gpus is None else gpus)
+        refuse_unboxed(shared[0][0], workers)
         self._threads = [threading.Thread(target=self._work, args=(f"worker {i + 1}", make_runner, *share),
                                           name=f"arbot-worker-{i + 1}", daemon=True)
                          for i, share in enumerate(shared)]
