@@ -24,7 +24,10 @@ from github import GithubException, GithubIntegration
 from requests.exceptions import RequestException
 
 from bot.config import CONFIG_FILE, Config, ConfigError, GitHubAuthConfig, load_config, local_sandbox
+from bot.core.lifecycle import CHAMPION_FAILURES
+from bot.core.records import val_runs
 from bot.executors.pool import shares, unboxed, visible_gpus, worker_count
+from bot.forges.local import LocalForge
 from bot.github.forge import EVALUATE_WORKFLOW, VERDICT_CHECK, GitHubForge, GitHubForgeError, connect
 from bot.github.setup import GUARDED
 from runner.box import enforcement
@@ -161,6 +164,23 @@ def check_champion(repo: git.Repo, config: Config, dirty: list[str]) -> Check:
     if exists:
         return ok("champion", f"{branch} at {sha[:7]}")
     return ok("champion", f"no {branch} branch yet: the first `arbot run` creates it from HEAD ({sha[:7]})")
+
+
+def check_champion_runs(repo: git.Repo, config: Config, sha: str) -> Check:
+    """Whether the champion's own runs failed: once may be the machine's (the next run makes another), twice is
+    the champion's, and nothing can be compared against it until it moves to a commit that trains."""
+    forge = LocalForge(repo, champion_branch=config.run.champion_branch, branch_prefix=config.run.branch_prefix)
+    failed = [r for r in val_runs(forge.champion_record(sha).runs) if not r.ok]
+    if not failed:
+        return ok("champion runs", "none failed")
+    last = failed[-1]
+    what = f"{len(failed)} of the champion's runs failed, the last ({last.status}): {last.reason[:300]}"
+    if len(failed) < CHAMPION_FAILURES:
+        return warn("champion runs", what, "nothing: the next `arbot run` makes another run in its place (one failure "
+                    "may be the machine's)")
+    return fail("champion runs", f"{what}; every `arbot run` stops until the champion trains",
+                f"fix what fails (`arbot log` shows each run), commit the fix and move {config.run.champion_branch} "
+                f"to it (`git branch -f {config.run.champion_branch} <commit>`)")
 
 
 def check_uncommitted(config: Config, dirty: list[str], champion_exists: bool) -> Check:
@@ -562,6 +582,8 @@ def diagnose(repo_dir: Path, config_path: Path | None = None, environ: Mapping[s
     sha, exists = champion_source(repo, config)
     files = committed_files(repo, sha)
     yield check_champion(repo, config, dirty)
+    if exists:
+        yield check_champion_runs(repo, config, sha)
     yield check_uncommitted(config, dirty, exists)
     yield check_script(config, files, root, sha)
     yield check_allowed_paths(config, files)

@@ -20,7 +20,8 @@ from typer.testing import CliRunner
 
 from bot.cli import app
 from bot.config import Config
-from bot.doctor import (FAIL, OK, WARN, TorchInfo, check_allowed_paths, check_champion, check_devices, check_disk,
+from bot.doctor import (FAIL, OK, WARN, TorchInfo, check_allowed_paths, check_champion, check_champion_runs,
+                        check_devices, check_disk,
                         check_evaluator, check_git, check_limits, check_sandbox, check_script, check_splits, check_uncommitted,
                         committed_files, diagnose, free_bytes, github_checks, probe_torch, read_config, uncommitted)
 from bot.github.setup import run_setup
@@ -165,6 +166,29 @@ def test_a_dirty_champion_checked_out_fails(ready):
     ready.git.switch("-f", "main")
     assert check_champion(ready, config, uncommitted(ready)).detail == \
         f"champion at {ready.commit('champion').hexsha[:7]}"
+
+
+def test_a_champion_whose_runs_failed_is_a_warning_once_and_blocks_twice(ready):
+    """A failed champion run may be the machine's (the next run makes another): a warning. Two are the champion's:
+    every `arbot run` stops, and the fix says how to move the champion to a commit that trains."""
+    from bot.core.records import ChampionRecord, RunResult
+    from bot.forges.local import LocalForge
+
+    ready.git.branch("champion")
+    sha = ready.commit("champion").hexsha
+    forge, config = LocalForge(ready), config_of(ready)
+    assert check_champion_runs(ready, config, sha).status == OK
+    failed = [RunResult(status=s, commit=sha, champion=sha, seed=i, reason=f"run {i} failed")
+              for i, s in enumerate(("timeout", "crash"))]
+    forge.save(ChampionRecord(commit=sha, runs=failed[:1]))
+    once = check_champion_runs(ready, config, sha)
+    assert once.status == WARN and "1 of the champion's runs failed, the last (timeout): run 0 failed" in once.detail
+    forge.save(ChampionRecord(commit=sha, runs=failed))
+    twice = check_champion_runs(ready, config, sha)
+    assert twice.blocks and "2 of the champion's runs failed, the last (crash): run 1 failed" in twice.detail
+    assert "git branch -f champion <commit>" in twice.fix
+    r = doctor(ready)
+    assert r.exit_code == 1 and "FAIL champion runs:" in said(r.output), r.output
 
 
 def test_uncommitted_training_code_or_evaluator_is_a_warning_naming_them(ready):
