@@ -234,7 +234,7 @@ def run_local_two(tmp_path, executor_for) -> tuple[list[tuple], list[dict], list
     loop = Loop(forge, None, ScriptedProposer(*NAMES2), make_policy(config.policy), config.target, executor=executor)
     seen = promotions_seen(loop, lambda: loop.stepper.in_flight.values())
     loop.campaign(limit=len(NAMES2))
-    return (*outcome(forge), seen)
+    return (*outcome(forge), seen, executor)
 
 
 def run_github_two(tmp_path) -> tuple[list[tuple], list[dict]]:
@@ -285,5 +285,8 @@ def test_two_in_flight_local_slurm_and_github_make_the_same_decisions(tmp_path, 
     # exp-1 merged while exp-2's screen was in flight
     (merged, in_flight), *_ = local[2]
     assert merged == "exp-1" and any(key.startswith("exp-2:") for key in in_flight), local[2]
+    # nothing was decided with a run of its request in flight: the only runs given up are those of stale experiments
+    stale = {d[0] for d in local[0] if d[3] == "stale"}
+    assert all(key.split(":")[0] in stale | {"champion"} for key in local[3].cancelled), local[3].cancelled
     assert slurm[:2] == local[:2]
     assert github == local[:2]
