@@ -7,8 +7,9 @@ Trains one model with this checkout's target/train.py (the default size unless -
 serve` for the evaluator/ of revision --before (`git archive`) and for this checkout's evaluator/ (working tree),
 sends each the same request once (cold: its first load), then `--repeats` times, alternating, and prints one JSON
 object: each evaluator's scoring seconds (the `seconds` of its answer: load, checks, probes and scoring, without
-the JSON round trip), the ratio of the medians (after / before), and both answers' metrics. No sandbox: this
-measures the evaluator's own work (benchmarks/scoring_overhead.py measures the sandbox's).
+the JSON round trip), the ratios (after / before) of the medians and of the minima (the least disturbed by load),
+and both answers' metrics. No sandbox: this measures the evaluator's own work (benchmarks/scoring_overhead.py
+measures the sandbox's).
 """
 
 from __future__ import annotations
@@ -86,7 +87,8 @@ def main() -> None:
         "cold_seconds": {name: a["seconds"] for name, a in cold.items()},
         "warm_seconds": {name: {"median": round(median[name], 3), "min": round(min(t), 3), "max": round(max(t), 3)}
                          for name, t in times.items()},
-        "ratio_after_before": round(median["after"] / median["before"], 3),
+        "ratio_after_before": {"median": round(median["after"] / median["before"], 3),
+                               "min": round(min(times["after"]) / min(times["before"]), 3)},
         "metrics": {name: a["metrics"] for name, a in cold.items()},
     }, indent=2))
 

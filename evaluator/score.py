@@ -208,14 +208,15 @@ def check_causal(module, x: torch.Tensor, base: torch.Tensor, gen: torch.Generat
     B, T = x.shape
     cuts = causal_cuts(B, T, gen).to(x.device)
     later = torch.arange(T, device=x.device)[None, :] > cuts[:, None]
-    moved = ((run(module, perturb(x, later, gen)) - base).abs().amax(-1) > ATOL) & ~later
+    changed = perturb(x, later, gen)
+    moved = ((run(module, changed) - base).abs().amax(-1) > ATOL) & ~later
     if not moved.any():
         return
     r, t = (int(i) for i in moved.nonzero()[0])
-    # Other rows were changed too: say which rule broke (one more pass, only on failure).
-    alone = torch.zeros(B, T, dtype=torch.bool, device=x.device)
-    alone[r] = later[r]
-    if same(run(module, perturb(x, alone, gen))[r, :t + 1], base[r, :t + 1]):
+    # Other rows were changed too: say which rule broke (one more pass, only on failure: this row's change alone).
+    alone = x.clone()
+    alone[r] = changed[r]
+    if same(run(module, alone)[r, :t + 1], base[r, :t + 1]):
         raise Invalid(f"model mixes batch rows: on {where}, log-probabilities of row {r} changed when other "
                       "rows changed")
     raise Invalid(f"model looks ahead: on {where}, log-probabilities at position {t} changed when the bytes after "
