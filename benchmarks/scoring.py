@@ -7,8 +7,9 @@ Trains one model with this checkout's target/train.py (the default size unless -
 serve` for the evaluator/ of revision --before (`git archive`) and for this checkout's evaluator/ (working tree),
 sends each the same request once (cold: its first load), then `--repeats` times, alternating, and prints one JSON
 object: each evaluator's scoring seconds (the `seconds` of its answer: load, checks, probes and scoring, without
-the JSON round trip), the ratios (after / before) of the medians and of the minima (the least disturbed by load),
-and both answers' metrics. No sandbox: this measures the evaluator's own work (benchmarks/scoring_overhead.py
+the JSON round trip) and the CPU seconds its process spent on it (the least disturbed by other load on the
+machine), the ratios (after / before) of the median and minimum seconds and of the median CPU seconds, and both
+answers' metrics. No sandbox: this measures the evaluator's own work (benchmarks/scoring_overhead.py
 measures the sandbox's).
 """
 
@@ -34,13 +35,21 @@ def serve(tree: Path, cache: str, threads: int) -> subprocess.Popen:
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
 
-def ask(proc: subprocess.Popen, request: str) -> dict:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def ask(proc: subprocess.Popen, request: str) -> tuple[dict, float]:
+    """The evaluator's answer, and the CPU seconds it spent on it."""
+    before = cpu_seconds(proc.pid)
     proc.stdin.write(request + "\n")
     proc.stdin.flush()
     answer = json.loads(proc.stdout.readline())
     if answer.get("status") != "ok":
         raise SystemExit(f"the evaluator did not score the model: {answer}")
-    return answer
+    return answer, cpu_seconds(proc.pid) - before
 
 
 def main() -> None:
@@ -71,24 +80,30 @@ def main() -> None:
         request = json.dumps({"model": str(out / "model.pt2"), "splits": args.splits.split(","), "device": "cpu"})
         procs = {name: serve(tree, args.cache, args.threads) for name, tree in trees.items()}
         try:
-            cold = {name: ask(p, request) for name, p in procs.items()}
+            cold = {name: ask(p, request)[0] for name, p in procs.items()}
             times: dict[str, list[float]] = {name: [] for name in procs}
+            cpu: dict[str, list[float]] = {name: [] for name in procs}
             for _ in range(args.repeats):
                 for name, p in procs.items():
-                    times[name].append(ask(p, request)["seconds"])
+                    answer, spent = ask(p, request)
+                    times[name].append(answer["seconds"])
+                    cpu[name].append(spent)
         finally:
             for p in procs.values():
                 p.stdin.close()
                 p.wait()
     median = {name: statistics.median(t) for name, t in times.items()}
+    cpu_median = {name: statistics.median(t) for name, t in cpu.items()}
     print(json.dumps({
         "before": args.before, "model": {"knobs": args.set, "bytes": size},
         "threads": args.threads, "splits": args.splits,
         "cold_seconds": {name: a["seconds"] for name, a in cold.items()},
         "warm_seconds": {name: {"median": round(median[name], 3), "min": round(min(t), 3), "max": round(max(t), 3)}
                          for name, t in times.items()},
+        "cpu_seconds": {name: round(m, 3) for name, m in cpu_median.items()},
         "ratio_after_before": {"median": round(median["after"] / median["before"], 3),
-                               "min": round(min(times["after"]) / min(times["before"]), 3)},
+                               "min": round(min(times["after"]) / min(times["before"]), 3),
+                               "cpu": round(cpu_median["after"] / cpu_median["before"], 3)},
         "metrics": {name: a["metrics"] for name, a in cold.items()},
     }, indent=2))
 
