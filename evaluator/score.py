@@ -19,12 +19,14 @@ well-formed spec and output, finite weights, causality at every scored batch, de
 independence; and each bpb must be plausible (MIN_BPB..MAX_BPB). Probes compare the normalised
 log-probabilities with an absolute tolerance (ATOL) only.
 
-Causality: every scored batch is run a second time with each row cut at its own secret random point (drawn with
-os.urandom, in this process, for each call) and every byte after the cut changed; the log-probabilities up to the
-cut must not move. A model that reads the next byte at a position is caught when the cut falls there (1 in T-1
-per scoring); docs/evaluator.md gives the escape chance. The row-independence passes and one repeated batch for
-determinism run on batches drawn with the same secret seed from val and holdout (at most PROBE_UNSCORED_BATCHES
-of a split this call does not score), each reusing the log-probabilities its batch was scored with.
+Causality and row independence at every scored batch: it is run a second time, its rows in a secret order, each
+cut at its own secret random point (drawn with os.urandom, in this process, for each call) and every byte after
+the cut changed; each row's log-probabilities up to its cut must not move. A model that reads the next byte at a
+position is caught when the cut falls there (1 in T per scoring; docs/evaluator.md gives the escape chance), one
+that reads another row wherever the cut falls after what it reads. The row-independence passes (every position
+of half the rows, the others changed) and one repeated batch for determinism run on batches drawn with the same
+secret seed from val and holdout (at most PROBE_UNSCORED_BATCHES of a split this call does not score), each
+reusing the log-probabilities its batch was scored with.
 """
 
 from __future__ import annotations
@@ -197,29 +199,33 @@ def check(module, x: torch.Tensor, base: torch.Tensor, task: tuple, gen: torch.G
 
 
 def causal_cuts(B: int, T: int, gen: torch.Generator) -> torch.Tensor:
-    """Each row's secret cut: the last position whose log-probabilities must not move (uniform over 0..T-2)."""
-    return torch.randint(0, T - 1, (B,), generator=gen)
+    """Each row's secret cut: the last position whose log-probabilities must not move (uniform over 0..T-1; at
+    T-1 the whole row is compared, its last position included)."""
+    return torch.randint(0, T, (B,), generator=gen)
 
 
 def check_causal(module, x: torch.Tensor, base: torch.Tensor, gen: torch.Generator, where: str) -> None:
-    """One more pass of batch x (log-probabilities base) with every row changed after its own secret cut: the
-    log-probabilities up to each cut must stay within ATOL."""
+    """One more pass of batch x (log-probabilities base): its rows in a secret order, each changed after its own
+    secret cut. Each row's log-probabilities up to its cut must stay within ATOL of its own in base: they may
+    depend neither on later bytes nor on the other rows (which the new order changes) nor on its place."""
     B, T = x.shape
     cuts = causal_cuts(B, T, gen).to(x.device)
+    order = torch.randperm(B, generator=gen).to(x.device)  # row j of the pass is row order[j] of x
     later = torch.arange(T, device=x.device)[None, :] > cuts[:, None]
-    changed = perturb(x, later, gen)
-    moved = ((run(module, changed) - base).abs().amax(-1) > ATOL) & ~later
+    changed = perturb(x[order], later, gen)
+    moved = ((run(module, changed) - base[order]).abs().amax(-1) > ATOL) & ~later
     if not moved.any():
         return
-    r, t = (int(i) for i in moved.nonzero()[0])
-    # Other rows were changed too: say which rule broke (one more pass, only on failure: this row's change alone).
+    j, t = (int(i) for i in moved.nonzero()[0])
+    r = int(order[j])
+    # Say which rule broke (one more pass, only on failure): this row's change alone, in its own place.
     alone = x.clone()
-    alone[r] = changed[r]
+    alone[r] = changed[j]
     if same(run(module, alone)[r, :t + 1], base[r, :t + 1]):
-        raise Invalid(f"model mixes batch rows: on {where}, log-probabilities of row {r} changed when other "
-                      "rows changed")
+        raise Invalid(f"model mixes batch rows: on {where}, log-probabilities of row {r} changed when the other "
+                      "rows (or its place among them) changed")
     raise Invalid(f"model looks ahead: on {where}, log-probabilities at position {t} changed when the bytes after "
-                  f"position {int(cuts[r])} changed")
+                  f"position {int(cuts[j])} changed")
 
 
 def n_batches(n_bytes: int, B: int, T: int) -> int:
@@ -244,8 +250,7 @@ def bpb(module, data: np.ndarray, B: int, T: int, device: torch.device, name: st
     for i, (x, y, m) in enumerate(windows(data, B, T)):
         x = x.to(device)
         logp = run(module, x)
-        if T > 1:
-            check_causal(module, x, logp, gen, f"{name} batch {i}")
+        check_causal(module, x, logp, gen, f"{name} batch {i}")
         for task in (tasks_at or {}).pop((name, i), ()):
             check(module, x, logp, task, gen, f"{name} batch {i}")
         nll = -logp.cpu().gather(-1, y.unsqueeze(-1)).squeeze(-1)

@@ -199,36 +199,61 @@ def one_position(p: int):
 
 def test_the_causality_check_catches_a_read_ahead_at_the_rate_the_escape_chance_assumes(prepared):
     """The real check, on a model that reads the next byte at one position of every row: each row is caught when its
-    secret cut falls there, 1 in T-1. Over 600 secret seeds the batch is caught at the predicted rate."""
+    secret cut falls there, 1 in T. Over 600 secret seeds the batch is caught at the predicted rate."""
     B, T, p = 8, 16, 9
     model = Peeks(Bigram(prepared.train), 3.0, one_position(p))
+    reasons = caught_by_the_check(model, prepared, B, T, 600)
+    expected = 1 - (1 - 1 / T) ** B
+    assert abs(len(reasons) / 600 - expected) < 4 * math.sqrt(expected * (1 - expected) / 600), (len(reasons), expected)
+    assert all(f"model looks ahead: on val batch 0, log-probabilities at position {p} changed" in r for r in reasons)
+    cuts = torch.stack([causal_cuts(B, T, torch.Generator().manual_seed(s)) for s in range(600)])
+    assert int(cuts.min()) == 0 and int(cuts.max()) == T - 1  # every position can be the cut
+
+
+class PeeksAtTheNextRow(nn.Module):
+    """At its last position a row reads the next row's first byte: the byte it predicts, one window on."""
+
+    def __init__(self, base: nn.Module):
+        super().__init__()
+        self.base = base
+
+    def forward(self, idx):
+        nxt = F.one_hot(torch.roll(idx[:, 0], -1, dims=0), 256).float()
+        last = (torch.arange(idx.shape[1]) == idx.shape[1] - 1).float()
+        return self.base(idx) + 3.0 * nxt[:, None, :] * last[None, :, None]
+
+
+def test_the_causality_check_also_catches_a_row_reading_the_next_one(prepared):
+    """The rows of the check pass come in a secret order, so a row that reads another one reads a different row
+    there: the last position (whole row compared: 1 in T) is caught, and named as mixing rows."""
+    reasons = caught_by_the_check(PeeksAtTheNextRow(Bigram(prepared.train)), prepared, 8, 16, 300)
+    assert len(reasons) > 0.2 * 300 and all("model mixes batch rows: on val batch 0" in r for r in reasons)
+
+
+def caught_by_the_check(model: nn.Module, prepared, B: int, T: int, seeds: int) -> list[str]:
+    """The reasons `check_causal` gave on one val batch over `seeds` secret seeds (one per call that caught it)."""
     x = torch.from_numpy(np.fromfile(prepared.val, dtype=np.uint8, count=B * T).astype(np.int64)).reshape(B, T)
+    reasons = []
     with torch.no_grad():
         base = run(model, x)
-        caught = 0
-        for seed in range(600):
+        for seed in range(seeds):
             try:
                 check_causal(model, x, base, torch.Generator().manual_seed(seed), "val batch 0")
             except Invalid as e:
-                assert f"model looks ahead: on val batch 0, log-probabilities at position {p} changed" in str(e)
-                caught += 1
-    expected = 1 - (1 - 1 / (T - 1)) ** B
-    assert abs(caught / 600 - expected) < 4 * math.sqrt(expected * (1 - expected) / 600), (caught, expected)
-    cuts = torch.stack([causal_cuts(B, T, torch.Generator().manual_seed(s)) for s in range(600)])
-    assert int(cuts.min()) == 0 and int(cuts.max()) == T - 2  # every position can be the cut
+                reasons.append(str(e))
+    return reasons
 
 
 def test_the_chance_that_a_model_reading_ahead_escapes_on_the_default_validation_set(prepared):
     """From the default export (SEQ_LEN, EVAL_BATCH of target/train.py) and the default val split: every scored row
-    has one secret cut, uniform over 0..T-2, so a position that reads the next byte is caught with chance 1/(T-1)
-    per scoring, independently per row, and n such positions escape with chance at most (1 - 1/(T-1))^n (Bernoulli:
-    m of them in one row escape with 1 - m/(T-1) <= (1 - 1/(T-1))^m). One extra pass per batch tests one next-byte
-    dependence per row, so the chance follows the fraction of positions read ahead (docs/evaluator.md#scoring)."""
+    has one secret cut, uniform over 0..T-1, so a position that reads the next byte is caught with chance 1/T per
+    scoring, independently per row, and n such positions escape with chance at most (1 - 1/T)^n (Bernoulli: m of
+    them in one row escape with 1 - m/T <= (1 - 1/T)^m). One extra pass per batch tests one next-byte dependence
+    per row, so the chance follows the fraction of positions read ahead (docs/evaluator.md#scoring)."""
     knobs = {k.name: k.value for k in find_knobs((ROOT / "target" / "train.py").read_text())}
     T, B = knobs["SEQ_LEN"], knobs["EVAL_BATCH"]
     positions = prepared.manifest["splits"]["val"]["size"] - 1
-    caught = 1 / (T - 1)
-
+    caught = 1 / T
     def escape(rate: float) -> float:
         return (1 - caught) ** math.ceil(rate * positions)
 
@@ -272,6 +297,7 @@ def test_each_attack_on_the_score_is_refused_and_the_honest_model_scores(prepare
         ("collapse", Collapses(prepared.train), "logits of magnitude 1e+30, beyond the evaluator's bound"),
         ("scaled-peek", scaled_peek, "model looks ahead: on "),
         ("peek-few", Peeks(Bigram(prepared.train), 8.0, a_few_percent), "model looks ahead: on "),
+        ("next-row", PeeksAtTheNextRow(Bigram(prepared.train)), "model mixes batch rows: on "),
     ]:
         result = score(export(model, tmp_path / f"{name}.pt2"), prepared)
         assert result["status"] == "invalid" and reason in result["reason"], (name, result)
