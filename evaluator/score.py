@@ -251,7 +251,7 @@ def bpb(module, data: np.ndarray, B: int, T: int, device: torch.device, name: st
         x = x.to(device)
         logp = run(module, x)
         check_causal(module, x, logp, gen, f"{name} batch {i}")
-        for task in (tasks_at or {}).pop((name, i), ()):
+        for task in tasks_at.pop((name, i), ()):
             check(module, x, logp, task, gen, f"{name} batch {i}")
         nll = -logp.cpu().gather(-1, y.unsqueeze(-1)).squeeze(-1)
         total_nats += float(nll[m].sum())

@@ -21,7 +21,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bot.knobs import find_knobs
@@ -121,7 +121,7 @@ def transforms(draw, honest_out: torch.Tensor) -> torch.Tensor:
     return out.float()
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None)
 @given(data=st.data())
 def test_a_byte_costs_what_the_evaluators_distribution_says_whatever_the_outputs(honest, data):
     """Whatever an exported model outputs, each byte costs -log p under the evaluator's own distribution: the
@@ -141,7 +141,7 @@ def test_a_byte_costs_what_the_evaluators_distribution_says_whatever_the_outputs
         assert abs(float(costs(logp, y)[b, t]) - float(exact_cost(out[b, t], int(y[b, t])))) < 1e-9
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None)
 @given(data=st.data())
 def test_adding_constants_never_beats_the_honest_score(honest, data):
     """A constant added to all 256 outputs of a position leaves its distribution as it is, in exact arithmetic: at
