@@ -359,7 +359,8 @@ def test_compressed_sample_inputs_inside_the_archive_are_refused(honest, tmp_pat
     def deflate_inner(entries):
         inner = tmp_path / "inner.pt"
         inner.write_bytes(entries["data/sample_inputs/model.pt"])
-        entries["data/sample_inputs/model.pt"] = recompress(inner, tmp_path / "deflated.pt", zipfile.ZIP_DEFLATED).read_bytes()
+        deflated = recompress(inner, tmp_path / "deflated.pt", zipfile.ZIP_DEFLATED)
+        entries["data/sample_inputs/model.pt"] = deflated.read_bytes()
 
     with pytest.raises(Refused, match=r"sample inputs \(data/sample_inputs\) entry '[^']*data.pkl' is compressed "
                                       r"\(deflate"):

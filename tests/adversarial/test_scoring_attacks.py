@@ -132,8 +132,9 @@ def test_a_byte_costs_what_the_evaluators_distribution_says_whatever_the_outputs
     try:
         logp = log_probs(out)
     except Invalid as e:
+        beyond = finite and float(out.abs().max()) > MAX_LOGIT
         assert (not finite and "NaN or infinite" in str(e)) or (
-            finite and float(out.abs().max()) > MAX_LOGIT and f"beyond the evaluator's bound of {MAX_LOGIT:g}" in str(e))
+            beyond and f"beyond the evaluator's bound of {MAX_LOGIT:g}" in str(e))
         return
     assert finite and float(out.abs().max()) <= MAX_LOGIT
     assert bool((logp <= 0).all()) and bool((torch.logsumexp(logp, -1).abs() < 1e-12).all())  # sums to 1
@@ -254,11 +255,12 @@ def test_the_chance_that_a_model_reading_ahead_escapes_on_the_default_validation
     T, B = knobs["SEQ_LEN"], knobs["EVAL_BATCH"]
     positions = prepared.manifest["splits"]["val"]["size"] - 1
     caught = 1 / T
+
     def escape(rate: float) -> float:
         return (1 - caught) ** math.ceil(rate * positions)
 
-    print(f"\nT={T} B={B} val positions={positions}: escape chance {escape(0.001):.3f} at 0.1% of positions read ahead, "
-          f"{escape(0.01):.2e} at 1%, {escape(FINDING_3_RATE):.2e} at {FINDING_3_RATE:.0%}")
+    print(f"\nT={T} B={B} val positions={positions}: escape chance {escape(0.001):.3f} at 0.1% of positions read "
+          f"ahead, {escape(0.01):.2e} at 1%, {escape(FINDING_3_RATE):.2e} at {FINDING_3_RATE:.0%}")
     assert escape(FINDING_3_RATE) < 1e-6  # finding 3's model, a few percent, is caught on every scoring in practice
 
 
@@ -383,7 +385,8 @@ def test_a_deflate_bomb_through_the_runner_is_rejected(suite):
     """The candidate carries a 128 MiB buffer and rewrites its export deflated (a few hundred KiB on disk)."""
     code = replace(better(suite.source), 'model = model.to("cpu").float().eval()',
                    'model.register_buffer("pad", torch.zeros(32 << 20))\nmodel = model.to("cpu").float().eval()')
-    code = replace(code, 'torch.export.save(program, out / "model.pt2")', """torch.export.save(program, out / "model.pt2")
+    save = 'torch.export.save(program, out / "model.pt2")'
+    code = replace(code, save, save + """
 import zipfile
 with zipfile.ZipFile(out / "model.pt2") as _z:
     _entries = [(_i.filename, _z.read(_i)) for _i in _z.infolist()]
