@@ -16,7 +16,10 @@ And the graph itself: a node's target is resolved by walking attributes from `to
 so a graph can call any callable reachable from there, or an aten operator with side effects (`from_file`,
 `save`, `_print`); node names are written into the Python code FX generates and executes.
 
-`check_archive` reads the archive's own metadata (the payload configs, the model json, the pickle opcodes of
+`check_archive` first reads the archive's directory: it refuses compressed entries (torch writes its archives
+stored; a deflated entry can unpack to a thousand times its size), entries that overlap (the same bytes read as
+several entries: a bomb without compression) and archives that unpack to more than MAX_UNPACKED_BYTES. Then it
+reads the archive's own metadata (the payload configs, the model json, the pickle opcodes of
 the sample inputs) and refuses, with the reason, anything that would be unpickled, any entry it does not know,
 any operator outside a small allow-list, any state the program mutates and any name that is not a plain
 identifier: it fails closed. `load_program` then loads with every torch.load forced to weights_only and the
@@ -38,6 +41,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 MODEL = "model"  # torch.export.save writes one program under this name
+# The largest model the evaluator loads: the training contract's largest model file (docs/evaluator.md,
+# "a regular file of at most 4 GiB"). Entries are stored, so an archive unpacks to at most its own size.
+MAX_UNPACKED_BYTES = 4 << 30
+COMPRESSION = {zipfile.ZIP_DEFLATED: "deflate", zipfile.ZIP_BZIP2: "bzip2", zipfile.ZIP_LZMA: "lzma"}
 FIXED = {  # archive metadata records: name -> required content (None: any short text)
     "archive_format": "pt2",
     "archive_version": "0",
@@ -98,6 +105,7 @@ def check_archive(path: str | os.PathLike) -> None:
         names = [i.filename for i in infos]
         if not names:
             raise Refused("empty archive")
+        _check_entries(infos, "archive")
         if len(set(names)) != len(names):
             dup = sorted({n for n in names if names.count(n) > 1})[0]
             raise Refused(f"archive has two entries named {dup!r} (readers could disagree on which is used)")
@@ -147,6 +155,23 @@ def check_archive(path: str | os.PathLike) -> None:
         _check_program(read_json(MODEL_JSON))
 
 
+def _check_entries(infos: list[zipfile.ZipInfo], what: str) -> None:
+    """Stored entries only, none overlapping another, that together unpack to at most MAX_UNPACKED_BYTES."""
+    for info in infos:
+        if info.compress_type != zipfile.ZIP_STORED or info.compress_size != info.file_size:
+            method = COMPRESSION.get(info.compress_type, f"method {info.compress_type}")
+            raise Refused(f"{what} entry {info.filename!r} is compressed ({method}: {info.compress_size} bytes "
+                          f"unpack to {info.file_size}); only stored entries are accepted, as torch.export.save "
+                          "writes them")
+    spans = sorted((i.header_offset, i.header_offset + 30 + i.compress_size, i.filename) for i in infos)
+    for (_, end, name), (start, _, other) in zip(spans, spans[1:]):  # a local header is at least 30 bytes
+        if start < end:
+            raise Refused(f"{what} entries {name!r} and {other!r} overlap (one zip entry's bytes read as another's)")
+    total = sum(info.file_size for info in infos)
+    if total > MAX_UNPACKED_BYTES:
+        raise Refused(f"{what} holds {total} bytes, more than the evaluator loads ({MAX_UNPACKED_BYTES} bytes)")
+
+
 def _payloads(config, name: str, directory: str, weights: bool) -> set[str]:
     """The payload files a weights or constants config names; refuses any entry that would be unpickled."""
     what = "weight" if weights else "constant"
@@ -183,6 +208,7 @@ def _check_sample_inputs(blob: bytes) -> None:
     except zipfile.BadZipFile as e:
         raise Refused(f"{what} are not a torch.save zip (a raw pickle would be unpickled)") from e
     with inner:
+        _check_entries(inner.infolist(), what)
         names = inner.namelist()
         pickles = [n for n in names if n.endswith(".pkl")]
         if len(pickles) != 1 or not pickles[0].endswith("/data.pkl") or len(set(names)) != len(names):

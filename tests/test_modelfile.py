@@ -329,3 +329,65 @@ def test_the_target_export_is_accepted_and_scores_as_with_a_plain_load(trained, 
     monkeypatch.setattr(score, "load_program", lambda path: torch.export.load(str(path)))
     plain = score.score(model, prepared, ("val",))
     assert plain["metrics"] == guarded["metrics"] and 2 < guarded["metrics"]["val_bpb"] < 8
+
+
+# --- compressed and overlapping entries (zip bombs) -----------------------------------------------------------
+
+
+def recompress(src: Path, dst: Path, method: int, only: str | None = None) -> Path:
+    """dst: src with its entries (or only the one whose name ends with `only`) compressed with method."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for info in zin.infolist():
+            compress = method if only is None or info.filename.endswith(only) else zipfile.ZIP_STORED
+            zout.writestr(info.filename, zin.read(info), compress_type=compress)
+    return dst
+
+
+@pytest.mark.parametrize("method, name", [(zipfile.ZIP_DEFLATED, "deflate"), (zipfile.ZIP_BZIP2, "bzip2"),
+                                          (zipfile.ZIP_LZMA, "lzma")])
+def test_a_compressed_entry_is_refused_though_torch_would_unpack_it(honest, tmp_path, method, name):
+    path = recompress(honest, tmp_path / "m.pt2", method, only="weight_0")
+    with pytest.raises(Refused, match=rf"archive entry '[^']*/data/weights/weight_0' is compressed \({name}: \d+ "
+                                      r"bytes unpack to \d+\); only stored entries are accepted"):
+        check_archive(path)
+    if method == zipfile.ZIP_DEFLATED:  # torch reads deflated entries: a small file can unpack to a huge weight
+        x = torch.randint(0, 256, (2, 4))
+        assert torch.equal(torch.export.load(path).module()(x), torch.export.load(honest).module()(x))
+
+
+def test_compressed_sample_inputs_inside_the_archive_are_refused(honest, tmp_path):
+    def deflate_inner(entries):
+        inner = tmp_path / "inner.pt"
+        inner.write_bytes(entries["data/sample_inputs/model.pt"])
+        deflated = recompress(inner, tmp_path / "deflated.pt", zipfile.ZIP_DEFLATED)
+        entries["data/sample_inputs/model.pt"] = deflated.read_bytes()
+
+    with pytest.raises(Refused, match=r"sample inputs \(data/sample_inputs\) entry '[^']*data.pkl' is compressed "
+                                      r"\(deflate"):
+        check_archive(rewrite(honest, tmp_path / "m.pt2", deflate_inner))
+
+
+def test_entries_that_overlap_are_refused(tmp_path):
+    """Two directory entries pointing at the same stored bytes: a zip bomb needs no compression when many entries
+    read the same bytes."""
+    class TwoWeights(Small):
+        def __init__(self):
+            super().__init__()
+            self.extra = nn.Parameter(torch.zeros(256))
+
+        def forward(self, idx):
+            return super().forward(idx) + self.extra
+
+    path = save(TwoWeights(), tmp_path / "m.pt2")
+    with zipfile.ZipFile(path) as zf:
+        weights = sorted((i for i in zf.infolist() if "/data/weights/weight_" in i.filename), key=lambda i: i.filename)
+    first, last = weights[0], weights[-1]
+    blob = bytearray(path.read_bytes())
+    at = blob.index(b"PK\x01\x02")  # the central directory: 46 fixed bytes, then the name, per entry
+    while bytes(blob[at + 46:at + 46 + int.from_bytes(blob[at + 28:at + 30], "little")]) != last.filename.encode():
+        at = blob.index(b"PK\x01\x02", at + 46)
+    blob[at + 16:at + 28] = b"".join(v.to_bytes(4, "little") for v in (first.CRC, first.compress_size, first.file_size))
+    blob[at + 42:at + 46] = first.header_offset.to_bytes(4, "little")  # the last weight's entry: the first's bytes
+    path.write_bytes(bytes(blob))
+    with pytest.raises(Refused, match=rf"archive entries '{first.filename}' and '{last.filename}' overlap"):
+        check_archive(path)

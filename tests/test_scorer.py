@@ -197,20 +197,19 @@ def _pgid(proc: Path) -> int | None:
 
 # --- the probe plan (evaluator/score.py) -------------------------------------------------------------------------
 
-def test_the_probe_plan_covers_every_cut_point_on_secret_batches():
-    """Every causality cut point 0..T-2 once, the row and determinism passes, each on a different batch drawn from
-    val and holdout (few from a split that is not scored); another seed, other batches."""
+def test_the_probe_plan_spreads_the_row_and_determinism_passes_over_secret_batches():
+    """The row and determinism passes, each on a different batch drawn from val and holdout (few from a split that
+    is not scored); another seed, other batches. (Causality is checked on every scored batch.)"""
     import numpy as np
 
     from evaluator.score import PROBE_UNSCORED_BATCHES, probe_plan
 
-    B, T, batches = 8, 32, {"val": 34, "holdout": 32}
-    plans = [probe_plan(batches, {"val"}, B, T, np.random.default_rng(seed)) for seed in range(20)]
+    B, batches = 8, {"val": 34, "holdout": 32}
+    plans = [probe_plan(batches, {"val"}, B, np.random.default_rng(seed)) for seed in range(20)]
     for plan in plans:
         tasks = [t for ts in plan.values() for t in ts]
-        assert {c for t in tasks if t[0] == "causal" for c in t[1]} == set(range(T - 1))
         assert sorted(t[1:] for t in tasks if t[0] == "rows") == [(bit, v) for bit in range(3) for v in (0, 1)]
-        assert [t for t in tasks if t[0] == "same"] == [("same",)]
+        assert [t for t in tasks if t[0] == "same"] == [("same",)] and len(tasks) == 7
         assert all(len(ts) == 1 for ts in plan.values())  # one pass per batch: as many batches as passes
         assert {split for split, _ in plan} == {"val", "holdout"}
         assert sum(split == "holdout" for split, _ in plan) <= PROBE_UNSCORED_BATCHES

@@ -193,7 +193,7 @@ def test_a_hog_in_one_worker_leaves_the_other_workers_result_as_it_is_solo(tmp_p
 
     from bot.config import load_config
     from bot.executors.pool import LocalPool
-    from bot.records import RunSpec
+    from bot.core.records import RunSpec
     from runner.job import Runner
 
     from ..conftest import commit_change, make_repo, tiny_config
