@@ -13,6 +13,8 @@ import json
 import os
 import socket
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -103,18 +105,25 @@ class Suite:
         return rec
 
 
-@pytest.fixture(scope="module")
-def suite(tmp_path_factory):
+@contextmanager
+def suite_in(path: Path, title: str) -> Iterator[Suite]:
+    """A Suite under bubblewrap with the fake secret in the environment; its table printed at the end."""
     box = sb.resolve("auto", sb.Limits())
     if box.kind != "bwrap":
         pytest.skip(f"the adversarial suite needs bubblewrap: {box.note}")
     os.environ["ARBOT_FAKE_SECRET"] = SECRET
     try:
-        s = Suite(tmp_path_factory.mktemp("adversarial"))
+        s = Suite(path)
         yield s
     finally:
         os.environ.pop("ARBOT_FAKE_SECRET", None)
-    print("\nadversarial suite:\n" + "\n".join(s.rows))
+    print(f"\n{title}:\n" + "\n".join(s.rows))
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory):
+    with suite_in(tmp_path_factory.mktemp("adversarial"), "adversarial suite") as s:
+        yield s
 
 
 def held_for_review(rec, category: str) -> None:

@@ -30,7 +30,8 @@ from evaluator.score import ATOL, MAX_LOGIT, Invalid, causal_cuts, check_causal,
 from runner import sandbox as sb
 
 from ..conftest import ROOT
-from .test_adversarial import SECRET, Suite, better, replace
+from ..test_evaluator import Bigram
+from .test_adversarial import better, replace, suite_in
 
 CACHE = Path(os.environ["ARBOT_CACHE"])
 FINDING_3_RATE = 0.03  # "a model that reads the next byte at a few percent of positions"
@@ -39,19 +40,6 @@ FINDING_3_RATE = 0.03  # "a model that reads the next byte at a few percent of p
 @pytest.fixture(scope="module")
 def prepared() -> data.Prepared:
     return data.prepare(CACHE)
-
-
-class Bigram(nn.Module):
-    """An honest causal model: logits depend on the current byte only (log bigram counts of train)."""
-
-    def __init__(self, train: Path):
-        super().__init__()
-        text = np.fromfile(train, dtype=np.uint8, count=200_000).astype(np.int64)
-        counts = np.bincount(text[:-1] * 256 + text[1:], minlength=256 * 256).reshape(256, 256)
-        self.table = nn.Parameter(torch.from_numpy(np.log(counts + 0.1)).float())
-
-    def forward(self, idx):
-        return self.table[idx]
 
 
 @pytest.fixture(scope="module")
@@ -333,16 +321,8 @@ def test_a_deflate_bomb_is_refused_before_it_is_unpacked(tmp_path):
 
 @pytest.fixture(scope="module")
 def suite(tmp_path_factory):
-    box = sb.resolve("auto", sb.Limits())
-    if box.kind != "bwrap":
-        pytest.skip(f"the adversarial suite needs bubblewrap: {box.note}")
-    os.environ["ARBOT_FAKE_SECRET"] = SECRET
-    try:
-        s = Suite(tmp_path_factory.mktemp("scoring-attacks"))
+    with suite_in(tmp_path_factory.mktemp("scoring-attacks"), "scoring attacks") as s:
         yield s
-    finally:
-        os.environ.pop("ARBOT_FAKE_SECRET", None)
-    print("\nscoring attacks:\n" + "\n".join(s.rows))
 
 
 HEAD = "        return self.head(self.ln_f(x))"
