@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import random
-import tempfile
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -23,6 +22,7 @@ from bot.core.records import ExperimentRecord
 from runner.config import DEFAULT_ARTIFACT
 from runner.job import export_tree, train_argv
 from runner.process import run_untrusted, scrubbed_env
+from runner.tempdirs import OwnedTempDir
 
 LOG_TAIL_CHARS = 3000
 
@@ -74,7 +74,7 @@ class SmokeRunner:
 
     def run(self, champion: str, files: dict[str, str], changed: dict[str, str]) -> None:
         """Raise SmokeError unless the candidate trains a few steps and exports its model."""
-        with tempfile.TemporaryDirectory(prefix="arbot-smoke-") as tmp:
+        with OwnedTempDir(prefix="arbot-smoke-") as tmp:  # unmounts the work dir's tmpfs (Sandbox.prepare) first
             work = Path(tmp) / "work"
             work.mkdir()
             if self.repo is not None:  # the whole script directory, as the runner will see it
