@@ -27,7 +27,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -35,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import knob_values  # noqa: E402
+from runner.tempdirs import OwnedTempDir  # noqa: E402
 
 # (row, where it comes from, its key there); "process" rows come from the training script's summary
 ROWS = [
@@ -82,7 +82,7 @@ def main() -> None:
     config = load_config(args.config) if args.config else Config(target={"device": "cpu"}, evaluator={"device": "cpu"})
     devices = {"device": args.device} if args.device else {}
     args.budget = args.budget or (config.target.budget_seconds if args.config else 5.0)
-    with tempfile.TemporaryDirectory(prefix="arbot-overhead-") as tmp:
+    with OwnedTempDir(prefix="arbot-overhead-") as tmp:  # unmounts a run's work-dir tmpfs before removing it
         repo = research_repo(Path(tmp) / "repo", git)
         target = config.target.model_copy(update={
             "budget_seconds": args.budget, "threads": args.threads, "sandbox": args.sandbox,
