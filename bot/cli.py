@@ -30,6 +30,7 @@ from bot.proposers.factory import make_proposer
 from bot.proposers.failures import ProposalRejected
 from bot.core.records import ChampionRecord, ExperimentRecord, Metric, ok_metric
 from bot.results import row
+from bot.tracking import make_tracker
 from runner.config import TargetConfig
 from runner.job import EvaluatorError, Runner
 
@@ -121,9 +122,10 @@ def run(
             maker.check()  # an unreachable endpoint fails here, before any training
         metric = p.config.metric
         display = RunDisplay(progress, p.config.target.budget_seconds)
+        tracker = make_tracker(p.config.tracking, p.repo, p.runs_dir, p.config.target.artifact)
         runs = make_executor(p, display)
         loop = Loop(p.forge, p.runner, maker, make_policy(p.config.policy), p.config.target, on_run=display,
-                    metric=metric, executor=runs, status_file=p.status_file)
+                    metric=metric, executor=runs, status_file=p.status_file, tracker=tracker)
         results = p.root / p.config.run.results_file
         try:
             with progress:
@@ -137,6 +139,9 @@ def run(
         finally:
             runs.close()
             p.status_file.unlink(missing_ok=True)
+            if tracker is not None and tracker.missed:
+                console.print(f"[yellow]{len(tracker.missed)} record(s) could not be logged to MLflow[/] "
+                              f"({p.config.tracking.mlflow.uri}): `arbot track --backfill` logs them from the notes")
         export_results(p.forge, results, metric)
         console.print(experiment_table(done, metric))
         start, end = p.forge.champion_record(first), p.forge.champion_record(p.forge.champion())
@@ -284,6 +289,34 @@ def plot(
             raise ConfigError("no decided experiment yet: `arbot run` first")
         written = draw(points, p.config.metric, out if out.is_absolute() else Path.cwd() / out)
         console.print(f"wrote {written} ({len(points)} experiments)")
+
+
+@app.command()
+def track(
+    backfill: bool = typer.Option(False, "--backfill", help="log from the git notes every run and decision the "
+                                  "tracker does not have yet"),
+    repo: Path = typer.Option(Path("."), "--repo"),
+    config: Optional[Path] = typer.Option(None, "--config"),
+):
+    """Experiment tracking (tracking: in arbot.yml): `--backfill` logs to MLflow, from the notes, what it missed
+    (after an outage, or a campaign run before tracking was set up). Safe to repeat: nothing is logged twice."""
+    with clear_errors():
+        p = Project(repo, config)
+        if not backfill:
+            raise ConfigError("nothing to do: `arbot track --backfill` logs what the tracker does not have yet")
+        tracker = make_tracker(p.config.tracking, p.repo, p.runs_dir, p.config.target.artifact)
+        if tracker is None:
+            raise ConfigError("no tracker is configured: add tracking: {mlflow: {uri: ..., experiment: ...}} to "
+                              f"{p.config_file.name} (see README, Configuration)")
+        try:
+            done = tracker.backfill(p.forge)
+        except ConfigError:
+            raise
+        except Exception as e:  # noqa: BLE001 - MLflow's errors are many: each is one line here
+            raise ConfigError(f"MLflow at {p.config.tracking.mlflow.uri} failed: {type(e).__name__}: {e}; nothing "
+                              "is lost (the notes keep every run): run `arbot track --backfill` again") from e
+        console.print(f"MLflow {p.config.tracking.mlflow.uri} (experiment {p.config.tracking.mlflow.experiment!r}): "
+                      f"{done.records} records checked, {done.runs} runs logged now")
 
 
 def cost_lines(forge: LocalForge, recs: list[ExperimentRecord]) -> list[str]:
