@@ -26,6 +26,7 @@ from bot.progress import champion_steps, costs, stale_rate, trajectory
 
 CONFIDENCE = 0.95  # of the improvement's interval
 MARKDOWN, HTML, PLOT = "report.md", "report.html", "trajectory.png"
+COST = "Cost and reliability"  # the section whose lines are `arbot status`'s
 
 
 def campaign_lines(forge: LocalForge, recs: list[ExperimentRecord]) -> list[str]:
@@ -133,21 +134,23 @@ def build(forge: LocalForge, metric: Metric, comparison: Comparison, out: Path) 
     wins = [r for r in recs if r.merged_as]
     win_rows = [[r.id, r.proposal.hypothesis, fmt(r.decision.delta, signed=True) if r.decision.delta is not None
                  else "n/a", r.decision.rule, f"{r.decision.p_value:.3g}" if r.decision.p_value is not None else "",
-                 replicated(r), f"reverted by {r.reverted_as[:7]}" if r.reverted_as else ""] for r in wins]
+                 replicated(r), f"by {r.reverted_as[:7]}" if r.reverted_as else "no"] for r in wins]
     merged = Section("Merged wins", [f"{len(wins)} of {len(recs)} experiments merged; the effect is "
                                      f"{key} candidate − champion at the decision."] if recs else ["No experiment yet."])
     if win_rows:
-        merged.table = (["experiment", "change", "effect", "rule", "p", "replicated (arbot audit)", ""], win_rows)
+        merged.table = (["experiment", "change", "effect", "rule", "p", "replicated (arbot audit)", "reverted"], win_rows)
 
     counts: dict[str, int] = {}
     for r in recs:
         verdict = r.decision.verdict if r.decision else "unfinished"
         counts[verdict] = counts.get(verdict, 0) + 1
     steps = champion_steps(forge.champion_log())
-    campaign = Section("Cost and reliability", [
+    spent = costs(recs, {s: forge.champion_record(s) for s in {r.parent for r in recs}})
+    per_win = f", {spent.seconds_per_win / 3600:.2f} per merged win" if spent.wins else ""
+    campaign = Section(COST, [
         f"experiments: {len(recs)} " + " ".join(f"{k}={v}" for k, v in sorted(counts.items())),
         *campaign_lines(forge, recs),
-        f"runner hours: {costs(recs, {s: forge.champion_record(s) for s in {r.parent for r in recs}}).runner_seconds / 3600:.2f}"])
+        f"runner hours: {spent.runner_seconds / 3600:.2f}{per_win}"])
     if steps:
         campaign.lines.append(f"champion trajectory ({key}, one step per merged win): "
                               + " -> ".join(value for _, value in steps))
@@ -179,7 +182,9 @@ def markdown(report: Report) -> str:
     out = [f"# {report.title}", ""]
     for s in report.sections:
         out += [f"## {s.title}", ""]
-        out += [f"- {line}" if s.title == "Cost and reliability" else line for line in s.lines]
+        bullets = s.title == COST
+        for line in s.lines:
+            out += [f"- {line}"] if bullets else [line, ""]
         if s.table:
             head, rows = s.table
             out += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

@@ -168,8 +168,11 @@ def assert_everything_logged_once(forge: LocalForge, url: str, experiment: str) 
                 assert child.data.metrics[name] == pytest.approx(value)
             assert child.data.metrics["total_seconds"] == result.total_seconds
             assert child.data.tags["arbot.status"] == result.status
-            tail = client.download_artifacts(child.info.run_id, "log_tail.txt", str(forge.repo.git_dir))
-            assert Path(tail).read_text() == result.log_tail
+            if result.log_tail:
+                tail = client.download_artifacts(child.info.run_id, "log_tail.txt", str(forge.repo.git_dir))
+                assert Path(tail).read_text() == result.log_tail
+            else:
+                assert client.list_artifacts(child.info.run_id) == []
     assert set(by_key) == wanted, set(by_key) ^ wanted
 
 
@@ -228,6 +231,55 @@ def test_a_tracker_outage_loses_nothing_backfill_logs_it_from_the_notes(tmp_path
                            text=True, timeout=300)
     assert again.returncode == 0 and " 0 runs logged now" in " ".join(again.stdout.split()), again.stdout + again.stderr
     assert_everything_logged_once(forge, mlflow_server.url, "outage")
+
+
+@pytest.mark.slow
+def test_github_mode_logs_the_same_campaign_through_the_bot(tmp_path, mlflow_server):
+    import git
+
+    from bot.surfaces.github import mirror
+    from tests.test_parity import run_github
+
+    tracker = make_tracker(Config.model_validate({"tracking": {"mlflow": {"uri": mlflow_server.url,
+                                                                          "experiment": "github"}}}).tracking,
+                           mirror(tmp_path / "mirror.git"))
+    decisions, _, _ = run_github(tmp_path, tracker)
+    assert {d[0]: d[1:] for d in decisions} == EXPECTED and tracker.missed == {}
+    bot_notes = LocalForge(git.Repo(tmp_path / "mirror.git"))  # the bot's mirror: the records it logged from
+    assert_everything_logged_once(bot_notes, mlflow_server.url, "github")
+
+
+@pytest.mark.slow
+def test_arbot_run_logs_real_runs_with_their_model_files(research_repo, mlflow_server, tmp_path):
+    import hashlib
+
+    import yaml
+    from mlflow import MlflowClient
+
+    root = Path(research_repo.working_tree_dir)
+    config = yaml.safe_load((root / "arbot.yml").read_text())
+    config["tracking"] = {"mlflow": {"uri": mlflow_server.url, "experiment": "real", "log_models": True}}
+    (root / "arbot.yml").write_text(yaml.safe_dump(config))
+    research_repo.git.commit("-qam", "track with MLflow")
+    ran = subprocess.run([sys.executable, "-m", "bot", "run", "-n", "1", "--repo", str(root)], capture_output=True,
+                         text=True, timeout=600)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert "View run" not in ran.stdout  # MLflow prints nothing on the terminal arbot draws on
+    forge = LocalForge(research_repo)
+    by_key = logged(mlflow_server.url, "real")
+    client = MlflowClient(mlflow_server.url)
+    ok = [(k, r) for o in records(forge) for k, r in keyed_runs(o) if r.ok]
+    assert ok
+    for key, result in ok:
+        [child] = by_key[key]
+        assert child.data.metrics["train_seconds"] == pytest.approx(result.train_seconds)
+        assert child.data.metrics["tokens_per_second"] == pytest.approx(result.tokens_per_second)
+        assert {f"phase.{p}" for p in result.phases} <= set(child.data.metrics)
+        model = client.download_artifacts(child.info.run_id, "model", str(tmp_path / child.info.run_id))
+        [path] = Path(model).iterdir()
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == result.model_sha256  # the file it scored
+        names = {a.path for a in client.list_artifacts(child.info.run_id)}
+        assert names == {"model"} | ({"log_tail.txt"} if result.log_tail else set())  # a tail only where one was kept
 
 
 # --- without a server ---------------------------------------------------------------------------------------------
