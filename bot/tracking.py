@@ -142,8 +142,9 @@ class MLflowTracker:
         self.config, self.repo, self.models, self.artifact = config, repo, models, artifact
         self.client = mlflow.MlflowClient(tracking_uri=config.uri)
         self.missed: dict[str, Owner] = {}  # records not logged yet (MLflow failed): key -> newest snapshot
+        self.retry_seconds = RETRY_SECONDS
         self._experiment_id: str | None = None
-        self._down_until = 0.0
+        self._failed_at = float("-inf")
 
     # --- the Tracker port: never raises ------------------------------------------------------------------------
     def ran(self, owner: Owner, result: RunResult) -> None:
@@ -156,7 +157,7 @@ class MLflowTracker:
         """Log these records, after the ones missed before (oldest first); on a failure keep them for later."""
         for owner in owners:
             self.missed[owner_key(owner)] = owner
-        if time.monotonic() < self._down_until:
+        if time.monotonic() < self._failed_at + self.retry_seconds:
             return
         try:
             while self.missed:
@@ -164,10 +165,10 @@ class MLflowTracker:
                 self.sync(owner)
                 del self.missed[key]
         except Exception as e:  # noqa: BLE001 - whatever MLflow raises, research goes on
-            self._down_until = time.monotonic() + RETRY_SECONDS
+            self._failed_at = time.monotonic()
             log.warning("MLflow at %s failed (%s: %s): %d record(s) wait to be logged, retried in %.0f s (or "
                         "`arbot track --backfill` logs them from the notes)", self.config.uri, type(e).__name__,
-                        str(e)[:300], len(self.missed), RETRY_SECONDS)
+                        str(e)[:300], len(self.missed), self.retry_seconds)
 
     # --- sync: what MLflow lacks of one record ----------------------------------------------------------------
     def backfill(self, store: LocalForge) -> Backfilled:

@@ -231,6 +231,11 @@ def test_a_tracker_outage_loses_nothing_backfill_logs_it_from_the_notes(tmp_path
                            text=True, timeout=300)
     assert again.returncode == 0 and " 0 runs logged now" in " ".join(again.stdout.split()), again.stdout + again.stderr
     assert_everything_logged_once(forge, mlflow_server.url, "outage")
+    # the campaign's own tracker, asked again once the server is back, logs what it kept: nothing twice either
+    tracker.retry_seconds = 0
+    tracker.decided(forge.experiments()[-1])
+    assert tracker.missed == {}
+    assert_everything_logged_once(forge, mlflow_server.url, "outage")
 
 
 @pytest.mark.slow
