@@ -339,3 +339,16 @@ def test_github_mode_logs_through_the_bot(tmp_path):
         assert Path(driver.stepper.tracker.repo.git_dir) == tmp_path / "m.git"  # the diffs come from the bot's mirror
     finally:
         store.close()
+
+
+def test_backfill_without_a_tracker_or_with_mlflow_down_is_one_clear_error(tmp_path):
+    repo = make_world(tmp_path / "world", CONFIG)
+    root = repo.working_tree_dir
+    off = subprocess.run([sys.executable, "-m", "bot", "track", "--backfill", "--repo", root], capture_output=True,
+                         text=True, env={**os.environ, "COLUMNS": "400"})
+    assert off.returncode == 2 and "no tracker is configured: add tracking:" in off.stdout, off.stdout + off.stderr
+    (Path(root) / "arbot.yml").write_text(f"tracking:\n  mlflow:\n    uri: http://127.0.0.1:{free_port()}\n")
+    down = subprocess.run([sys.executable, "-m", "bot", "track", "--backfill", "--repo", root], capture_output=True,
+                          text=True, env={**os.environ, "COLUMNS": "400"})
+    assert down.returncode == 2 and "failed" in down.stdout and "nothing is lost" in down.stdout, down.stdout
+    assert "Traceback" not in down.stdout + down.stderr
