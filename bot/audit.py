@@ -13,10 +13,11 @@ from statistics import mean
 from scipy import stats
 
 from bot.forges.local import LocalForge
-from bot.core.records import AuditRecord, ExperimentRecord, Metric, ok_metric, oriented
+from bot.core.records import AuditRecord, ExperimentRecord, Metric, RunResult, ok_metric, oriented
 from runner.job import Runner, champion_timing
 
 AUDIT_SEED_OFFSET = 1000  # replication seeds: disjoint from the seeds any decision used
+REPORT_SEED_OFFSET = 5000  # `arbot report`'s re-measurement: disjoint from decisions and from 4000 audit runs
 
 
 def audit_win(forge: LocalForge, runner: Runner, rec: ExperimentRecord, runs: int, alpha: float, metric: Metric,
@@ -25,18 +26,31 @@ def audit_win(forge: LocalForge, runner: Runner, rec: ExperimentRecord, runs: in
     if rec.merged_as is None:
         raise ValueError(f"{rec.id} was not merged; only wins are audited")
     first = AUDIT_SEED_OFFSET + sum(a.runs for a in rec.audits)
+    # Both sides scored by the evaluator of the parent, as the original decision was.
+    audit = remeasure(runner, rec.commit, rec.parent, rec.parent, list(range(first, first + runs)), alpha, metric,
+                      at, on_run, label=rec.id, recorded=forge.champion_record(rec.parent).runs)
+    rec.audits.append(audit)
+    forge.save(rec)
+    return audit
+
+
+def remeasure(runner: Runner, candidate: str, baseline: str, evaluator: str, seeds: list[int], alpha: float,
+              metric: Metric, at: str, on_run=None, label: str = "candidate",
+              recorded: list[RunResult] = ()) -> AuditRecord:
+    """`candidate` and `baseline` trained at each of `seeds` and scored by `evaluator`'s evaluator; the effect
+    (positive: the candidate is better) and its one-sided t-test. A commit other than `evaluator` is held to the
+    evaluator commit's measured times: its `recorded` runs and those of it made here."""
     hook = on_run or (lambda label, commit, seed: None)
     cand, base = [], []
-    recorded = forge.champion_record(rec.parent).runs
-    for seed in range(first, first + runs):
-        # Both sides scored by the evaluator of the parent, as the original decision was; the win is held to the
-        # parent's measured times, as it was then.
-        timing = champion_timing(recorded + base, runner.target.budget_seconds)
-        cand.append(runner.run(rec.commit, rec.parent, seed=seed, on_progress=hook(rec.id, rec.commit, seed),
+    own = list(recorded)
+    for seed in seeds:
+        timing = champion_timing(own, runner.target.budget_seconds)
+        cand.append(runner.run(candidate, evaluator, seed=seed, on_progress=hook(label, candidate, seed), timing=timing))
+        base.append(runner.run(baseline, evaluator, seed=seed, on_progress=hook("baseline", baseline, seed),
                                timing=timing))
-        base.append(runner.run(rec.parent, rec.parent, seed=seed, on_progress=hook("parent", rec.parent, seed)))
+        own += [run for run, commit in ((cand[-1], candidate), (base[-1], baseline)) if commit == evaluator]
     c, b = ok_metric(cand, metric.key()), ok_metric(base, metric.key())
-    audit = AuditRecord(runs=runs, seeds=list(range(first, first + runs)), candidate=c, baseline=b, at=at)
+    audit = AuditRecord(runs=len(seeds), seeds=seeds, candidate=c, baseline=b, at=at)
     if len(c) >= 2 and len(b) >= 2:
         oc, ob = oriented(c, metric.direction), oriented(b, metric.direction)  # lower is better
         audit.effect = mean(ob) - mean(oc)
@@ -44,9 +58,7 @@ def audit_win(forge: LocalForge, runner: Runner, rec: ExperimentRecord, runs: in
         audit.replicates = audit.effect > 0 and audit.p_value < alpha
     else:
         audit.replicates = False
-        audit.note = f"too few successful runs to test ({len(c)} candidate, {len(b)} parent)"
-    rec.audits.append(audit)
-    forge.save(rec)
+        audit.note = f"too few successful runs to test ({len(c)} candidate, {len(b)} baseline)"
     return audit
 
 

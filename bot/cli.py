@@ -15,6 +15,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from bot.audit import audit_win, regression_rate, revert_win
+from bot import report as campaign_report
+from bot.report import campaign_lines
 from bot.bench.cli import bench_app
 from bot.config import CONFIG_FILE, Config, ConfigError, load_config, local_sandbox
 from bot.forges.local import ForgeError, LocalForge
@@ -24,13 +26,14 @@ from bot.loop import Loop, export_results
 from bot.stepper import RunsLost, now
 from bot.surfaces.local import ChampionBroken
 from bot.plot import plot as draw
-from bot.progress import champion_steps, live, stale_rate, trajectory
+from bot.progress import champion_steps, live, trajectory
 from bot.core.policy import make_policy
 from bot.proposers.base import ProposalError
 from bot.proposers.factory import make_proposer
 from bot.proposers.failures import ProposalRejected
 from bot.core.records import ChampionRecord, ExperimentRecord, Metric, ok_metric
 from bot.results import row
+from bot.tracking import make_tracker
 from runner.config import TargetConfig
 from runner.result import clean_text
 from runner.job import ChampionTiming, EvaluatorError, Runner, champion_timing
@@ -129,9 +132,10 @@ def run(
             maker.check()  # an unreachable endpoint fails here, before any training
         metric = p.config.metric
         display = RunDisplay(progress, p.config.target.budget_seconds)
+        tracker = make_tracker(p.config.tracking, p.repo, p.runs_dir, p.config.target.artifact)
         runs = make_executor(p, display)
         loop = Loop(p.forge, p.runner, maker, make_policy(p.config.policy), p.config.target, on_run=display,
-                    metric=metric, executor=runs, status_file=p.status_file)
+                    metric=metric, executor=runs, status_file=p.status_file, tracker=tracker)
         results = p.root / p.config.run.results_file
         try:
             with progress:
@@ -145,6 +149,9 @@ def run(
         finally:
             runs.close()
             p.status_file.unlink(missing_ok=True)
+            if tracker is not None and tracker.missed:
+                console.print(f"[yellow]{len(tracker.missed)} record(s) could not be logged to MLflow[/] "
+                              f"({p.config.tracking.mlflow.uri}): `arbot track --backfill` logs them from the notes")
         export_results(p.forge, results, metric)
         console.print(experiment_table(done, metric))
         unreadable_lines(p.forge)
@@ -253,7 +260,7 @@ def status(repo: Path = typer.Option(Path("."), "--repo"), config: Optional[Path
         console.print(f"champion {sha[:7]}: {champion_summary(p.forge.champion_record(sha).runs, p.config.metric)} "
                       "(noise floor)")
         console.print(f"experiments: {len(recs)} " + " ".join(f"{k}={v}" for k, v in sorted(counts.items())))
-        for line in cost_lines(p.forge, recs) + progress_lines(p, recs):
+        for line in campaign_lines(p.forge, recs) + progress_lines(p, recs):
             console.print(shown(line))
         unreadable_lines(p.forge)
 
@@ -265,10 +272,8 @@ def unreadable_lines(forge: LocalForge) -> None:
 
 
 def progress_lines(p: Project, recs: list[ExperimentRecord]) -> list[str]:
-    """The stale rate, the champion's trajectory and, while an `arbot run` runs, its workers and queue."""
-    rate, stale, decided = stale_rate(recs)
-    lines = [f"stale rate: {rate:.0%} ({stale} of {decided} decided experiments measured again because the "
-             "champion moved while they were in flight)" if rate is not None else "stale rate: nothing decided yet"]
+    """The champion's trajectory and, while an `arbot run` runs, its workers and queue."""
+    lines = []
     steps = champion_steps(p.forge.champion_log())
     if steps:
         lines.append(f"champion trajectory ({p.config.metric.key()}, one step per merged win): "
@@ -303,17 +308,64 @@ def plot(
         console.print(f"wrote {written} ({len(points)} experiments)")
 
 
-def cost_lines(forge: LocalForge, recs: list[ExperimentRecord]) -> list[str]:
-    """Runner time and LLM spend, in total and per promoted win; the audited regression rate."""
-    champion_runs = [r for sha in {rec.parent for rec in recs} for r in forge.champion_record(sha).runs]
-    seconds = sum(r.total_seconds for rec in recs for r in rec.runs) + sum(r.total_seconds for r in champion_runs)
-    spend = sum(rec.proposal.cost.usd for rec in recs)
-    wins = sum(1 for rec in recs if rec.merged_as)
-    per_win = f"{seconds / wins:.0f} runner-s" + (f", ${spend / wins:.4f} LLM" if spend else "") if wins else "no wins yet"
-    rate, audited = regression_rate(recs)
-    regression = f"{rate:.0%} of {audited} audited wins did not replicate" if audited else "no win audited yet (arbot audit)"
-    return [f"runner seconds: {seconds:.0f}" + (f", LLM spend: ${spend:.4f}" if spend else ""),
-            f"cost per confirmed improvement: {per_win}", f"regression rate: {regression}"]
+@app.command()
+def report(
+    baseline: Optional[str] = typer.Option(None, "--baseline", help="the human-tuned baseline, any revision "
+                                           "(default: the first champion: the campaign's starting point)"),
+    runs: int = typer.Option(3, "--runs", min=2, help="fresh seeds per side for the re-measurement"),
+    from_notes: bool = typer.Option(False, "--from-notes", help="compare the runs recorded in the notes; train nothing"),
+    out: Path = typer.Option(Path("arbot-report"), "--out", help="the folder for report.md, report.html and the plot"),
+    repo: Path = typer.Option(Path("."), "--repo"),
+    config: Optional[Path] = typer.Option(None, "--config"),
+):
+    """The campaign against its baseline, in Markdown and one self-contained HTML file: both re-measured with fresh
+    seeds (the improvement and its interval), each merged win with its effect, rule and replication, cost per
+    confirmed improvement, regression and stale rates, the trajectory."""
+    with clear_errors():
+        p = Project(repo, config)
+        try:
+            final = p.forge.champion()
+            start = p.repo.commit(baseline).hexsha if baseline else campaign_report.first_champion(p.forge)
+        except (git.BadName, ValueError) as e:
+            raise ConfigError(f"{baseline or p.config.run.champion_branch!r} is not a commit here ({e}): name the "
+                              "baseline with --baseline REF, after a first `arbot run`") from e
+        folder = out if out.is_absolute() else Path.cwd() / out
+        progress = Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                            TextColumn("{task.fields[loss]}"), console=console, transient=True)
+        with progress:
+            runner = None if from_notes or start == final else p.runner
+            comparison = campaign_report.compare(p.forge, p.config.metric, start, final, runner, runs,
+                                                 RunDisplay(progress, p.config.target.budget_seconds), at=now())
+        md, page = campaign_report.write(campaign_report.build(p.forge, p.config.metric, comparison, folder), folder)
+        console.print(f"wrote {md} and {page}")
+
+
+@app.command()
+def track(
+    backfill: bool = typer.Option(False, "--backfill", help="log from the git notes every run and decision the "
+                                  "tracker does not have yet"),
+    repo: Path = typer.Option(Path("."), "--repo"),
+    config: Optional[Path] = typer.Option(None, "--config"),
+):
+    """Experiment tracking (tracking: in arbot.yml): `--backfill` logs to MLflow, from the notes, what it missed
+    (after an outage, or a campaign run before tracking was set up). Safe to repeat: nothing is logged twice."""
+    with clear_errors():
+        p = Project(repo, config)
+        if not backfill:
+            raise ConfigError("nothing to do: `arbot track --backfill` logs what the tracker does not have yet")
+        tracker = make_tracker(p.config.tracking, p.repo, p.runs_dir, p.config.target.artifact)
+        if tracker is None:
+            raise ConfigError("no tracker is configured: add tracking: {mlflow: {uri: ..., experiment: ...}} to "
+                              f"{p.config_file.name} (see README, Configuration)")
+        try:
+            done = tracker.backfill(p.forge)
+        except ConfigError:
+            raise
+        except Exception as e:  # noqa: BLE001 - MLflow's errors are many: each is one line here
+            raise ConfigError(f"MLflow at {p.config.tracking.mlflow.uri} failed: {type(e).__name__}: {e}; nothing "
+                              "is lost (the notes keep every run): run `arbot track --backfill` again") from e
+        console.print(f"MLflow {p.config.tracking.mlflow.uri} (experiment {p.config.tracking.mlflow.experiment!r}): "
+                      f"{done.records} records checked, {done.runs} runs logged now")
 
 
 @app.command()

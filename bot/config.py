@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from bot.core.policy import PolicyConfig
 from bot.core.records import Metric
@@ -146,6 +146,30 @@ class GitHubConfig(Strict):
     )
 
 
+class MLflowConfig(Strict):
+    """An MLflow tracking server that sees every run and decision (bot.tracking; `pip install arbot[tracking]`)."""
+
+    uri: str = Field(description="the tracking URI, e.g. http://mlflow.internal:5000 (or sqlite:///mlflow.db)")
+    experiment: str = Field("arbot", min_length=1, description="the MLflow experiment the campaign's runs go to")
+    log_models: bool = Field(False, description="also log each run's scored model file (local runs keep it in "
+                             ".arbot/runs; GitHub mode has none)")
+    timeout_seconds: float = Field(10.0, gt=0, description="seconds one request to the server may take; a server "
+                                   "that is down costs research no more (what it missed: `arbot track --backfill`)")
+
+    @field_validator("uri")
+    @classmethod
+    def _has_scheme(cls, uri: str) -> str:
+        if "://" not in uri and not uri.startswith("file:"):
+            raise ValueError("a tracking URI with its scheme, e.g. http://localhost:5000 or sqlite:///mlflow.db")
+        return uri
+
+
+class TrackingConfig(Strict):
+    """Experiment tracking, off unless a tracker is configured."""
+
+    mlflow: MLflowConfig | None = Field(None, description="log runs and decisions to this MLflow server")
+
+
 class Config(Strict):
     target: TargetConfig = Field(default_factory=TargetConfig)
     evaluator: EvaluatorConfig = Field(default_factory=EvaluatorConfig)
@@ -155,6 +179,7 @@ class Config(Strict):
     run: RunConfig = Field(default_factory=RunConfig)
     github: GitHubConfig = Field(default_factory=GitHubConfig)
     slurm: SlurmConfig = Field(default_factory=SlurmConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @property
     def metric(self) -> Metric:

@@ -62,6 +62,32 @@ def stale_rate(experiments: list[ExperimentRecord]) -> tuple[float | None, int, 
     return (stale / len(decided) if decided else None), stale, len(decided)
 
 
+@dataclass(frozen=True)
+class Costs:
+    """What the campaign cost: runner seconds (every run of the experiments and of the champions they were measured
+    against), LLM spend, and the merged wins they bought."""
+
+    runner_seconds: float
+    llm_usd: float
+    wins: int
+
+    @property
+    def seconds_per_win(self) -> float | None:
+        return self.runner_seconds / self.wins if self.wins else None
+
+    @property
+    def usd_per_win(self) -> float | None:
+        return self.llm_usd / self.wins if self.wins else None
+
+
+def costs(experiments: list[ExperimentRecord], champions: dict[str, ChampionRecord]) -> Costs:
+    """`champions`: the records of the experiments' parents."""
+    champion_runs = [r for sha in {rec.parent for rec in experiments} if sha in champions for r in champions[sha].runs]
+    seconds = sum(r.total_seconds for rec in experiments for r in rec.runs) + sum(r.total_seconds for r in champion_runs)
+    return Costs(runner_seconds=seconds, llm_usd=sum(rec.proposal.cost.usd for rec in experiments),
+                 wins=sum(1 for rec in experiments if rec.merged_as))
+
+
 def live(status_file: Path) -> dict | None:
     """The state a running `arbot run` last wrote, or None when none is running (no file, or its process ended)."""
     try:

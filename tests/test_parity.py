@@ -82,7 +82,8 @@ def run_local(tmp_path) -> tuple[list[tuple], list[dict]]:
     return outcome(forge)
 
 
-def run_github(tmp_path) -> tuple[list[tuple], list[dict], FakeGitHub]:
+def run_github(tmp_path, tracker=None) -> tuple[list[tuple], list[dict], FakeGitHub]:
+    """The campaign in GitHub mode; `tracker`: the bot's experiment tracker (tests/test_tracking.py)."""
     repo = make_world(tmp_path / "gh-src", CONFIG)
     config = load_config(tmp_path / "gh-src" / "arbot.yml")
     fake = FakeGitHub(tmp_path / "remote", owner="octo-org", name="research", token=TOKEN)
@@ -98,7 +99,7 @@ def run_github(tmp_path) -> tuple[list[tuple], list[dict], FakeGitHub]:
             forge.protect_champion()
             paused = [True]  # the test lets the bot propose one experiment per step, as `arbot run` does
             driver = Driver(forge, mirror(tmp_path / "mirror.git"), config, ScriptedProposer(*names),
-                            make_policy(config.policy), paused=lambda: paused[0])
+                            make_policy(config.policy), paused=lambda: paused[0], tracker=tracker)
 
             def settle():
                 while True:

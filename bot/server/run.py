@@ -59,7 +59,8 @@ def build_driver(config: Config, root: Path, forge, store, settings, mirror_path
     """The GitHub mode driver: the bot's bare mirror (.arbot/github.git), the configured proposer and policy,
     the daily budget and the pause switch (config or `/arbot pause`). The LLM proposer's smoke runs use the
     runner's training sandbox, as in `arbot run`. `command` names this writer on the lease; by default it waits
-    out another holder's lease (a server restarted before its old lease expired). Contacts nothing."""
+    out another holder's lease (a server restarted before its old lease expired). Runs and decisions are also
+    logged to the configured tracker (tracking:), by the bot: the runner logs nothing. Contacts nothing."""
     from bot.server.driver import Driver
     from bot.surfaces.github import MIRROR, mirror
     from bot.github.lease import DEFAULT_TTL, holder_name
@@ -67,6 +68,7 @@ def build_driver(config: Config, root: Path, forge, store, settings, mirror_path
     from bot.proposers.factory import make_proposer
     from bot.server.app import PAUSED_FLAG
     from bot.server.store import Budget
+    from bot.tracking import make_tracker
     from runner.job import Runner
 
     local = mirror(mirror_path or root / MIRROR)
@@ -74,7 +76,8 @@ def build_driver(config: Config, root: Path, forge, store, settings, mirror_path
     sandbox = Runner(local, config.target, config.evaluator).sandbox
     return Driver(forge, local, config, make_proposer(config, local, sandbox=sandbox), make_policy(config.policy),
                   budget=budget, paused=lambda: settings.paused or store.flag(PAUSED_FLAG) == "1",
-                  holder=holder_name(command), lease_wait=DEFAULT_TTL + 60 if lease_wait is None else lease_wait)
+                  holder=holder_name(command), lease_wait=DEFAULT_TTL + 60 if lease_wait is None else lease_wait,
+                  tracker=make_tracker(config.tracking, local))
 
 
 def serve(config: Config, root: Path, host: str, port: int, log_level: str = "info") -> None:
