@@ -160,7 +160,9 @@ class ScriptedRunner:
     """The runner's interface (runner.job.Runner.run), answered from the world."""
 
     def __init__(self, repo: git.Repo, world: dict[str, Variant]):
-        self.repo, self.world = repo, world
+        from runner.config import TargetConfig
+
+        self.repo, self.world, self.target = repo, world, TargetConfig()
 
     def run(self, candidate: str, champion: str, seed: int = 0, splits=("val",), on_progress=None, stop=None,
             timing=None) -> RunResult:

@@ -90,8 +90,8 @@ def mlflow_server(tmp_path_factory):
 class TailRunner(ScriptedRunner):
     """The scripted world's runs, with the log tail a real run prints."""
 
-    def run(self, candidate, champion, seed=0, splits=("val",), on_progress=None, stop=None):
-        result = super().run(candidate, champion, seed, splits, on_progress, stop)
+    def run(self, candidate, champion, seed=0, splits=("val",), on_progress=None, stop=None, timing=None):
+        result = super().run(candidate, champion, seed, splits, on_progress, stop, timing)
         return result.model_copy(update={"log_tail": f"step 100 | loss 3.1 | seed {seed}\n"})
 
 
