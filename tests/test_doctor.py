@@ -25,6 +25,7 @@ from bot.doctor import (FAIL, OK, WARN, TorchInfo, check_allowed_paths, check_ch
                         check_evaluator, check_git, check_limits, check_sandbox, check_script, check_splits, check_uncommitted,
                         committed_files, diagnose, free_bytes, github_checks, probe_torch, read_config, uncommitted)
 from bot.github.setup import run_setup
+from bot.executors.pool import AUTO_MAX_CPU_WORKERS
 from bot.init import Answers, apply, plan
 from runner.job import Runner
 from runner.protocol import PROTOCOL_VERSION
@@ -348,10 +349,11 @@ UNPRIVILEGED = """
 import json, os, sys
 from bot.config import Config
 from bot.doctor import check_limits
-from bot.executors.pool import refuse_unboxed
+from bot.executors.pool import refuse_unboxed, worker_count
 config = Config.model_validate(json.loads(sys.argv[1]))
 os.setgroups([]); os.setgid(65534); os.setuid(65534)  # imported first: this Python lives under /root
-out = {"checks": [[c.name, c.status, c.detail, c.fix] for c in check_limits(config, sandboxed=True)]}
+out = {"checks": [[c.name, c.status, c.detail, c.fix] for c in check_limits(config, sandboxed=True)],
+       "auto": worker_count("auto", config.target, gpus=[])}
 try:
     refuse_unboxed(config.target, 2)
     out["refused"] = ""
@@ -384,8 +386,10 @@ def test_a_runner_that_cannot_enforce_the_limits_says_so_and_refuses_parallel_wo
     assert checks["limit: disk"][0] == WARN and "cannot mount" in checks["limit: disk"][1]
     assert "memory: only RLIMIT_DATA" in out["refused"] and "processes and threads" in out["refused"]
     assert "target.allow_unboxed_workers: true" in out["refused"]
+    assert out["auto"] == 1  # run.workers: auto asks for one worker here, never for what would be refused
     allowed = unprivileged(threads=1, allow_unboxed_workers=True)
     assert allowed["refused"] == "" and {s for _, s, _, _ in allowed["checks"]} == {OK, WARN}
+    assert allowed["auto"] == min(os.cpu_count() or 1, AUTO_MAX_CPU_WORKERS)
 
 
 def test_cuda_asked_for_needs_a_cuda_build_that_sees_a_gpu(ready):

@@ -54,13 +54,16 @@ def cores() -> int:
 
 def worker_count(workers: int | str, target: TargetConfig, gpus: list[str] | None = None) -> int:
     """run.workers as a number. `auto`: one worker per GPU when training may use GPUs, else one per
-    `target.threads` cores (one each when 0), at most AUTO_MAX_CPU_WORKERS."""
+    `target.threads` cores (one each when 0), at most AUTO_MAX_CPU_WORKERS; and one where the kernel cannot keep
+    parallel runs apart (`unboxed`), unless target.allow_unboxed_workers: auto never asks for what is refused."""
     if workers != "auto":
         return int(workers)
     gpus = visible_gpus() if gpus is None else gpus
-    if gpus and target.device != "cpu":
-        return len(gpus)
-    return max(1, min(cores() // max(target.threads, 1), AUTO_MAX_CPU_WORKERS))
+    n = len(gpus) if gpus and target.device != "cpu" else max(1, min(cores() // max(target.threads, 1),
+                                                                     AUTO_MAX_CPU_WORKERS))
+    if n > 1 and not target.allow_unboxed_workers and unboxed(target, target.sandbox != "off"):
+        return 1
+    return n
 
 
 def shares(target: TargetConfig, workers: int, gpus: list[str]) -> list[tuple[TargetConfig, str | None]]:
