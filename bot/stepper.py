@@ -298,10 +298,10 @@ class Stepper:
             spec = outcome.spec
             owner = self._owner(spec)
             wanted = owner is not None and any(s.key == spec.key for s in owner.pending)
+            self.in_flight.pop(spec.key, None)  # a lost run is handed over again (in flight again), or raises
             if isinstance(outcome, Lost) and wanted:
                 self._lost(outcome, owner)
                 continue
-            self.in_flight.pop(spec.key, None)
             if wanted and isinstance(outcome, Finished):
                 self._losses.pop(spec.key, None)
                 owner.pending = [s for s in owner.pending if s.key != spec.key]
