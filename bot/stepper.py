@@ -45,6 +45,8 @@ class RunsLost(RuntimeError):
 class Surface(Protocol):
     """What people see and what merges (bot.surfaces.local, bot.surfaces.github)."""
 
+    shared: bool  # whether other writers change the records meanwhile (GitHub mode: another server, a workflow)
+
     def sync(self) -> dict[str, str]:
         """Bring the records up to date with the surface; the wins merged outside the stepper (GitHub's
         auto-merge, a human's merge button) since: experiment id -> merge commit."""
@@ -113,6 +115,7 @@ class Stepper:
         self.target, self.rules, self.slots, self.keep = target, rules, slots, keep
         self.in_flight: dict[str, RunSpec] = {}  # key -> spec, for every run handed to the executor
         self._losses: dict[str, int] = {}  # key -> times lost in a row in this process
+        self._taken_up = False  # whether this process has looked for runs noted pending that it is not making
         self.made = 0  # runs whose results this process took in
 
     # --- one step ---------------------------------------------------------------------------------------------
@@ -331,7 +334,11 @@ class Stepper:
     def take_up(self) -> None:
         """Runs noted pending that this process is not making (noted by an earlier process, or by another writer
         in GitHub mode) are resumed by the executor, or submitted again; runs it makes that no record waits for
-        any more are cancelled; a finished experiment's leftover pending runs are dropped."""
+        any more are cancelled; a finished experiment's leftover pending runs are dropped. Once per process where
+        this process is the only writer (it then notes every other pending run itself), every step where it is not."""
+        if self._taken_up and not self.surface.shared:
+            return
+        self._taken_up = True
         owners: list[ExperimentRecord | ChampionRecord] = [self.store.champion_record(self.store.champion())]
         for rec in self.store.experiments():
             if lc.is_active(rec):

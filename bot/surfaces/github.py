@@ -66,6 +66,8 @@ def mirror(path: Path) -> git.Repo:
 
 
 class GitHubSurface:
+    shared = True  # another server, the scheduled workflow or a restarted bot may write the notes between events
+
     def __init__(self, forge: GitHubForge, local: git.Repo, config: Config, budget: Budget | None = None,
                  paused: Callable[[], bool] = lambda: False):
         self.forge, self.local, self.config, self.budget, self.paused = forge, local, config, budget, paused

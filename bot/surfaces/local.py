@@ -42,6 +42,8 @@ class Quiet:
 
 
 class LocalSurface:
+    shared = False  # `arbot run` is the repository's only writer while it runs
+
     def __init__(self, forge: LocalForge, report: Report | None = None):
         self.forge, self.report = forge, report or Quiet()
 
