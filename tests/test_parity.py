@@ -71,15 +71,24 @@ def run_local(tmp_path) -> tuple[list[tuple], list[dict]]:
     forge.ensure_champion()
     names = [s for s in STEPS if not s.startswith("approve")]
     loop = Loop(forge, ScriptedRunner(repo, WORLD), ScriptedProposer(*names), make_policy(config.policy), config.target)
+    play(loop, forge)
+    return outcome(forge)
+
+
+def play(loop: Loop, forge: LocalForge, steps: list[str] = STEPS, before=None) -> None:
+    """The campaign through the local loop, one step at a time as `arbot run` makes them: each proposal until
+    nothing is active (a replay opened by an approval included), each approval as a human gives it; `before(i)`
+    is called before step i."""
     loop.measure_champion()
-    for step in STEPS:
+    for i, step in enumerate(steps):
+        if before is not None:
+            before(i)
         if step.startswith("approve"):
             assert loop.approve(step.split()[1]).review == "approved"
         else:
             loop.step()
-        while any(lc.is_active(r) for r in forge.experiments()):  # a replay opened by an approval
+        while any(lc.is_active(r) for r in forge.experiments()):
             loop.step()
-    return outcome(forge)
 
 
 def run_github(tmp_path, tracker=None) -> tuple[list[tuple], list[dict], FakeGitHub]:

@@ -21,7 +21,7 @@ from bot.core.records import DEFAULT_METRIC, Decision, Proposal
 from bot.forges.local import LocalForge
 from bot.loop import Loop
 from tests.scripted import NOISE, ScriptedProposer, ScriptedRunner, make_world
-from tests.test_parity import CONFIG, STEPS, WORLD
+from tests.test_parity import CONFIG, STEPS, WORLD, play
 
 ARBOT = [sys.executable, "-m", "bot"]
 WIDE = {**os.environ, "COLUMNS": "400"}  # one printed line per line, as the report has them
@@ -44,14 +44,7 @@ def scripted(tmp_path_factory):
     runner = ScriptedRunner(repo, WORLD)
     loop = Loop(forge, runner, ScriptedProposer(*[s for s in STEPS if not s.startswith("approve")]),
                 make_policy(config.policy), config.target)
-    loop.measure_champion()
-    for step in STEPS:
-        if step.startswith("approve"):
-            loop.approve(step.split()[1])
-        else:
-            loop.step()
-        while any(lc.is_active(r) for r in forge.experiments()):
-            loop.step()
+    play(loop, forge)
     for rec in forge.experiments()[:6]:
         if rec.merged_as:
             audit_win(forge, runner, rec, runs=3, alpha=0.05, metric=DEFAULT_METRIC, at="now")

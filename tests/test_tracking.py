@@ -15,13 +15,12 @@ import httpx
 import pytest
 
 from bot.config import Config, ConfigError, load_config
-from bot.core import lifecycle as lc
 from bot.core.policy import make_policy
 from bot.forges.local import LocalForge
 from bot.loop import Loop
 from bot.tracking import INSTALL, MLflowTracker, keyed_runs, make_tracker, owner_key, records
 from tests.scripted import ScriptedProposer, ScriptedRunner, make_world
-from tests.test_parity import CONFIG, EXPECTED, STEPS, WORLD
+from tests.test_parity import CONFIG, EXPECTED, STEPS, WORLD, play
 
 MLFLOW = Path(sys.executable).parent / "mlflow"
 START_SECONDS = 240  # an MLflow server's start on 2 busy cores (its first start creates the SQLite tables)
@@ -106,16 +105,7 @@ def campaign(path: Path, url: str, experiment: str, steps=STEPS, between=None) -
     names = [s for s in steps if not s.startswith("approve")]
     loop = Loop(forge, TailRunner(repo, WORLD), ScriptedProposer(*names), make_policy(config.policy),
                 config.target, tracker=tracker)
-    loop.measure_champion()
-    for i, step in enumerate(steps):
-        if between is not None:
-            between(i)
-        if step.startswith("approve"):
-            loop.approve(step.split()[1])
-        else:
-            loop.step()
-        while any(lc.is_active(r) for r in forge.experiments()):
-            loop.step()
+    play(loop, forge, steps, before=between)
     return forge, tracker
 
 

@@ -58,6 +58,18 @@ def replace(s: str, old: str, new: str) -> str:
     return s.replace(old, new, 1)
 
 
+def slow_forward(source: str, width: int, layers: int) -> str:
+    """The winning candidate with a forward pass made slow to score, causal and row-independent still: `layers`
+    products of a `width`-square matrix per position, added to the logits times 0 (only when not training)."""
+    return replace(better(source), "        return self.head(self.ln_f(x))", f"""        if not self.training:
+            z = x.new_ones(x.shape[0] * x.shape[1], {width})
+            w = torch.full(({width}, {width}), 1.0 / {width}, device=x.device)
+            for _ in range({layers}):
+                z = torch.tanh(z @ w)
+            x = x + 0.0 * z.mean()
+        return self.head(self.ln_f(x))""")
+
+
 class Proposer:
     name = "adversary"
 

@@ -27,7 +27,7 @@ from runner.job import Runner, export_tree
 from runner.scorer import EvaluatorWorker
 
 from ..conftest import ROOT, TINY, commit_change
-from .test_adversarial import SECRET, Suite, after_knobs, better, replace
+from .test_adversarial import SECRET, Suite, after_knobs, better, replace, slow_forward
 
 pytestmark = pytest.mark.slow
 
@@ -225,14 +225,7 @@ def test_multiplies_its_own_budget(suite):
 
 
 def test_a_model_too_expensive_to_score_is_killed_at_the_deadline(suite):
-    code = replace(better(suite.source), "        return self.head(self.ln_f(x))", """        if not self.training:  # causal and row-independent, but about a second per batch
-            z = x.new_ones(x.shape[0] * x.shape[1], 2048)
-            w = torch.full((2048, 2048), 1.0 / 2048, device=x.device)
-            for _ in range(16):
-                z = torch.tanh(z @ w)
-            x = x + 0.0 * z.mean()
-        return self.head(self.ln_f(x))""")
-    rec = suite.attack("An expensive forward pass", code)
+    rec = suite.attack("An expensive forward pass", slow_forward(suite.source, width=2048, layers=16))  # ~1 s a batch
     run = rec.runs[0]
     assert rec.decision.verdict == "rejected" and run.reason.startswith("scoring_timeout"), run.reason
     assert "the champion's own scoring time" in run.reason or "timeout_seconds" in run.reason

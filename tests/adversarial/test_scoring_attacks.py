@@ -26,8 +26,7 @@ from hypothesis import strategies as st
 
 from bot.knobs import find_knobs
 from evaluator import data
-from evaluator.score import ATOL, MAX_LOGIT, Invalid, causal_cuts, check_causal, log_probs, run, score
-from runner import sandbox as sb
+from evaluator.score import MAX_LOGIT, Invalid, causal_cuts, check_causal, log_probs, run, score
 
 from ..conftest import ROOT
 from ..test_evaluator import Bigram
