@@ -16,7 +16,6 @@ from rich.table import Table
 
 from bot.audit import audit_win, regression_rate, revert_win
 from bot import report as campaign_report
-from bot.report import campaign_lines
 from bot.bench.cli import bench_app
 from bot.config import CONFIG_FILE, Config, ConfigError, load_config, local_sandbox
 from bot.forges.local import ForgeError, LocalForge
@@ -260,7 +259,7 @@ def status(repo: Path = typer.Option(Path("."), "--repo"), config: Optional[Path
         console.print(f"champion {sha[:7]}: {champion_summary(p.forge.champion_record(sha).runs, p.config.metric)} "
                       "(noise floor)")
         console.print(f"experiments: {len(recs)} " + " ".join(f"{k}={v}" for k, v in sorted(counts.items())))
-        for line in campaign_lines(p.forge, recs) + progress_lines(p, recs):
+        for line in campaign_report.campaign_lines(p.forge, recs) + progress_lines(p, recs):
             console.print(shown(line))
         unreadable_lines(p.forge)
 
