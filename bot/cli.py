@@ -108,7 +108,7 @@ def run(
     executor: Optional[str] = typer.Option(None, "--executor", help="local or slurm (overrides run.executor)"),
     config: Optional[Path] = typer.Option(None, "--config", help=f"config file (default: {CONFIG_FILE} at the repo root)"),
     repo: Path = typer.Option(Path("."), "--repo", help="the git repository to research in"),
-    proposer: Optional[str] = typer.Option(None, "--proposer", help="search or llm (overrides run.proposer)"),
+    proposer: Optional[str] = typer.Option(None, "--proposer", help="search, llm or agent (overrides run.proposer)"),
     model: Optional[str] = typer.Option(None, "--model", help="the LLM proposer's model (overrides llm.model)"),
 ):
     """Run the research loop on this repository: propose, train, evaluate, promote wins into `champion`."""

@@ -69,12 +69,43 @@ class LLMConfig(Strict):
     smoke: SmokeConfig = Field(default_factory=SmokeConfig)
 
 
-ProposerName = Literal["search", "llm"]
+class AgentConfig(Strict):
+    """The agent proposer: any coding agent's command (Codex CLI, Claude Code, aider, mini-swe-agent) run in a scratch
+    copy of the champion; its diff goes through the LLM proposer's validation cascade (docs/proposers.md)."""
+
+    command: list[str] = Field(
+        default_factory=list, description="the agent's command line, one argument per item; placeholders {task} (the "
+        "task text), {task_file} (its path), {workdir} (the scratch copy) and {out} (a folder for its report)")
+    timeout_seconds: float = Field(1800.0, gt=0, description="wall-clock limit of one agent run; then it is killed "
+                                   "and the proposal refused")
+    env: list[str] = Field(default_factory=list, description="names of environment variables the agent gets from "
+                           "arbot's (its API key, say); it sees no others but PATH, HOME, TMPDIR and LANG")
+    set_env: dict[str, str] = Field(default_factory=dict, description="more variables with fixed values "
+                                    "(e.g. OPENAI_BASE_URL); not for secrets (arbot.yml is committed)")
+    report: Literal["text", "claude-json", "codex-jsonl", "mini-swe-agent"] = Field(
+        "text", description="how to read the agent's summary and token use: text (no usage), claude-json "
+        "(claude -p --output-format json), codex-jsonl (codex exec --json), mini-swe-agent (its trajectory file)")
+    report_file: str | None = Field(None, description="read the report from this file in {out} (e.g. "
+                                    "trajectory.json) instead of the agent's standard output")
+    ignore: list[str] = Field(
+        default_factory=lambda: ["*__pycache__/*", "*.pyc", ".aider*"],
+        description="globs of new files the agent may leave behind that are not part of its change (caches)")
+    sandbox: Literal["require", "off"] = Field(
+        "require", description="require: run the agent in bubblewrap with the repository, its .git and the data "
+        "cache hidden (network kept for its API); off: run it as a plain process")
+    prices: LLMPrices = Field(default_factory=LLMPrices, description="USD per 1M tokens, when the agent reports "
+                              "tokens but no cost")
+    max_usd_per_run: float | None = Field(None, ge=0, description="stop proposing when one `arbot run` has spent this much")
+    max_usd_per_day: float | None = Field(None, ge=0, description="stop proposing when today's (UTC) proposals cost this much")
+    smoke: SmokeConfig = Field(default_factory=SmokeConfig)
+
+
+ProposerName = Literal["search", "llm", "agent"]
 
 
 class RunConfig(Strict):
     proposer: ProposerName | dict[ProposerName, float] = Field(
-        "search", description="which proposer makes experiments: search, llm, or a mix of weights such as {llm: 0.7, search: 0.3}"
+        "search", description="which proposer makes experiments: search, llm, agent, or a mix of weights such as {llm: 0.7, search: 0.3}"
     )
     experiments: int | None = Field(None, ge=1, description="how many experiments `arbot run` makes; none = until interrupted")
     champion_branch: str = Field("champion", description="the branch that holds the best version")
@@ -176,6 +207,7 @@ class Config(Strict):
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
     llm: LLMConfig = Field(default_factory=LLMConfig)
+    agent: AgentConfig = Field(default_factory=AgentConfig)
     run: RunConfig = Field(default_factory=RunConfig)
     github: GitHubConfig = Field(default_factory=GitHubConfig)
     slurm: SlurmConfig = Field(default_factory=SlurmConfig)

@@ -1,4 +1,4 @@
-"""Build the configured proposer: search, llm, or a weighted mix (`run.proposer: {llm: 0.7, search: 0.3}`)."""
+"""Build the configured proposer: search, llm, agent, or a weighted mix (`run.proposer: {llm: 0.7, search: 0.3}`)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from bot.proposers.base import ProposalContext, Proposer
 from bot.proposers.failures import SpendCapReached
 from bot.core.records import Proposal
 
-PROPOSERS = ("search", "llm")
+PROPOSERS = ("search", "llm", "agent")
 
 
 class MixProposer:
@@ -79,4 +79,9 @@ def _one(name: str, config: Config, repo: git.Repo | None, sandbox=None) -> Prop
 
         spent = LocalForge(repo).spent_today if repo is not None else None
         return LLMProposer(config.llm, config.target, repo=repo, spent_today=spent, sandbox=sandbox)
+    if name == "agent":
+        from bot.proposers.agent import AgentProposer
+
+        spent = LocalForge(repo).spent_today if repo is not None else None
+        return AgentProposer(config.agent, config.target, repo, spent_today=spent, sandbox=sandbox)
     raise ConfigError(f"unknown proposer {name!r}; choose one of: {', '.join(PROPOSERS)}")
