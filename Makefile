@@ -11,7 +11,7 @@ TORCH ?= torch==2.13.0
 $(BIN)/arbot: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e '.[dev,tracking]'
+	$(BIN)/pip install -q -e '.[dev,tracking,agents]'
 	touch $@
 
 run: $(BIN)/arbot

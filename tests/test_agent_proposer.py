@@ -16,16 +16,14 @@ from typer.testing import CliRunner
 
 from bot.cli import app
 from bot.config import AgentConfig, ConfigError, load_config
-from bot.core.policy import make_policy
 from bot.forges.local import LocalForge
-from bot.loop import Loop
 from bot.proposers import agent as agent_mod
 from bot.proposers.agent import AgentProposer, read_report, take_change
 from bot.proposers.context import propose as step_propose
 from bot.proposers.edits import EditError, PathError
 from bot.proposers.factory import make_proposer
 from bot.proposers.failures import ProposalRejected, SpendCapReached, now
-from runner.job import Runner, default_cache_dir
+from runner.job import default_cache_dir
 
 from .conftest import make_repo, tiny_config
 from .fake_openai import FakeOpenAI
@@ -71,18 +69,14 @@ def refused(repo: git.Repo, stage: str) -> str:
 # --- each scripted agent ends in an experiment or a clear record ---------------------------------------------
 def test_a_scripted_edit_becomes_an_experiment_with_its_summary_and_cost(tmp_path):
     repo = research(tmp_path, "edit", smoke=True, report="claude-json")
-    config = load_config(Path(repo.working_tree_dir) / "arbot.yml")
     forge = LocalForge(repo)
-    forge.ensure_champion()
-    loop = Loop(forge, Runner(repo, config.target, config.evaluator), make_proposer(config, repo, "agent"),
-                make_policy(config.policy), config.target)
-    rec = loop.step()
-    assert rec.decision is not None and rec.runs and rec.runs[0].ok
+    rec = forge.open_experiment(propose(repo), forge.champion(), now())  # as the stepper does, then trains it
     p = rec.proposal
     assert p.proposer == "agent" and p.hypothesis == "SiLU instead of GELU in the MLP lowers val_bpb"
     assert p.rationale == "SiLU is cheaper and trains as well at this scale."
-    assert list(p.files) == ["target/train.py"] and "F.silu(" in repo.git.show(f"{rec.commit}:target/train.py")
+    assert list(p.files) == ["target/train.py"] and "F.silu(" in repo.git.show(f"{rec.branch}:target/train.py")
     assert (p.cost.prompt_tokens, p.cost.completion_tokens, p.cost.usd) == (1000, 200, 0.0123)
+    assert '"usd": 0.0123' in repo.git.notes("--ref=arbot", "show", rec.commit)
     assert forge.spent_today() == pytest.approx(0.0123)  # the daily cap counts it
     assert forge.failed_proposals() == []
 
