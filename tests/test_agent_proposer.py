@@ -165,6 +165,30 @@ def test_a_missing_variable_or_program_fails_fast(tmp_path, monkeypatch):
         make_proposer(config, git.Repo(tmp_path / "b" / "r"), "agent")
 
 
+def test_arbot_run_with_an_unset_agent_variable_is_one_line_and_exit_2(tmp_path, monkeypatch):
+    import bot.cli
+
+    monkeypatch.setattr(bot.cli.console, "width", 400)
+    monkeypatch.delenv("ARBOT_TEST_MISSING", raising=False)
+    repo = research(tmp_path, "edit", env=["ARBOT_TEST_MISSING"])
+    out = CliRunner().invoke(app, ["run", "--proposer", "agent", "-n", "1", "--repo", repo.working_tree_dir],
+                             terminal_width=400)
+    assert out.exit_code == 2, out.output
+    assert out.output.strip().splitlines() == [
+        "error: agent.env names ARBOT_TEST_MISSING, not set in this environment: set it or remove it from agent.env"]
+    assert not (Path(repo.working_tree_dir) / ".arbot").exists() and LocalForge(repo).experiments() == []
+
+
+def test_without_bubblewrap_the_agent_proposer_refuses_to_start_unless_told(tmp_path, monkeypatch):
+    repo = research(tmp_path, "edit")
+    config = load_config(Path(repo.working_tree_dir) / "arbot.yml")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no bwrap on it
+    with pytest.raises(ConfigError, match="bubblewrap"):
+        make_proposer(config, repo, "agent")
+    config.agent.sandbox = "off"
+    assert isinstance(make_proposer(config, repo, "agent"), AgentProposer)
+
+
 def test_config_accepts_the_agent_proposer_and_its_section(tmp_path):
     f = tmp_path / "arbot.yml"
     f.write_text("run: {proposer: {agent: 0.5, search: 0.5}}\nagent: {command: [codex, exec, '{task}'], "
