@@ -93,6 +93,10 @@ class AgentConfig(Strict):
     sandbox: Literal["require", "off"] = Field(
         "require", description="require: run the agent in bubblewrap with the repository, its .git and the data "
         "cache hidden (network kept for its API); off: run it as a plain process")
+    read_only: list[str] = Field(default_factory=list, description="folders the sandbox shows the agent although they "
+                                 "lie in a hidden one (arbot's home, /tmp): where its program or its config lives")
+    uid: int = Field(65532, ge=1, description="uid and gid a root arbot drops the agent to inside its sandbox (not "
+                     "the training's or the evaluator's)")
     prices: LLMPrices = Field(default_factory=LLMPrices, description="USD per 1M tokens, when the agent reports "
                               "tokens but no cost")
     max_usd_per_run: float | None = Field(None, ge=0, description="stop proposing when one `arbot run` has spent this much")

@@ -53,7 +53,7 @@ def main(mode: str, args: list[str]) -> int:
     elif mode == "probe":  # args: paths the agent must not see; its summary says what it saw
         edit()
         seen = {p: os.path.exists(p) for p in args}
-        summary("probe\n" + json.dumps(dict(seen=seen, env=sorted(os.environ))) + "\n")
+        summary("probe\n" + json.dumps(dict(seen=seen, env=sorted(os.environ), uid=os.getuid())) + "\n")
     elif mode == "cache":  # a cache left behind beside a good edit
         edit()
         Path("target/__pycache__").mkdir()

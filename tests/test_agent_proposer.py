@@ -138,6 +138,7 @@ def test_the_agent_sees_neither_the_repository_nor_the_data_nor_unnamed_variable
     seen = json.loads(propose(repo).rationale)
     assert seen["seen"] == {str(p): False for p in probes}
     assert "ARBOT_TEST_KEY" in seen["env"] and "MSWEA_CONFIGURED" in seen["env"]
+    assert seen["uid"] == (AgentConfig().uid if os.geteuid() == 0 else os.geteuid())  # root drops to its own uid
     assert "ARBOT_TEST_SECRET" not in seen["env"] and not {"GITHUB_TOKEN", "OPENAI_API_KEY"} & set(seen["env"])
 
 

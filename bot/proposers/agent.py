@@ -52,6 +52,9 @@ MAX_RATIONALE_CHARS = 2000
 MAX_HYPOTHESIS = 200
 NO_SUMMARY = "(the agent gave no summary)"
 BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
+# A root arbot's agent: drop to its uid, then enter its (0700, its own) work dir and exec the command
+DROP_AND_ENTER = ("import os,sys;os.setgroups([]);os.setgid(int(sys.argv[2]));os.setuid(int(sys.argv[1]));"
+                  "os.chdir(sys.argv[3]);os.execv(sys.argv[4],sys.argv[4:])")
 
 
 class AgentFailed(EditError):
@@ -312,6 +315,12 @@ def summary_of(work: Path, report: Report) -> tuple[str, str]:
     return hypothesis, rest.strip()[:MAX_RATIONALE_CHARS]
 
 
+def _chown_tree(root: Path, uid: int) -> None:
+    for parent, dirs, files in os.walk(root):
+        for name in [parent, *(os.path.join(parent, n) for n in dirs + files)]:
+            os.lchown(name, uid, uid)
+
+
 def _tail(path: Path, chars: int = OUTPUT_CHARS_KEPT) -> str:
     if not path.is_file():
         return ""
@@ -369,30 +378,35 @@ class AgentProposer:
 
     def _hidden(self) -> list[Path]:
         """What the agent must not see: the repository (its files, .arbot/ runs), its git directories (the notes),
-        and the prepared data splits."""
-        paths = [self.repo.working_tree_dir, self.repo.git_dir, self.repo.common_dir, default_cache_dir()]
-        real = {Path(os.path.realpath(p)) for p in paths if p}
+        the prepared data splits, arbot's home (its user's credentials) and the machine's /tmp."""
+        paths = [self.repo.working_tree_dir, self.repo.git_dir, self.repo.common_dir, default_cache_dir(),
+                 Path.home(), "/tmp"]
+        real = {Path(os.path.realpath(p)) for p in paths if p} - {Path("/")}
         return sorted(p for p in real if not any(q in p.parents for q in real))  # one mask covers what lies in it
 
     def _boxed(self, argv: list[str], scratch: Path, work: Path) -> list[str]:
-        """argv in bubblewrap: the host read-only, the hidden paths empty, /tmp private, the scratch folder
+        """argv in bubblewrap: the host read-only, the hidden paths empty (/tmp a private one), the scratch folder
         writable, its own pid namespace; the network stays (the agent talks to its model)."""
         cmd = [self.bwrap, "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-ipc",
-               "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+               "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
         if os.geteuid() != 0:
             cmd += ["--unshare-user"]
         hidden = self._hidden()
         for path in hidden:
             if path.is_dir():
-                cmd += ["--tmpfs", str(path)]
-        masked = [*hidden, Path("/tmp")]
-        for root in python_roots():  # an interpreter that lies in a masked folder stays usable
-            if any(root == m or m in root.parents for m in masked):
-                cmd += ["--ro-bind", str(root), str(root)]
-        cmd += ["--bind", str(scratch), str(scratch), "--chdir", str(work)]
-        if os.geteuid() == 0:
-            cmd += ["--cap-drop", "ALL"]
-        return cmd + ["--", *argv]
+                cmd += ["--perms", "01777" if path == Path("/tmp") else "0755", "--tmpfs", str(path)]
+        # an interpreter, or a folder the operator names, that lies in a hidden one stays readable
+        for path in [*python_roots(), *(Path(os.path.realpath(p)) for p in self.cfg.read_only)]:
+            if path.exists() and any(path == h or h in path.parents for h in hidden):
+                for parent in reversed(path.parents):  # made traversable for the agent's uid
+                    cmd += ["--perms", "0755", "--dir", str(parent)]
+                cmd += ["--ro-bind", str(path), str(path)]
+        cmd += ["--bind", str(scratch), str(scratch)]
+        if os.geteuid() != 0:
+            return cmd + ["--chdir", str(work), "--", *argv]
+        uid = str(self.cfg.uid)  # a root arbot: the agent drops to its own uid (root's files stay closed)
+        return cmd + ["--chdir", "/", "--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--",
+                      sys.executable, "-I", "-S", "-c", DROP_AND_ENTER, uid, uid, str(work), *argv]
 
     def _argv(self, work: Path, out: Path, task: str) -> list[str]:
         """agent.command with its placeholders filled in."""
@@ -410,6 +424,8 @@ class AgentProposer:
                 str(out / STDERR), *argv]
         if self.bwrap is not None:
             argv = self._boxed(argv, scratch, work)
+            if os.geteuid() == 0:
+                _chown_tree(scratch, self.cfg.uid)
         return run_untrusted(argv, cwd=work, env=self._env(home), deadline_seconds=self.cfg.timeout_seconds,
                              limits=Limits(max_file_bytes=MAX_AGENT_FILE_BYTES))
 
