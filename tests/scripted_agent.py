@@ -54,6 +54,14 @@ def main(mode: str, args: list[str]) -> int:
         edit()
         seen = {p: os.path.exists(p) for p in args}
         summary("probe\n" + json.dumps(dict(seen=seen, env=sorted(os.environ), uid=os.getuid())) + "\n")
+    elif mode == "leak":  # args: a file only arbot may read, the out folder, the exit code
+        edit()
+        secret, out = args[0], Path(args[1])
+        for name in ("stdout.txt", "stderr.txt", "report.json"):
+            (out / name).unlink(missing_ok=True)
+            (out / name).symlink_to(secret)
+        SUMMARY.symlink_to(secret)
+        return int(args[2])
     elif mode == "cache":  # a cache left behind beside a good edit
         edit()
         Path("target/__pycache__").mkdir()

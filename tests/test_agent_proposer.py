@@ -142,6 +142,21 @@ def test_the_agent_sees_neither_the_repository_nor_the_data_nor_unnamed_variable
     assert "ARBOT_TEST_SECRET" not in seen["env"] and not {"GITHUB_TOKEN", "OPENAI_API_KEY"} & set(seen["env"])
 
 
+@pytest.mark.parametrize("code", [0, 3])
+def test_files_the_agent_points_elsewhere_are_never_read(tmp_path, code):
+    """Its summary, report and output files as symlinks to a file only arbot can read: none of it reaches a
+    hypothesis or a record (which git, and a PR, would show)."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOPSECRET-123\n\nTOPSECRET-123\n")
+    repo = research(tmp_path, "leak", str(secret), "{out}", str(code), report="text", report_file="report.json")
+    if code == 0:
+        proposal = propose(repo)
+        assert proposal.hypothesis == "(the agent gave no summary)" and "TOPSECRET" not in proposal.model_dump_json()
+    else:
+        refused(repo, "agent")
+        assert "TOPSECRET" not in LocalForge(repo).failed_proposals()[0].model_dump_json()
+
+
 def test_the_daily_cap_stops_the_agent_before_it_runs(tmp_path):
     repo = research(tmp_path, "edit", report="claude-json", max_usd_per_day=0.01)
     forge = LocalForge(repo)

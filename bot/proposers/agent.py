@@ -47,6 +47,7 @@ SUMMARY_FILE = "SUMMARY.md"  # the agent writes its hypothesis here (first line)
 STDOUT, STDERR = "stdout.txt", "stderr.txt"
 OUTPUT_CHARS_KEPT = 4000  # of the agent's output, in a refused proposal's record
 MAX_AGENT_FILE_BYTES = 256 << 20  # no file the agent writes may exceed this (its output files included)
+MAX_REPORT_BYTES = 64 << 20  # of the agent's report, at most this much is read
 MAX_CHANGED_FILE_BYTES = 1 << 20  # a changed file larger than this is refused (a proposal is source code)
 MAX_RATIONALE_CHARS = 2000
 MAX_HYPOTHESIS = 200
@@ -299,12 +300,27 @@ def take_change(work: Path, base: dict[str, tuple[int, bytes]], allowed: list[st
     return out
 
 
-def summary_of(work: Path, report: Report) -> tuple[str, str]:
+def read_own(path: Path, scratch: Path, limit: int, tail: bool = False) -> str:
+    """At most `limit` bytes (the last ones with `tail`) of a file the agent wrote, as text; "" unless it is a
+    regular file inside `scratch` (the agent may have left a symlink to a file only arbot may read)."""
+    try:
+        if os.path.commonpath([os.path.realpath(path), scratch]) != str(scratch):
+            return ""
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except (OSError, ValueError):
+        return ""
+    with os.fdopen(fd, "rb") as f:
+        size = os.fstat(fd).st_size
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return ""
+        if tail:
+            f.seek(max(0, size - limit))
+        return f.read(limit).decode("utf-8", "replace")
+
+
+def summary_of(work: Path, scratch: Path, report: Report) -> tuple[str, str]:
     """(hypothesis, rationale): from the summary file the agent wrote, else its report's last message."""
-    path = work / CONTEXT_DIR / SUMMARY_FILE
-    text = ""
-    if path.is_file() and not path.is_symlink():
-        text = path.read_bytes()[: 4 * MAX_RATIONALE_CHARS].decode("utf-8", "replace")
+    text = read_own(work / CONTEXT_DIR / SUMMARY_FILE, scratch, 4 * MAX_RATIONALE_CHARS)
     text = clean_text(text or report.summary).strip()
     if not text:
         return NO_SUMMARY, ""
@@ -319,14 +335,6 @@ def _chown_tree(root: Path, uid: int) -> None:
     for parent, dirs, files in os.walk(root):
         for name in [parent, *(os.path.join(parent, n) for n in dirs + files)]:
             os.lchown(name, uid, uid)
-
-
-def _tail(path: Path, chars: int = OUTPUT_CHARS_KEPT) -> str:
-    if not path.is_file():
-        return ""
-    with open(path, "rb") as f:
-        f.seek(max(0, path.stat().st_size - 4 * chars))
-        return clean_text(f.read().decode("utf-8", "replace"))[-chars:]
 
 
 # --- the proposer -------------------------------------------------------------------------------------------------
@@ -364,9 +372,10 @@ class AgentProposer:
             raise ConfigError(f"agent.env names {', '.join(missing)}, not set in this environment: set "
                               f"{'it' if len(missing) == 1 else 'them'} or remove {'it' if len(missing) == 1 else 'them'}"
                               " from agent.env")
-        if shutil.which(self.cfg.command[0], path=self._env(Path("/"))["PATH"]) is None:
-            raise ConfigError(f"agent.command: {self.cfg.command[0]!r} is not found on the agent's PATH "
-                              f"({self._env(Path('/'))['PATH']}); install it, give its full path, or pass PATH in agent.env")
+        path = self._env(Path("/"))["PATH"]
+        if shutil.which(self.cfg.command[0], path=path) is None:
+            raise ConfigError(f"agent.command: {self.cfg.command[0]!r} is not found on the agent's PATH ({path}); "
+                              "install it, give its full path, or pass PATH in agent.env")
 
     def _env(self, home: Path) -> dict[str, str]:
         """The agent's whole environment: a few basics, the fixed values, and the variables the operator named."""
@@ -461,12 +470,12 @@ class AgentProposer:
             (work / CONTEXT_DIR).mkdir()
             (work / CONTEXT_DIR / TASK_FILE).write_text(task)
             outcome = self._run(scratch, work, out, home, task)
-            source = out / (self.cfg.report_file or STDOUT)
-            report = read_report(self.cfg.report, source.read_text("utf-8", "replace") if source.is_file() else "")
+            report = read_report(self.cfg.report, read_own(out / (self.cfg.report_file or STDOUT), scratch, MAX_REPORT_BYTES))
             cost = self._cost(report)
             self.spent_run += cost.usd
-            hypothesis, rationale = summary_of(work, report)
-            output = (_tail(out / STDOUT, OUTPUT_CHARS_KEPT // 2) + "\n" + _tail(out / STDERR, OUTPUT_CHARS_KEPT // 2)).strip()
+            hypothesis, rationale = summary_of(work, scratch, report)
+            half = OUTPUT_CHARS_KEPT // 2
+            output = clean_text("\n".join(read_own(out / f, scratch, half, tail=True) for f in (STDOUT, STDERR))).strip()
             try:
                 if outcome.timed_out:
                     raise AgentTimeout(f"the agent did not finish within {self.cfg.timeout_seconds:g} s "
