@@ -99,8 +99,10 @@ class AgentConfig(Strict):
                      "the training's or the evaluator's)")
     prices: LLMPrices = Field(default_factory=LLMPrices, description="USD per 1M tokens, when the agent reports "
                               "tokens but no cost")
-    max_usd_per_run: float | None = Field(None, ge=0, description="stop proposing when one `arbot run` has spent this much")
-    max_usd_per_day: float | None = Field(None, ge=0, description="stop proposing when today's (UTC) proposals cost this much")
+    max_usd_per_run: float | None = Field(None, ge=0, description="stop proposing when one `arbot run` has spent "
+                                          "this much")
+    max_usd_per_day: float | None = Field(None, ge=0, description="stop proposing when today's (UTC) proposals "
+                                          "cost this much")
     smoke: SmokeConfig = Field(default_factory=SmokeConfig)
 
 

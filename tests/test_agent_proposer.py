@@ -132,7 +132,8 @@ def test_the_agent_sees_neither_the_repository_nor_the_data_nor_unnamed_variable
     cache.mkdir(parents=True, exist_ok=True)
     (cache / "probe-marker").write_text("x")
     repo_dir = tmp_path / "r"
-    probes = [repo_dir / "arbot.yml", repo_dir / "target" / "train.py", repo_dir / ".git" / "HEAD", cache / "probe-marker"]
+    probes = [repo_dir / "arbot.yml", repo_dir / "target" / "train.py", repo_dir / ".git" / "HEAD",
+              cache / "probe-marker"]
     repo = research(tmp_path, "probe", *map(str, probes), env=["ARBOT_TEST_KEY"], set_env={"MSWEA_CONFIGURED": "true"})
     assert all(p.exists() for p in probes)
     seen = json.loads(propose(repo).rationale)
@@ -231,7 +232,8 @@ def test_reports_of_claude_codex_and_mini_swe_agent():
                        '"messages": [{"role": "assistant", "extra": {"response": {"usage": {"prompt_tokens": 3, '
                        '"completion_tokens": 2}}}}, {"role": "user"}]}')
     assert (mini.summary, mini.prompt_tokens, mini.completion_tokens, mini.usd) == ("done", 3, 2, None)
-    assert read_report("claude-json", "garbage").usd is None and read_report("text", "a\n\nlast words").summary == "last words"
+    assert read_report("claude-json", "garbage").usd is None
+    assert read_report("text", "a\n\nlast words").summary == "last words"
 
 
 # --- the class: whatever an agent leaves on disk, the change holds only allowed regular text files ---------------
@@ -304,7 +306,8 @@ def test_arbot_run_with_mini_swe_agent_end_to_end(tmp_path):
         assert len(server.requests) == 2 and "target/train.py" in str(server.requests[0]["messages"])
     [rec] = LocalForge(repo).experiments()
     assert rec.decision is not None and rec.decision.verdict and rec.runs and rec.runs[0].ok
-    assert rec.proposal.proposer == "agent" and rec.proposal.hypothesis == "SiLU instead of GELU in the MLP lowers val_bpb"
+    assert rec.proposal.proposer == "agent"
+    assert rec.proposal.hypothesis == "SiLU instead of GELU in the MLP lowers val_bpb"
     assert (rec.proposal.cost.prompt_tokens, rec.proposal.cost.completion_tokens) == (3200, 100)
     assert rec.proposal.cost.usd == pytest.approx((3200 * 2.0 + 100 * 8.0) / 1e6)
     assert "F.silu(" in repo.git.show(f"{rec.commit}:target/train.py")

@@ -200,7 +200,8 @@ def init_scratch_repo(work: Path, champion: str) -> None:
 def task_text(ctx: ProposalContext, allowed: list[str], pinned: dict[str, float | int]) -> str:
     """What the agent is asked: the research program, the rules, the knobs, the history, what is in flight."""
     metric = ctx.metric
-    history = "\n".join(describe_experiment(r, metric) for r in ctx.history) or "(none yet: this is the first experiment)"
+    history = ("\n".join(describe_experiment(r, metric) for r in ctx.history)
+               or "(none yet: this is the first experiment)")
     pins = ""
     if pinned:
         pins = ("\nThe runner sets these knobs with --set, so editing their values in the file has no effect: "
@@ -255,7 +256,8 @@ def _arbots(path: str) -> bool:
     return path.split("/", 1)[0] in (".git", CONTEXT_DIR)
 
 
-def take_change(work: Path, base: dict[str, tuple[int, bytes]], allowed: list[str], ignore: list[str]) -> dict[str, str]:
+def take_change(work: Path, base: dict[str, tuple[int, bytes]], allowed: list[str],
+                ignore: list[str]) -> dict[str, str]:
     """The agent's change as {path: new text}. Raises PathError (a change outside `allowed`, a deleted file),
     IrregularFile (a symlink, a device, binary or oversized content) or NoEdit."""
     seen = _walk(work)
@@ -345,7 +347,8 @@ class AgentProposer:
                  spent_today: Callable[[], float] | None = None, sandbox: Callable[[], Any] | None = None):
         if not cfg.command:
             raise ConfigError("the agent proposer needs a command: set agent.command in arbot.yml, e.g. "
-                              "[mini, -y, --exit-immediately, -m, openai/gpt-4o-mini, -t, '{task}'] (docs/proposers.md)")
+                              "[mini, -y, --exit-immediately, -m, openai/gpt-4o-mini, -t, '{task}'] "
+                              "(docs/proposers.md)")
         if repo is None:
             raise ConfigError("the agent proposer needs the research repository (to copy the champion from)")
         self.cfg = cfg
@@ -357,7 +360,8 @@ class AgentProposer:
             raise ConfigError("agent.sandbox is 'require' but bubblewrap (bwrap) is not installed: install it "
                               "(apt-get install bubblewrap), or set agent.sandbox: off to run the agent unconfined")
         self._argv(Path("/"), Path("/"), "")  # a bad placeholder is a config error now, not at the first proposal
-        self.smoke = SmokeRunner(cfg.smoke, target.script, repo, sandbox, target.artifact) if cfg.smoke.enabled else None
+        self.smoke = (SmokeRunner(cfg.smoke, target.script, repo, sandbox, target.artifact)
+                      if cfg.smoke.enabled else None)
         self.spent_run = 0.0
         self._spent_today = spent_today
 
@@ -369,9 +373,9 @@ class AgentProposer:
         """Fail fast, before any training: a named variable that is not set, a program that is not there."""
         missing = [name for name in self.cfg.env if name not in os.environ]
         if missing:
-            raise ConfigError(f"agent.env names {', '.join(missing)}, not set in this environment: set "
-                              f"{'it' if len(missing) == 1 else 'them'} or remove {'it' if len(missing) == 1 else 'them'}"
-                              " from agent.env")
+            them = "it" if len(missing) == 1 else "them"
+            raise ConfigError(f"agent.env names {', '.join(missing)}, not set in this environment: set {them} or "
+                              f"remove {them} from agent.env")
         path = self._env(Path("/"))["PATH"]
         if shutil.which(self.cfg.command[0], path=path) is None:
             raise ConfigError(f"agent.command: {self.cfg.command[0]!r} is not found on the agent's PATH ({path}); "
@@ -441,7 +445,8 @@ class AgentProposer:
     def _caps(self, spent: float = 0.0) -> str | None:
         run_cap, day_cap = self.cfg.max_usd_per_run, self.cfg.max_usd_per_day
         if run_cap is not None and self.spent_run >= run_cap:
-            return f"agent spend cap reached: ${self.spent_run:.4f} spent in this run (agent.max_usd_per_run = ${run_cap:g})"
+            return (f"agent spend cap reached: ${self.spent_run:.4f} spent in this run "
+                    f"(agent.max_usd_per_run = ${run_cap:g})")
         if day_cap is not None:
             today = (self._spent_today() + spent) if self._spent_today else self.spent_run
             if today >= day_cap:
@@ -470,12 +475,14 @@ class AgentProposer:
             (work / CONTEXT_DIR).mkdir()
             (work / CONTEXT_DIR / TASK_FILE).write_text(task)
             outcome = self._run(scratch, work, out, home, task)
-            report = read_report(self.cfg.report, read_own(out / (self.cfg.report_file or STDOUT), scratch, MAX_REPORT_BYTES))
+            source = out / (self.cfg.report_file or STDOUT)
+            report = read_report(self.cfg.report, read_own(source, scratch, MAX_REPORT_BYTES))
             cost = self._cost(report)
             self.spent_run += cost.usd
             hypothesis, rationale = summary_of(work, scratch, report)
             half = OUTPUT_CHARS_KEPT // 2
-            output = clean_text("\n".join(read_own(out / f, scratch, half, tail=True) for f in (STDOUT, STDERR))).strip()
+            output = clean_text("\n".join(read_own(out / f, scratch, half, tail=True) for f in (STDOUT, STDERR)))
+            output = output.strip()
             try:
                 if outcome.timed_out:
                     raise AgentTimeout(f"the agent did not finish within {self.cfg.timeout_seconds:g} s "
