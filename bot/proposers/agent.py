@@ -442,13 +442,14 @@ class AgentProposer:
         return run_untrusted(argv, cwd=work, env=self._env(home), deadline_seconds=self.cfg.timeout_seconds,
                              limits=Limits(max_file_bytes=MAX_AGENT_FILE_BYTES))
 
-    def _caps(self, spent: float = 0.0) -> str | None:
+    def _caps(self) -> str | None:
+        """The reason to run no agent now, or None (what today's proposals cost is read from git)."""
         run_cap, day_cap = self.cfg.max_usd_per_run, self.cfg.max_usd_per_day
         if run_cap is not None and self.spent_run >= run_cap:
             return (f"agent spend cap reached: ${self.spent_run:.4f} spent in this run "
                     f"(agent.max_usd_per_run = ${run_cap:g})")
         if day_cap is not None:
-            today = (self._spent_today() + spent) if self._spent_today else self.spent_run
+            today = self._spent_today() if self._spent_today else self.spent_run
             if today >= day_cap:
                 return f"agent spend cap reached: ${today:.4f} spent today, UTC (agent.max_usd_per_day = ${day_cap:g})"
         return None
