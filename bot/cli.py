@@ -123,7 +123,13 @@ def run(
         p.config.target.sandbox = local_sandbox(p.config, proposer)
         limit = experiments or p.config.run.experiments
         p.forge.ensure_champion()
+        followed = p.forge.follow_head()
         first = p.forge.champion()
+        if followed:
+            console.print(f"champion followed your branch from {followed[:7]} to {first[:7]} (it has no merged win "
+                          "yet): its noise floor is measured again")
+        for line in dirty_lines(p):
+            console.print(f"[yellow]warning:[/] {shown(line)}")
         progress = Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
                             TextColumn("{task.fields[loss]}"), console=console, transient=True)
         maker = make_proposer(p.config, p.repo, proposer, model, sandbox=p.runner.sandbox)
@@ -136,6 +142,9 @@ def run(
         loop = Loop(p.forge, p.runner, maker, make_policy(p.config.policy), p.config.target, on_run=display,
                     metric=metric, executor=runs, status_file=p.status_file, tracker=tracker)
         results = p.root / p.config.run.results_file
+        if followed:
+            for rec in loop.stepper.abandon(followed):
+                console.print(describe(rec, metric))
         try:
             with progress:
                 done = loop.campaign(limit, CampaignReport(p.forge, results, metric))
@@ -157,6 +166,15 @@ def run(
         start, end = p.forge.champion_record(first), p.forge.champion_record(p.forge.champion())
         console.print(f"champion {start.commit[:7]} -> {end.commit[:7]}: {champion_summary(start.runs, metric)} -> "
                       f"{champion_summary(end.runs, metric)}; results in {results}")
+
+
+def dirty_lines(p: Project) -> list[str]:
+    """What `arbot doctor` warns of in the working tree: changes to the training code or the evaluator that no run
+    sees (runs train the committed files of champion)."""
+    from bot.doctor import OK, check_uncommitted, uncommitted
+
+    check = check_uncommitted(p.config, uncommitted(p.repo), champion_exists=True)
+    return [] if check.status == OK else [f"uncommitted changes: {check.detail}; {check.fix}"]
 
 
 def make_executor(p: Project, on_run: RunDisplay) -> Executor:
@@ -464,6 +482,24 @@ def approve(
         else:
             console.print(f"{experiment} approved, but {p.config.run.champion_branch} moved since it was measured: "
                           f"{shown(rec.decision.reason)}; the next `arbot run` measures it")
+
+
+@app.command()
+def adopt(
+    ref: str = typer.Argument("HEAD", help="the commit to bring into champion: a branch holding a hand edit or a fixed "
+                              "evaluator (default: HEAD)"),
+    reason: str = typer.Option("adopted by hand", "--reason", help="recorded in the Reason: trailer"),
+    repo: Path = typer.Option(Path("."), "--repo"),
+    config: Optional[Path] = typer.Option(None, "--config"),
+):
+    """Merge a commit of yours into champion (a merge with Adopted: and Reason: trailers); the next `arbot run`
+    measures the new champion's noise floor before comparing anything with it."""
+    with clear_errors():
+        p = Project(repo, config)
+        p.forge.ensure_champion()
+        sha = p.forge.adopt(ref, reason)
+        console.print(f"adopted {shown(ref)}: {p.config.run.champion_branch} is now {sha[:7]}; the next `arbot run` "
+                      "measures its noise floor first")
 
 
 @app.command()

@@ -132,12 +132,18 @@ def read_config(root: Path, path: Path | None) -> tuple[Check, Config | None]:
     return ok("arbot.yml", f"{path} is valid (metric {config.metric.key()}, {config.evaluator.direction})"), config
 
 
+def local_forge(repo: git.Repo, config: Config) -> LocalForge:
+    return LocalForge(repo, champion_branch=config.run.champion_branch, branch_prefix=config.run.branch_prefix)
+
+
 def champion_source(repo: git.Repo, config: Config) -> tuple[str, bool]:
-    """The commit runs use: the champion's, or HEAD when the first `arbot run` is yet to create champion from it."""
+    """The commit runs use: the champion's, or HEAD when the first `arbot run` is yet to create champion from it,
+    or when champion, with no merged win yet, follows HEAD there (LocalForge.follow_target)."""
     try:
-        return repo.commit(config.run.champion_branch).hexsha, True
+        sha = repo.commit(config.run.champion_branch).hexsha
     except (git.BadName, ValueError):
         return repo.head.commit.hexsha, False
+    return local_forge(repo, config).follow_target() or sha, True
 
 
 def uncommitted(repo: git.Repo) -> list[str]:
@@ -161,6 +167,9 @@ def check_champion(repo: git.Repo, config: Config, dirty: list[str]) -> Check:
         return fail("champion", f"the current branch is {branch}, which arbot moves on every win{changes}",
                     ("commit or stash the changes, then " if dirty else "") + "check out another branch "
                     "(git switch main) and run again")
+    if exists and sha != repo.commit(branch).hexsha:
+        return ok("champion", f"{branch} has no merged win yet, so it follows your branch: the next `arbot run` moves "
+                  f"it from {repo.commit(branch).hexsha[:7]} to HEAD ({sha[:7]}) and measures it")
     if exists:
         return ok("champion", f"{branch} at {sha[:7]}")
     return ok("champion", f"no {branch} branch yet: the first `arbot run` creates it from HEAD ({sha[:7]})")
@@ -169,8 +178,7 @@ def check_champion(repo: git.Repo, config: Config, dirty: list[str]) -> Check:
 def check_champion_runs(repo: git.Repo, config: Config, sha: str) -> Check:
     """Whether the champion's own runs failed: once may be the machine's (the next run makes another), twice is
     the champion's, and nothing can be compared against it until it moves to a commit that trains."""
-    forge = LocalForge(repo, champion_branch=config.run.champion_branch, branch_prefix=config.run.branch_prefix)
-    failed = [r for r in val_runs(forge.champion_record(sha).runs) if not r.ok]
+    failed = [r for r in val_runs(local_forge(repo, config).champion_record(sha).runs) if not r.ok]
     if not failed:
         return ok("champion runs", "none failed")
     last = failed[-1]
@@ -179,8 +187,9 @@ def check_champion_runs(repo: git.Repo, config: Config, sha: str) -> Check:
         return warn("champion runs", what, "nothing: the next `arbot run` makes another run in its place (one failure "
                     "may be the machine's)")
     return fail("champion runs", f"{what}; every `arbot run` stops until the champion trains",
-                f"fix what fails (`arbot log` shows each run), commit the fix and move {config.run.champion_branch} "
-                f"to it (`git branch -f {config.run.champion_branch} <commit>`)")
+                f"fix what fails (`arbot log` shows each run) and commit the fix on your branch; then `arbot adopt "
+                f"<branch>` merges it into {config.run.champion_branch} (while {config.run.champion_branch} has no "
+                "merged win, the next `arbot run` moves it there by itself)")
 
 
 def check_uncommitted(config: Config, dirty: list[str], champion_exists: bool) -> Check:

@@ -187,7 +187,7 @@ def test_a_champion_whose_runs_failed_is_a_warning_once_and_blocks_twice(ready):
     forge.save(ChampionRecord(commit=sha, runs=failed))
     twice = check_champion_runs(ready, config, sha)
     assert twice.blocks and "2 of the champion's runs failed, the last (crash): run 1 failed" in twice.detail
-    assert "git branch -f champion <commit>" in twice.fix
+    assert "`arbot adopt <branch>`" in twice.fix
     r = doctor(ready)
     assert r.exit_code == 1 and "FAIL champion runs:" in said(r.output), r.output
 

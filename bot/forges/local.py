@@ -99,6 +99,61 @@ class LocalForge:
     def champion(self) -> str:
         return self.repo.commit(self.champion_branch).hexsha
 
+    def has_history(self) -> bool:
+        """Whether champion holds a commit arbot made on it (a merged win, a revert, an adoption): until then it
+        is only where the user's branch was, and it follows that branch (`follow_head`)."""
+        out = self.repo.git.log(self.champion_branch, "--first-parent", "--format=%(trailers:key=Experiment,"
+                                "key=Adopted,valueonly)")
+        return bool(out.strip())
+
+    def follow_target(self) -> str | None:
+        """The commit champion moves to at the next `arbot run`, or None: while it has no history of its own, it
+        follows the branch checked out (not an experiment branch, not a detached HEAD) to any commit champion
+        does not already hold, so a fix committed after a failed first run is what the next run measures."""
+        if not self.has_ref(f"refs/heads/{self.champion_branch}") or self.repo.head.is_detached:
+            return None
+        branch = self.repo.active_branch.name
+        if branch == self.champion_branch or branch.startswith(self.branch_prefix):
+            return None
+        head, champion = self.repo.head.commit.hexsha, self.champion()
+        if head == champion or self.repo.is_ancestor(head, champion) or self.has_history():
+            return None
+        return head
+
+    def follow_head(self) -> str | None:
+        """Move champion to `follow_target` (compare-and-swap); the commit it moved from, or None."""
+        if (head := self.follow_target()) is None:
+            return None
+        old = self.champion()
+        self.repo.git.update_ref(f"refs/heads/{self.champion_branch}", head, old)
+        return old
+
+    def adopt(self, ref: str, reason: str) -> str:
+        """Merge `ref` (a hand edit, a fixed evaluator) into champion: a merge commit with `Adopted:` and `Reason:`
+        trailers, moved with compare-and-swap. The merge is a new champion, so its noise floor is measured again
+        before anything is compared with it. Returns the merge commit."""
+        try:
+            theirs = self.repo.commit(ref)
+        except (git.BadName, ValueError) as e:
+            raise ForgeError(f"{ref!r} names no commit: give a branch, tag or sha (e.g. main)") from e
+        champion = self.champion()
+        if self.repo.is_ancestor(theirs.hexsha, champion):
+            raise ForgeError(f"{ref} ({theirs.hexsha[:12]}) is already in {self.champion_branch}: nothing to adopt")
+        try:
+            tree = self.repo.git.merge_tree("--write-tree", "--name-only", champion, theirs.hexsha).splitlines()
+        except git.GitCommandError as e:
+            paths = [p for p in e.stdout.strip().strip("'").splitlines()[1:] if p and not p.startswith(("Auto-merging",
+                                                                                                    "CONFLICT"))]
+            raise ForgeError(f"{ref} does not merge cleanly into {self.champion_branch}: both changed "
+                             f"{', '.join(sorted(set(paths))) or 'the same lines'}. Merge {self.champion_branch} into "
+                             f"{ref} first (git merge {self.champion_branch}), resolve, commit, then adopt again") from e
+        message = (f"arbot: adopt {ref} ({theirs.hexsha[:12]})\n\n{reason}\n\n"
+                   f"Adopted: {theirs.hexsha}\nReason: {clean_text(reason).replace(chr(10), ' ')}\n")
+        merge = Commit.create_from_tree(self.repo, self.repo.tree(tree[0]), message,
+                                        parent_commits=[self.repo.commit(champion), theirs], head=False)
+        self.repo.git.update_ref(f"refs/heads/{self.champion_branch}", merge.hexsha, champion)
+        return merge.hexsha
+
     # --- notes ----------------------------------------------------------------------------
     def _notes(self, ref: str = NOTES_REF) -> dict[str, dict | list]:
         """Every note under refs/notes/<ref> that is JSON, keyed by the commit it annotates; any other is skipped
