@@ -20,7 +20,7 @@ from bot.bench.cli import bench_app
 from bot.config import CONFIG_FILE, Config, ConfigError, load_config, local_sandbox
 from bot.forges.local import ForgeError, LocalForge
 from bot.executors import Executor
-from bot.executors.pool import Inline, LocalPool, worker_count
+from bot.executors.pool import Inline, LocalPool, shares, worker_count
 from bot.loop import Loop, export_results
 from bot.stepper import RunsLost, now
 from bot.surfaces.local import ChampionBroken
@@ -185,6 +185,7 @@ def make_executor(p: Project, on_run: RunDisplay) -> Executor:
         return Slurm(p.root, p.config)
     workers = worker_count(p.config.run.workers, p.config.target)
     if workers == 1:
+        p.runner.target = shares(p.config.target, 1, [])[0][0]  # its threads: target.threads, or every core
         return Inline(p.runner, on_run)
 
     def worker_runner(target: TargetConfig, gpus: str | None) -> Runner:

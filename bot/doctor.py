@@ -26,7 +26,7 @@ from requests.exceptions import RequestException
 from bot.config import CONFIG_FILE, Config, ConfigError, GitHubAuthConfig, load_config, local_sandbox
 from bot.core.lifecycle import CHAMPION_FAILURES
 from bot.core.records import val_runs
-from bot.executors.pool import shares, unboxed, visible_gpus, worker_count
+from bot.executors.pool import cores, shares, threads_per_worker, unboxed, visible_gpus, worker_count
 from bot.forges.local import LocalForge
 from bot.github.forge import EVALUATE_WORKFLOW, VERDICT_CHECK, GitHubForge, GitHubForgeError, connect
 from bot.github.setup import GUARDED
@@ -362,6 +362,21 @@ def check_limits(config: Config, sandboxed: bool) -> list[Check]:
     return checks
 
 
+def check_threads(config: Config) -> Check:
+    """Whether the runs made at once ask for more threads than this machine has cores: OpenMP threads that share
+    a core spin, and every run slows by 10x or more (so does the champion's noise floor)."""
+    if config.run.executor == "slurm":
+        return ok("threads", f"each Slurm job trains with its slurm.cpus_per_task ({config.slurm.cpus_per_task})")
+    workers = worker_count(config.run.workers, config.target)
+    each, have = threads_per_worker(config.target, workers), cores()
+    what = f"{workers} worker(s) x {each} thread(s) on {have} core(s)"
+    if workers * each > have:
+        return warn("threads", f"{what}: more threads than cores, so runs slow each other down (spinning OpenMP "
+                    "threads) and the noise floor widens", f"set target.threads: 0 (the cores split between the "
+                    f"workers) or at most {max(1, have // workers)}, or fewer run.workers")
+    return ok("threads", what + ("" if config.target.threads else " (target.threads: 0, the cores split evenly)"))
+
+
 @dataclass(frozen=True)
 class TorchInfo:
     version: str | None = None
@@ -608,6 +623,7 @@ def diagnose(repo_dir: Path, config_path: Path | None = None, environ: Mapping[s
     checked = check_sandbox(config, runner)
     yield checked
     yield from check_limits(config, sandboxed=checked.status == OK)
+    yield check_threads(config)
     yield check_devices(config, None if set(devices(config).values()) == {"cpu"} else probe_torch())
     yield from check_disk(config, runner.cache, splits_bytes)
     if config.github.repo:

@@ -21,11 +21,12 @@ from typer.testing import CliRunner
 from bot.cli import app
 from bot.config import Config
 from bot.doctor import (FAIL, OK, WARN, TorchInfo, check_allowed_paths, check_champion, check_champion_runs,
-                        check_devices, check_disk,
+                        check_devices, check_disk, check_threads,
                         check_evaluator, check_git, check_limits, check_sandbox, check_script, check_splits, check_uncommitted,
                         committed_files, diagnose, free_bytes, github_checks, probe_torch, read_config, uncommitted)
 from bot.github.setup import run_setup
-from bot.executors.pool import AUTO_MAX_CPU_WORKERS
+from bot.executors.pool import AUTO_MAX_CPU_WORKERS, cores, shares
+from runner.process import scrubbed_env
 from bot.init import Answers, apply, plan
 from runner.job import Runner
 from runner.protocol import PROTOCOL_VERSION
@@ -341,8 +342,23 @@ def test_the_limits_say_what_enforces_each_on_this_machine(ready):
     pinned = {c.name: c for c in check_limits(config_of(ready, target={"threads": 1, "cpus": "1"}), sandboxed=True)}
     assert "cpuset cgroup" in pinned["limit: cpu cores"].detail and "cores 1" in pinned["limit: cpu cores"].detail
     assert "tmpfs" in checks["limit: disk"].detail
-    unbound = {c.name: c for c in check_limits(config_of(ready, target={"threads": 0}, run={"workers": 1}), sandboxed=True)}
-    assert unbound["limit: cpu cores"].status == WARN and "set target.threads" in unbound["limit: cpu cores"].fix
+    every = {c.name: c for c in check_limits(config_of(ready, target={"threads": 0}, run={"workers": 1}), sandboxed=True)}
+    assert f"{cores()} cores' worth" in every["limit: cpu cores"].detail  # 0: every core, as a quota all the same
+
+
+def test_threads_are_the_cores_split_between_the_workers_and_oversubscription_warns(ready):
+    """target.threads: 0 never asks for more threads than cores (the issue: two threads per run on two cores,
+    10-20x slower steps); threads set by hand past the cores is a warning naming the fix."""
+    for workers in (1, 2, 3):
+        config = config_of(ready, target={"threads": 0}, run={"workers": workers})
+        [(share, _), *_] = shares(config.target, workers, [])
+        assert share.threads == max(1, cores() // workers)
+        assert check_threads(config).status == (OK if workers <= cores() else WARN)
+    over = check_threads(config_of(ready, target={"threads": cores()}, run={"workers": 2}))
+    assert over.status == WARN and f"2 worker(s) x {cores()} thread(s) on {cores()} core(s)" in over.detail
+    assert "set target.threads: 0" in over.fix
+    env = scrubbed_env(root_of(ready), shares(config_of(ready).target, 1, [])[0][0].threads)
+    assert env["OMP_NUM_THREADS"] == str(cores())  # one worker: told its thread count, not left to guess the host's
 
 
 UNPRIVILEGED = """
@@ -389,7 +405,7 @@ def test_a_runner_that_cannot_enforce_the_limits_says_so_and_refuses_parallel_wo
     assert out["auto"] == 1  # run.workers: auto asks for one worker here, never for what would be refused
     allowed = unprivileged(threads=1, allow_unboxed_workers=True)
     assert allowed["refused"] == "" and {s for _, s, _, _ in allowed["checks"]} == {OK, WARN}
-    assert allowed["auto"] == min(os.cpu_count() or 1, AUTO_MAX_CPU_WORKERS)
+    assert allowed["auto"] == min(cores(), AUTO_MAX_CPU_WORKERS)
 
 
 def test_cuda_asked_for_needs_a_cuda_build_that_sees_a_gpu(ready):

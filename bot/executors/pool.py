@@ -49,7 +49,14 @@ AUTO_MAX_CPU_WORKERS = 4  # run.workers: auto on a CPU: each worker holds a trai
 
 
 def cores() -> int:
-    return os.cpu_count() or 1
+    """The cores this process may run on (its affinity: a container's or a cpuset's share, not the host's count)."""
+    return len(os.sched_getaffinity(0)) or 1
+
+
+def threads_per_worker(target: TargetConfig, workers: int) -> int:
+    """target.threads, or for 0 the cores split evenly between the workers (at least one each): never more
+    threads in all than cores, as OpenMP threads that share a core spin and slow every run by 10x or more."""
+    return target.threads or max(1, cores() // workers)
 
 
 def worker_count(workers: int | str, target: TargetConfig, gpus: list[str] | None = None) -> int:
@@ -67,17 +74,18 @@ def worker_count(workers: int | str, target: TargetConfig, gpus: list[str] | Non
 
 
 def shares(target: TargetConfig, workers: int, gpus: list[str]) -> list[tuple[TargetConfig, str | None]]:
-    """Each worker's settings and GPUs: one GPU each when there are GPUs (and training may use them), else the
-    configured thread count (0: the cores split evenly) and the memory limit split evenly."""
+    """Each worker's settings and GPUs: one GPU each when there are GPUs (and training may use them), else its
+    threads (`threads_per_worker`: 0 is the cores split evenly) and the memory limit split evenly."""
+    threaded = target.model_copy(update={"threads": threads_per_worker(target, workers)})
     if workers > 1 and gpus and target.device != "cpu":
         if len(gpus) < workers:
             raise ValueError(f"run.workers is {workers} but only {len(gpus)} GPUs are visible ({','.join(gpus)}): "
                              "use one worker per GPU, or set target.device: cpu to share the cores")
-        return [(own_slot(target, i), gpus[i]) for i in range(workers)]
+        return [(own_slot(target, i), gpus[i]) for i in range(workers)]  # threads 0: not bound to cores
     if workers == 1:
-        return [(target, None)]
+        return [(threaded, None)]
     memory = target.memory_gb or (default_memory_bytes() / 2**30 / workers if default_memory_bytes() else None)
-    share = target.model_copy(update={"threads": target.threads or max(1, cores() // workers), "memory_gb": memory})
+    share = threaded.model_copy(update={"memory_gb": memory})
     return [(own_slot(share, i), None) for i in range(workers)]
 
 
