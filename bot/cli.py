@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from statistics import mean, stdev
@@ -572,33 +573,31 @@ def setup(
 
 @app.command()
 def init(
-    script: Optional[str] = typer.Option(None, "--script", help="the training script, relative to the repository root"),
+    script: Optional[str] = typer.Option(None, "--script", help="the training script, relative to the repository root (default: the one train*.py found)"),
     allowed: Optional[str] = typer.Option(None, "--allowed", help="comma-separated globs a proposal may change (default: the script)"),
-    budget: Optional[float] = typer.Option(None, "--budget", help="training seconds per run"),
-    metric: Optional[str] = typer.Option(None, "--metric", help="the metric that decides (the evaluator reports val_<metric>), e.g. loss"),
-    direction: Optional[str] = typer.Option(None, "--direction", help="minimize or maximize"),
+    budget: Optional[float] = typer.Option(None, "--budget", help="training seconds per run (default: 300)"),
+    metric: Optional[str] = typer.Option(None, "--metric", help="the metric that decides, without its split (the evaluator reports val_<metric>), e.g. loss, accuracy (default: loss)"),
+    direction: Optional[str] = typer.Option(None, "--direction", help="minimize or maximize (default: from the metric's name, e.g. maximize for accuracy)"),
+    artifact: Optional[str] = typer.Option(None, "--artifact", help="the model file the script writes in --out, which the evaluator scores (default: the one the script names, else model.pt2)"),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
     owner: Optional[str] = typer.Option(None, "--owner", help="CODEOWNERS owner of evaluator/ and .github/ (e.g. @org/team)"),
     arbot_package: Optional[str] = typer.Option(None, "--arbot-package", help="what the workflows pip-install as arbot: a requirement or a path (default: arbot==<this version>)"),
+    yes: bool = typer.Option(False, "--yes", "-y", help="ask nothing: what the options do not give is inferred or defaulted (as without a terminal), and said"),
     force: bool = typer.Option(False, "--force", help="overwrite files that exist and differ"),
     repo: Path = typer.Option(Path("."), "--repo"),
 ):
-    """Set arbot up in an existing git repository: arbot.yml, the GitHub workflows, CODEOWNERS lines and an
-    evaluator skeleton; asks for what the options do not give. Keeps every file that exists (unless --force)."""
-    from bot.init import Answers, apply, plan, repo_root
+    """Set arbot up in an existing git repository: arbot.yml, the GitHub workflows, CODEOWNERS lines, .gitignore
+    entries and an evaluator skeleton. In a terminal it asks for what the options do not give (the inferred value
+    as the default); with --yes or no terminal it infers it and says so. Keeps every file that exists (unless
+    --force)."""
+    from bot.init import apply, gather, plan, repo_root
 
     with clear_errors():
         root = repo_root(repo)
-        script = script or typer.prompt("Training script", default="train.py")
-        allowed = allowed or typer.prompt("Files a proposal may change (comma-separated globs)", default=script)
-        answers = Answers(
-            script=script, allowed_paths=[p.strip() for p in allowed.split(",") if p.strip()],
-            budget_seconds=budget if budget is not None else typer.prompt("Training budget per run, in seconds",
-                                                                          default=300.0, type=float),
-            metric=metric or typer.prompt("Metric (your evaluator reports val_<metric>; e.g. loss, accuracy)"),
-            direction=direction or typer.prompt("Direction (minimize or maximize)", default="minimize"),
-            device=device, owner=owner)
-        for line in apply(root, plan(root, answers, arbot_package), force):
+        ask = None if yes or not sys.stdin.isatty() else typer.prompt
+        answers, assumed = gather(root, ask, script=script, allowed=allowed, budget=budget, metric=metric,
+                                  direction=direction, artifact=artifact, device=device, owner=owner)
+        for line in assumed + apply(root, plan(root, answers, arbot_package), force):
             typer.echo(line)
 
 
