@@ -602,14 +602,19 @@ def init(
 
 
 @app.command()
-def doctor(repo: Path = typer.Option(Path("."), "--repo"), config: Optional[Path] = typer.Option(None, "--config")):
+def doctor(
+    smoke: bool = typer.Option(False, "--smoke", help="also train the champion for a second and score it with the "
+                               "evaluator, sandboxed, as a run does: what a first run would stop on shows here"),
+    repo: Path = typer.Option(Path("."), "--repo"),
+    config: Optional[Path] = typer.Option(None, "--config"),
+):
     """Check this repository and this machine for a run: one line per check (ok, warn, FAIL) with the fix;
     exit 1 when something blocks a run (warnings do not)."""
     from bot.doctor import FAIL, WARN, diagnose
 
     colour = {FAIL: "bold red", WARN: "yellow"}
     checks = []
-    for check in diagnose(repo, config):
+    for check in diagnose(repo, config, smoke=smoke):
         checks.append(check)
         fix = f" [dim]->[/] fix: {escape(check.fix)}" if check.fix else ""
         console.print(f"[{colour.get(check.status, 'green')}]{check.status:>4}[/] [bold]{escape(check.name)}[/]: "

@@ -31,7 +31,7 @@ from bot.forges.local import LocalForge
 from bot.github.forge import EVALUATE_WORKFLOW, VERDICT_CHECK, GitHubForge, GitHubForgeError, connect
 from bot.github.setup import GUARDED
 from runner.box import enforcement
-from runner.job import Runner, export_tree
+from runner.job import EvaluatorError, Runner, export_tree
 from runner.process import scrubbed_env
 from runner.protocol import ProtocolError, check_metric, handshake, last_json_line
 from runner.sandbox import resolve
@@ -43,6 +43,8 @@ EVALUATOR_DIR = "evaluator"  # the package the runner exports from the champion 
 EVALUATOR_SECONDS = 600  # prepare may download and split a corpus once; longer is a hung evaluator
 TORCH_SECONDS = 120
 SHOWN = 5  # paths named in one line before "and N more"
+SMOKE_SECONDS = 1.0  # the training budget of `doctor --smoke`'s run
+TAIL_LINES = 8  # lines of a failed smoke run's output shown
 # What the bot's GitHub App needs (README, "Run it on GitHub"); administration only while `arbot setup` runs.
 APP_PERMISSIONS = {"contents": "write", "pull_requests": "write", "checks": "write", "issues": "write",
                    "actions": "write", "metadata": "read"}
@@ -377,6 +379,31 @@ def check_threads(config: Config) -> Check:
     return ok("threads", what + ("" if config.target.threads else " (target.threads: 0, the cores split evenly)"))
 
 
+def check_smoke(repo: git.Repo, config: Config, sha: str) -> Check:
+    """`doctor --smoke`: the champion trained for SMOKE_SECONDS and scored on val and holdout by its evaluator,
+    sandboxed, as a run makes it (nothing is recorded): what a first run would stop on (an artifact the script does
+    not write, an evaluator that prints text on stdout) shows here first."""
+    target = config.target.model_copy(update={"budget_seconds": SMOKE_SECONDS, "sandbox": local_sandbox(config),
+                                              "threads": threads_per_worker(config.target, 1)})
+    runner = Runner(repo, target, config.evaluator)
+    fix = ("fix what it says (the training contract and the evaluator protocol: docs/evaluator.md), commit, and "
+           "run `arbot doctor --smoke` again")
+    try:
+        result = runner.run(sha, sha, seed=0, splits=("val", "holdout"))
+    except EvaluatorError as e:
+        return fail("smoke run", f"the evaluator failed on the champion's {SMOKE_SECONDS:g} s model: {e}", fix)
+    finally:
+        runner.close()
+    key = config.metric.key()
+    if not result.ok:
+        tail = "\n".join(result.log_tail.splitlines()[-TAIL_LINES:])
+        return fail("smoke run", f"the champion's {SMOKE_SECONDS:g} s run ended {result.status}: {result.reason}"
+                    + (f"; its output ends: {tail}" if tail else ""), fix)
+    scores = ", ".join(f"{k} {config.metric.fmt(v)}" for k, v in sorted(result.metrics.items()))
+    return ok("smoke run", f"trained {SMOKE_SECONDS:g} s and scored in {result.total_seconds:.1f} s (sandbox: "
+              f"{result.sandbox}): {scores or key}")
+
+
 @dataclass(frozen=True)
 class TorchInfo:
     version: str | None = None
@@ -587,8 +614,9 @@ def github_checks(config: Config, files: list[str], environ: Mapping[str, str] |
 
 # --- all of it --------------------------------------------------------------------------------------------
 def diagnose(repo_dir: Path, config_path: Path | None = None, environ: Mapping[str, str] | None = None,
-             github_kwargs: Mapping | None = None) -> Iterator[Check]:
-    """Every check, in order, each as soon as it is made."""
+             github_kwargs: Mapping | None = None, smoke: bool = False) -> Iterator[Check]:
+    """Every check, in order, each as soon as it is made; with `smoke`, last, a smoke run (`check_smoke`) where
+    nothing before blocks one."""
     checked = check_git()
     yield checked
     if checked.blocks:
@@ -602,6 +630,21 @@ def diagnose(repo_dir: Path, config_path: Path | None = None, environ: Mapping[s
     yield checked
     if config is None:
         return
+    sha, _ = champion_source(repo, config)
+    blocked = False
+    for checked in local_checks(repo, config):
+        blocked = blocked or checked.blocks
+        yield checked
+    if smoke:
+        yield check_smoke(repo, config, sha) if not blocked else Check(
+            "smoke run", FAIL, "not made: a check above blocks a run", "fix the checks that FAIL first")
+    if config.github.repo:
+        yield from github_checks(config, committed_files(repo, repo.head.commit.hexsha), environ, github_kwargs or {})
+
+
+def local_checks(repo: git.Repo, config: Config) -> Iterator[Check]:
+    """The checks of this repository and this machine as a runner, in order."""
+    root = Path(repo.working_tree_dir)
     dirty = uncommitted(repo)
     sha, exists = champion_source(repo, config)
     files = committed_files(repo, sha)
@@ -626,5 +669,3 @@ def diagnose(repo_dir: Path, config_path: Path | None = None, environ: Mapping[s
     yield check_threads(config)
     yield check_devices(config, None if set(devices(config).values()) == {"cpu"} else probe_torch())
     yield from check_disk(config, runner.cache, splits_bytes)
-    if config.github.repo:
-        yield from github_checks(config, committed_files(repo, repo.head.commit.hexsha), environ, github_kwargs or {})

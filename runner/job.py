@@ -128,6 +128,12 @@ class Runner:
     def limits(self) -> Limits:
         return self.target.limits(self.devices)
 
+    def close(self) -> None:
+        """Stop the warm evaluator worker, if one runs (a runner made for one run: `arbot doctor --smoke`)."""
+        if self._worker is not None:
+            self._worker.close()
+            self._worker = None
+
     def sandbox(self) -> Sandbox:
         """The sandbox per target.sandbox (unset: `require`), probed once; warns loudly when runs go unsandboxed."""
         if self._sandbox is None:
