@@ -93,12 +93,27 @@ class RunDisplay:
         return update
 
 
+NO_SCORE = "no score"  # shown for an experiment none of whose runs was scored (a crash, a rejection)
+
+
+def score_cell(rec: ExperimentRecord, metric: Metric) -> str:
+    """The experiment's mean metric as shown, or NO_SCORE: never a number no run measured (results.tsv keeps
+    autoresearch's 0.000000 with its status)."""
+    values = ok_metric(rec.runs, metric.key())
+    return metric.fmt(mean(values)) if values else NO_SCORE
+
+
+def verdict_text(verdict: str, rule: str) -> str:
+    """`loss (screen)`; the rule only where it says more than the verdict (not `rejected (rejected)`)."""
+    return verdict if rule in ("", verdict) else f"{verdict} ({rule})"
+
+
 def describe(rec: ExperimentRecord, metric: Metric) -> str:
     d = rec.decision
-    key = metric.key()
     colour = {"win": "green", "loss": "yellow"}.get(d.verdict, "red")
-    return (f"[bold]{rec.id}[/] {shown(rec.proposal.hypothesis)} -> [{colour}]{d.verdict}[/] ({d.rule}) "
-            f"{key} {row(rec, metric)[key]} {shown(d.reason)}")
+    score = score_cell(rec, metric)
+    return (f"[bold]{rec.id}[/] {shown(rec.proposal.hypothesis)} -> [{colour}]{shown(verdict_text(d.verdict, d.rule))}"
+            f"[/] {score if score == NO_SCORE else f'{metric.key()} {score}'} {shown(d.reason)}")
 
 
 @app.command()
@@ -224,12 +239,13 @@ def champion_summary(runs, metric: Metric) -> str:
 
 
 def experiment_table(records: list[ExperimentRecord], metric: Metric) -> Table:
+    """One row per experiment; at 80 columns the numbers stay whole and the description wraps."""
     table = Table(title="experiments")
     cols = ("experiment", "status", metric.key(), "delta", "rule", "runs", "description")
     for col in cols:
-        table.add_column(col)
+        table.add_column(col, no_wrap=col != "description", overflow="fold", ratio=1 if col == "description" else None)
     for rec in records:
-        r = row(rec, metric)
+        r = row(rec, metric) | {metric.key(): score_cell(rec, metric)}
         table.add_row(*(shown(r[c]) for c in cols))
     return table
 
@@ -241,7 +257,7 @@ def log(repo: Path = typer.Option(Path("."), "--repo"), config: Optional[Path] =
         p = Project(repo, config)
         history = Table(title=f"{p.config.run.champion_branch} history")
         for col in ("merge", "experiment", "metric", "baseline", "delta", "rule", "proposer"):
-            history.add_column(col)
+            history.add_column(col, no_wrap=col not in ("rule", "proposer"), overflow="fold")
         for sha, t in p.forge.champion_log():
             history.add_row(sha[:7], *(shown(t.get(k, "")) for k in ("Experiment", "Metric", "Baseline", "Delta", "Rule",
                                                                       "Proposer")))
@@ -564,7 +580,7 @@ def setup(
         try:
             forge = connect(cfg.github, champion_branch=cfg.run.champion_branch, branch_prefix=cfg.run.branch_prefix)
             for line in run_setup(forge, root, owner):
-                console.print(line)
+                console.print(shown(line))
         except GitHubForgeError as e:
             raise ConfigError(str(e)) from e
         except GithubException as e:
@@ -683,7 +699,7 @@ def decide(
         recs = [driver.advance_pr(pr)] if pr is not None else driver.advance_all()
         for rec in recs:
             d = rec.decision
-            console.print(f"{rec.id}: " + (f"{d.verdict} ({d.rule}): {shown(d.reason)}" if d else
+            console.print(f"{rec.id}: " + (f"{shown(verdict_text(d.verdict, d.rule))}: {shown(d.reason)}" if d else
                                             f"measuring, {len(rec.runs)} runs made, {len(rec.pending)} in flight"))
         if not recs:
             console.print("nothing to decide: no experiment is active")

@@ -4,6 +4,7 @@ repository, real runs in the sandbox, `arbot` as a user runs it."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,8 @@ ARBOT = [sys.executable, "-m", "bot"]
 
 
 def arbot(repo: git.Repo, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*ARBOT, *args, "--repo", str(root_of(repo))], capture_output=True, text=True, timeout=300)
+    return subprocess.run([*ARBOT, *args, "--repo", str(root_of(repo))], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "COLUMNS": "1000"})
 
 
 def edit(repo: git.Repo, path: str, old: str, new: str, message: str) -> str:
@@ -91,16 +93,20 @@ def test_doctor_checks_the_champion_the_next_run_uses(ready):
 
 @pytest.mark.slow
 def test_a_failed_first_run_is_fixed_by_a_commit_on_main(ready):
-    """The first run's champion does not train (a typo in the script): the run stops with the way out, and a fix
-    committed on main is what the next run measures and researches on; nothing of the failed set-up blocks it."""
-    broken = edit(ready, "train/train.py", "random.seed(int(args.seed))", "random.seed(int(args.sede))", "a typo")
+    """The first run's champion does not train (an index out of range): the run stops with the way out and its
+    traceback as written (`[idx]` is not rich markup), and a fix committed on main is what the next run measures
+    and researches on; nothing of the failed set-up blocks it."""
+    broken = edit(ready, "train/train.py", "random.seed(int(args.seed))", "idx = 5; random.seed([args.seed][idx])",
+                  "a bug")
     first = arbot(ready, "run", "-n", "1", "--budget", "1")
     assert first.returncode == 2, first.stdout + first.stderr
     text = " ".join(first.stdout.split())
     assert f"the champion {broken[:12]} itself fails" in text and "`arbot adopt <branch>`" in text
+    assert "random.seed([args.seed][idx])" in text and "IndexError" in text
     assert "FAIL champion runs" in said(doctor(ready).output)
 
-    fixed = edit(ready, "train/train.py", "args.sede", "args.seed", "the typo fixed")
+    fixed = edit(ready, "train/train.py", "idx = 5; random.seed([args.seed][idx])", "random.seed(int(args.seed))",
+                 "the bug fixed")
     again = arbot(ready, "run", "-n", "1", "--budget", "1")
     out = " ".join(again.stdout.split())
     assert again.returncode == 0, out + again.stderr
