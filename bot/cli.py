@@ -146,6 +146,10 @@ def run(
                           "yet): its noise floor is measured again")
         for line in dirty_lines(p):
             console.print(f"[yellow]warning:[/] {shown(line)}")
+        if behind := p.forge.not_adopted():
+            console.print(f"note: your branch {shown(p.repo.active_branch.name)} has {behind} commit(s) "
+                          f"{p.config.run.champion_branch} lacks, which no run uses; `arbot adopt "
+                          f"{shown(p.repo.active_branch.name)}` brings them in")
         progress = Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
                             TextColumn("{task.fields[loss]}"), console=console, transient=True)
         maker = make_proposer(p.config, p.repo, proposer, model, sandbox=p.runner.sandbox)

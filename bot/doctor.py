@@ -172,6 +172,11 @@ def check_champion(repo: git.Repo, config: Config, dirty: list[str]) -> Check:
     if exists and sha != repo.commit(branch).hexsha:
         return ok("champion", f"{branch} has no merged win yet, so it follows your branch: the next `arbot run` moves "
                   f"it from {repo.commit(branch).hexsha[:7]} to HEAD ({sha[:7]}) and measures it")
+    if exists and (behind := local_forge(repo, config).not_adopted()):
+        mine = repo.active_branch.name
+        return warn("champion", f"{branch} at {sha[:7]}; your branch {mine} has {behind} commit(s) it lacks, which "
+                    "no run uses", f"`arbot adopt {mine}` merges them into {branch} (a hand edit, a fixed "
+                    "evaluator), or leave them out")
     if exists:
         return ok("champion", f"{branch} at {sha[:7]}")
     return ok("champion", f"no {branch} branch yet: the first `arbot run` creates it from HEAD ({sha[:7]})")
@@ -206,7 +211,8 @@ def check_uncommitted(config: Config, dirty: list[str], champion_exists: bool) -
     branch = config.run.champion_branch
     if champion_exists:
         return warn("uncommitted changes", f"{listed(used)}: runs use the committed files of the {branch} branch, "
-                    "not these", f"commit them and bring them into {branch} (or discard them)")
+                    "not these", f"commit them (while {branch} has no merged win, the next run takes them up; after "
+                    "one, `arbot adopt` brings them in), or discard them")
     return warn("uncommitted changes", f"{listed(used)}: runs use the committed files of HEAD, from which the first "
                 f"run creates {branch}, not these", "commit them (or discard them) before `arbot run`")
 

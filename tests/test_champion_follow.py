@@ -56,8 +56,13 @@ def test_a_champion_without_a_win_follows_the_branch_and_stops_once_it_has_one(r
     assert f"Adopted: {later}" in body and "Reason: the LR I want" in body
     assert [p.hexsha for p in ready.commit(merge).parents] == [fixed, later]
     assert forge.champion_record(merge).runs == []  # a new champion: its noise floor is measured again
+    assert forge.not_adopted() == 0
     edit(ready, "train/train.py", "LR = 0.005", "LR = 0.004", "after an adoption")
     assert forge.follow_target() is None  # it has a history now: `arbot adopt` brings edits in
+    assert forge.not_adopted() == 1
+    r = doctor(ready)
+    assert r.exit_code == 0 and (f"warn champion: champion at {merge[:7]}; your branch main has 1 commit(s) it lacks, "
+                                 "which no run uses -> fix: `arbot adopt main` merges them") in said(r.output)
 
 
 def test_adopt_refuses_what_does_not_merge_and_names_the_way(ready):

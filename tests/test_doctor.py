@@ -208,7 +208,8 @@ def test_uncommitted_training_code_or_evaluator_is_a_warning_naming_them(ready):
     assert check.fix == "commit them (or discard them) before `arbot run`"
     moved = check_uncommitted(config, uncommitted(ready), True)  # champion exists: it is what runs use
     assert moved.status == WARN and "runs use the committed files of the champion branch" in moved.detail
-    assert moved.fix == "commit them and bring them into champion (or discard them)"
+    assert moved.fix == ("commit them (while champion has no merged win, the next run takes them up; after one, "
+                         "`arbot adopt` brings them in), or discard them")
 
 
 # --- the training script and the allowed paths --------------------------------------------------------------

@@ -101,4 +101,5 @@ def test_run_on_a_dirty_tree_says_what_no_run_sees(research_repo):
     assert r.returncode == 0, r.stdout + r.stderr
     out = " ".join(r.stdout.split())
     assert ("warning: uncommitted changes: target/train.py: runs use the committed files of the champion branch, "
-            "not these; commit them and bring them into champion (or discard them)") in out
+            "not these; commit them (while champion has no merged win, the next run takes them up; after one, "
+            "`arbot adopt` brings them in), or discard them") in out

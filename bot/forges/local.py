@@ -100,25 +100,37 @@ class LocalForge:
         return self.repo.commit(self.champion_branch).hexsha
 
     def has_history(self) -> bool:
-        """Whether champion holds a commit arbot made on it (a merged win, a revert, an adoption): until then it
-        is only where the user's branch was, and it follows that branch (`follow_head`)."""
-        out = self.repo.git.log(self.champion_branch, "--first-parent", "--format=%(trailers:key=Experiment,"
-                                "key=Adopted,valueonly)")
-        return bool(out.strip())
+        """Whether champion holds a commit arbot made on it (a merged win, a revert, an adoption: a commit with an
+        `Experiment:` or `Adopted:` trailer): until then it is only where the user's branch was, and it follows
+        that branch (`follow_head`)."""
+        return bool(self.repo.git.log(self.champion_branch, "--first-parent", "-n1", "--format=%H", "-E",
+                                      "--grep=^(Experiment|Adopted): ").strip())
 
-    def follow_target(self) -> str | None:
-        """The commit champion moves to at the next `arbot run`, or None: while it has no history of its own, it
-        follows the branch checked out (not an experiment branch, not a detached HEAD) to any commit champion
-        does not already hold, so a fix committed after a failed first run is what the next run measures."""
+    def head_ahead(self) -> str | None:
+        """The commit of the branch checked out (not champion, not an experiment branch, not a detached HEAD)
+        when it holds commits champion lacks, else None."""
         if not self.has_ref(f"refs/heads/{self.champion_branch}") or self.repo.head.is_detached:
             return None
         branch = self.repo.active_branch.name
         if branch == self.champion_branch or branch.startswith(self.branch_prefix):
             return None
-        head, champion = self.repo.head.commit.hexsha, self.champion()
-        if head == champion or self.repo.is_ancestor(head, champion) or self.has_history():
-            return None
-        return head
+        head = self.repo.head.commit.hexsha
+        return None if self.repo.is_ancestor(head, self.champion()) else head
+
+    def follow_target(self) -> str | None:
+        """The commit champion moves to at the next `arbot run`, or None: while it has no history of its own, it
+        follows the branch checked out to any commit it does not already hold (`head_ahead`), so a fix committed
+        after a failed first run is what the next run measures."""
+        head = self.head_ahead()
+        return None if head is None or self.has_history() else head
+
+    def not_adopted(self) -> int:
+        """How many commits of the branch checked out champion lacks once it no longer follows it (it has a
+        history of its own): what `arbot adopt` would bring in; 0 when none or while it follows."""
+        head = self.head_ahead()
+        if head is None or not self.has_history():
+            return 0
+        return int(self.repo.git.rev_list("--count", f"{self.champion()}..{head}"))
 
     def follow_head(self) -> str | None:
         """Move champion to `follow_target` (compare-and-swap); the commit it moved from, or None."""
