@@ -26,7 +26,7 @@ from requests.exceptions import RequestException
 from bot.config import CONFIG_FILE, Config, ConfigError, GitHubAuthConfig, load_config, local_sandbox
 from bot.core.lifecycle import CHAMPION_FAILURES
 from bot.core.records import val_runs
-from bot.executors.pool import cores, shares, threads_per_worker, unboxed, visible_gpus, worker_count
+from bot.executors.pool import SPARE_CORES, cores, shares, threads_per_worker, unboxed, visible_gpus, worker_count
 from bot.forges.local import LocalForge
 from bot.github.forge import EVALUATE_WORKFLOW, VERDICT_CHECK, GitHubForge, GitHubForgeError, connect
 from bot.github.setup import GUARDED
@@ -380,9 +380,10 @@ def check_threads(config: Config) -> Check:
     what = f"{workers} worker(s) x {each} thread(s) on {have} core(s)"
     if workers * each > have:
         return warn("threads", f"{what}: more threads than cores, so runs slow each other down (spinning OpenMP "
-                    "threads) and the noise floor widens", f"set target.threads: 0 (the cores split between the "
-                    f"workers) or at most {max(1, have // workers)}, or fewer run.workers")
-    return ok("threads", what + ("" if config.target.threads else " (target.threads: 0, the cores split evenly)"))
+                    "threads) and the noise floor widens", f"set target.threads: 0 (the cores less {SPARE_CORES} split "
+                    f"between the workers) or at most {max(1, have // workers)}, or fewer run.workers")
+    return ok("threads", what + ("" if config.target.threads else f" (target.threads: 0, the cores less {SPARE_CORES} "
+                                 "split between the workers)"))
 
 
 def check_smoke(repo: git.Repo, config: Config, sha: str) -> Check:

@@ -25,7 +25,8 @@ from bot.doctor import (FAIL, OK, WARN, TorchInfo, check_allowed_paths, check_ch
                         check_evaluator, check_git, check_limits, check_sandbox, check_script, check_splits, check_uncommitted,
                         committed_files, diagnose, free_bytes, github_checks, probe_torch, read_config, uncommitted)
 from bot.github.setup import run_setup
-from bot.executors.pool import AUTO_MAX_CPU_WORKERS, cores, shares
+from bot.executors.pool import AUTO_MAX_CPU_WORKERS, SPARE_CORES, cores, shares, threads_per_worker
+from runner.config import TargetConfig
 from runner.process import scrubbed_env
 from bot.init import Answers, apply, plan
 from runner.job import Runner
@@ -344,22 +345,28 @@ def test_the_limits_say_what_enforces_each_on_this_machine(ready):
     assert "cpuset cgroup" in pinned["limit: cpu cores"].detail and "cores 1" in pinned["limit: cpu cores"].detail
     assert "tmpfs" in checks["limit: disk"].detail
     every = {c.name: c for c in check_limits(config_of(ready, target={"threads": 0}, run={"workers": 1}), sandboxed=True)}
-    assert f"{cores()} cores' worth" in every["limit: cpu cores"].detail  # 0: every core, as a quota all the same
+    assert f"{max(1, cores() - SPARE_CORES)} cores' worth" in every["limit: cpu cores"].detail  # 0: a quota too
 
 
-def test_threads_are_the_cores_split_between_the_workers_and_oversubscription_warns(ready):
-    """target.threads: 0 never asks for more threads than cores (the issue: two threads per run on two cores,
-    10-20x slower steps); threads set by hand past the cores is a warning naming the fix."""
+def test_threads_are_the_cores_split_between_the_workers_and_oversubscription_warns(ready, monkeypatch):
+    """target.threads: 0 never asks for more threads than cores, and leaves one to the rest of the machine (the
+    issue: two threads per run on two busy cores, 10-20x slower steps); threads set by hand past the cores is a
+    warning naming the fix."""
     for workers in (1, 2, 3):
         config = config_of(ready, target={"threads": 0}, run={"workers": workers})
         [(share, _), *_] = shares(config.target, workers, [])
-        assert share.threads == max(1, cores() // workers)
+        assert share.threads == threads_per_worker(config.target, workers) >= 1
         assert check_threads(config).status == (OK if workers <= cores() else WARN)
+    real = os.sched_getaffinity
+    for have, workers, each in ((2, 1, 1), (2, 2, 1), (4, 1, 3), (4, 2, 2), (8, 4, 2), (16, 4, 4), (16, 1, 15)):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, have=have: set(range(have)))
+        assert threads_per_worker(TargetConfig(), workers) == each
+    monkeypatch.setattr(os, "sched_getaffinity", real)
     over = check_threads(config_of(ready, target={"threads": cores()}, run={"workers": 2}))
     assert over.status == WARN and f"2 worker(s) x {cores()} thread(s) on {cores()} core(s)" in over.detail
     assert "set target.threads: 0" in over.fix
     env = scrubbed_env(root_of(ready), shares(config_of(ready).target, 1, [])[0][0].threads)
-    assert env["OMP_NUM_THREADS"] == str(cores())  # one worker: told its thread count, not left to guess the host's
+    assert env["OMP_NUM_THREADS"] == str(max(1, cores() - SPARE_CORES))  # one worker: told, not left to guess
 
 
 UNPRIVILEGED = """

@@ -53,10 +53,19 @@ def cores() -> int:
     return len(os.sched_getaffinity(0)) or 1
 
 
+SPARE_CORES = 1  # left to the bot, the warm evaluators and the rest of the machine by target.threads: 0. An OpenMP
+# thread that loses its core stalls every step of its run: on 2 loaded cores a small MLP made 379-524 steps/s with
+# one thread and 13-28 with two (benchmarks/threads.py)
+
+
 def threads_per_worker(target: TargetConfig, workers: int) -> int:
-    """target.threads, or for 0 the cores split evenly between the workers (at least one each): never more
-    threads in all than cores, as OpenMP threads that share a core spin and slow every run by 10x or more."""
-    return target.threads or max(1, cores() // workers)
+    """target.threads, or for 0 the cores less SPARE_CORES split between the workers, rounded to the nearest, at
+    most an even share and at least one (2 cores, 1 worker: 1; 4 and 1: 3; 8 and 4: 2): never more training
+    threads in all than cores, and a core left over where that costs each worker less than half of one."""
+    if target.threads:
+        return target.threads
+    have = cores()
+    return max(1, min(have // workers, int((have - SPARE_CORES) / workers + 0.5)))
 
 
 def worker_count(workers: int | str, target: TargetConfig, gpus: list[str] | None = None) -> int:
