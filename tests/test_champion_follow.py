@@ -122,3 +122,22 @@ def test_a_failed_first_run_is_fixed_by_a_commit_on_main(ready):
     fresh = [r for r in recs if r.parent == fixed]
     assert fresh and all(r.decision is not None and r.decision.rule != "stale" for r in fresh)
     assert len([r for r in forge.champion_record(fixed).runs if r.ok]) >= 2
+
+
+def test_arbot_adopt_on_the_command_line(ready):
+    from typer.testing import CliRunner
+
+    from bot.cli import app
+
+    def adopt(*args: str):
+        r = CliRunner().invoke(app, ["adopt", *args, "--repo", str(root_of(ready))], terminal_width=200)
+        return r.exit_code, said(r.output)
+
+    code, out = adopt()
+    assert code == 2 and "error: HEAD (" in out and "is already in champion: nothing to adopt" in out
+    edit(ready, "train/train.py", "LR = 0.001", "LR = 0.01", "a hand edit")
+    code, out = adopt("main", "--reason", "my own LR")
+    merge = LocalForge(ready).champion()
+    assert code == 0 and out == (f"adopted main: champion is now {merge[:7]}; the next `arbot run` measures its noise "
+                                 "floor first")
+    assert "Reason: my own LR" in ready.commit(merge).message
