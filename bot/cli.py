@@ -262,7 +262,9 @@ def log(repo: Path = typer.Option(Path("."), "--repo"), config: Optional[Path] =
         history = Table(title=f"{p.config.run.champion_branch} history")
         for col in ("merge", "experiment", "metric", "baseline", "delta", "rule", "proposer"):
             history.add_column(col, no_wrap=col not in ("rule", "proposer"), overflow="fold")
-        for sha, t in p.forge.champion_log():
+        for sha, t in p.forge.champion_log(adoptions=True):
+            if "Adopted" in t:  # `arbot adopt`: a commit of yours merged in, its noise floor measured again
+                t = {"Experiment": f"adopted {t['Adopted'][:7]}", "Rule": t.get("Reason", "")}
             history.add_row(sha[:7], *(shown(t.get(k, "")) for k in ("Experiment", "Metric", "Baseline", "Delta", "Rule",
                                                                       "Proposer")))
         console.print(history)

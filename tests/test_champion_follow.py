@@ -141,3 +141,6 @@ def test_arbot_adopt_on_the_command_line(ready):
     assert code == 0 and out == (f"adopted main: champion is now {merge[:7]}; the next `arbot run` measures its noise "
                                  "floor first")
     assert "Reason: my own LR" in ready.commit(merge).message
+    r = CliRunner().invoke(app, ["log", "--repo", str(root_of(ready))], terminal_width=200)
+    assert f"│ {merge[:7]} │ adopted {ready.commit(merge).parents[1].hexsha[:7]} │" in r.output, r.output
+    assert "my own LR" in r.output

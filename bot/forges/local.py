@@ -373,8 +373,9 @@ class LocalForge:
     def merged(self, rec: ExperimentRecord) -> bool:
         return self.repo.is_ancestor(rec.commit, self.champion())
 
-    def champion_log(self) -> list[tuple[str, dict[str, str]]]:
-        """(sha, trailers) of each arbot commit on the champion branch (wins and reverts), newest first."""
+    def champion_log(self, adoptions: bool = False) -> list[tuple[str, dict[str, str]]]:
+        """(sha, trailers) of each arbot commit on the champion branch (wins and reverts, and with `adoptions` the
+        commits `arbot adopt` merged), newest first."""
         out = self.repo.git.log(
             self.champion_branch, "--first-parent", "--format=%H%x00%(trailers:unfold,separator=%x01)%x00%x02"
         )
@@ -384,7 +385,7 @@ class LocalForge:
                 continue
             sha, trailers, _ = chunk.strip().split("\x00")
             pairs = dict(t.split(": ", 1) for t in trailers.split("\x01") if ": " in t)
-            if "Experiment" in pairs:
+            if "Experiment" in pairs or (adoptions and "Adopted" in pairs):
                 log.append((sha, pairs))
         return log
 
