@@ -205,7 +205,7 @@ def make_executor(p: Project, on_run: RunDisplay) -> Executor:
         return Slurm(p.root, p.config)
     workers = worker_count(p.config.run.workers, p.config.target)
     if workers == 1:
-        p.runner.target = shares(p.config.target, 1, [])[0][0]  # its threads: target.threads, or every core
+        p.runner.target = shares(p.config.target, 1, [])[0][0]  # its threads (threads_per_worker), as a pool worker
         return Inline(p.runner, on_run)
 
     def worker_runner(target: TargetConfig, gpus: str | None) -> Runner:

@@ -28,7 +28,7 @@ PACKAGE_LINE = '  ARBOT_PACKAGE: {}\n'
 TEMPLATE_PACKAGE = "."
 EXAMPLE_PACKAGE = "arbot @ git+https://github.com/ORG/arbot@v0.1.0"  # said where a spec is asked for
 DEFAULT_BUDGET = 300.0  # training seconds per run, where neither --budget nor an answer gives one
-DEFAULT_METRIC = "loss"
+ASSUMED_METRIC = "loss"
 # What arbot writes in a repository and nothing should commit: its run artifacts and the exported results table.
 IGNORED = (".arbot/", RunConfig.model_fields["results_file"].default)
 # Metric names whose direction is known: a word of the name (split at _ - .) in one of these sets.
@@ -160,7 +160,7 @@ def gather(root: Path, ask: Ask | None, *, script: str | None = None, allowed: s
                               "Files a proposal may change (comma-separated globs)", "the training script only")
     budget = budget if budget is not None else take("the budget", "--budget", DEFAULT_BUDGET,
                                                     "Training budget per run, in seconds", "seconds per run", float)
-    metric = check_metric_name(metric or take("the metric", "--metric", DEFAULT_METRIC, "Metric (your evaluator "
+    metric = check_metric_name(metric or take("the metric", "--metric", ASSUMED_METRIC, "Metric (your evaluator "
                                               "reports val_<metric>; e.g. loss, accuracy)", "the default"))
     guessed = guess_direction(metric)
     if direction is None:
