@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from statistics import mean, stdev
@@ -20,7 +21,7 @@ from bot.bench.cli import bench_app
 from bot.config import CONFIG_FILE, Config, ConfigError, load_config, local_sandbox
 from bot.forges.local import ForgeError, LocalForge
 from bot.executors import Executor
-from bot.executors.pool import Inline, LocalPool, worker_count
+from bot.executors.pool import Inline, LocalPool, shares, worker_count
 from bot.loop import Loop, export_results
 from bot.stepper import RunsLost, now
 from bot.surfaces.local import ChampionBroken
@@ -92,12 +93,27 @@ class RunDisplay:
         return update
 
 
+NO_SCORE = "no score"  # shown for an experiment none of whose runs was scored (a crash, a rejection)
+
+
+def score_cell(rec: ExperimentRecord, metric: Metric) -> str:
+    """The experiment's mean metric as shown, or NO_SCORE: never a number no run measured (results.tsv keeps
+    autoresearch's 0.000000 with its status)."""
+    values = ok_metric(rec.runs, metric.key())
+    return metric.fmt(mean(values)) if values else NO_SCORE
+
+
+def verdict_text(verdict: str, rule: str) -> str:
+    """`loss (screen)`; the rule only where it says more than the verdict (not `rejected (rejected)`)."""
+    return verdict if rule in ("", verdict) else f"{verdict} ({rule})"
+
+
 def describe(rec: ExperimentRecord, metric: Metric) -> str:
     d = rec.decision
-    key = metric.key()
     colour = {"win": "green", "loss": "yellow"}.get(d.verdict, "red")
-    return (f"[bold]{rec.id}[/] {shown(rec.proposal.hypothesis)} -> [{colour}]{d.verdict}[/] ({d.rule}) "
-            f"{key} {row(rec, metric)[key]} {shown(d.reason)}")
+    score = score_cell(rec, metric)
+    return (f"[bold]{rec.id}[/] {shown(rec.proposal.hypothesis)} -> [{colour}]{shown(verdict_text(d.verdict, d.rule))}"
+            f"[/] {score if score == NO_SCORE else f'{metric.key()} {score}'} {shown(d.reason)}")
 
 
 @app.command()
@@ -123,7 +139,17 @@ def run(
         p.config.target.sandbox = local_sandbox(p.config, proposer)
         limit = experiments or p.config.run.experiments
         p.forge.ensure_champion()
+        followed = p.forge.follow_head()
         first = p.forge.champion()
+        if followed:
+            console.print(f"champion followed your branch from {followed[:7]} to {first[:7]} (it has no merged win "
+                          "yet): its noise floor is measured again")
+        for line in dirty_lines(p):
+            console.print(f"[yellow]warning:[/] {shown(line)}")
+        if behind := p.forge.not_adopted():
+            console.print(f"note: your branch {shown(p.repo.active_branch.name)} has {behind} commit(s) "
+                          f"{p.config.run.champion_branch} lacks, which no run uses; `arbot adopt "
+                          f"{shown(p.repo.active_branch.name)}` brings them in")
         progress = Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
                             TextColumn("{task.fields[loss]}"), console=console, transient=True)
         maker = make_proposer(p.config, p.repo, proposer, model, sandbox=p.runner.sandbox)
@@ -136,6 +162,9 @@ def run(
         loop = Loop(p.forge, p.runner, maker, make_policy(p.config.policy), p.config.target, on_run=display,
                     metric=metric, executor=runs, status_file=p.status_file, tracker=tracker)
         results = p.root / p.config.run.results_file
+        if followed:
+            for rec in loop.stepper.abandon(followed):
+                console.print(describe(rec, metric))
         try:
             with progress:
                 done = loop.campaign(limit, CampaignReport(p.forge, results, metric))
@@ -159,6 +188,15 @@ def run(
                       f"{champion_summary(end.runs, metric)}; results in {results}")
 
 
+def dirty_lines(p: Project) -> list[str]:
+    """What `arbot doctor` warns of in the working tree: changes to the training code or the evaluator that no run
+    sees (runs train the committed files of champion)."""
+    from bot.doctor import OK, check_uncommitted, uncommitted
+
+    check = check_uncommitted(p.config, uncommitted(p.repo), champion_exists=True)
+    return [] if check.status == OK else [f"uncommitted changes: {check.detail}; {check.fix}"]
+
+
 def make_executor(p: Project, on_run: RunDisplay) -> Executor:
     """Where `arbot run` makes its runs (run.executor, run.workers)."""
     if p.config.run.executor == "slurm":
@@ -167,6 +205,7 @@ def make_executor(p: Project, on_run: RunDisplay) -> Executor:
         return Slurm(p.root, p.config)
     workers = worker_count(p.config.run.workers, p.config.target)
     if workers == 1:
+        p.runner.target = shares(p.config.target, 1, [])[0][0]  # its threads (threads_per_worker), as a pool worker
         return Inline(p.runner, on_run)
 
     def worker_runner(target: TargetConfig, gpus: str | None) -> Runner:
@@ -204,12 +243,13 @@ def champion_summary(runs, metric: Metric) -> str:
 
 
 def experiment_table(records: list[ExperimentRecord], metric: Metric) -> Table:
+    """One row per experiment; at 80 columns the numbers stay whole and the description wraps."""
     table = Table(title="experiments")
     cols = ("experiment", "status", metric.key(), "delta", "rule", "runs", "description")
     for col in cols:
-        table.add_column(col)
+        table.add_column(col, no_wrap=col != "description", overflow="fold", ratio=1 if col == "description" else None)
     for rec in records:
-        r = row(rec, metric)
+        r = row(rec, metric) | {metric.key(): score_cell(rec, metric)}
         table.add_row(*(shown(r[c]) for c in cols))
     return table
 
@@ -221,8 +261,10 @@ def log(repo: Path = typer.Option(Path("."), "--repo"), config: Optional[Path] =
         p = Project(repo, config)
         history = Table(title=f"{p.config.run.champion_branch} history")
         for col in ("merge", "experiment", "metric", "baseline", "delta", "rule", "proposer"):
-            history.add_column(col)
-        for sha, t in p.forge.champion_log():
+            history.add_column(col, no_wrap=col not in ("rule", "proposer"), overflow="fold")
+        for sha, t in p.forge.champion_log(adoptions=True):
+            if "Adopted" in t:  # `arbot adopt`: a commit of yours merged in, its noise floor measured again
+                t = {"Experiment": f"adopted {t['Adopted'][:7]}", "Rule": t.get("Reason", "")}
             history.add_row(sha[:7], *(shown(t.get(k, "")) for k in ("Experiment", "Metric", "Baseline", "Delta", "Rule",
                                                                       "Proposer")))
         console.print(history)
@@ -467,6 +509,24 @@ def approve(
 
 
 @app.command()
+def adopt(
+    ref: str = typer.Argument("HEAD", help="the commit to bring into champion: a branch holding a hand edit or a fixed "
+                              "evaluator (default: HEAD)"),
+    reason: str = typer.Option("adopted by hand", "--reason", help="recorded in the Reason: trailer"),
+    repo: Path = typer.Option(Path("."), "--repo"),
+    config: Optional[Path] = typer.Option(None, "--config"),
+):
+    """Merge a commit of yours into champion (a merge with Adopted: and Reason: trailers); the next `arbot run`
+    measures the new champion's noise floor before comparing anything with it."""
+    with clear_errors():
+        p = Project(repo, config)
+        p.forge.ensure_champion()
+        sha = p.forge.adopt(ref, reason)
+        console.print(f"adopted {shown(ref)}: {p.config.run.champion_branch} is now {sha[:7]}; the next `arbot run` "
+                      "measures its noise floor first")
+
+
+@app.command()
 def revert(
     experiment: str = typer.Argument(..., help="the merged win to roll back, e.g. exp-3"),
     reason: str = typer.Option("reverted by hand", "--reason", help="recorded in the Reason: trailer"),
@@ -526,7 +586,7 @@ def setup(
         try:
             forge = connect(cfg.github, champion_branch=cfg.run.champion_branch, branch_prefix=cfg.run.branch_prefix)
             for line in run_setup(forge, root, owner):
-                console.print(line)
+                console.print(shown(line))
         except GitHubForgeError as e:
             raise ConfigError(str(e)) from e
         except GithubException as e:
@@ -535,45 +595,48 @@ def setup(
 
 @app.command()
 def init(
-    script: Optional[str] = typer.Option(None, "--script", help="the training script, relative to the repository root"),
+    script: Optional[str] = typer.Option(None, "--script", help="the training script, relative to the repository root (default: the one train*.py found)"),
     allowed: Optional[str] = typer.Option(None, "--allowed", help="comma-separated globs a proposal may change (default: the script)"),
-    budget: Optional[float] = typer.Option(None, "--budget", help="training seconds per run"),
-    metric: Optional[str] = typer.Option(None, "--metric", help="the metric that decides (the evaluator reports val_<metric>), e.g. loss"),
-    direction: Optional[str] = typer.Option(None, "--direction", help="minimize or maximize"),
+    budget: Optional[float] = typer.Option(None, "--budget", help="training seconds per run (default: 300)"),
+    metric: Optional[str] = typer.Option(None, "--metric", help="the metric that decides, without its split (the evaluator reports val_<metric>), e.g. loss, accuracy (default: loss)"),
+    direction: Optional[str] = typer.Option(None, "--direction", help="minimize or maximize (default: from the metric's name, e.g. maximize for accuracy)"),
+    artifact: Optional[str] = typer.Option(None, "--artifact", help="the model file the script writes in --out, which the evaluator scores (default: the one the script names, else model.pt2)"),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
     owner: Optional[str] = typer.Option(None, "--owner", help="CODEOWNERS owner of evaluator/ and .github/ (e.g. @org/team)"),
     arbot_package: Optional[str] = typer.Option(None, "--arbot-package", help="what the workflows pip-install as arbot: a requirement or a path (default: arbot==<this version>)"),
+    yes: bool = typer.Option(False, "--yes", "-y", help="ask nothing: what the options do not give is inferred or defaulted (as without a terminal), and said"),
     force: bool = typer.Option(False, "--force", help="overwrite files that exist and differ"),
     repo: Path = typer.Option(Path("."), "--repo"),
 ):
-    """Set arbot up in an existing git repository: arbot.yml, the GitHub workflows, CODEOWNERS lines and an
-    evaluator skeleton; asks for what the options do not give. Keeps every file that exists (unless --force)."""
-    from bot.init import Answers, apply, plan, repo_root
+    """Set arbot up in an existing git repository: arbot.yml, the GitHub workflows, CODEOWNERS lines, .gitignore
+    entries and an evaluator skeleton. In a terminal it asks for what the options do not give (the inferred value
+    as the default); with --yes or no terminal it infers it and says so. Keeps every file that exists (unless
+    --force)."""
+    from bot.init import apply, gather, plan, repo_root
 
     with clear_errors():
         root = repo_root(repo)
-        script = script or typer.prompt("Training script", default="train.py")
-        allowed = allowed or typer.prompt("Files a proposal may change (comma-separated globs)", default=script)
-        answers = Answers(
-            script=script, allowed_paths=[p.strip() for p in allowed.split(",") if p.strip()],
-            budget_seconds=budget if budget is not None else typer.prompt("Training budget per run, in seconds",
-                                                                          default=300.0, type=float),
-            metric=metric or typer.prompt("Metric (your evaluator reports val_<metric>; e.g. loss, accuracy)"),
-            direction=direction or typer.prompt("Direction (minimize or maximize)", default="minimize"),
-            device=device, owner=owner)
-        for line in apply(root, plan(root, answers, arbot_package), force):
+        ask = None if yes or not sys.stdin.isatty() else typer.prompt
+        answers, assumed = gather(root, ask, script=script, allowed=allowed, budget=budget, metric=metric,
+                                  direction=direction, artifact=artifact, device=device, owner=owner)
+        for line in assumed + apply(root, plan(root, answers, arbot_package), force):
             typer.echo(line)
 
 
 @app.command()
-def doctor(repo: Path = typer.Option(Path("."), "--repo"), config: Optional[Path] = typer.Option(None, "--config")):
+def doctor(
+    smoke: bool = typer.Option(False, "--smoke", help="also train the champion for a second and score it with the "
+                               "evaluator, sandboxed, as a run does: what a first run would stop on shows here"),
+    repo: Path = typer.Option(Path("."), "--repo"),
+    config: Optional[Path] = typer.Option(None, "--config"),
+):
     """Check this repository and this machine for a run: one line per check (ok, warn, FAIL) with the fix;
     exit 1 when something blocks a run (warnings do not)."""
     from bot.doctor import FAIL, WARN, diagnose
 
     colour = {FAIL: "bold red", WARN: "yellow"}
     checks = []
-    for check in diagnose(repo, config):
+    for check in diagnose(repo, config, smoke=smoke):
         checks.append(check)
         fix = f" [dim]->[/] fix: {escape(check.fix)}" if check.fix else ""
         console.print(f"[{colour.get(check.status, 'green')}]{check.status:>4}[/] [bold]{escape(check.name)}[/]: "
@@ -642,7 +705,7 @@ def decide(
         recs = [driver.advance_pr(pr)] if pr is not None else driver.advance_all()
         for rec in recs:
             d = rec.decision
-            console.print(f"{rec.id}: " + (f"{d.verdict} ({d.rule}): {shown(d.reason)}" if d else
+            console.print(f"{rec.id}: " + (f"{shown(verdict_text(d.verdict, d.rule))}: {shown(d.reason)}" if d else
                                             f"measuring, {len(rec.runs)} runs made, {len(rec.pending)} in flight"))
         if not recs:
             console.print("nothing to decide: no experiment is active")

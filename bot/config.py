@@ -249,6 +249,17 @@ def _allowed(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
     return "allowed keys here: " + ", ".join(model.model_fields)
 
 
+YAML_WORDS = {False: ("off", "no", "false"), True: ("on", "yes", "true")}  # what YAML 1.1 reads as a boolean
+
+
+def yaml_word(key: object, value: object) -> str:
+    """The fix where YAML read a word meant as text as a boolean (`sandbox: off` is False): quote it."""
+    if not isinstance(value, bool):
+        return ""
+    words = YAML_WORDS[value]
+    return f"; YAML reads unquoted {'/'.join(words)} as the boolean {value}: quote the word you meant (e.g. {key}: \"{words[0]}\")"
+
+
 def describe_errors(err: ValidationError, source: str) -> str:
     lines = [f"{source}: invalid configuration"]
     for e in err.errors():
@@ -257,7 +268,7 @@ def describe_errors(err: ValidationError, source: str) -> str:
         if e["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key; {_allowed(Config, e['loc'])}")
         else:
-            lines.append(f"  {key}: {e['msg']} (got {value!r})")
+            lines.append(f"  {key}: {e['msg']} (got {value!r}){yaml_word(e['loc'][-1], value)}")
     lines.append("Fix these keys in the file (see the config reference in README.md) and run again.")
     return "\n".join(lines)
 

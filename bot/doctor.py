@@ -26,12 +26,12 @@ from requests.exceptions import RequestException
 from bot.config import CONFIG_FILE, Config, ConfigError, GitHubAuthConfig, load_config, local_sandbox
 from bot.core.lifecycle import CHAMPION_FAILURES
 from bot.core.records import val_runs
-from bot.executors.pool import shares, unboxed, visible_gpus, worker_count
+from bot.executors.pool import SPARE_CORES, cores, shares, threads_per_worker, unboxed, visible_gpus, worker_count
 from bot.forges.local import LocalForge
 from bot.github.forge import EVALUATE_WORKFLOW, VERDICT_CHECK, GitHubForge, GitHubForgeError, connect
 from bot.github.setup import GUARDED
 from runner.box import enforcement
-from runner.job import Runner, export_tree
+from runner.job import EvaluatorError, Runner, export_tree
 from runner.process import scrubbed_env
 from runner.protocol import ProtocolError, check_metric, handshake, last_json_line
 from runner.sandbox import resolve
@@ -43,6 +43,8 @@ EVALUATOR_DIR = "evaluator"  # the package the runner exports from the champion 
 EVALUATOR_SECONDS = 600  # prepare may download and split a corpus once; longer is a hung evaluator
 TORCH_SECONDS = 120
 SHOWN = 5  # paths named in one line before "and N more"
+SMOKE_SECONDS = 1.0  # the training budget of `doctor --smoke`'s run
+TAIL_LINES = 8  # lines of a failed smoke run's output shown
 # What the bot's GitHub App needs (README, "Run it on GitHub"); administration only while `arbot setup` runs.
 APP_PERMISSIONS = {"contents": "write", "pull_requests": "write", "checks": "write", "issues": "write",
                    "actions": "write", "metadata": "read"}
@@ -132,12 +134,18 @@ def read_config(root: Path, path: Path | None) -> tuple[Check, Config | None]:
     return ok("arbot.yml", f"{path} is valid (metric {config.metric.key()}, {config.evaluator.direction})"), config
 
 
+def local_forge(repo: git.Repo, config: Config) -> LocalForge:
+    return LocalForge(repo, champion_branch=config.run.champion_branch, branch_prefix=config.run.branch_prefix)
+
+
 def champion_source(repo: git.Repo, config: Config) -> tuple[str, bool]:
-    """The commit runs use: the champion's, or HEAD when the first `arbot run` is yet to create champion from it."""
+    """The commit runs use: the champion's, or HEAD when the first `arbot run` is yet to create champion from it,
+    or when champion, with no merged win yet, follows HEAD there (LocalForge.follow_target)."""
     try:
-        return repo.commit(config.run.champion_branch).hexsha, True
+        sha = repo.commit(config.run.champion_branch).hexsha
     except (git.BadName, ValueError):
         return repo.head.commit.hexsha, False
+    return local_forge(repo, config).follow_target() or sha, True
 
 
 def uncommitted(repo: git.Repo) -> list[str]:
@@ -161,6 +169,14 @@ def check_champion(repo: git.Repo, config: Config, dirty: list[str]) -> Check:
         return fail("champion", f"the current branch is {branch}, which arbot moves on every win{changes}",
                     ("commit or stash the changes, then " if dirty else "") + "check out another branch "
                     "(git switch main) and run again")
+    if exists and sha != repo.commit(branch).hexsha:
+        return ok("champion", f"{branch} has no merged win yet, so it follows your branch: the next `arbot run` moves "
+                  f"it from {repo.commit(branch).hexsha[:7]} to HEAD ({sha[:7]}) and measures it")
+    if exists and (behind := local_forge(repo, config).not_adopted()):
+        mine = repo.active_branch.name
+        return warn("champion", f"{branch} at {sha[:7]}; your branch {mine} has {behind} commit(s) it lacks, which "
+                    "no run uses", f"`arbot adopt {mine}` merges them into {branch} (a hand edit, a fixed "
+                    "evaluator), or leave them out")
     if exists:
         return ok("champion", f"{branch} at {sha[:7]}")
     return ok("champion", f"no {branch} branch yet: the first `arbot run` creates it from HEAD ({sha[:7]})")
@@ -169,8 +185,7 @@ def check_champion(repo: git.Repo, config: Config, dirty: list[str]) -> Check:
 def check_champion_runs(repo: git.Repo, config: Config, sha: str) -> Check:
     """Whether the champion's own runs failed: once may be the machine's (the next run makes another), twice is
     the champion's, and nothing can be compared against it until it moves to a commit that trains."""
-    forge = LocalForge(repo, champion_branch=config.run.champion_branch, branch_prefix=config.run.branch_prefix)
-    failed = [r for r in val_runs(forge.champion_record(sha).runs) if not r.ok]
+    failed = [r for r in val_runs(local_forge(repo, config).champion_record(sha).runs) if not r.ok]
     if not failed:
         return ok("champion runs", "none failed")
     last = failed[-1]
@@ -179,8 +194,9 @@ def check_champion_runs(repo: git.Repo, config: Config, sha: str) -> Check:
         return warn("champion runs", what, "nothing: the next `arbot run` makes another run in its place (one failure "
                     "may be the machine's)")
     return fail("champion runs", f"{what}; every `arbot run` stops until the champion trains",
-                f"fix what fails (`arbot log` shows each run), commit the fix and move {config.run.champion_branch} "
-                f"to it (`git branch -f {config.run.champion_branch} <commit>`)")
+                f"fix what fails (`arbot log` shows each run) and commit the fix on your branch; then `arbot adopt "
+                f"<branch>` merges it into {config.run.champion_branch} (while {config.run.champion_branch} has no "
+                "merged win, the next `arbot run` moves it there by itself)")
 
 
 def check_uncommitted(config: Config, dirty: list[str], champion_exists: bool) -> Check:
@@ -195,7 +211,8 @@ def check_uncommitted(config: Config, dirty: list[str], champion_exists: bool) -
     branch = config.run.champion_branch
     if champion_exists:
         return warn("uncommitted changes", f"{listed(used)}: runs use the committed files of the {branch} branch, "
-                    "not these", f"commit them and bring them into {branch} (or discard them)")
+                    "not these", f"commit them (while {branch} has no merged win, the next run takes them up; after "
+                    "one, `arbot adopt` brings them in), or discard them")
     return warn("uncommitted changes", f"{listed(used)}: runs use the committed files of HEAD, from which the first "
                 f"run creates {branch}, not these", "commit them (or discard them) before `arbot run`")
 
@@ -351,6 +368,47 @@ def check_limits(config: Config, sandboxed: bool) -> list[Check]:
         else:
             checks.append(warn(name, f"not enforced: {e.why}", e.fix))
     return checks
+
+
+def check_threads(config: Config) -> Check:
+    """Whether the runs made at once ask for more threads than this machine has cores: OpenMP threads that share
+    a core spin, and every run slows by 10x or more (so does the champion's noise floor)."""
+    if config.run.executor == "slurm":
+        return ok("threads", f"each Slurm job trains with its slurm.cpus_per_task ({config.slurm.cpus_per_task})")
+    workers = worker_count(config.run.workers, config.target)
+    each, have = threads_per_worker(config.target, workers), cores()
+    what = f"{workers} worker(s) x {each} thread(s) on {have} core(s)"
+    if workers * each > have:
+        return warn("threads", f"{what}: more threads than cores, so runs slow each other down (spinning OpenMP "
+                    "threads) and the noise floor widens", f"set target.threads: 0 (the cores less {SPARE_CORES} split "
+                    f"between the workers) or at most {max(1, have // workers)}, or fewer run.workers")
+    return ok("threads", what + ("" if config.target.threads else f" (target.threads: 0, the cores less {SPARE_CORES} "
+                                 "split between the workers)"))
+
+
+def check_smoke(repo: git.Repo, config: Config, sha: str) -> Check:
+    """`doctor --smoke`: the champion trained for SMOKE_SECONDS and scored on val and holdout by its evaluator,
+    sandboxed, as a run makes it (nothing is recorded): what a first run would stop on (an artifact the script does
+    not write, an evaluator that prints text on stdout) shows here first."""
+    target = config.target.model_copy(update={"budget_seconds": SMOKE_SECONDS, "sandbox": local_sandbox(config),
+                                              "threads": threads_per_worker(config.target, 1)})
+    runner = Runner(repo, target, config.evaluator)
+    fix = ("fix what it says (the training contract and the evaluator protocol: docs/evaluator.md), commit, and "
+           "run `arbot doctor --smoke` again")
+    try:
+        result = runner.run(sha, sha, seed=0, splits=("val", "holdout"))
+    except EvaluatorError as e:
+        return fail("smoke run", f"the evaluator failed on the champion's {SMOKE_SECONDS:g} s model: {e}", fix)
+    finally:
+        runner.close()
+    key = config.metric.key()
+    if not result.ok:
+        tail = "\n".join(result.log_tail.splitlines()[-TAIL_LINES:])
+        return fail("smoke run", f"the champion's {SMOKE_SECONDS:g} s run ended {result.status}: {result.reason}"
+                    + (f"; its output ends: {tail}" if tail else ""), fix)
+    scores = ", ".join(f"{k} {config.metric.fmt(v)}" for k, v in sorted(result.metrics.items()))
+    return ok("smoke run", f"trained {SMOKE_SECONDS:g} s and scored in {result.total_seconds:.1f} s (sandbox: "
+              f"{result.sandbox}): {scores or key}")
 
 
 @dataclass(frozen=True)
@@ -563,8 +621,9 @@ def github_checks(config: Config, files: list[str], environ: Mapping[str, str] |
 
 # --- all of it --------------------------------------------------------------------------------------------
 def diagnose(repo_dir: Path, config_path: Path | None = None, environ: Mapping[str, str] | None = None,
-             github_kwargs: Mapping | None = None) -> Iterator[Check]:
-    """Every check, in order, each as soon as it is made."""
+             github_kwargs: Mapping | None = None, smoke: bool = False) -> Iterator[Check]:
+    """Every check, in order, each as soon as it is made; with `smoke`, last, a smoke run (`check_smoke`) where
+    nothing before blocks one."""
     checked = check_git()
     yield checked
     if checked.blocks:
@@ -578,6 +637,21 @@ def diagnose(repo_dir: Path, config_path: Path | None = None, environ: Mapping[s
     yield checked
     if config is None:
         return
+    sha, _ = champion_source(repo, config)
+    blocked = False
+    for checked in local_checks(repo, config):
+        blocked = blocked or checked.blocks
+        yield checked
+    if smoke:
+        yield check_smoke(repo, config, sha) if not blocked else Check(
+            "smoke run", FAIL, "not made: a check above blocks a run", "fix the checks that FAIL first")
+    if config.github.repo:
+        yield from github_checks(config, committed_files(repo, repo.head.commit.hexsha), environ, github_kwargs or {})
+
+
+def local_checks(repo: git.Repo, config: Config) -> Iterator[Check]:
+    """The checks of this repository and this machine as a runner, in order."""
+    root = Path(repo.working_tree_dir)
     dirty = uncommitted(repo)
     sha, exists = champion_source(repo, config)
     files = committed_files(repo, sha)
@@ -599,7 +673,6 @@ def diagnose(repo_dir: Path, config_path: Path | None = None, environ: Mapping[s
     checked = check_sandbox(config, runner)
     yield checked
     yield from check_limits(config, sandboxed=checked.status == OK)
+    yield check_threads(config)
     yield check_devices(config, None if set(devices(config).values()) == {"cpu"} else probe_torch())
     yield from check_disk(config, runner.cache, splits_bytes)
-    if config.github.repo:
-        yield from github_checks(config, committed_files(repo, repo.head.commit.hexsha), environ, github_kwargs or {})

@@ -4,6 +4,8 @@ files that exist are kept (and said so) unless --force; a second run writes noth
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from importlib.resources import files
@@ -13,8 +15,9 @@ import git
 import yaml
 from pydantic import ValidationError
 
-from bot.config import CONFIG_FILE, Config, ConfigError
+from bot.config import CONFIG_FILE, Config, ConfigError, RunConfig
 from bot.github.setup import GUARDED, codeowners
+from runner.config import DEFAULT_ARTIFACT
 
 WORKFLOWS = ("arbot-evaluate.yml", "arbot-propose.yml")
 # GitHub reads the first of these that exists; a new one goes into .github/.
@@ -24,6 +27,20 @@ TEMPLATES = files("bot") / "templates"
 PACKAGE_LINE = '  ARBOT_PACKAGE: {}\n'
 TEMPLATE_PACKAGE = "."
 EXAMPLE_PACKAGE = "arbot @ git+https://github.com/ORG/arbot@v0.1.0"  # said where a spec is asked for
+DEFAULT_BUDGET = 300.0  # training seconds per run, where neither --budget nor an answer gives one
+ASSUMED_METRIC = "loss"
+# What arbot writes in a repository and nothing should commit: its run artifacts and the exported results table.
+IGNORED = (".arbot/", RunConfig.model_fields["results_file"].default)
+# Metric names whose direction is known: a word of the name (split at _ - .) in one of these sets.
+HIGHER_IS_BETTER = {"accuracy", "acc", "f1", "auc", "auroc", "precision", "recall", "score", "bleu", "rouge", "iou",
+                    "map", "r2", "reward", "return", "ndcg", "mrr", "top1", "top5", "dice", "psnr", "ssim"}
+LOWER_IS_BETTER = {"loss", "error", "err", "perplexity", "ppl", "bpb", "bpc", "mse", "mae", "rmse", "nll", "wer",
+                   "cer", "fid", "regret", "latency"}
+# A string literal naming a file in a model format, in the training script: the artifact it likely writes.
+ARTIFACT_LITERAL = re.compile(r"""["']([\w.-]+\.(?:pt2|pt|pth|npz|npy|onnx|safetensors|ckpt|json|msgpack|h5))["']""")
+SCRIPT_NAME = re.compile(r"(^|/)[^/]*train[^/]*\.py$")
+NOT_TRAINING = ("evaluator/", "tests/", "test/", ".github/", ".venv/", "venv/")
+Ask = Callable[..., object]  # typer.prompt's signature: (text, default=..., type=...) -> the answer
 
 
 @dataclass(frozen=True)
@@ -35,6 +52,7 @@ class Answers:
     direction: str
     device: str = "auto"
     owner: str | None = None
+    artifact: str = DEFAULT_ARTIFACT
 
 
 @dataclass(frozen=True)
@@ -80,10 +98,94 @@ target:
   allowed_paths: {j(answers.allowed_paths)}  # a proposal changing anything else is rejected before training
   budget_seconds: {answers.budget_seconds!r}  # training time per run
   device: {j(answers.device)}  # auto | cpu | cuda
+  artifact: {j(answers.artifact)}  # the file the script writes in --out, which evaluator/ scores
 evaluator:
   metric: {j(answers.metric)}  # evaluator/ reports val_<metric> (and holdout_<metric>); val decides
   direction: {j(answers.direction)}  # minimize | maximize
 """
+
+
+def training_scripts(root: Path) -> list[str]:
+    """The repository's files that look like a training script (train*.py, *_train.py, ...; evaluator/ and tests
+    aside), shallowest first: what init offers, or takes when there is one."""
+    files = git.Repo(root).git.ls_files("--cached", "--others", "--exclude-standard", "-z").split("\0")
+    found = [f for f in files if SCRIPT_NAME.search(f) and not f.startswith(NOT_TRAINING)]
+    return sorted(found, key=lambda f: (f.count("/"), f))
+
+
+def guess_direction(metric: str) -> str | None:
+    """maximize or minimize when a word of the metric's name says which (accuracy, f1; loss, error), else None."""
+    words = set(re.split(r"[_.-]", metric.lower()))
+    up, down = bool(words & HIGHER_IS_BETTER), bool(words & LOWER_IS_BETTER)
+    return None if up == down else "maximize" if up else "minimize"
+
+
+def guess_artifact(script_text: str) -> str | None:
+    """The one model file name the training script spells out (e.g. "model.npz"), or None (none, or several)."""
+    names = set(ARTIFACT_LITERAL.findall(script_text))
+    return names.pop() if len(names) == 1 else None
+
+
+def check_metric_name(metric: str) -> str:
+    """The metric as evaluator.metric names it: without a split prefix (the evaluator reports val_<metric>)."""
+    for split in ("val_", "holdout_"):
+        if metric.startswith(split) and len(metric) > len(split):
+            raise ConfigError(f"--metric {metric}: name the metric without its split: the evaluator reports "
+                              f"val_<metric> and holdout_<metric>, so this would be val_{metric}; did you mean "
+                              f"--metric {metric[len(split):]}?")
+    return metric
+
+
+def gather(root: Path, ask: Ask | None, *, script: str | None = None, allowed: str | None = None,
+           budget: float | None = None, metric: str | None = None, direction: str | None = None,
+           artifact: str | None = None, device: str = "auto", owner: str | None = None) -> tuple[Answers, list[str]]:
+    """The answers from the options given; the rest asked for (`ask`: typer.prompt, with the inferred value as its
+    default) or, with no one to ask (`ask` None: --yes, or no terminal), inferred or defaulted and said so. Only
+    what cannot be inferred is an error naming the option. Returns the answers and the lines saying what was
+    assumed."""
+    said = []
+
+    def take(what: str, option: str, guess, text: str, why: str, kind=str):
+        if ask is not None:
+            return ask(text, default=guess, type=kind) if guess is not None else ask(text, type=kind)
+        if guess is None:
+            raise ConfigError(f"{what}: {why}; pass {option}")
+        said.append(f"assumed {what} {guess} ({why}; {option} to change)")
+        return guess
+
+    found = training_scripts(root)
+    script = script or take("the training script", "--script", found[0] if found else None, "Training script",
+                            f"found {', '.join(found[:3])}" if found else "no train*.py in the repository")
+    allowed = allowed or take("the paths a proposal may change", "--allowed", script,
+                              "Files a proposal may change (comma-separated globs)", "the training script only")
+    budget = budget if budget is not None else take("the budget", "--budget", DEFAULT_BUDGET,
+                                                    "Training budget per run, in seconds", "seconds per run", float)
+    metric = check_metric_name(metric or take("the metric", "--metric", ASSUMED_METRIC, "Metric (your evaluator "
+                                              "reports val_<metric>; e.g. loss, accuracy)", "the default"))
+    guessed = guess_direction(metric)
+    if direction is None:
+        if ask is None and guessed is None:
+            raise ConfigError(f"--direction: cannot tell whether a higher or a lower {metric} is better; pass "
+                              "--direction maximize or --direction minimize")
+        direction = take("the direction", "--direction", guessed or "minimize", "Direction (minimize or maximize)",
+                         f"{metric} is a name where {'higher' if guessed == 'maximize' else 'lower'} is better")
+    text = (root / script).read_text(errors="replace") if (root / script).is_file() else ""
+    inferred = guess_artifact(text)
+    artifact = artifact or take("the artifact", "--artifact", inferred or DEFAULT_ARTIFACT,
+                                "The model file your script writes in --out (target.artifact)",
+                                f"{script} names it" if inferred else "no single model file name in the script")
+    return Answers(script=script, allowed_paths=[p.strip() for p in str(allowed).split(",") if p.strip()],
+                   budget_seconds=float(budget), metric=metric, direction=direction, device=device, owner=owner,
+                   artifact=artifact), said
+
+
+def gitignore(root: Path) -> File:
+    """.gitignore with the entries for what arbot writes (IGNORED) added where missing."""
+    old = (root / ".gitignore").read_text() if (root / ".gitignore").is_file() else ""
+    have = {line.strip() for line in old.splitlines()}
+    missing = [entry for entry in IGNORED if entry not in have and entry.rstrip("/") not in have]
+    text = old + ("\n" if old and not old.endswith("\n") else "") + "".join(f"{e}\n" for e in missing)
+    return File(".gitignore", text, extends=True, note=f"{', '.join(missing)} (what arbot writes)")
 
 
 def installed_package() -> str:
@@ -133,8 +235,8 @@ def plan(root: Path, answers: Answers, package: str | None = None) -> list[File]
     if answers.owner:
         path = next((p for p in CODEOWNERS_PATHS if (root / p).is_file()), CODEOWNERS_PATHS[0])
         old = (root / path).read_text() if (root / path).is_file() else ""
-        out.append(File(path, codeowners(old, answers.owner), extends=True))
-    return out
+        out.append(File(path, codeowners(old, answers.owner), extends=True, note=f"owners of {', '.join(GUARDED)}"))
+    return out + [gitignore(root)]
 
 
 def apply(root: Path, planned: list[File], force: bool = False) -> list[str]:
@@ -155,7 +257,7 @@ def apply(root: Path, planned: list[File], force: bool = False) -> list[str]:
         if old is None:
             lines.append(f"wrote {f.path}" + (f": {f.note}" if f.note else ""))
         elif f.extends:
-            lines.append(f"added to {f.path}: owners of {', '.join(GUARDED)}")
+            lines.append(f"added to {f.path}: {f.note}")
         else:
             lines.append(f"overwrote {f.path} (--force)")
     lines += dict.fromkeys(f.summary for f in written if f.summary)

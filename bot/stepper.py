@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from typing import Protocol
 
 from bot.core import lifecycle as lc
-from bot.core.records import ChampionRecord, ExperimentRecord, LostRun, RunResult, RunSpec
+from bot.core.records import ChampionRecord, Decision, ExperimentRecord, LostRun, RunResult, RunSpec
 from bot.executors import MAX_LOST, Executor, Finished, Lost, Outcome
 from bot.forges.local import LocalForge
 from bot.proposers.base import Proposer
@@ -200,6 +200,23 @@ class Stepper:
         self.tracker.decided(stale)
         self.surface.closed(stale)
         return fresh or stale
+
+    def abandon(self, old: str) -> list[ExperimentRecord]:
+        """The champion was moved by hand from `old` (it followed your branch before it had a win of its own):
+        the experiments still open on `old` are closed as stale and not measured again, since they change code
+        that was replaced (and `old` may not train at all: a failed first run). Returns them."""
+        closed = []
+        for rec in self.active():
+            if rec.parent == old and rec.decision is None:
+                self._drop_pending(rec)
+                rec.decision = Decision(verdict="rejected", rule="stale", reason=(
+                    f"the champion followed your branch from {old[:12]} to {self.store.champion()[:12]} before this "
+                    "was decided: proposed on code that was replaced, it is not measured again"))
+                rec.finished_at = now()
+                self.store.save(rec)
+                self.tracker.decided(rec)
+                closed.append(rec)
+        return closed
 
     def record_merge(self, rec: ExperimentRecord, merge: str) -> None:
         """A win merged as `merge`: its runs measure the new champion (its tree is the candidate's)."""

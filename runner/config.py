@@ -44,7 +44,9 @@ class TargetConfig(Strict):
         default_factory=dict, description="knob values passed to train.py with --set (scale the model to a GPU)"
     )
     threads: int = Field(0, ge=0, description="CPU threads for training and evaluation, and the CPU time a training "
-                         "run may use, in cores' worth (a cpu cgroup quota, where the machine has one); 0 = all cores")
+                         "run may use, in cores' worth (a cpu cgroup quota, where the machine has one); 0 = the runner's cores less one "
+                         "split between the local workers, at most an even share, at least one each (2 cores, 1 worker: "
+                         "1; 8 cores, 4 workers: 2): never more threads than cores")
     cpus: str | None = Field(
         None, pattern=r"^\d+(-\d+)?(,\d+(-\d+)?)*$", description="the cores training may run on, as a cpuset list "
         "('0-3,8'); unset: any of the runner's; with run.workers above 1 each worker gets its own target.threads of "

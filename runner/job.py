@@ -41,6 +41,7 @@ MAX_INSPECT_BYTES = 8 << 20  # changed files larger than this are not inspected 
 EVALUATOR_FILE_BYTES = 256 << 20  # the scoring worker writes nothing but its log; no file it writes may exceed this
 EVALUATOR_DIR = "evaluator"  # the champion's evaluator package, exported from its commit
 MAX_SUMMARY_BYTES = 1 << 20  # a larger summary.json is not read
+STARTUP_SPREAD_FACTOR = 2.0  # the champion's start-up spread (max - min over its runs) added to its allowance
 SCORE_DEADLINE_SLACK = 5.0  # seconds a scoring may take beyond timeout_factor x the champion's (process start jitter)
 _SWEPT = False  # stale temporary directories are swept once per process, by the first Runner
 __all__ = ["ChampionTiming", "EvaluatorError", "Runner", "SandboxError", "SandboxUnavailable", "champion_timing",
@@ -126,6 +127,12 @@ class Runner:
     @property
     def limits(self) -> Limits:
         return self.target.limits(self.devices)
+
+    def close(self) -> None:
+        """Stop the warm evaluator worker, if one runs (a runner made for one run: `arbot doctor --smoke`)."""
+        if self._worker is not None:
+            self._worker.close()
+            self._worker = None
 
     def sandbox(self) -> Sandbox:
         """The sandbox per target.sandbox (unset: `require`), probed once; warns loudly when runs go unsandboxed."""
@@ -414,11 +421,17 @@ def take_file(src: Path, dest: Path, max_bytes: int) -> tuple[Path | None, str]:
 def champion_timing(runs: list[RunResult], budget_seconds: float) -> ChampionTiming | None:
     """(start-up and export seconds, scoring seconds per split) of a champion, from its recorded runs: the one
     source of the times a candidate is held to (every caller of Runner.run computes it from the records); None
-    before it has an ok run."""
+    before it has an ok run.
+
+    The start-up allowance is the longest the champion took beyond its budget plus STARTUP_SPREAD_FACTOR times
+    the spread of that time across its runs: start-up (imports, a first compilation) moves from run to run by
+    seconds, and a champion that stops early (a step cap) shows its start-up only in that spread, so a candidate
+    as fast as the champion is not rejected over_budget for the machine's jitter."""
     ok = [r for r in runs if r.status == "ok" and r.train_seconds is not None and r.score_seconds]
     if not ok:
         return None
-    return ChampionTiming(max(max(r.train_seconds - budget_seconds, 0.0) for r in ok),
+    beyond = [r.train_seconds - budget_seconds for r in ok]
+    return ChampionTiming(max(max(beyond), 0.0) + STARTUP_SPREAD_FACTOR * (max(beyond) - min(beyond)),
                           max(r.score_seconds / max(len(r.splits), 1) for r in ok))
 
 

@@ -21,11 +21,13 @@ from typer.testing import CliRunner
 from bot.cli import app
 from bot.config import Config
 from bot.doctor import (FAIL, OK, WARN, TorchInfo, check_allowed_paths, check_champion, check_champion_runs,
-                        check_devices, check_disk,
+                        check_devices, check_disk, check_threads,
                         check_evaluator, check_git, check_limits, check_sandbox, check_script, check_splits, check_uncommitted,
                         committed_files, diagnose, free_bytes, github_checks, probe_torch, read_config, uncommitted)
 from bot.github.setup import run_setup
-from bot.executors.pool import AUTO_MAX_CPU_WORKERS
+from bot.executors.pool import AUTO_MAX_CPU_WORKERS, SPARE_CORES, cores, shares, threads_per_worker
+from runner.config import TargetConfig
+from runner.process import scrubbed_env
 from bot.init import Answers, apply, plan
 from runner.job import Runner
 from runner.protocol import PROTOCOL_VERSION
@@ -187,7 +189,7 @@ def test_a_champion_whose_runs_failed_is_a_warning_once_and_blocks_twice(ready):
     forge.save(ChampionRecord(commit=sha, runs=failed))
     twice = check_champion_runs(ready, config, sha)
     assert twice.blocks and "2 of the champion's runs failed, the last (crash): run 1 failed" in twice.detail
-    assert "git branch -f champion <commit>" in twice.fix
+    assert "`arbot adopt <branch>`" in twice.fix
     r = doctor(ready)
     assert r.exit_code == 1 and "FAIL champion runs:" in said(r.output), r.output
 
@@ -207,7 +209,8 @@ def test_uncommitted_training_code_or_evaluator_is_a_warning_naming_them(ready):
     assert check.fix == "commit them (or discard them) before `arbot run`"
     moved = check_uncommitted(config, uncommitted(ready), True)  # champion exists: it is what runs use
     assert moved.status == WARN and "runs use the committed files of the champion branch" in moved.detail
-    assert moved.fix == "commit them and bring them into champion (or discard them)"
+    assert moved.fix == ("commit them (while champion has no merged win, the next run takes them up; after one, "
+                         "`arbot adopt` brings them in), or discard them")
 
 
 # --- the training script and the allowed paths --------------------------------------------------------------
@@ -341,8 +344,29 @@ def test_the_limits_say_what_enforces_each_on_this_machine(ready):
     pinned = {c.name: c for c in check_limits(config_of(ready, target={"threads": 1, "cpus": "1"}), sandboxed=True)}
     assert "cpuset cgroup" in pinned["limit: cpu cores"].detail and "cores 1" in pinned["limit: cpu cores"].detail
     assert "tmpfs" in checks["limit: disk"].detail
-    unbound = {c.name: c for c in check_limits(config_of(ready, target={"threads": 0}, run={"workers": 1}), sandboxed=True)}
-    assert unbound["limit: cpu cores"].status == WARN and "set target.threads" in unbound["limit: cpu cores"].fix
+    every = {c.name: c for c in check_limits(config_of(ready, target={"threads": 0}, run={"workers": 1}), sandboxed=True)}
+    assert f"{max(1, cores() - SPARE_CORES)} cores' worth" in every["limit: cpu cores"].detail  # 0: a quota too
+
+
+def test_threads_are_the_cores_split_between_the_workers_and_oversubscription_warns(ready, monkeypatch):
+    """target.threads: 0 never asks for more threads than cores, and leaves one to the rest of the machine (the
+    issue: two threads per run on two busy cores, 10-20x slower steps); threads set by hand past the cores is a
+    warning naming the fix."""
+    for workers in (1, 2, 3):
+        config = config_of(ready, target={"threads": 0}, run={"workers": workers})
+        [(share, _), *_] = shares(config.target, workers, [])
+        assert share.threads == threads_per_worker(config.target, workers) >= 1
+        assert check_threads(config).status == (OK if workers <= cores() else WARN)
+    real = os.sched_getaffinity
+    for have, workers, each in ((2, 1, 1), (2, 2, 1), (4, 1, 3), (4, 2, 2), (8, 4, 2), (16, 4, 4), (16, 1, 15)):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, have=have: set(range(have)))
+        assert threads_per_worker(TargetConfig(), workers) == each
+    monkeypatch.setattr(os, "sched_getaffinity", real)
+    over = check_threads(config_of(ready, target={"threads": cores()}, run={"workers": 2}))
+    assert over.status == WARN and f"2 worker(s) x {cores()} thread(s) on {cores()} core(s)" in over.detail
+    assert "set target.threads: 0" in over.fix
+    env = scrubbed_env(root_of(ready), shares(config_of(ready).target, 1, [])[0][0].threads)
+    assert env["OMP_NUM_THREADS"] == str(max(1, cores() - SPARE_CORES))  # one worker: told, not left to guess
 
 
 UNPRIVILEGED = """
@@ -389,7 +413,7 @@ def test_a_runner_that_cannot_enforce_the_limits_says_so_and_refuses_parallel_wo
     assert out["auto"] == 1  # run.workers: auto asks for one worker here, never for what would be refused
     allowed = unprivileged(threads=1, allow_unboxed_workers=True)
     assert allowed["refused"] == "" and {s for _, s, _, _ in allowed["checks"]} == {OK, WARN}
-    assert allowed["auto"] == min(os.cpu_count() or 1, AUTO_MAX_CPU_WORKERS)
+    assert allowed["auto"] == min(cores(), AUTO_MAX_CPU_WORKERS)
 
 
 def test_cuda_asked_for_needs_a_cuda_build_that_sees_a_gpu(ready):

@@ -51,9 +51,9 @@ FILLED = {
             "fingerprint": prepared["fingerprint"]}''',
 }
 FLAGS = ["--script", "train.py", "--allowed", "train.py, model/*.py", "--budget", "60",
-         "--metric", "accuracy", "--direction", "maximize", "--owner", "@org/ml"]
+         "--metric", "accuracy", "--direction", "maximize", "--artifact", "model.pt2", "--owner", "@org/ml"]
 WRITTEN = ["arbot.yml", ".github/workflows/arbot-evaluate.yml", ".github/workflows/arbot-propose.yml",
-           "evaluator/__init__.py", "evaluator/__main__.py", ".github/CODEOWNERS"]
+           "evaluator/__init__.py", "evaluator/__main__.py", ".github/CODEOWNERS", ".gitignore"]
 THIS_REPOSITORYS_PACKAGE = 'ARBOT_PACKAGE: "."'  # this repository's workflows install its checkout
 GIT_PACKAGE = "arbot @ git+https://example.com/arbot@v1"
 
@@ -84,7 +84,7 @@ def test_init_with_flags_writes_every_file(toy):
     assert [line.split()[1].rstrip(":") for line in r.output.splitlines() if line.startswith("wrote")] == WRITTEN
     assert yaml.safe_load((toy / "arbot.yml").read_text()) == {
         "target": {"script": "train.py", "allowed_paths": ["train.py", "model/*.py"], "budget_seconds": 60,
-                   "device": "auto"},
+                   "device": "auto", "artifact": "model.pt2"},
         "evaluator": {"metric": "accuracy", "direction": "maximize"},
     }
     default = f"arbot=={version('arbot')}"  # the arbot that ran init
@@ -171,16 +171,96 @@ def test_a_missing_script_or_a_bad_answer_is_one_clear_error(toy):
     assert not (toy / "arbot.yml").exists()
 
 
-def test_it_asks_for_what_the_flags_do_not_give(toy):
-    # script, allowed paths (default: the script), budget, metric, direction (default: minimize)
-    r = init(toy, input="train.py\n\n120\nloss\n\n")
-    assert r.exit_code == 0, r.output
-    assert "Files a proposal may change (comma-separated globs) [train.py]:" in r.output
+def in_a_terminal(root: Path, answers: list[str]) -> str:
+    """`arbot init` on a real pseudo-terminal: each answer typed after the next prompt shows. Returns the output."""
+    import pty
+    import select
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "bot", "init", "--repo", str(root)], stdin=slave, stdout=slave,
+                            stderr=slave, close_fds=True)
+    os.close(slave)
+    out, pending = b"", list(answers)
+    while True:
+        ready, _, _ = select.select([master], [], [], 60)
+        assert ready, out.decode()
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # the terminal closed: init exited
+            break
+        if not chunk:
+            break
+        out += chunk
+        if pending and out.rstrip().endswith(b":"):
+            os.write(master, pending.pop(0).encode() + b"\n")
+    proc.wait(timeout=60)
+    os.close(master)
+    text = out.decode().replace("\r\n", "\n")
+    assert proc.returncode == 0, text
+    return text
+
+
+def test_it_asks_for_what_the_flags_do_not_give_in_a_terminal(toy):
+    # script (default: the one found), allowed paths (default: the script), budget, metric, direction (default: from
+    # the metric's name), artifact (default: the one the script names)
+    out = in_a_terminal(toy, ["", "", "120", "loss", "", ""])
+    assert "Training script [train.py]:" in out  # a script that exists
+    assert "Files a proposal may change (comma-separated globs) [train.py]:" in out
+    assert "Direction (minimize or maximize) [minimize]:" in out
+    assert "The model file your script writes in --out (target.artifact) [model.pt2]:" in out
     assert yaml.safe_load((toy / "arbot.yml").read_text()) == {
-        "target": {"script": "train.py", "allowed_paths": ["train.py"], "budget_seconds": 120, "device": "auto"},
+        "target": {"script": "train.py", "allowed_paths": ["train.py"], "budget_seconds": 120, "device": "auto",
+                   "artifact": "model.pt2"},
         "evaluator": {"metric": "loss", "direction": "minimize"},
     }
     assert not (toy / ".github/CODEOWNERS").exists()  # no --owner, no CODEOWNERS
+
+
+def test_without_a_terminal_it_infers_what_it_can_and_says_what_it_assumed(toy):
+    """No terminal (CliRunner's stdin, CI), or --yes: nothing is asked; each value not given is inferred or the
+    default, and said."""
+    (toy / "train.py").write_text(TOY_SCRIPT.replace('"model.pt2"', '"weights.npz"'))
+    r = init(toy, "--metric", "accuracy")
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    for line in ("assumed the training script train.py (found train.py; --script to change)",
+                 "assumed the budget 300.0 (seconds per run; --budget to change)",
+                 "assumed the direction maximize (accuracy is a name where higher is better; --direction to change)",
+                 "assumed the artifact weights.npz (train.py names it; --artifact to change)",
+                 "wrote .gitignore: .arbot/, results.tsv (what arbot writes)"):
+        assert line in lines, r.output
+    config = load_config(toy / "arbot.yml")
+    assert (config.evaluator.metric, config.evaluator.direction, config.target.artifact) == (
+        "accuracy", "maximize", "weights.npz")
+    assert (toy / ".gitignore").read_text() == ".arbot/\nresults.tsv\n"
+    assert "assumed the metric loss" in init(toy, "--yes", "--force").output  # --yes: the same in a terminal
+
+
+def test_the_gitignore_gets_only_the_entries_it_lacks(toy):
+    (toy / ".gitignore").write_text("*.pyc\n.arbot\n")
+    r = init(toy, *FLAGS)
+    assert "added to .gitignore: results.tsv (what arbot writes)" in r.output.splitlines()
+    assert (toy / ".gitignore").read_text() == "*.pyc\n.arbot\nresults.tsv\n"
+
+
+@pytest.mark.parametrize("args, error", [
+    (["--metric", "val_accuracy"], "--metric val_accuracy: name the metric without its split: the evaluator reports "
+     "val_<metric> and holdout_<metric>, so this would be val_val_accuracy; did you mean --metric accuracy?"),
+    (["--metric", "kappa"], "--direction: cannot tell whether a higher or a lower kappa is better; pass --direction "
+     "maximize or --direction minimize"),
+    (["--script", "nope.py"], "training script nope.py: no such file in the repository"),
+])
+def test_what_it_cannot_infer_is_one_clear_error_and_writes_nothing(toy, args, error):
+    r = init(toy, "--yes", *args)
+    assert r.exit_code == 2 and error in " ".join(r.output.split()), r.output
+    assert not (toy / "arbot.yml").exists()
+
+
+def test_without_a_training_script_to_find_it_names_the_option(toy):
+    git.Repo(toy).git.mv("train.py", "main.py")
+    r = init(toy, "--yes")
+    assert r.exit_code == 2
+    assert "the training script: no train*.py in the repository; pass --script" in " ".join(r.output.split())
 
 
 @pytest.mark.parametrize("name", ["arbot-evaluate.yml", "arbot-propose.yml"])

@@ -136,7 +136,7 @@ CASES = {
     "the champion failed twice: it fails, and the message says the way out": Case(
         experiment(), champion(3.00, extra=(run(None, 1, commit=CHAMP, status="timeout", reason="machine busy"),
                                             run(None, 2, commit=CHAMP, status="crash", reason="champion boom"))),
-        lc.ChampionFails, says=("2 of its runs failed", "crash", "champion boom", CHAMP[:12], "git branch -f")),
+        lc.ChampionFails, says=("2 of its runs failed", "crash", "champion boom", CHAMP[:12], "arbot adopt <branch>")),
     # --- the candidate's runs
     "first candidate run: seed 0": Case(experiment(), champion(*FLOOR), lc.Run, specs=(spec(EXP, CAND, 0),)),
     # 3.05 is 0.03 worse than the champion mean: not better by more than screen_bar 1 x sd.

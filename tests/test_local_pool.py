@@ -298,16 +298,16 @@ def test_the_search_never_proposes_what_is_in_flight(tmp_path):
 
 def test_auto_workers_are_one_per_gpu_else_one_per_threads_cores_at_most_four(monkeypatch):
     target = TargetConfig()
-    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(2)))
     assert worker_count(3, target, ["0"]) == 3  # a number is taken as it is
     assert worker_count("auto", target, ["0", "1", "2"]) == 3  # one per GPU
     assert worker_count("auto", TargetConfig(device="cpu"), ["0", "1", "2"]) == 2  # cpu training: one per core
     assert worker_count("auto", target, []) == 2
     assert worker_count("auto", TargetConfig(threads=2), []) == 1
-    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
     assert worker_count("auto", target, []) == AUTO_MAX_CPU_WORKERS == 4
     assert worker_count("auto", TargetConfig(threads=32), []) == 2
-    monkeypatch.setattr(os, "cpu_count", lambda: None)  # unknown: one
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set())  # none known: one
     assert worker_count("auto", target, []) == 1
 
 

@@ -53,7 +53,7 @@ def test_results_and_log_show_the_configured_metric():
     out = StringIO()
     Console(file=out, width=200).print(experiment_table([rec], ACC))
     assert "val_acc" in out.getvalue() and "+0.025" in out.getvalue() and "val_bpb" not in out.getvalue()
-    assert "val_acc 0.935000" in describe(rec, ACC)
+    assert "val_acc 0.935 " in describe(rec, ACC)  # evaluator.precision, as everywhere it is shown
     assert champion_summary([acc_run(0.9, 0, CHAMP), acc_run(0.92, 1, CHAMP)], ACC) == "val_acc 0.910 ± 0.014 (2 runs)"
 
 

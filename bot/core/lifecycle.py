@@ -169,8 +169,9 @@ def noise_floor(champion: ChampionRecord, rules: Rules) -> Run | ChampionFails |
         return ChampionFails(
             f"the champion {champion.commit[:12]} itself fails: {len(failed)} of its runs failed, the last "
             f"({last.status}): {last.reason}\n{last.log_tail}\nNothing can be compared against it. Fix what fails "
-            f"(`arbot log` shows each run), then move the champion branch to a commit that trains (`git branch -f "
-            f"champion <commit>`, or commit the fix on it); `arbot doctor` checks it")
+            f"(`arbot log` shows each run) and commit the fix on your branch: while the champion has no merged win, "
+            f"the next `arbot run` moves it there; after one, `arbot adopt <branch>` merges the fix in; `arbot "
+            f"doctor` checks it")
     missing = rules.policy.baseline_runs - len(ok_metric(champion.runs, rules.metric.key())) - _pending(champion, VAL)
     if missing > 0:
         return Run(_specs(champion, "champion", missing, (VAL,)), f"the champion's noise floor needs {missing} more runs")

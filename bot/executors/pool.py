@@ -49,7 +49,23 @@ AUTO_MAX_CPU_WORKERS = 4  # run.workers: auto on a CPU: each worker holds a trai
 
 
 def cores() -> int:
-    return os.cpu_count() or 1
+    """The cores this process may run on (its affinity: a container's or a cpuset's share, not the host's count)."""
+    return len(os.sched_getaffinity(0)) or 1
+
+
+SPARE_CORES = 1  # left to the bot, the warm evaluators and the rest of the machine by target.threads: 0. An OpenMP
+# thread that loses its core stalls every step of its run: on 2 loaded cores a small MLP made 379-524 steps/s with
+# one thread and 13-28 with two (benchmarks/threads.py)
+
+
+def threads_per_worker(target: TargetConfig, workers: int) -> int:
+    """target.threads, or for 0 the cores less SPARE_CORES split between the workers, rounded to the nearest, at
+    most an even share and at least one (2 cores, 1 worker: 1; 4 and 1: 3; 8 and 4: 2): never more training
+    threads in all than cores, and a core left over where that costs each worker less than half of one."""
+    if target.threads:
+        return target.threads
+    have = cores()
+    return max(1, min(have // workers, int((have - SPARE_CORES) / workers + 0.5)))
 
 
 def worker_count(workers: int | str, target: TargetConfig, gpus: list[str] | None = None) -> int:
@@ -67,17 +83,18 @@ def worker_count(workers: int | str, target: TargetConfig, gpus: list[str] | Non
 
 
 def shares(target: TargetConfig, workers: int, gpus: list[str]) -> list[tuple[TargetConfig, str | None]]:
-    """Each worker's settings and GPUs: one GPU each when there are GPUs (and training may use them), else the
-    configured thread count (0: the cores split evenly) and the memory limit split evenly."""
+    """Each worker's settings and GPUs: one GPU each when there are GPUs (and training may use them), else its
+    threads (`threads_per_worker`: 0 is the cores split evenly) and the memory limit split evenly."""
+    threaded = target.model_copy(update={"threads": threads_per_worker(target, workers)})
     if workers > 1 and gpus and target.device != "cpu":
         if len(gpus) < workers:
             raise ValueError(f"run.workers is {workers} but only {len(gpus)} GPUs are visible ({','.join(gpus)}): "
                              "use one worker per GPU, or set target.device: cpu to share the cores")
-        return [(own_slot(target, i), gpus[i]) for i in range(workers)]
+        return [(own_slot(target, i), gpus[i]) for i in range(workers)]  # threads 0: not bound to cores
     if workers == 1:
-        return [(target, None)]
+        return [(threaded, None)]
     memory = target.memory_gb or (default_memory_bytes() / 2**30 / workers if default_memory_bytes() else None)
-    share = target.model_copy(update={"threads": target.threads or max(1, cores() // workers), "memory_gb": memory})
+    share = threaded.model_copy(update={"memory_gb": memory})
     return [(own_slot(share, i), None) for i in range(workers)]
 
 

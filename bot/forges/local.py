@@ -99,6 +99,73 @@ class LocalForge:
     def champion(self) -> str:
         return self.repo.commit(self.champion_branch).hexsha
 
+    def has_history(self) -> bool:
+        """Whether champion holds a commit arbot made on it (a merged win, a revert, an adoption: a commit with an
+        `Experiment:` or `Adopted:` trailer): until then it is only where the user's branch was, and it follows
+        that branch (`follow_head`)."""
+        return bool(self.repo.git.log(self.champion_branch, "--first-parent", "-n1", "--format=%H", "-E",
+                                      "--grep=^(Experiment|Adopted): ").strip())
+
+    def head_ahead(self) -> str | None:
+        """The commit of the branch checked out (not champion, not an experiment branch, not a detached HEAD)
+        when it holds commits champion lacks, else None."""
+        if not self.has_ref(f"refs/heads/{self.champion_branch}") or self.repo.head.is_detached:
+            return None
+        branch = self.repo.active_branch.name
+        if branch == self.champion_branch or branch.startswith(self.branch_prefix):
+            return None
+        head = self.repo.head.commit.hexsha
+        return None if self.repo.is_ancestor(head, self.champion()) else head
+
+    def follow_target(self) -> str | None:
+        """The commit champion moves to at the next `arbot run`, or None: while it has no history of its own, it
+        follows the branch checked out to any commit it does not already hold (`head_ahead`), so a fix committed
+        after a failed first run is what the next run measures."""
+        head = self.head_ahead()
+        return None if head is None or self.has_history() else head
+
+    def not_adopted(self) -> int:
+        """How many commits of the branch checked out champion lacks once it no longer follows it (it has a
+        history of its own): what `arbot adopt` would bring in; 0 when none or while it follows."""
+        head = self.head_ahead()
+        if head is None or not self.has_history():
+            return 0
+        return int(self.repo.git.rev_list("--count", f"{self.champion()}..{head}"))
+
+    def follow_head(self) -> str | None:
+        """Move champion to `follow_target` (compare-and-swap); the commit it moved from, or None."""
+        if (head := self.follow_target()) is None:
+            return None
+        old = self.champion()
+        self.repo.git.update_ref(f"refs/heads/{self.champion_branch}", head, old)
+        return old
+
+    def adopt(self, ref: str, reason: str) -> str:
+        """Merge `ref` (a hand edit, a fixed evaluator) into champion: a merge commit with `Adopted:` and `Reason:`
+        trailers, moved with compare-and-swap. The merge is a new champion, so its noise floor is measured again
+        before anything is compared with it. Returns the merge commit."""
+        try:
+            theirs = self.repo.commit(ref)
+        except (git.BadName, ValueError) as e:
+            raise ForgeError(f"{ref!r} names no commit: give a branch, tag or sha (e.g. main)") from e
+        champion = self.champion()
+        if self.repo.is_ancestor(theirs.hexsha, champion):
+            raise ForgeError(f"{ref} ({theirs.hexsha[:12]}) is already in {self.champion_branch}: nothing to adopt")
+        try:
+            tree = self.repo.git.merge_tree("--write-tree", "--name-only", champion, theirs.hexsha).splitlines()
+        except git.GitCommandError as e:
+            paths = [p for p in e.stdout.strip().strip("'").splitlines()[1:] if p and not p.startswith(("Auto-merging",
+                                                                                                    "CONFLICT"))]
+            raise ForgeError(f"{ref} does not merge cleanly into {self.champion_branch}: both changed "
+                             f"{', '.join(sorted(set(paths))) or 'the same lines'}. Merge {self.champion_branch} into "
+                             f"{ref} first (git merge {self.champion_branch}), resolve, commit, then adopt again") from e
+        message = (f"arbot: adopt {ref} ({theirs.hexsha[:12]})\n\n{reason}\n\n"
+                   f"Adopted: {theirs.hexsha}\nReason: {clean_text(reason).replace(chr(10), ' ')}\n")
+        merge = Commit.create_from_tree(self.repo, self.repo.tree(tree[0]), message,
+                                        parent_commits=[self.repo.commit(champion), theirs], head=False)
+        self.repo.git.update_ref(f"refs/heads/{self.champion_branch}", merge.hexsha, champion)
+        return merge.hexsha
+
     # --- notes ----------------------------------------------------------------------------
     def _notes(self, ref: str = NOTES_REF) -> dict[str, dict | list]:
         """Every note under refs/notes/<ref> that is JSON, keyed by the commit it annotates; any other is skipped
@@ -306,8 +373,9 @@ class LocalForge:
     def merged(self, rec: ExperimentRecord) -> bool:
         return self.repo.is_ancestor(rec.commit, self.champion())
 
-    def champion_log(self) -> list[tuple[str, dict[str, str]]]:
-        """(sha, trailers) of each arbot commit on the champion branch (wins and reverts), newest first."""
+    def champion_log(self, adoptions: bool = False) -> list[tuple[str, dict[str, str]]]:
+        """(sha, trailers) of each arbot commit on the champion branch (wins and reverts, and with `adoptions` the
+        commits `arbot adopt` merged), newest first."""
         out = self.repo.git.log(
             self.champion_branch, "--first-parent", "--format=%H%x00%(trailers:unfold,separator=%x01)%x00%x02"
         )
@@ -317,7 +385,7 @@ class LocalForge:
                 continue
             sha, trailers, _ = chunk.strip().split("\x00")
             pairs = dict(t.split(": ", 1) for t in trailers.split("\x01") if ": " in t)
-            if "Experiment" in pairs:
+            if "Experiment" in pairs or (adoptions and "Adopted" in pairs):
                 log.append((sha, pairs))
         return log
 
