@@ -15,9 +15,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from bot.config import ConfigError
 
 KEY_ENV = "ARBOT_SIGNING_KEY"  # the private key's file (default: default_key_path())
 KEYS_FILE = ".github/arbot-signing-keys"  # the public keys readers trust, one OpenSSH line each
@@ -26,8 +28,8 @@ DOMAIN = b"arbot-note/v1\0"  # what a signature is for: never valid as any other
 UNSIGNED = "it is not signed"  # why a note is not trusted, when it carries no signature at all
 
 
-class SigningError(RuntimeError):
-    pass
+class SigningError(ConfigError):
+    """The bot's signing key cannot be used; the message says which file and what to do."""
 
 
 def default_key_path() -> Path:
@@ -119,7 +121,7 @@ def parse_keys(text: str) -> tuple[list[PublicKey], list[str]]:
             continue
         try:
             key = serialization.load_ssh_public_key(" ".join(line.split()[:2]).encode())
-        except (ValueError, TypeError, IndexError) as e:
+        except (ValueError, TypeError, UnsupportedAlgorithm) as e:
             problems.append(f"{KEYS_FILE} line {n} is not an OpenSSH public key ({e})")
             continue
         if isinstance(key, Ed25519PublicKey):

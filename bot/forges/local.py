@@ -143,7 +143,7 @@ class LocalForge:
         champion = self._ref_sha(f"refs/heads/{self.champion_branch}")
         if self._verifier is not None and champion == self._keys_at:
             return
-        keys, self.key_problems = signing.parse_keys(self.text(champion, KEYS_FILE) or "") if champion else ([], [])
+        keys, self.key_problems = self.committed_keys()
         if (own := self.signer()) is not None:
             keys.append(own.public)
         verifier = Verifier(keys)
@@ -151,6 +151,12 @@ class LocalForge:
             self._checked.clear()
             self._listing.clear()
         self._keys_at, self._verifier = champion, verifier
+
+    def committed_keys(self) -> tuple[list[signing.PublicKey], list[str]]:
+        """The public keys in KEYS_FILE on the champion branch (none before it exists), and what is wrong with
+        its other lines."""
+        champion = self._ref_sha(f"refs/heads/{self.champion_branch}")
+        return signing.parse_keys(self.text(champion, KEYS_FILE) or "") if champion else ([], [])
 
     def _notes(self, ref: str = NOTES_REF) -> dict[str, tuple[str, dict]]:
         """Every note under refs/notes/<ref> signed by a trusted key, keyed by the commit it annotates: (its blob,
@@ -273,8 +279,8 @@ class LocalForge:
         for commit, (_, value) in self._notes().items():
             if isinstance(value, dict) and value.get("kind") == "champion":
                 self.champion_record(commit)
-        trusted = sum(len(self._notes(ref)) for ref in (NOTES_REF, PROPOSALS_REF))
-        return trusted - len(self.unreadable), self.unreadable_notes()
+        listed = sum(len(self._listing[ref].blobs) for ref in (NOTES_REF, PROPOSALS_REF))
+        return listed - len(self.unreadable), self.unreadable_notes()
 
     def adopt_unsigned(self) -> list[tuple[str, str]]:
         """Sign every unsigned JSON note as it is (the owner vouches for them): (ref, commit) of each. Notes
