@@ -222,10 +222,23 @@ class LocalForge:
 
     def unreadable_notes(self) -> list[str]:
         """One line per note skipped in the latest reads, with what is wrong and what to do."""
-        return [clean_text(f"the note on {commit[:12]} under refs/notes/{ref} is skipped: {why}. Read it with "
-                           f"`git notes --ref={ref} show {commit[:12]}`; `arbot audit --verify` lists every such "
-                           f"note, `arbot sign --adopt-unsigned` signs the unsigned ones you trust (docs/security.md)")
-                for (ref, commit), (_, why) in sorted(self.unreadable.items())]
+        return [self._skipped_line(ref, commit, why) for (ref, commit), (_, why) in sorted(self.unreadable.items())]
+
+    def skipped_about(self, rec: ExperimentRecord) -> list[str]:
+        """The skipped notes that concern `rec`: on its commit or its champion's, or claiming its id."""
+        self.experiments()
+        out = []
+        for (ref, commit), (blob, why) in sorted(self.unreadable.items()):
+            value = self._checked.get((ref, commit, blob), (None, None))[0]
+            if commit in (rec.commit, rec.parent) or (isinstance(value, dict) and value.get("id") == rec.id):
+                out.append(self._skipped_line(ref, commit, why))
+        return out
+
+    @staticmethod
+    def _skipped_line(ref: str, commit: str, why: str) -> str:
+        return clean_text(f"the note on {commit[:12]} under refs/notes/{ref} is skipped: {why}. Read it with "
+                          f"`git notes --ref={ref} show {commit[:12]}`; `arbot audit --verify` lists every such "
+                          f"note, `arbot sign --adopt-unsigned` signs the unsigned ones you trust (docs/security.md)")
 
     def _write_note(self, commit: str, payload: str, ref: str = NOTES_REF) -> None:
         """`payload` (a JSON object) signed and noted on `commit`; the index follows without listing the notes
