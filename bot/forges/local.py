@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import json
 import logging
+import os
 import re
 import tempfile
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from typing import TypeVar
 import git
 import pydantic
 from git.objects import Commit
-from gitdb import IStream
+from gitdb import IStream, LooseObjectDB
 
 from bot import signing
 from bot.core.records import ChampionRecord, ExperimentRecord, FailedProposal, Proposal
@@ -99,6 +100,7 @@ class LocalForge:
         self.unreadable: dict[tuple[str, str], tuple[str, str]] = {}  # (ref, commit) -> (note blob, why) of a skipped note
         self.key_problems: list[str] = []  # lines of KEYS_FILE that are not keys
         self._key_path, self._signer = key_path, None
+        self._objects = LooseObjectDB(os.path.join(repo.common_dir, "objects"))
         self._keys_at: str | None = None  # the champion commit KEYS_FILE was read from
         self._verifier: Verifier | None = None
         self._listing: dict[str, Listing] = {}  # ref -> its notes at its tip
@@ -122,7 +124,7 @@ class LocalForge:
         return self.champion()
 
     def champion(self) -> str:
-        return self.repo.commit(self.champion_branch).hexsha
+        return self._ref_sha(f"refs/heads/{self.champion_branch}") or self.repo.commit(self.champion_branch).hexsha
 
     # --- notes: read once per notes ref tip, each note checked once -------------------------------------------
     def signer(self, create: bool = False) -> Signer | None:
@@ -252,7 +254,7 @@ class LocalForge:
             for model in (ExperimentRecord, ChampionRecord):
                 self._models.pop((before[commit][0], model, 0), None)  # a record changed in place is never read again
         data = json.dumps(value, indent=1).encode()
-        blob = self.repo.odb.store(IStream("blob", len(data), BytesIO(data))).hexsha.decode()
+        blob = self._store_blob(data).hex()
         self.repo.git.notes(f"--ref={ref}", "add", "-f", "-C", blob, commit)
         listing, tip = self._listing[ref], self._ref_sha(f"refs/notes/{ref}")
         if [p.hexsha for p in self.repo.commit(tip).parents] == ([listing.tip] if listing.tip else []):
@@ -379,7 +381,7 @@ class LocalForge:
     def moved_branch(self, rec: ExperimentRecord) -> str | None:
         """Why rec's branch no longer holds its commit (someone moved it), or None."""
         ref = f"refs/heads/{rec.branch}"
-        sha = self.repo.git.rev_parse(ref) if self.has_ref(ref) else rec.commit
+        sha = self._ref_sha(ref) or rec.commit
         return None if sha == rec.commit else f"branch {rec.branch} points at {sha[:12]}, not the experiment's commit {rec.commit[:12]}"
 
     def ensure_branch(self, rec: ExperimentRecord) -> None:
@@ -393,7 +395,7 @@ class LocalForge:
         entries = []
         for path, text in files.items():
             data = text.encode()
-            binsha = self.repo.odb.store(IStream("blob", len(data), BytesIO(data))).binsha
+            binsha = self._store_blob(data)
             try:
                 mode = parent_commit.tree[path].mode
             except KeyError:
@@ -474,9 +476,10 @@ class LocalForge:
         return log
 
     def has_ref(self, ref: str) -> bool:
-        try:
-            self.repo.git.rev_parse("--verify", "--quiet", ref)
-            return True
-        except git.GitCommandError:
-            return False
+        """Whether the full ref name `ref` (refs/...) exists."""
+        return self._ref_sha(ref) is not None
+
+    def _store_blob(self, data: bytes) -> bytes:
+        """A blob written as a loose object in process (no git command); its binary sha."""
+        return self._objects.store(IStream("blob", len(data), BytesIO(data))).binsha
 
