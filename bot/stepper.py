@@ -370,7 +370,7 @@ class Stepper:
 
     # --- lookups ------------------------------------------------------------------------------------------------
     def active(self) -> list[ExperimentRecord]:
-        return [r for r in self.store.experiments() if lc.is_active(r)]
+        return self.store.active()
 
     def record(self, experiment_id: str) -> ExperimentRecord | None:
-        return next((r for r in self.store.experiments() if r.id == experiment_id), None)
+        return self.store.experiment(experiment_id)

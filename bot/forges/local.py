@@ -6,6 +6,7 @@ Nothing here touches the working tree or the index of the repository: commits ar
 
 from __future__ import annotations
 
+import bisect
 import difflib
 import json
 import logging
@@ -24,6 +25,7 @@ from git.objects import Commit
 from gitdb import IStream, LooseObjectDB
 
 from bot import signing
+from bot.core.lifecycle import is_active
 from bot.core.records import ChampionRecord, ExperimentRecord, FailedProposal, Proposal
 from bot.signing import KEYS_FILE, Signer, Verifier
 from runner.guard import forbidden_paths
@@ -90,6 +92,16 @@ class Listing:
     notes: dict[str, tuple[str, dict]]
 
 
+@dataclass(frozen=True)
+class Experiments:
+    """The experiment records of `notes` (one `Listing.notes`): all by number, and the active ones."""
+
+    notes: dict[str, tuple[str, dict]]
+    by_number: list[ExperimentRecord]
+    active: list[ExperimentRecord]
+    by_id: dict[str, ExperimentRecord]
+
+
 class LocalForge:
     def __init__(self, repo: git.Repo, champion_branch: str = "champion", branch_prefix: str = "arbot/exp-",
                  key_path: Path | None = None):
@@ -107,7 +119,8 @@ class LocalForge:
         self._checked: dict[tuple[str, str, str], tuple[object, str | None]] = {}  # (ref, commit, blob) -> JSON, why not trusted
         self._signed: dict[tuple[str, str], str] = {}  # (ref, commit) -> the latest trusted blob this process read
         self._models: dict[tuple, tuple[pydantic.BaseModel | None, str | None]] = {}  # (blob, model, item) -> record, why not
-        self._experiments: tuple[dict, list[ExperimentRecord]] | None = None  # (the notes read, their experiments)
+        self._experiments: Experiments | None = None
+        self._branch_number: int | None = None  # the highest experiment branch number when first asked
         self._warned: set[tuple[str, str, str]] = set()
 
     # --- champion -------------------------------------------------------------------------
@@ -260,12 +273,24 @@ class LocalForge:
         if [p.hexsha for p in self.repo.commit(tip).parents] == ([listing.tip] if listing.tip else []):
             self._checked[(ref, commit, blob)] = (value, None)
             self._signed[(ref, commit)] = blob
-            self._listing[ref] = Listing(tip, {**listing.blobs, commit: blob}, {**before, commit: (blob, value)})
+            self._listing[ref] = Listing(tip, {**listing.blobs, commit: blob}, notes := {**before, commit: (blob, value)})
+            if ref == NOTES_REF and self._experiments is not None and self._experiments.notes is before:
+                self._experiments = self._patched(self._experiments, commit, notes)
 
     def experiments(self) -> list[ExperimentRecord]:
         """Every experiment, by number: one record per id (a second note claiming an id is skipped and reported)."""
+        return list(self._index().by_number)
+
+    def active(self) -> list[ExperimentRecord]:
+        """The experiments an executor still owes work (lifecycle.is_active), by number."""
+        return list(self._index().active)
+
+    def experiment(self, experiment_id: str) -> ExperimentRecord | None:
+        return self._index().by_id.get(experiment_id)
+
+    def _index(self) -> Experiments:
         notes = self._notes()
-        if self._experiments is None or self._experiments[0] is not notes:
+        if self._experiments is None or self._experiments.notes is not notes:
             recs = sorted((r for c, n in notes.items() if isinstance(n[1], dict) and n[1].get("kind") == "experiment"
                            if (r := self._load(ExperimentRecord, n, c)) is not None),
                           key=lambda r: (r.started_at, r.commit))
@@ -274,8 +299,26 @@ class LocalForge:
                 if (other := first.setdefault(rec.id, rec)) is not rec:
                     self._skip(NOTES_REF, rec.commit, notes[rec.commit][0],
                                f"it claims {rec.id}, whose record is the note on {other.commit[:12]}")
-            self._experiments = (notes, sorted(first.values(), key=lambda r: r.number))
-        return list(self._experiments[1])
+            by_number = sorted(first.values(), key=lambda r: r.number)
+            self._experiments = Experiments(notes, by_number, [r for r in by_number if is_active(r)], first)
+        return self._experiments
+
+    def _patched(self, old: Experiments, commit: str, notes: dict[str, tuple[str, dict]]) -> Experiments | None:
+        """`old` with the note the bot just wrote on `commit`, without reading the others again; None when it is a
+        second record of an id (everything is read again)."""
+        by_number = [r for r in old.by_number if r.commit != commit]
+        active = [r for r in old.active if r.commit != commit]
+        by_id = {i: r for i, r in old.by_id.items() if r.commit != commit}
+        value = notes[commit][1]
+        if isinstance(value, dict) and value.get("kind") == "experiment":
+            if (rec := self._load(ExperimentRecord, notes[commit], commit)) is not None:
+                if rec.id in by_id:
+                    return None
+                by_id[rec.id] = rec
+                bisect.insort(by_number, rec, key=lambda r: r.number)
+                if is_active(rec):
+                    bisect.insort(active, rec, key=lambda r: r.number)
+        return Experiments(notes, by_number, active, by_id)
 
     def save(self, rec: ExperimentRecord | ChampionRecord) -> None:
         self._write_note(rec.commit, rec.model_dump_json())
@@ -356,10 +399,14 @@ class LocalForge:
 
     # --- experiments ----------------------------------------------------------------------
     def next_number(self) -> int:
-        numbers = [r.number for r in self.experiments()]
-        pattern = re.compile(re.escape(self.branch_prefix) + r"(\d+)$")
-        numbers += [int(m.group(1)) for h in self.repo.heads if (m := pattern.match(h.name))]
-        return max(numbers, default=0) + 1
+        """One more than any experiment's number and any experiment branch's (listed once per forge: a branch
+        without a record is left by a note lost or skipped; every later branch is made with its record)."""
+        if self._branch_number is None:
+            pattern = re.compile(re.escape(self.branch_prefix) + r"(\d+)$")
+            self._branch_number = max((int(m.group(1)) for h in self.repo.heads if (m := pattern.match(h.name))),
+                                      default=0)
+        recs = self.experiments()
+        return max(self._branch_number, recs[-1].number if recs else 0) + 1
 
     def open_experiment(self, proposal: Proposal, parent: str, started_at: str) -> ExperimentRecord:
         """One commit on top of the champion, its note, then its branch: the record exists before the branch."""
