@@ -222,3 +222,19 @@ def test_a_missing_or_broken_signing_key_is_a_clear_error(research_repo, tmp_pat
     forge.save(ChampionRecord(commit=forge.champion()))  # a writer creates its key on first use, readable by it alone
     assert fresh.exists() and fresh.stat().st_mode & 0o777 == 0o600
     assert LocalForge(research_repo, key_path=Path(fresh)).signer().public == forge.signer().public
+
+
+def test_the_index_follows_its_own_writes_and_sees_another_writers(research_repo):
+    """Each forge keeps its index of the notes between reads; a note another writer adds (another process, a
+    fetch) is read as soon as the ref moves, whether or not this forge wrote since."""
+    first, champion, (win, open_) = history(research_repo)
+    second = LocalForge(research_repo)
+    assert [r.id for r in second.active()] == ["exp-1", "exp-2"]  # a win not merged yet, and an open one
+    closed = open_.model_copy(update={"decision": Decision(verdict="loss", rule="margin", reason="worse")})
+    second.save(closed)
+    assert [r.id for r in second.active()] == ["exp-1"] and second.experiment("exp-2").decision.verdict == "loss"
+    assert [r.id for r in first.active()] == ["exp-1"]  # written by the other: read again
+    merged = win.model_copy(update={"merged_as": champion})
+    first.save(merged)  # on top of the other writer's note: its index is read again, not patched
+    assert first.active() == [] and first.experiment("exp-2").decision.verdict == "loss"
+    assert second.active() == [] and second.experiment("exp-1").merged_as == champion

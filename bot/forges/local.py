@@ -197,9 +197,18 @@ class LocalForge:
             last = self._signed.get((ref, commit))
             self._skip(ref, commit, blob, why + (f"; the signed note it replaced ({last[:12]}) stands" if last else ""))
             if last is not None:
-                notes[commit] = (last, self._checked[(ref, commit, last)][0])
+                notes[commit] = (last, self._check(ref, commit, last)[0])
         self._listing[ref] = Listing(tip, blobs, notes)
+        self._forget()
         return notes
+
+    def _forget(self) -> None:
+        """Drop what was checked and loaded of notes no longer listed (a long-running bot stays small)."""
+        live = {(ref, commit, blob) for ref, listing in self._listing.items() for commit, blob in listing.blobs.items()}
+        live |= {(ref, commit, blob) for (ref, commit), blob in self._signed.items()}
+        self._checked = {k: v for k, v in self._checked.items() if k in live}
+        blobs = {blob for _, _, blob in live}
+        self._models = {k: v for k, v in self._models.items() if k[0] in blobs}
 
     def _check(self, ref: str, commit: str, blob: str) -> tuple[object, str | None]:
         """A note's JSON and why it is not to be trusted (None: signed by a trusted key), once per note blob."""
@@ -263,9 +272,11 @@ class LocalForge:
         if (ref, commit) in self.unreadable:  # nothing is lost: the unreadable note is kept before it is replaced
             old, _ = self.unreadable.pop((ref, commit))
             self.repo.git.notes(f"--ref={UNREADABLE_REF}", "add", "-f", "-C", old, commit)
-        if commit in before:
+        stale = {self._listing[ref].blobs.get(commit), self._signed.get((ref, commit))} - {None}
+        for old in stale:  # a record changed in place is never read again
+            self._checked.pop((ref, commit, old), None)
             for model in (ExperimentRecord, ChampionRecord):
-                self._models.pop((before[commit][0], model, 0), None)  # a record changed in place is never read again
+                self._models.pop((old, model, 0), None)
         data = json.dumps(value, indent=1).encode()
         blob = self._store_blob(data).hex()
         self.repo.git.notes(f"--ref={ref}", "add", "-f", "-C", blob, commit)
