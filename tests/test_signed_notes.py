@@ -238,3 +238,23 @@ def test_the_index_follows_its_own_writes_and_sees_another_writers(research_repo
     first.save(merged)  # on top of the other writer's note: its index is read again, not patched
     assert first.active() == [] and first.experiment("exp-2").decision.verdict == "loss"
     assert second.active() == [] and second.experiment("exp-1").merged_as == champion
+
+
+def test_doctor_names_skipped_notes_and_a_key_nobody_else_can_verify(research_repo):
+    from bot.config import load_config
+    from bot.doctor import check_records
+
+    forge, champion, _ = history(research_repo)
+    config = load_config(Path(research_repo.working_tree_dir) / "arbot.yml")
+    checked = check_records(research_repo, config)
+    assert (checked.status, checked.detail) == ("ok", f"4 notes verify; signing key {forge.signer().public.id} "
+                                                      f"({forge.signer().path})")
+    write(research_repo, champion, {"kind": "champion", "commit": champion, "runs": []})
+    checked = check_records(research_repo, config)
+    assert checked.status == "warn" and checked.detail.startswith(
+        f"1 notes are skipped, the first: the note on {champion[:12]} under refs/notes/arbot is skipped: it is not signed")
+    assert "`arbot audit --verify` names each" in checked.fix
+    github = config.model_copy(update={"github": config.github.model_copy(update={"repo": "octo-org/research"})})
+    forge.save(ChampionRecord(commit=champion))
+    checked = check_records(research_repo, github)
+    assert checked.status == "warn" and f"is not in {KEYS_FILE} on champion, so nobody else can verify" in checked.detail
