@@ -195,6 +195,8 @@ class LocalForge:
                 self._signed[(ref, commit)] = blob
                 continue
             last = self._signed.get((ref, commit))
+            if last is not None and self._check(ref, commit, last)[1] is not None:
+                last = None  # signed by a key no longer trusted
             self._skip(ref, commit, blob, why + (f"; the signed note it replaced ({last[:12]}) stands" if last else ""))
             if last is not None:
                 notes[commit] = (last, self._check(ref, commit, last)[0])
