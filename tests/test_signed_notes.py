@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import git
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
