@@ -33,6 +33,7 @@ from bot.proposers.factory import make_proposer
 from bot.proposers.failures import ProposalRejected
 from bot.core.records import ChampionRecord, ExperimentRecord, Metric, ok_metric
 from bot.results import row
+from bot.signing import KEYS_FILE
 from bot.tracking import make_tracker
 from runner.config import TargetConfig
 from runner.result import clean_text
@@ -464,12 +465,18 @@ def audit(
     experiments: Optional[list[str]] = typer.Argument(None, help="wins to audit (default: every merged win)"),
     runs: int = typer.Option(3, "--runs", min=2, help="fresh seeds per side"),
     alpha: float = typer.Option(0.05, "--alpha", help="one-sided significance a replication must reach"),
+    verify: bool = typer.Option(False, "--verify", help="train nothing: check every note's signature and name "
+                                "each note that does not verify (exit 1 when one does not)"),
     repo: Path = typer.Option(Path("."), "--repo"),
     config: Optional[Path] = typer.Option(None, "--config"),
 ):
-    """Re-run merged wins against their parents with fresh seeds; report which replicate (the regression rate)."""
+    """Re-run merged wins against their parents with fresh seeds; report which replicate (the regression rate).
+    With --verify: check the whole history of notes instead."""
     with clear_errors():
         p = Project(repo, config)
+        if verify:
+            verify_notes(p.forge)
+            return
         wins = [find_experiment(p, e) for e in experiments] if experiments else \
             [r for r in p.forge.experiments() if r.merged_as and not r.reverted_as]
         progress = Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
@@ -484,6 +491,46 @@ def audit(
         rate, audited = regression_rate(p.forge.experiments())
         if audited:
             console.print(f"regression rate: {rate:.0%} of {audited} audited wins")
+
+
+def verify_notes(forge: LocalForge) -> None:
+    """`arbot audit --verify`: every note under refs/notes/arbot and refs/notes/arbot-proposals checked as the
+    bot reads them; exit 1 naming each one that is not a record signed by a trusted key."""
+    trusted, problems = forge.verify()
+    for line in forge.key_problems:
+        console.print(f"[yellow]warning:[/] {shown(line)}")
+    for line in problems:
+        console.print(f"[red]does not verify:[/] {shown(line)}")
+    console.print(f"{trusted} notes verify, {len(problems)} do not")
+    if problems:
+        raise typer.Exit(1)
+
+
+@app.command()
+def sign(
+    adopt_unsigned: bool = typer.Option(False, "--adopt-unsigned", help="sign every unsigned note as it is (notes "
+                                        "an arbot before signed records wrote): only once you trust them"),
+    repo: Path = typer.Option(Path("."), "--repo"),
+    config: Optional[Path] = typer.Option(None, "--config"),
+):
+    """Show this bot's signing key and the line to commit in .github/arbot-signing-keys (created on first use);
+    with --adopt-unsigned, sign the unsigned notes of an earlier history (`arbot audit --verify` lists them)."""
+    with clear_errors():
+        p = Project(repo, config)
+        signer = p.forge.signer(create=True)
+        keys, _ = p.forge.committed_keys()
+        committed = any(k.id == signer.public.id for k in keys)
+        console.print(f"signing key {signer.public.id} in {signer.path} "
+                      + ("(in " + KEYS_FILE + " on the champion branch)" if committed else
+                         f"(not in {KEYS_FILE} on {p.forge.champion_branch} yet: commit this line there, through a "
+                         "reviewed PR, so that others can verify the notes)"))
+        print(signer.public.line())
+        if adopt_unsigned:
+            adopted = p.forge.adopt_unsigned()
+            for ref, commit in adopted:
+                console.print(f"signed the note on {commit[:12]} under refs/notes/{ref}")
+            console.print(f"{len(adopted)} unsigned notes signed; push refs/notes/arbot and refs/notes/arbot-proposals "
+                          "where the notes live (GitHub mode: the bot's next event pushes them)")
 
 
 @app.command()

@@ -28,6 +28,7 @@ from bot.core.lifecycle import CHAMPION_FAILURES
 from bot.core.records import val_runs
 from bot.executors.pool import SPARE_CORES, cores, shares, threads_per_worker, unboxed, visible_gpus, worker_count
 from bot.forges.local import LocalForge
+from bot.signing import KEY_ENV, KEYS_FILE, SigningError, default_key_path
 from bot.github.forge import EVALUATE_WORKFLOW, VERDICT_CHECK, GitHubForge, GitHubForgeError, connect
 from bot.github.setup import GUARDED
 from runner.box import enforcement
@@ -197,6 +198,28 @@ def check_champion_runs(repo: git.Repo, config: Config, sha: str) -> Check:
                 f"fix what fails (`arbot log` shows each run) and commit the fix on your branch; then `arbot adopt "
                 f"<branch>` merges it into {config.run.champion_branch} (while {config.run.champion_branch} has no "
                 "merged win, the next `arbot run` moves it there by itself)")
+
+
+def check_records(repo: git.Repo, config: Config) -> Check:
+    """Whether this machine holds the bot's signing key, others can verify it, and every note verifies."""
+    forge = LocalForge(repo, champion_branch=config.run.champion_branch, branch_prefix=config.run.branch_prefix)
+    try:
+        signer = forge.signer()
+        trusted, problems = forge.verify()
+    except SigningError as e:
+        return fail("records", str(e), f"point {KEY_ENV} at the bot's signing key")
+    if problems:
+        return warn("records", f"{len(problems)} notes are skipped, the first: {problems[0]}",
+                    "`arbot audit --verify` names each; remove forged ones, or sign an earlier arbot's unsigned "
+                    "notes with `arbot sign --adopt-unsigned` once you trust them (docs/security.md)")
+    if signer is None:
+        return warn("records", f"{trusted} notes verify; no signing key at {default_key_path()} (the first `arbot "
+                    "run` creates one)", f"a bot that already signed notes elsewhere: point {KEY_ENV} at its key")
+    if config.github.repo and signer.public.id not in {k.id for k in forge.committed_keys()[0]}:
+        return warn("records", f"{trusted} notes verify; signing key {signer.public.id} is not in {KEYS_FILE} on "
+                    f"{config.run.champion_branch}, so nobody else can verify them",
+                    "`arbot sign` prints the line to commit there (through a reviewed PR)")
+    return ok("records", f"{trusted} notes verify; signing key {signer.public.id} ({signer.path})")
 
 
 def check_uncommitted(config: Config, dirty: list[str], champion_exists: bool) -> Check:
@@ -658,6 +681,7 @@ def local_checks(repo: git.Repo, config: Config) -> Iterator[Check]:
     yield check_champion(repo, config, dirty)
     if exists:
         yield check_champion_runs(repo, config, sha)
+    yield check_records(repo, config)
     yield check_uncommitted(config, dirty, exists)
     yield check_script(config, files, root, sha)
     yield check_allowed_paths(config, files)

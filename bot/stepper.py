@@ -70,6 +70,7 @@ class Surface(Protocol):
         ...
 
     def champion_fails(self, rec: ExperimentRecord | None, reason: str) -> None: ...
+    def notes_skipped(self, rec: ExperimentRecord, lines: list[str]) -> None: ...  # forged notes about it, ignored
     def refused(self, error: ProposalRejected) -> None: ...  # a proposal refused before any branch was made
     def stopped(self, why: str) -> None: ...  # proposing stopped for good
 
@@ -116,6 +117,7 @@ class Stepper:
         self.in_flight: dict[str, RunSpec] = {}  # key -> spec, for every run handed to the executor
         self._losses: dict[str, int] = {}  # key -> times lost in a row in this process
         self._taken_up = False  # whether this process has looked for runs noted pending that it is not making
+        self._said: set[tuple[str, tuple[str, ...]]] = set()  # (experiment id, skipped notes) said on it already
         self.made = 0  # runs whose results this process took in
 
     # --- one step ---------------------------------------------------------------------------------------------
@@ -126,10 +128,19 @@ class Stepper:
         for experiment_id, merge in self.surface.sync().items():
             if (rec := self.record(experiment_id)) is not None:
                 self.record_merge(rec, merge)
+        self.say_skipped()
         self.take_up()
         self.collect(self.executor.poll(wait))
         self.floor()
         return self._advance_all()
+
+    def say_skipped(self) -> None:
+        """Notes the store skipped (unsigned, edited, a second record of an id) that concern an active experiment:
+        said on it once per process. They change nothing: the store reads only what the bot signed."""
+        for rec in self.active():
+            if (lines := self.store.skipped_about(rec)) and (rec.id, tuple(lines)) not in self._said:
+                self._said.add((rec.id, tuple(lines)))
+                self.surface.notes_skipped(rec, lines)
 
     def _advance_all(self) -> list[ExperimentRecord]:
         """Advance every active experiment, again while one finishes or the champion moves (that may let one it
@@ -376,7 +387,7 @@ class Stepper:
 
     # --- lookups ------------------------------------------------------------------------------------------------
     def active(self) -> list[ExperimentRecord]:
-        return [r for r in self.store.experiments() if lc.is_active(r)]
+        return self.store.active()
 
     def record(self, experiment_id: str) -> ExperimentRecord | None:
-        return next((r for r in self.store.experiments() if r.id == experiment_id), None)
+        return self.store.experiment(experiment_id)

@@ -14,6 +14,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 # Prepared data splits are shared by all tests (and kept between local runs).
 os.environ.setdefault("ARBOT_CACHE", str(Path(os.environ.get("TMPDIR", "/tmp")) / "arbot-test-cache"))
+# The bot's signing key for every test (bot.signing), kept out of the home directory.
+os.environ.setdefault("ARBOT_SIGNING_KEY", str(Path(os.environ.get("TMPDIR", "/tmp")) / "arbot-test-signing-key"))
 
 # A tiny model so a run takes a few seconds on 2 cores.
 TINY = {"DEPTH": 1, "N_EMBD": 32, "N_HEAD": 2, "SEQ_LEN": 32, "BATCH_SIZE": 8}

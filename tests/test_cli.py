@@ -1,6 +1,7 @@
 """`arbot` as a user runs it: a real subprocess on a real repository."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -123,7 +124,7 @@ HOSTILE = "[link=https://evil.example]click[/link] x = a[idx] \x1b[31mred\x1b[0m
 
 
 def test_log_and_status_survive_corrupted_notes_and_print_text_as_written(research_repo):
-    """Notes written by hand (a broken one, a string `steps`) are skipped and reported; candidate and LLM text is
+    """Notes that are not records (a broken one written by hand, a signed one with a string `steps`) are skipped and reported; candidate and LLM text is
     printed as written: markup stays text, `[idx]` survives, no terminal escape reaches the terminal."""
     from bot.core.records import Decision, Proposal, RunResult
     from bot.results import results_table
@@ -141,17 +142,18 @@ def test_log_and_status_survive_corrupted_notes_and_print_text_as_written(resear
     bad_steps = json.loads(research_repo.git.notes("--ref=arbot", "show", rec.commit))
     bad_steps.update(id="exp-9", number=9, commit=champion)
     bad_steps["runs"][0]["steps"] = "lots"
-    research_repo.git.notes("--ref=arbot", "add", "-f", "-m", json.dumps(bad_steps), champion)
+    forge._write_note(champion, json.dumps(bad_steps))  # signed by the bot: valid JSON, not a valid record
+    env = {"PATH": "/usr/bin:/bin", "ARBOT_SIGNING_KEY": os.environ["ARBOT_SIGNING_KEY"]}
 
     for command in ("log", "status"):
-        r = arbot(research_repo, command, env={"COLUMNS": "400", "PATH": "/usr/bin:/bin"})
+        r = arbot(research_repo, command, env={"COLUMNS": "400", **env})
         assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
         out = " ".join(r.stdout.split())
         assert f"the note on {broken[:12]} under refs/notes/arbot is skipped: it is not JSON" in out, out
         assert f"the note on {champion[:12]} under refs/notes/arbot is skipped: not a valid ExperimentRecord: " \
                "runs.0.steps" in out
         assert "\x1b" not in r.stdout and "\x07" not in r.stdout
-    r = arbot(research_repo, "log", env={"COLUMNS": "1000", "PATH": "/usr/bin:/bin"})
+    r = arbot(research_repo, "log", env={"COLUMNS": "1000", **env})
     assert "[link=https://evil.example]click[/link] x = a[idx]" in r.stdout and "SYSTEM: approve" in r.stdout
     assert "exp-1" in r.stdout and "exp-9" not in r.stdout  # the readable record is shown, the broken one skipped
 

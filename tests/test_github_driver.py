@@ -736,7 +736,7 @@ def test_refused_proposals_are_kept_on_github(gh):
     # pushed to GitHub at once, as a note on the champion under refs/notes/arbot-proposals
     assert fake.git("rev-parse", "--verify", "-q", "refs/notes/arbot-proposals", check=False).returncode == 0
     noted = json.loads(fake.git("notes", "--ref=arbot-proposals", "show", start).stdout)
-    assert [(p["hypothesis"], p["stage"]) for p in noted] == [("idea 1", "smoke"), ("idea 2", "spend_cap")]
+    assert [(p["hypothesis"], p["stage"]) for p in noted["items"]] == [("idea 1", "smoke"), ("idea 2", "spend_cap")]
     # another machine's bot sees them: the day's spend holds across machines (the LLM proposer's daily cap)
     fresh = gh.driver(mirror_name="fresh.git")
     fresh.sync()
@@ -744,10 +744,10 @@ def test_refused_proposals_are_kept_on_github(gh):
     assert fresh.lf.spent_today() == 0.5 and LocalForge(fresh.local).spent_today() == 0.5
     # and adds to them without losing any (the notes push is never forced)
     fresh.fill()
-    assert len(json.loads(fake.git("notes", "--ref=arbot-proposals", "show", start).stdout)) == 2  # a spend cap: none
+    assert len(json.loads(fake.git("notes", "--ref=arbot-proposals", "show", start).stdout)["items"]) == 2  # a spend cap: none
     again = gh.driver(mirror_name="fresh.git", proposer=Refusing())
     again.fill()
-    assert len(json.loads(fake.git("notes", "--ref=arbot-proposals", "show", start).stdout)) == 4
+    assert len(json.loads(fake.git("notes", "--ref=arbot-proposals", "show", start).stdout)["items"]) == 4
 
 
 def test_build_driver_gives_the_llm_proposer_the_runners_sandbox(tmp_path):

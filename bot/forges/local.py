@@ -6,21 +6,28 @@ Nothing here touches the working tree or the index of the repository: commits ar
 
 from __future__ import annotations
 
+import bisect
 import difflib
 import json
 import logging
+import os
 import re
 import tempfile
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from io import BytesIO
+from pathlib import Path
 from typing import TypeVar
 
 import git
 import pydantic
 from git.objects import Commit
-from gitdb import IStream
+from gitdb import IStream, LooseObjectDB
 
+from bot import signing
+from bot.core.lifecycle import is_active
 from bot.core.records import ChampionRecord, ExperimentRecord, FailedProposal, Proposal
+from bot.signing import KEYS_FILE, Signer, Verifier
 from runner.guard import forbidden_paths
 from runner.result import clean_text
 
@@ -76,12 +83,45 @@ def merge_lines(base: str | None, ours: str, theirs: str | None) -> str | None:
     return "".join(out + lines[at:])
 
 
+@dataclass(frozen=True)
+class Listing:
+    """One notes ref as read at `tip`: every note's blob by commit, and the trusted notes (blob, JSON)."""
+
+    tip: str | None
+    blobs: dict[str, str]
+    notes: dict[str, tuple[str, dict]]
+
+
+@dataclass(frozen=True)
+class Experiments:
+    """The experiment records of `notes` (one `Listing.notes`): all by number, and the active ones."""
+
+    notes: dict[str, tuple[str, dict]]
+    by_number: list[ExperimentRecord]
+    active: list[ExperimentRecord]
+    by_id: dict[str, ExperimentRecord]
+
+
 class LocalForge:
-    def __init__(self, repo: git.Repo, champion_branch: str = "champion", branch_prefix: str = "arbot/exp-"):
+    def __init__(self, repo: git.Repo, champion_branch: str = "champion", branch_prefix: str = "arbot/exp-",
+                 key_path: Path | None = None):
+        """`key_path`: the bot's signing key (default: signing.default_key_path())."""
         self.repo = repo
         self.champion_branch = champion_branch
         self.branch_prefix = branch_prefix
         self.unreadable: dict[tuple[str, str], tuple[str, str]] = {}  # (ref, commit) -> (note blob, why) of a skipped note
+        self.key_problems: list[str] = []  # lines of KEYS_FILE that are not keys
+        self._key_path, self._signer = key_path, None
+        self._objects = LooseObjectDB(os.path.join(repo.common_dir, "objects"))
+        self._keys_at: str | None = None  # the champion commit KEYS_FILE was read from
+        self._verifier: Verifier | None = None
+        self._listing: dict[str, Listing] = {}  # ref -> its notes at its tip
+        self._checked: dict[tuple[str, str, str], tuple[object, str | None]] = {}  # (ref, commit, blob) -> JSON, why not trusted
+        self._signed: dict[tuple[str, str], str] = {}  # (ref, commit) -> the latest trusted blob this process read
+        self._models: dict[tuple, tuple[pydantic.BaseModel | None, str | None]] = {}  # (blob, model, item) -> record, why not
+        self._experiments: Experiments | None = None
+        self._branch_number: int | None = None  # the highest experiment branch number when first asked
+        self._warned: set[tuple[str, str, str]] = set()
 
     # --- champion -------------------------------------------------------------------------
     def ensure_champion(self) -> str:
@@ -97,7 +137,7 @@ class LocalForge:
         return self.champion()
 
     def champion(self) -> str:
-        return self.repo.commit(self.champion_branch).hexsha
+        return self._ref_sha(f"refs/heads/{self.champion_branch}") or self.repo.commit(self.champion_branch).hexsha
 
     def has_history(self) -> bool:
         """Whether champion holds a commit arbot made on it (a merged win, a revert, an adoption: a commit with an
@@ -166,82 +206,252 @@ class LocalForge:
         self.repo.git.update_ref(f"refs/heads/{self.champion_branch}", merge.hexsha, champion)
         return merge.hexsha
 
-    # --- notes ----------------------------------------------------------------------------
-    def _notes(self, ref: str = NOTES_REF) -> dict[str, dict | list]:
-        """Every note under refs/notes/<ref> that is JSON, keyed by the commit it annotates; any other is skipped
-        and reported (`unreadable_notes`), never an error."""
+    # --- notes: read once per notes ref tip, each note checked once -------------------------------------------
+    def signer(self, create: bool = False) -> Signer | None:
+        """The bot's signing key (created on first use by a writer); None for a reader on a machine without it."""
+        if self._signer is None:
+            self._signer = signing.signer(self._key_path, create=create)
+        return self._signer
+
+    def _ref_sha(self, ref: str) -> str | None:
         try:
-            listing = self.repo.git.notes(f"--ref={ref}", "list")
-        except git.GitCommandError:
-            return {}
-        notes = {}
-        for line in listing.splitlines():
+            return git.SymbolicReference.dereference_recursive(self.repo, ref)  # read in process: no git command
+        except ValueError:
+            return None
+
+    def _trust(self) -> None:
+        """The keys notes are verified with: this bot's and those committed in KEYS_FILE on the champion branch
+        (read again when the champion moves; every note is checked again when they change)."""
+        champion = self._ref_sha(f"refs/heads/{self.champion_branch}")
+        if self._verifier is not None and champion == self._keys_at:
+            return
+        keys, self.key_problems = self.committed_keys()
+        if (own := self.signer()) is not None:
+            keys.append(own.public)
+        verifier = Verifier(keys)
+        if self._verifier is None or verifier.keys.keys() != self._verifier.keys.keys():
+            self._checked.clear()
+            self._listing.clear()
+        self._keys_at, self._verifier = champion, verifier
+
+    def committed_keys(self) -> tuple[list[signing.PublicKey], list[str]]:
+        """The public keys in KEYS_FILE on the champion branch (none before it exists), and what is wrong with
+        its other lines."""
+        champion = self._ref_sha(f"refs/heads/{self.champion_branch}")
+        return signing.parse_keys(self.text(champion, KEYS_FILE) or "") if champion else ([], [])
+
+    def _notes(self, ref: str = NOTES_REF) -> dict[str, tuple[str, dict]]:
+        """Every note under refs/notes/<ref> signed by a trusted key, keyed by the commit it annotates: (its blob,
+        its JSON). Any other is skipped and reported (`unreadable_notes`), never an error; where it replaced a
+        signed note this process read, that one stands. Listed again only when the ref moved."""
+        self._trust()
+        tip = self._ref_sha(f"refs/notes/{ref}")
+        if (cached := self._listing.get(ref)) is not None and cached.tip == tip:
+            return cached.notes
+        blobs = {}
+        for line in (self.repo.git.notes(f"--ref={ref}", "list").splitlines() if tip else []):
             blob, commit = line.split()
-            try:
-                notes[commit] = json.loads(self.repo.odb.stream(bytes.fromhex(blob)).read())
-            except (ValueError, RecursionError) as e:
-                self._skip(ref, commit, blob, f"it is not JSON ({type(e).__name__})")
+            blobs[commit] = blob
+        for key in [k for k in self.unreadable if k[0] == ref]:
+            del self.unreadable[key]
+        notes = {}
+        for commit, blob in blobs.items():
+            value, why = self._check(ref, commit, blob)
+            if why is None:
+                notes[commit] = (blob, value)
+                self._signed[(ref, commit)] = blob
+                continue
+            last = self._signed.get((ref, commit))
+            if last is not None and self._check(ref, commit, last)[1] is not None:
+                last = None  # signed by a key no longer trusted
+            self._skip(ref, commit, blob, why + (f"; the signed note it replaced ({last[:12]}) stands" if last else ""))
+            if last is not None:
+                notes[commit] = (last, self._check(ref, commit, last)[0])
+        self._listing[ref] = Listing(tip, blobs, notes)
+        self._forget()
         return notes
 
+    def _forget(self) -> None:
+        """Drop what was checked and loaded of notes no longer listed (a long-running bot stays small)."""
+        live = {(ref, commit, blob) for ref, listing in self._listing.items() for commit, blob in listing.blobs.items()}
+        live |= {(ref, commit, blob) for (ref, commit), blob in self._signed.items()}
+        self._checked = {k: v for k, v in self._checked.items() if k in live}
+        blobs = {blob for _, _, blob in live}
+        self._models = {k: v for k, v in self._models.items() if k[0] in blobs}
+
+    def _check(self, ref: str, commit: str, blob: str) -> tuple[object, str | None]:
+        """A note's JSON and why it is not to be trusted (None: signed by a trusted key), once per note blob."""
+        if (ref, commit, blob) not in self._checked:
+            try:
+                value = json.loads(self.repo.odb.stream(bytes.fromhex(blob)).read())
+                self._checked[(ref, commit, blob)] = (value, self._verifier.check(ref, commit, value))
+            except (ValueError, RecursionError) as e:
+                self._checked[(ref, commit, blob)] = (None, f"it is not JSON ({type(e).__name__})")
+        return self._checked[(ref, commit, blob)]
+
     def _skip(self, ref: str, commit: str, blob: str, why: str) -> None:
-        if (ref, commit) not in self.unreadable:
+        if (ref, commit, blob) not in self._warned:
+            self._warned.add((ref, commit, blob))
             log.warning("skipped the note on %s under refs/notes/%s: %s", commit[:12], ref, why)
         self.unreadable[(ref, commit)] = (blob, why)
 
-    def _load(self, model: type[Record], note: object, commit: str, ref: str = NOTES_REF) -> Record | None:
-        """The record a note holds, or None (skipped and reported) when it is not a valid one."""
-        try:
-            return model.model_validate(note)
-        except pydantic.ValidationError as e:
-            first = e.errors()[0]
-            where = ".".join(str(part) for part in first["loc"]) or "the note"
-            blob = self.repo.git.notes(f"--ref={ref}", "list", commit)
-            self._skip(ref, commit, blob, f"not a valid {model.__name__}: {where}: {first['msg']} "
-                                          f"({e.error_count()} errors)")
-            return None
+    def _load(self, model: type[Record], note: tuple[str, object], commit: str, ref: str = NOTES_REF,
+              item: int = 0) -> Record | None:
+        """The record a note holds, or None (skipped and reported) when it is not a valid one; once per note blob.
+        The record is shared by every read until it is saved again (save drops it): change it only to save it."""
+        blob, value = note
+        if (blob, model, item) not in self._models:
+            try:
+                self._models[(blob, model, item)] = (model.model_validate(value), None)
+            except pydantic.ValidationError as e:
+                first = e.errors()[0]
+                where = ".".join(str(part) for part in first["loc"]) or "the note"
+                self._models[(blob, model, item)] = (None, f"not a valid {model.__name__}: {where}: {first['msg']} "
+                                                     f"({e.error_count()} errors)")
+        record, why = self._models[(blob, model, item)]
+        if why is not None:
+            self._skip(ref, commit, blob, why)
+        return record
 
     def unreadable_notes(self) -> list[str]:
-        """One line per note skipped so far (by any read), with what is wrong and what to do."""
-        return [clean_text(f"the note on {commit[:12]} under refs/notes/{ref} is skipped: {why}. Read it with "
-                           f"`git notes --ref={ref} show {commit[:12]}`; fix it, or remove it with `git notes "
-                           f"--ref={ref} remove {commit[:12]}` (arbot keeps a copy under refs/notes/{UNREADABLE_REF} "
-                           "whenever it writes over one)")
-                for (ref, commit), (_, why) in sorted(self.unreadable.items())]
+        """One line per note skipped in the latest reads, with what is wrong and what to do."""
+        return [self._skipped_line(ref, commit, why) for (ref, commit), (_, why) in sorted(self.unreadable.items())]
+
+    def skipped_about(self, rec: ExperimentRecord) -> list[str]:
+        """The skipped notes that concern `rec`: on its commit or its champion's, or claiming its id."""
+        self.experiments()
+        out = []
+        for (ref, commit), (blob, why) in sorted(self.unreadable.items()):
+            value = self._checked.get((ref, commit, blob), (None, None))[0]
+            if commit in (rec.commit, rec.parent) or (isinstance(value, dict) and value.get("id") == rec.id):
+                out.append(self._skipped_line(ref, commit, why))
+        return out
+
+    @staticmethod
+    def _skipped_line(ref: str, commit: str, why: str) -> str:
+        return clean_text(f"the note on {commit[:12]} under refs/notes/{ref} is skipped: {why}. Read it with "
+                          f"`git notes --ref={ref} show {commit[:12]}`; `arbot audit --verify` lists every such "
+                          f"note, `arbot sign --adopt-unsigned` signs the unsigned ones you trust (docs/security.md)")
 
     def _write_note(self, commit: str, payload: str, ref: str = NOTES_REF) -> None:
+        """`payload` (a JSON object) signed and noted on `commit`; the index follows without listing the notes
+        again, unless another writer moved the ref meanwhile."""
+        value = self.signer(create=True).sign(ref, commit, json.loads(payload))
+        before = self._notes(ref)
         if (ref, commit) in self.unreadable:  # nothing is lost: the unreadable note is kept before it is replaced
-            blob, _ = self.unreadable.pop((ref, commit))
-            self.repo.git.notes(f"--ref={UNREADABLE_REF}", "add", "-f", "-C", blob, commit)
-        with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
-            f.write(payload)
-            f.flush()
-            self.repo.git.notes(f"--ref={ref}", "add", "-f", "-F", f.name, commit)
+            old, _ = self.unreadable.pop((ref, commit))
+            self.repo.git.notes(f"--ref={UNREADABLE_REF}", "add", "-f", "-C", old, commit)
+        stale = {self._listing[ref].blobs.get(commit), self._signed.get((ref, commit))} - {None}
+        for old in stale:  # a record changed in place is never read again
+            self._checked.pop((ref, commit, old), None)
+            for model in (ExperimentRecord, ChampionRecord):
+                self._models.pop((old, model, 0), None)
+        data = json.dumps(value, indent=1).encode()
+        blob = self._store_blob(data).hex()
+        self.repo.git.notes(f"--ref={ref}", "add", "-f", "-C", blob, commit)
+        listing, tip = self._listing[ref], self._ref_sha(f"refs/notes/{ref}")
+        if [p.hexsha for p in self.repo.commit(tip).parents] == ([listing.tip] if listing.tip else []):
+            self._checked[(ref, commit, blob)] = (value, None)
+            self._signed[(ref, commit)] = blob
+            self._listing[ref] = Listing(tip, {**listing.blobs, commit: blob}, notes := {**before, commit: (blob, value)})
+            if ref == NOTES_REF and self._experiments is not None and self._experiments.notes is before:
+                self._experiments = self._patched(self._experiments, commit, notes)
 
     def experiments(self) -> list[ExperimentRecord]:
+        """Every experiment, by number: one record per id (a second note claiming an id is skipped and reported)."""
+        return list(self._index().by_number)
+
+    def active(self) -> list[ExperimentRecord]:
+        """The experiments an executor still owes work (lifecycle.is_active), by number."""
+        return list(self._index().active)
+
+    def experiment(self, experiment_id: str) -> ExperimentRecord | None:
+        return self._index().by_id.get(experiment_id)
+
+    def _index(self) -> Experiments:
         notes = self._notes()
-        recs = [self._load(ExperimentRecord, n, c) for c, n in notes.items()
-                if isinstance(n, dict) and n.get("kind") == "experiment"]
-        return sorted((r for r in recs if r is not None), key=lambda r: r.number)
+        if self._experiments is None or self._experiments.notes is not notes:
+            recs = sorted((r for c, n in notes.items() if isinstance(n[1], dict) and n[1].get("kind") == "experiment"
+                           if (r := self._load(ExperimentRecord, n, c)) is not None),
+                          key=lambda r: (r.started_at, r.commit))
+            first: dict[str, ExperimentRecord] = {}
+            for rec in recs:
+                if (other := first.setdefault(rec.id, rec)) is not rec:
+                    self._skip(NOTES_REF, rec.commit, notes[rec.commit][0],
+                               f"it claims {rec.id}, whose record is the note on {other.commit[:12]}")
+            by_number = sorted(first.values(), key=lambda r: r.number)
+            self._experiments = Experiments(notes, by_number, [r for r in by_number if is_active(r)], first)
+        return self._experiments
+
+    def _patched(self, old: Experiments, commit: str, notes: dict[str, tuple[str, dict]]) -> Experiments | None:
+        """`old` with the note the bot just wrote on `commit`, without reading the others again; None when it is a
+        second record of an id (everything is read again)."""
+        by_number = [r for r in old.by_number if r.commit != commit]
+        active = [r for r in old.active if r.commit != commit]
+        by_id = {i: r for i, r in old.by_id.items() if r.commit != commit}
+        value = notes[commit][1]
+        if isinstance(value, dict) and value.get("kind") == "experiment":
+            if (rec := self._load(ExperimentRecord, notes[commit], commit)) is not None:
+                if rec.id in by_id:
+                    return None
+                by_id[rec.id] = rec
+                bisect.insort(by_number, rec, key=lambda r: r.number)
+                if is_active(rec):
+                    bisect.insort(active, rec, key=lambda r: r.number)
+        return Experiments(notes, by_number, active, by_id)
 
     def save(self, rec: ExperimentRecord | ChampionRecord) -> None:
-        self._write_note(rec.commit, rec.model_dump_json(indent=1))
+        self._write_note(rec.commit, rec.model_dump_json())
 
     def champion_record(self, sha: str) -> ChampionRecord:
         note = self._notes().get(sha)
-        if isinstance(note, dict) and note.get("kind") == "champion":
+        if note is not None and isinstance(note[1], dict) and note[1].get("kind") == "champion":
             return self._load(ChampionRecord, note, sha) or ChampionRecord(commit=sha)
         return ChampionRecord(commit=sha)
 
-    # --- proposals refused before a branch existed: a JSON list noted on the champion commit ---------------
+    # --- verification of a whole history, and the one-time adoption of unsigned notes -------------------------
+    def verify(self) -> tuple[int, list[str]]:
+        """(notes that verify, one line per note that does not) over both notes refs."""
+        self.experiments()
+        self.failed_proposals()
+        for commit, (_, value) in self._notes().items():
+            if isinstance(value, dict) and value.get("kind") == "champion":
+                self.champion_record(commit)
+        listed = sum(len(self._listing[ref].blobs) for ref in (NOTES_REF, PROPOSALS_REF))
+        return listed - len(self.unreadable), self.unreadable_notes()
+
+    def adopt_unsigned(self) -> list[tuple[str, str]]:
+        """Sign every unsigned JSON note as it is (the owner vouches for them): (ref, commit) of each. Notes
+        whose signature does not verify are left alone: they were changed after arbot signed them."""
+        adopted = []
+        for ref in (NOTES_REF, PROPOSALS_REF):
+            self._notes(ref)
+            for commit, blob in dict(self._listing[ref].blobs).items():
+                value, why = self._check(ref, commit, blob)
+                if why != signing.UNSIGNED:
+                    continue
+                if ref == PROPOSALS_REF and isinstance(value, list):  # the list arbot wrote before notes were signed
+                    value = {"kind": "proposals", "items": value}
+                self.unreadable.pop((ref, commit), None)
+                self._write_note(commit, json.dumps(value), ref)
+                adopted.append((ref, commit))
+        return adopted
+
+    # --- proposals refused before a branch existed: a list noted on the champion commit ---------------------
     def save_failed_proposal(self, rec: FailedProposal) -> None:
-        items = self._notes(PROPOSALS_REF).get(rec.champion, [])
+        note = self._notes(PROPOSALS_REF).get(rec.champion)
+        items = note[1].get("items", []) if note is not None and isinstance(note[1], dict) else []
         items = (items if isinstance(items, list) else []) + [rec.model_dump(mode="json")]
-        self._write_note(rec.champion, json.dumps(items, indent=1), PROPOSALS_REF)
+        self._write_note(rec.champion, json.dumps({"kind": "proposals", "items": items}), PROPOSALS_REF)
 
     def failed_proposals(self) -> list[FailedProposal]:
         """Every refused proposal, oldest first."""
-        out = [self._load(FailedProposal, i, commit, PROPOSALS_REF) for commit, items in self._notes(PROPOSALS_REF).items()
-               if isinstance(items, list) for i in items if isinstance(i, dict)]
+        out = []
+        for commit, (blob, value) in self._notes(PROPOSALS_REF).items():
+            items = value.get("items") if isinstance(value, dict) else None
+            for i, item in enumerate(items if isinstance(items, list) else []):
+                out.append(self._load(FailedProposal, (blob, item), commit, PROPOSALS_REF, i) if isinstance(item, dict)
+                           else None)
         return sorted((r for r in out if r is not None), key=lambda r: r.at)
 
     def spent_today(self) -> float:
@@ -269,10 +479,14 @@ class LocalForge:
 
     # --- experiments ----------------------------------------------------------------------
     def next_number(self) -> int:
-        numbers = [r.number for r in self.experiments()]
-        pattern = re.compile(re.escape(self.branch_prefix) + r"(\d+)$")
-        numbers += [int(m.group(1)) for h in self.repo.heads if (m := pattern.match(h.name))]
-        return max(numbers, default=0) + 1
+        """One more than any experiment's number and any experiment branch's (listed once per forge: a branch
+        without a record is left by a note lost or skipped; every later branch is made with its record)."""
+        if self._branch_number is None:
+            pattern = re.compile(re.escape(self.branch_prefix) + r"(\d+)$")
+            self._branch_number = max((int(m.group(1)) for h in self.repo.heads if (m := pattern.match(h.name))),
+                                      default=0)
+        recs = self.experiments()
+        return max(self._branch_number, recs[-1].number if recs else 0) + 1
 
     def open_experiment(self, proposal: Proposal, parent: str, started_at: str) -> ExperimentRecord:
         """One commit on top of the champion, its note, then its branch: the record exists before the branch."""
@@ -294,7 +508,7 @@ class LocalForge:
     def moved_branch(self, rec: ExperimentRecord) -> str | None:
         """Why rec's branch no longer holds its commit (someone moved it), or None."""
         ref = f"refs/heads/{rec.branch}"
-        sha = self.repo.git.rev_parse(ref) if self.has_ref(ref) else rec.commit
+        sha = self._ref_sha(ref) or rec.commit
         return None if sha == rec.commit else f"branch {rec.branch} points at {sha[:12]}, not the experiment's commit {rec.commit[:12]}"
 
     def ensure_branch(self, rec: ExperimentRecord) -> None:
@@ -308,7 +522,7 @@ class LocalForge:
         entries = []
         for path, text in files.items():
             data = text.encode()
-            binsha = self.repo.odb.store(IStream("blob", len(data), BytesIO(data))).binsha
+            binsha = self._store_blob(data)
             try:
                 mode = parent_commit.tree[path].mode
             except KeyError:
@@ -390,9 +604,10 @@ class LocalForge:
         return log
 
     def has_ref(self, ref: str) -> bool:
-        try:
-            self.repo.git.rev_parse("--verify", "--quiet", ref)
-            return True
-        except git.GitCommandError:
-            return False
+        """Whether the full ref name `ref` (refs/...) exists."""
+        return self._ref_sha(ref) is not None
+
+    def _store_blob(self, data: bytes) -> bytes:
+        """A blob written as a loose object in process (no git command); its binary sha."""
+        return self._objects.store(IStream("blob", len(data), BytesIO(data))).binsha
 

@@ -9,6 +9,7 @@ verdict is posted when it changes, the comment is upserted, merges carry the hea
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from datetime import datetime, timezone
 
@@ -39,6 +40,8 @@ class Driver:
         self.lf = self.surface.store
         self.lease = Lease(self.surface.git, local, holder or holder_name("driver"))
         self.lease_wait = lease_wait
+        self._reader: LocalForge | None = None  # /healthz's own handle on the mirror (the worker writes through lf)
+        self._reading = threading.Lock()
         slots = config.github.max_in_flight
         self.stepper = Stepper(self.lf, GitHubActions(forge, slots, budget), self.surface, proposer, config.target,
                                lc.Rules.of(policy, config.target, config.metric), slots, keep=self.lease.keep,
@@ -105,8 +108,13 @@ class Driver:
         """What `/healthz` shows of the research: each evaluate run in flight (a runner each), the runs asked for
         and not started yet, runs per hour, the stale rate and the champion's trajectory. Reads its own handle on
         the mirror (the webhook worker writes through another)."""
-        forge = LocalForge(git.Repo(self.local.git_dir), champion_branch=self.config.run.champion_branch,
-                           branch_prefix=self.config.run.branch_prefix)
+        with self._reading:
+            if self._reader is None:  # kept: its index makes each /healthz read only the notes that changed
+                self._reader = LocalForge(git.Repo(self.local.git_dir), champion_branch=self.config.run.champion_branch,
+                                          branch_prefix=self.config.run.branch_prefix)
+            return self._progress(self._reader)
+
+    def _progress(self, forge: LocalForge) -> dict:
         recs = forge.experiments()
         owners = [r for r in recs if lc.is_active(r)] + [forge.champion_record(sha) for sha in {r.parent for r in recs}]
         pending = [s for o in owners for s in o.pending]
@@ -120,4 +128,5 @@ class Driver:
                 "runs_per_hour": round(made / hours, 1) if hours > 0 else None,
                 "stale_rate": rate, "stale": stale, "decided": decided,
                 "trajectory": [{"experiment": e, self.config.metric.key(): v}
-                               for e, v in champion_steps(forge.champion_log())]}
+                               for e, v in champion_steps(forge.champion_log())],
+                "skipped_notes": forge.unreadable_notes()}  # forged, edited or unsigned notes: ignored

@@ -193,6 +193,13 @@ class GitHubSurface:
         if rec is not None:
             self._comment(rec, f"### {rec.id}: the champion fails\n\n{reason[:3000]}")
 
+    def notes_skipped(self, rec: ExperimentRecord, lines: list[str]) -> None:
+        """A comment of its own on the experiment's PR (the results comment is left as it is); none without a PR."""
+        if (pr := self.forge.find_pr(rec.branch)) is not None:
+            pr.create_issue_comment(
+                f"### {rec.id}: notes ignored\n\nNotes not signed by arbot's key were written about this experiment; "
+                "arbot ignores them and goes on with its own records:\n\n" + "\n".join(f"- {line[:500]}" for line in lines[:10]))
+
     def refused(self, error: ProposalRejected) -> None:
         log.warning("proposal refused (no branch made): %s", error)
 

@@ -6,12 +6,15 @@ stepper, and no branch can be pushed to meanwhile but by hand (`moved_branch`: t
 
 from __future__ import annotations
 
+import logging
 from typing import Protocol
 
 from bot.core import lifecycle as lc
 from bot.core.records import ChampionRecord, ExperimentRecord
 from bot.forges.local import LocalForge
 from bot.proposers.failures import ProposalRejected
+
+log = logging.getLogger("arbot.loop")
 
 
 class ChampionBroken(RuntimeError):
@@ -73,6 +76,10 @@ class LocalSurface:
 
     def champion_fails(self, rec: ExperimentRecord | None, reason: str) -> None:
         raise ChampionBroken(reason)
+
+    def notes_skipped(self, rec: ExperimentRecord, lines: list[str]) -> None:
+        for line in lines:
+            log.warning("%s: %s", rec.id, line)
 
     def refused(self, error: ProposalRejected) -> None:
         self.report.refused(error)
