@@ -4,6 +4,7 @@ was meant, an experiment with no score, a verdict said once, `arbot log` readabl
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +23,8 @@ ARBOT = [sys.executable, "-m", "bot"]
 
 def arbot(repo: git.Repo, *args: str, columns: int = 200) -> subprocess.CompletedProcess:
     return subprocess.run([*ARBOT, *args, "--repo", repo.working_tree_dir], capture_output=True, text=True,
-                          env={"COLUMNS": str(columns), "PATH": "/usr/bin:/bin"}, timeout=300)
+                          env={"COLUMNS": str(columns), "PATH": "/usr/bin:/bin",
+                               "ARBOT_SIGNING_KEY": os.environ["ARBOT_SIGNING_KEY"]}, timeout=300)
 
 
 @pytest.mark.parametrize("value", ["off", "on", "no", "yes"])
