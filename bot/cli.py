@@ -157,6 +157,10 @@ def run(
         start, end = p.forge.champion_record(first), p.forge.champion_record(p.forge.champion())
         console.print(f"champion {start.commit[:7]} -> {end.commit[:7]}: {champion_summary(start.runs, metric)} -> "
                       f"{champion_summary(end.runs, metric)}; results in {results}")
+        if loop.stopped is not None:
+            console.print(f"[yellow]the campaign ended early[/]: {shown(loop.stopped.stopped)}")
+            if loop.stopped.failed:
+                raise typer.Exit(1)
 
 
 def make_executor(p: Project, on_run: RunDisplay) -> Executor:

@@ -158,3 +158,22 @@ def test_log_and_status_survive_corrupted_notes_and_print_text_as_written(resear
     table = results_table(forge.experiments(), DEFAULT_METRIC)
     assert len(table.splitlines()) == 2 and "\x1b" not in table and "\x07" not in table
     assert len(table.splitlines()[1].split("\t")) == len(table.splitlines()[0].split("\t"))
+
+
+@pytest.mark.slow
+def test_a_search_space_used_up_ends_the_run_cleanly(tmp_path):
+    """One knob with one other value: after its experiment (a loss: the margin is out of reach) the search has
+    nothing left to propose on this champion, and `arbot run -n 5` ends at once, exit 0, saying why."""
+    from .conftest import make_repo, tiny_config
+
+    others = ["DEPTH", "N_EMBD", "N_HEAD", "SEQ_LEN", "BATCH_SIZE", "LEARNING_RATE", "WARMDOWN_FRAC", "WEIGHT_DECAY",
+              "BETA1", "BETA2", "GRAD_CLIP", "EVAL_BATCH"]
+    repo = make_repo(tmp_path / "r", tiny_config(policy={"margin": 10.0},
+                                                 search={"knobs": {"WARMUP_FRAC": {"choices": [0.05, 0.1]}},
+                                                         "exclude": others}))
+    r = arbot(repo, "run", "-n", "5", "--proposer", "search", timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Traceback" not in r.stdout + r.stderr
+    assert "the campaign ended early" in r.stdout and "exhausted" in r.stdout
+    [only] = LocalForge(repo).experiments()
+    assert only.proposal.params["WARMUP_FRAC"] == 0.1 and only.decision.verdict == "loss"

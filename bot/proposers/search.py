@@ -194,7 +194,7 @@ def _describe(c: KnobChange) -> str:
 
 def _exhausted(ctx: ProposalContext, n_knobs: int) -> Proposal:
     raise SearchExhausted(
-        f"the search space around champion {ctx.champion[:7]} is exhausted: every value of its {n_knobs} knobs "
+        f"the search space around champion {ctx.champion[:7]} is exhausted: every value of its {n_knobs} knob(s) "
         f"within their ranges (refined down to {NOVELTY / 2 ** REFINE_LEVELS:.2%} of each range) and every pair of "
         f"the best changes was tried on it. Widen search.knobs, exclude fewer knobs, or edit {ctx.script_path} by hand")
 

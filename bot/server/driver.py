@@ -103,8 +103,9 @@ class Driver:
 
     def progress(self) -> dict:
         """What `/healthz` shows of the research: each evaluate run in flight (a runner each), the runs asked for
-        and not started yet, runs per hour, the stale rate and the champion's trajectory. Reads its own handle on
-        the mirror (the webhook worker writes through another)."""
+        and not started yet, runs per hour, the stale rate, the champion's trajectory and why proposing stopped
+        (the search space around the champion ran out), if it did. Reads its own handle on the mirror (the webhook
+        worker writes through another)."""
         forge = LocalForge(git.Repo(self.local.git_dir), champion_branch=self.config.run.champion_branch,
                            branch_prefix=self.config.run.branch_prefix)
         recs = forge.experiments()
@@ -119,5 +120,6 @@ class Driver:
                 "queued": sum(s.run_id is None for s in pending),
                 "runs_per_hour": round(made / hours, 1) if hours > 0 else None,
                 "stale_rate": rate, "stale": stale, "decided": decided,
+                "proposing_stopped": self.stepper.exhausted(forge.champion()),
                 "trajectory": [{"experiment": e, self.config.metric.key(): v}
                                for e, v in champion_steps(forge.champion_log())]}
