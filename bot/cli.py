@@ -16,6 +16,7 @@ from rich.table import Table
 
 from bot.audit import audit_win, regression_rate, revert_win
 from bot import report as campaign_report
+from bot import retention
 from bot.bench.cli import bench_app
 from bot.config import CONFIG_FILE, Config, ConfigError, load_config, local_sandbox
 from bot.forges.local import ForgeError, LocalForge
@@ -61,7 +62,7 @@ class Project:
         self.config: Config = load_config(config or self.root / CONFIG_FILE)
         self.forge = LocalForge(self.repo, self.config.run.champion_branch, self.config.run.branch_prefix)
         self.config_file = config or self.root / CONFIG_FILE
-        self.runs_dir = self.root / ".arbot" / "runs"
+        self.runs_dir = self.root / retention.RUNS_DIR
         self.runner = Runner(self.repo, self.config.target, self.config.evaluator, artifacts=self.runs_dir)
         self.status_file = Path(self.repo.git_dir) / "arbot-status.json"  # a running `arbot run`'s state
 
@@ -138,7 +139,7 @@ def run(
         results = p.root / p.config.run.results_file
         try:
             with progress:
-                done = loop.campaign(limit, CampaignReport(p.forge, results, metric))
+                done = loop.campaign(limit, CampaignReport(p.forge, results, metric, p.runs_dir, p.config.run.keep_models))
         except KeyboardInterrupt:
             # Ctrl-C may have cut a read from git's persistent cat-file process mid-answer: start fresh ones
             p.repo.git.clear_cache()
@@ -182,8 +183,12 @@ def make_executor(p: Project, on_run: RunDisplay) -> Executor:
 class CampaignReport:
     """What `arbot run` prints as experiments finish (results.tsv is written after each)."""
 
-    def __init__(self, forge: LocalForge, results: Path, metric: Metric):
+    def __init__(self, forge: LocalForge, results: Path, metric: Metric, runs_dir: Path | None = None,
+                 keep_models: int | None = None):
+        """`keep_models`: after each decision, remove the models of older experiments (bot.retention); None: keep
+        every model."""
         self.forge, self.results, self.metric = forge, results, metric
+        self.runs_dir, self.keep_models = runs_dir, keep_models
 
     def measured(self, champion: ChampionRecord) -> None:
         console.print(f"champion {champion.commit[:7]}: {champion_summary(champion.runs, self.metric)}")
@@ -191,6 +196,8 @@ class CampaignReport:
     def finished(self, rec: ExperimentRecord) -> None:
         console.print(describe(rec, self.metric))
         export_results(self.forge, self.results, self.metric)
+        if self.runs_dir is not None and self.keep_models is not None:
+            retention.collect(self.forge, self.runs_dir, self.keep_models)
 
     def refused(self, error: ProposalRejected) -> None:
         console.print(f"[red]proposal refused[/] (no branch made): {shown(error)}")
@@ -263,9 +270,34 @@ def status(repo: Path = typer.Option(Path("."), "--repo"), config: Optional[Path
         console.print(f"champion {sha[:7]}: {champion_summary(p.forge.champion_record(sha).runs, p.config.metric)} "
                       "(noise floor)")
         console.print(f"experiments: {len(recs)} " + " ".join(f"{k}={v}" for k, v in sorted(counts.items())))
-        for line in campaign_report.campaign_lines(p.forge, recs) + progress_lines(p, recs):
+        for line in campaign_report.campaign_lines(p.forge, recs) + progress_lines(p, recs) + [models_line(p)]:
             console.print(shown(line))
         unreadable_lines(p.forge)
+
+
+def models_line(p: Project) -> str:
+    """The model files kept and what the campaign will keep (bot.retention)."""
+    return retention.config_projection(p.config, p.root, p.forge).line
+
+
+@app.command()
+def gc(
+    keep: Optional[int] = typer.Option(None, "--keep", min=0, help="decided experiments whose models are kept "
+                                       "(default: run.keep_models)"),
+    repo: Path = typer.Option(Path("."), "--repo"),
+    config: Optional[Path] = typer.Option(None, "--config"),
+):
+    """Remove the model files of old experiments from .arbot/runs: the champion's, the open experiments' and the
+    last N decided experiments' stay. Records, notes, results and run summaries are never touched."""
+    with clear_errors():
+        p = Project(repo, config)
+        n = keep if keep is not None else p.config.run.keep_models
+        if n is None:
+            raise ConfigError("run.keep_models is null (keep every model): give --keep N")
+        removed = retention.collect(p.forge, p.runs_dir, n)
+        left = retention.usage(p.runs_dir)
+        console.print(f"removed {removed.files} model file(s) ({retention.mib(removed.bytes)}); "
+                      f"{left.files} kept ({retention.mib(left.bytes)}) in {p.runs_dir}")
 
 
 def unreadable_lines(forge: LocalForge) -> None:

@@ -27,6 +27,7 @@ from bot.config import CONFIG_FILE, Config, ConfigError, GitHubAuthConfig, load_
 from bot.core.lifecycle import CHAMPION_FAILURES
 from bot.core.records import val_runs
 from bot.executors.pool import shares, unboxed, visible_gpus, worker_count
+from bot import retention
 from bot.forges.local import LocalForge
 from bot.github.forge import EVALUATE_WORKFLOW, VERDICT_CHECK, GitHubForge, GitHubForgeError, connect
 from bot.github.setup import GUARDED
@@ -601,5 +602,6 @@ def diagnose(repo_dir: Path, config_path: Path | None = None, environ: Mapping[s
     yield from check_limits(config, sandboxed=checked.status == OK)
     yield check_devices(config, None if set(devices(config).values()) == {"cpu"} else probe_torch())
     yield from check_disk(config, runner.cache, splits_bytes)
+    yield check_models(config, repo)
     if config.github.repo:
         yield from github_checks(config, committed_files(repo, repo.head.commit.hexsha), environ, github_kwargs or {})
