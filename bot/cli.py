@@ -26,7 +26,7 @@ from bot.loop import Loop, export_results
 from bot.stepper import RunsLost, now
 from bot.surfaces.local import ChampionBroken
 from bot.plot import plot as draw
-from bot.progress import champion_steps, live, trajectory
+from bot.progress import champion_steps, live, lost_line, lost_runs, trajectory
 from bot.core.policy import make_policy
 from bot.proposers.base import ProposalError
 from bot.proposers.factory import make_proposer
@@ -237,7 +237,17 @@ def log(repo: Path = typer.Option(Path("."), "--repo"), config: Optional[Path] =
             history.add_row(sha[:7], *(shown(t.get(k, "")) for k in ("Experiment", "Metric", "Baseline", "Delta", "Rule",
                                                                       "Proposer")))
         console.print(history)
-        console.print(experiment_table(p.forge.experiments(), p.config.metric))
+        recs = p.forge.experiments()
+        console.print(experiment_table(recs, p.config.metric))
+        lost = lost_runs(owners(p.forge, recs))
+        if lost:
+            table = Table(title="lost runs (the machine's failures: each was made again, none counts for a candidate)")
+            for col in ("at", "of", "run", "job", "node", "reason"):
+                table.add_column(col)
+            for whose, run in lost:
+                table.add_row(shown(run.at), shown(whose), shown(run.key), shown(run.job), shown(run.node),
+                              shown(run.reason[:300]))
+            console.print(table)
         refused = p.forge.failed_proposals()
         if refused:
             table = Table(title="refused proposals (no branch)")
@@ -270,14 +280,21 @@ def status(repo: Path = typer.Option(Path("."), "--repo"), config: Optional[Path
         console.print(f"champion {sha[:7]}: {champion_summary(p.forge.champion_record(sha).runs, p.config.metric)} "
                       "(noise floor)")
         console.print(f"experiments: {len(recs)} " + " ".join(f"{k}={v}" for k, v in sorted(counts.items())))
-        for line in campaign_report.campaign_lines(p.forge, recs) + progress_lines(p, recs) + [models_line(p)]:
+        lines = campaign_report.campaign_lines(p.forge, recs) + progress_lines(p, recs) + [models_line(p, recs)]
+        for line in lines + [x for x in [lost_line(lost_runs(owners(p.forge, recs)))] if x]:
             console.print(shown(line))
         unreadable_lines(p.forge)
 
 
-def models_line(p: Project) -> str:
+def owners(forge: LocalForge, recs: list[ExperimentRecord]) -> list[ExperimentRecord | ChampionRecord]:
+    """Every record runs belong to: the experiments, and each champion measured (the current one included)."""
+    shas = sorted({r.parent for r in recs} | {forge.champion()})
+    return [*recs, *forge.champion_records(shas).values()]
+
+
+def models_line(p: Project, recs: list[ExperimentRecord]) -> str:
     """The model files kept and what the campaign will keep (bot.retention)."""
-    return retention.config_projection(p.config, p.root, p.forge).line
+    return retention.config_projection(p.config, p.root, recs).line
 
 
 @app.command()
@@ -322,6 +339,8 @@ def progress_lines(p: Project, recs: list[ExperimentRecord]) -> list[str]:
         lines.append(f"running (pid {state['pid']}, {state['in_flight']} experiments in flight at most): {busy}; "
                      f"queued runs: {state['queued']}; runs made: {state['runs_made']}"
                      + (f" ({rate_h} per hour)" if rate_h is not None else "") + f"; as of {state['updated_at']}")
+        for job, why in state.get("blocked", {}).items():
+            lines.append(f"not started by the cluster: {job} ({why}); `sinfo -R` says why")
     return lines
 
 
@@ -335,7 +354,7 @@ def plot(
     with clear_errors():
         p = Project(repo, config)
         recs = p.forge.experiments()
-        champions = {sha: p.forge.champion_record(sha) for sha in {r.parent for r in recs}}
+        champions = p.forge.champion_records({r.parent for r in recs})
         points = trajectory(recs, champions, p.config.metric)
         if not points:
             raise ConfigError("no decided experiment yet: `arbot run` first")

@@ -440,6 +440,15 @@ def check_disk(config: Config, cache: Path, splits_bytes: int) -> list[Check]:
     return [work_check, cache_check]
 
 
+def check_models(config: Config, repo: git.Repo) -> Check:
+    """The model files local runs keep, and what the configured campaign will keep (bot.retention)."""
+    forge = LocalForge(repo, config.run.champion_branch, config.run.branch_prefix)
+    seen = retention.config_projection(config, Path(repo.working_tree_dir), forge.experiments())
+    if seen.short:
+        return warn("disk (models)", seen.line, "free space, or lower run.keep_models (null keeps every model)")
+    return ok("disk (models)", seen.line)
+
+
 # --- GitHub mode ------------------------------------------------------------------------------------------
 def answered(e: GithubException) -> str:
     message = e.data.get("message") if isinstance(e.data, dict) else e.data

@@ -125,7 +125,8 @@ class Loop:
         made, busy = self.stepper.made, self.executor.busy()
         state = {"pid": os.getpid(), "updated_at": now(), "in_flight": self.stepper.slots, "busy": busy,
                  "queued": len(self.stepper.in_flight) - len(busy),
-                 "runs_per_hour": round(made / hours, 1) if hours > 0 else None, "runs_made": made}
+                 "runs_per_hour": round(made / hours, 1) if hours > 0 else None, "runs_made": made,
+                 "blocked": getattr(self.executor, "blocked", dict)()}  # only a cluster's jobs wait on its nodes
         tmp = self.status_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(state) + "\n")
         tmp.replace(self.status_file)

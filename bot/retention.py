@@ -16,6 +16,7 @@ from pathlib import Path
 from bot.config import Config
 from bot.core import lifecycle as lc
 from bot.executors.pool import worker_count
+from bot.core.records import ExperimentRecord
 from bot.forges.local import LocalForge
 from runner.config import SUMMARY_FILE
 
@@ -81,9 +82,9 @@ def collect(forge: LocalForge, runs_dir: Path, keep: int) -> Usage:
     return removed
 
 
-def runs_per_experiment(forge: LocalForge) -> float:
+def runs_per_experiment(recs: list[ExperimentRecord]) -> float:
     """The mean number of runs a decided experiment made (its champion's floor aside), at least 1."""
-    decided = [r for r in forge.experiments() if r.decision is not None]
+    decided = [r for r in recs if r.decision is not None]
     return max(1.0, sum(len(r.runs) for r in decided) / len(decided)) if decided else 2.0
 
 
@@ -119,8 +120,8 @@ def mib(n: float) -> str:
     return f"{n / 2**20:.1f} MiB" if n < 2**30 else f"{n / 2**30:.1f} GiB"
 
 
-def config_projection(config: Config, root: Path, forge: LocalForge) -> Projection:
-    """The projection for the configured campaign of the repository at `root`."""
+def config_projection(config: Config, root: Path, recs: list[ExperimentRecord]) -> Projection:
+    """The projection for the configured campaign of the repository at `root`, whose experiments are `recs`."""
     run = config.run
     slots = worker_count(run.workers, config.target) if run.executor == "local" else config.slurm.max_jobs
-    return projection(root / RUNS_DIR, run.keep_models, slots, runs_per_experiment(forge), run.experiments)
+    return projection(root / RUNS_DIR, run.keep_models, slots, runs_per_experiment(recs), run.experiments)

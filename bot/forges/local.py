@@ -11,6 +11,7 @@ import json
 import logging
 import re
 import tempfile
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from io import BytesIO
 from typing import TypeVar
@@ -164,6 +165,18 @@ class LocalForge:
         if isinstance(note, dict) and note.get("kind") == "champion":
             return self._load(ChampionRecord, note, sha) or ChampionRecord(commit=sha)
         return ChampionRecord(commit=sha)
+
+    def champion_records(self, shas: Iterable[str]) -> dict[str, ChampionRecord]:
+        """The records of these champion commits, from one read of the notes (champion_record reads them all for
+        one): what `status`, `log`, `plot` and the report need at once."""
+        notes = self._notes()
+        out = {}
+        for sha in shas:
+            note = notes.get(sha)
+            loaded = self._load(ChampionRecord, note, sha) if isinstance(note, dict) and note.get("kind") == "champion" \
+                else None
+            out[sha] = loaded or ChampionRecord(commit=sha)
+        return out
 
     # --- proposals refused before a branch existed: a JSON list noted on the champion commit ---------------
     def save_failed_proposal(self, rec: FailedProposal) -> None:

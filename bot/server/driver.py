@@ -109,7 +109,7 @@ class Driver:
         forge = LocalForge(git.Repo(self.local.git_dir), champion_branch=self.config.run.champion_branch,
                            branch_prefix=self.config.run.branch_prefix)
         recs = forge.experiments()
-        owners = [r for r in recs if lc.is_active(r)] + [forge.champion_record(sha) for sha in {r.parent for r in recs}]
+        owners = [r for r in recs if lc.is_active(r)] + list(forge.champion_records({r.parent for r in recs}).values())
         pending = [s for o in owners for s in o.pending]
         made = sum(len(r.runs) for r in recs)
         starts = sorted(r.started_at for r in recs if r.started_at)
