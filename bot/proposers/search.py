@@ -40,7 +40,8 @@ PENDING_SEED_STEP = 7919  # a prime: the sampler's seed differs for each number 
 NOVELTY = 0.05  # a sampled value must differ from every tried one by 5% of the knob's range
 REFINE_LEVELS = 4  # refine halves the step this many times at most (down to NOVELTY / 16 of the range)
 REFINE_STEPS = 4  # steps each side of the champion's value at each level
-COMBINE_TOP = 8  # the best single changes (one per knob) whose pairs are tried together
+COMBINE_TOP = 16  # the best single changes whose pairs (of two knobs) are tried together
+STUDY_HISTORY = 200  # the most recent experiments the sampler learns from: a proposal's cost stays flat
 FRACTION = (0.05, 1.0)  # a float in [0.05, 1) reads as a fraction (a beta, a dropout): searched linearly in [0, 1]
 SCALE = 10.0  # a scale-like float is searched in [value / SCALE, value * SCALE], log scale
 INT_SCALE = 4  # a positive int in [value / INT_SCALE, value * INT_SCALE], log scale
@@ -137,13 +138,10 @@ class SearchProposer:
             if len(rec.proposal.knobs) == 1 and values and rec.proposal.knobs[0].name in dists:
                 scored.append((fmean(values) if ctx.metric.direction == "minimize" else -fmean(values), rec.id,
                                rec.proposal.knobs[0]))
-        best: dict[str, KnobChange] = {}
-        for _, _, change in sorted(scored, key=lambda s: (s[0], s[1])):
-            best.setdefault(change.name, change)
-        top = list(best.values())[:COMBINE_TOP]
+        top = [change for _, _, change in sorted(scored, key=lambda s: (s[0], s[1]))][:COMBINE_TOP]
         for a, b in itertools.combinations(top, 2):
             pair = frozenset({(a.name, a.new), (b.name, b.new)})
-            if pair not in tried:
+            if a.name != b.name and pair not in tried:
                 why = (f"Every single value near this champion's was tried: {a.name}={format_value(a.new)} and "
                        f"{b.name}={format_value(b.new)}, two of the best single changes measured on it, together.")
                 return self._proposal(ctx, {a.name: a.new, b.name: b.new}, current, why,
@@ -163,7 +161,7 @@ class SearchProposer:
         sampler = (optuna.samplers.RandomSampler(seed=seed) if self.cfg.sampler == "random"
                    else optuna.samplers.TPESampler(seed=seed, constant_liar=bool(pending)))
         study = optuna.create_study(direction=metric.direction, sampler=sampler)
-        for rec in history + pending:
+        for rec in history[-STUDY_HISTORY:] + pending:
             trial = _past_trial(rec, choice, dists, metric.key())
             if trial is not None:
                 study.add_trial(trial)
