@@ -32,7 +32,7 @@ from bot.proposers.base import ProposalError
 from bot.proposers.factory import make_proposer
 from bot.proposers.failures import ProposalRejected
 from bot.core.records import ChampionRecord, ExperimentRecord, Metric, ok_metric
-from bot.results import row
+from bot.results import results_table, row
 from bot.tracking import make_tracker
 from runner.config import TargetConfig
 from runner.result import clean_text
@@ -195,9 +195,10 @@ class CampaignReport:
 
     def finished(self, rec: ExperimentRecord) -> None:
         console.print(describe(rec, self.metric))
-        export_results(self.forge, self.results, self.metric)
+        recs = self.forge.experiments()
+        self.results.write_text(results_table(recs, self.metric))
         if self.runs_dir is not None and self.keep_models is not None:
-            retention.collect(self.forge, self.runs_dir, self.keep_models)
+            retention.collect(self.forge, self.runs_dir, self.keep_models, recs)
 
     def refused(self, error: ProposalRejected) -> None:
         console.print(f"[red]proposal refused[/] (no branch made): {shown(error)}")

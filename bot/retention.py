@@ -55,12 +55,11 @@ def usage(runs_dir: Path) -> Usage:
     return Usage(len(files), sum(f.stat().st_size for f in files))
 
 
-def kept_commits(forge: LocalForge, keep: int) -> set[str]:
+def kept_commits(forge: LocalForge, keep: int, experiments: list[ExperimentRecord]) -> set[str]:
     """commit[:12] of every model to keep: the champion (and each commit its runs trained), the experiments open,
-    the `keep` most recently decided ones."""
+    the `keep` most recently decided ones (of `experiments`, every experiment in the notes)."""
     champion = forge.champion()
     kept = {champion[:12]} | {r.commit[:12] for r in forge.champion_record(champion).runs if r.commit}
-    experiments = forge.experiments()
     kept |= {r.commit[:12] for r in experiments if lc.is_active(r)}
     decided = sorted((r for r in experiments if not lc.is_active(r)), key=lambda r: (r.finished_at or "", r.number))
     if keep > 0:
@@ -68,9 +67,11 @@ def kept_commits(forge: LocalForge, keep: int) -> set[str]:
     return kept
 
 
-def collect(forge: LocalForge, runs_dir: Path, keep: int) -> Usage:
-    """Remove every model file not kept (kept_commits); the summaries stay. Returns what was removed."""
-    kept, removed = kept_commits(forge, keep), Usage()
+def collect(forge: LocalForge, runs_dir: Path, keep: int, experiments: list[ExperimentRecord] | None = None) -> Usage:
+    """Remove every model file not kept (kept_commits; `experiments`: the notes' experiments, when already read);
+    the summaries stay. Returns what was removed."""
+    kept = kept_commits(forge, keep, forge.experiments() if experiments is None else experiments)
+    removed = Usage()
     for commit, files in model_files(runs_dir).items():
         if commit in kept:
             continue
