@@ -3,7 +3,10 @@
     python benchmarks/long_run.py [--experiments 150] [--budget 0.5] [--keep 3] [--workers 1] [--json]
 
 A fresh repository holds a copy of examples/digits (a numpy MLP scored by accuracy, its own evaluator) with the
-default search proposer and policy, `target.budget_seconds` set to --budget and `run.keep_models` to --keep. One
+default search proposer and policy, `target.budget_seconds` set to --budget and `run.keep_models` to --keep. Its
+search section is dropped (`--example-ranges` keeps it): every knob is searched in a range from its value, as a
+user's script without configured ranges is (the example's few choices run out on one champion after about 130
+experiments). One
 `arbot run -n N` makes the campaign, as a user would start it (real runner, sandbox, evaluator). Reported: its
 exit code, the experiments decided and merged, the stages the search used (sample, refine-*, combine), how the run
 ended, the wall time, and the model files left in .arbot/runs against the retention bound: the champion's runs,
@@ -30,9 +33,11 @@ from common import BENCH_GIT, ROOT, print_table
 sys.path.insert(0, str(ROOT))
 
 
-def make_repo(dest: Path, budget: float, keep: int, workers: int) -> None:
+def make_repo(dest: Path, budget: float, keep: int, workers: int, example_ranges: bool) -> None:
     shutil.copytree(ROOT / "examples" / "digits", dest, ignore=shutil.ignore_patterns("__pycache__", ".arbot"))
     config = yaml.safe_load((dest / "arbot.yml").read_text())
+    if not example_ranges:
+        del config["search"]
     config["target"]["budget_seconds"] = budget
     config["run"] = {"keep_models": keep, "workers": workers}
     (dest / "arbot.yml").write_text(yaml.safe_dump(config))
@@ -42,14 +47,14 @@ def make_repo(dest: Path, budget: float, keep: int, workers: int) -> None:
         subprocess.run(argv, cwd=dest, check=True, env=env)
 
 
-def campaign(experiments: int, budget: float, keep: int, workers: int, tmp: Path) -> dict:
+def campaign(experiments: int, budget: float, keep: int, workers: int, example_ranges: bool, tmp: Path) -> dict:
     from bot import retention
     from bot.forges.local import LocalForge
 
     import git
 
     repo = tmp / "digits"
-    make_repo(repo, budget, keep, workers)
+    make_repo(repo, budget, keep, workers, example_ranges)
     start = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "bot", "run", "-n", str(experiments), "--repo", str(repo)],
                           capture_output=True, text=True)
@@ -59,7 +64,8 @@ def campaign(experiments: int, budget: float, keep: int, workers: int, tmp: Path
     models = retention.usage(repo / retention.RUNS_DIR)
     champion_runs = len(forge.champion_record(forge.champion()).runs)
     per_experiment = max((len(r.runs) for r in recs), default=0)
-    ended = next((line for line in done.stdout.splitlines() if "ended early" in line), "")
+    said = " ".join(done.stdout.split())
+    ended = said[said.index("the campaign ended early"):] if "the campaign ended early" in said else ""
     return {"exit": done.returncode, "minutes": round(minutes, 1), "experiments": len(recs),
             "decided": sum(r.decision is not None for r in recs), "merged": sum(bool(r.merged_as) for r in recs),
             "stages": dict(Counter(str(r.proposal.params.get("stage", "-")) for r in recs)),
@@ -74,10 +80,11 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=0.5, help="training seconds per run")
     ap.add_argument("--keep", type=int, default=3, help="run.keep_models")
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--example-ranges", action="store_true", help="keep the example's search ranges")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="arbot-long-run-") as tmp:
-        out = campaign(args.experiments, args.budget, args.keep, args.workers, Path(tmp))
+        out = campaign(args.experiments, args.budget, args.keep, args.workers, args.example_ranges, Path(tmp))
     if args.json:
         print(json.dumps(out))
         return
