@@ -17,6 +17,7 @@ from rich.table import Table
 
 from bot.audit import audit_win, regression_rate, revert_win
 from bot import report as campaign_report
+from bot import retention
 from bot.bench.cli import bench_app
 from bot.config import CONFIG_FILE, Config, ConfigError, load_config, local_sandbox
 from bot.forges.local import ForgeError, LocalForge
@@ -26,13 +27,13 @@ from bot.loop import Loop, export_results
 from bot.stepper import RunsLost, now
 from bot.surfaces.local import ChampionBroken
 from bot.plot import plot as draw
-from bot.progress import champion_steps, live, trajectory
+from bot.progress import champion_steps, live, lost_line, lost_runs, trajectory
 from bot.core.policy import make_policy
 from bot.proposers.base import ProposalError
 from bot.proposers.factory import make_proposer
 from bot.proposers.failures import ProposalRejected
 from bot.core.records import ChampionRecord, ExperimentRecord, Metric, ok_metric
-from bot.results import row
+from bot.results import results_table, row
 from bot.signing import KEYS_FILE
 from bot.tracking import make_tracker
 from runner.config import TargetConfig
@@ -63,7 +64,7 @@ class Project:
         self.config: Config = load_config(config or self.root / CONFIG_FILE)
         self.forge = LocalForge(self.repo, self.config.run.champion_branch, self.config.run.branch_prefix)
         self.config_file = config or self.root / CONFIG_FILE
-        self.runs_dir = self.root / ".arbot" / "runs"
+        self.runs_dir = self.root / retention.RUNS_DIR
         self.runner = Runner(self.repo, self.config.target, self.config.evaluator, artifacts=self.runs_dir)
         self.status_file = Path(self.repo.git_dir) / "arbot-status.json"  # a running `arbot run`'s state
 
@@ -168,7 +169,7 @@ def run(
                 console.print(describe(rec, metric))
         try:
             with progress:
-                done = loop.campaign(limit, CampaignReport(p.forge, results, metric))
+                done = loop.campaign(limit, CampaignReport(p.forge, results, metric, p.runs_dir, p.config.run.keep_models))
         except KeyboardInterrupt:
             # Ctrl-C may have cut a read from git's persistent cat-file process mid-answer: start fresh ones
             p.repo.git.clear_cache()
@@ -187,6 +188,10 @@ def run(
         start, end = p.forge.champion_record(first), p.forge.champion_record(p.forge.champion())
         console.print(f"champion {start.commit[:7]} -> {end.commit[:7]}: {champion_summary(start.runs, metric)} -> "
                       f"{champion_summary(end.runs, metric)}; results in {results}")
+        if loop.stopped is not None:
+            console.print(f"[yellow]the campaign ended early[/]: {shown(loop.stopped.stopped)}")
+            if loop.stopped.failed:
+                raise typer.Exit(1)
 
 
 def dirty_lines(p: Project) -> list[str]:
@@ -218,15 +223,22 @@ def make_executor(p: Project, on_run: RunDisplay) -> Executor:
 class CampaignReport:
     """What `arbot run` prints as experiments finish (results.tsv is written after each)."""
 
-    def __init__(self, forge: LocalForge, results: Path, metric: Metric):
+    def __init__(self, forge: LocalForge, results: Path, metric: Metric, runs_dir: Path | None = None,
+                 keep_models: int | None = None):
+        """`keep_models`: after each decision, remove the models of older experiments (bot.retention); None: keep
+        every model."""
         self.forge, self.results, self.metric = forge, results, metric
+        self.runs_dir, self.keep_models = runs_dir, keep_models
 
     def measured(self, champion: ChampionRecord) -> None:
         console.print(f"champion {champion.commit[:7]}: {champion_summary(champion.runs, self.metric)}")
 
     def finished(self, rec: ExperimentRecord) -> None:
         console.print(describe(rec, self.metric))
-        export_results(self.forge, self.results, self.metric)
+        recs = self.forge.experiments()
+        self.results.write_text(results_table(recs, self.metric))
+        if self.runs_dir is not None and self.keep_models is not None:
+            retention.collect(self.forge, self.runs_dir, self.keep_models, recs)
 
     def refused(self, error: ProposalRejected) -> None:
         console.print(f"[red]proposal refused[/] (no branch made): {shown(error)}")
@@ -269,7 +281,17 @@ def log(repo: Path = typer.Option(Path("."), "--repo"), config: Optional[Path] =
             history.add_row(sha[:7], *(shown(t.get(k, "")) for k in ("Experiment", "Metric", "Baseline", "Delta", "Rule",
                                                                       "Proposer")))
         console.print(history)
-        console.print(experiment_table(p.forge.experiments(), p.config.metric))
+        recs = p.forge.experiments()
+        console.print(experiment_table(recs, p.config.metric))
+        lost = lost_runs(owners(p.forge, recs))
+        if lost:
+            table = Table(title="lost runs (the machine's failures: each was made again, none counts for a candidate)")
+            for col in ("at", "of", "run", "job", "node", "reason"):
+                table.add_column(col)
+            for whose, run in lost:
+                table.add_row(shown(run.at), shown(whose), shown(run.key), shown(run.job), shown(run.node),
+                              shown(run.reason[:300]))
+            console.print(table)
         refused = p.forge.failed_proposals()
         if refused:
             table = Table(title="refused proposals (no branch)")
@@ -302,9 +324,41 @@ def status(repo: Path = typer.Option(Path("."), "--repo"), config: Optional[Path
         console.print(f"champion {sha[:7]}: {champion_summary(p.forge.champion_record(sha).runs, p.config.metric)} "
                       "(noise floor)")
         console.print(f"experiments: {len(recs)} " + " ".join(f"{k}={v}" for k, v in sorted(counts.items())))
-        for line in campaign_report.campaign_lines(p.forge, recs) + progress_lines(p, recs):
+        lines = campaign_report.campaign_lines(p.forge, recs) + progress_lines(p, recs) + [models_line(p, recs)]
+        for line in lines + [x for x in [lost_line(lost_runs(owners(p.forge, recs)))] if x]:
             console.print(shown(line))
         unreadable_lines(p.forge)
+
+
+def owners(forge: LocalForge, recs: list[ExperimentRecord]) -> list[ExperimentRecord | ChampionRecord]:
+    """Every record runs belong to: the experiments, and each champion measured (the current one included)."""
+    shas = sorted({r.parent for r in recs} | {forge.champion()})
+    return [*recs, *forge.champion_records(shas).values()]
+
+
+def models_line(p: Project, recs: list[ExperimentRecord]) -> str:
+    """The model files kept and what the campaign will keep (bot.retention)."""
+    return retention.config_projection(p.config, p.root, recs).line
+
+
+@app.command()
+def gc(
+    keep: Optional[int] = typer.Option(None, "--keep", min=0, help="decided experiments whose models are kept "
+                                       "(default: run.keep_models)"),
+    repo: Path = typer.Option(Path("."), "--repo"),
+    config: Optional[Path] = typer.Option(None, "--config"),
+):
+    """Remove the model files of old experiments from .arbot/runs: the champion's, the open experiments' and the
+    last N decided experiments' stay. Records, notes, results and run summaries are never touched."""
+    with clear_errors():
+        p = Project(repo, config)
+        n = keep if keep is not None else p.config.run.keep_models
+        if n is None:
+            raise ConfigError("run.keep_models is null (keep every model): give --keep N")
+        removed = retention.collect(p.forge, p.runs_dir, n)
+        left = retention.usage(p.runs_dir)
+        console.print(f"removed {removed.files} model file(s) ({retention.mib(removed.bytes)}); "
+                      f"{left.files} kept ({retention.mib(left.bytes)}) in {p.runs_dir}")
 
 
 def unreadable_lines(forge: LocalForge) -> None:
@@ -329,6 +383,8 @@ def progress_lines(p: Project, recs: list[ExperimentRecord]) -> list[str]:
         lines.append(f"running (pid {state['pid']}, {state['in_flight']} experiments in flight at most): {busy}; "
                      f"queued runs: {state['queued']}; runs made: {state['runs_made']}"
                      + (f" ({rate_h} per hour)" if rate_h is not None else "") + f"; as of {state['updated_at']}")
+        for job, why in state.get("blocked", {}).items():
+            lines.append(f"not started by the cluster: {job} ({why}); `sinfo -R` says why")
     return lines
 
 
@@ -342,7 +398,7 @@ def plot(
     with clear_errors():
         p = Project(repo, config)
         recs = p.forge.experiments()
-        champions = {sha: p.forge.champion_record(sha) for sha in {r.parent for r in recs}}
+        champions = p.forge.champion_records({r.parent for r in recs})
         points = trajectory(recs, champions, p.config.metric)
         if not points:
             raise ConfigError("no decided experiment yet: `arbot run` first")

@@ -117,6 +117,9 @@ class RunConfig(Strict):
     champion_branch: str = Field("champion", description="the branch that holds the best version")
     branch_prefix: str = Field("arbot/exp-", description="experiment branches are named <prefix><n>")
     results_file: str = Field("results.tsv", description="where `arbot run` exports the experiment table")
+    keep_models: int | None = Field(
+        5, ge=0, description="model files kept in .arbot/runs beyond the champion's and those of experiments open: "
+        "the last N decided experiments' (older ones are removed after each decision; `arbot gc`); null keeps all")
     executor: Literal["local", "slurm"] = Field(
         "local", description="where `arbot run` makes its runs: local (a pool of workers on this machine) or slurm "
         "(one batch job per run; see the slurm section)")

@@ -27,6 +27,7 @@ from bot.config import CONFIG_FILE, Config, ConfigError, GitHubAuthConfig, load_
 from bot.core.lifecycle import CHAMPION_FAILURES
 from bot.core.records import val_runs
 from bot.executors.pool import SPARE_CORES, cores, shares, threads_per_worker, unboxed, visible_gpus, worker_count
+from bot import retention
 from bot.forges.local import LocalForge
 from bot.signing import KEY_ENV, KEYS_FILE, SigningError, default_key_path
 from bot.github.forge import EVALUATE_WORKFLOW, VERDICT_CHECK, GitHubForge, GitHubForgeError, connect
@@ -520,6 +521,15 @@ def check_disk(config: Config, cache: Path, splits_bytes: int) -> list[Check]:
     return [work_check, cache_check]
 
 
+def check_models(config: Config, repo: git.Repo) -> Check:
+    """The model files local runs keep, and what the configured campaign will keep (bot.retention)."""
+    forge = LocalForge(repo, config.run.champion_branch, config.run.branch_prefix)
+    seen = retention.config_projection(config, Path(repo.working_tree_dir), forge.experiments())
+    if seen.short:
+        return warn("disk (models)", seen.line, "free space, or lower run.keep_models (null keeps every model)")
+    return ok("disk (models)", seen.line)
+
+
 # --- GitHub mode ------------------------------------------------------------------------------------------
 def answered(e: GithubException) -> str:
     message = e.data.get("message") if isinstance(e.data, dict) else e.data
@@ -700,3 +710,4 @@ def local_checks(repo: git.Repo, config: Config) -> Iterator[Check]:
     yield check_threads(config)
     yield check_devices(config, None if set(devices(config).values()) == {"cpu"} else probe_torch())
     yield from check_disk(config, runner.cache, splits_bytes)
+    yield check_models(config, repo)

@@ -21,7 +21,7 @@ from bot.executors.pool import Inline, RunHook
 from bot.forges.local import LocalForge
 from bot.proposers.base import Proposer
 from bot.results import results_table
-from bot.stepper import Stepper, Tracker, now
+from bot.stepper import Filled, Stepper, Tracker, now
 from bot.surfaces.local import LocalSurface, Quiet, Report
 from runner.config import TargetConfig
 from runner.job import Runner
@@ -43,6 +43,7 @@ class Loop:
         self.stepper = Stepper(forge, self.executor, self.surface, proposer, target, lc.Rules.of(policy, target, metric),
                                in_flight or self.executor.slots, tracker=tracker)
         self.status_file = status_file
+        self.stopped: Filled | None = None  # why the last campaign stopped proposing, if it did
         self._started = time.monotonic()
 
     def measure_champion(self) -> ChampionRecord:
@@ -57,12 +58,14 @@ class Loop:
     def campaign(self, limit: int | None, report: Report | None = None) -> list[ExperimentRecord]:
         """Finish the experiments left unfinished, then open new ones, up to `in_flight` at once, until `limit`
         experiments (finished ones that were unfinished, and proposals, refused ones included) have been taken
-        up (None: until interrupted). Returns the experiments finished, in the order they finished.
+        up (None: until interrupted), or until proposing stops for good (`self.stopped` says why: the experiments
+        open are finished first). Returns the experiments finished, in the order they finished.
 
         The champion's noise floor is measured as part of it: experiments are proposed at once, and a candidate's
         first run goes beside the floor's last (the policy screens it against two champion runs), so no worker
         waits for the floor to end."""
         self.surface.report = report = report or Quiet()
+        self.stopped = None
         taken = len(self.stepper.active())
         proposing, finished, wait = True, [], 0.0
         start: str | None = self.forge.champion()  # reported once its floor is made
@@ -78,6 +81,7 @@ class Loop:
             if filled is not None:
                 taken += filled.tries
                 proposing = filled.stopped is None
+                self.stopped = None if proposing else filled
             if not self.stepper.in_flight:
                 if not self.stepper.active():
                     return finished
@@ -121,7 +125,8 @@ class Loop:
         made, busy = self.stepper.made, self.executor.busy()
         state = {"pid": os.getpid(), "updated_at": now(), "in_flight": self.stepper.slots, "busy": busy,
                  "queued": len(self.stepper.in_flight) - len(busy),
-                 "runs_per_hour": round(made / hours, 1) if hours > 0 else None, "runs_made": made}
+                 "runs_per_hour": round(made / hours, 1) if hours > 0 else None, "runs_made": made,
+                 "blocked": getattr(self.executor, "blocked", dict)()}  # only a cluster's jobs wait on its nodes
         tmp = self.status_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(state) + "\n")
         tmp.replace(self.status_file)

@@ -10,7 +10,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from bot.core.records import ChampionRecord, ExperimentRecord, Metric, ok_metric
+from bot.core.records import ChampionRecord, ExperimentRecord, LostRun, Metric, ok_metric
 
 
 @dataclass(frozen=True)
@@ -96,3 +96,21 @@ def live(status_file: Path) -> dict | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return state
+
+
+def lost_runs(owners: list[ExperimentRecord | ChampionRecord]) -> list[tuple[str, LostRun]]:
+    """Every run the machine lost (each was asked for again), oldest first, with whose it was: an experiment's
+    id, or `champion <sha>`."""
+    found = [(o.id if isinstance(o, ExperimentRecord) else f"champion {o.commit[:7]}", lost)
+             for o in owners for lost in o.lost]
+    return sorted(found, key=lambda f: f[1].at)
+
+
+def lost_line(lost: list[tuple[str, LostRun]]) -> str | None:
+    """`arbot status`'s line on lost runs: how many, and the last with its reason's first line."""
+    if not lost:
+        return None
+    whose, last = lost[-1]
+    reason = (last.reason.splitlines() or [""])[0]
+    return (f"lost runs: {len(lost)} (the machine's, each made again; `arbot log` lists them); last at {last.at}: "
+            f"{whose} {last.job}{' on ' + last.node if last.node else ''}: {reason}")

@@ -32,7 +32,7 @@ COST = "Cost and reliability"  # the section whose lines are `arbot status`'s
 def campaign_lines(forge: LocalForge, recs: list[ExperimentRecord]) -> list[str]:
     """Runner time and LLM spend, in total and per promoted win; the audited regression rate; the stale rate.
     `arbot status` and `arbot report` both print these."""
-    c = costs(recs, {sha: forge.champion_record(sha) for sha in {rec.parent for rec in recs}})
+    c = costs(recs, forge.champion_records({rec.parent for rec in recs}))
     per_win = (f"{c.seconds_per_win:.0f} runner-s" + (f", ${c.usd_per_win:.4f} LLM" if c.llm_usd else "")
                if c.wins else "no wins yet")
     rate, audited = regression_rate(recs)
@@ -146,7 +146,7 @@ def build(forge: LocalForge, metric: Metric, comparison: Comparison, out: Path) 
         verdict = r.decision.verdict if r.decision else "unfinished"
         counts[verdict] = counts.get(verdict, 0) + 1
     steps = champion_steps(forge.champion_log())
-    spent = costs(recs, {s: forge.champion_record(s) for s in {r.parent for r in recs}})
+    spent = costs(recs, forge.champion_records({r.parent for r in recs}))
     per_win = f", {spent.seconds_per_win / 3600:.2f} per merged win" if spent.wins else ""
     campaign = Section(COST, [
         f"experiments: {len(recs)} " + " ".join(f"{k}={v}" for k, v in sorted(counts.items())),
@@ -156,7 +156,7 @@ def build(forge: LocalForge, metric: Metric, comparison: Comparison, out: Path) 
         campaign.lines.append(f"champion trajectory ({key}, one step per merged win): "
                               + " -> ".join(value for _, value in steps))
 
-    points = trajectory(recs, {sha: forge.champion_record(sha) for sha in {r.parent for r in recs}}, metric)
+    points = trajectory(recs, forge.champion_records({r.parent for r in recs}), metric)
     drawn = plot(points, metric, out / PLOT, title="trajectory") if points else None
     return Report(f"arbot campaign report: {key} {fmt(statistics.fmean(c.baseline_values)) if c.baseline_values else 'n/a'}"
                   f" -> {fmt(statistics.fmean(c.final_values)) if c.final_values else 'n/a'}",

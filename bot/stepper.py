@@ -29,7 +29,7 @@ from bot.core import lifecycle as lc
 from bot.core.records import ChampionRecord, Decision, ExperimentRecord, LostRun, RunResult, RunSpec
 from bot.executors import MAX_LOST, Executor, Finished, Lost, Outcome
 from bot.forges.local import LocalForge
-from bot.proposers.base import Proposer
+from bot.proposers.base import ProposalError, Proposer, SearchExhausted
 from bot.proposers.context import propose
 from bot.proposers.failures import ProposalRejected, SpendCapReached
 from runner.config import TargetConfig
@@ -94,11 +94,13 @@ class NoTracker:
 @dataclass
 class Filled:
     """What one `fill` did: the experiments opened, the proposals tried (refused ones included), and why
-    proposing stopped for good, if it did."""
+    proposing stopped for good, if it did (`failed`: because the proposer failed; an exhausted search space, a
+    spend cap or refusals are no failure)."""
 
     opened: list[ExperimentRecord] = field(default_factory=list)
     tries: int = 0
     stopped: str | None = None
+    failed: bool = False
 
 
 def now() -> str:
@@ -118,6 +120,7 @@ class Stepper:
         self._losses: dict[str, int] = {}  # key -> times lost in a row in this process
         self._taken_up = False  # whether this process has looked for runs noted pending that it is not making
         self._said: set[tuple[str, tuple[str, ...]]] = set()  # (experiment id, skipped notes) said on it already
+        self._exhausted: tuple[str, str] | None = None  # (champion, why) when the search space around it ran out
         self.made = 0  # runs whose results this process took in
 
     # --- one step ---------------------------------------------------------------------------------------------
@@ -252,11 +255,11 @@ class Stepper:
     # --- proposing ---------------------------------------------------------------------------------------------
     def fill(self, tries: int | None = None) -> Filled:
         """Open experiments while there is room (lc.has_room), at most `tries` proposals (None: no limit), unless
-        the surface says not now. A refused proposal counts as a try; MAX_REFUSED in a row, or the LLM's spend cap,
-        stop proposing for good."""
+        the surface says not now. A refused proposal counts as a try; MAX_REFUSED in a row, the LLM's spend cap, an
+        exhausted search space or any other proposer error stop proposing for good (never the experiments open)."""
         filled, refused = Filled(), 0
         while (tries is None or filled.tries < tries) and lc.has_room(self.active(), self.slots):
-            if (why := self.surface.why_not_propose()) is not None:
+            if (why := self.surface.why_not_propose() or self.exhausted()) is not None:
                 log.warning("not proposing: %s", why)
                 break
             self.keep()
@@ -271,10 +274,23 @@ class Stepper:
                 self.surface.refused(e)
                 if refused >= lc.MAX_REFUSED:
                     filled.stopped = f"stopped: {refused} proposals in a row were refused"
+            except SearchExhausted as e:
+                filled.stopped = f"stopped proposing: {e}"
+                self._exhausted = (self.store.champion(), filled.stopped)
+            except ProposalError as e:
+                filled.stopped, filled.failed = f"stopped proposing: the proposer failed: {e}", True
             if filled.stopped:
                 self.surface.stopped(filled.stopped)
                 break
         return filled
+
+    def exhausted(self, champion: str | None = None) -> str | None:
+        """Why nothing is proposed on the champion (default: the current one): its search space ran out (a new
+        champion, e.g. a win merged meanwhile or a hand edit brought in, opens a new one; so does a restarted
+        process)."""
+        if self._exhausted is not None and self._exhausted[0] == (champion or self.store.champion()):
+            return self._exhausted[1]
+        return None
 
     def open(self) -> ExperimentRecord:
         """One experiment proposed on the current champion, shown, and its first runs asked for."""

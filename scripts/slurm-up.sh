@@ -143,7 +143,12 @@ wait_idle() {
 }
 
 check_job() {
-    local id state
+    local id state reason running
+    running=$(squeue -h -t RUNNING -o %i 2>/dev/null | wc -l)
+    if [ "$running" -gt 0 ]; then
+        echo "slurm-up: $running job(s) running: batch jobs run (no check job queued behind them)"
+        return
+    fi
     id=$(sbatch --parsable --job-name=slurm-up-check --output=/dev/null --wrap=true) || die "sbatch refused a trivial batch job"
     for _ in $(seq $((WAIT_SECONDS * 5))); do
         state=$(scontrol show job "$id" 2>/dev/null | grep -o 'JobState=[A-Z_]*' | cut -d= -f2 || true)
@@ -153,7 +158,12 @@ check_job() {
             *) die "a trivial batch job (sbatch --wrap=true, job $id) ended $state" ;;
         esac
     done
+    reason=$(scontrol show job "$id" 2>/dev/null | grep -o 'Reason=[A-Za-z_]*' | cut -d= -f2 || true)
     scancel "$id" 2>/dev/null || true
+    if [ "$state" = PENDING ] && { [ "$reason" = Priority ] || [ "$reason" = Resources ]; }; then
+        echo "slurm-up: the check job waited its turn behind other jobs ($reason): the cluster is busy, and up"
+        return
+    fi
     die "a trivial batch job (sbatch --wrap=true, job $id) did not complete within ${WAIT_SECONDS}s (last state: ${state:-unknown})"
 }
 

@@ -160,3 +160,45 @@ def test_log_and_status_survive_corrupted_notes_and_print_text_as_written(resear
     table = results_table(forge.experiments(), DEFAULT_METRIC)
     assert len(table.splitlines()) == 2 and "\x1b" not in table and "\x07" not in table
     assert len(table.splitlines()[1].split("\t")) == len(table.splitlines()[0].split("\t"))
+
+
+@pytest.mark.slow
+def test_a_search_space_used_up_ends_the_run_cleanly(tmp_path):
+    """One knob with one other value: after its experiment (a loss: the margin is out of reach) the search has
+    nothing left to propose on this champion, and `arbot run -n 5` ends at once, exit 0, saying why."""
+    from .conftest import make_repo, tiny_config
+
+    others = ["DEPTH", "N_EMBD", "N_HEAD", "SEQ_LEN", "BATCH_SIZE", "LEARNING_RATE", "WARMDOWN_FRAC", "WEIGHT_DECAY",
+              "BETA1", "BETA2", "GRAD_CLIP", "EVAL_BATCH"]
+    repo = make_repo(tmp_path / "r", tiny_config(policy={"margin": 10.0},
+                                                 search={"knobs": {"WARMUP_FRAC": {"choices": [0.05, 0.1]}},
+                                                         "exclude": others}))
+    r = arbot(repo, "run", "-n", "5", "--proposer", "search", timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Traceback" not in r.stdout + r.stderr
+    assert "the campaign ended early" in r.stdout and "exhausted" in r.stdout
+    [only] = LocalForge(repo).experiments()
+    assert only.proposal.params["WARMUP_FRAC"] == 0.1 and only.decision.verdict == "loss"
+
+
+def test_lost_runs_show_in_log_and_status(research_repo):
+    """`RunsLost` points at `arbot log`: the runs the machine lost are listed there and counted by `status`."""
+    from bot.core.records import LostRun, Proposal
+
+    forge = LocalForge(research_repo)
+    forge.ensure_champion()
+    script = (research_repo.commit(forge.champion()).tree / "target/train.py").data_stream.read().decode()
+    rec = forge.open_experiment(Proposal(proposer="test", hypothesis="h", files={"target/train.py": script + "#\n"}),
+                                forge.champion(), started_at="t")
+    rec.lost = [LostRun(key=f"exp-1:{rec.commit[:12]}:seed-0:val", job="slurm 101", node="n3",
+                        reason="the job ended NODE_FAIL without a result; its log ends:\nboom", at="2026-01-01T00:00:01")]
+    forge.save(rec)
+    champion = forge.champion_record(forge.champion())
+    champion.lost = [LostRun(key="champion:x:seed-1:val", job="slurm 102", node="n4", reason="the job ended PREEMPTED",
+                             at="2026-01-01T00:00:02")]
+    forge.save(champion)
+    log_out = arbot(research_repo, "log")
+    assert log_out.returncode == 0, log_out.stdout + log_out.stderr
+    assert "lost runs" in log_out.stdout and "NODE_FAIL" in log_out.stdout and "PREEMPTED" in log_out.stdout
+    status = arbot(research_repo, "status")
+    assert "lost runs: 2" in status.stdout and "slurm 102 on n4: the job ended PREEMPTED" in " ".join(status.stdout.split())

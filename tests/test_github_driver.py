@@ -870,3 +870,19 @@ def test_the_webhook_server_runs_a_campaign(gh):
     assert research["in_flight"] == [] and research["queued"] == 0 and research["runs_per_hour"] > 0
     assert (research["stale_rate"], research["decided"]) == (0.0, 2)
     assert [step["experiment"] for step in research["trajectory"]] == ["start", "exp-1"]
+
+
+def test_an_exhausted_search_stops_proposing_without_failing_events_and_says_so(gh):
+    """The search proposer with one other value to try: its experiment, then nothing left on this champion. Later
+    events propose nothing and raise nothing; /healthz's research state says why."""
+    from bot.config import KnobRange, SearchConfig
+    from bot.proposers.search import SearchProposer
+
+    gh.auto()
+    search = SearchProposer(SearchConfig(knobs={"DEPTH": KnobRange(choices=[2, 3])}, exclude=["LEARNING_RATE"]))
+    d = gh.driver(proposer=search, policy={"rule": "margin", "margin": 10.0, "baseline_runs": 1})
+    gh.settle(d)
+    [only] = d.lf.experiments()
+    assert only.proposal.params["DEPTH"] == 3 and only.decision.verdict == "loss"
+    assert d.advance_all() == [] and d.fill() == [] and len(gh.fake.prs) == 1
+    assert "exhausted" in d.progress()["proposing_stopped"]

@@ -86,3 +86,43 @@ def test_loop_wins_crashes_times_out_and_rejects(tmp_path):
     lines = (tmp_path / "results.tsv").read_text().splitlines()
     assert lines[0].startswith("commit\tval_bpb\tmemory_gb\tstatus\tdescription\t")
     assert [ln.split("\t")[3] for ln in lines[1:]] == ["keep", "crash", "timeout", "rejected"]
+
+
+class OnceThen:
+    """Proposes one scripted variant, then raises `error` (tests only)."""
+
+    name = "scripted"
+
+    def __init__(self, error):
+        from tests.scripted import ScriptedProposer as Markers
+
+        self.first, self.error = Markers("worse"), error
+
+    def propose(self, ctx):
+        if self.first.names:
+            return self.first.propose(ctx)
+        raise self.error
+
+
+@pytest.mark.parametrize("error,failed", [("exhausted", False), ("broken", True)])
+def test_a_proposer_that_stops_ends_the_campaign_after_the_open_experiments(tmp_path, error, failed):
+    """No proposer error ends a campaign with a traceback: the experiment open is finished, then the campaign
+    returns saying why (an exhausted search is no failure; any other proposer error is)."""
+    from bot.config import Config
+    from bot.proposers.base import ProposalError, SearchExhausted
+    from tests.scripted import ScriptedExecutor, Variant, make_world
+
+    world = {"worse": Variant(effect=0.2, ticks=3)}
+    repo = make_world(tmp_path / "w", {"policy": {"rule": "margin", "margin": 0.0, "baseline_runs": 1}})
+    config = Config.model_validate({"policy": {"rule": "margin", "margin": 0.0, "baseline_runs": 1},
+                                    "target": {"holdout_max_gap": None}})
+    forge = LocalForge(repo)
+    forge.ensure_champion()
+    raised = SearchExhausted("the search space around champion x is exhausted") if error == "exhausted" \
+        else ProposalError("search.knobs.DEPTH: give both low and high, or choices")
+    loop = Loop(forge, None, OnceThen(raised), make_policy(config.policy), config.target,
+                executor=ScriptedExecutor(repo, world, slots=2))
+    done = loop.campaign(None)
+    assert [r.decision.verdict for r in done] == ["loss"]
+    assert loop.stopped is not None and loop.stopped.failed is failed
+    assert str(raised) in loop.stopped.stopped

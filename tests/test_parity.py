@@ -285,8 +285,10 @@ def run_github_two(tmp_path) -> tuple[list[tuple], list[dict]]:
 
 def test_two_in_flight_local_slurm_and_github_make_the_same_decisions(tmp_path, fake):
     local = run_local_two(tmp_path / "local", lambda repo, config: ScriptedExecutor(repo, WORLD2, 2))
+    # jobs never wait for slurm.max_jobs here (the stand-in cluster ends each on the Schedule from its submission)
     slurm = run_local_two(tmp_path / "slurm", lambda repo, config: SlurmCluster(
-        Slurm(Path(repo.working_dir), config), repo, WORLD2, fake))
+        Slurm(Path(repo.working_dir), config.model_copy(update={"slurm": config.slurm.model_copy(
+            update={"max_jobs": 8})})), repo, WORLD2, fake))
     github = run_github_two(tmp_path / "github")
     decisions = {d[0]: d[1:] for d in local[0]}
     assert {k: decisions[k] for k in EXPECTED2} == EXPECTED2

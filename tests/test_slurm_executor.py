@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -325,3 +326,48 @@ def test_without_slurm_commands_or_with_a_refused_job_the_error_says_what_to_do(
     with pytest.raises(SlurmError, match="`sbatch` is not on PATH.*scripts/slurm-up.sh"):
         Slurm(tmp_path, config())
 
+
+
+def test_max_jobs_caps_the_jobs_submitted_and_the_rest_wait_their_turn(tmp_path, fake):
+    """slurm.max_jobs: 1 and three runs handed over at once (a champion's noise floor): one job in Slurm at a time,
+    the next submitted as one ends; a cancelled run that waits is never submitted."""
+    ex = Slurm(tmp_path, config(max_jobs=1))
+    specs = [SPEC.model_copy(update={"seed": s}) for s in (0, 1, 2, 3)]
+    noted = [ex.submit(s, None) for s in specs]
+    assert noted[0].run_id == 101 and [n.run_id for n in noted[1:]] == [None, None, None]
+    assert len((fake.path / "squeue").read_text().splitlines()) == 1
+    ex.cancel(specs[2])
+    fake.set(101, "RUNNING")
+    assert ex.poll(0.05) == []
+    finish(ex, specs[0], 101, result_for(specs[0]))
+    [done] = ex.poll(1)
+    assert done.spec == specs[0]
+    table = (fake.path / "squeue").read_text().splitlines()
+    assert [ln.split("|")[:2] for ln in table] == [["101", "RUNNING"], ["102", "PENDING"]]  # one at a time
+    assert f"seed-{specs[1].seed}" in " ".join(fake.args(102))
+    finish(ex, specs[1], 102, result_for(specs[1]))
+    assert [o.spec for o in ex.poll(1)] == [specs[1]]
+    assert "seed-3" in " ".join(fake.args(103)) and not (fake.path / "sbatch-104.args").exists()  # seed 2: cancelled
+
+
+def test_a_job_slurm_will_not_start_is_reported_after_a_while(tmp_path, fake, monkeypatch, caplog):
+    """Pending because its nodes are down: said once (a warning naming squeue's reason), and listed by
+    `blocked()` for `arbot status`; waiting its turn (Priority, Resources) is not."""
+    monkeypatch.setattr(slurm_mod, "BLOCKED_REPORT_SECONDS", 0.1)
+    ex = Slurm(tmp_path, config(max_jobs=2))
+    queued = ex.submit(SPEC, None).run_id
+    other = SPEC.model_copy(update={"seed": 7})
+    down = ex.submit(other, None).run_id
+    fake.set(queued, "PENDING", node="", reason="Priority")
+    fake.set(down, "PENDING", node="", reason="ReqNodeNotAvail,_UnavailableNodes:n[1-4]")
+    with caplog.at_level("WARNING", logger="arbot.slurm"):
+        assert ex.poll(0.05) == [] and ex.blocked() == {}
+        time.sleep(0.15)
+        assert ex.poll(0.05) == [] and ex.poll(0.05) == []
+    [(job, why)] = ex.blocked().items()
+    assert job == f"slurm {down}" and why.startswith(other.key) and "ReqNodeNotAvail" in why
+    warned = [r.getMessage() for r in caplog.records if "pending" in r.getMessage()]
+    assert len(warned) == 1 and f"slurm job {down}" in warned[0] and "sinfo -R" in warned[0]
+    fake.set(down, "RUNNING")
+    ex.poll(0.05)
+    assert ex.blocked() == {}

@@ -24,7 +24,8 @@ HEADERS = {  # the table's columns (the JSON has every metric of METRICS)
 }
 BASELINE_RULE = "greedy"  # the rule the others' improvement per 100 runs is compared with
 
-bench_app = typer.Typer(help="Benchmarks of arbot itself (promotion policy simulation).", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks of arbot itself (promotion policy simulation, capacity by simulation).",
+                        no_args_is_help=True)
 
 
 @bench_app.callback()
@@ -79,3 +80,35 @@ def _table(name: str, m: dict, seed: int, sigma: float) -> Table:
         ratio = "-" if per100 is None or not base or base <= 0 else f"{per100 / base:.2f}"
         table.add_row(rule, *("-" if v[k] is None else f"{v[k]:.3f}" for k in HEADERS), ratio)
     return table
+
+
+@bench_app.command("capacity")
+def capacity(
+    experiments: int = typer.Option(1000, min=1, help="Experiments (proposals) per simulated campaign."),
+    workers: list[int] = typer.Option([8, 64], "--workers", min=1, help="Simulated workers (and experiments in "
+                                      "flight) of each campaign; repeat for several campaigns."),
+    seed: int = typer.Option(0, help="Seed of the proposal mix, the run durations and the noise."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object per campaign."),
+) -> None:
+    """Campaigns through the real stepper, lifecycle, local forge and loop with a simulated executor (synthetic run
+    durations, scripted results, no training): decisions per second, the bot's seconds per decision by history
+    size, worker utilisation, and `arbot status` on the finished campaign."""
+    from bot.bench.capacity import HISTORY_MARKS, campaign
+
+    console = Console(width=max(180, Console().width))
+    table = Table(title=f"capacity: {experiments} simulated experiments per campaign, seed {seed} (bot seconds per "
+                        "decision: mean of the 20 decisions from that history size on)")
+    for col in ("workers", "decided", "wins", "bot s", "decisions/s", "utilisation", "virtual h", "status s",
+                *(f"s/decision @{m}" for m in HISTORY_MARKS)):
+        table.add_column(col, justify="right")
+    for n in workers:
+        c = campaign(n, experiments, seed)
+        if as_json:
+            typer.echo(json.dumps({**asdict(c), "decisions_per_second": c.decisions_per_second}))
+            continue
+        table.add_row(str(n), str(c.decided), str(c.wins), f"{c.bot_seconds:.1f}", f"{c.decisions_per_second:.2f}",
+                      f"{c.utilisation:.1%}", f"{c.virtual_hours:.1f}",
+                      "-" if c.status_seconds is None else f"{c.status_seconds:.2f}",
+                      *(f"{c.per_decision[m]:.3f}" if m in c.per_decision else "-" for m in HISTORY_MARKS))
+    if not as_json:
+        console.print(table)

@@ -44,6 +44,10 @@ RESULT_WAIT_SECONDS = 60.0
 # The only environment variables a job takes from this process (sbatch --export): no tokens or keys go to the
 # cluster; slurm.export_env adds more.
 JOB_ENV = ("PATH", "HOME", "USER", "LANG", "LC_ALL", "TMPDIR", "ARBOT_CACHE", "XDG_CACHE_HOME")
+# Reasons a PENDING job waits its turn; any other (ReqNodeNotAvail, PartitionDown, a held job...) means Slurm will not
+# start it as things stand: reported once it has lasted this long.
+WAITING_REASONS = {"", "None", "Priority", "Resources", "BeginTime", "Dependency"}
+BLOCKED_REPORT_SECONDS = 300.0
 LOG_TAIL_LINES = 15
 QUERY_TIMEOUT = 60  # seconds one squeue/sacct/sbatch/scancel call may take
 
@@ -147,11 +151,16 @@ class Job:
     run_dir: Path
     state: JobState | None = None
     unsettled_since: float | None = None  # when it was first seen COMPLETED or unknown without a result
+    blocked_since: float | None = None  # when it was first seen PENDING for a reason other than its turn
+    reported: bool = False  # its blocked wait was said
 
 
 class Slurm:
     """One `sbatch` job per run; `poll` asks `squeue` (then `sacct`) and reads results from the shared filesystem.
-    `root` (the repository) must be on a filesystem every node mounts; `config` is the loaded configuration."""
+    `root` (the repository) must be on a filesystem every node mounts; `config` is the loaded configuration.
+
+    At most slurm.max_jobs jobs are submitted (queued or running in Slurm) at once: a run handed over beyond that
+    waits here, and is submitted as a job ends."""
 
     def __init__(self, root: Path, config: Config, python: str = sys.executable):
         for cmd in ("sbatch", "squeue", "scancel"):
@@ -162,6 +171,7 @@ class Slurm:
         self.work = root / config.slurm.work_dir
         self.slots = config.slurm.max_jobs
         self._jobs: dict[int, Job] = {}
+        self._waiting: list[tuple[RunSpec, tuple[float, float] | None]] = []  # runs beyond max_jobs, in order
         self._sacct = True  # until sacct says the cluster keeps no accounting
         self._unreachable = False  # squeue failed last time (logged once per outage)
         self._last_error = ""  # the stderr of the last Slurm command that failed
@@ -169,6 +179,14 @@ class Slurm:
 
     # --- the Executor protocol ---------------------------------------------------------------------------------
     def submit(self, spec: RunSpec, timing: tuple[float, float] | None) -> RunSpec:
+        """The run as a job now (noted with its job id) or, with max_jobs submitted, once one of them ends."""
+        if len(self._jobs) >= self.config.slurm.max_jobs:
+            self._waiting.append((spec, timing))
+            log.info("%s waits: %d jobs submitted (slurm.max_jobs)", spec.key, len(self._jobs))
+            return spec
+        return self._sbatch(spec, timing)
+
+    def _sbatch(self, spec: RunSpec, timing: tuple[float, float] | None) -> RunSpec:
         run_dir = self.work / run_dir_name(spec.key)
         run_dir.mkdir(parents=True, exist_ok=True)
         job_config = run_dir / "arbot.yml"
@@ -207,6 +225,7 @@ class Slurm:
 
     def cancel(self, spec: RunSpec) -> None:
         """No longer needed: the job is cancelled (queued or running), and whatever it leaves is ignored."""
+        self._waiting = [(s, t) for s, t in self._waiting if s.key != spec.key]
         for job_id, job in list(self._jobs.items()):
             if job.spec.key == spec.key:
                 del self._jobs[job_id]
@@ -217,9 +236,19 @@ class Slurm:
         return {f"slurm {job_id}" + (f" on {job.state.node}" if job.state.node else ""): job.spec.key
                 for job_id, job in self._jobs.items() if job.state is not None and job.state.state in RUNNING}
 
+    def blocked(self) -> dict[str, str]:
+        """The jobs Slurm has not started for BLOCKED_REPORT_SECONDS or more for a reason other than their turn
+        (nodes down or drained, a partition down, a hold): job -> run key and squeue's reason."""
+        now = time.monotonic()
+        return {f"slurm {job_id}": f"{job.spec.key}: pending {(now - job.blocked_since) / 60:.0f} min, {job.state.reason}"
+                for job_id, job in self._jobs.items() if job.blocked_since is not None and job.state is not None
+                and now - job.blocked_since >= BLOCKED_REPORT_SECONDS}
+
     def close(self) -> None:
-        """The jobs keep running; a later `arbot run` re-attaches to them (resume)."""
+        """The jobs keep running; a later `arbot run` re-attaches to them (resume). Runs not submitted yet are
+        noted pending without a job: a later `arbot run` submits them."""
         self._jobs.clear()
+        self._waiting.clear()
 
     # --- the parts ---------------------------------------------------------------------------------------------
     def job_config(self) -> dict:
@@ -235,6 +264,7 @@ class Slurm:
             if (finished := self._finished(job_id, job)) is not None:
                 outcomes.append(finished)
                 del self._jobs[job_id]
+        self._submit_waiting()
         if not self._jobs or time.monotonic() - self._asked < self.config.slurm.poll_seconds:
             return outcomes
         self._asked = time.monotonic()
@@ -243,10 +273,29 @@ class Slurm:
             return outcomes
         for job_id, job in list(self._jobs.items()):
             job.state = states.get(job_id)
+            self._watch_pending(job_id, job)
             if self._settled(job):
                 outcomes.append(self._finished(job_id, job) or self._lost(job_id, job))  # a result may have come
                 del self._jobs[job_id]
+        self._submit_waiting()
         return outcomes
+
+    def _submit_waiting(self) -> None:
+        while self._waiting and len(self._jobs) < self.config.slurm.max_jobs:
+            self._sbatch(*self._waiting.pop(0))
+
+    def _watch_pending(self, job_id: int, job: Job) -> None:
+        """A job Slurm will not start as things stand is said once (a warning), after BLOCKED_REPORT_SECONDS."""
+        if job.state is None or job.state.state != "PENDING" or job.state.reason in WAITING_REASONS:
+            job.blocked_since = None
+            return
+        now = time.monotonic()
+        job.blocked_since = job.blocked_since or now
+        if not job.reported and now - job.blocked_since >= BLOCKED_REPORT_SECONDS:
+            job.reported = True
+            log.warning("slurm job %d (%s) has been pending for %.0f min: %s. Slurm will not start it as things "
+                        "stand: `sinfo -R` and `scontrol show job %d` say why", job_id, job.spec.key,
+                        (now - job.blocked_since) / 60, job.state.reason, job_id)
 
     @staticmethod
     def _settled(job: Job) -> bool:

@@ -14,6 +14,7 @@ import os
 import re
 import tempfile
 from dataclasses import dataclass
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from io import BytesIO
 from pathlib import Path
@@ -437,7 +438,12 @@ class LocalForge:
                 adopted.append((ref, commit))
         return adopted
 
-    # --- proposals refused before a branch existed: a list noted on the champion commit ---------------------
+    def champion_records(self, shas: Iterable[str]) -> dict[str, ChampionRecord]:
+        """The records of these champion commits, each from the index of the notes: what `status`, `log`, `plot`
+        and the report need at once."""
+        return {sha: self.champion_record(sha) for sha in shas}
+
+    # --- proposals refused before a branch existed: a JSON list noted on the champion commit ---------------
     def save_failed_proposal(self, rec: FailedProposal) -> None:
         note = self._notes(PROPOSALS_REF).get(rec.champion)
         items = note[1].get("items", []) if note is not None and isinstance(note[1], dict) else []

@@ -33,3 +33,8 @@ class Proposer(Protocol):
 
 class ProposalError(RuntimeError):
     """The proposer could not produce a usable proposal; the message says why."""
+
+
+class SearchExhausted(ProposalError):
+    """Every change the proposer can make to this champion was tried: nothing is left to propose until the
+    champion moves or the search space is widened. Proposing stops cleanly."""

@@ -9,7 +9,7 @@ import git
 
 from bot.config import Config, ConfigError
 from bot.forges.local import LocalForge
-from bot.proposers.base import ProposalContext, Proposer
+from bot.proposers.base import ProposalContext, Proposer, SearchExhausted
 from bot.proposers.failures import SpendCapReached
 from bot.core.records import Proposal
 
@@ -18,7 +18,8 @@ PROPOSERS = ("search", "llm", "agent")
 
 class MixProposer:
     """Picks a proposer per experiment so that the history's shares track the weights (deterministic, so a
-    resumed campaign continues the same sequence). A proposer that reached its spend cap drops out of the mix."""
+    resumed campaign continues the same sequence). A proposer that reached its spend cap drops out of the mix; one
+    whose search space around this champion ran out sits this proposal out."""
 
     name = "mix"
 
@@ -33,23 +34,28 @@ class MixProposer:
             if hasattr(p, "check"):
                 p.check()
 
-    def choose(self, history) -> str:
+    def choose(self, history, skip: set[str] = frozenset()) -> str:
         counts = {k: 0 for k in self.members}
         for rec in history:
             if rec.proposal.proposer in counts:
                 counts[rec.proposal.proposer] += 1
         n = sum(counts.values()) + 1
-        live = [k for k in self.members if k not in self.exhausted]
+        live = [k for k in self.members if k not in self.exhausted | skip]
         return max(live, key=lambda k: (self.weights[k] * n - counts[k], self.weights[k]))
 
     def propose(self, ctx: ProposalContext) -> Proposal:
+        ran_out: set[str] = set()
         while True:
-            name = self.choose(ctx.history)
+            name = self.choose(ctx.history, ran_out)
             try:
                 return self.members[name].propose(ctx)
             except SpendCapReached:
                 self.exhausted.add(name)
-                if len(self.exhausted) == len(self.members):
+                if len(self.exhausted | ran_out) == len(self.members):
+                    raise
+            except SearchExhausted:
+                ran_out.add(name)
+                if len(self.exhausted | ran_out) == len(self.members):
                     raise
 
 

@@ -106,8 +106,9 @@ class Driver:
 
     def progress(self) -> dict:
         """What `/healthz` shows of the research: each evaluate run in flight (a runner each), the runs asked for
-        and not started yet, runs per hour, the stale rate and the champion's trajectory. Reads its own handle on
-        the mirror (the webhook worker writes through another)."""
+        and not started yet, runs per hour, the stale rate, the champion's trajectory and why proposing stopped
+        (the search space around the champion ran out), if it did. Reads its own handle on the mirror (the webhook
+        worker writes through another)."""
         with self._reading:
             if self._reader is None:  # kept: its index makes each /healthz read only the notes that changed
                 self._reader = LocalForge(git.Repo(self.local.git_dir), champion_branch=self.config.run.champion_branch,
@@ -116,7 +117,7 @@ class Driver:
 
     def _progress(self, forge: LocalForge) -> dict:
         recs = forge.experiments()
-        owners = [r for r in recs if lc.is_active(r)] + [forge.champion_record(sha) for sha in {r.parent for r in recs}]
+        owners = [r for r in recs if lc.is_active(r)] + list(forge.champion_records({r.parent for r in recs}).values())
         pending = [s for o in owners for s in o.pending]
         made = sum(len(r.runs) for r in recs)
         starts = sorted(r.started_at for r in recs if r.started_at)
@@ -127,6 +128,7 @@ class Driver:
                 "queued": sum(s.run_id is None for s in pending),
                 "runs_per_hour": round(made / hours, 1) if hours > 0 else None,
                 "stale_rate": rate, "stale": stale, "decided": decided,
+                "proposing_stopped": self.stepper.exhausted(forge.champion()),
                 "trajectory": [{"experiment": e, self.config.metric.key(): v}
                                for e, v in champion_steps(forge.champion_log())],
                 "skipped_notes": forge.unreadable_notes()}  # forged, edited or unsigned notes: ignored
