@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from bot.core.policy import MarginPolicy, NoiseAwarePolicy, Policy, PolicyConfig, make_policy
+from bot.core.policy import MarginPolicy, NoiseAwarePolicy, Policy, PolicyConfig, make_policy, paired
 from bot.core.records import Decision, Evidence
 
 
@@ -338,3 +338,16 @@ def test_maximizing_negated_values_decides_exactly_as_minimizing(policy, seed):
         if low.candidate_mean is not None:
             assert (high.candidate_mean, high.champion_mean) == (-low.candidate_mean, -low.champion_mean)
             assert high.delta == -low.delta  # a win's delta is negative when minimizing, positive when maximizing
+
+
+def test_paired_test_pairs_by_seed_not_by_position():
+    """Each seed moves both commits' runs by the same large amount; the candidate is 0.1 better at every seed. The
+    champion's seed-1 run failed, so its runs are seeds 0, 2, 3, 4: paired by position, they would be compared with
+    the candidate's seeds 0, 1, 2, 3, and the seed's share would swamp the difference."""
+    seed_part = {0: 0.0, 1: 0.9, 2: -0.7, 3: 0.4, 4: -0.2}
+    champ_seeds, cand_seeds = [0, 2, 3, 4], [0, 1, 2, 3]
+    ev = Evidence(champion=[1.0 + seed_part[s] for s in champ_seeds], champion_seeds=champ_seeds,
+                  candidate=[0.9 + seed_part[s] + 0.001 * s for s in cand_seeds], candidate_seeds=cand_seeds)
+    assert paired(ev) == pytest.approx([0.1, 0.098, 0.097])
+    d = NoiseAwarePolicy(PolicyConfig(test="paired", screen_bar=-10, futility_sigmas=-10)).decide(ev)
+    assert d.verdict == "win" and d.rule == "confirm:paired", d.reason

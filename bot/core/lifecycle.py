@@ -32,12 +32,13 @@ from dataclasses import dataclass, field
 
 from bot.core.policy import Policy
 from bot.core.records import (DEFAULT_METRIC, HOLDOUT, VAL, ChampionRecord, Decision, Evidence, ExperimentRecord, Metric,
-                         RunResult, RunSpec, ok_metric, sign, val_runs)
+                         RunResult, RunSpec, ok_metric, ok_seeds, sign, val_runs)
 from runner.config import TargetConfig
 
 MAX_REFUSED = 5  # proposals refused in a row (no branch made) before an executor stops proposing
 HOLDOUT_TRIES = 2  # champion holdout runs tried before a win on that champion is rejected for want of a reference
 CHAMPION_FAILURES = 2  # failed champion runs before the champion itself is said to fail (one may be the machine's)
+HOLDOUT_SEEDS = 1_000_000  # the first seed of holdout runs: val runs are numbered 0, 1, 2, ... below it
 
 
 @dataclass(frozen=True)
@@ -238,7 +239,8 @@ def evidence(exp: ExperimentRecord, champion: ChampionRecord, metric: Metric, re
     failed = _failed_run(runs)
     key = metric.key()
     return Evidence(metric=key, direction=metric.direction, champion=ok_metric(champion.runs, key),
-                    candidate=ok_metric(exp.runs, key), candidate_status=failed.status if failed else "ok",
+                    candidate=ok_metric(exp.runs, key), champion_seeds=ok_seeds(champion.runs, key),
+                    candidate_seeds=ok_seeds(exp.runs, key), candidate_status=failed.status if failed else "ok",
                     candidate_reason=failed.reason if failed else "", removes_code=removes_code)
 
 
@@ -251,9 +253,13 @@ def _pending(rec: ExperimentRecord | ChampionRecord, split: str) -> int:
 
 
 def _specs(rec: ExperimentRecord | ChampionRecord, role: str, n: int, splits: tuple[str, ...]) -> tuple[RunSpec, ...]:
-    """`n` new runs of rec's commit: seeds continue after every run made or asked for, so none repeats."""
+    """`n` new runs of rec's commit. Val seeds count 0, 1, 2, ... after the val runs made or asked for, and holdout
+    runs count from HOLDOUT_SEEDS after the holdout ones, so a holdout run consumes no val seed: a candidate's k-th
+    val run and its champion's share seed k (a failed run keeps its seed; none repeats)."""
     champion = rec.parent if isinstance(rec, ExperimentRecord) else rec.commit
-    first = len(rec.runs) + len(rec.pending)
+    holdout = HOLDOUT in splits
+    used = [x.seed for x in [*rec.runs, *rec.pending] if (HOLDOUT in x.splits) == holdout]
+    first = max(used + [HOLDOUT_SEEDS - 1 if holdout else -1]) + 1
     return tuple(RunSpec(role=role, commit=rec.commit, champion=champion, seed=first + i, splits=list(splits))
                  for i in range(n))
 
@@ -352,7 +358,7 @@ def trailers(exp: ExperimentRecord, decision: Decision, metric: Metric) -> dict[
 
 def champion_after(exp: ExperimentRecord, merge: str) -> ChampionRecord:
     """The record of the champion a win's merge made: its tree is the candidate's, so the candidate's runs
-    measure it."""
+    measure it, with their seeds (its next val run is seed k for the k val runs it inherits, as a candidate's)."""
     return ChampionRecord(commit=merge, experiment=exp.id, runs=exp.runs)
 
 

@@ -162,6 +162,15 @@ def _oriented(ev: Evidence) -> tuple[list[float], list[float]]:
     return oriented(ev.champion, ev.direction), oriented(ev.candidate, ev.direction)
 
 
+def paired(ev: Evidence) -> list[float]:
+    """The same-seed differences champion - candidate (oriented: positive means the candidate is better), one per
+    seed both have a value for, in the candidate's order. Runs are paired by seed, never by position: a champion
+    run that failed, or a run one side made and the other did not, pairs with nothing."""
+    champ, cand = _oriented(ev)
+    by_seed = dict(zip(ev.champion_seeds or range(len(champ)), champ))
+    return [by_seed[s] - v for s, v in zip(ev.candidate_seeds or range(len(cand)), cand) if s in by_seed]
+
+
 def _failed(ev: Evidence) -> Decision:
     reason = ev.candidate_reason or f"candidate run {ev.candidate_status}"
     return Decision(
@@ -296,17 +305,18 @@ class NoiseAwarePolicy:
 
         return spent(n) - spent(n - 1)
 
-    def _test(self, champ: list[float], cand: list[float], shift: float) -> tuple[float, float, float, str]:
-        """(t statistic, p-value, standard error, test name) for H0: improvement <= shift."""
+    def _test(self, champ: list[float], cand: list[float], shift: float,
+              pairs: list[float] = ()) -> tuple[float, float, float, str]:
+        """(estimated improvement, p-value, standard error, test name) for H0: improvement <= shift; `pairs` are the
+        same-seed differences champion - candidate (`paired`): the paired test's estimate is their mean."""
         c = self.cfg
         nh, nc = len(champ), len(cand)
         vh, vc = _var(champ), _var(cand)
         kind = c.test
-        npairs = min(nh, nc)
-        if kind == "paired" and npairs >= 2:
-            d = [champ[i] - cand[i] for i in range(npairs)]
-            se = math.sqrt(_var(d) / npairs)
-            est, df = _mean(d), npairs - 1
+        if kind == "paired" and len(pairs) >= 2:
+            d = list(pairs)
+            se = math.sqrt(_var(d) / len(d))
+            est, df = _mean(d), len(d) - 1
         elif kind == "welch" and nc >= 2:
             a, b = vh / nh, vc / nc
             se = math.sqrt(a + b)
@@ -321,12 +331,10 @@ class NoiseAwarePolicy:
             se = math.sqrt(sp2 * (1.0 / nh + 1.0 / nc))
             est = _mean(champ) - _mean(cand)
         if se <= 0.0:
-            t = math.inf if est > shift else (-math.inf if est < shift else math.nan)
             p = 0.0 if est > shift else 1.0
         else:
-            t = (est - shift) / se
-            p = t_sf(t, df)
-        return t, p, se, kind
+            p = t_sf((est - shift) / se, df)
+        return est, p, se, kind
 
     def decide(self, ev: Evidence) -> Decision:
         c = self.cfg
@@ -379,7 +387,7 @@ class NoiseAwarePolicy:
 
         # --- simplification: statistically no worse after simplification_runs runs
         if simplification and nc >= c.simplification_runs:
-            _, p_w, _, _ = self._test(cand, champ, 0.0)  # H1: candidate worse
+            _, p_w, _, _ = self._test(cand, champ, 0.0, [-d for d in paired(ev)])  # H1: candidate worse
             if effect >= -c.simplification_tolerance * sd and p_w > c.alpha:
                 return final(
                     "win",
@@ -391,7 +399,8 @@ class NoiseAwarePolicy:
                 )
 
         # --- confirm
-        t, p, se, kind = self._test(champ, cand, c.min_effect)
+        effect, p, se, kind = self._test(champ, cand, c.min_effect, paired(ev))
+        stats["effect"] = effect
         a_n = self.alpha_at(nc)
         if effect > c.min_effect and p <= a_n:
             return final(

@@ -86,6 +86,8 @@ class Evidence(BaseModel):
     direction: Direction = "minimize"
     champion: list[float]
     candidate: list[float]
+    champion_seeds: list[int] = Field(default_factory=list)  # the seed of each value above; empty: run i is seed i
+    candidate_seeds: list[int] = Field(default_factory=list)
     candidate_status: RunStatus = "ok"
     candidate_reason: str = ""
     removes_code: bool = False
@@ -232,3 +234,8 @@ def val_runs(runs: list[RunResult]) -> list[RunResult]:
 def ok_metric(runs: list[RunResult], metric: str) -> list[float]:
     """The metric (its val key) of each successful val run, in order."""
     return [r.metrics[metric] for r in val_runs(runs) if r.ok and metric in r.metrics]
+
+
+def ok_seeds(runs: list[RunResult], metric: str) -> list[int]:
+    """The seed of each value `ok_metric` gives, in the same order."""
+    return [r.seed for r in val_runs(runs) if r.ok and metric in r.metrics]
