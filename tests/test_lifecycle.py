@@ -23,6 +23,7 @@ from bot.core import lifecycle as lc
 from bot.core.policy import MarginPolicy, NoiseAwarePolicy, PolicyConfig
 from bot.core.records import (DEFAULT_METRIC, ChampionRecord, Cost, Decision, ExperimentRecord, Metric, Proposal, RunResult,
                          RunSpec)
+from runner.config import TargetConfig
 
 CHAMP = "c" * 40  # the champion the experiment was measured on
 NEWER = "f" * 40  # a later champion
@@ -66,6 +67,8 @@ def champ_holdout(val: float = 3.00, holdout: float = 3.03, seed: int = lc.HOLDO
 
 
 FLOOR = (3.00, 3.02, 3.04)
+AUTO = lc.Rules(NOISE)  # holdout_max_gap: auto, the default
+SPREAD = tuple(champ_holdout(holdout=3.00 + 0.03 * k, seed=H + k) for k in range(3))  # gaps +0.00, +0.01, +0.02
 
 
 def experiment(runs: list[RunResult] = (), parent: str = CHAMP, decision: Decision | None = None,
@@ -206,7 +209,7 @@ CASES = {
     # gap (2.52 - 2.51) / 2.51 = +0.0040, 0.0060 below the champion's: within the limit.
     "holdout gap a little below the champion's: win": Case(
         experiment(cand_runs(*WIN) + [confirmed(holdout=2.52)]), champion(*FLOOR, extra=(champ_holdout(),)),
-        lc.Decide, verdict="win", rule="confirm:pooled", review=None, says=("holdout confirmed (gap excess -0.0060)",)),
+        lc.Decide, verdict="win", rule="confirm:pooled", review=None, says=("holdout confirmed (gap excess -0.0060, limit 0.01 either way)",)),
     "holdout confirmation run crashed: rejected": Case(
         experiment(cand_runs(*WIN) + [run(None, H, status="crash", reason="oom on holdout", holdout=None)
                                       .model_copy(update={"splits": ["val", "holdout"]})]),
@@ -223,6 +226,34 @@ CASES = {
                                      .model_copy(update={"splits": ["val", "holdout"]}) for s in (H, H + 1))),
         lc.Decide, verdict="rejected", rule="holdout_gap", review=None,
         says=("the champion's holdout could not be measured",)),
+    # --- holdout_max_gap auto: the limit from the spread of the champion's own gaps, on three seeds
+    "auto: the champion's three holdout runs and the candidate's, at once": Case(
+        experiment(cand_runs(*WIN)), champion(*FLOOR), lc.Run, rules=AUTO,
+        specs=(*(spec("champion", CHAMP, H + k, ("val", "holdout")) for k in range(3)),
+               spec(EXP, CAND, H, ("val", "holdout")))),
+    "auto: one reference inherited (a promoted win's confirmation): two more": Case(
+        experiment(cand_runs(*WIN)), champion(*FLOOR, extra=(champ_holdout(),)), lc.Run, rules=AUTO,
+        specs=(*(spec("champion", CHAMP, H + k, ("val", "holdout")) for k in (1, 2)),
+               spec(EXP, CAND, H, ("val", "holdout")))),
+    # gaps +0.0000, +0.0100, +0.0200: mean +0.0100, sd 0.0100; t(2) 0.995 quantile 9.925 x 0.01 x sqrt(4/3): 0.1146
+    "auto: a gap 0.0837 less than the champion's, within its spread: win": Case(
+        experiment(cand_runs(*WIN) + [confirmed(holdout=2.30)]), champion(*FLOOR, extra=SPREAD), lc.Decide,
+        rules=AUTO, verdict="win", rule="confirm:pooled", review=None,
+        says=("holdout confirmed (gap excess -0.0937", "limit 0.1146", "9.92 x the sd 0.0100 of the champion's 3 gaps")),
+    "auto: a gap 0.1155 above the champion's, beyond its spread: rejected": Case(
+        experiment(cand_runs(*WIN) + [confirmed(holdout=2.83)]), champion(*FLOOR, extra=SPREAD), lc.Decide,
+        rules=AUTO, verdict="rejected", rule="holdout_gap", review=None, says=("seen val", "limit 0.1146")),
+    # gap 0.11 / 2.51 = +0.0438, 0.0338 above the champion's +0.0100 on every seed
+    "auto: seeds that move the gap by nothing: the least limit": Case(
+        experiment(cand_runs(*WIN) + [confirmed(holdout=2.62)]),
+        champion(*FLOOR, extra=tuple(champ_holdout(seed=H + k) for k in range(3))), lc.Decide, rules=AUTO,
+        verdict="rejected", rule="holdout_gap", review=None, says=(f"limit {lc.HOLDOUT_MIN_GAP:.4f}",)),
+    "auto: two of the champion's holdout runs failed: rejected for want of a reference": Case(
+        experiment(cand_runs(*WIN) + [confirmed()]),
+        champion(*FLOOR, extra=(champ_holdout(),) + tuple(
+            champ_holdout(status="crash", val=None, holdout=None, seed=H + k)
+            .model_copy(update={"splits": ["val", "holdout"]}) for k in (1, 2))), lc.Decide, rules=AUTO,
+        verdict="rejected", rule="holdout_gap", review=None, says=("1 of 3 reference runs",)),
     "holdout_max_gap None: a win is decided without a holdout run": Case(
         experiment(cand_runs(*WIN)), champion(*FLOOR), lc.Decide, rules=lc.Rules(NOISE, holdout_max_gap=None),
         verdict="win", rule="confirm:pooled", review=None),
@@ -238,7 +269,7 @@ CASES = {
         says=("held for human review", "timing", "holdout confirmed")),
     "flagged win, review_flagged False: not held": Case(
         experiment(cand_runs(*WIN, flags=(FLAG,)) + [confirmed()]), champion(*FLOOR, extra=(champ_holdout(),)),
-        lc.Decide, rules=lc.Rules(NOISE, review_flagged=False), verdict="win", rule="confirm:pooled", review=None),
+        lc.Decide, rules=lc.Rules(NOISE, review_flagged=False, holdout_max_gap=0.01), verdict="win", rule="confirm:pooled", review=None),
     "flagged loss: nothing to hold": Case(
         experiment(cand_runs(3.05, flags=(FLAG,))), champion(*FLOOR), lc.Decide, verdict="loss", rule="screen",
         review=None),
@@ -491,7 +522,6 @@ def test_is_active(exp, active):
 
 
 def test_rules_of_a_target():
-    from runner.config import TargetConfig
 
     rules = lc.Rules.of(NOISE, TargetConfig(review_flagged=False, holdout_max_gap=None), SCORE)
     assert rules == lc.Rules(NOISE, review_flagged=False, holdout_max_gap=None, metric=SCORE)
@@ -501,7 +531,7 @@ def test_rules_of_a_target():
 # The same numbers as above, mirrored: the champion scores 3.00, 3.02, 3.04 on `val_score` (higher is better); a
 # candidate at 3.52, 3.54 is as clear a win as 2.50, 2.52 is when minimizing. Its holdout reference: 3.00 -> 2.97.
 SCORE = Metric(name="score", direction="maximize", precision=4)
-SCORE_RULES = lc.Rules(NOISE, metric=SCORE)
+SCORE_RULES = lc.Rules(NOISE, holdout_max_gap=0.01, metric=SCORE)
 
 
 def score_run(val: float, seed: int, commit: str = CAND, holdout: float | None = None) -> RunResult:
@@ -646,3 +676,19 @@ def test_seeds_pair_across_a_promotion():
     ev = lc.evidence(nxt, successor, DEFAULT_METRIC)
     assert ev.candidate_seeds == list(range(len(ev.candidate_seeds)))
     assert set(ev.candidate_seeds) <= set(ev.champion_seeds) == set(range(len(ev.champion_seeds)))
+
+
+def test_auto_holdout_limit_rejects_an_honest_win_one_time_in_a_hundred():
+    """auto is the default; an honest win, its gap drawn as the champion's three are (any spread), is rejected about
+    HOLDOUT_FALSE_REJECT of the time, and a number stays a fixed limit."""
+    import numpy as np
+
+    assert TargetConfig().holdout_max_gap == "auto" and lc.Rules(NOISE).holdout_max_gap == "auto"
+    rng = np.random.default_rng(7)
+    for sd in (0.05, 0.2):  # spreads whose limits lie far above HOLDOUT_MIN_GAP
+        gaps = rng.normal(0.01, sd, size=(20_000, lc.HOLDOUT_REFERENCE_RUNS + 1))
+        rejected = np.mean([abs(g[-1] - g[:-1].mean()) > lc.holdout_limit(list(g[:-1]), "auto")[0] for g in gaps])
+        assert 0.006 < rejected < 0.015, (sd, rejected)
+    assert lc.holdout_limit([0.0, 0.5, 1.0], 0.02) == (0.02, "limit 0.02 either way")
+    with pytest.raises(ValueError, match="holdout_max_gap must be >= 0, 'auto' or none"):
+        TargetConfig(holdout_max_gap=-0.1)

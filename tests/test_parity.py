@@ -30,7 +30,7 @@ from tests.test_slurm_executor import fake, finish  # noqa: F401 - `fake`: the s
 WORLD = {
     "win": Variant(effect=-0.3),
     "worse": Variant(effect=0.2),
-    "meh": Variant(effect=-0.004),
+    "meh": Variant(effect=-0.012),  # passes its screen by a hair (1.2 noise sds), then fails at futility
     "crash": Variant(status="crash"),
     "timeout": Variant(status="timeout"),
     "flagged": Variant(effect=-0.3, flags=("timing: reads the clock",)),
@@ -175,7 +175,7 @@ WORLD2 = {
     "slow-good": Variant(effect=-0.2, ticks=6),
     "worse": Variant(effect=0.2),
     "win-again": Variant(effect=-0.3),
-    "meh": Variant(effect=-0.004),
+    "meh": Variant(effect=-0.012),  # passes its screen by a hair (1.2 noise sds), then fails at futility
 }
 NAMES2 = ["win", "slow-good", "worse", "win-again", "meh"]
 CONFIG2 = {"policy": {"rule": "noise_aware"}, "run": {"workers": 2}, "github": {"repo": REPO, "max_in_flight": 2}}

@@ -11,8 +11,9 @@ Every rule goes through the runs the lifecycle (`bot.core.lifecycle`) makes, cou
 - `decide` is asked, the requested champion and candidate runs are made, and so on until a final verdict; champion
   runs stay with the champion and serve its later experiments;
 - a win, when the rule confirms on holdout (`Rules.holdout_max_gap` set), costs one candidate run scored on val and
-  holdout, plus one champion holdout run the first time (later champions inherit the winner's). The synthetic target
-  does not overfit val, so the check always passes; its runs are counted, never used in a mean;
+  holdout, plus the champion's holdout reference runs it still lacks (one for a fixed gap, `HOLDOUT_REFERENCE_RUNS`
+  for `auto`; a later champion inherits the winner's confirmation run). The synthetic target does not overfit val, so
+  the check always passes; its runs are counted, never used in a mean;
 - the promoted candidate's val runs become the new champion's runs (`lifecycle.champion_after`), so a winner's luck
   stays in the champion's measured value. With one run each and margin 0 this is autoresearch's greedy loop: the kept
   run's single measurement becomes the value the next candidate must beat.
@@ -29,7 +30,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from bot.core.lifecycle import Rules
+from bot.core.lifecycle import HOLDOUT_REFERENCE_RUNS, Rules
 from bot.core.policy import MarginPolicy, NoiseAwarePolicy, Policy, PolicyConfig, t_sf
 from bot.core.records import Decision, Evidence, oriented
 from runner.config import Direction
@@ -177,7 +178,7 @@ class _Campaign:
         self.sim, self.rng = sim, rng
         self.true = 0.0
         self.runs: list[float] = []
-        self.holdout_measured = False
+        self.holdout_runs = 0  # the champion's holdout reference runs
         self.seed_parts: list[float] = []  # a seed's share of the noise, the same for every commit of the campaign
         self.made = 0
 
@@ -193,12 +194,14 @@ class _Campaign:
         while len(self.runs) < policy.baseline_runs:
             self.runs.append(self.measure(self.true, len(self.runs)))
 
-    def confirm_holdout(self) -> None:
-        """A win's holdout confirmation: one candidate run on val + holdout, and the champion's reference once."""
-        self.made += 1 if self.holdout_measured else 2
+    def confirm_holdout(self, reference: int) -> None:
+        """A win's holdout confirmation: one candidate run on val + holdout, and the champion's reference runs it
+        lacks."""
+        self.made += 1 + max(0, reference - self.holdout_runs)
+        self.holdout_runs = max(reference, self.holdout_runs)
 
-    def promote(self, true: float, runs: list[float]) -> None:
-        self.true, self.runs, self.holdout_measured = true, list(runs), True
+    def promote(self, true: float, runs: list[float], confirmed: bool) -> None:
+        self.true, self.runs, self.holdout_runs = true, list(runs), int(confirmed)
 
 
 def simulate_rule(rules: Rules, sim: SimConfig, max_calls: int = 1000) -> dict[str, float]:
@@ -240,9 +243,10 @@ def simulate_rule(rules: Rules, sim: SimConfig, max_calls: int = 1000) -> dict[s
                 real_wins += eff > 0
                 strong_promoted += eff >= sim.power_threshold * s
                 margins.append((d.effect or 0.0) / s)
-                if rules.holdout_max_gap is not None:
-                    champ.confirm_holdout()
-                champ.promote(cand_true, cand)
+                confirmed = rules.holdout_max_gap is not None
+                if confirmed:
+                    champ.confirm_holdout(HOLDOUT_REFERENCE_RUNS if rules.holdout_max_gap == "auto" else 1)
+                champ.promote(cand_true, cand, confirmed)
         total_runs += champ.made
         improvements.append(-champ.true / s)
     n_exp = sim.campaigns * sim.experiments
