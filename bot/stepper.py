@@ -129,6 +129,7 @@ class Stepper:
         self.take_up()
         self.collect(self.executor.poll(wait))
         self.floor()
+        self.rules = lc.learned(self.rules, self.store.experiments())
         return self._advance_all()
 
     def _advance_all(self) -> list[ExperimentRecord]:

@@ -692,3 +692,24 @@ def test_auto_holdout_limit_rejects_an_honest_win_one_time_in_a_hundred():
     assert lc.holdout_limit([0.0, 0.5, 1.0], 0.02) == (0.02, "limit 0.02 either way")
     with pytest.raises(ValueError, match="holdout_max_gap must be >= 0, 'auto' or none"):
         TargetConfig(holdout_max_gap=-0.1)
+
+
+def test_a_learning_policy_decides_on_the_campaigns_prior():
+    """lc.learned gives a bayes policy's evidence the prior learned from the decided experiments (stale ones left
+    out), and its reasons say how many it learned from; other policies' rules are left as they are."""
+    from bot.core.policy import BayesPolicy
+
+    assert lc.learned(RULES, []) is RULES
+    bayes_rules = lc.Rules(BayesPolicy(PolicyConfig(rule="bayes")), holdout_max_gap=None)
+    decided = []
+    for i, vals in enumerate([(3.05,), (2.99, 3.03), (3.10,)]):
+        rec = experiment(cand_runs(*vals))
+        rec.id, rec.number = f"exp-{i}", i
+        rec.evidence = lc.evidence(rec, champion(*FLOOR), DEFAULT_METRIC)
+        rec.decision = Decision(verdict="loss", rule="stale" if i == 2 else "screen", reason="r")
+        decided.append(rec)
+    rules = lc.learned(bayes_rules, decided + [experiment()])
+    assert rules.campaign is not None and rules.campaign.experiments == 2
+    action = lc.next_action(experiment(cand_runs(3.06)), champion(*FLOOR), CHAMP, rules)
+    assert isinstance(action, lc.Decide) and action.evidence.campaign == rules.campaign
+    assert "prior from 2 experiments" in action.decision.reason

@@ -51,8 +51,8 @@ def policy(
         "minimize", help="minimize or maximize: how the rules are shown the metric (the results are the same)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object: {rule: {metric: value}} for the default mix, and every mix under 'mixes'."),
 ) -> None:
-    """Compare promotion rules on simulated campaigns of four proposal mixes: arbot (its default rule, bayes, with the
-    holdout runs charged, and as arbot_no_holdout without), noise_aware, greedy (autoresearch's loop: one run, keep if
+    """Compare promotion rules on simulated campaigns of four proposal mixes: arbot (its defaults: noise_aware, the
+    holdout runs charged; arbot_no_holdout without them), bayes (the learning rule, likewise), greedy (autoresearch's loop: one run, keep if
     better, the kept run becomes the champion's value), fixed_t (5 seeds each, Welch t); beside each mix, the bound
     (bot.bench.bound: the best any rule can do at 5% false promotions), with and without a holdout run per win."""
     mixes = {}

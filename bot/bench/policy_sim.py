@@ -32,7 +32,7 @@ import numpy as np
 
 from bot.core.lifecycle import HOLDOUT_REFERENCE_RUNS, Rules
 from bot.core.bayes import learn
-from bot.core.policy import BayesPolicy, MarginPolicy, NoiseAwarePolicy, Policy, PolicyConfig, make_policy, t_sf
+from bot.core.policy import MarginPolicy, Policy, PolicyConfig, make_policy, t_sf
 from bot.core.records import Decision, Evidence, oriented
 from runner.config import Direction
 
@@ -170,14 +170,15 @@ class FixedTPolicy:
 
 
 def default_rules() -> dict[str, Rules]:
-    """The rules the benchmark compares: arbot's defaults (holdout confirmation on, as the target's default) and the
-    same without the holdout runs charged (the simulated target never needs them), the noise_aware rule, greedy as
-    autoresearch runs it (one run, keep if better, no holdout), and a fixed-n t-test in arbot's lifecycle."""
-    arbot = make_policy(PolicyConfig())
+    """The rules the benchmark compares: arbot's defaults (noise_aware; holdout confirmation on, as the target's
+    default), the bayes rule, each also without the holdout runs charged (the simulated target never needs them),
+    greedy as autoresearch runs it (one run, keep if better, no holdout), and a fixed-n t-test in arbot's lifecycle."""
+    arbot, bayes = make_policy(PolicyConfig()), make_policy(PolicyConfig(rule="bayes"))
     return {
         "arbot": Rules(arbot),
         "arbot_no_holdout": Rules(arbot, holdout_max_gap=None),
-        "noise_aware": Rules(NoiseAwarePolicy(PolicyConfig(rule="noise_aware"))),
+        "bayes": Rules(bayes),
+        "bayes_no_holdout": Rules(bayes, holdout_max_gap=None),
         "greedy": Rules(MarginPolicy(margin=0.0, baseline_runs=1, runs=1), holdout_max_gap=None),
         "fixed_t": Rules(FixedTPolicy(n=5, alpha=0.05)),
     }
@@ -231,7 +232,7 @@ def _evidence(champ: _Campaign, cand: list[float], sim: SimConfig, removes: bool
 def simulate_rule(rules: Rules, sim: SimConfig, max_calls: int = 1000) -> dict[str, float]:
     """Run `sim.campaigns` campaigns of `sim.experiments` experiments with one rule; return its metrics."""
     policy, s = rules.policy, sim.sigma
-    learns = isinstance(policy, BayesPolicy)
+    learns = getattr(policy, "learns", False)
     promotions = false_promotions = worse_promotions = strong = strong_promoted = real_wins = 0
     baseline_runs = total_runs = 0
     margins: list[float] = []

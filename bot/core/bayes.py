@@ -109,8 +109,10 @@ def pairing(history: Sequence[Evidence], sd: float) -> tuple[float, float]:
     def logl(ss: float, df: int, var: float) -> float:
         return -0.5 * df * math.log(var) - ss / (2 * var)
 
-    share, var = 0.5, 1.0
-    for _ in range(EM_STEPS if data else 0):
+    if not data:
+        return 0.0, 0.0
+    share, var = 0.5, float(np.clip(np.quantile([ss / df for ss, df in data], 0.25), 0.1, 2.0))  # from the tightest
+    for _ in range(EM_STEPS):
         resp = []
         for ss, df in data:
             la, lb = logl(ss, df, var), logl(ss, df, 2.0)

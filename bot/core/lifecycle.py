@@ -29,13 +29,14 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from scipy import special
 
+from bot.core.bayes import learn
 from bot.core.policy import Policy
-from bot.core.records import (DEFAULT_METRIC, HOLDOUT, VAL, ChampionRecord, Decision, Evidence, ExperimentRecord, Metric,
+from bot.core.records import (DEFAULT_METRIC, HOLDOUT, VAL, CampaignPrior, ChampionRecord, Decision, Evidence, ExperimentRecord, Metric,
                          RunResult, RunSpec, ok_metric, ok_seeds, sign, val_runs)
 from runner.config import TargetConfig
 
@@ -57,10 +58,21 @@ class Rules:
     review_flagged: bool = True
     holdout_max_gap: float | Literal["auto"] | None = TargetConfig.model_fields["holdout_max_gap"].default
     metric: Metric = DEFAULT_METRIC
+    campaign: CampaignPrior | None = None  # what a policy that learns knows from the campaign (`learned`)
 
     @classmethod
     def of(cls, policy: Policy, target: TargetConfig, metric: Metric) -> Rules:
         return cls(policy, target.review_flagged, target.holdout_max_gap, metric)
+
+
+def learned(rules: Rules, experiments: list[ExperimentRecord]) -> Rules:
+    """The rules with what a policy that learns (`bayes`) knows from the campaign's decided experiments (oldest
+    first, each with the evidence it was decided on; a stale or tampered one measured nothing new)."""
+    if not getattr(rules.policy, "learns", False):
+        return rules
+    history = [(r.evidence, r.decision) for r in sorted(experiments, key=lambda r: r.number)
+               if r.decision is not None and r.evidence is not None and r.decision.rule not in ("stale", "tampered")]
+    return replace(rules, campaign=learn(history))
 
 
 # --- actions ------------------------------------------------------------------------------------------------
@@ -134,7 +146,7 @@ def next_action(exp: ExperimentRecord, champion: ChampionRecord, current: str, r
     if tampered and (exp.decision is None or exp.decision.verdict == "win"):
         return Decide(Decision(verdict="rejected", rule="tampered", reason=(
             f"{tampered}: what would be merged is not what was measured, so nothing measured counts")),
-            evidence(exp, champion, rules.metric, removes_code))
+            evidence(exp, champion, rules.metric, removes_code, rules.campaign))
     if exp.decision is not None:
         if exp.decision.verdict != "win":
             return Close(exp.decision)
@@ -149,7 +161,7 @@ def next_action(exp: ExperimentRecord, champion: ChampionRecord, current: str, r
         return floor
     if mine := _pending(exp, VAL):
         return Wait(f"{mine} of {exp.id}'s runs are in flight: it is decided on every run its request asked for")
-    ev = evidence(exp, champion, rules.metric, removes_code)
+    ev = evidence(exp, champion, rules.metric, removes_code, rules.campaign)
     decision = rules.policy.decide(ev)
     if not decision.final:
         if ahead is not None and val_runs(exp.runs):
@@ -196,7 +208,7 @@ def _champion_moved(exp: ExperimentRecord, champion: ChampionRecord, current: st
     if not val_runs(exp.runs) and _pending(exp, VAL):
         return Wait(f"the champion moved to {current[:12]}; {exp.id}'s screen in flight finishes on "
                     f"{exp.parent[:12]}, where a loss still stands")
-    ev = evidence(exp, champion, rules.metric, removes_code)
+    ev = evidence(exp, champion, rules.metric, removes_code, rules.campaign)
     decision = rules.policy.decide(ev)
     if decision.final and decision.verdict != "win":
         return Decide(decision.model_copy(update={"reason": (
@@ -242,14 +254,15 @@ def floor_met(champion: ChampionRecord, rules: Rules) -> bool:
     return len(ok_metric(champion.runs, rules.metric.key())) >= rules.policy.baseline_runs
 
 
-def evidence(exp: ExperimentRecord, champion: ChampionRecord, metric: Metric, removes_code: bool = False) -> Evidence:
+def evidence(exp: ExperimentRecord, champion: ChampionRecord, metric: Metric, removes_code: bool = False,
+             campaign: CampaignPrior | None = None) -> Evidence:
     runs = val_runs(exp.runs)
     failed = _failed_run(runs)
     key = metric.key()
     return Evidence(metric=key, direction=metric.direction, champion=ok_metric(champion.runs, key),
                     candidate=ok_metric(exp.runs, key), champion_seeds=ok_seeds(champion.runs, key),
                     candidate_seeds=ok_seeds(exp.runs, key), candidate_status=failed.status if failed else "ok",
-                    candidate_reason=failed.reason if failed else "", removes_code=removes_code)
+                    candidate_reason=failed.reason if failed else "", removes_code=removes_code, campaign=campaign)
 
 
 def _failed_run(runs: list[RunResult]) -> RunResult | None:

@@ -39,10 +39,10 @@ TestKind = Literal["pooled", "welch", "paired"]
 class PolicyConfig(BaseModel, extra="forbid"):
     """The `policy:` section of arbot.yml."""
 
-    rule: Literal["bayes", "noise_aware", "margin"] = Field(
-        "bayes",
-        description="Promotion rule: 'bayes' (a stopping rule on a prior learned from the campaign), 'noise_aware' "
-        "(sequential significance test) or 'margin' (mean beats champion by margin).",
+    rule: Literal["noise_aware", "bayes", "margin"] = Field(
+        "noise_aware",
+        description="Promotion rule: 'noise_aware' (sequential significance test), 'bayes' (a stopping rule on a prior "
+        "learned from the campaign) or 'margin' (mean beats champion by margin).",
     )
     fdr: float = Field(
         0.05,
@@ -459,6 +459,7 @@ class BayesPolicy:
     """
 
     name = "bayes"
+    learns = True  # its evidence carries the campaign's prior (`lifecycle.learned`)
 
     def __init__(self, cfg: PolicyConfig | None = None) -> None:
         self.cfg = cfg or PolicyConfig(rule="bayes")
