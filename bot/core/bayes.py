@@ -171,7 +171,8 @@ def marginal(ev: Evidence, ss: float, df: int, share: float, rho: float) -> tupl
     return special.logsumexp(both, axis=0) - k, special.logsumexp(paired, axis=0) - k
 
 
-def _posterior(prior: np.ndarray, ll: np.ndarray) -> np.ndarray:
+def posterior(prior: np.ndarray, ll: np.ndarray) -> np.ndarray:
+    """The posterior on GRID of a prior and a log-likelihood."""
     w = prior * np.exp(ll - ll.max())
     return w / w.sum()
 

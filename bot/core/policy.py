@@ -3,13 +3,16 @@
 A single training run is a noisy measurement: on the built-in CPU target the seed-to-seed spread of the metric
 is 0.02-0.07 at a 20 s budget, larger than most real improvements. A rule that trusts one run merges noise.
 
-Two rules are provided:
+Three rules are provided:
 
 * `MarginPolicy` - the simple rule. The candidate wins when its mean beats the champion's mean by more
   than `margin`. With `margin=0` and one run each this is autoresearch's greedy "keep if better".
 * `NoiseAwarePolicy` - the default. It estimates the noise floor from the champion's repeated runs,
   screens a candidate on one run (most proposals cost that one run), and confirms a promising one with a group-sequential one-sided
   t-test (alpha spending over looks), so clear cases stop early and noise is rarely promoted.
+* `BayesPolicy` (`rule: bayes`) - promote, stop or run again, whichever is worth most under a prior over effect
+  sizes learned from the campaign's own decided experiments (`bot.core.bayes`), pairing runs by seed where the
+  campaign's data shows they pair.
 
 The loop calls `decide(Evidence)` repeatedly; the policy answers `more_runs` (asking for more candidate
 and/or champion runs) until it reaches a final verdict. It never asks for more once
@@ -484,11 +487,11 @@ class BayesPolicy:
         sd = float(bayes.noise_sds(ss, df)[len(bayes.SD_QUANTILES) // 2])
         ll, paired_ll = bayes.marginal(ev, ss, df, prior.pair_share, prior.pair_correlation)
         w = np.asarray(prior.weights)
-        post = bayes._posterior(w, ll)
+        post = bayes.posterior(w, ll)
         p_pair = float((w * np.exp(paired_ll - ll.max())).sum() / (w * np.exp(ll - ll.max())).sum())
         lfdr, mean = float(post[bayes.NULL].sum()), float(post @ bayes.GRID)
         stats: dict = dict(champion_mean=ch, candidate_mean=ca, effect=mean * sd, spread=sd, champion_runs=nh,
-                           candidate_runs=nc, p_value=lfdr)
+                           candidate_runs=nc)  # no p-value: P(no better), a posterior probability, is in the reason
         facts = (f"{m} {ca:.4f} over {nc} runs vs the champion's {ch:.4f} over {nh}: expected improvement "
                  f"{mean:.2f} x noise sd {sd:.4g} ({df} df), P(no better) {lfdr:.3f}"
                  + (f", P(pairs) {p_pair:.2f}" if prior.pair_correlation > 0 else "") + f"; {bayes.describe(prior)}")
