@@ -71,7 +71,7 @@ def policy(
     if as_json:
         typer.echo(json.dumps({**mixes["default"]["rules"], "mixes": mixes}))
         return
-    console = Console(width=max(130, Console().width))
+    console = Console(width=max(200, Console().width))
     for name, m in mixes.items():
         console.print(_table(name, m, seed, sigma))
 
