@@ -102,8 +102,9 @@ def main() -> None:
             scored = score(out / "model.pt2", splits, ("val",), device=evaluator.device)
             if scored["status"] != "ok":
                 raise RuntimeError(f"{name} seed {seed}: {scored['status']}: {scored['reason']}")
-            return {"commit": name, "seed": seed, "repeat": rep, metric: scored["metrics"][metric],
-                    "steps": run["steps"]}
+            row = {"commit": name, "seed": seed, "repeat": rep, metric: scored["metrics"][metric], "steps": run["steps"]}
+            print(json.dumps(row), file=sys.stderr, flush=True)  # each run as it ends: a cut-short measurement keeps them
+            return row
 
         with ThreadPoolExecutor(args.jobs) as pool:
             rows = list(pool.map(one, jobs))

@@ -129,7 +129,8 @@ class Stepper:
         self.take_up()
         self.collect(self.executor.poll(wait))
         self.floor()
-        self.rules = lc.learned(self.rules, self.store.experiments())
+        if getattr(self.rules.policy, "learns", False):  # the records are read only for a policy that learns
+            self.rules = lc.learned(self.rules, self.store.experiments())
         return self._advance_all()
 
     def _advance_all(self) -> list[ExperimentRecord]:
