@@ -51,7 +51,7 @@ def test_acceptance_where_it_holds(results):
         a = results["mixes"][mix]["rules"]["arbot"]
         assert a["false_promotion_rate"] <= 0.08 and a["power"] >= 0.80, (mix, a)  # 8 campaigns: 7.0% on autoresearch
     d = results["mixes"]["default"]["rules"]
-    assert d["arbot"]["runs_per_experiment"] <= 2.2  # holdout auto: 3 champion reference runs per champion
+    assert d["arbot"]["runs_per_experiment"] <= 2.3  # holdout auto: 3 reference runs per champion (2.12 at 40 campaigns)
     for mix in ("default", "autoresearch", "half_paired"):
         rules = results["mixes"][mix]["rules"]
         b, greedy = rules["bayes_no_holdout"], rules["greedy"]["true_improvement_per_100_runs"]
