@@ -2,7 +2,7 @@
 then every promotion and each final champion measured again with fresh seeds.
 
     python benchmarks/yield.py [--seconds 900] [--budget 5] [--workers 1] [--audit-runs 3] [--final-runs 4]
-                               [--strategies arbot,greedy,random] [--json]
+                               [--strategies arbot,bayes,greedy,random] [--repeats 3] [--json]
 
 Each strategy gets a fresh clone of this checkout's committed HEAD (the built-in target, `--workers` workers, one
 by default: runner seconds are wall seconds times workers) and runs
@@ -10,6 +10,7 @@ by default: runner seconds are wall seconds times workers) and runs
 (its run in flight is lost, as it would be). Strategies:
 
 - arbot:  the defaults (the search proposer, the noise-aware policy, holdout confirmation);
+- bayes:  the defaults with `policy.rule: bayes` (the prior learned from the campaign, docs/policy.md);
 - greedy: autoresearch's keep/revert, the same proposer: one run, kept when it beats the champion's value
           (`policy.rule: margin`, margin 0, one baseline run, no holdout check);
 - random: random search (`search.sampler: random`) with greedy's keep/revert.
@@ -19,6 +20,9 @@ each (a promotion replicates when its improvement is positive and significant at
 starting champion and each final champion get `--final-runs` fresh seeds: the replicated improvement is the
 difference of those means (positive: better), per runner-hour of the campaign. The starting champion is the same
 tree in every clone, so it is measured once. The machine should be idle: every strategy gets the same seconds.
+With `--repeats N` each strategy runs N campaigns (each from a fresh clone, the strategies interleaved), and the
+summary gives the mean improvement per runner-hour with its 95% t interval and the share of promotions that did not
+replicate.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 GREEDY = {"policy": {"rule": "margin", "margin": 0.0, "baseline_runs": 1}, "target": {"holdout_max_gap": None}}
 STRATEGIES = {
     "arbot": {},
+    "bayes": {"policy": {"rule": "bayes"}},
     "greedy": GREEDY,
     "random": {**GREEDY, "search": {"sampler": "random"}},
 }
@@ -119,21 +124,41 @@ def main() -> None:
     parser.add_argument("--audit-runs", type=int, default=3, help="fresh seeds per side for each promotion")
     parser.add_argument("--final-runs", type=int, default=4, help="fresh seeds for the starting and final champions")
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
+    parser.add_argument("--repeats", type=int, default=1, help="campaigns per strategy (3+ for an interval)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     rows, start_values = [], None
     with tempfile.TemporaryDirectory(prefix="arbot-yield-") as tmp:
-        for name in args.strategies.split(","):
-            row, start_values = measure(name, STRATEGIES[name], args.seconds, args.budget, args.workers,
-                                        args.audit_runs, args.final_runs, start_values, Path(tmp))
-            rows.append(row)
-            print(json.dumps(row), file=sys.stderr, flush=True)
+        for k in range(args.repeats):
+            for name in args.strategies.split(","):
+                row, start_values = measure(name, STRATEGIES[name], args.seconds, args.budget, args.workers,
+                                            args.audit_runs, args.final_runs, start_values, Path(tmp) / str(k))
+                rows.append(row | {"campaign": k})
+                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    summary = [summarize(name, [r for r in rows if r["strategy"] == name]) for name in args.strategies.split(",")]
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps({"campaigns": rows, "summary": summary}, indent=2))
         return
-    print_table({"strategy": "strategy", "seconds": "seconds", "experiments": "exps", "runs": "runs",
+    print_table({"strategy": "strategy", "campaign": "#", "seconds": "seconds", "experiments": "exps", "runs": "runs",
                  "promotions": "promoted", "not_replicated": "not repl.", "start": "start", "final": "final",
                  "replicated_improvement": "improvement", "per_runner_hour": "per hour"}, rows)
+    print_table({"strategy": "strategy", "campaigns": "campaigns", "per_runner_hour": "per hour (mean)",
+                 "interval": "95% interval", "not_replicated_share": "promotions not replicated"}, summary)
+
+
+def summarize(name: str, rows: list[dict]) -> dict:
+    """A strategy's campaigns: mean improvement per runner-hour with its 95% t interval, and the share of its
+    promotions that did not replicate."""
+    from scipy import special
+
+    hours = [r["per_runner_hour"] for r in rows]
+    mean = statistics.fmean(hours)
+    half = (float(special.stdtrit(len(hours) - 1, 0.975)) * statistics.stdev(hours) / len(hours) ** 0.5
+            if len(hours) > 1 else float("nan"))
+    promoted = sum(r["promotions"] for r in rows)
+    return {"strategy": name, "campaigns": len(rows), "per_runner_hour": round(mean, 4),
+            "interval": f"{mean - half:.4f} .. {mean + half:.4f}",
+            "not_replicated_share": round(sum(r["not_replicated"] for r in rows) / promoted, 3) if promoted else None}
 
 if __name__ == "__main__":
     main()

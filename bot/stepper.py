@@ -163,6 +163,8 @@ class Stepper:
         """Carry out `rec`'s actions until it needs runs (submitted; not with train=False), waits, or is finished.
         Returns the experiment it ended on (a replay's fresh one, when the champion moved)."""
         while True:
+            if getattr(self.rules.policy, "learns", False):  # the records are read only for a policy that learns
+                self.rules = lc.learned(self.rules, self.store.experiments())
             action = lc.next_action(rec, self.store.champion_record(rec.parent), self.store.champion(), self.rules,
                                     self.store.removes_code(rec), self.surface.tampered(rec),
                                     lc.ahead_of(rec, self.active()))

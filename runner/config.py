@@ -91,13 +91,21 @@ class TargetConfig(Strict):
         description="a win whose diff inspection raised flags (timing, seeding, file/network I/O, subprocesses, "
         "environment, ...) waits for a human to approve it instead of merging",
     )
-    holdout_max_gap: float | None = Field(
-        0.02,  # an honest candidate's gap differs from a much weaker champion's by about 1% (tiny model, tests/test_loop.py)
-        ge=0,
+    holdout_max_gap: float | Literal["auto"] | None = Field(
+        "auto",
         description="a win is confirmed with one run scored on val and holdout; it is rejected when its relative gap "
-        "(holdout - val) / val of the metric differs from the champion's by more than this, either way (a model that "
-        "has seen val, or holdout); none = no holdout check",
+        "(holdout - val) / val of the metric departs from the mean of the champion's by more than this, either way (a "
+        "model that has seen val, or holdout). auto: a limit from the champion's own spread, its gap measured on 3 "
+        "seeds (an honest win is rejected 1% of the time); a number: that fixed share, against one champion run; "
+        "none = no holdout check",
     )
+
+    @field_validator("holdout_max_gap")
+    @classmethod
+    def _gap(cls, v: float | str | None) -> float | str | None:
+        if isinstance(v, float) and v < 0:
+            raise ValueError(f"holdout_max_gap must be >= 0, 'auto' or none, got {v}")
+        return v
 
     def limits(self, gpus: str | None = None) -> Limits:
         """What one training run is bounded by (runner.limits, runner.box); `gpus`: its worker's GPUs."""

@@ -23,6 +23,7 @@ from bot.core import lifecycle as lc
 from bot.core.policy import MarginPolicy, NoiseAwarePolicy, PolicyConfig
 from bot.core.records import (DEFAULT_METRIC, ChampionRecord, Cost, Decision, ExperimentRecord, Metric, Proposal, RunResult,
                          RunSpec)
+from runner.config import TargetConfig
 
 CHAMP = "c" * 40  # the champion the experiment was measured on
 NEWER = "f" * 40  # a later champion
@@ -31,6 +32,7 @@ EXP = "exp-7"
 NOISE = NoiseAwarePolicy(PolicyConfig())
 RULES = lc.Rules(NOISE, holdout_max_gap=0.01)  # review_flagged=True; the table's gaps are set against 0.01
 FLAG = "timing: target/train.py: time.perf_counter = lambda: 0"
+H = lc.HOLDOUT_SEEDS  # the first holdout seed
 
 
 # --- records ------------------------------------------------------------------------------------------------
@@ -59,12 +61,14 @@ def champion(*vals: float, extra: tuple[RunResult, ...] = (), pending: tuple[Run
     return ChampionRecord(commit=CHAMP, runs=runs, pending=list(pending))
 
 
-def champ_holdout(val: float = 3.00, holdout: float = 3.03, seed: int = 3, **kw) -> RunResult:
+def champ_holdout(val: float = 3.00, holdout: float = 3.03, seed: int = lc.HOLDOUT_SEEDS, **kw) -> RunResult:
     """The champion's holdout reference run: gap (3.03 - 3.00) / 3.00 = +0.0100."""
     return run(val, seed, commit=CHAMP, holdout=holdout, **kw)
 
 
 FLOOR = (3.00, 3.02, 3.04)
+AUTO = lc.Rules(NOISE)  # holdout_max_gap: auto, the default
+SPREAD = tuple(champ_holdout(holdout=3.00 + 0.03 * k, seed=H + k) for k in range(3))  # gaps +0.00, +0.01, +0.02
 
 
 def experiment(runs: list[RunResult] = (), parent: str = CHAMP, decision: Decision | None = None,
@@ -83,9 +87,9 @@ WIN = (2.50, 2.52)
 
 
 def confirmed(val: float = 2.51, holdout: float = 2.54, **kw) -> RunResult:
-    """The candidate's holdout confirmation run, seed 2 (after its two val runs). Default gap 0.03/2.51 = +0.0120,
+    """The candidate's holdout confirmation run, the first holdout seed. Default gap 0.03/2.51 = +0.0120,
     0.0020 above the champion's +0.0100: within the 0.01 limit."""
-    return run(val, 2, holdout=holdout, **kw)
+    return run(val, H, holdout=holdout, **kw)
 
 
 # --- the table ----------------------------------------------------------------------------------------------
@@ -147,11 +151,11 @@ CASES = {
     "promising first run: one more candidate seed": Case(
         experiment(cand_runs(2.99)), champion(*FLOOR), lc.Run, specs=(spec(EXP, CAND, 1),), says=("promising",)),
     # look 3: mean 3.00, effect 0.02, pooled se 0.0129, t 1.55, p ~ 0.1 > 0.0024 and t >= futility 1: one more
-    # candidate seed, and champion seeds up to 4 + champion_lead 1 = 5 runs. The champion's holdout run (seed 3)
-    # takes a seed too.
-    "confirm: more candidate and champion runs, seeds after every run": Case(
+    # candidate seed, and champion seeds up to 4 + champion_lead 1 = 5 runs. The champion's holdout run takes no
+    # val seed: the champion's next val runs are seeds 3 and 4, and the candidate's 4th is seed 3, as its 4th.
+    "confirm: more candidate and champion runs, val seeds after the val runs": Case(
         experiment(cand_runs(2.99, 3.01, 3.00)), champion(*FLOOR, extra=(champ_holdout(),)), lc.Run,
-        specs=(spec("champion", CHAMP, 4), spec("champion", CHAMP, 5), spec(EXP, CAND, 3)),
+        specs=(spec("champion", CHAMP, 3), spec("champion", CHAMP, 4), spec(EXP, CAND, 3)),
         says=("not yet significant",)),
     # An experiment is advanced on every run its request asked for, never on the part that arrived first, and
     # decided only once no champion run is in flight.
@@ -181,14 +185,14 @@ CASES = {
     # --- a win is confirmed on holdout
     "confirm:pooled win: champion holdout once + candidate val+holdout": Case(
         experiment(cand_runs(*WIN)), champion(*FLOOR), lc.Run,
-        specs=(spec("champion", CHAMP, 3, ("val", "holdout")), spec(EXP, CAND, 2, ("val", "holdout"))),
+        specs=(spec("champion", CHAMP, H, ("val", "holdout")), spec(EXP, CAND, H, ("val", "holdout"))),
         says=("confirming the win on holdout", "confirm")),
     "win: the champion's holdout is measured already: only the candidate's": Case(
         experiment(cand_runs(*WIN)), champion(*FLOOR, extra=(champ_holdout(),)), lc.Run,
-        specs=(spec(EXP, CAND, 2, ("val", "holdout")),)),
+        specs=(spec(EXP, CAND, H, ("val", "holdout")),)),
     "win: holdout confirmation in flight: wait": Case(
-        experiment(cand_runs(*WIN), pending=(spec(EXP, CAND, 2, ("val", "holdout")),)),
-        champion(*FLOOR, pending=(spec("champion", CHAMP, 3, ("val", "holdout")),)), lc.Wait,
+        experiment(cand_runs(*WIN), pending=(spec(EXP, CAND, H, ("val", "holdout")),)),
+        champion(*FLOOR, pending=(spec("champion", CHAMP, H, ("val", "holdout")),)), lc.Wait,
         says=("holdout confirmation is in flight",)),
     "holdout confirmed: win": Case(
         experiment(cand_runs(*WIN) + [confirmed()]), champion(*FLOOR, extra=(champ_holdout(),)), lc.Decide,
@@ -205,9 +209,9 @@ CASES = {
     # gap (2.52 - 2.51) / 2.51 = +0.0040, 0.0060 below the champion's: within the limit.
     "holdout gap a little below the champion's: win": Case(
         experiment(cand_runs(*WIN) + [confirmed(holdout=2.52)]), champion(*FLOOR, extra=(champ_holdout(),)),
-        lc.Decide, verdict="win", rule="confirm:pooled", review=None, says=("holdout confirmed (gap excess -0.0060)",)),
+        lc.Decide, verdict="win", rule="confirm:pooled", review=None, says=("holdout confirmed (gap excess -0.0060, limit 0.01 either way)",)),
     "holdout confirmation run crashed: rejected": Case(
-        experiment(cand_runs(*WIN) + [run(None, 2, status="crash", reason="oom on holdout", holdout=None)
+        experiment(cand_runs(*WIN) + [run(None, H, status="crash", reason="oom on holdout", holdout=None)
                                       .model_copy(update={"splits": ["val", "holdout"]})]),
         champion(*FLOOR, extra=(champ_holdout(),)), lc.Decide, verdict="rejected", rule="holdout_gap", review=None,
         says=("confirmation run failed", "oom on holdout")),
@@ -215,13 +219,41 @@ CASES = {
         experiment(cand_runs(*WIN) + [confirmed()]),
         champion(*FLOOR, extra=(champ_holdout(status="crash", reason="runner died", val=None, holdout=None)
                                 .model_copy(update={"splits": ["val", "holdout"]}),)),
-        lc.Run, specs=(spec("champion", CHAMP, 4, ("val", "holdout")),)),
+        lc.Run, specs=(spec("champion", CHAMP, H + 1, ("val", "holdout")),)),
     "the champion's holdout failed twice: the win is rejected": Case(
         experiment(cand_runs(*WIN) + [confirmed()]),
         champion(*FLOOR, extra=tuple(champ_holdout(status="crash", val=None, holdout=None, seed=s)
-                                     .model_copy(update={"splits": ["val", "holdout"]}) for s in (3, 4))),
+                                     .model_copy(update={"splits": ["val", "holdout"]}) for s in (H, H + 1))),
         lc.Decide, verdict="rejected", rule="holdout_gap", review=None,
         says=("the champion's holdout could not be measured",)),
+    # --- holdout_max_gap auto: the limit from the spread of the champion's own gaps, on three seeds
+    "auto: the champion's three holdout runs and the candidate's, at once": Case(
+        experiment(cand_runs(*WIN)), champion(*FLOOR), lc.Run, rules=AUTO,
+        specs=(*(spec("champion", CHAMP, H + k, ("val", "holdout")) for k in range(3)),
+               spec(EXP, CAND, H, ("val", "holdout")))),
+    "auto: one reference inherited (a promoted win's confirmation): two more": Case(
+        experiment(cand_runs(*WIN)), champion(*FLOOR, extra=(champ_holdout(),)), lc.Run, rules=AUTO,
+        specs=(*(spec("champion", CHAMP, H + k, ("val", "holdout")) for k in (1, 2)),
+               spec(EXP, CAND, H, ("val", "holdout")))),
+    # gaps +0.0000, +0.0100, +0.0200: mean +0.0100, sd 0.0100; t(2) 0.995 quantile 9.925 x 0.01 x sqrt(4/3): 0.1146
+    "auto: a gap 0.0837 less than the champion's, within its spread: win": Case(
+        experiment(cand_runs(*WIN) + [confirmed(holdout=2.30)]), champion(*FLOOR, extra=SPREAD), lc.Decide,
+        rules=AUTO, verdict="win", rule="confirm:pooled", review=None,
+        says=("holdout confirmed (gap excess -0.0937", "limit 0.1146", "9.92 x the sd 0.0100 of the champion's 3 gaps")),
+    "auto: a gap 0.1155 above the champion's, beyond its spread: rejected": Case(
+        experiment(cand_runs(*WIN) + [confirmed(holdout=2.83)]), champion(*FLOOR, extra=SPREAD), lc.Decide,
+        rules=AUTO, verdict="rejected", rule="holdout_gap", review=None, says=("seen val", "limit 0.1146")),
+    # gap 0.11 / 2.51 = +0.0438, 0.0338 above the champion's +0.0100 on every seed
+    "auto: seeds that move the gap by nothing: the least limit": Case(
+        experiment(cand_runs(*WIN) + [confirmed(holdout=2.62)]),
+        champion(*FLOOR, extra=tuple(champ_holdout(seed=H + k) for k in range(3))), lc.Decide, rules=AUTO,
+        verdict="rejected", rule="holdout_gap", review=None, says=(f"limit {lc.HOLDOUT_MIN_GAP:.4f}",)),
+    "auto: two of the champion's holdout runs failed: rejected for want of a reference": Case(
+        experiment(cand_runs(*WIN) + [confirmed()]),
+        champion(*FLOOR, extra=(champ_holdout(),) + tuple(
+            champ_holdout(status="crash", val=None, holdout=None, seed=H + k)
+            .model_copy(update={"splits": ["val", "holdout"]}) for k in (1, 2))), lc.Decide, rules=AUTO,
+        verdict="rejected", rule="holdout_gap", review=None, says=("1 of 3 reference runs",)),
     "holdout_max_gap None: a win is decided without a holdout run": Case(
         experiment(cand_runs(*WIN)), champion(*FLOOR), lc.Decide, rules=lc.Rules(NOISE, holdout_max_gap=None),
         verdict="win", rule="confirm:pooled", review=None),
@@ -237,7 +269,7 @@ CASES = {
         says=("held for human review", "timing", "holdout confirmed")),
     "flagged win, review_flagged False: not held": Case(
         experiment(cand_runs(*WIN, flags=(FLAG,)) + [confirmed()]), champion(*FLOOR, extra=(champ_holdout(),)),
-        lc.Decide, rules=lc.Rules(NOISE, review_flagged=False), verdict="win", rule="confirm:pooled", review=None),
+        lc.Decide, rules=lc.Rules(NOISE, review_flagged=False, holdout_max_gap=0.01), verdict="win", rule="confirm:pooled", review=None),
     "flagged loss: nothing to hold": Case(
         experiment(cand_runs(3.05, flags=(FLAG,))), champion(*FLOOR), lc.Decide, verdict="loss", rule="screen",
         review=None),
@@ -251,7 +283,7 @@ CASES = {
         rules=lc.Rules(NOISE, holdout_max_gap=None), verdict="loss", rule="futility", review=None),
     "simplification win is confirmed on holdout too": Case(
         experiment(cand_runs(3.02, 3.03, 3.01)), champion(*FLOOR), lc.Run, removes_code=True,
-        specs=(spec("champion", CHAMP, 3, ("val", "holdout")), spec(EXP, CAND, 3, ("val", "holdout")))),
+        specs=(spec("champion", CHAMP, H, ("val", "holdout")), spec(EXP, CAND, H, ("val", "holdout")))),
     # --- the margin policy: one champion run, one candidate run, margin 0.01
     "margin: noise floor is one champion run": Case(
         experiment(), champion(), lc.Run, rules=lc.Rules(MarginPolicy(margin=0.01), holdout_max_gap=None),
@@ -315,7 +347,7 @@ CASES = {
         experiment([run(None, 0, status="crash", reason="boom")]), champion(*FLOOR), lc.Decide, current=NEWER,
         verdict="crash", rule="crash", review=None, says=("boom",)),
     "champion moved, a win on val awaiting its holdout confirmation: replay (never merged on an old one)": Case(
-        experiment(cand_runs(*WIN), pending=(spec(EXP, CAND, 2, ("val", "holdout")),)), champion(*FLOOR),
+        experiment(cand_runs(*WIN), pending=(spec(EXP, CAND, H, ("val", "holdout")),)), champion(*FLOOR),
         lc.Replay, current=NEWER),
     "decided unmerged win on an old champion: replay": Case(
         experiment(cand_runs(*WIN), decision=Decision(verdict="win", rule="margin", reason="r")),
@@ -418,7 +450,7 @@ def test_promote_carries_exactly_the_trailers_of_the_win():
         "Rule": "confirm:pooled (p=0.000123)",
         "Proposer": "llm",
         "Evaluator": "fp-1",
-        "Seeds": "0,1,2",
+        "Seeds": f"0,1,{H}",
         "Cost": "1250 tokens, $0.0123",
     }
 
@@ -472,8 +504,9 @@ def test_holdout_gap_of_one_run():
 
 def test_a_noise_floor_that_is_met_is_none():
     assert lc.noise_floor(champion(*FLOOR), RULES) is None
-    assert lc.noise_floor(champion(3.0, extra=(champ_holdout(seed=1), champ_holdout(seed=2))), RULES) == lc.Run(
-        (spec("champion", CHAMP, 3), spec("champion", CHAMP, 4)), "the champion's noise floor needs 2 more runs")
+    # its holdout runs count for nothing in the floor, and take no val seed: the val runs go on at seed 1
+    assert lc.noise_floor(champion(3.0, extra=(champ_holdout(seed=H), champ_holdout(seed=H + 1))), RULES) == lc.Run(
+        (spec("champion", CHAMP, 1), spec("champion", CHAMP, 2)), "the champion's noise floor needs 2 more runs")
 
 
 @pytest.mark.parametrize("exp, active", [
@@ -489,7 +522,6 @@ def test_is_active(exp, active):
 
 
 def test_rules_of_a_target():
-    from runner.config import TargetConfig
 
     rules = lc.Rules.of(NOISE, TargetConfig(review_flagged=False, holdout_max_gap=None), SCORE)
     assert rules == lc.Rules(NOISE, review_flagged=False, holdout_max_gap=None, metric=SCORE)
@@ -499,7 +531,7 @@ def test_rules_of_a_target():
 # The same numbers as above, mirrored: the champion scores 3.00, 3.02, 3.04 on `val_score` (higher is better); a
 # candidate at 3.52, 3.54 is as clear a win as 2.50, 2.52 is when minimizing. Its holdout reference: 3.00 -> 2.97.
 SCORE = Metric(name="score", direction="maximize", precision=4)
-SCORE_RULES = lc.Rules(NOISE, metric=SCORE)
+SCORE_RULES = lc.Rules(NOISE, holdout_max_gap=0.01, metric=SCORE)
 
 
 def score_run(val: float, seed: int, commit: str = CAND, holdout: float | None = None) -> RunResult:
@@ -612,3 +644,72 @@ def test_nothing_is_decided_while_a_run_asked_for_is_in_flight(cand, champ, cand
     action = lc.next_action(exp, champ_rec, CHAMP, policy)
     if cand_pending or champ_pending:
         assert not isinstance(action, lc.Decide), action
+
+
+# --- seeds: a candidate's k-th val run and its champion's share seed k, across promotions ---------------------
+def _play(exp: ExperimentRecord, champ: ChampionRecord, current: str, value) -> lc.Action:
+    """Carry out every Run the lifecycle asks for (each run's val is value(role, seed), its holdout 1% above), until
+    it asks for something else."""
+    while isinstance(action := lc.next_action(exp, champ, current, RULES), lc.Run):
+        for s in action.specs:
+            rec = champ if s.role == "champion" else exp
+            val = value(s.role, s.seed)
+            rec.runs.append(run(val, s.seed, commit=rec.commit, holdout=val * 1.01 if "holdout" in s.splits else None))
+    return action
+
+
+def test_seeds_pair_across_a_promotion():
+    """A holdout run consumes no val seed, and a promoted win's runs keep theirs: the new champion's next val run is
+    seed 2 after its two inherited val runs (seeds 0 and 1), the seed a candidate's third run gets."""
+    champ, exp = champion(*FLOOR), experiment()
+    won = _play(exp, champ, CHAMP, lambda role, seed: 3.0 + 0.02 * (seed % 3) if role == "champion"
+                else 2.5 + 0.01 * (seed % 2))
+    assert isinstance(won, lc.Decide) and won.decision.verdict == "win"
+    assert all(r.seed >= lc.HOLDOUT_SEEDS for r in exp.runs + champ.runs if "holdout" in r.splits)
+    assert [r.seed for r in lc.val_runs(exp.runs)] == [0, 1]
+    successor = lc.champion_after(exp, NEWER)
+    nxt = ExperimentRecord(**{**experiment().model_dump(), "id": "exp-8", "number": 8, "parent": NEWER})
+    floor = lc.next_action(nxt, successor, NEWER, RULES)
+    assert isinstance(floor, lc.Run) and [s.seed for s in floor.specs] == [2]
+    successor.runs.append(run(2.51, 2, commit=NEWER))
+    _play(nxt, successor, NEWER, lambda role, seed: 2.5)
+    ev = lc.evidence(nxt, successor, DEFAULT_METRIC)
+    assert ev.candidate_seeds == list(range(len(ev.candidate_seeds)))
+    assert set(ev.candidate_seeds) <= set(ev.champion_seeds) == set(range(len(ev.champion_seeds)))
+
+
+def test_auto_holdout_limit_rejects_an_honest_win_one_time_in_a_hundred():
+    """auto is the default; an honest win, its gap drawn as the champion's three are (any spread), is rejected about
+    HOLDOUT_FALSE_REJECT of the time, and a number stays a fixed limit."""
+    import numpy as np
+
+    assert TargetConfig().holdout_max_gap == "auto" and lc.Rules(NOISE).holdout_max_gap == "auto"
+    rng = np.random.default_rng(7)
+    for sd in (0.05, 0.2):  # spreads whose limits lie far above HOLDOUT_MIN_GAP
+        gaps = rng.normal(0.01, sd, size=(20_000, lc.HOLDOUT_REFERENCE_RUNS + 1))
+        rejected = np.mean([abs(g[-1] - g[:-1].mean()) > lc.holdout_limit(list(g[:-1]), "auto")[0] for g in gaps])
+        assert 0.006 < rejected < 0.015, (sd, rejected)
+    assert lc.holdout_limit([0.0, 0.5, 1.0], 0.02) == (0.02, "limit 0.02 either way")
+    with pytest.raises(ValueError, match="holdout_max_gap must be >= 0, 'auto' or none"):
+        TargetConfig(holdout_max_gap=-0.1)
+
+
+def test_a_learning_policy_decides_on_the_campaigns_prior():
+    """lc.learned gives a bayes policy's evidence the prior learned from the decided experiments (stale ones left
+    out), and its reasons say how many it learned from; other policies' rules are left as they are."""
+    from bot.core.policy import BayesPolicy
+
+    assert lc.learned(RULES, []) is RULES
+    bayes_rules = lc.Rules(BayesPolicy(PolicyConfig(rule="bayes")), holdout_max_gap=None)
+    decided = []
+    for i, vals in enumerate([(3.05,), (2.99, 3.03), (3.10,)]):
+        rec = experiment(cand_runs(*vals))
+        rec.id, rec.number = f"exp-{i}", i
+        rec.evidence = lc.evidence(rec, champion(*FLOOR), DEFAULT_METRIC)
+        rec.decision = Decision(verdict="loss", rule="stale" if i == 2 else "screen", reason="r")
+        decided.append(rec)
+    rules = lc.learned(bayes_rules, decided + [experiment()])
+    assert rules.campaign is not None and rules.campaign.experiments == 2
+    action = lc.next_action(experiment(cand_runs(3.06)), champion(*FLOOR), CHAMP, rules)
+    assert isinstance(action, lc.Decide) and action.evidence.campaign == rules.campaign
+    assert "prior from 2 experiments" in action.decision.reason

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from bot.core.policy import MarginPolicy, NoiseAwarePolicy, Policy, PolicyConfig, make_policy
+from bot.core import bayes
+from bot.core.policy import BayesPolicy, MarginPolicy, NoiseAwarePolicy, Policy, PolicyConfig, make_policy, paired
 from bot.core.records import Decision, Evidence
 
 
@@ -48,7 +49,7 @@ def test_defaults_and_make_policy():
         ({"baseline_runs": 0}, "baseline_runs"),
         ({"margin": -0.1}, "margin"),
         ({"max_candidate_runs": 1}, "max_candidate_runs"),
-        ({"rule": "bayes"}, "rule"),
+        ({"rule": "bayesian"}, "rule"),
         ({"min_effect": -1}, "min_effect"),
         ({"champion_lead": -1}, "champion_lead"),
         ({"bogus": 1}, "bogus"),
@@ -338,3 +339,75 @@ def test_maximizing_negated_values_decides_exactly_as_minimizing(policy, seed):
         if low.candidate_mean is not None:
             assert (high.candidate_mean, high.champion_mean) == (-low.candidate_mean, -low.champion_mean)
             assert high.delta == -low.delta  # a win's delta is negative when minimizing, positive when maximizing
+
+
+def test_paired_test_pairs_by_seed_not_by_position():
+    """Each seed moves both commits' runs by the same large amount; the candidate is 0.1 better at every seed. The
+    champion's seed-1 run failed, so its runs are seeds 0, 2, 3, 4: paired by position, they would be compared with
+    the candidate's seeds 0, 1, 2, 3, and the seed's share would swamp the difference."""
+    seed_part = {0: 0.0, 1: 0.9, 2: -0.7, 3: 0.4, 4: -0.2}
+    champ_seeds, cand_seeds = [0, 2, 3, 4], [0, 1, 2, 3]
+    ev = Evidence(champion=[1.0 + seed_part[s] for s in champ_seeds], champion_seeds=champ_seeds,
+                  candidate=[0.9 + seed_part[s] + 0.001 * s for s in cand_seeds], candidate_seeds=cand_seeds)
+    assert paired(ev) == pytest.approx([0.1, 0.098, 0.097])
+    d = NoiseAwarePolicy(PolicyConfig(test="paired", screen_bar=-10, futility_sigmas=-10)).decide(ev)
+    assert d.verdict == "win" and d.rule == "confirm:paired", d.reason
+
+
+# ----------------------------------------------------------------------------- bayes: a prior learned from the campaign
+
+
+def _history(effect: float, n: int, rng: np.random.Generator, runs: int = 3, rho: float = 0.0,
+             pairs: bool = True) -> list[tuple[Evidence, Decision]]:
+    """n decided experiments of `runs` runs each against a 4-run champion (noise sd 1), every change `effect` sds
+    better; same-seed runs share a seed component of variance rho when the change pairs."""
+    out = []
+    for _ in range(n):
+        seed_part = rng.normal(size=4) * np.sqrt(rho)
+        own = seed_part if pairs else rng.normal(size=4) * np.sqrt(rho)
+        champ = list(seed_part + rng.normal(size=4) * np.sqrt(1 - rho))
+        cand = list(-effect + own[:runs] + rng.normal(size=runs) * np.sqrt(1 - rho))
+        ev = Evidence(champion=champ, candidate=cand, champion_seeds=[0, 1, 2, 3], candidate_seeds=list(range(runs)))
+        out.append((ev, Decision(verdict="loss", rule="futility", reason="r")))
+    return out
+
+
+def test_bayes_learns_the_effect_sizes_of_its_campaign():
+    rng = np.random.default_rng(5)
+    base = bayes.default_prior()
+    null = bayes.learn(_history(0.0, 60, rng))
+    wins = bayes.learn(_history(2.0, 60, rng))
+    better = lambda p: float(np.asarray(p.weights)[bayes.GRID > 0].sum())  # noqa: E731
+    assert null.experiments == 60 and better(null) < better(base) < better(wins)
+    assert better(wins) > 0.5 and 0.8 < null.noise_sd < 1.2 and null.noise_df > 100
+
+
+def test_bayes_pairs_only_where_the_data_shows_it():
+    rng = np.random.default_rng(6)
+    paired = bayes.learn(_history(0.0, 40, rng, rho=0.8))
+    assert paired.pair_share > 0.8 and 0.65 < paired.pair_correlation < 0.9
+    half = bayes.learn(_history(0.0, 20, rng, rho=0.8) + _history(0.0, 20, rng, rho=0.8, pairs=False))
+    assert 0.2 < half.pair_share < paired.pair_share and half.pair_correlation > 0.6  # two runs each: a rough share
+    apart = bayes.learn(_history(0.0, 40, rng, rho=0.0))
+    assert (apart.pair_share, apart.pair_correlation) == (0.0, 0.0)
+
+
+def test_bayes_promotes_a_clear_win_on_two_runs_and_names_its_numbers():
+    p = make_policy(PolicyConfig(rule="bayes"))
+    assert isinstance(p, BayesPolicy) and p.learns
+    d = p.decide(Evidence(metric="val_bpb", champion=[1.0, 1.1, 0.9], candidate=[0.5]))
+    assert d.verdict == "more_runs" and d.more_candidate_runs == 1, d.reason  # a single run never promotes
+    d = p.decide(Evidence(metric="val_bpb", champion=[1.0, 1.1, 0.9, 1.0], candidate=[0.5, 0.52]))
+    assert (d.verdict, d.rule) == ("win", "bayes"), d.reason
+    for text in ("P(no better)", "<= fdr 0.05", "noise sd", "prior from 0 experiments", "a run buys 0.100 sd"):
+        assert text in d.reason, text
+    loss = p.decide(Evidence(metric="val_bpb", champion=[1.0, 1.1, 0.9], candidate=[1.05]))
+    assert (loss.verdict, loss.rule) == ("loss", "screen") and "Stopped" in loss.reason
+
+
+def test_bayes_rarely_promotes_a_seed_only_change():
+    """Candidate distribution == champion distribution: promotions stay at about the fdr or below."""
+    rng = np.random.default_rng(12345)
+    p = BayesPolicy(PolicyConfig(rule="bayes"))
+    wins = sum(run_loop(p, 1.0, 1.0, rng, sd=0.04).verdict == "win" for _ in range(400))
+    assert wins / 400 <= p.cfg.fdr

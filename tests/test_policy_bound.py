@@ -1,4 +1,4 @@
-"""benchmarks/policy_bound.py: the Bayes-optimal rule that knows the mix and the champion's value."""
+"""bot.bench.bound (benchmarks/policy_bound.py prints it): the Bayes-optimal rule that knows the mix and the champion's value."""
 
 from __future__ import annotations
 
@@ -25,3 +25,14 @@ def test_the_bound_keeps_false_promotions_under_the_limit_and_beats_arbot():
     assert best["per_100_runs"] > arbot["true_improvement_per_100_runs"]
     lenient = bound(scenario.mix, fdr=0.2, holdout=1.0)  # a looser limit can only help
     assert lenient["per_100_runs"] >= best["per_100_runs"] and lenient["false_promotion_rate"] > 0.05
+
+
+def test_pairing_raises_the_bound_by_the_share_of_changes_that_pair():
+    """A change that pairs is noisy by sqrt(1 - rho) sds once the seed's share is known: the bound rises with rho,
+    and less when half the changes do not pair."""
+    mix = SCENARIOS["default"].mix
+    alone = bound(mix, fdr=0.05, holdout=0.0, n=20_000)
+    paired = bound(mix, fdr=0.05, holdout=0.0, pair_correlation=0.8, n=20_000)
+    half = bound(SCENARIOS["half_paired"].mix, fdr=0.05, holdout=0.0, pair_correlation=0.8, n=20_000)
+    assert alone["per_100_runs"] < half["per_100_runs"] < paired["per_100_runs"]
+    assert max(r["false_promotion_rate"] for r in (alone, paired, half)) <= 0.05

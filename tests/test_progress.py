@@ -83,7 +83,11 @@ def test_plot_writes_the_trajectory_as_an_image(campaign, tmp_path):
     assert [(p.experiment, p.verdict, p.merged) for p in points] == [
         ("exp-1", "win", True), ("exp-2", "rejected", False), ("exp-3", "win", True), ("exp-4", "loss", False)]
     assert points[0].value < points[0].champion and points[0].noise > 0
-    assert points[2].champion == pytest.approx(points[0].value)  # measured on the new champion, the win's runs
+    # measured on the new champion, whose runs begin with the win's (seeds 0, 1) and go on at seed 2
+    win, third = forge.experiments()[0], forge.experiments()[2]
+    successor = [r.metrics["val_bpb"] for r in forge.champion_record(third.parent).runs if r.splits == ["val"]]
+    assert successor[:2] == [r.metrics["val_bpb"] for r in win.runs if r.splits == ["val"]]
+    assert points[2].champion == pytest.approx(sum(successor) / len(successor))
     out = tmp_path / "plots" / "trajectory.png"
     result = arbot(repo, "plot", "--out", str(out))
     assert result.returncode == 0, result.stdout + result.stderr

@@ -11,8 +11,9 @@ Every rule goes through the runs the lifecycle (`bot.core.lifecycle`) makes, cou
 - `decide` is asked, the requested champion and candidate runs are made, and so on until a final verdict; champion
   runs stay with the champion and serve its later experiments;
 - a win, when the rule confirms on holdout (`Rules.holdout_max_gap` set), costs one candidate run scored on val and
-  holdout, plus one champion holdout run the first time (later champions inherit the winner's). The synthetic target
-  does not overfit val, so the check always passes; its runs are counted, never used in a mean;
+  holdout, plus the champion's holdout reference runs it still lacks (one for a fixed gap, `HOLDOUT_REFERENCE_RUNS`
+  for `auto`; a later champion inherits the winner's confirmation run). The synthetic target does not overfit val, so
+  the check always passes; its runs are counted, never used in a mean;
 - the promoted candidate's val runs become the new champion's runs (`lifecycle.champion_after`), so a winner's luck
   stays in the champion's measured value. With one run each and margin 0 this is autoresearch's greedy loop: the kept
   run's single measurement becomes the value the next candidate must beat.
@@ -29,13 +30,15 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from bot.core.lifecycle import Rules
-from bot.core.policy import MarginPolicy, NoiseAwarePolicy, Policy, PolicyConfig, t_sf
+from bot.core.lifecycle import HOLDOUT_REFERENCE_RUNS, Rules
+from bot.core.bayes import learn
+from bot.core.policy import MarginPolicy, Policy, PolicyConfig, make_policy, t_sf
 from bot.core.records import Decision, Evidence, oriented
 from runner.config import Direction
 
 METRICS = (
     "false_promotion_rate",
+    "worse_promotion_rate",
     "power",
     "runs_per_experiment",
     "true_improvement",
@@ -56,6 +59,7 @@ class ProposalMix:
     win_low: float = 1.0  # beneficial (the rest): improvement ~ U(win_low, win_high)
     win_high: float = 4.0
     removes_code_share: float = 0.0  # share of proposals flagged as deleting code
+    unpairable_share: float = 0.0  # share of changes (of shape, say) whose runs share nothing with the champion's seeds
 
     def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
         u = rng.random(n)
@@ -65,7 +69,8 @@ class ProposalMix:
 
     def describe(self) -> str:
         return (f"{self.null_share:.0%} null, {self.harmful_share:.0%} harmful -|N(0, {self.harmful_scale:g})|, "
-                f"{1 - self.null_share - self.harmful_share:.0%} wins U({self.win_low:g}, {self.win_high:g}) sd")
+                f"{1 - self.null_share - self.harmful_share:.0%} wins U({self.win_low:g}, {self.win_high:g}) sd"
+                + (f", {self.unpairable_share:.0%} unpairable" if self.unpairable_share else ""))
 
 
 # autoresearch's published overnight run (docs/policy.md): about 125 experiments, 22 kept by greedy, half of the kept
@@ -88,6 +93,7 @@ class Scenario:
     experiments: int
     campaigns: int
     about: str
+    pair_correlation: float = 0.0  # same-seed correlation of the changes that pair
 
 
 SCENARIOS = {
@@ -96,6 +102,8 @@ SCENARIOS = {
                       "small effects: the default mix with wins of 0.25-1 sd, over an overnight run"),
     "autoresearch": Scenario(AUTORESEARCH, AUTORESEARCH_EXPERIMENTS, 80,
                              "calibrated on autoresearch's published run (greedy keeps 22 of 125, kept margins ~1 sd)"),
+    "half_paired": Scenario(ProposalMix(unpairable_share=0.5), 50, 200,
+                            "the default mix, same-seed runs correlated 0.8, half the changes unpairable", 0.8),
 }
 
 
@@ -113,7 +121,8 @@ class SimConfig:
     @classmethod
     def of(cls, scenario: Scenario, **overrides) -> SimConfig:
         """The config of a scenario; `overrides` (campaigns, experiments, seed, ...) replace its values."""
-        base = cls(campaigns=scenario.campaigns, experiments=scenario.experiments, mix=scenario.mix)
+        base = cls(campaigns=scenario.campaigns, experiments=scenario.experiments, mix=scenario.mix,
+                   pair_correlation=scenario.pair_correlation)
         return replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -161,50 +170,70 @@ class FixedTPolicy:
 
 
 def default_rules() -> dict[str, Rules]:
-    """The rules the benchmark compares: arbot's defaults (holdout confirmation on, as the target's default), greedy
-    as autoresearch runs it (one run, keep if better, no holdout), and a fixed-n t-test in arbot's lifecycle."""
+    """The rules the benchmark compares: arbot's defaults (noise_aware; holdout confirmation on, as the target's
+    default), the bayes rule, each also without the holdout runs charged (the simulated target never needs them),
+    greedy as autoresearch runs it (one run, keep if better, no holdout), and a fixed-n t-test in arbot's lifecycle."""
+    arbot, bayes = make_policy(PolicyConfig()), make_policy(PolicyConfig(rule="bayes"))
     return {
-        "arbot": Rules(NoiseAwarePolicy(PolicyConfig())),
+        "arbot": Rules(arbot),
+        "arbot_no_holdout": Rules(arbot, holdout_max_gap=None),
+        "bayes": Rules(bayes),
+        "bayes_no_holdout": Rules(bayes, holdout_max_gap=None),
         "greedy": Rules(MarginPolicy(margin=0.0, baseline_runs=1, runs=1), holdout_max_gap=None),
         "fixed_t": Rules(FixedTPolicy(n=5, alpha=0.05)),
     }
 
 
 class _Campaign:
-    """One campaign's champion: its true value, its val runs, whether its holdout is measured, and every run made."""
+    """One campaign's champion: its true value, its val runs, its seeds' shares of the noise, its holdout reference
+    runs, every run made, and (for a rule that learns) the decided experiments."""
 
     def __init__(self, sim: SimConfig, rng: np.random.Generator) -> None:
         self.sim, self.rng = sim, rng
         self.true = 0.0
         self.runs: list[float] = []
-        self.holdout_measured = False
-        self.seed_parts: list[float] = []  # a seed's share of the noise, the same for every commit of the campaign
+        self.holdout_runs = 0  # the champion's holdout reference runs
+        self.seed_parts: list[float] = []  # the champion's seeds' share of the noise; a change that pairs shares it
         self.made = 0
+        self.history: list[tuple[Evidence, Decision]] = []
 
-    def measure(self, true: float, seed: int) -> float:
+    def measure(self, true: float, seed: int, parts: list[float]) -> float:
+        """One run at `seed`, whose seed share is parts[seed] (drawn when first needed)."""
         s, rho = self.sim.sigma, self.sim.pair_correlation
-        while len(self.seed_parts) <= seed:
-            self.seed_parts.append(float(self.rng.normal()) * math.sqrt(rho) * s)
+        while len(parts) <= seed:
+            parts.append(float(self.rng.normal()) * math.sqrt(rho) * s)
         self.made += 1
-        return true + self.seed_parts[seed] + float(self.rng.normal()) * math.sqrt(1.0 - rho) * s
+        return true + parts[seed] + float(self.rng.normal()) * math.sqrt(1.0 - rho) * s
 
     def baseline(self, policy: Policy) -> None:
         """The champion's noise floor: runs until it has the policy's baseline_runs (seeds continue after its own)."""
         while len(self.runs) < policy.baseline_runs:
-            self.runs.append(self.measure(self.true, len(self.runs)))
+            self.runs.append(self.measure(self.true, len(self.runs), self.seed_parts))
 
-    def confirm_holdout(self) -> None:
-        """A win's holdout confirmation: one candidate run on val + holdout, and the champion's reference once."""
-        self.made += 1 if self.holdout_measured else 2
+    def confirm_holdout(self, reference: int) -> None:
+        """A win's holdout confirmation: one candidate run on val + holdout, and the champion's reference runs it
+        lacks."""
+        self.made += 1 + max(0, reference - self.holdout_runs)
+        self.holdout_runs = max(reference, self.holdout_runs)
 
-    def promote(self, true: float, runs: list[float]) -> None:
-        self.true, self.runs, self.holdout_measured = true, list(runs), True
+    def promote(self, true: float, runs: list[float], parts: list[float], confirmed: bool) -> None:
+        self.true, self.runs, self.seed_parts, self.holdout_runs = true, list(runs), parts, int(confirmed)
+
+
+def _evidence(champ: _Campaign, cand: list[float], sim: SimConfig, removes: bool, learned) -> Evidence:
+    """What the policy sees, as the lifecycle builds it: the metric as reported (the simulation's values, negated
+    when maximized: the sign is its own inverse), each run's seed, and what the campaign has taught a rule that
+    learns."""
+    return Evidence(champion=oriented(champ.runs, sim.direction), direction=sim.direction,
+                    candidate=oriented(cand, sim.direction), champion_seeds=list(range(len(champ.runs))),
+                    candidate_seeds=list(range(len(cand))), removes_code=removes, campaign=learned)
 
 
 def simulate_rule(rules: Rules, sim: SimConfig, max_calls: int = 1000) -> dict[str, float]:
     """Run `sim.campaigns` campaigns of `sim.experiments` experiments with one rule; return its metrics."""
     policy, s = rules.policy, sim.sigma
-    promotions = false_promotions = strong = strong_promoted = real_wins = 0
+    learns = getattr(policy, "learns", False)
+    promotions = false_promotions = worse_promotions = strong = strong_promoted = real_wins = 0
     baseline_runs = total_runs = 0
     margins: list[float] = []
     improvements = []
@@ -213,41 +242,49 @@ def simulate_rule(rules: Rules, sim: SimConfig, max_calls: int = 1000) -> dict[s
         prop_rng = np.random.default_rng([sim.seed, camp, 1])
         effects = sim.mix.draw(prop_rng, sim.experiments) * s
         removes = prop_rng.random(sim.experiments) < sim.mix.removes_code_share
+        unpairable = prop_rng.random(sim.experiments) < sim.mix.unpairable_share
         champ = _Campaign(sim, np.random.default_rng([sim.seed, camp, 2]))
+        learned = learn([]) if learns else None
         for e in range(sim.experiments):
             before = champ.made
             champ.baseline(policy)
             baseline_runs += champ.made - before
             eff = float(effects[e])
             cand_true = champ.true - eff  # lower is better
+            parts = [] if unpairable[e] else champ.seed_parts  # an unpairable change draws its own seed shares
             cand: list[float] = []
             for _ in range(max_calls):
-                # the metric as reported: the simulation's values, negated when maximized (the sign is its own inverse)
-                d = policy.decide(Evidence(champion=oriented(champ.runs, sim.direction), direction=sim.direction,
-                                           candidate=oriented(cand, sim.direction), removes_code=bool(removes[e])))
+                ev = _evidence(champ, cand, sim, bool(removes[e]), learned)
+                d = policy.decide(ev)
                 if d.final:
                     break
                 for _ in range(d.more_champion_runs):
-                    champ.runs.append(champ.measure(champ.true, len(champ.runs)))
+                    champ.runs.append(champ.measure(champ.true, len(champ.runs), champ.seed_parts))
                 for _ in range(d.more_candidate_runs):
-                    cand.append(champ.measure(cand_true, len(cand)))
+                    cand.append(champ.measure(cand_true, len(cand), parts))
             else:  # pragma: no cover - a policy that never ends is a bug
                 raise RuntimeError(f"{getattr(policy, 'name', policy)} did not reach a verdict in {max_calls} calls")
             strong += eff >= sim.power_threshold * s
+            if learns:
+                champ.history.append((ev, d))
+                learned = learn(champ.history)
             if d.verdict == "win":
                 promotions += 1
                 false_promotions += eff <= 0
+                worse_promotions += eff < 0
                 real_wins += eff > 0
                 strong_promoted += eff >= sim.power_threshold * s
                 margins.append((d.effect or 0.0) / s)
-                if rules.holdout_max_gap is not None:
-                    champ.confirm_holdout()
-                champ.promote(cand_true, cand)
+                confirmed = rules.holdout_max_gap is not None
+                if confirmed:
+                    champ.confirm_holdout(HOLDOUT_REFERENCE_RUNS if rules.holdout_max_gap == "auto" else 1)
+                champ.promote(cand_true, cand, parts if unpairable[e] else champ.seed_parts, confirmed)
         total_runs += champ.made
         improvements.append(-champ.true / s)
     n_exp = sim.campaigns * sim.experiments
     return {
         "false_promotion_rate": false_promotions / promotions if promotions else 0.0,
+        "worse_promotion_rate": worse_promotions / promotions if promotions else 0.0,
         "power": strong_promoted / strong if strong else float("nan"),
         "runs_per_experiment": (total_runs - baseline_runs) / n_exp,
         "true_improvement": float(np.mean(improvements)),

@@ -27,17 +27,27 @@ moves the noise floor or the mean a decision is made on.
 
 from __future__ import annotations
 
+import math
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Literal
 
+from scipy import special
+
+from bot.core.bayes import learn
 from bot.core.policy import Policy
-from bot.core.records import (DEFAULT_METRIC, HOLDOUT, VAL, ChampionRecord, Decision, Evidence, ExperimentRecord, Metric,
-                         RunResult, RunSpec, ok_metric, sign, val_runs)
+from bot.core.records import (DEFAULT_METRIC, HOLDOUT, VAL, CampaignPrior, ChampionRecord, Decision, Evidence, ExperimentRecord, Metric,
+                         RunResult, RunSpec, ok_metric, ok_seeds, sign, val_runs)
 from runner.config import TargetConfig
 
 MAX_REFUSED = 5  # proposals refused in a row (no branch made) before an executor stops proposing
-HOLDOUT_TRIES = 2  # champion holdout runs tried before a win on that champion is rejected for want of a reference
+HOLDOUT_FAILURES = 2  # failed champion holdout runs before a win on that champion is rejected for want of a reference
+HOLDOUT_REFERENCE_RUNS = 3  # champion holdout runs whose gaps' spread sets the limit (holdout_max_gap: auto)
+HOLDOUT_FALSE_REJECT = 0.01  # auto: the chance an honest win, its gap drawn as the champion's are, is rejected
+HOLDOUT_MIN_GAP = 0.02  # auto: the least limit. An honest win's gap differs from a much weaker champion's by about
+# 1% (the tiny model of tests/test_loop.py), more than the tiny model's seeds move it (0.1%)
 CHAMPION_FAILURES = 2  # failed champion runs before the champion itself is said to fail (one may be the machine's)
+HOLDOUT_SEEDS = 1_000_000  # the first seed of holdout runs: val runs are numbered 0, 1, 2, ... below it
 
 
 @dataclass(frozen=True)
@@ -46,12 +56,23 @@ class Rules:
 
     policy: Policy
     review_flagged: bool = True
-    holdout_max_gap: float | None = TargetConfig.model_fields["holdout_max_gap"].default
+    holdout_max_gap: float | Literal["auto"] | None = TargetConfig.model_fields["holdout_max_gap"].default
     metric: Metric = DEFAULT_METRIC
+    campaign: CampaignPrior | None = None  # what a policy that learns knows from the campaign (`learned`)
 
     @classmethod
     def of(cls, policy: Policy, target: TargetConfig, metric: Metric) -> Rules:
         return cls(policy, target.review_flagged, target.holdout_max_gap, metric)
+
+
+def learned(rules: Rules, experiments: list[ExperimentRecord]) -> Rules:
+    """The rules with what a policy that learns (`bayes`) knows from the campaign's decided experiments (oldest
+    first, each with the evidence it was decided on; a stale or tampered one measured nothing new)."""
+    if not getattr(rules.policy, "learns", False):
+        return rules
+    history = [(r.evidence, r.decision) for r in sorted(experiments, key=lambda r: r.number)
+               if r.decision is not None and r.evidence is not None and r.decision.rule not in ("stale", "tampered")]
+    return replace(rules, campaign=learn(history))
 
 
 # --- actions ------------------------------------------------------------------------------------------------
@@ -125,7 +146,7 @@ def next_action(exp: ExperimentRecord, champion: ChampionRecord, current: str, r
     if tampered and (exp.decision is None or exp.decision.verdict == "win"):
         return Decide(Decision(verdict="rejected", rule="tampered", reason=(
             f"{tampered}: what would be merged is not what was measured, so nothing measured counts")),
-            evidence(exp, champion, rules.metric, removes_code))
+            evidence(exp, champion, rules.metric, removes_code, rules.campaign))
     if exp.decision is not None:
         if exp.decision.verdict != "win":
             return Close(exp.decision)
@@ -140,7 +161,7 @@ def next_action(exp: ExperimentRecord, champion: ChampionRecord, current: str, r
         return floor
     if mine := _pending(exp, VAL):
         return Wait(f"{mine} of {exp.id}'s runs are in flight: it is decided on every run its request asked for")
-    ev = evidence(exp, champion, rules.metric, removes_code)
+    ev = evidence(exp, champion, rules.metric, removes_code, rules.campaign)
     decision = rules.policy.decide(ev)
     if not decision.final:
         if ahead is not None and val_runs(exp.runs):
@@ -188,7 +209,7 @@ def _champion_moved(exp: ExperimentRecord, champion: ChampionRecord, current: st
     if not val_runs(exp.runs) and _pending(exp, VAL):
         return Wait(f"the champion moved to {current[:12]}; {exp.id}'s screen in flight finishes on "
                     f"{exp.parent[:12]}, where a loss still stands")
-    ev = evidence(exp, champion, rules.metric, removes_code)
+    ev = evidence(exp, champion, rules.metric, removes_code, rules.campaign)
     decision = rules.policy.decide(ev)
     if decision.final and decision.verdict != "win":
         return Decide(decision.model_copy(update={"reason": (
@@ -234,13 +255,15 @@ def floor_met(champion: ChampionRecord, rules: Rules) -> bool:
     return len(ok_metric(champion.runs, rules.metric.key())) >= rules.policy.baseline_runs
 
 
-def evidence(exp: ExperimentRecord, champion: ChampionRecord, metric: Metric, removes_code: bool = False) -> Evidence:
+def evidence(exp: ExperimentRecord, champion: ChampionRecord, metric: Metric, removes_code: bool = False,
+             campaign: CampaignPrior | None = None) -> Evidence:
     runs = val_runs(exp.runs)
     failed = _failed_run(runs)
     key = metric.key()
     return Evidence(metric=key, direction=metric.direction, champion=ok_metric(champion.runs, key),
-                    candidate=ok_metric(exp.runs, key), candidate_status=failed.status if failed else "ok",
-                    candidate_reason=failed.reason if failed else "", removes_code=removes_code)
+                    candidate=ok_metric(exp.runs, key), champion_seeds=ok_seeds(champion.runs, key),
+                    candidate_seeds=ok_seeds(exp.runs, key), candidate_status=failed.status if failed else "ok",
+                    candidate_reason=failed.reason if failed else "", removes_code=removes_code, campaign=campaign)
 
 
 def _failed_run(runs: list[RunResult]) -> RunResult | None:
@@ -252,9 +275,13 @@ def _pending(rec: ExperimentRecord | ChampionRecord, split: str) -> int:
 
 
 def _specs(rec: ExperimentRecord | ChampionRecord, role: str, n: int, splits: tuple[str, ...]) -> tuple[RunSpec, ...]:
-    """`n` new runs of rec's commit: seeds continue after every run made or asked for, so none repeats."""
+    """`n` new runs of rec's commit. Val seeds count 0, 1, 2, ... after the val runs made or asked for, and holdout
+    runs count from HOLDOUT_SEEDS after the holdout ones, so a holdout run consumes no val seed: a candidate's k-th
+    val run and its champion's share seed k (a failed run keeps its seed; none repeats)."""
     champion = rec.parent if isinstance(rec, ExperimentRecord) else rec.commit
-    first = len(rec.runs) + len(rec.pending)
+    holdout = HOLDOUT in splits
+    used = [x.seed for x in [*rec.runs, *rec.pending] if (HOLDOUT in x.splits) == holdout]
+    first = max(used + [HOLDOUT_SEEDS - 1 if holdout else -1]) + 1
     return tuple(RunSpec(role=role, commit=rec.commit, champion=champion, seed=first + i, splits=list(splits))
                  for i in range(n))
 
@@ -278,39 +305,57 @@ def holdout_gap(run: RunResult, metric: Metric) -> float | None:
     return None
 
 
-def _confirm_holdout(exp: ExperimentRecord, champion: ChampionRecord, win: Decision, max_gap: float,
+def holdout_limit(reference: list[float], max_gap: float | Literal["auto"]) -> tuple[float, str]:
+    """How far a win's holdout gap may depart from the mean of the champion's gaps `reference`, and why. A number is
+    that limit. `auto` sets it from the champion's own spread: an honest candidate's gap is drawn as the champion's
+    are, so (gap - mean) / (sd * sqrt(1 + 1/n)) is Student's t on n - 1 degrees of freedom, and the limit is its
+    two-sided 1 - HOLDOUT_FALSE_REJECT quantile (at least HOLDOUT_MIN_GAP)."""
+    if max_gap != "auto":
+        return max_gap, f"limit {max_gap:g} either way"
+    n, sd = len(reference), statistics.stdev(reference)
+    t = float(special.stdtrit(n - 1, 1 - HOLDOUT_FALSE_REJECT / 2))
+    limit = max(HOLDOUT_MIN_GAP, t * sd * math.sqrt(1 + 1 / n))
+    return limit, (f"limit {limit:.4f} either way: {t:.3g} x the sd {sd:.4f} of the champion's {n} gaps x "
+                   f"sqrt(1 + 1/{n}), an honest win's gap departs further {HOLDOUT_FALSE_REJECT:.0%} of the time")
+
+
+def _confirm_holdout(exp: ExperimentRecord, champion: ChampionRecord, win: Decision, max_gap: float | Literal["auto"],
                      metric: Metric) -> Decision | Run | Wait:
-    """A win is confirmed by one candidate run scored on val and holdout, against the champion's gap (measured
-    once per champion, tried again once if that run failed). Returns the confirmed or rejected decision, or the
-    runs still needed."""
+    """A win is confirmed by one candidate run scored on val and holdout, against the champion's gaps: one champion
+    holdout run for a fixed `max_gap`, HOLDOUT_REFERENCE_RUNS for `auto` (made once per champion; a promoted win
+    brings its own confirmation run; a failed one is made again, up to HOLDOUT_FAILURES). Returns the confirmed or
+    rejected decision, or the runs still needed."""
     both = (VAL, HOLDOUT)
     tried = [r for r in champion.runs if HOLDOUT in r.splits]
-    measured = any(holdout_gap(r, metric) is not None for r in tried)
+    reference = [g for r in tried if (g := holdout_gap(r, metric)) is not None]
+    need = 1 if max_gap != "auto" else HOLDOUT_REFERENCE_RUNS
+    short = need - len(reference) - _pending(champion, HOLDOUT)
+    more = short if short > 0 and len(tried) - len(reference) < HOLDOUT_FAILURES else 0
     confirm = [r for r in exp.runs if HOLDOUT in r.splits]
-    again = not measured and len(tried) < HOLDOUT_TRIES and not _pending(champion, HOLDOUT)
-    specs = ((_specs(champion, "champion", 1, both) if again else ())
+    specs = (_specs(champion, "champion", more, both)
              + (_specs(exp, exp.id, 1, both) if not confirm and not _pending(exp, HOLDOUT) else ()))
     if specs:
         return Run(specs, f"confirming the win on holdout: {win.reason}")
     if not confirm or _pending(champion, HOLDOUT):
         return Wait("the holdout confirmation is in flight")
-    reference = [g for r in tried if (g := holdout_gap(r, metric)) is not None]
     gap = holdout_gap(confirm[-1], metric)
-    if gap is None or not reference:
-        why = confirm[-1].reason if not confirm[-1].ok else "the champion's holdout could not be measured"
+    if gap is None or len(reference) < need:
+        why = (confirm[-1].reason if not confirm[-1].ok else
+               f"the champion's holdout could not be measured ({len(reference)} of {need} reference runs)")
         return win.model_copy(update={"verdict": "rejected", "rule": "holdout_gap",
                                       "reason": f"the holdout confirmation run failed: {why}"})
     excess = gap - statistics.fmean(reference)
-    if abs(excess) > max_gap:
+    limit, why = holdout_limit(reference, max_gap)
+    if abs(excess) > limit:
         side = "more" if excess > 0 else "less"
         # a relatively worse holdout (higher when minimizing) means the candidate fits val better
         seen, other = ("val", "holdout") if sign(metric.direction) * excess > 0 else ("holdout", "val")
         val, holdout = metric.key(VAL), metric.key(HOLDOUT)
         return win.model_copy(update={"verdict": "rejected", "rule": "holdout_gap", "reason": (
             f"holdout confirmation: ({holdout} - {val}) / {val} is {gap:+.4f}, {abs(excess):.4f} {side} "
-            f"than the champion's (limit {max_gap:g} either way); the candidate fits {seen} better than {other}, so "
+            f"than the champion's ({why}); the candidate fits {seen} better than {other}, so "
             f"it has likely seen {seen}. Was: {win.reason}")})
-    return win.model_copy(update={"reason": f"{win.reason}; holdout confirmed (gap excess {excess:+.4f})"})
+    return win.model_copy(update={"reason": f"{win.reason}; holdout confirmed (gap excess {excess:+.4f}, {why})"})
 
 
 def hold_flagged(decision: Decision, runs: list[RunResult], review_flagged: bool) -> tuple[Decision, str | None]:
@@ -353,7 +398,7 @@ def trailers(exp: ExperimentRecord, decision: Decision, metric: Metric) -> dict[
 
 def champion_after(exp: ExperimentRecord, merge: str) -> ChampionRecord:
     """The record of the champion a win's merge made: its tree is the candidate's, so the candidate's runs
-    measure it."""
+    measure it, with their seeds (its next val run is seed k for the k val runs it inherits, as a candidate's)."""
     return ChampionRecord(commit=merge, experiment=exp.id, runs=exp.runs)
 
 

@@ -3,13 +3,16 @@
 A single training run is a noisy measurement: on the built-in CPU target the seed-to-seed spread of the metric
 is 0.02-0.07 at a 20 s budget, larger than most real improvements. A rule that trusts one run merges noise.
 
-Two rules are provided:
+Three rules are provided:
 
 * `MarginPolicy` - the simple rule. The candidate wins when its mean beats the champion's mean by more
   than `margin`. With `margin=0` and one run each this is autoresearch's greedy "keep if better".
 * `NoiseAwarePolicy` - the default. It estimates the noise floor from the champion's repeated runs,
   screens a candidate on one run (most proposals cost that one run), and confirms a promising one with a group-sequential one-sided
   t-test (alpha spending over looks), so clear cases stop early and noise is rarely promoted.
+* `BayesPolicy` (`rule: bayes`) - promote, stop or run again, whichever is worth most under a prior over effect
+  sizes learned from the campaign's own decided experiments (`bot.core.bayes`), pairing runs by seed where the
+  campaign's data shows they pair.
 
 The loop calls `decide(Evidence)` repeatedly; the policy answers `more_runs` (asking for more candidate
 and/or champion runs) until it reaches a final verdict. It never asks for more once
@@ -28,6 +31,9 @@ from typing import Literal, Protocol, runtime_checkable
 from pydantic import BaseModel, Field, field_validator, model_validator
 from scipy import special
 
+import numpy as np
+
+from bot.core import bayes
 from bot.core.records import Decision, Evidence, oriented
 
 TestKind = Literal["pooled", "welch", "paired"]
@@ -36,10 +42,18 @@ TestKind = Literal["pooled", "welch", "paired"]
 class PolicyConfig(BaseModel, extra="forbid"):
     """The `policy:` section of arbot.yml."""
 
-    rule: Literal["noise_aware", "margin"] = Field(
+    rule: Literal["noise_aware", "bayes", "margin"] = Field(
         "noise_aware",
-        description="Promotion rule: 'noise_aware' (sequential significance test) or 'margin' (mean beats champion by margin).",
+        description="Promotion rule: 'noise_aware' (sequential significance test), 'bayes' (a stopping rule on a prior "
+        "learned from the campaign) or 'margin' (mean beats champion by margin).",
     )
+    fdr: float = Field(
+        0.05,
+        gt=0.0,
+        lt=0.5,
+        description="Bayes rule: a promotion needs the posterior probability that the change is no better to be at most this (the expected share of false promotions).",
+    )
+    min_runs: int = Field(2, ge=1, description="Bayes rule: candidate runs before a change may be promoted.")
     margin: float = Field(
         0.0,
         ge=0.0,
@@ -160,6 +174,15 @@ def t_sf(t: float, df: float) -> float:
 def _oriented(ev: Evidence) -> tuple[list[float], list[float]]:
     """The champion's and the candidate's values, oriented so that lower is better."""
     return oriented(ev.champion, ev.direction), oriented(ev.candidate, ev.direction)
+
+
+def paired(ev: Evidence) -> list[float]:
+    """The same-seed differences champion - candidate (oriented: positive means the candidate is better), one per
+    seed both have a value for, in the candidate's order. Runs are paired by seed, never by position: a champion
+    run that failed, or a run one side made and the other did not, pairs with nothing."""
+    champ, cand = _oriented(ev)
+    by_seed = dict(zip(ev.champion_seeds or range(len(champ)), champ))
+    return [by_seed[s] - v for s, v in zip(ev.candidate_seeds or range(len(cand)), cand) if s in by_seed]
 
 
 def _failed(ev: Evidence) -> Decision:
@@ -296,17 +319,18 @@ class NoiseAwarePolicy:
 
         return spent(n) - spent(n - 1)
 
-    def _test(self, champ: list[float], cand: list[float], shift: float) -> tuple[float, float, float, str]:
-        """(t statistic, p-value, standard error, test name) for H0: improvement <= shift."""
+    def _test(self, champ: list[float], cand: list[float], shift: float,
+              pairs: list[float] = ()) -> tuple[float, float, float, str]:
+        """(estimated improvement, p-value, standard error, test name) for H0: improvement <= shift; `pairs` are the
+        same-seed differences champion - candidate (`paired`): the paired test's estimate is their mean."""
         c = self.cfg
         nh, nc = len(champ), len(cand)
         vh, vc = _var(champ), _var(cand)
         kind = c.test
-        npairs = min(nh, nc)
-        if kind == "paired" and npairs >= 2:
-            d = [champ[i] - cand[i] for i in range(npairs)]
-            se = math.sqrt(_var(d) / npairs)
-            est, df = _mean(d), npairs - 1
+        if kind == "paired" and len(pairs) >= 2:
+            d = list(pairs)
+            se = math.sqrt(_var(d) / len(d))
+            est, df = _mean(d), len(d) - 1
         elif kind == "welch" and nc >= 2:
             a, b = vh / nh, vc / nc
             se = math.sqrt(a + b)
@@ -321,12 +345,10 @@ class NoiseAwarePolicy:
             se = math.sqrt(sp2 * (1.0 / nh + 1.0 / nc))
             est = _mean(champ) - _mean(cand)
         if se <= 0.0:
-            t = math.inf if est > shift else (-math.inf if est < shift else math.nan)
             p = 0.0 if est > shift else 1.0
         else:
-            t = (est - shift) / se
-            p = t_sf(t, df)
-        return t, p, se, kind
+            p = t_sf((est - shift) / se, df)
+        return est, p, se, kind
 
     def decide(self, ev: Evidence) -> Decision:
         c = self.cfg
@@ -379,7 +401,7 @@ class NoiseAwarePolicy:
 
         # --- simplification: statistically no worse after simplification_runs runs
         if simplification and nc >= c.simplification_runs:
-            _, p_w, _, _ = self._test(cand, champ, 0.0)  # H1: candidate worse
+            _, p_w, _, _ = self._test(cand, champ, 0.0, [-d for d in paired(ev)])  # H1: candidate worse
             if effect >= -c.simplification_tolerance * sd and p_w > c.alpha:
                 return final(
                     "win",
@@ -391,7 +413,8 @@ class NoiseAwarePolicy:
                 )
 
         # --- confirm
-        t, p, se, kind = self._test(champ, cand, c.min_effect)
+        effect, p, se, kind = self._test(champ, cand, c.min_effect, paired(ev))
+        stats["effect"] = effect
         a_n = self.alpha_at(nc)
         if effect > c.min_effect and p <= a_n:
             return final(
@@ -424,10 +447,89 @@ class NoiseAwarePolicy:
         )
 
 
+class BayesPolicy:
+    """Promote, stop or run again, whichever is worth most under the campaign's learned prior (`bot.core.bayes`).
+
+    * Noise floor: the champion needs 2 runs (baseline_runs when created); the noise sd pools the campaign's runs.
+    * Each look: the posterior of the true improvement from the prior `Evidence.campaign` (the default before any
+      experiment is decided) and every champion and candidate run, paired by seed where the campaign's changes pair.
+    * Win: at least min_runs candidate runs, P(no better) <= fdr, and promoting now is worth more than running on.
+    * More runs (one candidate seed, the champion up to the candidate's count + champion_lead): when the best
+      lookahead of k more runs, less k times what a run buys, beats stopping; never past max_candidate_runs.
+    * Loss otherwise: "screen" on one run, "futility" before the cap, "max_runs" at it.
+    * Simplification: a change that removes code is promoted after simplification_runs runs when
+      P(worse by more than simplification_tolerance sds) <= fdr.
+    """
+
+    name = "bayes"
+    learns = True  # its evidence carries the campaign's prior (`lifecycle.learned`)
+
+    def __init__(self, cfg: PolicyConfig | None = None) -> None:
+        self.cfg = cfg or PolicyConfig(rule="bayes")
+        self.baseline_runs = max(self.cfg.baseline_runs, 2)
+
+    def decide(self, ev: Evidence) -> Decision:
+        c = self.cfg
+        if ev.candidate_status != "ok":
+            return _failed(ev)
+        nh, nc = len(ev.champion), len(ev.candidate)
+        if nh < 2:
+            return _more(ev, "noise_floor", f"The noise floor needs at least 2 champion runs; {nh} made.",
+                         champ=max(1, self.baseline_runs - nh))
+        if nc == 0:
+            return _more(ev, "screen", "No candidate run yet.", cand=1)
+        prior = ev.campaign or bayes.default_prior()
+        ss, df = bayes.noise(ev, ev.campaign)
+        champ, cand = _oriented(ev)
+        ch, ca, m = _mean(ev.champion), _mean(ev.candidate), ev.metric
+        if df == 0 or ss <= 0:  # no spread at all: the runs are exact
+            ss, df = max(abs(_mean(champ) - _mean(cand)), 1e-12) ** 2, 1
+        sd = float(bayes.noise_sds(ss, df)[len(bayes.SD_QUANTILES) // 2])
+        ll, paired_ll = bayes.marginal(ev, ss, df, prior.pair_share, prior.pair_correlation)
+        w = np.asarray(prior.weights)
+        post = bayes.posterior(w, ll)
+        p_pair = float((w * np.exp(paired_ll - ll.max())).sum() / (w * np.exp(ll - ll.max())).sum())
+        lfdr, mean = float(post[bayes.NULL].sum()), float(post @ bayes.GRID)
+        stats: dict = dict(champion_mean=ch, candidate_mean=ca, effect=mean * sd, spread=sd, champion_runs=nh,
+                           candidate_runs=nc)  # no p-value: P(no better), a posterior probability, is in the reason
+        facts = (f"{m} {ca:.4f} over {nc} runs vs the champion's {ch:.4f} over {nh}: expected improvement "
+                 f"{mean:.2f} x noise sd {sd:.4g} ({df} df), P(no better) {lfdr:.3f}"
+                 + (f", P(pairs) {p_pair:.2f}" if prior.pair_correlation > 0 else "") + f"; {bayes.describe(prior)}")
+
+        def final(verdict: str, rule: str, why: str) -> Decision:
+            return Decision(verdict=verdict, rule=rule, reason=f"{why}: {facts}.", metric=m, **stats)  # type: ignore[arg-type]
+
+        if ev.removes_code and c.simplification_wins and nc >= c.simplification_runs:
+            worse = float(post[bayes.GRID < -c.simplification_tolerance].sum())
+            if worse <= c.fdr:
+                return final("win", "simplification", f"Removes code; P(worse by more than "
+                             f"{c.simplification_tolerance:g} sd) {worse:.3f} <= {c.fdr:g}")
+        limit = c.fdr
+        allowed = nc >= c.min_runs and lfdr <= limit
+        now = mean if allowed and mean > 0 else 0.0
+        var = p_pair * 2 * (1 - prior.pair_correlation) + (1 - p_pair)
+        left = c.max_candidate_runs - nc
+        ahead, k = bayes.lookahead(post, var, nc, left, limit, c.min_runs, prior.run_value) if left else (-math.inf, 0)
+        keep_simplifying = ev.removes_code and c.simplification_wins and nc < c.simplification_runs and left > 0
+        if ahead > now or keep_simplifying:
+            want_h = min(nc + 1 + c.champion_lead, max(c.match_champion_runs, self.baseline_runs))
+            return _more(ev, "confirm", f"{k} more run(s) are worth {ahead:.3f} sd net, stopping {now:.3f}: {facts}.",
+                         cand=1, champ=max(0, want_h - nh), **stats)
+        if allowed and mean > 0:
+            return final("win", "bayes", f"Promoted: P(no better) {lfdr:.3f} <= fdr {limit:g}, worth {now:.3f} sd, "
+                         f"more runs {max(ahead, 0.0):.3f}")
+        rule = "screen" if nc == 1 else "max_runs" if left <= 0 else "futility"
+        return final("loss", rule, f"Stopped: more runs are worth {max(ahead, 0.0):.3f} sd net, promotion "
+                     + ("is worth nothing" if allowed else f"not allowed (P(no better) {lfdr:.3f} > {limit:.3f}"
+                        + (f" or fewer than {c.min_runs} runs" if nc < c.min_runs else "") + ")"))
+
+
 def make_policy(cfg: PolicyConfig) -> Policy:
     """The policy the `policy:` section of arbot.yml selects."""
     if cfg.rule == "margin":
         return MarginPolicy(
             margin=cfg.margin, baseline_runs=cfg.baseline_runs, runs=1, simplification_wins=cfg.simplification_wins
         )
+    if cfg.rule == "bayes":
+        return BayesPolicy(cfg)
     return NoiseAwarePolicy(cfg)

@@ -79,6 +79,21 @@ class Proposal(BaseModel):
     params: dict[str, float | int | str] = Field(default_factory=dict)
 
 
+class CampaignPrior(BaseModel):
+    """What the `bayes` policy has learned from a campaign's decided experiments (`bot.core.bayes.learn`): the
+    distribution of true improvements (`effects`, in noise sds, with `weights`), the noise sd of one run, the share
+    of changes whose runs pair with the champion's by seed and their correlation, and the improvement a run buys."""
+
+    effects: list[float]
+    weights: list[float]
+    noise_sd: float | None = None  # metric units; None: from the champion's runs alone
+    noise_df: int = 0
+    pair_share: float = 0.0
+    pair_correlation: float = 0.0
+    run_value: float  # improvement (noise sds) per run the campaign has made: the price of one more run
+    experiments: int = 0  # how many decided experiments it was learned from
+
+
 class Evidence(BaseModel):
     """What the policy sees: the measured metric of the champion's and the candidate's runs."""
 
@@ -86,6 +101,9 @@ class Evidence(BaseModel):
     direction: Direction = "minimize"
     champion: list[float]
     candidate: list[float]
+    champion_seeds: list[int] = Field(default_factory=list)  # the seed of each value above; empty: run i is seed i
+    candidate_seeds: list[int] = Field(default_factory=list)
+    campaign: CampaignPrior | None = None  # the bayes policy's prior, learned from the campaign so far
     candidate_status: RunStatus = "ok"
     candidate_reason: str = ""
     removes_code: bool = False
@@ -232,3 +250,8 @@ def val_runs(runs: list[RunResult]) -> list[RunResult]:
 def ok_metric(runs: list[RunResult], metric: str) -> list[float]:
     """The metric (its val key) of each successful val run, in order."""
     return [r.metrics[metric] for r in val_runs(runs) if r.ok and metric in r.metrics]
+
+
+def ok_seeds(runs: list[RunResult], metric: str) -> list[int]:
+    """The seed of each value `ok_metric` gives, in the same order."""
+    return [r.seed for r in val_runs(runs) if r.ok and metric in r.metrics]

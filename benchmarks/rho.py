@@ -1,0 +1,129 @@
+"""Same-seed correlation (rho) of a champion and a change on the built-in target, as the `bayes` rule's pairing needs.
+
+    python benchmarks/rho.py [--config arbot.yml] [--seeds 8] [--repeats 2] [--budget S] [--jobs J]
+                             [--hyper LEARNING_RATE=7.5e-4] [--shape DEPTH=5] [--json]
+
+Trains the champion (the config's knobs) and two changes of it, a hyperparameter change (`--hyper`) and a change of
+shape (`--shape`), at seeds 0..N-1, each `--repeats` times (no sandbox, as benchmarks/noise.py), scores each model on
+val and records its training steps. Prints, for each change:
+- rho: the correlation across seeds of the champion's and the change's metric (each seed's mean over its repeats),
+  the share of a run's variance its seed brings to both, and the sd of the same-seed differences beside the sd of
+  the differences unpaired (what pairing buys: sqrt(2 (1 - rho)) against sqrt(2) noise sds);
+- repeat: the correlation of two runs of one commit at one seed (how deterministic a seed is: under load the step
+  count, so the model, moves);
+- steps: the correlation of the metric with the training step count within each commit (the covariate: a run that
+  made more steps scores better whatever its seed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import knob_values, print_table  # noqa: E402
+from benchmarks.noise import train  # noqa: E402
+
+
+def correlation(xs: list[float], ys: list[float]) -> float:
+    return statistics.correlation(xs, ys) if len(xs) > 2 and statistics.pstdev(xs) and statistics.pstdev(ys) else float("nan")
+
+
+def residuals(rows: list[dict], key: str) -> list[float]:
+    """`key` less its mean over the rows (one commit)."""
+    mean = statistics.fmean(r[key] for r in rows)
+    return [r[key] - mean for r in rows]
+
+
+def compare(champion: list[dict], change: list[dict], metric: str) -> dict:
+    """rho and its companions for one change (rows: seed, repeat, metric, steps)."""
+    seeds = sorted({r["seed"] for r in champion})
+
+    def by_seed(rows: list[dict]) -> list[float]:
+        return [statistics.fmean(r[metric] for r in rows if r["seed"] == s) for s in seeds]
+
+    h, c = by_seed(champion), by_seed(change)
+    paired = [a - b for a, b in zip(h, c)]
+    unpaired = [a - b for a in h for b in c]
+    repeat = [(a[metric], b[metric]) for rows in (champion, change) for a in rows for b in rows
+              if a["seed"] == b["seed"] and a["repeat"] < b["repeat"]]
+    steps = [(m, s) for rows in (champion, change)
+             for m, s in zip(residuals(rows, metric), residuals(rows, "steps"))]
+    return {"rho": correlation(h, c), "sd_paired": statistics.stdev(paired), "sd_unpaired": statistics.stdev(unpaired),
+            "repeat_correlation": correlation([a for a, _ in repeat], [b for _, b in repeat]),
+            "steps_correlation": correlation([m for m, _ in steps], [s for _, s in steps]),
+            "mean_difference": statistics.fmean(paired), "seeds": len(seeds)}
+
+
+def main() -> None:
+    from bot.config import load_config
+    from evaluator.data import DEFAULT_CORPUS, prepare
+    from evaluator.score import score
+    from runner.job import default_cache_dir, train_argv
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", type=Path, default=ROOT / "arbot.yml")
+    ap.add_argument("--seeds", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--budget", type=float, help="training seconds (default: the config's target.budget_seconds)")
+    ap.add_argument("--jobs", type=int, default=1, help="runs trained at once (CPU: give each a share of the cores)")
+    ap.add_argument("--hyper", action="append", default=None, metavar="NAME=VALUE", help="the hyperparameter change")
+    ap.add_argument("--shape", action="append", default=None, metavar="NAME=VALUE", help="the change of shape")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    if args.seeds < 3 or args.repeats < 1:
+        ap.error("--seeds must be at least 3 (a correlation) and --repeats at least 1")
+    config = load_config(args.config)
+    target, evaluator = config.target, config.evaluator
+    budget = args.budget or target.budget_seconds
+    cache = Path(evaluator.cache_dir) if evaluator.cache_dir else default_cache_dir()
+    splits = prepare(cache, corpus=evaluator.corpus or DEFAULT_CORPUS)
+    threads = target.threads or max(1, (os.cpu_count() or 1) // args.jobs)
+    script, metric = ROOT / target.script, f"val_{evaluator.metric}"
+    commits = {"champion": {}, "hyper": knob_values(args.hyper or ["LEARNING_RATE=7.5e-4"]),
+               "shape": knob_values(args.shape or ["DEPTH=5"])}
+    jobs = [(name, seed, rep) for rep in range(args.repeats) for seed in range(args.seeds) for name in commits]
+    with tempfile.TemporaryDirectory() as tmp:
+
+        def one(job: tuple[str, int, int]) -> dict:
+            name, seed, rep = job
+            out = Path(tmp) / f"{name}-{seed}-{rep}"
+            argv = train_argv(script.name, splits.train, out, budget, seed, target.device,
+                              target.overrides | commits[name])
+            run = train(argv, script.parent, threads)
+            scored = score(out / "model.pt2", splits, ("val",), device=evaluator.device)
+            if scored["status"] != "ok":
+                raise RuntimeError(f"{name} seed {seed}: {scored['status']}: {scored['reason']}")
+            row = {"commit": name, "seed": seed, "repeat": rep, metric: scored["metrics"][metric], "steps": run["steps"]}
+            print(json.dumps(row), file=sys.stderr, flush=True)  # each run as it ends: a cut-short measurement keeps them
+            return row
+
+        with ThreadPoolExecutor(args.jobs) as pool:
+            rows = list(pool.map(one, jobs))
+    of = {name: [r for r in rows if r["commit"] == name] for name in commits}
+    report = {"config": str(args.config), "budget_seconds": budget, "threads": threads, "jobs": args.jobs,
+              "seeds": args.seeds, "repeats": args.repeats, "changes": {k: v for k, v in commits.items() if v},
+              "runs": rows, "compare": {name: compare(of["champion"], of[name], metric) for name in ("hyper", "shape")}}
+    if args.json:
+        print(json.dumps(report, indent=1))
+        return
+    print(f"{args.config.name}: budget {budget:g} s, {args.seeds} seeds x {args.repeats} repeats, {threads} thread(s) "
+          f"x {args.jobs} job(s); changes {report['changes']}")
+    print_table({"change": "change", "rho": "rho", "paired": "sd same-seed diff.", "unpaired": "sd unpaired diff.",
+                 "repeat": "repeat corr.", "steps": "corr. with steps", "diff": "mean diff."},
+                [{"change": name, "rho": f"{c['rho']:.2f}", "paired": f"{c['sd_paired']:.4f}",
+                  "unpaired": f"{c['sd_unpaired']:.4f}", "repeat": f"{c['repeat_correlation']:.2f}",
+                  "steps": f"{c['steps_correlation']:.2f}", "diff": f"{c['mean_difference']:+.4f}"}
+                 for name, c in report["compare"].items()])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,250 @@
+"""The `bayes` promotion rule: a sequential design whose prior over effect sizes is learned from the campaign itself.
+
+Everything is in units of the noise sd of one run. A change's true improvement `theta` (positive: better) has a
+prior on the grid `GRID`; it starts from `default_prior()` (documented in docs/policy.md) and is re-estimated from
+every decided experiment of the campaign (`learn`: empirical Bayes, the default counting as `PRIOR_STRENGTH`
+experiments). The likelihood of an experiment's runs is exact for Gaussian runs: the champion's mean is integrated
+out, and a candidate's run and the champion's run with the same seed are correlated by `pair_correlation` when the
+change pairs, a share `pair_share` of changes (both learned from the spread of same-seed differences), and not at
+all otherwise (a change of shape draws a different model from the same seed).
+
+After each run the rule compares, from the posterior:
+- promoting now: worth the expected improvement, allowed only when the posterior probability that the change is no
+  better (`lfdr`) is at most `fdr`, and never on fewer than `min_runs` candidate runs;
+- stopping (a loss): worth 0;
+- k more runs (k up to the cap): the expected value of deciding then, less k times the improvement a run buys in
+  this campaign (`run_value`: what the campaign's promotions gained per run so far, from a default);
+and does what is worth most. Promotions made with lfdr <= fdr keep the expected share of false promotions <= fdr
+(when the prior fits, which the campaign's own history is there for). Each reason names these numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import special
+
+from bot.core.records import CampaignPrior, Decision, Evidence, oriented
+
+GRID = np.round(np.arange(-8.0, 8.0 + 1e-9, 0.25), 2)  # true improvements the prior is put on, in noise sds
+NULL, BETTER = GRID <= 0, GRID > 0
+# the documented default prior: most changes do nothing or harm, a few help
+DEFAULT_NULL, DEFAULT_HARMFUL, DEFAULT_HARM_SD = 0.60, 0.25, 2.0  # harm: -|N(0, 2)|
+DEFAULT_WIN_LOW, DEFAULT_WIN_HIGH = 0.25, 4.0  # the rest help, uniform over 0.25-4 sds
+PRIOR_STRENGTH = 20.0  # the default prior counts as this many decided experiments
+DEFAULT_RUN_VALUE = 0.1  # improvement (sds) a run buys before the campaign has shown its own
+RUN_VALUE_STRENGTH = 50.0  # ... counted as this many runs
+PAIR_TEST = float(special.chdtri(2, 0.01))  # pairing is used once the data shows it at the 1% level
+MAX_PAIR_CORRELATION = 0.95
+EM_STEPS = 40
+SD_QUANTILES = np.array([0.1, 0.3, 0.5, 0.7, 0.9])
+
+
+def default_prior() -> CampaignPrior:
+    """The prior before a campaign has decided anything."""
+    harm = NULL & (GRID < 0)
+    w = np.where(GRID == 0, DEFAULT_NULL, 0.0)
+    half_normal = np.exp(-0.5 * (GRID / DEFAULT_HARM_SD) ** 2) * harm
+    w += DEFAULT_HARMFUL * half_normal / half_normal.sum()
+    win = (GRID >= DEFAULT_WIN_LOW) & (GRID <= DEFAULT_WIN_HIGH)
+    w += (1 - DEFAULT_NULL - DEFAULT_HARMFUL) * win / win.sum()
+    return CampaignPrior(effects=GRID.tolist(), weights=w.tolist(), run_value=DEFAULT_RUN_VALUE)
+
+
+# --------------------------------------------------------------------------------------------- noise and pairing
+def _ss(xs: Sequence[float]) -> tuple[float, int]:
+    """Sum of squared residuals around the mean, and its degrees of freedom."""
+    if len(xs) < 2:
+        return 0.0, 0
+    m = sum(xs) / len(xs)
+    return sum((x - m) ** 2 for x in xs), len(xs) - 1
+
+
+def _unselected(ev: Evidence) -> tuple[list[float], list[float]]:
+    """The runs whose spread measures the noise: the champion's and the candidate's after their first. A first run
+    is what the screen selected on (a candidate goes on when it was lucky; a promoted one's runs become the
+    champion's), so its spread with the rest is too wide."""
+    return ev.champion[1:], ev.candidate[1:]
+
+
+def noise(ev: Evidence, prior: CampaignPrior | None) -> tuple[float, int]:
+    """The residual sum of squares (metric units squared) and degrees of freedom of the noise: the campaign's pooled
+    within-commit spread with this experiment's runs."""
+    ss, df = 0.0, 0
+    if prior is not None and prior.noise_sd is not None:
+        ss, df = prior.noise_sd**2 * prior.noise_df, prior.noise_df
+    for xs in _unselected(ev):
+        a, b = _ss(xs)
+        ss, df = ss + a, df + b
+    return ss, df
+
+
+def noise_sds(ss: float, df: int) -> np.ndarray:
+    """Equally likely values of the noise sd given (ss, df): ss over chi-square quantiles (the posterior of a
+    variance under a flat prior on its log), so a floor measured on few runs weighs its unlucky values too."""
+    return np.sqrt(ss / special.chdtri(df, SD_QUANTILES))
+
+
+def _pairs(ev: Evidence) -> list[tuple[int, int]]:
+    """(champion index, candidate index) of each seed both have a value for."""
+    where = {s: i for i, s in enumerate(ev.champion_seeds or range(len(ev.champion)))}
+    return [(where[s], j) for j, s in enumerate(ev.candidate_seeds or range(len(ev.candidate))) if s in where]
+
+
+def _paired_ss(ev: Evidence, sd: float) -> tuple[float, int]:
+    """Residual sum of squares of the same-seed differences (in noise variances) and its degrees of freedom."""
+    h, c = oriented(ev.champion, ev.direction), oriented(ev.candidate, ev.direction)
+    return _ss([(h[i] - c[j]) / sd for i, j in _pairs(ev)])
+
+
+def pairing(history: Sequence[Evidence], sd: float) -> tuple[float, float]:
+    """(share of changes that pair, their same-seed correlation), by EM over the spread of each experiment's
+    same-seed differences: variance 2 (1 - rho) for a change that pairs, 2 for one that does not. Pairing counts
+    only where the data shows it: the mixture must fit better than "nothing pairs" by the likelihood-ratio test at
+    PAIR_TEST (two parameters); otherwise (0, 0)."""
+    data = [x for ev in history if (x := _paired_ss(ev, sd))[1] > 0]
+
+    def logl(ss: float, df: int, var: float) -> float:
+        return -0.5 * df * math.log(var) - ss / (2 * var)
+
+    if not data:
+        return 0.0, 0.0
+    share, var = 0.5, float(np.clip(np.quantile([ss / df for ss, df in data], 0.25), 0.1, 2.0))  # from the tightest
+    for _ in range(EM_STEPS):
+        resp = []
+        for ss, df in data:
+            la, lb = logl(ss, df, var), logl(ss, df, 2.0)
+            top = max(la, lb)
+            a, b = share * math.exp(la - top), (1 - share) * math.exp(lb - top)
+            resp.append(a / (a + b))
+        share = sum(resp) / len(data)
+        var = sum(r * ss for r, (ss, _) in zip(resp, data)) / max(1e-9, sum(r * df for r, (_, df) in zip(resp, data)))
+        var = min(max(var, 2.0 * (1 - MAX_PAIR_CORRELATION)), 2.0)
+    gain = sum(math.log(share * math.exp(logl(ss, df, var) - logl(ss, df, 2.0)) + 1 - share) for ss, df in data)
+    if 2 * gain < PAIR_TEST:
+        return 0.0, 0.0
+    return share, 1.0 - var / 2.0
+
+
+# --------------------------------------------------------------------------------------------- likelihood
+def _component(h: np.ndarray, c: np.ndarray, pairs: list[tuple[int, int]], rho: float) -> np.ndarray:
+    """log p(runs | theta) on GRID, the champion's mean integrated out, when same-seed runs correlate by rho."""
+    m, n = len(h), len(c)
+    cov = np.eye(m + n)
+    for i, j in pairs:
+        cov[i, m + j] = cov[m + j, i] = rho
+    inv = np.linalg.inv(cov)
+    y, one, z = np.concatenate([h, c]), np.ones(m + n), np.concatenate([np.zeros(m), np.ones(n)])
+    a = one @ inv @ one
+    proj = inv - np.outer(inv @ one, one @ inv) / a
+    ypy, zpy, zpz = y @ proj @ y, z @ proj @ y, z @ proj @ z
+    # the candidate's mean is the champion's less theta: residual y - mu + theta z
+    return -0.5 * np.linalg.slogdet(cov)[1] - 0.5 * math.log(a) - 0.5 * (ypy + 2 * GRID * zpy + GRID**2 * zpz)
+
+
+def loglik(ev: Evidence, sd: float, share: float, rho: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """log p(runs | theta) on GRID, and each component's (pairs, does not pair) with its prior share folded in."""
+    h = np.asarray(oriented(ev.champion, ev.direction)) / sd
+    c = np.asarray(oriented(ev.candidate, ev.direction)) / sd
+    pairs = _pairs(ev)
+    apart = _component(h, c, pairs, 0.0)
+    if not pairs or rho <= 0 or share <= 0:
+        return apart, np.full(len(GRID), -np.inf), apart
+    share = min(share, 1 - 1e-9)
+    paired = _component(h, c, pairs, rho) + math.log(share)
+    apart = apart + math.log(1 - share)
+    return np.logaddexp(paired, apart), paired, apart
+
+
+def marginal(ev: Evidence, ss: float, df: int, share: float, rho: float) -> tuple[np.ndarray, np.ndarray]:
+    """log p(runs | theta) on GRID with the noise sd integrated over `noise_sds`, and its pairing component."""
+    n = len(ev.champion) + len(ev.candidate)
+    both, paired = [], []
+    for sd in noise_sds(ss, df):
+        ll, pl, _ = loglik(ev, float(sd), share, rho)
+        jac = -(n - 1) * math.log(sd)  # runs in metric units, the champion's mean flat in them
+        both.append(ll + jac)
+        paired.append(pl + jac)
+    k = math.log(len(both))
+    return special.logsumexp(both, axis=0) - k, special.logsumexp(paired, axis=0) - k
+
+
+def posterior(prior: np.ndarray, ll: np.ndarray) -> np.ndarray:
+    """The posterior on GRID of a prior and a log-likelihood."""
+    w = prior * np.exp(ll - ll.max())
+    return w / w.sum()
+
+
+# --------------------------------------------------------------------------------------------- learning
+def learn(history: Sequence[tuple[Evidence, Decision]]) -> CampaignPrior:
+    """The prior for the campaign's next decision, from its decided experiments (`history`, oldest first; each with
+    the evidence it was decided on): the pooled noise sd, the pairing, the effect-size distribution (EM on GRID,
+    shrunk to the default by PRIOR_STRENGTH) and the improvement a run buys (the posterior mean of each promotion's
+    improvement per candidate run made, shrunk to DEFAULT_RUN_VALUE by RUN_VALUE_STRENGTH)."""
+    base = default_prior()
+    decided = [(ev, d) for ev, d in history if ev.candidate and ev.candidate_status == "ok" and len(ev.champion) >= 2]
+    if not decided:
+        return base
+    ss, df = 0.0, 0
+    champions: dict[tuple[float, ...], list[float]] = {}
+    for ev, _ in decided:
+        champ, cand = _unselected(ev)
+        a, b = _ss(cand)
+        ss, df = ss + a, df + b
+        key = tuple(ev.champion[:2])
+        if len(champ) > len(champions.get(key, ())):
+            champions[key] = champ
+    for xs in champions.values():
+        a, b = _ss(xs)
+        ss, df = ss + a, df + b
+    sd = math.sqrt(ss / df) if df and ss > 0 else 0.0
+    if sd <= 0:
+        return base
+    share, rho = pairing([ev for ev, _ in decided], sd)
+    lik = np.array([loglik(ev, sd, share, rho)[0] for ev, _ in decided])
+    lik = np.exp(lik - lik.max(1, keepdims=True))
+    w0 = np.asarray(base.weights)
+    w = w0
+    for _ in range(EM_STEPS):
+        post = lik * w
+        post /= post.sum(1, keepdims=True)
+        w = (PRIOR_STRENGTH * w0 + post.sum(0)) / (PRIOR_STRENGTH + len(decided))
+    post = lik * w
+    post /= post.sum(1, keepdims=True)
+    gained = sum(float(p @ GRID) for p, (_, d) in zip(post, decided) if d.verdict == "win")
+    runs = sum(len(ev.candidate) for ev, _ in decided)
+    value = (DEFAULT_RUN_VALUE * RUN_VALUE_STRENGTH + gained) / (RUN_VALUE_STRENGTH + runs)
+    return CampaignPrior(effects=GRID.tolist(), weights=w.tolist(), noise_sd=sd, noise_df=df, pair_share=share,
+                         pair_correlation=rho, run_value=max(value, 1e-3), experiments=len(decided))
+
+
+def describe(prior: CampaignPrior) -> str:
+    """The prior in a few numbers, for a decision's reason."""
+    w = np.asarray(prior.weights)
+    better = w[BETTER].sum()
+    mean_win = float(w[BETTER] @ GRID[BETTER] / better) if better > 0 else 0.0
+    return (f"prior from {prior.experiments} experiments: P(better) {better:.2f} (mean {mean_win:.2f} sd), "
+            f"P(no effect) {w[GRID == 0].sum():.2f}; {prior.pair_share:.2f} of changes pair at rho "
+            f"{prior.pair_correlation:.2f}; a run buys {prior.run_value:.3f} sd")
+
+
+# --------------------------------------------------------------------------------------------- the stopping rule
+def lookahead(post: np.ndarray, var: float, made: int, more: int, fdr: float, min_runs: int,
+              run_value: float) -> tuple[float, int]:
+    """The best expected value of k more runs (k = 1..more), each adding an estimate of theta with variance `var`,
+    then promoting where allowed and worth it, less k * run_value; and that k (0: none worth it)."""
+    best, best_k = -math.inf, 0
+    for k in range(1, more + 1):
+        s = math.sqrt(var / k)
+        est = np.linspace(GRID[0] - 4 * s, GRID[-1] + 4 * s, 240)
+        joint = np.exp(-0.5 * ((est[:, None] - GRID[None, :]) / s) ** 2) * post[None, :]
+        pred = joint.sum(1)
+        after = joint / np.maximum(pred[:, None], 1e-300)
+        mean, lfdr = after @ GRID, after[:, NULL].sum(1)
+        gain = np.where((lfdr <= fdr) & (made + k >= min_runs), np.maximum(mean, 0.0), 0.0)
+        value = float(pred @ gain / pred.sum()) - k * run_value
+        if value > best:
+            best, best_k = value, k
+    return best, best_k
