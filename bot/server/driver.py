@@ -9,6 +9,7 @@ verdict is posted when it changes, the comment is upserted, merges carry the hea
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from datetime import datetime, timezone
 
@@ -24,8 +25,10 @@ from bot.github.forge import GitHubForge, GitHubForgeError
 from bot.github.lease import Lease, holder_name
 from bot.progress import champion_steps, stale_rate
 from bot.proposers.base import Proposer
-from bot.stepper import Stepper, Tracker
+from bot.stepper import RunsLost, Stepper, Tracker
 from bot.surfaces.github import Budget, GitHubSurface
+
+log = logging.getLogger("arbot.github")
 
 
 class Driver:
@@ -35,12 +38,13 @@ class Driver:
         """`holder` names this writer on the lease; `lease_wait`: seconds to wait for another holder before giving
         up with its name; `tracker`: where runs and decisions are also logged (bot.stepper.Tracker)."""
         self.forge, self.local, self.config, self.proposer, self.budget = forge, local, config, proposer, budget
-        self.surface = GitHubSurface(forge, local, config, budget, paused)
+        slots = config.github.max_in_flight
+        self.executor = GitHubActions(forge, slots, lambda sha: self.surface.on_default(sha), budget)
+        self.surface = GitHubSurface(forge, local, config, budget, paused, recheck=self.executor.recheck)
         self.lf = self.surface.store
         self.lease = Lease(self.surface.git, local, holder or holder_name("driver"))
         self.lease_wait = lease_wait
-        slots = config.github.max_in_flight
-        self.stepper = Stepper(self.lf, GitHubActions(forge, slots, budget), self.surface, proposer, config.target,
+        self.stepper = Stepper(self.lf, self.executor, self.surface, proposer, config.target,
                                lc.Rules.of(policy, config.target, config.metric), slots, keep=self.lease.keep,
                                tracker=tracker)
 
@@ -55,13 +59,28 @@ class Driver:
         github.max_in_flight. What a webhook, `arbot decide` and a restart all run; safe to repeat. Returns the
         experiments that finished, those still active and those opened."""
         with self.lease.held(wait=self.lease_wait):
-            finished = self.stepper.step(0)
+            finished = self._step()
             return finished + self.stepper.active() + self.stepper.fill().opened
+
+    def _step(self) -> list[ExperimentRecord]:
+        """One step; a run lost MAX_LOST times is reported on the PRs waiting for it (it waits for `/arbot rerun`),
+        and the other experiments go on."""
+        try:
+            return self.stepper.step(0)
+        except RunsLost as e:
+            log.error("%s", e)
+            role, commit = str(e.spec.role), e.spec.commit
+            for rec in self.stepper.active():
+                if (rec.id == role or (role == "champion" and rec.parent == commit)) and (
+                        pr := self.surface.find_pr(rec.branch)) is not None:
+                    self.forge.comment(pr.number, f"**A run was lost**: {e}. Comment `/arbot rerun` to dispatch it "
+                                       "again once the runners are fixed.")
+            return self.stepper.step(0)
 
     def advance_pr(self, number: int) -> ExperimentRecord:
         """`arbot decide --pr N`: a step, then where the experiment of PR N stands."""
         with self.lease.held(wait=self.lease_wait):
-            self.stepper.step(0)
+            self._step()
             return self._record_of(number)
 
     def record_merged_pr(self, number: int) -> None:
@@ -81,12 +100,19 @@ class Driver:
                 raise GitHubForgeError(f"PR #{number} ({rec.id}) is not a win waiting for review")
             return self.stepper.approve(rec)
 
-    def rerun(self, number: int) -> bool:
-        """`/arbot rerun` on a PR: dispatch again every run of its experiment (and its champion) still pending,
-        e.g. after a runner died; only the new workflow run's result counts. False when nothing is pending."""
+    def rerun(self, number: int) -> list[str]:
+        """`/arbot rerun` on a PR: dispatch again each run of its experiment (and its champion) still pending whose
+        workflow run ended without a result (lost, cancelled, never started); only the new workflow run's result
+        counts. A run still queued or running, or one that reported, is not run again: the PR says why. Returns the
+        keys dispatched again."""
         with self.lease.held(wait=self.lease_wait):
             self.surface.fetch()
-            return self.stepper.again(self._record_of(number))
+            rec = self._record_of(number)
+            again, refused = self.stepper.again(rec, self.executor.why_not_again)
+            if refused or not again:
+                lines = [f"- `{key}`: {why}" for key, why in refused.items()] or ["- nothing is pending"]
+                self.forge.comment(number, "`/arbot rerun` ran nothing again:\n" + "\n".join(lines))
+            return again
 
     def fill(self) -> list[ExperimentRecord]:
         """Open experiments while there is room, unless paused or over a daily cap."""

@@ -1,14 +1,16 @@
 """The GitHub surface: each experiment is a pull request, each decision a check run, a comment and a merge.
 
-Decide -> the note (pushed at once); Promote -> `arbot/verdict` success and a squash merge through branch
-protection (auto-merge where the repository allows it), with the lifecycle's trailers plus `PR:`; Hold -> a
+Decide -> the note; Promote -> each run the win was decided on verified again against its workflow run, then
+`arbot/verdict` success and a squash merge through branch protection (a direct merge; auto-merge only where GitHub
+refuses it for now and the repository allows it), with the lifecycle's trailers plus `PR:`; Hold -> a
 neutral verdict until `/arbot approve`; Close -> the verdict, the results comment, a label, the PR closed (its
 branch kept); a replay's fresh experiment gets a PR of its own. A PR whose head is not the experiment's commit, or
 whose commit changes a path outside target.allowed_paths, is `tampered`: rejected, never merged.
 
 The bot keeps a bare mirror of the repository (`.arbot/github.git`): experiment commits are made there and
-pushed, champion and both notes refs are fetched before every step, and every note is pushed as soon as it is
-written. So the state lives on GitHub and a restarted bot rebuilds it from there.
+pushed, champion, the default branch and both notes refs are fetched before every step, and every note is pushed as
+soon as it is written. So the state lives on GitHub and a restarted bot rebuilds it from there. The experiment PRs
+are listed once per step (`sync`), and read from that listing for the rest of the step.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import git
 
 from bot.config import Config
 from bot.core import lifecycle as lc
-from bot.core.records import ExperimentRecord, ok_metric
+from bot.core.records import ExperimentRecord, RunResult, ok_metric
 from bot.forges.local import NOTES_REF, NOTES_REFS, LocalForge
 from bot.github.forge import (CONCLUSION_TO_STATE, VERDICT_CHECK, GitHubForge, GitHubForgeError, results_comment,
                               squash_message, verdict_check)
@@ -69,8 +71,13 @@ class GitHubSurface:
     shared = True  # another server, the scheduled workflow or a restarted bot may write the notes between events
 
     def __init__(self, forge: GitHubForge, local: git.Repo, config: Config, budget: Budget | None = None,
-                 paused: Callable[[], bool] = lambda: False):
+                 paused: Callable[[], bool] = lambda: False,
+                 recheck: Callable[[RunResult], str | None] = lambda run: "no workflow run can be verified"):
+        """`recheck(run)`: why a recorded run does not prove to come from its verified workflow run (asked for each
+        run a win was decided on, before it is merged: GitHubActions.recheck)."""
         self.forge, self.local, self.config, self.budget, self.paused = forge, local, config, budget, paused
+        self.recheck = recheck
+        self._prs: dict[str, object] | None = None  # head branch -> PR, listed once per step
         self.metric = config.metric
         self.store = MirrorForge(local, self.push_notes, champion_branch=config.run.champion_branch,
                                  branch_prefix=config.run.branch_prefix)
@@ -88,14 +95,28 @@ class GitHubSurface:
             raise GitHubForgeError(f"git {args[0]} failed: {detail}") from None
 
     def fetch(self) -> None:
-        """Fetch champion, the experiment branches and the notes from GitHub (GitHub is the truth)."""
-        branch, prefix = self.config.run.champion_branch, self.config.run.branch_prefix
+        """Fetch champion, the default branch, the experiment branches and the notes from GitHub (GitHub is the
+        truth). The default branch lands on refs/remotes/github/<default>, named by its full ref: no tag stands in."""
+        branch, prefix, default = self.config.run.champion_branch, self.config.run.branch_prefix, self.default_branch
         self.git("fetch", "--quiet", "{remote}", f"+refs/heads/{branch}:refs/heads/{branch}",
+                 f"+refs/heads/{default}:refs/remotes/github/{default}",
                  f"+refs/heads/{prefix}*:refs/remotes/github/{prefix}*")
         remote_refs = self.git("ls-remote", "{remote}", "refs/notes/*")
         notes = [ref for ref in NOTES_REFS if ref in remote_refs.split()]
         if notes:
             self.git("fetch", "--quiet", "{remote}", *[f"+{ref}:{ref}" for ref in notes])
+
+    @property
+    def default_branch(self) -> str:
+        return self.forge.repo.default_branch
+
+    def on_default(self, sha: str) -> bool:
+        """Whether `sha` is a commit of the default branch as last fetched (no API call)."""
+        try:
+            self.local.git.merge_base("--is-ancestor", sha, f"refs/remotes/github/{self.default_branch}")
+            return True
+        except git.GitCommandError:
+            return False
 
     def push_notes(self) -> None:
         """Never forced: a note written elsewhere meanwhile makes this fail loudly instead of being lost."""
@@ -104,15 +125,26 @@ class GitHubSurface:
 
     # --- the surface port (bot.stepper.Surface) ----------------------------------------------------------------
     def sync(self) -> dict[str, str]:
-        """The mirror fetched; the wins GitHub merged meanwhile (auto-merge, or a human)."""
+        """The mirror fetched, the experiment PRs listed (once for the step); the wins GitHub merged meanwhile
+        (auto-merge, or a human)."""
         self.fetch()
+        self._prs = {pr.head.ref: pr for pr in self.forge.recent_prs()}
         merged = {}
         for rec in self.store.experiments():
             if rec.decision is not None and rec.decision.verdict == "win" and not rec.merged_as:
-                pr = self.forge.find_pr(rec.branch)
-                if pr is not None and pr.merged:
+                pr = self.find_pr(rec.branch)
+                if pr is not None and pr.merged_at is not None:
                     merged[rec.id] = pr.merge_commit_sha
         return merged
+
+    def find_pr(self, branch: str):
+        """The experiment's PR: from the step's listing, else asked of GitHub (a PR the listing's page left out)."""
+        if self._prs is not None and branch in self._prs:
+            return self._prs[branch]
+        pr = self.forge.find_pr(branch)
+        if pr is not None and self._prs is not None:
+            self._prs[branch] = pr
+        return pr
 
     def tampered(self, rec: ExperimentRecord) -> str | None:
         """Why the experiment may not be merged whatever it measured, or None: its commit (checked on the
@@ -125,7 +157,11 @@ class GitHubSurface:
             return f"{rec.commit[:12]} cannot be compared with its champion {rec.parent[:12]} on the mirror ({e})"
         if outside:
             return f"{rec.commit[:12]} changes {', '.join(outside[:5])}, outside target.allowed_paths"
-        pr = self.forge.find_pr(rec.branch)
+        if rec.decision is not None and rec.decision.verdict == "win" and not rec.merged_as:
+            evidence = rec.runs + self.store.champion_record(rec.parent).runs
+            if (why := next((w for run in evidence if (w := self.recheck(run)) is not None), None)) is not None:
+                return f"a run it was decided on does not verify ({why})"
+        pr = self.find_pr(rec.branch)
         if pr is None:
             return None
         head_repo = pr.head.repo.full_name if pr.head.repo is not None else "a deleted repository"
@@ -143,7 +179,9 @@ class GitHubSurface:
     def opened(self, rec: ExperimentRecord, proposed: bool) -> None:
         """Its pull request (the branch is pushed, never forced); a proposed one counts against the daily cap (a
         replay measures again a change that did)."""
-        pr = self.forge.open_pr(rec, self.local)
+        pr = self.forge.open_pr(rec, self.local, self.find_pr(rec.branch))
+        if self._prs is not None:
+            self._prs[rec.branch] = pr
         if proposed and self.budget is not None:
             self.budget.record_experiment()
         log.info("opened PR #%d for %s: %s", pr.number, rec.id, rec.proposal.hypothesis)
@@ -160,33 +198,39 @@ class GitHubSurface:
         pr = self._pr(rec)
         self._verdict(rec, verdict_check(rec.decision, self.metric))
         if pr.state == "open":
+            if self._prs is not None:
+                self._prs.pop(rec.branch, None)  # closed now: read again if asked
             self.forge.close_as(pr, rec.decision.verdict, results_comment(rec, rec.decision, self.trajectory(rec),
                                                                           self.metric))
             log.info("PR #%d (%s): closed as %s (%s)", pr.number, rec.id, rec.decision.verdict, rec.decision.rule)
 
     def promote(self, rec: ExperimentRecord, trailers: dict[str, str]) -> str | None:
-        """The verdict, then a squash merge guarded by the head: auto-merge where GitHub offers it (the merge then
-        comes later, and `sync` records it), else a merge now. A refused merge is tried again on the next step."""
+        """The verdict, then a squash merge guarded by the head, made now. Where GitHub refuses it for now (a
+        required check still pending) and the repository allows auto-merge, auto-merge is enabled (the merge then
+        comes later, and `sync` records it); a refused merge is tried again on the next step."""
         pr = self._pr(rec)
-        if not pr.merged:
+        if pr.merged_at is None:
+            if self._prs is not None:
+                self._prs.pop(rec.branch, None)  # merged, or refused: read again if asked
             self._conclude(rec, verdict_check(rec.decision, self.metric))
             title, body = squash_message(rec, trailers, pr.number)
-            if self.forge.enable_automerge(pr, rec.commit, title, body):
-                log.info("PR #%d (%s): auto-merge enabled at %s", pr.number, rec.id, rec.commit[:12])
-            else:
-                try:
-                    merge = self.forge.merge(pr, rec.commit, title, body)
-                    log.info("PR #%d (%s): merged as %s", pr.number, rec.id, merge[:12])
-                except GitHubForgeError as e:
+            try:
+                merge = self.forge.merge(pr, rec.commit, title, body)
+                log.info("PR #%d (%s): merged as %s", pr.number, rec.id, merge[:12])
+            except GitHubForgeError as e:
+                if pr.auto_merge is None and self.forge.repo.allow_auto_merge and self.forge.enable_automerge(
+                        pr, rec.commit, title, body):
+                    log.info("PR #%d (%s): auto-merge enabled at %s (%s)", pr.number, rec.id, rec.commit[:12], e)
+                elif pr.auto_merge is None:
                     log.warning("PR #%d (%s): not merged: %s", pr.number, rec.id, e)
                     self._conclude(rec, verdict_check(rec.decision, self.metric),
                                    f"**Not merged yet**: GitHub refused the merge ({str(e)[:500]}). The bot tries again "
                                    "on the next event and on its catch-up timer.")
-            pr = self.forge.pr(pr.number)
-        if not pr.merged:
-            return None
+                return None
+        else:
+            merge = pr.merge_commit_sha
         self.fetch()  # the merge commit, on which the new champion's note is written
-        return pr.merge_commit_sha
+        return merge
 
     def champion_fails(self, rec: ExperimentRecord | None, reason: str) -> None:
         log.error("the champion fails%s: %s", f" ({rec.id} cannot be measured)" if rec else "", reason)
@@ -208,8 +252,10 @@ class GitHubSurface:
 
     def _verdict(self, rec: ExperimentRecord, check) -> None:
         """Post `arbot/verdict` on the experiment's commit unless the latest one already says this."""
-        latest = self.forge.check(rec.commit, VERDICT_CHECK)
         want = check.conclusion if self.forge.use_checks else CONCLUSION_TO_STATE[check.conclusion]
+        if self.forge.posted(rec.commit, VERDICT_CHECK) == want:
+            return
+        latest = self.forge.check(rec.commit, VERDICT_CHECK)
         if latest is None or latest.conclusion != want:
             self.forge.post_check(rec.commit, VERDICT_CHECK, check.conclusion, check.title, check.summary)
 
@@ -218,7 +264,7 @@ class GitHubSurface:
 
     def _pr(self, rec: ExperimentRecord):
         """The experiment's PR; opened now if the bot stopped between the experiment's note and its PR."""
-        return self.forge.find_pr(rec.branch) or self.forge.open_pr(rec, self.local)
+        return self.find_pr(rec.branch) or self.forge.open_pr(rec, self.local, None)
 
     def trajectory(self, current: ExperimentRecord | None = None) -> list[tuple[str, float]]:
         """The champion's metric: its first measured value, then each merged win (and this one, if a win)."""
