@@ -13,6 +13,7 @@ serverless commands, and the webhook server running a campaign.
 from __future__ import annotations
 
 import json
+import random
 import threading
 import time
 from dataclasses import dataclass
@@ -366,8 +367,11 @@ def test_a_result_from_any_other_workflow_run_does_not_count(gh, kind):
     assert [r.metrics for r in d.lf.champion_record(start).runs] == [{"val_bpb": 3.0}]
 
 
-@pytest.mark.parametrize("answer_kind", ["missing", "garbled", "invalid", "another seed", "another champion"])
-def test_a_run_without_a_usable_result_is_that_runs_crash(gh, answer_kind):
+@pytest.mark.parametrize("answer_kind", ["missing", "garbled", "invalid", "another seed", "another champion",
+                                         "zip bomb", "deep JSON", "unsupported compression", "oversize"])
+def test_a_run_without_a_usable_result_is_that_runs_crash(gh, answer_kind, monkeypatch):
+    """Whatever the artifact holds, the run is that run's crash with the reason: never an exception out of the
+    driver, never a bot that fails on every event."""
     fake = gh.fake
     d = gh.driver("win")
     d.fill()
@@ -385,15 +389,38 @@ def test_a_run_without_a_usable_result_is_that_runs_crash(gh, answer_kind):
     elif answer_kind == "invalid":
         files, conclusion = {"result.json": good.replace('"seed":0', '"seed":"zero"').encode()}, "success"
         reason = f"workflow run {run_id} (success) left no result: 1 validation error for RunResult"
+    elif answer_kind == "zip bomb":  # about 50 KB zipped
+        files, conclusion = {"result.json": b" " * (50 * 2**20)}, "success"
+        reason = f"workflow run {run_id} (success) left no result: its result.json inflates to {50 * 2**20} bytes"
+    elif answer_kind == "deep JSON":
+        files, conclusion = {"result.json": b"[" * 100_000 + b"]" * 100_000}, "success"
+        reason = f"workflow run {run_id} (success) left no result: the result is JSON nested too deeply"
+    elif answer_kind == "unsupported compression":
+        files, conclusion = {"result.json": good.encode()}, "success"
+        reason = f"workflow run {run_id} (success) left no result: the arbot-result artifact holds no readable"
+    elif answer_kind == "oversize":  # GitHub's size_in_bytes says so: never downloaded
+        monkeypatch.setattr("bot.executors.github_actions.ARTIFACT_MAX_BYTES", 4096)
+        files, conclusion = {"result.json": good.encode(), "evaluate.log": random.randbytes(8192)}, "success"
+        reason = f"workflow run {run_id} (success) left no result: artifact "
     else:
         field = {"another seed": {"seed": 1}, "another champion": {"champion": head}}[answer_kind]
         files = {"result.json": gh.run_of(dispatch).model_copy(update=field).model_dump_json().encode()}
         conclusion = "success"
         reason = f"workflow run {run_id} reported no run of {head[:12]} seed 0 scored by"
+    if answer_kind == "unsupported compression":  # method 99 (AES), which zipfile cannot inflate
+        artifact = fake.add_artifact(dispatch["id"], "arbot-result", files)
+        blob = bytearray(fake.artifacts[artifact]["zip"])
+        for signature, offset in ((b"PK\x03\x04", 8), (b"PK\x01\x02", 10)):
+            blob[blob.index(signature) + offset:blob.index(signature) + offset + 2] = (99).to_bytes(2, "little")
+        fake.artifacts[artifact]["zip"] = bytes(blob)
+        files = {}
+    downloads = dict(fake.downloads)
     answer(gh, dispatch, files=files, conclusion=conclusion)
     d.advance_all()
     rec = d.lf.experiments()[0]
     (run,) = rec.runs
+    if answer_kind == "oversize":
+        assert "bytes, over the 4096 bytes allowed" in run.reason and fake.downloads == downloads  # never downloaded
     assert (run.status, run.seed, run.commit) == ("crash", 0, head) and run.reason.startswith(reason), run.reason
     assert rec.decision.verdict == "crash" and rec.decision.rule == "crash" and rec.pending == []
     assert fake.prs[1].state == "closed" and fake.prs[1].labels == ["arbot", "arbot:crash"]
