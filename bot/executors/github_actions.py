@@ -96,6 +96,7 @@ class GitHubActions:
         self.forge, self.slots, self.on_default, self.budget = forge, slots, on_default, budget
         self._runs: dict[str, RunSpec] = {}  # key -> spec (with the workflow run's id once known)
         self._verified: dict[int, str] = {}  # workflow run id -> its display title, once it verified
+        self.only: set[int] | None = None  # set by the driver: the only workflow runs `poll` asks about (None: all)
 
     @property
     def branch(self) -> str:
@@ -119,11 +120,13 @@ class GitHubActions:
         return True
 
     def poll(self, timeout: float) -> list[Outcome]:
-        """The runs that completed (asked of GitHub now; a webhook says when to ask, so this never waits), and the
-        dispatches GitHub never started a run for or whose run was cancelled before it reported (lost: dispatched
-        again, up to MAX_LOST times)."""
+        """The runs that completed (asked of GitHub now; a webhook says when to ask, and which run, so this never
+        waits: `only`), and the dispatches GitHub never started a run for or whose run was cancelled before it
+        reported (lost: dispatched again, up to MAX_LOST times)."""
         ended: list[Outcome] = []
         for key, spec in list(self._runs.items()):
+            if spec.run_id is not None and self.only is not None and spec.run_id not in self.only:
+                continue
             if spec.run_id is None and (run_id := self.find_run(spec)) is not None:
                 spec = self._runs[key] = spec.model_copy(update={"run_id": run_id})
             if spec.run_id is None and not self._recent(spec):

@@ -375,10 +375,15 @@ class GitHubForge:
         if pr is None:
             if local is not None:
                 self.push(local, rec.commit, rec.branch)
-            pr = self.repo.create_pull(base=self.champion_branch, head=rec.branch, title=rec.proposal.hypothesis[:250],
-                                       body=pr_body(rec), maintainer_can_modify=False)
-            self._comments[pr.number] = None  # a new PR has no comment yet
-            log.info("opened PR #%d for %s", pr.number, rec.id)
+            try:
+                pr = self.repo.create_pull(base=self.champion_branch, head=rec.branch, body=pr_body(rec),
+                                           title=rec.proposal.hypothesis[:250], maintainer_can_modify=False)
+            except GithubException as e:
+                if e.status != 422 or (pr := self.find_pr(rec.branch)) is None:  # 422: it exists after all
+                    raise
+            else:
+                self._comments[pr.number] = None  # a new PR has no comment yet
+                log.info("opened PR #%d for %s", pr.number, rec.id)
         if LABEL not in {lab.name for lab in pr.labels}:
             self.add_labels(pr.number, LABEL)
         return pr

@@ -10,7 +10,7 @@ verdict is posted when it changes, the comment is upserted, merges carry the hea
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 
 import git
@@ -54,12 +54,18 @@ class Driver:
     def push_notes(self) -> None:
         self.surface.push_notes()
 
-    def advance_all(self) -> list[ExperimentRecord]:
+    def advance_all(self, runs: Iterable[int] | None = None) -> list[ExperimentRecord]:
         """Take in what GitHub reported and merged, advance every active experiment, then open new ones up to
-        github.max_in_flight. What a webhook, `arbot decide` and a restart all run; safe to repeat. Returns the
-        experiments that finished, those still active and those opened."""
+        github.max_in_flight. What a webhook, `arbot decide` and a restart all run; safe to repeat. `runs`: the
+        only workflow runs to ask GitHub about (a webhook names the one that completed); None: every run in flight
+        (the catch-up timer, a restart, `arbot decide`). Returns the experiments that finished, those still active
+        and those opened."""
         with self.lease.held(wait=self.lease_wait):
-            finished = self._step()
+            self.executor.only = None if runs is None else set(runs)
+            try:
+                finished = self._step()
+            finally:
+                self.executor.only = None
             return finished + self.stepper.active() + self.stepper.fill().opened
 
     def _step(self) -> list[ExperimentRecord]:

@@ -77,7 +77,7 @@ class GitHubSurface:
         run a win was decided on, before it is merged: GitHubActions.recheck)."""
         self.forge, self.local, self.config, self.budget, self.paused = forge, local, config, budget, paused
         self.recheck = recheck
-        self._prs: dict[str, object] | None = None  # head branch -> PR, listed once per step
+        self._prs: dict[str, object] = {}  # head branch -> PR, as this process last saw it
         self.metric = config.metric
         self.store = MirrorForge(local, self.push_notes, champion_branch=config.run.champion_branch,
                                  branch_prefix=config.run.branch_prefix)
@@ -125,26 +125,35 @@ class GitHubSurface:
 
     # --- the surface port (bot.stepper.Surface) ----------------------------------------------------------------
     def sync(self) -> dict[str, str]:
-        """The mirror fetched, the experiment PRs listed (once for the step); the wins GitHub merged meanwhile
-        (auto-merge, or a human)."""
+        """The mirror fetched; the wins GitHub merged meanwhile (auto-merge, or a human), read from one listing of
+        the PRs, made only while a win waits for its merge."""
         self.fetch()
-        self._prs = {pr.head.ref: pr for pr in self.forge.recent_prs()}
+        waiting = [rec for rec in self.store.experiments()
+                   if rec.decision is not None and rec.decision.verdict == "win" and not rec.merged_as]
+        if waiting:
+            self._prs.update({pr.head.ref: pr for pr in self.forge.recent_prs()})
         merged = {}
-        for rec in self.store.experiments():
-            if rec.decision is not None and rec.decision.verdict == "win" and not rec.merged_as:
-                pr = self.find_pr(rec.branch)
-                if pr is not None and pr.merged_at is not None:
-                    merged[rec.id] = pr.merge_commit_sha
+        for rec in waiting:
+            pr = self.find_pr(rec.branch)
+            if pr is not None and pr.merged_at is not None:
+                merged[rec.id] = pr.merge_commit_sha
         return merged
 
     def find_pr(self, branch: str):
-        """The experiment's PR: from the step's listing, else asked of GitHub (a PR the listing's page left out)."""
-        if self._prs is not None and branch in self._prs:
-            return self._prs[branch]
-        pr = self.forge.find_pr(branch)
-        if pr is not None and self._prs is not None:
+        """The experiment's PR, as this process last saw it (opened, listed or changed by it), else asked of GitHub."""
+        if branch not in self._prs:
+            pr = self.forge.find_pr(branch)
+            if pr is None:
+                return None
             self._prs[branch] = pr
-        return pr
+        return self._prs[branch]
+
+    def branch_head(self, branch: str) -> str | None:
+        """The experiment branch's commit on GitHub as last fetched (or pushed by the bot), None when there is none."""
+        try:
+            return self.local.git.rev_parse("--verify", "-q", f"refs/remotes/github/{branch}^{{commit}}")
+        except git.GitCommandError:
+            return None
 
     def tampered(self, rec: ExperimentRecord) -> str | None:
         """Why the experiment may not be merged whatever it measured, or None: its commit (checked on the
@@ -161,7 +170,9 @@ class GitHubSurface:
             evidence = rec.runs + self.store.champion_record(rec.parent).runs
             if (why := next((w for run in evidence if (w := self.recheck(run)) is not None), None)) is not None:
                 return f"a run it was decided on does not verify ({why})"
-        pr = self.find_pr(rec.branch)
+        if self.branch_head(rec.branch) == rec.commit:
+            return None  # its branch holds it: so does its PR (from this repository: find_pr), whose merge is guarded
+        pr = self.forge.find_pr(rec.branch)  # the branch moved, or is gone: what its PR holds now
         if pr is None:
             return None
         head_repo = pr.head.repo.full_name if pr.head.repo is not None else "a deleted repository"
@@ -179,9 +190,8 @@ class GitHubSurface:
     def opened(self, rec: ExperimentRecord, proposed: bool) -> None:
         """Its pull request (the branch is pushed, never forced); a proposed one counts against the daily cap (a
         replay measures again a change that did)."""
-        pr = self.forge.open_pr(rec, self.local, self.find_pr(rec.branch))
-        if self._prs is not None:
-            self._prs[rec.branch] = pr
+        pr = self._prs[rec.branch] = self.forge.open_pr(rec, self.local, self._prs.get(rec.branch))
+        self.local.git.update_ref(f"refs/remotes/github/{rec.branch}", rec.commit)  # pushed: as a fetch would see it
         if proposed and self.budget is not None:
             self.budget.record_experiment()
         log.info("opened PR #%d for %s: %s", pr.number, rec.id, rec.proposal.hypothesis)
@@ -198,8 +208,7 @@ class GitHubSurface:
         pr = self._pr(rec)
         self._verdict(rec, verdict_check(rec.decision, self.metric))
         if pr.state == "open":
-            if self._prs is not None:
-                self._prs.pop(rec.branch, None)  # closed now: read again if asked
+            self._prs.pop(rec.branch, None)  # closed now: read again if asked
             self.forge.close_as(pr, rec.decision.verdict, results_comment(rec, rec.decision, self.trajectory(rec),
                                                                           self.metric))
             log.info("PR #%d (%s): closed as %s (%s)", pr.number, rec.id, rec.decision.verdict, rec.decision.rule)
@@ -210,10 +219,9 @@ class GitHubSurface:
         comes later, and `sync` records it); a refused merge is tried again on the next step."""
         pr = self._pr(rec)
         if pr.merged_at is None:
-            if self._prs is not None:
-                self._prs.pop(rec.branch, None)  # merged, or refused: read again if asked
             self._conclude(rec, verdict_check(rec.decision, self.metric))
             title, body = squash_message(rec, trailers, pr.number)
+            self._prs.pop(rec.branch, None)  # merged, or refused: read again if asked
             try:
                 merge = self.forge.merge(pr, rec.commit, title, body)
                 log.info("PR #%d (%s): merged as %s", pr.number, rec.id, merge[:12])
@@ -251,12 +259,10 @@ class GitHubSurface:
         self._comment(rec, f"{comment}\n\n{note}" if note else comment)
 
     def _verdict(self, rec: ExperimentRecord, check) -> None:
-        """Post `arbot/verdict` on the experiment's commit unless the latest one already says this."""
+        """Post `arbot/verdict` on the experiment's commit unless this process posted the same already (a restarted
+        bot posts it once more: the same state, no read-back)."""
         want = check.conclusion if self.forge.use_checks else CONCLUSION_TO_STATE[check.conclusion]
-        if self.forge.posted(rec.commit, VERDICT_CHECK) == want:
-            return
-        latest = self.forge.check(rec.commit, VERDICT_CHECK)
-        if latest is None or latest.conclusion != want:
+        if self.forge.posted(rec.commit, VERDICT_CHECK) != want:  # posted again by a restarted bot: the same state
             self.forge.post_check(rec.commit, VERDICT_CHECK, check.conclusion, check.title, check.summary)
 
     def _comment(self, rec: ExperimentRecord, body: str) -> None:
@@ -264,7 +270,9 @@ class GitHubSurface:
 
     def _pr(self, rec: ExperimentRecord):
         """The experiment's PR; opened now if the bot stopped between the experiment's note and its PR."""
-        return self.find_pr(rec.branch) or self.forge.open_pr(rec, self.local, None)
+        if (pr := self.find_pr(rec.branch)) is None:
+            pr = self._prs[rec.branch] = self.forge.open_pr(rec, self.local, None)
+        return pr
 
     def trajectory(self, current: ExperimentRecord | None = None) -> list[tuple[str, float]]:
         """The champion's metric: its first measured value, then each merged win (and this one, if a win)."""

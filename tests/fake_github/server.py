@@ -174,6 +174,7 @@ class FakeGitHub:
         self.run_details = True
         self.default_branch = "main"
         self.requests: list[tuple[str, str, Any]] = []
+        self.calls: list[tuple[str, str, str]] = []  # each authenticated request: method, path, who (login, or "app")
         # workflow_dispatch events accepted (POST .../actions/workflows/{workflow_id}/dispatches), oldest first:
         # {id (the new workflow run's id), workflow (file name), workflow_id, ref (refs/heads/NAME or
         # refs/tags/NAME), head_branch, sha (the ref's commit at dispatch time), inputs (every declared input, as
@@ -635,6 +636,7 @@ class FakeGitHub:
             try:
                 with self.lock:
                     user = self._auth(request, path)
+                    self.calls.append((method.upper(), path, user))
                     status, out = self.dispatch(method, path, body, dict(request.query_params), user)
             except HTTPError as e:
                 status, out = e.status, e.body
@@ -675,6 +677,7 @@ class FakeGitHub:
                     user = self._auth(request, "/graphql")
                 except HTTPError as e:
                     return JSONResponse(e.body, status_code=e.status)
+                self.calls.append(("POST", "/graphql", user))
                 return JSONResponse(self.graphql(body, user))
 
         return app
