@@ -12,7 +12,8 @@
   --catch-up-minutes), and how many count against the rate limit (a 304 Not Modified answer to a conditional
   request does not). GitHub allows a PAT or a standard App installation 5,000 requests an hour.
 
-REST and GraphQL requests are counted (git fetches and pushes are not API requests, and are not counted).
+REST and GraphQL requests are counted; the mirror's git commands (fetch, ls-remote, push) are not API requests,
+and are shown apart for the decision (the lease's own pushes are not among them).
 """
 
 from __future__ import annotations
@@ -101,6 +102,9 @@ def github(tmp: Path, in_flight: int, proposals: int):
             forge.protect_champion()
             cfg = Config.model_validate(settings(in_flight))
             driver = Driver(forge, mirror(tmp / "mirror.git"), cfg, Proposer("win", proposals), make_policy(cfg.policy))
+            driver.gits = []  # the mirror's git commands (fetch, ls-remote, push): not API requests, counted apart
+            run_git = driver.surface.git
+            driver.surface.git = lambda *args: driver.gits.append(args[0]) or run_git(*args)
             yield fake, driver, ScriptedWorkflow(fake, url, REPO, WORLD)
     finally:
         fake.close()
@@ -112,7 +116,7 @@ def per_decision(tmp: Path) -> dict:
     workflow_run event names it)."""
     with github(tmp, 1, proposals=1) as (fake, driver, workflow):
         driver.forge.login(), driver.forge.repo  # once per process: not part of any decision
-        counted = Counted(fake)
+        counted, gits = Counted(fake), len(driver.gits)
         driver.advance_all()  # the first event: the experiment opened, the champion's run dispatched
         while not any(pr.merged for pr in fake.prs.values()):
             held = [d for d in fake.dispatches if fake.runs[d["id"]]["status"] != "completed"]
@@ -122,7 +126,9 @@ def per_decision(tmp: Path) -> dict:
                 workflow(dispatch)
                 driver.advance_all(polled(Evaluated(dispatch["sha"], "success", "check_run")))
                 driver.advance_all(polled(Evaluated(dispatch["sha"], "success", "workflow_run", dispatch["id"])))
-        return {"requests": counted.requests, "not_modified": counted.not_modified, "by_kind": kinds(counted.calls)}
+        git_ops = driver.gits[gits:]
+        return {"requests": counted.requests, "not_modified": counted.not_modified, "by_kind": kinds(counted.calls),
+                "git": {verb: git_ops.count(verb) for verb in sorted(set(git_ops))}}
 
 
 def kinds(calls: list[tuple[str, str]]) -> dict[str, int]:
@@ -186,6 +192,7 @@ def main() -> None:
           f"({decision['not_modified']} answered 304)")
     for kind, n in decision["by_kind"].items():
         print(f"  {n:3d}  {kind}")
+    print(f"and git on the mirror (not API requests): {', '.join(f'{n} {verb}' for verb, n in decision['git'].items())}")
     print()
     print_table({"in_flight": "in flight", "event": "requests per event naming no run",
                  "timer": "per catch-up pass", "timer_not_modified": "of them 304"}, idle)

@@ -39,7 +39,8 @@ class Driver:
         up with its name; `tracker`: where runs and decisions are also logged (bot.stepper.Tracker)."""
         self.forge, self.local, self.config, self.proposer, self.budget = forge, local, config, proposer, budget
         slots = config.github.max_in_flight
-        self.executor = GitHubActions(forge, slots, lambda sha: self.surface.on_default(sha), budget)
+        self.executor = GitHubActions(forge, slots, lambda sha: self.surface.on_default(sha), budget,
+                                      before_dispatch=lambda: self.surface.flush())
         self.surface = GitHubSurface(forge, local, config, budget, paused, recheck=self.executor.recheck)
         self.lf = self.surface.store
         self.lease = Lease(self.surface.git, local, holder or holder_name("driver"))
@@ -60,7 +61,7 @@ class Driver:
         only workflow runs to ask GitHub about (a webhook names the one that completed); None: every run in flight
         (the catch-up timer, a restart, `arbot decide`). Returns the experiments that finished, those still active
         and those opened."""
-        with self.lease.held(wait=self.lease_wait):
+        with self.lease.held(wait=self.lease_wait), self.surface.one_push():
             self.executor.only = None if runs is None else set(runs)
             try:
                 finished = self._step()
@@ -85,13 +86,13 @@ class Driver:
 
     def advance_pr(self, number: int) -> ExperimentRecord:
         """`arbot decide --pr N`: a step, then where the experiment of PR N stands."""
-        with self.lease.held(wait=self.lease_wait):
+        with self.lease.held(wait=self.lease_wait), self.surface.one_push():
             self._step()
             return self._record_of(number)
 
     def record_merged_pr(self, number: int) -> None:
         """A PR closed as merged (auto-merge, or a human): record the win's merge before anything else runs."""
-        with self.lease.held(wait=self.lease_wait):
+        with self.lease.held(wait=self.lease_wait), self.surface.one_push():
             self.surface.fetch()
             rec, pr = self._record_of(number), self.forge.pr(number)
             if pr.merged:
@@ -99,7 +100,7 @@ class Driver:
 
     def approve(self, number: int) -> ExperimentRecord:
         """`/arbot approve` on a held win: the same as `arbot approve` locally."""
-        with self.lease.held(wait=self.lease_wait):
+        with self.lease.held(wait=self.lease_wait), self.surface.one_push():
             self.surface.fetch()
             rec = self._record_of(number)
             if rec.review != "needed":
@@ -111,7 +112,7 @@ class Driver:
         workflow run ended without a result (lost, cancelled, never started); only the new workflow run's result
         counts. A run still queued or running, or one that reported, is not run again: the PR says why. Returns the
         keys dispatched again."""
-        with self.lease.held(wait=self.lease_wait):
+        with self.lease.held(wait=self.lease_wait), self.surface.one_push():
             self.surface.fetch()
             rec = self._record_of(number)
             again, refused = self.stepper.again(rec, self.executor.why_not_again)
@@ -122,7 +123,7 @@ class Driver:
 
     def fill(self) -> list[ExperimentRecord]:
         """Open experiments while there is room, unless paused or over a daily cap."""
-        with self.lease.held(wait=self.lease_wait):
+        with self.lease.held(wait=self.lease_wait), self.surface.one_push():
             self.surface.fetch()  # the count is GitHub's, read under the lease
             return self.stepper.fill().opened
 

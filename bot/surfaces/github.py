@@ -8,8 +8,8 @@ branch kept); a replay's fresh experiment gets a PR of its own. A PR whose head 
 whose commit changes a path outside target.allowed_paths, is `tampered`: rejected, never merged.
 
 The bot keeps a bare mirror of the repository (`.arbot/github.git`): experiment commits are made there and
-pushed, champion, the default branch and both notes refs are fetched before every step, and every note is pushed as
-soon as it is written. So the state lives on GitHub and a restarted bot rebuilds it from there. The experiment PRs
+pushed, champion, the default branch and both notes refs are fetched before every step, and the notes written
+during a pass are pushed at its end, and before every dispatch, fetch and new PR. So the state lives on GitHub and a restarted bot rebuilds it from there. The experiment PRs
 are listed once per step (`sync`), and read from that listing for the rest of the step.
 """
 
@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import logging
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
@@ -46,15 +47,20 @@ class Budget(Protocol):
 
 
 class MirrorForge(LocalForge):
-    """The local forge on the bot's mirror: every note it writes is pushed to GitHub at once."""
+    """The local forge on the bot's mirror: every note it writes is pushed to GitHub, at once, or during a pass
+    (`GitHubSurface.one_push`) at its end, and before any dispatch, fetch or new PR."""
 
     def __init__(self, repo: git.Repo, push_notes: Callable[[], None], **kwargs):
         super().__init__(repo, **kwargs)
         self.push_notes = push_notes
+        self.batching = False  # during a pass: pushed at its end
+        self.unpushed = False
 
     def _write_note(self, commit: str, payload: str, ref: str = NOTES_REF) -> None:
         super()._write_note(commit, payload, ref)
-        self.push_notes()
+        self.unpushed = True
+        if not self.batching:
+            self.push_notes()
 
 
 def mirror(path: Path) -> git.Repo:
@@ -96,7 +102,9 @@ class GitHubSurface:
 
     def fetch(self) -> None:
         """Fetch champion, the default branch, the experiment branches and the notes from GitHub (GitHub is the
-        truth). The default branch lands on refs/remotes/github/<default>, named by its full ref: no tag stands in."""
+        truth). The default branch lands on refs/remotes/github/<default>, named by its full ref: no tag stands in.
+        Notes written and not pushed yet are pushed first (the fetch would replace them)."""
+        self.flush()
         branch, prefix, default = self.config.run.champion_branch, self.config.run.branch_prefix, self.default_branch
         self.git("fetch", "--quiet", "{remote}", f"+refs/heads/{branch}:refs/heads/{branch}",
                  f"+refs/heads/{default}:refs/remotes/github/{default}",
@@ -122,6 +130,23 @@ class GitHubSurface:
         """Never forced: a note written elsewhere meanwhile makes this fail loudly instead of being lost."""
         local = [ref for ref in NOTES_REFS if self.store.has_ref(ref)]
         self.git("push", "--quiet", "{remote}", *[f"{ref}:{ref}" for ref in local])
+        self.store.unpushed = False
+
+    def flush(self) -> None:
+        """Push the notes written since the last push, if any (before a dispatch: a run is noted pending on GitHub
+        before it is dispatched, so a restarted bot never dispatches it twice; before a fetch)."""
+        if self.store.unpushed:
+            self.push_notes()
+
+    @contextmanager
+    def one_push(self) -> Iterator[None]:
+        """A pass whose notes are pushed once, at its end (and before each dispatch: `flush`)."""
+        self.store.batching = True
+        try:
+            yield
+        finally:
+            self.store.batching = False
+            self.flush()
 
     # --- the surface port (bot.stepper.Surface) ----------------------------------------------------------------
     def sync(self) -> dict[str, str]:
@@ -188,8 +213,10 @@ class GitHubSurface:
         return self.budget.exhausted() if self.budget is not None else None
 
     def opened(self, rec: ExperimentRecord, proposed: bool) -> None:
-        """Its pull request (the branch is pushed, never forced); a proposed one counts against the daily cap (a
-        replay measures again a change that did)."""
+        """Its pull request (the branch is pushed, never forced), after its note (a restarted bot knows every
+        experiment it opened a PR for); a proposed one counts against the daily cap (a replay measures again a
+        change that did)."""
+        self.flush()
         pr = self._prs[rec.branch] = self.forge.open_pr(rec, self.local, self._prs.get(rec.branch))
         self.local.git.update_ref(f"refs/remotes/github/{rec.branch}", rec.commit)  # pushed: as a fetch would see it
         if proposed and self.budget is not None:
