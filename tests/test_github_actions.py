@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from bot.core.records import RunResult, RunSpec
 from bot.executors import Finished, Lost
 from bot.executors.github_actions import (ARTIFACT_MAX_BYTES, EVALUATE_RUN_NAME, RESULT_ARTIFACT, RESULT_MAX_BYTES,
-                                          START_TIMEOUT, GitHubActions, result_json, verify_run)
+                                          START_TIMEOUT, GitHubActions, result_json)
 from bot.github import report
 from bot.github.forge import EVALUATE_WORKFLOW, ArtifactTooLarge
 
