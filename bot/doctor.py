@@ -618,6 +618,36 @@ def check_protection(forge: GitHubForge, app: tuple[int, str] | None) -> Check:
     return ok("github protection", f"{branch} requires {VERDICT_CHECK} from {source}, up to date, code-owner reviews")
 
 
+def check_default_protection(forge: GitHubForge) -> Check:
+    """The default branch, whose evaluate workflow the bot dispatches, takes changes only through reviewed pull
+    requests (GitHubForge.protect_default, read back, nothing changed): else a push there runs anyone's workflow
+    as the bot's evaluation."""
+    branch = forge.repo.default_branch
+    try:
+        missing = forge.protect_default(apply=False)
+    except GithubException as e:
+        return warn("github default branch", f"cannot read {branch}'s protection ({answered(e)})",
+                    "check it in the repository settings, or run `arbot setup`")
+    if missing:
+        return fail("github default branch", f"{branch} is not protected: not yet {'; '.join(missing)}. Anyone who "
+                    f"can push to {branch} changes the evaluate workflow the bot dispatches, and so its results",
+                    "run `arbot setup --owner @you` (with administration: write while it runs)")
+    return ok("github default branch", f"{branch} takes changes only through pull requests, with code-owner review")
+
+
+def check_tag_ruleset(forge: GitHubForge) -> Check:
+    """No tag may be named like the bot's branches (GitHubForge.ensure_tag_ruleset, read back)."""
+    try:
+        missing = forge.ensure_tag_ruleset(apply=False)
+    except GithubException as e:
+        return warn("github tag ruleset", f"cannot read the rulesets ({answered(e)})",
+                    "check Settings, Rules, or run `arbot setup`")
+    if missing:
+        return fail("github tag ruleset", f"not yet: {'; '.join(missing)}. A tag named like a branch passes for it "
+                    "where GitHub reports a tag's name as a branch", "run `arbot setup`")
+    return ok("github tag ruleset", f"no tag may be created as {', '.join(forge.tag_patterns())}")
+
+
 def check_workflow(files: list[str]) -> Check:
     path = f".github/workflows/{EVALUATE_WORKFLOW}"
     if path not in files:
@@ -645,9 +675,12 @@ def github_checks(config: Config, files: list[str], environ: Mapping[str, str] |
         if access.blocks:
             return
         yield check_protection(forge, forge.app())
+        yield check_default_protection(forge)
+        yield check_tag_ruleset(forge)
         if not forge.repo.allow_auto_merge:
-            yield warn("github auto-merge", f"auto-merge is off on {forge.full_name}: the bot merges wins itself once "
-                       "the checks pass", "run `arbot setup` (it turns auto-merge on)")
+            yield ok("github auto-merge", f"auto-merge is off on {forge.full_name} (optional): the bot merges wins "
+                     "itself, and a win GitHub refuses for now (another required check pending) is tried again on "
+                     "the next event")
     except RequestException as e:
         yield fail("github", f"cannot reach {forge.base_url}: {e}", "check github.base_url and the network")
 

@@ -39,7 +39,12 @@ log = logging.getLogger("arbot.stepper")
 
 
 class RunsLost(RuntimeError):
-    """The executor lost the same run MAX_LOST times in a row: the machine, not the candidate, is failing."""
+    """The executor lost the same run MAX_LOST times (in this process; with other writers, in its record): the
+    machine, not the candidate, is failing."""
+
+    def __init__(self, message: str, spec: RunSpec):
+        super().__init__(message)
+        self.spec = spec
 
 
 class Surface(Protocol):
@@ -103,6 +108,11 @@ class Filled:
     failed: bool = False
 
 
+def times_lost(spec: RunSpec, owner: ExperimentRecord | ChampionRecord) -> int:
+    """How often the run was lost, by every process (its record keeps each loss)."""
+    return sum(lost.key == spec.key for lost in owner.lost)
+
+
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -117,10 +127,10 @@ class Stepper:
         self.tracker = tracker or NoTracker()
         self.target, self.rules, self.slots, self.keep = target, rules, slots, keep
         self.in_flight: dict[str, RunSpec] = {}  # key -> spec, for every run handed to the executor
-        self._losses: dict[str, int] = {}  # key -> times lost in a row in this process
         self._taken_up = False  # whether this process has looked for runs noted pending that it is not making
         self._said: set[tuple[str, tuple[str, ...]]] = set()  # (experiment id, skipped notes) said on it already
         self._exhausted: tuple[str, str] | None = None  # (champion, why) when the search space around it ran out
+        self._losses: dict[str, int] = {}  # key -> times lost in this process (shared surfaces count the records')
         self.made = 0  # runs whose results this process took in
 
     # --- one step ---------------------------------------------------------------------------------------------
@@ -330,26 +340,37 @@ class Stepper:
             self.store.save(owner)
         self.in_flight[noted.key] = noted
 
-    def again(self, rec: ExperimentRecord) -> bool:
-        """Hand every run still pending for `rec` and its champion to the executor again (`/arbot rerun`, after a
-        runner died): only the new attempt's result counts. False when nothing is pending."""
-        owners = (rec, self.store.champion_record(rec.parent))
-        for owner in owners:
+    def again(self, rec: ExperimentRecord, refuse: Callable[[RunSpec], str | None] = lambda spec: None
+              ) -> tuple[list[str], dict[str, str]]:
+        """Hand the runs still pending for `rec` and its champion to the executor again (`/arbot rerun`), each
+        unless `refuse(spec)` says why not (GitHub mode: only a run that ended without a result): only the new
+        attempt's result counts. (the keys handed over again, {key: why not} for the others)."""
+        again, refused = [], {}
+        for owner in (rec, self.store.champion_record(rec.parent)):
             for spec in list(owner.pending):
+                if (why := refuse(spec)) is not None:
+                    refused[spec.key] = why
+                    continue
                 self.executor.cancel(spec)
                 self._hand_over(spec, owner)
-        return any(owner.pending for owner in owners)
+                again.append(spec.key)
+        return again, refused
 
     def collect(self, outcomes: list[Outcome]) -> None:
         """Move each ended run into its record: a result joins the runs, a lost run is noted and submitted again.
-        One its record no longer waits for (decided meanwhile) is dropped."""
+        One its record no longer waits for (decided meanwhile) is dropped. A run lost MAX_LOST times raises RunsLost,
+        once every outcome is in."""
+        gave_up: list[RunsLost] = []
         for outcome in outcomes:
             spec = outcome.spec
             owner = self._owner(spec)
             wanted = owner is not None and any(s.key == spec.key for s in owner.pending)
             self.in_flight.pop(spec.key, None)  # a lost run is handed over again (in flight again), or raises
             if isinstance(outcome, Lost) and wanted:
-                self._lost(outcome, owner)
+                try:
+                    self._lost(outcome, owner)
+                except RunsLost as e:
+                    gave_up.append(e)
                 continue
             if wanted and isinstance(outcome, Finished):
                 self._losses.pop(spec.key, None)
@@ -358,16 +379,18 @@ class Stepper:
                 self.made += 1
                 self.store.save(owner)
                 self.tracker.ran(owner, result)
+        if gave_up:
+            raise gave_up[0]
 
     def _lost(self, lost: Lost, owner: ExperimentRecord | ChampionRecord) -> None:
         spec = lost.spec
         owner.lost.append(LostRun(key=spec.key, job=lost.job, node=lost.node, reason=lost.reason, at=now()))
         self.store.save(owner)
         self._losses[spec.key] = self._losses.get(spec.key, 0) + 1
-        if self._losses[spec.key] >= MAX_LOST:
-            raise RunsLost(f"the run {spec.key} was lost {MAX_LOST} times in a row, last as {lost.job} on "
+        if (times_lost(spec, owner) if self.surface.shared else self._losses[spec.key]) >= MAX_LOST:
+            raise RunsLost(f"the run {spec.key} was lost {MAX_LOST} times, last as {lost.job} on "
                            f"{lost.node or 'an unknown node'}: {lost.reason}. The machine is failing, not the "
-                           "candidate: fix the executor (see the lost runs in `arbot log`), then run again")
+                           "candidate: fix the executor (see the lost runs in `arbot log`), then run again", spec)
         self._hand_over(spec, owner)
 
     def _drop_pending(self, rec: ExperimentRecord) -> None:
@@ -400,7 +423,8 @@ class Stepper:
                 continue
             if self.executor.resume(spec):
                 self.in_flight[key] = spec
-            else:
+            elif not (self.surface.shared and times_lost(spec, owner) >= MAX_LOST):
+                # with other writers, one lost MAX_LOST times (by any of them) waits for a human: `/arbot rerun`
                 self._hand_over(spec, owner)
 
     # --- lookups ------------------------------------------------------------------------------------------------

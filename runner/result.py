@@ -48,6 +48,7 @@ class RunResult(BaseModel):
     model_sha256: str | None = None  # the exported model as scored (copied out of the sandbox, then hashed)
     splits: list[str] = Field(default_factory=lambda: ["val"])  # what it was scored on: val, or val + holdout
     job: str | None = None  # the executor's name for the run: "worker 1", "slurm 1234", "workflow run 99"
+    run_id: int | None = None  # GitHub mode: the workflow run it came from, verified again before a merge
     node: str | None = None  # the machine it ran on
 
     @field_validator("reason", "log_tail", "device", "job", "node")

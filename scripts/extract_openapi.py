@@ -63,6 +63,10 @@ OPERATIONS = [
     ("get", "/repos/{owner}/{repo}/installation"),
     ("post", "/app/installations/{installation_id}/access_tokens"),
     ("get", "/app"),
+    ("get", "/user"),
+    ("get", "/repos/{owner}/{repo}/rulesets"),
+    ("post", "/repos/{owner}/{repo}/rulesets"),
+    ("get", "/repos/{owner}/{repo}/rulesets/{ruleset_id}"),
 ]
 
 # Webhook payloads the bot receives: (schema definition, example event name, example action).

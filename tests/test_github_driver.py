@@ -13,6 +13,7 @@ serverless commands, and the webhook server running a campaign.
 from __future__ import annotations
 
 import json
+import random
 import threading
 import time
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ import httpx
 import pytest
 
 from bot.config import Config
+from bot.executors import MAX_LOST
 from bot.forges.local import NOTES_REF, LocalForge
 from bot.github import report
 from bot.server.driver import Driver
@@ -365,8 +367,11 @@ def test_a_result_from_any_other_workflow_run_does_not_count(gh, kind):
     assert [r.metrics for r in d.lf.champion_record(start).runs] == [{"val_bpb": 3.0}]
 
 
-@pytest.mark.parametrize("answer_kind", ["missing", "garbled", "invalid", "another seed", "another champion"])
-def test_a_run_without_a_usable_result_is_that_runs_crash(gh, answer_kind):
+@pytest.mark.parametrize("answer_kind", ["missing", "garbled", "invalid", "another seed", "another champion",
+                                         "zip bomb", "deep JSON", "unsupported compression", "oversize"])
+def test_a_run_without_a_usable_result_is_that_runs_crash(gh, answer_kind, monkeypatch):
+    """Whatever the artifact holds, the run is that run's crash with the reason: never an exception out of the
+    driver, never a bot that fails on every event."""
     fake = gh.fake
     d = gh.driver("win")
     d.fill()
@@ -384,15 +389,38 @@ def test_a_run_without_a_usable_result_is_that_runs_crash(gh, answer_kind):
     elif answer_kind == "invalid":
         files, conclusion = {"result.json": good.replace('"seed":0', '"seed":"zero"').encode()}, "success"
         reason = f"workflow run {run_id} (success) left no result: 1 validation error for RunResult"
+    elif answer_kind == "zip bomb":  # about 50 KB zipped
+        files, conclusion = {"result.json": b" " * (50 * 2**20)}, "success"
+        reason = f"workflow run {run_id} (success) left no result: its result.json inflates to {50 * 2**20} bytes"
+    elif answer_kind == "deep JSON":
+        files, conclusion = {"result.json": b"[" * 100_000 + b"]" * 100_000}, "success"
+        reason = f"workflow run {run_id} (success) left no result: the result is JSON nested too deeply"
+    elif answer_kind == "unsupported compression":
+        files, conclusion = {"result.json": good.encode()}, "success"
+        reason = f"workflow run {run_id} (success) left no result: the arbot-result artifact holds no readable"
+    elif answer_kind == "oversize":  # GitHub's size_in_bytes says so: never downloaded
+        monkeypatch.setattr("bot.executors.github_actions.ARTIFACT_MAX_BYTES", 4096)
+        files, conclusion = {"result.json": good.encode(), "evaluate.log": random.randbytes(8192)}, "success"
+        reason = f"workflow run {run_id} (success) left no result: artifact "
     else:
         field = {"another seed": {"seed": 1}, "another champion": {"champion": head}}[answer_kind]
         files = {"result.json": gh.run_of(dispatch).model_copy(update=field).model_dump_json().encode()}
         conclusion = "success"
         reason = f"workflow run {run_id} reported no run of {head[:12]} seed 0 scored by"
+    if answer_kind == "unsupported compression":  # method 99 (AES), which zipfile cannot inflate
+        artifact = fake.add_artifact(dispatch["id"], "arbot-result", files)
+        blob = bytearray(fake.artifacts[artifact]["zip"])
+        for signature, offset in ((b"PK\x03\x04", 8), (b"PK\x01\x02", 10)):
+            blob[blob.index(signature) + offset:blob.index(signature) + offset + 2] = (99).to_bytes(2, "little")
+        fake.artifacts[artifact]["zip"] = bytes(blob)
+        files = {}
+    downloads = dict(fake.downloads)
     answer(gh, dispatch, files=files, conclusion=conclusion)
     d.advance_all()
     rec = d.lf.experiments()[0]
     (run,) = rec.runs
+    if answer_kind == "oversize":
+        assert "bytes, over the 4096 bytes allowed" in run.reason and fake.downloads == downloads  # never downloaded
     assert (run.status, run.seed, run.commit) == ("crash", 0, head) and run.reason.startswith(reason), run.reason
     assert rec.decision.verdict == "crash" and rec.decision.rule == "crash" and rec.pending == []
     assert fake.prs[1].state == "closed" and fake.prs[1].labels == ["arbot", "arbot:crash"]
@@ -508,28 +536,158 @@ def test_a_win_github_refuses_to_merge_is_retried_until_it_lands(gh):
     assert fake.prs[1].merged and rec.merged_as == fake.ref("champion") != start
 
 
-def test_rerun_dispatches_the_pending_runs_again(gh):
+def comments(gh, number: int) -> list[str]:
+    """The bot's comments on a PR besides the results one, oldest first."""
+    return [c["body"] for c in gh.fake.comments.values() if c["issue"] == number and "arbot:results" not in c["body"]]
+
+
+def test_rerun_is_only_for_a_run_that_ended_without_a_result(gh):
+    """`/arbot rerun` cannot trade a reported result for another draw: a run still queued may yet report, and one
+    that reported counts, so neither is dispatched again (the PR says why); a run that ended without a result is,
+    and only the new attempt's result counts."""
     fake = gh.fake
     start = fake.ref("champion")
     d = gh.driver("win", "worse")
     d.fill()
     [first] = fake.dispatches
-    assert d.rerun(1) is True  # e.g. the runner died: the same request, dispatched again
-    assert [x["inputs"] for x in fake.dispatches] == [first["inputs"]] * 2
-    gh.play()  # both attempts report: one run is recorded
+    assert d.rerun(1) == [] and len(fake.dispatches) == 1
+    assert f"workflow run {first['id']} is still queued: it may yet report" in comments(gh, 1)[-1]
+    answer(gh, first)  # it reported, and the bot has not taken the result in yet
+    assert d.rerun(1) == [] and len(fake.dispatches) == 1
+    assert f"workflow run {first['id']} reported a result, which counts" in comments(gh, 1)[-1]
     d.advance_all()
-    assert [r.seed for r in d.lf.champion_record(start).runs] == [0] and len(fake.dispatches) == 3
-    assert d.rerun(1) is True and fake.dispatches[-1]["inputs"] == fake.dispatches[-2]["inputs"]
-    gh.play()
+    assert [r.run_id for r in d.lf.champion_record(start).runs] == [first["id"]]
+    candidate = fake.dispatches[-1]
+    fake.complete_run(candidate["id"], "failure")  # the runner died before it uploaded anything
+    assert d.rerun(1) == [candidate["inputs"]["request"]] and fake.dispatches[-1]["inputs"] == candidate["inputs"]
+    answer(gh, fake.dispatches[-1])
     d.advance_all()
     exp1 = d.lf.experiments()[0]
-    assert fake.prs[1].merged and [r.seed for r in exp1.runs] == [0]  # one run, although two reported
-    assert d.rerun(1) is False and len(fake.dispatches) == 5  # decided: nothing pending (exp-2 dispatched its run)
-    assert d.rerun(2) is True and len(fake.dispatches) == 6
+    assert fake.prs[1].merged and [r.run_id for r in exp1.runs] == [fake.dispatches[2]["id"]]
+    assert d.rerun(1) == [] and comments(gh, 1)[-1].endswith("- nothing is pending")
     fake.git("update-ref", "refs/heads/feature", start)
     human = gh.forge.repo.create_pull(base="champion", head="feature", title="a human's PR", body="")
     with pytest.raises(GitHubForgeError, match="is not an arbot experiment"):
         d.rerun(human.number)
+
+
+def test_a_dispatch_that_never_starts_is_dispatched_again_then_reported_lost(gh, monkeypatch):
+    """GitHub took the dispatch and never started a run: after START_TIMEOUT it is dispatched again, MAX_LOST times
+    in all, then reported on the PR as lost (the machine's failure, never the candidate's verdict) and left for
+    `/arbot rerun`, which dispatches it once the runners work."""
+    monkeypatch.setattr("bot.executors.github_actions.START_TIMEOUT", timedelta(0))
+    fake = gh.fake
+    fake.run_details = False
+    fake.on_dispatch = lambda dispatch: fake.runs.pop(dispatch["id"])  # accepted, never started
+    start = fake.ref("champion")
+    d = gh.driver("win")
+    d.fill()
+    for _ in range(4):
+        fake.flush_dispatches()
+        d.advance_all()
+    assert len(fake.dispatches) == MAX_LOST and len(d.lf.champion_record(start).lost) == MAX_LOST
+    assert "**A run was lost**: the run champion:" in comments(gh, 1)[-1]
+    rec = d.lf.experiments()[0]
+    assert rec.decision is None and fake.prs[1].state == "open"
+    gh.driver(mirror_name="other.git").advance_all()  # another writer does not dispatch it again either
+    assert len(fake.dispatches) == MAX_LOST
+    fake.flush_dispatches()
+    fake.on_dispatch = None  # the runners are fixed
+    assert d.rerun(1) == [f"champion:{start[:12]}:seed-0:val"] and len(fake.dispatches) == MAX_LOST + 1
+    gh.auto()
+    gh.workflow(fake.dispatches[-1])
+    gh.settle(d)
+    assert d.lf.experiments()[0].decision.verdict == "win" and fake.prs[1].merged
+
+
+MALLORY = "ghp_mallory"
+
+
+def as_mallory(gh) -> dict:
+    """A collaborator with write access (or a coding agent with a write token), who is not the bot."""
+    gh.fake.tokens[MALLORY] = "mallory"
+    gh.fake.collaborators["mallory"] = "write"
+    return {"Authorization": f"token {MALLORY}"}
+
+
+def test_a_run_from_a_tag_named_like_the_default_branch_does_not_count(gh):
+    """Mallory tags her own commit `main` and dispatches the evaluate workflow from the tag: GitHub reports the
+    tag's name as the run's head_branch, so it looks like a run of main. Pointed at from the note, it is verified
+    (its actor and commit are not the bot's dispatch on main) and counts as that run's crash; nothing merges."""
+    fake = gh.fake
+    headers = as_mallory(gh)
+    start = fake.ref("champion")
+    d = gh.driver("win")
+    d.fill()
+    answer(gh, fake.dispatches[0])
+    d.advance_all()
+    dispatch = fake.dispatches[-1]
+    main = fake.ref("main")
+    evil = fake.git("commit-tree", f"{main}^{{tree}}", "-p", main, "-m", "an edited workflow").stdout.strip()
+    fake.git("update-ref", "refs/tags/main", evil)
+    httpx.post(f"{gh.url}/api/v3/repos/{REPO}/actions/workflows/arbot-evaluate.yml/dispatches", headers=headers,
+               json={"ref": "refs/tags/main", "inputs": dispatch["inputs"]}).raise_for_status()
+    tagged = fake.dispatches[-1]["id"]
+    assert fake.runs[tagged]["head_branch"] == "main" and fake.runs[tagged]["actor"] == "mallory"
+    forged = gh.run_of(dispatch).model_copy(update={"metrics": {"val_bpb": 0.5}})
+    fake.add_artifact(tagged, "arbot-result", {"result.json": forged.model_dump_json().encode()})
+    fake.complete_run(tagged)
+    rec = d.lf.experiments()[0]
+    rec.pending = [s.model_copy(update={"run_id": tagged}) for s in rec.pending]
+    d.lf.save(rec)
+    d = gh.driver()
+    d.advance_all()
+    rec = d.lf.experiments()[0]
+    (run,) = rec.runs
+    assert run.status == "crash" and run.reason.startswith(
+        f"workflow run {tagged} does not count: its actor, triggering actor, commit differ"), run.reason
+    assert rec.decision.verdict == "crash" and not fake.prs[1].merged and fake.ref("champion") == start
+
+
+def test_the_name_lookup_never_takes_someone_elses_run(gh):
+    """Without run details the bot finds its run by name: Mallory's run of the same name, made just after the
+    bot's dispatch and reporting a far better champion, is not taken; the bot's own run is."""
+    fake = gh.fake
+    headers = as_mallory(gh)
+    fake.run_details = False
+    start = fake.ref("champion")
+    d = gh.driver("win")
+    d.fill()
+    [mine] = fake.dispatches
+    httpx.post(f"{gh.url}/api/v3/repos/{REPO}/actions/workflows/arbot-evaluate.yml/dispatches", headers=headers,
+               json={"ref": "main", "inputs": mine["inputs"]}).raise_for_status()
+    theirs = fake.dispatches[-1]
+    forged = gh.run_of(mine).model_copy(update={"metrics": {"val_bpb": 9.0}})  # a worse baseline: anything wins
+    answer(gh, theirs, run=forged)
+    d.advance_all()
+    assert d.lf.champion_record(start).runs == [] and len(fake.dispatches) == 2
+    answer(gh, mine)
+    d.advance_all()
+    assert [(r.run_id, r.metrics) for r in d.lf.champion_record(start).runs] == [(mine["id"], {"val_bpb": 3.0})]
+
+
+def test_a_win_whose_recorded_run_does_not_verify_is_not_merged(gh):
+    """Each run a win was decided on is verified again before the merge: a note that moved a run onto another
+    workflow run (here Mallory's) rejects the win as tampered."""
+    fake = gh.fake
+    headers = as_mallory(gh)
+    d = gh.driver("win")
+    d.fill()
+    answer(gh, fake.dispatches[0])
+    d.advance_all()
+    candidate = fake.dispatches[-1]
+    httpx.post(f"{gh.url}/api/v3/repos/{REPO}/actions/workflows/arbot-evaluate.yml/dispatches", headers=headers,
+               json={"ref": "main", "inputs": candidate["inputs"]}).raise_for_status()
+    theirs = fake.dispatches[-1]["id"]
+    start = fake.ref("champion")
+    champion = d.lf.champion_record(start)
+    champion.runs = [r.model_copy(update={"run_id": theirs}) for r in champion.runs]
+    d.lf.save(champion)  # pushed, as a writer of refs/notes/arbot could
+    answer(gh, candidate)
+    d.advance_all()
+    rec = d.lf.experiments()[0]
+    assert rec.decision.verdict == "rejected" and rec.decision.rule == "tampered", rec.decision
+    assert f"workflow run {theirs}" in rec.decision.reason and not fake.prs[1].merged
 
 
 # --- the stale rule -----------------------------------------------------------------------------------------

@@ -400,7 +400,7 @@ def test_dispatch_starts_the_evaluate_workflow_with_the_run_request(fake, local)
         champion, _ = forge.ensure_champion()
         inputs = {"request": f"exp-1:{champion[:12]}:seed-3:val+holdout", "commit": champion, "champion": champion,
                   "seed": "3", "splits": "val,holdout"}
-        run_id = forge.dispatch(EVALUATE_WORKFLOW, "champion", inputs)
+        run_id = forge.dispatch(EVALUATE_WORKFLOW, "champion", inputs)[0]
         # the request body as GitHub received it, and the workflow_dispatch event it made
         [body] = [b for m, p, b in fake.requests if m == "POST" and p.endswith("/dispatches")]
         assert body == {"ref": "champion", "inputs": inputs, "return_run_details": True}

@@ -9,14 +9,19 @@ from pathlib import Path
 import pytest
 from github import GithubException
 
+import git
+
+from bot.doctor import FAIL, OK, check_default_protection, check_tag_ruleset
 from bot.github.setup import codeowners, run_setup
 from tests.fake_github.server import ORG_ONLY, FakeGitHub
 from tests.fake_github.serving import serving
 from tests.test_github_forge import (APP_ID, FAST, INSTALLATION, REPO, TOKEN, app_fake, app_forge_for, app_key, fake,  # noqa: F401
                                      forge_for, local)
 
-NOTHING = ("nothing to change: champion, labels (arbot, arbot:loss, arbot:crash), protection (arbot/verdict required) "
-           "and auto-merge are in place")
+NOTHING = ("nothing to change: champion, labels (arbot, arbot:loss, arbot:crash), protection (arbot/verdict required on "
+           "champion, pull requests on main), the tag ruleset and auto-merge are in place")
+RULESET = ("no tag may be named like its branches (refs/tags/arbot/exp-*, refs/tags/champion, refs/tags/main: ruleset "
+           "'arbot: no tags named like branches')")
 
 
 def test_arbot_setup_with_a_pat_is_idempotent_and_says_what_it_changed(fake, local):
@@ -31,6 +36,10 @@ def test_arbot_setup_with_a_pat_is_idempotent_and_says_what_it_changed(fake, loc
             "protected champion: requires arbot/verdict from any source (a PAT cannot pin an app)",
             "protected champion: branches must be up to date",
             "protected champion: code owners must review changes to their paths",
+            "protected main: changes only through pull requests",
+            "protected main: code owners must review changes to their paths",
+            "protected main: only research-leads may push to or merge into it",
+            RULESET,
             "allowed auto-merge on the repository",
             "wrote .github/CODEOWNERS (owner @octo-org/research-leads for /evaluator/, /.github/): commit it to the "
             "default branch and bring it into champion"]
@@ -41,7 +50,7 @@ def test_arbot_setup_with_a_pat_is_idempotent_and_says_what_it_changed(fake, loc
     assert rules["reviews"] == {"dismiss_stale_reviews": False, "require_code_owner_reviews": True,
                                 "required_approving_review_count": 0, "require_last_push_approval": False}
     assert fake.allow_auto_merge
-    [put] = [b for m, p, b in fake.requests if m == "PUT" and p.endswith("/protection")]
+    [put] = [b for m, p, b in fake.requests if m == "PUT" and p.endswith("/champion/protection")]
     assert put["required_status_checks"] == {"strict": True, "checks": [{"context": "arbot/verdict", "app_id": -1}]}
     text = (root / ".github" / "CODEOWNERS").read_text()
     assert "/evaluator/ @octo-org/research-leads\n/.github/ @octo-org/research-leads\n" in text
@@ -59,6 +68,10 @@ def test_arbot_setup_with_the_app_pins_the_app(app_fake, tmp_path):
                              "protected champion: branches must be up to date",
                              "protected champion: only arbot-app may push to or merge into it",
                              "protected champion: code owners must review changes to their paths",
+                             "protected main: changes only through pull requests",
+                             "protected main: code owners must review changes to their paths",
+                             "protected main: only administrators may push to or merge into it",
+                             RULESET,
                              "allowed auto-merge on the repository"]
         assert run_setup(forge) == [NOTHING]
         # GitHub's own read-back: the check pinned to the App's id, the App alone in the push restrictions
@@ -130,3 +143,36 @@ def test_arbot_setup_command(fake, local, monkeypatch):
         monkeypatch.setenv("ARBOT_GITHUB_TOKEN", "wrong")
         result = CliRunner().invoke(app, ["setup", "--repo", str(root)])
         assert result.exit_code == 2 and "GitHub answered 401" in result.output
+
+
+def test_setup_protects_the_default_branch_and_refuses_tags_named_like_branches(fake, local, tmp_path):
+    """Threats: a workflow pushed to the default branch (the bot's own dispatch would run it, and its result would
+    count) and a tag named like it (GitHub reports the tag's name as the run's branch). Doctor names both while
+    they are open; after `arbot setup` the fake GitHub refuses both pushes, as GitHub's protection and ruleset do."""
+    clone = git.Repo.clone_from(str(fake.bare), tmp_path / "mallory")
+    with clone.config_writer() as cw:
+        cw.set_value("user", "name", "mallory")
+        cw.set_value("user", "email", "mallory@example.com")
+    workflow = Path(clone.working_tree_dir) / ".github" / "workflows" / "arbot-evaluate.yml"
+    workflow.parent.mkdir(parents=True)
+    workflow.write_text("on: workflow_dispatch\njobs: {train: {runs-on: self-hosted, steps: [{run: echo win}]}}\n")
+    clone.git.add(A=True)
+    clone.index.commit("an evaluate workflow that reports a win")
+    with serving(fake.asgi) as url:
+        forge = forge_for(url, fake)
+        default, tags = check_default_protection(forge), check_tag_ruleset(forge)
+        assert default.status == FAIL and "changes the evaluate workflow the bot dispatches" in default.detail
+        assert tags.status == FAIL and "A tag named like a branch passes for it" in tags.detail
+        run_setup(forge, owner="@octo-org/research-leads")
+        assert check_default_protection(forge).status == OK and check_tag_ruleset(forge).status == OK
+    with pytest.raises(git.GitCommandError, match="Changes must be made through a pull request"):
+        clone.git.push("origin", "main:refs/heads/main")
+    with pytest.raises(git.GitCommandError, match="Cannot create ref due to creations being restricted"):
+        clone.git.push("origin", "main:refs/tags/main")
+    clone.git.push("origin", "main:refs/heads/mallory/feature")  # any other branch: a pull request from it is reviewed
+    assert fake.ref("main") != clone.head.commit.hexsha and fake.git("tag").stdout == ""
+    rules = fake.protection["main"]
+    assert rules["reviews"]["require_code_owner_reviews"] and rules["restrictions"] == {
+        "users": [], "teams": ["research-leads"], "apps": []}
+    [ruleset] = fake.rulesets
+    assert (ruleset["target"], ruleset["enforcement"], ruleset["rules"]) == ("tag", "active", [{"type": "creation"}])

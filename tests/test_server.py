@@ -106,7 +106,7 @@ def test_route_maps_events_to_actions():
     done["repository"]["full_name"] = REPO
     done["workflow_run"].update(path=".github/workflows/arbot-evaluate.yml", head_sha="b" * 40, conclusion="failure")
     assert route(ev(done, "workflow_run"), repo=REPO) == Evaluated(head_sha="b" * 40, conclusion="failure",
-                                                                  source="workflow_run")
+                                                                  source="workflow_run", run_id=done["workflow_run"]["id"])
     done["workflow_run"]["path"] = ".github/workflows/ci.yml"
     assert route(ev(done, "workflow_run"), repo=REPO) == Ignored("workflow run of '.github/workflows/ci.yml', "
                                                                 "not arbot-evaluate.yml")
@@ -355,20 +355,26 @@ def test_the_dispatcher_hands_every_action_to_the_driver_then_advances_all(tmp_p
     number = comment()["issue"]["number"]
     merged = pull_request("closed", merged=True)["pull_request"]["number"]
     push = {"ref": "refs/heads/champion", "before": "b" * 40, "after": "c" * 40, "repository": {"full_name": REPO}}
-    # a run reported (a check run, or a commit status with a PAT): collect it and carry on
-    assert calls("check_run", check_run_completed()) == [("advance_all",)]
+    # the evaluate workflow's run completed: that run is read, and the experiments carried on
+    done = webhook_example("workflow_run$completed")
+    done["repository"]["full_name"] = REPO
+    done["workflow_run"]["path"] = ".github/workflows/arbot-evaluate.yml"
+    assert calls("workflow_run", done) == [("advance_all", (done["workflow_run"]["id"],))]
+    # its report job's check run (or commit status, with a PAT) comes before the run completes: no run is read
+    assert calls("check_run", check_run_completed()) == [("advance_all", ())]
     status = webhook_example("status$event")
     status["context"], status["state"] = "arbot/evaluate", "success"
-    assert calls("status", status) == [("advance_all",)]
+    assert calls("status", status) == [("advance_all", ())]
     # a merge (auto-merge or a human) is recorded first; a PR closed unmerged just advances
-    assert calls("pull_request", pull_request("closed", merged=True)) == [("record_merged_pr", merged), ("advance_all",)]
-    assert calls("pull_request", pull_request("closed", merged=False)) == [("advance_all",)]
+    assert calls("pull_request", pull_request("closed", merged=True)) == [("record_merged_pr", merged),
+                                                                         ("advance_all", ())]
+    assert calls("pull_request", pull_request("closed", merged=False)) == [("advance_all", ())]
     # champion moved by hand: the lifecycle replays what was measured on the old one
-    assert calls("push", push) == [("advance_all",)]
+    assert calls("push", push) == [("advance_all", ())]
     # commands on a PR
-    assert calls("issue_comment", on_pr("/arbot rerun")) == [("rerun", number), ("advance_all",)]
-    assert calls("issue_comment", on_pr("/arbot approve")) == [("approve", number), ("advance_all",)]
-    assert calls("issue_comment", comment("/arbot approve")) == [("advance_all",)]  # an issue, not a PR: nothing to approve
+    assert calls("issue_comment", on_pr("/arbot rerun")) == [("rerun", number), ("advance_all", ())]
+    assert calls("issue_comment", on_pr("/arbot approve")) == [("approve", number), ("advance_all", ())]
+    assert calls("issue_comment", comment("/arbot approve")) == [("advance_all", ())]  # an issue: nothing to approve
     # pause and resume are the store's switch; resume proposes at once
     assert calls("issue_comment", comment("/arbot pause")) == [] and store.flag("paused") == "1"
     assert calls("issue_comment", comment("/arbot resume")) == [("fill",)] and store.flag("paused") is None

@@ -17,7 +17,10 @@ import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 from pathlib import Path
+from types import EllipsisType
 from urllib.parse import urlparse
 
 import git
@@ -39,6 +42,7 @@ LABELS = {  # name: (color, description)
     "arbot:loss": ("fbca04", "arbot: measured, not better than the champion"),
     "arbot:crash": ("d73a4a", "arbot: the experiment crashed, timed out or was rejected"),
 }
+TAG_RULESET = "arbot: no tags named like branches"
 RESULTS_MARKER = "<!-- arbot:results -->"
 EXPERIMENT_MARKER = "<!-- arbot:experiment {id} -->"
 CONCLUSION_TO_STATE = {"success": "success", "failure": "failure", "neutral": "success", "cancelled": "error",
@@ -48,6 +52,10 @@ WRITE_PERMISSIONS = {"admin", "maintain", "write"}
 
 class GitHubForgeError(RuntimeError):
     pass
+
+
+class ArtifactTooLarge(GitHubForgeError):
+    """An artifact over the size the bot reads (by GitHub's size_in_bytes, or by what the download sent)."""
 
 
 @dataclass(frozen=True)
@@ -119,6 +127,10 @@ class GitHubForge:
         self.champion_branch = champion_branch
         self.branch_prefix = branch_prefix
         self._repo: Repository | None = None
+        self._login: str | None = None
+        self._etags: dict[tuple, tuple[str, dict]] = {}  # conditional GETs: (url, parameters) -> (ETag, answer)
+        self._comments: dict[int, tuple[int, str] | None] = {}  # PR -> its results comment (id, body); None: none
+        self._posted: dict[tuple[str, str], str] = {}  # (sha, check name) -> the conclusion this process posted
 
     @property
     def repo(self) -> Repository:
@@ -200,13 +212,7 @@ class GitHubForge:
         - Code-owner reviews (`require_code_owner_reviews`; no approval count required): a PR that changes a path of
           .github/CODEOWNERS (the evaluator, the workflows) waits for its owner.
         Other required checks and rules already there are kept."""
-        url = f"{self.repo.url}/branches/{self.champion_branch}/protection"
-        try:
-            _, current = self.gh.requester.requestJsonAndCheck("GET", url)
-        except GithubException as e:
-            if e.status != 404:  # GitHub answers 404 "Branch not protected"
-                raise
-            current = {}
+        url, current = self._protection(self.champion_branch)
         changes = []
         status = current.get("required_status_checks") or {}
         checks = [c for c in status.get("checks") or [] if c.get("context") != VERDICT_CHECK]
@@ -252,6 +258,92 @@ class GitHubForge:
         self.gh.requester.requestJsonAndCheck("PUT", url, input=body)
         return changes
 
+    def _protection(self, branch: str) -> tuple[str, dict]:
+        """(URL, current protection) of a branch; {} when it is not protected."""
+        url = f"{self.repo.url}/branches/{branch}/protection"
+        try:
+            return url, self.gh.requester.requestJsonAndCheck("GET", url)[1]
+        except GithubException as e:
+            if e.status != 404:  # GitHub answers 404 "Branch not protected"
+                raise
+            return url, {}
+
+    def protect_default(self, pushers: Mapping[str, list[str]] | None = None, apply: bool = True) -> list[str]:
+        """Branch protection on the default branch, whose evaluate workflow (and evaluator) the bot dispatches and
+        trusts; idempotent like protect_champion, and apply=False only says what it would change (`arbot doctor`).
+
+        - Changes only through pull requests (`required_pull_request_reviews`: a direct push is refused), with
+          code-owner review (`require_code_owner_reviews`): a change to a path of .github/CODEOWNERS (`.github/`,
+          `evaluator/`) waits for its owner.
+        - On an organization repository, with `pushers` ({"users": [...], "teams": [...], "apps": [...]}): push
+          restrictions naming only them (who may merge into it). Administrators bypass both while `enforce_admins`
+          is off (GitHub's default, kept as it is).
+        Required checks and rules already there are kept."""
+        url, current = self._protection(self.repo.default_branch)
+        changes = []
+        reviews = current.get("required_pull_request_reviews")
+        if reviews is None:
+            changes.append("changes only through pull requests")
+        if not (reviews or {}).get("require_code_owner_reviews"):
+            changes.append("code owners must review changes to their paths")
+        restrictions = current.get("restrictions")
+        have = None if restrictions is None else {
+            "users": sorted(u["login"] for u in restrictions.get("users") or []),
+            "teams": sorted(t["slug"] for t in restrictions.get("teams") or []),
+            "apps": sorted(a["slug"] for a in restrictions.get("apps") or [])}
+        want = have
+        if pushers is not None and self.repo.owner.type == "Organization":
+            want = {key: sorted(pushers.get(key) or []) for key in ("users", "teams", "apps")}
+            if have != want:
+                named = [*want["users"], *want["teams"], *want["apps"]]
+                changes.append(f"only {', '.join(named) if named else 'administrators'} may push to or merge into it")
+        if not changes or not apply:
+            return changes
+        status = current.get("required_status_checks")
+        flag = lambda key: bool((current.get(key) or {}).get("enabled"))  # noqa: E731
+        body = {
+            "required_status_checks": None if status is None else {"strict": bool(status.get("strict")), "checks": [
+                {"context": c["context"], "app_id": -1 if c.get("app_id") is None else c["app_id"]}
+                for c in status.get("checks") or []]},
+            "enforce_admins": flag("enforce_admins"),
+            "required_pull_request_reviews": {
+                "dismiss_stale_reviews": bool((reviews or {}).get("dismiss_stale_reviews")),
+                "require_code_owner_reviews": True,
+                "required_approving_review_count": int((reviews or {}).get("required_approving_review_count") or 0),
+                "require_last_push_approval": bool((reviews or {}).get("require_last_push_approval"))},
+            "restrictions": want,
+            **{key: flag(key) for key in ("required_linear_history", "allow_force_pushes", "allow_deletions",
+                                          "required_conversation_resolution", "block_creations", "lock_branch",
+                                          "allow_fork_syncing")},
+        }
+        self.gh.requester.requestJsonAndCheck("PUT", url, input=body)
+        return changes
+
+    def tag_patterns(self) -> list[str]:
+        """The tag names the bot's branches have: a tag named like the default branch would pass for it where
+        GitHub reports a tag's name as a branch (a workflow run's head_branch)."""
+        return sorted({f"refs/tags/{self.repo.default_branch}", f"refs/tags/{self.champion_branch}",
+                       f"refs/tags/{self.branch_prefix}*"})
+
+    def ensure_tag_ruleset(self, apply: bool = True) -> list[str]:
+        """The ruleset TAG_RULESET: an active tag ruleset whose `creation` rule refuses to create tags named like the
+        bot's branches (tag_patterns); created when missing (POST .../rulesets). One of that name that differs is
+        reported, not overwritten (it may carry a team's bypass list): edit it in Settings, Rules."""
+        for summary in self.gh.requester.requestJsonAndCheck("GET", f"{self.repo.url}/rulesets")[1] or []:
+            if summary.get("name") == TAG_RULESET:
+                _, r = self.gh.requester.requestJsonAndCheck("GET", f"{self.repo.url}/rulesets/{summary['id']}")
+                include = set(((r.get("conditions") or {}).get("ref_name") or {}).get("include") or [])
+                ok = (r.get("target") == "tag" and r.get("enforcement") == "active" and set(self.tag_patterns()) <= include
+                      and any(rule.get("type") == "creation" for rule in r.get("rules") or []))
+                return [] if ok else [f"the ruleset {TAG_RULESET!r} (id {r['id']}) does not refuse creating "
+                                      f"{', '.join(self.tag_patterns())}: edit it in Settings, Rules"]
+        if apply:
+            self.gh.requester.requestJsonAndCheck("POST", f"{self.repo.url}/rulesets", input={
+                "name": TAG_RULESET, "target": "tag", "enforcement": "active",
+                "conditions": {"ref_name": {"include": self.tag_patterns(), "exclude": []}},
+                "rules": [{"type": "creation"}]})
+        return [f"no tag may be named like its branches ({', '.join(self.tag_patterns())}: ruleset {TAG_RULESET!r})"]
+
     def ensure_auto_merge(self) -> bool:
         """Allow auto-merge on the repository (a new repository has it off, and enablePullRequestAutoMerge then
         fails with "Auto merge is not allowed for this repository"); True when it changed."""
@@ -268,15 +360,30 @@ class GitHubForge:
             return pr
         return None
 
-    def open_pr(self, rec: ExperimentRecord, local: git.Repo | None = None) -> PullRequest:
-        """Push the experiment branch (when `local` is given) and open its PR with label `arbot`; idempotent."""
-        pr = self.find_pr(rec.branch)
+    def recent_prs(self) -> list[PullRequest]:
+        """The PRs into champion from this repository's branches, most recently updated first: one page (one call),
+        which holds every experiment in flight; an older one is found with find_pr. Listed PRs carry no `merged`
+        (read merged_at)."""
+        page = self.repo.get_pulls(state="all", base=self.champion_branch, sort="updated", direction="desc").get_page(0)
+        return [pr for pr in page if pr.head.repo is not None and pr.head.repo.full_name == self.full_name]
+
+    def open_pr(self, rec: ExperimentRecord, local: git.Repo | None = None,
+                existing: PullRequest | None | EllipsisType = ...) -> PullRequest:
+        """Push the experiment branch (when `local` is given) and open its PR with label `arbot`; idempotent.
+        `existing`: the PR already looked up (None: there is none), else it is looked up here."""
+        pr = self.find_pr(rec.branch) if existing is ... else existing
         if pr is None:
             if local is not None:
                 self.push(local, rec.commit, rec.branch)
-            pr = self.repo.create_pull(base=self.champion_branch, head=rec.branch, title=rec.proposal.hypothesis[:250],
-                                       body=pr_body(rec), maintainer_can_modify=False)
-            log.info("opened PR #%d for %s", pr.number, rec.id)
+            try:
+                pr = self.repo.create_pull(base=self.champion_branch, head=rec.branch, body=pr_body(rec),
+                                           title=rec.proposal.hypothesis[:250], maintainer_can_modify=False)
+            except GithubException as e:
+                if e.status != 422 or (pr := self.find_pr(rec.branch)) is None:  # 422: it exists after all
+                    raise
+            else:
+                self._comments[pr.number] = None  # a new PR has no comment yet
+                log.info("opened PR #%d for %s", pr.number, rec.id)
         if LABEL not in {lab.name for lab in pr.labels}:
             self.add_labels(pr.number, LABEL)
         return pr
@@ -295,20 +402,40 @@ class GitHubForge:
                 if LABEL in {lab.name for lab in pr.labels}]
 
     def upsert_comment(self, number: int, body: str) -> tuple[int, bool]:
-        """The one results comment of a PR, found again by its hidden marker; (comment id, created)."""
+        """The one results comment of a PR, found again by its hidden marker (listed once per process and PR, then
+        remembered); written only when its text changes; (comment id, created)."""
         body = body if RESULTS_MARKER in body else f"{RESULTS_MARKER}\n{body}"
-        pr = self.pr(number)
-        for comment in pr.get_issue_comments():
-            if RESULTS_MARKER in (comment.body or ""):
-                if comment.body != body:
-                    comment.edit(body)
-                return comment.id, False
-        return pr.create_issue_comment(body).id, True
+        issue = f"{self.repo.url}/issues/{number}"
+        if number not in self._comments:
+            _, listed = self.gh.requester.requestJsonAndCheck("GET", f"{issue}/comments", parameters={"per_page": 100})
+            found = next((c for c in listed or [] if RESULTS_MARKER in (c.get("body") or "")), None)
+            self._comments[number] = None if found is None else (found["id"], found["body"])
+        known = self._comments[number]
+        if known is None:
+            _, made = self.gh.requester.requestJsonAndCheck("POST", f"{issue}/comments", input={"body": body})
+            self._comments[number] = (made["id"], body)
+            return made["id"], True
+        if known[1] != body:
+            try:
+                self.gh.requester.requestJsonAndCheck("PATCH", f"{self.repo.url}/issues/comments/{known[0]}",
+                                                      input={"body": body})
+            except GithubException as e:
+                if e.status != 404:
+                    raise
+                del self._comments[number]  # deleted by hand meanwhile: found again, or made again
+                return self.upsert_comment(number, body)
+            self._comments[number] = (known[0], body)
+        return known[0], False
+
+    def comment(self, number: int, body: str) -> None:
+        """A comment of its own on a PR (what the bot answers a command, or reports), besides the results one."""
+        self.gh.requester.requestJsonAndCheck("POST", f"{self.repo.url}/issues/{number}/comments", input={"body": body})
 
     # --- checks -----------------------------------------------------------------------------------
     def post_check(self, sha: str, name: str, conclusion: str, title: str, summary: str, text: str = "",
                    details_url: str | None = None) -> None:
-        """A completed check run (App) or a commit status (PAT) on `sha`."""
+        """A completed check run (App) or a commit status (PAT) on `sha` (remembered: `posted`)."""
+        self._posted[(sha, name)] = conclusion if self.use_checks else CONCLUSION_TO_STATE.get(conclusion, "error")
         if self.use_checks:
             output = {"title": title[:1000], "summary": summary[:65000]}
             if text:
@@ -322,6 +449,10 @@ class GitHubForge:
             if details_url:
                 body["target_url"] = details_url
             self.gh.requester.requestJsonAndCheck("POST", f"{self.repo.url}/statuses/{sha}", input=body)
+
+    def posted(self, sha: str, name: str) -> str | None:
+        """The conclusion (PAT: the state) of the check `name` this process last posted on `sha`, if it did."""
+        return self._posted.get((sha, name))
 
     def check(self, sha: str, name: str, app_slug: str | None = None) -> Check | None:
         """The latest check run named `name` on `sha` (made by the app `app_slug`, when given), else its commit
@@ -343,49 +474,93 @@ class GitHubForge:
                 return Check(name, None if state == "pending" else state, status.get("description") or "")
         return None
 
-    def dispatch(self, workflow: str, ref: str, inputs: Mapping[str, str]) -> int | None:
-        """Start `workflow` (a file under .github/workflows/ of `ref`) with these inputs: POST .../dispatches with
-        `return_run_details`; the new workflow run's id (None from a server that answers 204 without details)."""
-        _, data = self.gh.requester.requestJsonAndCheck(
-            "POST", f"{self.repo.url}/actions/workflows/{workflow}/dispatches",
-            input={"ref": ref, "inputs": dict(inputs), "return_run_details": True})
-        return int(data["workflow_run_id"]) if data else None
-
-    def workflow_run(self, run_id: int) -> dict:
-        """The workflow run as GitHub has it (GET .../actions/runs/{run_id}): status, conclusion, head_sha, event,
-        path, display_title, actor, ..."""
-        _, data = self.gh.requester.requestJsonAndCheck("GET", f"{self.repo.url}/actions/runs/{run_id}")
+    def get(self, url: str, parameters: Mapping | None = None) -> dict:
+        """A GET made conditional: the answer GitHub gave last time is sent back with its ETag (If-None-Match), and a
+        304 Not Modified, which does not count against the rate limit, answers with the copy kept."""
+        key = (url, tuple(sorted((parameters or {}).items())))
+        etag, kept = self._etags.get(key, (None, None))
+        headers, data = self.gh.requester.requestJsonAndCheck(
+            "GET", url, parameters=dict(parameters or {}), headers={"If-None-Match": etag} if etag else None)
+        if data is None and kept is not None:  # 304: PyGithub hands over the empty body
+            return kept
+        etag = {k.lower(): v for k, v in headers.items()}.get("etag")
+        if etag:
+            self._etags[key] = (etag, data)
         return data
 
-    def dispatched_runs(self, workflow: str, branch: str) -> list[dict]:
-        """The latest 100 runs of `workflow` started by workflow_dispatch on `branch`, newest first (GET
-        .../actions/workflows/{workflow}/runs): how a dispatch is found on a server that answers it with no run id."""
-        _, data = self.gh.requester.requestJsonAndCheck(
-            "GET", f"{self.repo.url}/actions/workflows/{workflow}/runs",
-            parameters={"event": "workflow_dispatch", "branch": branch, "per_page": 100})
+    def login(self) -> str:
+        """Who the forge acts as on GitHub: `<app slug>[bot]` for an App (its runs' actor), else the PAT's user."""
+        if self._login is None:
+            app = self.app()
+            self._login = f"{app[1]}[bot]" if app else self.gh.requester.requestJsonAndCheck("GET", "/user")[1]["login"]
+        return self._login
+
+    def dispatch(self, workflow: str, ref: str, inputs: Mapping[str, str]) -> tuple[int | None, str]:
+        """Start `workflow` (a file under .github/workflows/ of `ref`) with these inputs: POST .../dispatches with
+        `return_run_details`. (the new workflow run's id, or None from a server that answers 204 without details;
+        when GitHub took the dispatch, by its own clock: the answer's Date, else this machine's)."""
+        headers, data = self.gh.requester.requestJsonAndCheck(
+            "POST", f"{self.repo.url}/actions/workflows/{workflow}/dispatches",
+            input={"ref": ref, "inputs": dict(inputs), "return_run_details": True})
+        date = {k.lower(): v for k, v in headers.items()}.get("date")
+        at = parsedate_to_datetime(date) if date else datetime.now(timezone.utc)
+        return (int(data["workflow_run_id"]) if data else None), at.isoformat(timespec="seconds")
+
+    def workflow_run(self, run_id: int) -> dict | None:
+        """The workflow run as GitHub has it (GET .../actions/runs/{run_id}, conditional): status, conclusion,
+        head_sha, event, path, display_title, actor, triggering_actor, ...; None when GitHub has no such run."""
+        try:
+            return self.get(f"{self.repo.url}/actions/runs/{run_id}")
+        except GithubException as e:
+            if e.status != 404:
+                raise
+            return None
+
+    def dispatched_runs(self, workflow: str, branch: str, actor: str) -> list[dict]:
+        """The latest 100 runs of `workflow` started by `actor` with workflow_dispatch on `branch`, newest first (GET
+        .../actions/workflows/{workflow}/runs, conditional): how a dispatch is found on a server that answers it with
+        no run id."""
+        data = self.get(f"{self.repo.url}/actions/workflows/{workflow}/runs",
+                        {"event": "workflow_dispatch", "branch": branch, "actor": actor, "per_page": 100})
         return data.get("workflow_runs", [])
 
-    def run_artifact(self, run_id: int, name: str) -> bytes | None:
-        """The zip of the run's artifact `name` (the newest of that name that has not expired), or None.
+    def artifact(self, run_id: int, name: str) -> dict | None:
+        """The run's newest artifact `name` that has not expired, as GitHub lists it (id, size_in_bytes,
+        archive_download_url, ...), or None."""
+        _, data = self.gh.requester.requestJsonAndCheck("GET", f"{self.repo.url}/actions/runs/{run_id}/artifacts",
+                                                        parameters={"name": name, "per_page": 100})
+        found = [a for a in data.get("artifacts") or [] if a.get("name") == name and not a.get("expired")]
+        return max(found, key=lambda a: a["id"]) if found else None
+
+    def run_artifact(self, run_id: int, name: str, max_bytes: int) -> bytes | None:
+        """The zip of the run's artifact `name` (the newest of that name that has not expired), or None; at most
+        `max_bytes`: its size_in_bytes is checked before the download, which is streamed and cut off past the cap
+        (ArtifactTooLarge either way).
 
         GitHub answers the download with 302 to a short-lived URL on another host (blob storage). PyGithub follows
         redirects only to github.com hosts, so the redirect is read here and the zip fetched with httpx, without
         the token: the URL carries its own signature."""
-        _, data = self.gh.requester.requestJsonAndCheck("GET", f"{self.repo.url}/actions/runs/{run_id}/artifacts",
-                                                        parameters={"name": name, "per_page": 100})
-        found = [a for a in data.get("artifacts") or [] if a.get("name") == name and not a.get("expired")]
-        if not found:
+        artifact = self.artifact(run_id, name)
+        if artifact is None:
             return None
-        artifact = max(found, key=lambda a: a["id"])
+        what = f"artifact {artifact['id']} ({artifact.get('name')})"
+        if int(artifact.get("size_in_bytes") or 0) > max_bytes:
+            raise ArtifactTooLarge(f"{what} is {artifact['size_in_bytes']} bytes, over the {max_bytes} bytes allowed")
         headers, _ = self.gh.requester.requestJsonAndCheck("GET", artifact["archive_download_url"])
         location = {k.lower(): v for k, v in headers.items()}.get("location")
         if not location:
-            raise GitHubForgeError(f"the download of artifact {artifact['id']} ({name}) gave no location")
+            raise GitHubForgeError(f"the download of {what} gave no location")
         timeout = self.github_kwargs.get("timeout") or 60
-        response = httpx.get(location, timeout=timeout, follow_redirects=True)
-        if response.status_code != 200:
-            raise GitHubForgeError(f"the download of artifact {artifact['id']} ({name}) failed: {response.status_code}")
-        return response.content
+        chunks, size = [], 0
+        with httpx.stream("GET", location, timeout=timeout, follow_redirects=True) as response:
+            if response.status_code != 200:
+                raise GitHubForgeError(f"the download of {what} failed: {response.status_code}")
+            for chunk in response.iter_bytes():
+                size += len(chunk)
+                if size > max_bytes:
+                    raise ArtifactTooLarge(f"the download of {what} went past the {max_bytes} bytes allowed")
+                chunks.append(chunk)
+        return b"".join(chunks)
 
     # --- merging ----------------------------------------------------------------------------------
     def enable_automerge(self, pr: PullRequest, head_sha: str, headline: str, body: str) -> bool:

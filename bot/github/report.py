@@ -57,6 +57,8 @@ def load_runs(text: str) -> list[dict]:
         data = json.loads(text)
     except ValueError as e:
         raise BadResult(f"the result is not JSON: {e}") from e
+    except RecursionError as e:  # nesting deeper than the parser's stack: no run record nests like that
+        raise BadResult("the result is JSON nested too deeply to be a run record") from e
     runs = data if isinstance(data, list) else [data]
     if not runs:
         raise BadResult("the result holds no run")

@@ -5,7 +5,12 @@
 - branch protection on champion that pins the bot (GitHubForge.protect_champion): required check `arbot/verdict`
   from the bot's App (any source with a PAT), branches up to date, push restrictions naming only the App
   (organization repositories), code-owner reviews,
-- auto-merge allowed on the repository (allow_auto_merge),
+- branch protection on the default branch, whose evaluate workflow the bot dispatches (GitHubForge.protect_default):
+  changes only through pull requests, code-owner review, and on an organization repository push restrictions
+  naming only the code owner given with --owner (administrators alone without one),
+- a tag ruleset refusing to create tags named like the default branch, champion or an experiment branch
+  (GitHubForge.ensure_tag_ruleset): GitHub reports a tag's name as a workflow run's branch,
+- auto-merge allowed on the repository (allow_auto_merge; optional: without it the bot merges wins itself),
 - a CODEOWNERS entry for evaluator/ and .github/ (written into the local clone with --owner; committing it
   to the default branch, and so to champion, is left to the user: the bot never pushes outside its branches).
 """
@@ -30,6 +35,15 @@ def codeowners(existing: str, owner: str) -> str:
     return text + "".join(f"{path} {owner}\n" for path in missing)
 
 
+def pushers(owner: str | None) -> dict[str, list[str]]:
+    """Who may push to (merge into) the default branch: the code owner, a user (@login) or a team (@org/team);
+    administrators only without one."""
+    name = (owner or "").lstrip("@")
+    if "/" in name:
+        return {"users": [], "teams": [name.split("/", 1)[1]], "apps": []}
+    return {"users": [name] if name else [], "teams": [], "apps": []}
+
+
 def run_setup(forge: GitHubForge, root: Path | None = None, owner: str | None = None) -> list[str]:
     """Apply the setup; each line of the answer is one change made (or says there was none)."""
     changes = []
@@ -41,6 +55,9 @@ def run_setup(forge: GitHubForge, root: Path | None = None, owner: str | None = 
     app_id, app_slug = forge.app() or (None, None)
     for change in forge.protect_champion(app_id, app_slug):
         changes.append(f"protected {forge.champion_branch}: {change}")
+    for change in forge.protect_default(pushers(owner)):
+        changes.append(f"protected {forge.repo.default_branch}: {change}")
+    changes += forge.ensure_tag_ruleset()
     if forge.ensure_auto_merge():
         changes.append("allowed auto-merge on the repository")
     if root is not None and owner:
@@ -54,5 +71,6 @@ def run_setup(forge: GitHubForge, root: Path | None = None, owner: str | None = 
                            f"commit it to the default branch and bring it into {forge.champion_branch}")
     if not changes:
         changes.append(f"nothing to change: {forge.champion_branch}, labels ({', '.join(LABELS)}), protection "
-                       f"({VERDICT_CHECK} required) and auto-merge are in place")
+                       f"({VERDICT_CHECK} required on {forge.champion_branch}, pull requests on "
+                       f"{forge.repo.default_branch}), the tag ruleset and auto-merge are in place")
     return changes

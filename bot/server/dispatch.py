@@ -64,4 +64,14 @@ class Dispatcher:
                 d.rerun(action.issue)
             else:
                 d.approve(action.issue)
-        d.advance_all()
+        d.advance_all(polled(action))
+
+
+def polled(action) -> tuple[int, ...]:
+    """The workflow runs an event asks the driver to read: the one whose workflow_run.completed this is. A check run
+    or status of arbot/evaluate is posted by the evaluate workflow's report job, before its workflow run completes,
+    so it names no run that ended (the workflow_run event that follows does); the other events name none either.
+    The catch-up timer reads every run in flight."""
+    if isinstance(action, Evaluated) and action.source == "workflow_run" and action.run_id is not None:
+        return (action.run_id,)
+    return ()

@@ -9,8 +9,9 @@ verdict is posted when it changes, the comment is upserted, merges carry the hea
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 
 import git
@@ -25,8 +26,10 @@ from bot.github.forge import GitHubForge, GitHubForgeError
 from bot.github.lease import Lease, holder_name
 from bot.progress import champion_steps, stale_rate
 from bot.proposers.base import Proposer
-from bot.stepper import Stepper, Tracker
+from bot.stepper import RunsLost, Stepper, Tracker
 from bot.surfaces.github import Budget, GitHubSurface
+
+log = logging.getLogger("arbot.github")
 
 
 class Driver:
@@ -36,14 +39,16 @@ class Driver:
         """`holder` names this writer on the lease; `lease_wait`: seconds to wait for another holder before giving
         up with its name; `tracker`: where runs and decisions are also logged (bot.stepper.Tracker)."""
         self.forge, self.local, self.config, self.proposer, self.budget = forge, local, config, proposer, budget
-        self.surface = GitHubSurface(forge, local, config, budget, paused)
+        slots = config.github.max_in_flight
+        self.executor = GitHubActions(forge, slots, lambda sha: self.surface.on_default(sha), budget,
+                                      before_dispatch=lambda: self.surface.flush())
+        self.surface = GitHubSurface(forge, local, config, budget, paused, recheck=self.executor.recheck)
         self.lf = self.surface.store
         self.lease = Lease(self.surface.git, local, holder or holder_name("driver"))
         self.lease_wait = lease_wait
         self._reader: LocalForge | None = None  # /healthz's own handle on the mirror (the worker writes through lf)
         self._reading = threading.Lock()
-        slots = config.github.max_in_flight
-        self.stepper = Stepper(self.lf, GitHubActions(forge, slots, budget), self.surface, proposer, config.target,
+        self.stepper = Stepper(self.lf, self.executor, self.surface, proposer, config.target,
                                lc.Rules.of(policy, config.target, config.metric), slots, keep=self.lease.keep,
                                tracker=tracker)
 
@@ -53,23 +58,44 @@ class Driver:
     def push_notes(self) -> None:
         self.surface.push_notes()
 
-    def advance_all(self) -> list[ExperimentRecord]:
+    def advance_all(self, runs: Iterable[int] | None = None) -> list[ExperimentRecord]:
         """Take in what GitHub reported and merged, advance every active experiment, then open new ones up to
-        github.max_in_flight. What a webhook, `arbot decide` and a restart all run; safe to repeat. Returns the
-        experiments that finished, those still active and those opened."""
-        with self.lease.held(wait=self.lease_wait):
-            finished = self.stepper.step(0)
+        github.max_in_flight. What a webhook, `arbot decide` and a restart all run; safe to repeat. `runs`: the
+        only workflow runs to ask GitHub about (a webhook names the one that completed); None: every run in flight
+        (the catch-up timer, a restart, `arbot decide`). Returns the experiments that finished, those still active
+        and those opened."""
+        with self.lease.held(wait=self.lease_wait), self.surface.one_push():
+            self.executor.only = None if runs is None else set(runs)
+            try:
+                finished = self._step()
+            finally:
+                self.executor.only = None
             return finished + self.stepper.active() + self.stepper.fill().opened
+
+    def _step(self) -> list[ExperimentRecord]:
+        """One step; a run lost MAX_LOST times is reported on the PRs waiting for it (it waits for `/arbot rerun`),
+        and the other experiments go on."""
+        try:
+            return self.stepper.step(0)
+        except RunsLost as e:
+            log.error("%s", e)
+            role, commit = str(e.spec.role), e.spec.commit
+            for rec in self.stepper.active():
+                if (rec.id == role or (role == "champion" and rec.parent == commit)) and (
+                        pr := self.surface.find_pr(rec.branch)) is not None:
+                    self.forge.comment(pr.number, f"**A run was lost**: {e}. Comment `/arbot rerun` to dispatch it "
+                                       "again once the runners are fixed.")
+            return self.stepper.step(0)
 
     def advance_pr(self, number: int) -> ExperimentRecord:
         """`arbot decide --pr N`: a step, then where the experiment of PR N stands."""
-        with self.lease.held(wait=self.lease_wait):
-            self.stepper.step(0)
+        with self.lease.held(wait=self.lease_wait), self.surface.one_push():
+            self._step()
             return self._record_of(number)
 
     def record_merged_pr(self, number: int) -> None:
         """A PR closed as merged (auto-merge, or a human): record the win's merge before anything else runs."""
-        with self.lease.held(wait=self.lease_wait):
+        with self.lease.held(wait=self.lease_wait), self.surface.one_push():
             self.surface.fetch()
             rec, pr = self._record_of(number), self.forge.pr(number)
             if pr.merged:
@@ -77,23 +103,30 @@ class Driver:
 
     def approve(self, number: int) -> ExperimentRecord:
         """`/arbot approve` on a held win: the same as `arbot approve` locally."""
-        with self.lease.held(wait=self.lease_wait):
+        with self.lease.held(wait=self.lease_wait), self.surface.one_push():
             self.surface.fetch()
             rec = self._record_of(number)
             if rec.review != "needed":
                 raise GitHubForgeError(f"PR #{number} ({rec.id}) is not a win waiting for review")
             return self.stepper.approve(rec)
 
-    def rerun(self, number: int) -> bool:
-        """`/arbot rerun` on a PR: dispatch again every run of its experiment (and its champion) still pending,
-        e.g. after a runner died; only the new workflow run's result counts. False when nothing is pending."""
-        with self.lease.held(wait=self.lease_wait):
+    def rerun(self, number: int) -> list[str]:
+        """`/arbot rerun` on a PR: dispatch again each run of its experiment (and its champion) still pending whose
+        workflow run ended without a result (lost, cancelled, never started); only the new workflow run's result
+        counts. A run still queued or running, or one that reported, is not run again: the PR says why. Returns the
+        keys dispatched again."""
+        with self.lease.held(wait=self.lease_wait), self.surface.one_push():
             self.surface.fetch()
-            return self.stepper.again(self._record_of(number))
+            rec = self._record_of(number)
+            again, refused = self.stepper.again(rec, self.executor.why_not_again)
+            if refused or not again:
+                lines = [f"- `{key}`: {why}" for key, why in refused.items()] or ["- nothing is pending"]
+                self.forge.comment(number, "`/arbot rerun` ran nothing again:\n" + "\n".join(lines))
+            return again
 
     def fill(self) -> list[ExperimentRecord]:
         """Open experiments while there is room, unless paused or over a daily cap."""
-        with self.lease.held(wait=self.lease_wait):
+        with self.lease.held(wait=self.lease_wait), self.surface.one_push():
             self.surface.fetch()  # the count is GitHub's, read under the lease
             return self.stepper.fill().opened
 

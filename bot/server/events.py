@@ -28,6 +28,7 @@ class Evaluated:
     head_sha: str  # the commit trained (check run, status), or the workflow run's head on the default branch
     conclusion: str | None
     source: Literal["workflow_run", "check_run", "status"]
+    run_id: int | None = None  # the workflow run that completed (workflow_run only)
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,8 @@ def route(event: Event, repo: str | None = None, champion_branch: str = "champio
             return Ignored(f"workflow_run.{event.action}")
         if (run.get("path") or "").split("@")[0] != f".github/workflows/{EVALUATE_WORKFLOW}":
             return Ignored(f"workflow run of {run.get('path')!r}, not {EVALUATE_WORKFLOW}")
-        return Evaluated(head_sha=run.get("head_sha", ""), conclusion=run.get("conclusion"), source="workflow_run")
+        return Evaluated(head_sha=run.get("head_sha", ""), conclusion=run.get("conclusion"), source="workflow_run",
+                         run_id=run.get("id"))
 
     if event.name == "check_run":
         run = p.get("check_run") or {}

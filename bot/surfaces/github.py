@@ -1,21 +1,24 @@
 """The GitHub surface: each experiment is a pull request, each decision a check run, a comment and a merge.
 
-Decide -> the note (pushed at once); Promote -> `arbot/verdict` success and a squash merge through branch
-protection (auto-merge where the repository allows it), with the lifecycle's trailers plus `PR:`; Hold -> a
+Decide -> the note; Promote -> each run the win was decided on verified again against its workflow run, then
+`arbot/verdict` success and a squash merge through branch protection (a direct merge; auto-merge only where GitHub
+refuses it for now and the repository allows it), with the lifecycle's trailers plus `PR:`; Hold -> a
 neutral verdict until `/arbot approve`; Close -> the verdict, the results comment, a label, the PR closed (its
 branch kept); a replay's fresh experiment gets a PR of its own. A PR whose head is not the experiment's commit, or
 whose commit changes a path outside target.allowed_paths, is `tampered`: rejected, never merged.
 
 The bot keeps a bare mirror of the repository (`.arbot/github.git`): experiment commits are made there and
-pushed, champion and both notes refs are fetched before every step, and every note is pushed as soon as it is
-written. So the state lives on GitHub and a restarted bot rebuilds it from there.
+pushed, champion, the default branch and both notes refs are fetched before every step, and the notes written
+during a pass are pushed at its end, and before every dispatch, fetch and new PR. So the state lives on GitHub and a restarted bot rebuilds it from there. The experiment PRs
+are listed once per step (`sync`), and read from that listing for the rest of the step.
 """
 
 from __future__ import annotations
 
 import logging
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
@@ -23,7 +26,7 @@ import git
 
 from bot.config import Config
 from bot.core import lifecycle as lc
-from bot.core.records import ExperimentRecord, ok_metric
+from bot.core.records import ExperimentRecord, RunResult, ok_metric
 from bot.forges.local import NOTES_REF, NOTES_REFS, LocalForge
 from bot.github.forge import (CONCLUSION_TO_STATE, VERDICT_CHECK, GitHubForge, GitHubForgeError, results_comment,
                               squash_message, verdict_check)
@@ -44,15 +47,20 @@ class Budget(Protocol):
 
 
 class MirrorForge(LocalForge):
-    """The local forge on the bot's mirror: every note it writes is pushed to GitHub at once."""
+    """The local forge on the bot's mirror: every note it writes is pushed to GitHub, at once, or during a pass
+    (`GitHubSurface.one_push`) at its end, and before any dispatch, fetch or new PR."""
 
     def __init__(self, repo: git.Repo, push_notes: Callable[[], None], **kwargs):
         super().__init__(repo, **kwargs)
         self.push_notes = push_notes
+        self.batching = False  # during a pass: pushed at its end
+        self.unpushed = False
 
     def _write_note(self, commit: str, payload: str, ref: str = NOTES_REF) -> None:
         super()._write_note(commit, payload, ref)
-        self.push_notes()
+        self.unpushed = True
+        if not self.batching:
+            self.push_notes()
 
 
 def mirror(path: Path) -> git.Repo:
@@ -69,8 +77,13 @@ class GitHubSurface:
     shared = True  # another server, the scheduled workflow or a restarted bot may write the notes between events
 
     def __init__(self, forge: GitHubForge, local: git.Repo, config: Config, budget: Budget | None = None,
-                 paused: Callable[[], bool] = lambda: False):
+                 paused: Callable[[], bool] = lambda: False,
+                 recheck: Callable[[RunResult], str | None] = lambda run: "no workflow run can be verified"):
+        """`recheck(run)`: why a recorded run does not prove to come from its verified workflow run (asked for each
+        run a win was decided on, before it is merged: GitHubActions.recheck)."""
         self.forge, self.local, self.config, self.budget, self.paused = forge, local, config, budget, paused
+        self.recheck = recheck
+        self._prs: dict[str, object] = {}  # head branch -> PR, as this process last saw it
         self.metric = config.metric
         self.store = MirrorForge(local, self.push_notes, champion_branch=config.run.champion_branch,
                                  branch_prefix=config.run.branch_prefix)
@@ -88,31 +101,84 @@ class GitHubSurface:
             raise GitHubForgeError(f"git {args[0]} failed: {detail}") from None
 
     def fetch(self) -> None:
-        """Fetch champion, the experiment branches and the notes from GitHub (GitHub is the truth)."""
-        branch, prefix = self.config.run.champion_branch, self.config.run.branch_prefix
+        """Fetch champion, the default branch, the experiment branches and the notes from GitHub (GitHub is the
+        truth). The default branch lands on refs/remotes/github/<default>, named by its full ref: no tag stands in.
+        Notes written and not pushed yet are pushed first (the fetch would replace them)."""
+        self.flush()
+        branch, prefix, default = self.config.run.champion_branch, self.config.run.branch_prefix, self.default_branch
         self.git("fetch", "--quiet", "{remote}", f"+refs/heads/{branch}:refs/heads/{branch}",
+                 f"+refs/heads/{default}:refs/remotes/github/{default}",
                  f"+refs/heads/{prefix}*:refs/remotes/github/{prefix}*")
         remote_refs = self.git("ls-remote", "{remote}", "refs/notes/*")
         notes = [ref for ref in NOTES_REFS if ref in remote_refs.split()]
         if notes:
             self.git("fetch", "--quiet", "{remote}", *[f"+{ref}:{ref}" for ref in notes])
 
+    @property
+    def default_branch(self) -> str:
+        return self.forge.repo.default_branch
+
+    def on_default(self, sha: str) -> bool:
+        """Whether `sha` is a commit of the default branch as last fetched (no API call)."""
+        try:
+            self.local.git.merge_base("--is-ancestor", sha, f"refs/remotes/github/{self.default_branch}")
+            return True
+        except git.GitCommandError:
+            return False
+
     def push_notes(self) -> None:
         """Never forced: a note written elsewhere meanwhile makes this fail loudly instead of being lost."""
         local = [ref for ref in NOTES_REFS if self.store.has_ref(ref)]
         self.git("push", "--quiet", "{remote}", *[f"{ref}:{ref}" for ref in local])
+        self.store.unpushed = False
+
+    def flush(self) -> None:
+        """Push the notes written since the last push, if any (before a dispatch: a run is noted pending on GitHub
+        before it is dispatched, so a restarted bot never dispatches it twice; before a fetch)."""
+        if self.store.unpushed:
+            self.push_notes()
+
+    @contextmanager
+    def one_push(self) -> Iterator[None]:
+        """A pass whose notes are pushed once, at its end (and before each dispatch: `flush`)."""
+        self.store.batching = True
+        try:
+            yield
+        finally:
+            self.store.batching = False
+            self.flush()
 
     # --- the surface port (bot.stepper.Surface) ----------------------------------------------------------------
     def sync(self) -> dict[str, str]:
-        """The mirror fetched; the wins GitHub merged meanwhile (auto-merge, or a human)."""
+        """The mirror fetched; the wins GitHub merged meanwhile (auto-merge, or a human), read from one listing of
+        the PRs, made only while a win waits for its merge."""
         self.fetch()
+        waiting = [rec for rec in self.store.experiments()
+                   if rec.decision is not None and rec.decision.verdict == "win" and not rec.merged_as]
+        if waiting:
+            self._prs.update({pr.head.ref: pr for pr in self.forge.recent_prs()})
         merged = {}
-        for rec in self.store.experiments():
-            if rec.decision is not None and rec.decision.verdict == "win" and not rec.merged_as:
-                pr = self.forge.find_pr(rec.branch)
-                if pr is not None and pr.merged:
-                    merged[rec.id] = pr.merge_commit_sha
+        for rec in waiting:
+            pr = self.find_pr(rec.branch)
+            if pr is not None and pr.merged_at is not None:
+                merged[rec.id] = pr.merge_commit_sha
         return merged
+
+    def find_pr(self, branch: str):
+        """The experiment's PR, as this process last saw it (opened, listed or changed by it), else asked of GitHub."""
+        if branch not in self._prs:
+            pr = self.forge.find_pr(branch)
+            if pr is None:
+                return None
+            self._prs[branch] = pr
+        return self._prs[branch]
+
+    def branch_head(self, branch: str) -> str | None:
+        """The experiment branch's commit on GitHub as last fetched (or pushed by the bot), None when there is none."""
+        try:
+            return self.local.git.rev_parse("--verify", "-q", f"refs/remotes/github/{branch}^{{commit}}")
+        except git.GitCommandError:
+            return None
 
     def tampered(self, rec: ExperimentRecord) -> str | None:
         """Why the experiment may not be merged whatever it measured, or None: its commit (checked on the
@@ -125,7 +191,13 @@ class GitHubSurface:
             return f"{rec.commit[:12]} cannot be compared with its champion {rec.parent[:12]} on the mirror ({e})"
         if outside:
             return f"{rec.commit[:12]} changes {', '.join(outside[:5])}, outside target.allowed_paths"
-        pr = self.forge.find_pr(rec.branch)
+        if rec.decision is not None and rec.decision.verdict == "win" and not rec.merged_as:
+            evidence = rec.runs + self.store.champion_record(rec.parent).runs
+            if (why := next((w for run in evidence if (w := self.recheck(run)) is not None), None)) is not None:
+                return f"a run it was decided on does not verify ({why})"
+        if self.branch_head(rec.branch) == rec.commit:
+            return None  # its branch holds it: so does its PR (from this repository: find_pr), whose merge is guarded
+        pr = self.forge.find_pr(rec.branch)  # the branch moved, or is gone: what its PR holds now
         if pr is None:
             return None
         head_repo = pr.head.repo.full_name if pr.head.repo is not None else "a deleted repository"
@@ -141,9 +213,12 @@ class GitHubSurface:
         return self.budget.exhausted() if self.budget is not None else None
 
     def opened(self, rec: ExperimentRecord, proposed: bool) -> None:
-        """Its pull request (the branch is pushed, never forced); a proposed one counts against the daily cap (a
-        replay measures again a change that did)."""
-        pr = self.forge.open_pr(rec, self.local)
+        """Its pull request (the branch is pushed, never forced), after its note (a restarted bot knows every
+        experiment it opened a PR for); a proposed one counts against the daily cap (a replay measures again a
+        change that did)."""
+        self.flush()
+        pr = self._prs[rec.branch] = self.forge.open_pr(rec, self.local, self._prs.get(rec.branch))
+        self.local.git.update_ref(f"refs/remotes/github/{rec.branch}", rec.commit)  # pushed: as a fetch would see it
         if proposed and self.budget is not None:
             self.budget.record_experiment()
         log.info("opened PR #%d for %s: %s", pr.number, rec.id, rec.proposal.hypothesis)
@@ -160,33 +235,37 @@ class GitHubSurface:
         pr = self._pr(rec)
         self._verdict(rec, verdict_check(rec.decision, self.metric))
         if pr.state == "open":
+            self._prs.pop(rec.branch, None)  # closed now: read again if asked
             self.forge.close_as(pr, rec.decision.verdict, results_comment(rec, rec.decision, self.trajectory(rec),
                                                                           self.metric))
             log.info("PR #%d (%s): closed as %s (%s)", pr.number, rec.id, rec.decision.verdict, rec.decision.rule)
 
     def promote(self, rec: ExperimentRecord, trailers: dict[str, str]) -> str | None:
-        """The verdict, then a squash merge guarded by the head: auto-merge where GitHub offers it (the merge then
-        comes later, and `sync` records it), else a merge now. A refused merge is tried again on the next step."""
+        """The verdict, then a squash merge guarded by the head, made now. Where GitHub refuses it for now (a
+        required check still pending) and the repository allows auto-merge, auto-merge is enabled (the merge then
+        comes later, and `sync` records it); a refused merge is tried again on the next step."""
         pr = self._pr(rec)
-        if not pr.merged:
+        if pr.merged_at is None:
             self._conclude(rec, verdict_check(rec.decision, self.metric))
             title, body = squash_message(rec, trailers, pr.number)
-            if self.forge.enable_automerge(pr, rec.commit, title, body):
-                log.info("PR #%d (%s): auto-merge enabled at %s", pr.number, rec.id, rec.commit[:12])
-            else:
-                try:
-                    merge = self.forge.merge(pr, rec.commit, title, body)
-                    log.info("PR #%d (%s): merged as %s", pr.number, rec.id, merge[:12])
-                except GitHubForgeError as e:
+            self._prs.pop(rec.branch, None)  # merged, or refused: read again if asked
+            try:
+                merge = self.forge.merge(pr, rec.commit, title, body)
+                log.info("PR #%d (%s): merged as %s", pr.number, rec.id, merge[:12])
+            except GitHubForgeError as e:
+                if pr.auto_merge is None and self.forge.repo.allow_auto_merge and self.forge.enable_automerge(
+                        pr, rec.commit, title, body):
+                    log.info("PR #%d (%s): auto-merge enabled at %s (%s)", pr.number, rec.id, rec.commit[:12], e)
+                elif pr.auto_merge is None:
                     log.warning("PR #%d (%s): not merged: %s", pr.number, rec.id, e)
                     self._conclude(rec, verdict_check(rec.decision, self.metric),
                                    f"**Not merged yet**: GitHub refused the merge ({str(e)[:500]}). The bot tries again "
                                    "on the next event and on its catch-up timer.")
-            pr = self.forge.pr(pr.number)
-        if not pr.merged:
-            return None
+                return None
+        else:
+            merge = pr.merge_commit_sha
         self.fetch()  # the merge commit, on which the new champion's note is written
-        return pr.merge_commit_sha
+        return merge
 
     def champion_fails(self, rec: ExperimentRecord | None, reason: str) -> None:
         log.error("the champion fails%s: %s", f" ({rec.id} cannot be measured)" if rec else "", reason)
@@ -214,10 +293,10 @@ class GitHubSurface:
         self._comment(rec, f"{comment}\n\n{note}" if note else comment)
 
     def _verdict(self, rec: ExperimentRecord, check) -> None:
-        """Post `arbot/verdict` on the experiment's commit unless the latest one already says this."""
-        latest = self.forge.check(rec.commit, VERDICT_CHECK)
+        """Post `arbot/verdict` on the experiment's commit unless this process posted the same already (a restarted
+        bot posts it once more: the same state, no read-back)."""
         want = check.conclusion if self.forge.use_checks else CONCLUSION_TO_STATE[check.conclusion]
-        if latest is None or latest.conclusion != want:
+        if self.forge.posted(rec.commit, VERDICT_CHECK) != want:  # posted again by a restarted bot: the same state
             self.forge.post_check(rec.commit, VERDICT_CHECK, check.conclusion, check.title, check.summary)
 
     def _comment(self, rec: ExperimentRecord, body: str) -> None:
@@ -225,7 +304,9 @@ class GitHubSurface:
 
     def _pr(self, rec: ExperimentRecord):
         """The experiment's PR; opened now if the bot stopped between the experiment's note and its PR."""
-        return self.forge.find_pr(rec.branch) or self.forge.open_pr(rec, self.local)
+        if (pr := self.find_pr(rec.branch)) is None:
+            pr = self._prs[rec.branch] = self.forge.open_pr(rec, self.local, None)
+        return pr
 
     def trajectory(self, current: ExperimentRecord | None = None) -> list[tuple[str, float]]:
         """The champion's metric: its first measured value, then each merged win (and this one, if a win)."""

@@ -23,6 +23,15 @@ arbot meets:
   test plays it, then calls complete_run() and add_artifact(). `flush_dispatches()` waits for those callbacks;
 - artifacts (GET .../actions/runs/{run_id}/artifacts) download like GitHub's: GET .../actions/artifacts/{id}/zip
   answers 302 to a short-lived, unauthenticated URL (here /_artifacts/<id>/<token>.zip on the fake itself);
+- a workflow run started from a tag reports the tag's name as `head_branch`, as GitHub does (a tag named like the
+  default branch looks like it); `actor` and `triggering_actor` are who dispatched it;
+- conditional requests: every GET answers with an ETag, and a request whose If-None-Match names the current one
+  answers 304 Not Modified with no body (counted in `not_modified`), as GitHub does;
+- rulesets (POST/GET .../rulesets): a tag ruleset with a `creation` rule refuses to create tags its
+  `conditions.ref_name.include` patterns match (POST .../git/refs: 422; a git push: declined by the pre-receive hook);
+- pushes to the bare repository go through a pre-receive hook that enforces branch protection as GitHub does for a
+  user who is not an administrator: a protected branch that requires pull requests takes no direct push ("protected
+  branch hook declined"); the hook reads the rules from `rules.json` in the bare repository, which the fake keeps;
 - a check run created with the Actions token (login github-actions[bot]) loses the `details_url` it was sent, as on
   GitHub (actions/github-script#143, LouisBrunner/checks-action#18): it points to the check run's own page.
 Every request and response is validated against the OpenAPI subset GitHub publishes (contract.py); a
@@ -32,12 +41,14 @@ Only the operations of scripts/extract_openapi.py's OPERATIONS exist here.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import io
 import json
 import re
 import secrets
 import subprocess
+import sys
 import threading
 import time
 import zipfile
@@ -69,6 +80,26 @@ BOOLEAN_RULES = ("required_linear_history", "allow_force_pushes", "allow_deletio
 ORG_ONLY = "Only organization repositories can have users and team restrictions"
 ROLES = ("read", "triage", "write", "maintain", "admin")  # collaborator roles, least to most
 EXPRESSION = re.compile(r"\$\{\{\s*(?:github\.event\.)?inputs\.([A-Za-z_][\w-]*)\s*\}\}")
+
+
+PRE_RECEIVE = """#!{python}
+# The fake GitHub's rules on pushes (tests/fake_github/server.py writes rules.json): a branch whose protection
+# requires pull requests takes no direct push; a tag a ruleset's creation rule covers is not created.
+import fnmatch, json, os, sys
+rules = json.load(open("rules.json")) if os.path.exists("rules.json") else {{"pull_request_only": [], "no_creation": []}}
+refused = []
+for line in sys.stdin:
+    old, new, ref = line.split()
+    if ref.startswith("refs/heads/") and ref[len("refs/heads/"):] in rules["pull_request_only"]:
+        refused.append(f"{{ref}}: Changes must be made through a pull request.")
+    if old == "0" * 40 and any(fnmatch.fnmatchcase(ref, p) for p in rules["no_creation"]):
+        refused.append(f"{{ref}}: Cannot create ref due to creations being restricted.")
+for why in refused:
+    print(f"remote: error: GH013: Repository rule violations found for {{why}}", file=sys.stderr)
+if refused:
+    print("remote: error: protected branch hook declined", file=sys.stderr)
+sys.exit(1 if refused else 0)
+"""
 
 
 def now(offset: timedelta = timedelta(0)) -> str:
@@ -118,6 +149,9 @@ class FakeGitHub:
         self.owner_type = owner_type
         self.bare = root / f"{name}.git"
         subprocess.run(["git", "init", "--bare", "-q", "-b", "main", str(self.bare)], check=True)
+        hook = self.bare / "hooks" / "pre-receive"
+        hook.write_text(PRE_RECEIVE.format(python=sys.executable))
+        hook.chmod(0o755)
         self.tokens = {token: login}
         self.app = app
         self.app_slug = app_slug
@@ -140,6 +174,7 @@ class FakeGitHub:
         self.run_details = True
         self.default_branch = "main"
         self.requests: list[tuple[str, str, Any]] = []
+        self.calls: list[tuple[str, str, str]] = []  # each authenticated request: method, path, who (login, or "app")
         # workflow_dispatch events accepted (POST .../actions/workflows/{workflow_id}/dispatches), oldest first:
         # {id (the new workflow run's id), workflow (file name), workflow_id, ref (refs/heads/NAME or
         # refs/tags/NAME), head_branch, sha (the ref's commit at dispatch time), inputs (every declared input, as
@@ -159,6 +194,8 @@ class FakeGitHub:
         self._actions: ThreadPoolExecutor | None = None
         self._played: list[Future] = []
         self.violations: list[str] = []
+        self.not_modified: list[str] = []  # paths answered 304 Not Modified (conditional GETs)
+        self.rulesets: list[dict] = []  # POST .../rulesets bodies, with id and timestamps
         self._ids = 100
         self.api = ""  # set from the first request: http://127.0.0.1:PORT/api/v3
         self.hooks = Hooks()  # set hooks.url and hooks.secret to send signed webhooks to a bot
@@ -191,6 +228,22 @@ class FakeGitHub:
         if sha:
             pr.last_head = sha
         return pr.last_head
+
+    def write_rules(self) -> None:
+        """rules.json for the pre-receive hook: the branches that take changes only through pull requests, and the ref
+        patterns no one may create."""
+        rules = {"pull_request_only": sorted(b for b, p in self.protection.items() if p["reviews"] is not None),
+                 "no_creation": self.creation_refused()}
+        (self.bare / "rules.json").write_text(json.dumps(rules))
+
+    def creation_refused(self) -> list[str]:
+        """The ref patterns an active ruleset's `creation` rule covers (`~DEFAULT_BRANCH` as refs/heads/<default>)."""
+        out = []
+        for r in self.rulesets:
+            if r["enforcement"] == "active" and any(rule.get("type") == "creation" for rule in r.get("rules") or []):
+                include = ((r.get("conditions") or {}).get("ref_name") or {}).get("include") or []
+                out += [f"refs/heads/{self.default_branch}" if p == "~DEFAULT_BRANCH" else p for p in include]
+        return out
 
     def next_id(self) -> int:
         self._ids += 1
@@ -394,9 +447,17 @@ class FakeGitHub:
             d["restrictions"] = {
                 "url": f"{url}/restrictions", "users_url": f"{url}/restrictions/users",
                 "teams_url": f"{url}/restrictions/teams", "apps_url": f"{url}/restrictions/apps",
-                "users": [self.user(login) for login in r["users"]], "teams": [],  # teams are not modelled
+                "users": [self.user(login) for login in r["users"]], "teams": [self.team_json(t) for t in r["teams"]],
                 "apps": [self.integration_json(slug) for slug in r["apps"]]}
         return d
+
+    def team_json(self, slug: str) -> dict:
+        """A team of the owner organization (membership is not modelled: a team restricts no one's push here)."""
+        url = f"{self.api}/orgs/{self.owner}/teams/{slug}"
+        return {"id": zlib.crc32(slug.encode()), "node_id": f"T_{slug}", "url": url, "members_url": f"{url}/members{{/member}}",
+                "name": slug, "slug": slug, "description": None, "permission": "push", "privacy": "closed",
+                "notification_setting": "notifications_enabled", "html_url": f"http://github.test/orgs/{self.owner}/teams/{slug}",
+                "repositories_url": f"{url}/repos", "parent": None, "type": "organization"}
 
     def integration_json(self, slug: str) -> dict:
         """An App as GET /app (and a protection's restrictions) shows it."""
@@ -575,6 +636,7 @@ class FakeGitHub:
             try:
                 with self.lock:
                     user = self._auth(request, path)
+                    self.calls.append((method.upper(), path, user))
                     status, out = self.dispatch(method, path, body, dict(request.query_params), user)
             except HTTPError as e:
                 status, out = e.status, e.body
@@ -588,6 +650,12 @@ class FakeGitHub:
                 return Response(status_code=204)
             if isinstance(out, Redirect):
                 return Response(status_code=status, headers={"Location": out.location})
+            if method == "get" and status == 200:
+                etag = f'W/"{hashlib.sha256(json.dumps(out, sort_keys=True).encode()).hexdigest()[:32]}"'
+                if request.headers.get("if-none-match") == etag:
+                    self.not_modified.append(path)
+                    return Response(status_code=304, headers={"ETag": etag})
+                return JSONResponse(out, status_code=status, headers={"ETag": etag})
             return JSONResponse(out, status_code=status)
 
         @app.get("/_artifacts/{artifact_id}/{file}")
@@ -609,6 +677,7 @@ class FakeGitHub:
                     user = self._auth(request, "/graphql")
                 except HTTPError as e:
                     return JSONResponse(e.body, status_code=e.status)
+                self.calls.append(("POST", "/graphql", user))
                 return JSONResponse(self.graphql(body, user))
 
         return app
@@ -628,6 +697,8 @@ class FakeGitHub:
             return self.op_installation_token(int(path.split("/")[3]))
         if path == "/app":
             return self.op_get_app()
+        if path == "/user":
+            return self.op_get_user(user)
         prefix = f"/repos/{self.full_name}"
         if not (path == prefix or path.startswith(prefix + "/")):
             raise HTTPError(404, "Not Found")
@@ -648,6 +719,14 @@ class FakeGitHub:
         d.update(token=token, expires_at="2099-01-01T00:00:00Z")
         d.pop("repositories", None)
         return 201, d
+
+    def op_get_user(self, user: str):
+        """GET /user: the authenticated user (a PAT's); an installation token is no user (403)."""
+        if user.endswith("[bot]"):
+            raise HTTPError(403, "Resource not accessible by integration")
+        d = self.example("private-user-response-with-public-profile-information")
+        d.update({k: v for k, v in self.user(user).items() if k in d})
+        return 200, d
 
     def op_get_app(self):
         """GET /app with the App's JWT (_auth checked it)."""
@@ -682,6 +761,8 @@ class FakeGitHub:
 
     def op_create_ref(self, body: dict, **_):
         ref, sha = body["ref"], body["sha"]
+        if any(fnmatch.fnmatchcase(ref, p) for p in self.creation_refused()):
+            raise HTTPError(422, "Repository rule violations found\n\nCannot create ref due to creations being restricted.")
         if not ref.startswith("refs/") or self.git("cat-file", "-e", f"{sha}^{{commit}}", check=False).returncode:
             raise HTTPError(422, "Reference update failed")
         if self.git("update-ref", ref, sha, ZERO, check=False).returncode:
@@ -898,11 +979,42 @@ class FakeGitHub:
                 "apps": list(restrictions.get("apps") or [])},
             **{key: bool(body.get(key)) for key in BOOLEAN_RULES},
         }
+        self.write_rules()
         d = self.example("branch-protection-update")
         for key in ("required_status_checks", "required_pull_request_reviews", "restrictions"):
             d.pop(key, None)
         d.update(self.protection_json(branch))
         return 200, d
+
+    def ruleset_json(self, r: dict) -> dict:
+        d = {key: r[key] for key in ("id", "name", "target", "enforcement", "created_at", "updated_at")}
+        d.update(node_id=f"RRS_{r['id']}", source=self.full_name, source_type="Repository",
+                 bypass_actors=r.get("bypass_actors") or [], conditions=r.get("conditions"), rules=r.get("rules") or [],
+                 current_user_can_bypass="never",
+                 _links={"self": {"href": f"{self.api}/repos/{self.full_name}/rulesets/{r['id']}"},
+                         "html": {"href": f"http://github.test/{self.full_name}/rules/{r['id']}"}})
+        return d
+
+    def op_list_rulesets(self, **_):
+        """GET .../rulesets: the repository's rulesets, without their rules and conditions (as GitHub lists them)."""
+        return 200, [{k: v for k, v in self.ruleset_json(r).items() if k not in ("rules", "conditions", "bypass_actors")}
+                     for r in self.rulesets]
+
+    def op_get_ruleset(self, ruleset_id: str, **_):
+        r = next((r for r in self.rulesets if r["id"] == int(ruleset_id)), None)
+        if r is None:
+            raise HTTPError(404, "Not Found")
+        return 200, self.ruleset_json(r)
+
+    def op_create_ruleset(self, body: dict, **_):
+        """POST .../rulesets: kept as sent; a name already used answers 422, as on GitHub."""
+        if any(r["name"] == body["name"] for r in self.rulesets):
+            raise HTTPError(422, "Validation Failed", errors=["Name must be unique"])
+        r = {**body, "id": self.next_id(), "target": body.get("target", "branch"), "created_at": now(),
+             "updated_at": now()}
+        self.rulesets.append(r)
+        self.write_rules()
+        return 201, self.ruleset_json(r)
 
     def _recent_app(self, context: str) -> int | None:
         """The App that most recently posted a check run named `context` (None: none did)."""
@@ -1165,6 +1277,9 @@ def _routes() -> list[tuple[str, re.Pattern, str]]:
         ("get", "/actions/runs/(?P<run_id>\\d+)", "op_get_run"),
         ("get", "/actions/runs/(?P<run_id>\\d+)/artifacts", "op_list_run_artifacts"),
         ("get", "/actions/artifacts/(?P<artifact_id>\\d+)/(?P<archive_format>[^/]+)", "op_download_artifact"),
+        ("get", "/rulesets", "op_list_rulesets"),
+        ("post", "/rulesets", "op_create_ruleset"),
+        ("get", "/rulesets/(?P<ruleset_id>\\d+)", "op_get_ruleset"),
     ]
     return [(m, re.compile(p), name) for m, p, name in table]
 
