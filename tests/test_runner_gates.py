@@ -9,6 +9,7 @@ from bot.config import load_config
 from bot.forges.local import LocalForge
 from bot.knobs import set_knobs
 from bot.loop import Loop
+from bot.core.lifecycle import HOLDOUT_SEEDS
 from bot.core.policy import make_policy
 from bot.core.records import Proposal, RunResult
 
@@ -24,9 +25,10 @@ class FakeRunner:
     def run(self, candidate, champion, seed=0, splits=("val",), on_progress=None, stop=None, timing=None):
         self.calls.append((candidate[:7], splits))
         val, holdout, flags = self.table.get(candidate, self.table["default"])
-        metrics = {"val_bpb": val + 0.001 * seed}
+        nth = seed % HOLDOUT_SEEDS  # holdout runs are seeded from HOLDOUT_SEEDS up: the nth of their kind
+        metrics = {"val_bpb": val + 0.001 * nth}
         if "holdout" in splits:
-            metrics["holdout_bpb"] = holdout + 0.001 * seed
+            metrics["holdout_bpb"] = holdout + 0.001 * nth
         return RunResult(status="ok", commit=candidate, champion=champion, seed=seed, metrics=metrics,
                          flags=list(flags), sandbox="bwrap", splits=list(splits))
 

@@ -38,8 +38,8 @@ from runner.config import TargetConfig
 
 SCRIPT = "target/train.py"
 MARK = "# bench: "
-BASE = 3.0  # the starting champion's val_bpb
-NOISE_SD = 0.01  # of one run's val_bpb
+BASE = 3.0  # the starting champion's metric (DEFAULT_METRIC, minimized)
+NOISE_SD = 0.01  # of one run's metric
 RUN_SECONDS = 60.0  # mean virtual duration of a run (each within +-20%)
 WIN_SHARE, WIN_EFFECT = 0.05, -0.05  # proposals that really help, and by how much
 HARM_SHARE, HARM_EFFECT = 0.35, 0.05  # proposals that hurt (up to this much)
@@ -159,9 +159,9 @@ class SimExecutor:
         text = self.repo.git.show(f"{spec.commit}:{SCRIPT}")
         self.world_seconds += time.perf_counter() - start
         val = BASE + effects(text) + noise(spec.commit, spec.seed)
-        metrics = {"val_bpb": val}
+        metrics = {DEFAULT_METRIC.key("val"): val}
         if "holdout" in spec.splits:
-            metrics["holdout_bpb"] = val * (1 + HOLDOUT_GAP)
+            metrics[DEFAULT_METRIC.key("holdout")] = val * (1 + HOLDOUT_GAP)
         return RunResult(status="ok", commit=spec.commit, champion=spec.champion, seed=spec.seed, splits=spec.splits,
                          metrics=metrics, evaluator_fingerprint="sim", train_seconds=RUN_SECONDS, score_seconds=1.0,
                          total_seconds=RUN_SECONDS + 1, job="sim", node="sim")
