@@ -222,11 +222,7 @@ class GitHubForge:
             changes.append(f"requires {VERDICT_CHECK} from {source}")
         if not status.get("strict"):
             changes.append("branches must be up to date")
-        restrictions = current.get("restrictions")
-        have = None if restrictions is None else {
-            "users": sorted(u["login"] for u in restrictions.get("users") or []),
-            "teams": sorted(t["slug"] for t in restrictions.get("teams") or []),
-            "apps": sorted(a["slug"] for a in restrictions.get("apps") or [])}
+        have = _restrictions(current)
         want = have
         if app_slug and self.repo.owner.type == "Organization":
             want = {"users": [], "teams": [], "apps": [app_slug]}
@@ -237,26 +233,32 @@ class GitHubForge:
             changes.append("code owners must review changes to their paths")
         if not changes or not apply:
             return changes
+        required = {"strict": True, "checks": [*checks, {"context": VERDICT_CHECK, "app_id": app_id}]}
+        self._put_protection(url, current, required, want)
+        return changes
+
+    def _put_protection(self, url: str, current: dict, required: dict | None, restrictions: dict | None) -> None:
+        """PUT a branch's protection: these required checks and push restrictions, code-owner review on, every
+        other rule as `current` has it. Sent through the requester: PyGithub's edit_protection sends null for
+        unset booleans, which GitHub's published schema does not allow, and cannot send `checks` with app ids."""
         flag = lambda key: bool((current.get(key) or {}).get("enabled"))  # noqa: E731
+        reviews = current.get("required_pull_request_reviews") or {}
         body = {
-            "required_status_checks": {"strict": True, "checks": [
-                *({"context": c["context"], "app_id": -1 if c.get("app_id") is None else c["app_id"]} for c in checks),
-                {"context": VERDICT_CHECK, "app_id": -1 if app_id is None else app_id}]},
+            "required_status_checks": None if required is None else {"strict": bool(required.get("strict")), "checks": [
+                {"context": c["context"], "app_id": -1 if c.get("app_id") is None else c["app_id"]}
+                for c in required.get("checks") or []]},
             "enforce_admins": flag("enforce_admins"),
             "required_pull_request_reviews": {
-                "dismiss_stale_reviews": bool((reviews or {}).get("dismiss_stale_reviews")),
+                "dismiss_stale_reviews": bool(reviews.get("dismiss_stale_reviews")),
                 "require_code_owner_reviews": True,
-                "required_approving_review_count": int((reviews or {}).get("required_approving_review_count") or 0),
-                "require_last_push_approval": bool((reviews or {}).get("require_last_push_approval"))},
-            "restrictions": want,
+                "required_approving_review_count": int(reviews.get("required_approving_review_count") or 0),
+                "require_last_push_approval": bool(reviews.get("require_last_push_approval"))},
+            "restrictions": restrictions,
             **{key: flag(key) for key in ("required_linear_history", "allow_force_pushes", "allow_deletions",
                                           "required_conversation_resolution", "block_creations", "lock_branch",
                                           "allow_fork_syncing")},
         }
-        # Sent through the requester: PyGithub's edit_protection sends null for unset booleans, which GitHub's
-        # published schema does not allow, and cannot send `checks` with app ids.
         self.gh.requester.requestJsonAndCheck("PUT", url, input=body)
-        return changes
 
     def _protection(self, branch: str) -> tuple[str, dict]:
         """(URL, current protection) of a branch; {} when it is not protected."""
@@ -286,11 +288,7 @@ class GitHubForge:
             changes.append("changes only through pull requests")
         if not (reviews or {}).get("require_code_owner_reviews"):
             changes.append("code owners must review changes to their paths")
-        restrictions = current.get("restrictions")
-        have = None if restrictions is None else {
-            "users": sorted(u["login"] for u in restrictions.get("users") or []),
-            "teams": sorted(t["slug"] for t in restrictions.get("teams") or []),
-            "apps": sorted(a["slug"] for a in restrictions.get("apps") or [])}
+        have = _restrictions(current)
         want = have
         if pushers is not None and self.repo.owner.type == "Organization":
             want = {key: sorted(pushers.get(key) or []) for key in ("users", "teams", "apps")}
@@ -299,24 +297,7 @@ class GitHubForge:
                 changes.append(f"only {', '.join(named) if named else 'administrators'} may push to or merge into it")
         if not changes or not apply:
             return changes
-        status = current.get("required_status_checks")
-        flag = lambda key: bool((current.get(key) or {}).get("enabled"))  # noqa: E731
-        body = {
-            "required_status_checks": None if status is None else {"strict": bool(status.get("strict")), "checks": [
-                {"context": c["context"], "app_id": -1 if c.get("app_id") is None else c["app_id"]}
-                for c in status.get("checks") or []]},
-            "enforce_admins": flag("enforce_admins"),
-            "required_pull_request_reviews": {
-                "dismiss_stale_reviews": bool((reviews or {}).get("dismiss_stale_reviews")),
-                "require_code_owner_reviews": True,
-                "required_approving_review_count": int((reviews or {}).get("required_approving_review_count") or 0),
-                "require_last_push_approval": bool((reviews or {}).get("require_last_push_approval"))},
-            "restrictions": want,
-            **{key: flag(key) for key in ("required_linear_history", "allow_force_pushes", "allow_deletions",
-                                          "required_conversation_resolution", "block_creations", "lock_branch",
-                                          "allow_fork_syncing")},
-        }
-        self.gh.requester.requestJsonAndCheck("PUT", url, input=body)
+        self._put_protection(url, current, current.get("required_status_checks"), want)
         return changes
 
     def tag_patterns(self) -> list[str]:
@@ -605,6 +586,15 @@ class GitHubForge:
 
 
 # --- rendering (pure) -----------------------------------------------------------------------------------
+def _restrictions(protection: dict) -> dict | None:
+    """A protection's push restrictions as the PUT body names them; None where there are none."""
+    restrictions = protection.get("restrictions")
+    return None if restrictions is None else {
+        "users": sorted(u["login"] for u in restrictions.get("users") or []),
+        "teams": sorted(t["slug"] for t in restrictions.get("teams") or []),
+        "apps": sorted(a["slug"] for a in restrictions.get("apps") or [])}
+
+
 def pr_body(rec: ExperimentRecord) -> str:
     p = rec.proposal
     lines = [
