@@ -24,6 +24,7 @@ from .test_loop import SLOW_LR, ScriptedProposer, after_knobs, script_edit
 
 pytestmark = pytest.mark.slow
 SETUP = "run scripts/slurm-up.sh (as root) to start a single-node cluster on this machine"
+SLURM_UP = Path(__file__).resolve().parents[1] / "scripts" / "slurm-up.sh"
 HOST = socket.gethostname().split(".")[0]  # the node's name (slurmd's: hostname -s)
 
 
@@ -100,3 +101,47 @@ def test_a_campaign_runs_through_slurm_and_a_job_cancelled_from_outside_is_recor
         [r for sha in (start, win.merged_as) for r in forge.champion_record(sha).runs]
     assert len(runs) >= 5 and all(r.job.startswith("slurm ") and r.node == HOST for r in runs)
     assert "boom: candidate crashed" in done["exp-3"].runs[0].log_tail
+
+
+def sbatch(*args: str) -> int:
+    out = subprocess.run(["sbatch", "--parsable", "--output=/dev/null", *args], capture_output=True, text=True,
+                         check=True).stdout
+    return int(out.strip().split(";")[0])
+
+
+def job_state(job_id: int) -> str:
+    return subprocess.run(["squeue", "-h", "-j", str(job_id), "-o", "%T"], capture_output=True, text=True).stdout.strip()
+
+
+def wait_for_state(job_id: int, state: str, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while job_state(job_id) != state:
+        assert time.monotonic() < deadline, f"job {job_id} is {job_state(job_id)!r}, not {state}, after {seconds}s"
+        time.sleep(0.2)
+
+
+def test_slurm_up_succeeds_while_the_node_is_full_without_waiting_behind_its_jobs():
+    """The node taken by a job that runs 40 s, submitted just before (the script's first look finds it not yet
+    started, so its check job queues behind it), then also a job queued behind that one: scripts/slurm-up.sh
+    succeeds both times while the first job still runs (it waits for no job to end, though it would wait up to 60 s
+    for its own check job), and leaves no check job queued."""
+    require_cluster()
+    long = sbatch("--exclusive", "--job-name=arbot-test-long", "--wrap=sleep 40")
+    queued = None
+    try:
+        first = subprocess.run([str(SLURM_UP)], capture_output=True, text=True, timeout=300)
+        assert first.returncode == 0, first.stderr
+        assert "Slurm is up" in first.stdout
+        assert job_state(long) in ("PENDING", "RUNNING")  # not ended: the script did not wait behind it
+        wait_for_state(long, "RUNNING")
+        queued = sbatch("--exclusive", "--job-name=arbot-test-queued", "--wrap=true")
+        again = subprocess.run([str(SLURM_UP)], capture_output=True, text=True, timeout=300)
+        assert again.returncode == 0, again.stderr
+        assert "job(s) running, no check job queued behind them" in again.stdout
+        # it did not wait for the long job to end, nor for the one behind it
+        assert job_state(long) == "RUNNING" and job_state(queued) == "PENDING"
+        checks = subprocess.run(["squeue", "-h", "-n", "slurm-up-check", "-t", "PENDING,RUNNING", "-o", "%i"],
+                                capture_output=True, text=True, check=True).stdout.split()
+        assert checks == []
+    finally:
+        subprocess.run(["scancel", str(long)] + ([str(queued)] if queued else []), check=False)
