@@ -3,21 +3,29 @@ suite). Without a cluster these tests fail with the reason; they never skip."""
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from bot.config import load_config
-from bot.executors.slurm import Slurm
+from bot.config import Config, load_config
+from bot.core.records import RunSpec
+from bot.executors import Lost
+from bot.executors import slurm as slurm_mod
+from bot.executors.slurm import Slurm, run_dir_name
 from bot.forges.local import LocalForge
 from bot.knobs import set_knobs
 from bot.loop import Loop
 from bot.core.policy import make_policy
+from bot.stepper import RunsLost
 
 from .conftest import make_repo, tiny_config
 from .test_loop import SLOW_LR, ScriptedProposer, after_knobs, script_edit
@@ -145,3 +153,106 @@ def test_slurm_up_succeeds_while_the_node_is_full_without_waiting_behind_its_job
         assert checks == []
     finally:
         subprocess.run(["scancel", str(long)] + ([str(queued)] if queued else []), check=False)
+
+
+def jobs_under(work: Path) -> dict[int, str]:
+    """This test's jobs that Slurm has not ended: job id -> the run directory they were submitted in (squeue %Z)."""
+    out = subprocess.run(["squeue", "-h", "-t", "PENDING,RUNNING,CONFIGURING,COMPLETING", "-o", "%i|%Z"],
+                         capture_output=True, text=True, check=True).stdout
+    rows = (line.split("|", 1) for line in out.splitlines() if "|" in line)
+    return {int(i): Path(d).name for i, d in rows if i.isdigit() and d.startswith(str(work))}
+
+
+def test_a_run_held_by_max_jobs_is_submitted_once_across_a_restart(tmp_path):
+    """On the real cluster, max_jobs 1 and jobs that stay queued (--begin in an hour, so none runs): the run held
+    back is submitted when the first job is cancelled; after a restart it is re-attached to that job though its
+    note has no job id, the run still held is not submitted, and Slurm holds one job per run, never two."""
+    require_cluster()
+    config = Config.model_validate({"slurm": {"max_jobs": 1, "poll_seconds": 0.2, "extra_args": ["--begin=now+3600"]}})
+    a, b, c = (RunSpec(role="exp-1", commit="1a2b3c4d5e6f" + "0" * 28, champion="f" * 40, seed=s) for s in (0, 1, 2))
+    ex = Slurm(tmp_path, config)
+    try:
+        notes = [ex.submit(s, None) for s in (a, b, c)]
+        assert notes[0].run_id is not None and notes[1].run_id is None and notes[2].run_id is None
+        assert jobs_under(ex.work) == {notes[0].run_id: run_dir_name(a.key)}
+        subprocess.run(["scancel", str(notes[0].run_id)], check=True)  # an operator cancels it
+        [lost] = ex.poll(30)
+        assert isinstance(lost, Lost) and lost.spec == a and "ended CANCELLED" in lost.reason
+        [(b_job, b_dir)] = jobs_under(ex.work).items()  # b took the slot
+        assert b_dir == run_dir_name(b.key)
+        ex.submit(a, None)  # the stepper asks for the lost run again: it waits behind b
+        ex.close()  # `arbot run` stops; b's job stays queued in Slurm
+
+        again = Slurm(tmp_path, config)
+        assert again.resume(notes[1])  # re-attached to b_job
+        assert not again.resume(notes[2]) and not again.resume(a)  # never submitted: asked for again
+        assert again.submit(c, None).run_id is None and again.submit(a, None).run_id is None
+        assert again.poll(1) == [] and jobs_under(ex.work) == {b_job: b_dir}  # one job, b's: nothing twice
+        subprocess.run(["scancel", str(b_job)], check=True)
+        [lost] = again.poll(30)
+        assert lost.spec == b and lost.job == f"slurm {b_job}"
+        assert list(jobs_under(ex.work).values()) == [run_dir_name(c.key)]  # then the held runs, in order
+    finally:
+        for job_id in jobs_under(ex.work):
+            subprocess.run(["scancel", str(job_id)], check=False)
+
+
+def watch_status(status: Path, seen: list[dict], stop: threading.Event) -> None:
+    """What `arbot status` reads while the loop runs: every `blocked` entry the status file showed."""
+    while not stop.is_set():
+        try:
+            seen.append(json.loads(status.read_text()).get("blocked", {}))
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.1)
+
+
+def test_a_job_pending_on_a_drained_node_is_reported_then_lost_never_a_crash(tmp_path, monkeypatch, caplog):
+    """The node drained (scontrol update state=drain, undrained after): the champion's first job is warned about
+    (the log, and `arbot status` through the status file), then given up and recorded lost on the champion's
+    record with Slurm's reason, asked for again, and on its third loss `arbot run` stops saying the machine failed,
+    not the candidate; `arbot status` and `arbot log` show the lost runs. Thresholds shortened from 5 and 30 min."""
+    require_cluster()
+    monkeypatch.setattr(slurm_mod, "BLOCKED_REPORT_SECONDS", 1.0)
+    monkeypatch.setattr(slurm_mod, "BLOCKED_LOST_SECONDS", 4.0)
+    repo = make_repo(tmp_path / "r", tiny_config(run={"executor": "slurm"}, slurm={"max_jobs": 1, "poll_seconds": 0.3}))
+    root = Path(repo.working_tree_dir)
+    config = load_config(root / "arbot.yml")
+    forge = LocalForge(repo)
+    forge.ensure_champion()
+    executor = Slurm(root, config)
+    status = Path(repo.git_dir) / "arbot-status.json"
+    proposer = ScriptedProposer(("Raise LEARNING_RATE", script_edit(lambda s: set_knobs(s, {"LEARNING_RATE": 3e-3}))))
+    loop = Loop(forge, None, proposer, make_policy(config.policy), config.target, metric=config.metric,
+                executor=executor, status_file=status)
+    seen: list[dict] = []
+    stop = threading.Event()
+    watcher = threading.Thread(target=watch_status, args=(status, seen, stop))
+    subprocess.run(["scontrol", "update", f"nodename={HOST}", "state=drain", "reason=arbot-test-drain"], check=True)
+    try:
+        watcher.start()
+        with caplog.at_level(logging.WARNING, logger="arbot.slurm"), pytest.raises(RunsLost) as stopped:
+            loop.campaign(1)
+    finally:
+        stop.set()
+        watcher.join()
+        for job_id in jobs_under(executor.work):
+            subprocess.run(["scancel", str(job_id)], check=False)
+        subprocess.run(["scontrol", "update", f"nodename={HOST}", "state=resume"], check=True)
+        executor.close()
+
+    assert "lost 3 times" in str(stopped.value) and "The machine is failing, not the candidate" in str(stopped.value)
+    champion = forge.champion_record(forge.champion())
+    assert len(champion.lost) == 3 and champion.runs == []  # no result counted, no crash
+    slurm_words = ("DRAINED", "ReqNodeNotAvail")
+    for lost in champion.lost:
+        assert lost.key.startswith("champion:") and "did not start the job" in lost.reason
+        assert any(w in lost.reason for w in slurm_words), lost.reason
+    warned = [r.getMessage() for r in caplog.records if "has been pending" in r.getMessage()]
+    assert warned and all("sinfo -R" in w and any(s in w for s in slurm_words) for w in warned)
+    shown = [why for blocked in seen for why in blocked.values()]
+    assert shown and all(w.startswith("champion:") and any(s in w for s in slurm_words) for w in shown)
+    for command in ("status", "log"):
+        out = subprocess.run([sys.executable, "-m", "bot", command, "--repo", str(root)], capture_output=True,
+                             text=True, check=True, env={**os.environ, "COLUMNS": "400"}).stdout
+        assert "did not start the job" in out and "lost" in out, out

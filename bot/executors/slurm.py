@@ -145,6 +145,10 @@ def parse_sacct(text: str) -> dict[int, JobState]:
     return states
 
 
+def duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -254,7 +258,7 @@ class Slurm:
         """The jobs Slurm has not started for BLOCKED_REPORT_SECONDS or more for a reason other than their turn
         (nodes down or drained, a partition down, a hold): job -> run key and squeue's reason."""
         now = time.monotonic()
-        return {f"slurm {job_id}": f"{job.spec.key}: pending {(now - job.blocked_since) / 60:.0f} min, {job.state.reason}"
+        return {f"slurm {job_id}": f"{job.spec.key}: pending {duration(now - job.blocked_since)}, {job.state.reason}"
                 for job_id, job in self._jobs.items() if job.blocked_since is not None and job.state is not None
                 and now - job.blocked_since >= BLOCKED_REPORT_SECONDS}
 
@@ -318,16 +322,16 @@ class Slurm:
         job.blocked_since = job.blocked_since or now
         if not job.reported and now - job.blocked_since >= BLOCKED_REPORT_SECONDS:
             job.reported = True
-            log.warning("slurm job %d (%s) has been pending for %.0f min: %s. Slurm will not start it as things "
+            log.warning("slurm job %d (%s) has been pending for %s: %s. Slurm will not start it as things "
                         "stand: `sinfo -R` and `scontrol show job %d` say why", job_id, job.spec.key,
-                        (now - job.blocked_since) / 60, job.state.reason, job_id)
+                        duration(now - job.blocked_since), job.state.reason, job_id)
         return now - job.blocked_since >= BLOCKED_LOST_SECONDS
 
     def _give_up(self, job_id: int, job: Job) -> Lost:
         """A job blocked BLOCKED_LOST_SECONDS: cancelled, and its run lost (to be submitted again)."""
         self._slurm(["scancel", str(job_id)])
-        minutes = (time.monotonic() - (job.blocked_since or time.monotonic())) / 60
-        reason = (f"Slurm did not start the job in {minutes:.0f} min: pending ({job.state.reason if job.state else ''})"
+        waited = time.monotonic() - (job.blocked_since or time.monotonic())
+        reason = (f"Slurm did not start the job in {duration(waited)}: pending ({job.state.reason if job.state else ''})"
                   "; cancelled. Nodes down or drained, a partition down or a hold: `sinfo -R` says which")
         log.warning("slurm job %d (%s) given up: %s", job_id, job.spec.key, reason)
         return Lost(job.spec, f"slurm {job_id}", "", reason)
