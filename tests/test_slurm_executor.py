@@ -402,18 +402,20 @@ def test_a_run_held_by_max_jobs_is_neither_lost_nor_submitted_twice_after_a_rest
 
 def test_a_job_slurm_will_not_start_is_given_up_after_a_longer_while_and_its_run_lost(tmp_path, fake, monkeypatch):
     """Pending because its nodes are down for BLOCKED_LOST_SECONDS: scancelled, and the run Lost (the machine's),
-    with squeue's reason; a job waiting its turn as long is left alone."""
+    with squeue's reason; a job waiting its turn as long is left alone, and so is a held one (reported only: a job
+    submitted again would slip past the hold)."""
     monkeypatch.setattr(slurm_mod, "BLOCKED_REPORT_SECONDS", 0.05)
     monkeypatch.setattr(slurm_mod, "BLOCKED_LOST_SECONDS", 0.2)
-    ex = Slurm(tmp_path, config(max_jobs=2))
-    other = SPEC.model_copy(update={"seed": 7})
-    down, queued = ex.submit(SPEC, None).run_id, ex.submit(other, None).run_id
+    ex = Slurm(tmp_path, config(max_jobs=3))
+    other, third = SPEC.model_copy(update={"seed": 7}), SPEC.model_copy(update={"seed": 8})
+    down, queued, held = (ex.submit(s, None).run_id for s in (SPEC, other, third))
     reason = "Nodes required for job are DOWN, DRAINED or reserved for jobs in higher priority partitions"
     fake.set(down, "PENDING", node="", reason=reason)
     fake.set(queued, "PENDING", node="", reason="Priority")
-    assert ex.poll(0.1) == [] and list(ex.blocked()) == [f"slurm {down}"]
+    fake.set(held, "PENDING", node="", reason="JobHeldAdmin")
+    assert ex.poll(0.1) == [] and set(ex.blocked()) == {f"slurm {down}", f"slurm {held}"}
     [lost] = ex.poll(1)
     assert isinstance(lost, Lost) and lost.spec == SPEC and lost.job == f"slurm {down}"
     assert "did not start the job" in lost.reason and reason in lost.reason and "sinfo -R" in lost.reason
     assert (fake.path / "scancelled").read_text().split() == [str(down)]
-    assert ex.blocked() == {} and ex.poll(0.3) == []  # the one waiting its turn goes on waiting
+    assert ex.poll(0.3) == [] and list(ex.blocked()) == [f"slurm {held}"]  # the others go on waiting

@@ -51,8 +51,10 @@ JOB_ENV = ("PATH", "HOME", "USER", "LANG", "LC_ALL", "TMPDIR", "ARBOT_CACHE", "X
 WAITING_REASONS = {"", "None", "Priority", "Resources", "BeginTime", "Dependency"}
 BLOCKED_REPORT_SECONDS = 300.0
 # ... and once it has lasted this long the job is cancelled and the run lost (recorded, submitted again; the
-# MAX_LOST-th loss stops `arbot run`): a machine's failure, never the candidate's.
+# MAX_LOST-th loss stops `arbot run`): a machine's failure, never the candidate's. Not a held job (JobHeldUser,
+# JobHeldAdmin): someone holds it on purpose, and a job submitted again would slip past the hold.
 BLOCKED_LOST_SECONDS = 1800.0
+HELD_PREFIX = "JobHeld"
 ATTEMPT_FILE = "attempt"
 QUEUED = "queued"
 LOG_TAIL_LINES = 15
@@ -325,14 +327,14 @@ class Slurm:
             log.warning("slurm job %d (%s) has been pending for %s: %s. Slurm will not start it as things "
                         "stand: `sinfo -R` and `scontrol show job %d` say why", job_id, job.spec.key,
                         duration(now - job.blocked_since), job.state.reason, job_id)
-        return now - job.blocked_since >= BLOCKED_LOST_SECONDS
+        return now - job.blocked_since >= BLOCKED_LOST_SECONDS and not job.state.reason.startswith(HELD_PREFIX)
 
     def _give_up(self, job_id: int, job: Job) -> Lost:
         """A job blocked BLOCKED_LOST_SECONDS: cancelled, and its run lost (to be submitted again)."""
         self._slurm(["scancel", str(job_id)])
         waited = time.monotonic() - (job.blocked_since or time.monotonic())
         reason = (f"Slurm did not start the job in {duration(waited)}: pending ({job.state.reason if job.state else ''})"
-                  "; cancelled. Nodes down or drained, a partition down or a hold: `sinfo -R` says which")
+                  "; cancelled. Nodes down or drained, or a partition down: `sinfo -R` says which")
         log.warning("slurm job %d (%s) given up: %s", job_id, job.spec.key, reason)
         return Lost(job.spec, f"slurm {job_id}", "", reason)
 
