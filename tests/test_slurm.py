@@ -44,7 +44,7 @@ def require_cluster() -> None:
     if ping.returncode != 0 or "UP" not in ping.stdout:
         pytest.fail(f"no Slurm controller answers (scontrol ping: {(ping.stdout + ping.stderr).strip()}): {SETUP}")
     states = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True).stdout.split()
-    if not {"idle", "mixed", "allocated"} & set(states):
+    if not {"idle", "mixed", "allocated", "completing"} & set(states):  # completing: a job is ending
         pytest.fail(f"the Slurm cluster has no node that can run jobs (sinfo states: {states}): {SETUP}")
 
 
