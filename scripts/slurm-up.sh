@@ -173,7 +173,8 @@ check_job() {
         sleep 0.2
     done
     scancel "$id" 2>/dev/null || true
-    die "a trivial batch job (sbatch --wrap=true, job $id) did not complete within ${WAIT_SECONDS}s and no other job runs (last state: ${state:-unknown}; scontrol show job $id said why)"
+    die "a trivial batch job (sbatch --wrap=true, job $id) did not complete within ${WAIT_SECONDS}s and no other" \
+        "job runs (last state: ${state:-unknown}; scontrol show job $id said why)"
 }
 
 install

@@ -118,7 +118,8 @@ def sbatch(*args: str) -> int:
 
 
 def job_state(job_id: int) -> str:
-    return subprocess.run(["squeue", "-h", "-j", str(job_id), "-o", "%T"], capture_output=True, text=True).stdout.strip()
+    out = subprocess.run(["squeue", "-h", "-j", str(job_id), "-o", "%T"], capture_output=True, text=True).stdout
+    return out.strip()
 
 
 def wait_for_state(job_id: int, state: str, seconds: float = 60) -> None:
@@ -168,7 +169,8 @@ def test_a_run_held_by_max_jobs_is_submitted_once_across_a_restart(tmp_path):
     back is submitted when the first job is cancelled; after a restart it is re-attached to that job though its
     note has no job id, the run still held is not submitted, and Slurm holds one job per run, never two."""
     require_cluster()
-    config = Config.model_validate({"slurm": {"max_jobs": 1, "poll_seconds": 0.2, "extra_args": ["--begin=now+3600"]}})
+    config = Config.model_validate({"slurm": {"max_jobs": 1, "poll_seconds": 0.2,
+                                              "extra_args": ["--begin=now+3600"]}})
     a, b, c = (RunSpec(role="exp-1", commit="1a2b3c4d5e6f" + "0" * 28, champion="f" * 40, seed=s) for s in (0, 1, 2))
     ex = Slurm(tmp_path, config)
     try:
@@ -215,14 +217,16 @@ def test_a_job_pending_on_a_drained_node_is_reported_then_lost_never_a_crash(tmp
     require_cluster()
     monkeypatch.setattr(slurm_mod, "BLOCKED_REPORT_SECONDS", 1.0)
     monkeypatch.setattr(slurm_mod, "BLOCKED_LOST_SECONDS", 4.0)
-    repo = make_repo(tmp_path / "r", tiny_config(run={"executor": "slurm"}, slurm={"max_jobs": 1, "poll_seconds": 0.3}))
+    cfg = tiny_config(run={"executor": "slurm"}, slurm={"max_jobs": 1, "poll_seconds": 0.3})
+    repo = make_repo(tmp_path / "r", cfg)
     root = Path(repo.working_tree_dir)
     config = load_config(root / "arbot.yml")
     forge = LocalForge(repo)
     forge.ensure_champion()
     executor = Slurm(root, config)
     status = Path(repo.git_dir) / "arbot-status.json"
-    proposer = ScriptedProposer(("Raise LEARNING_RATE", script_edit(lambda s: set_knobs(s, {"LEARNING_RATE": 3e-3}))))
+    proposer = ScriptedProposer(("Raise LEARNING_RATE",
+                                 script_edit(lambda s: set_knobs(s, {"LEARNING_RATE": 3e-3}))))
     loop = Loop(forge, None, proposer, make_policy(config.policy), config.target, metric=config.metric,
                 executor=executor, status_file=status)
     seen: list[dict] = []

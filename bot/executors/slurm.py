@@ -332,8 +332,8 @@ class Slurm:
     def _give_up(self, job_id: int, job: Job) -> Lost:
         """A job blocked BLOCKED_LOST_SECONDS: cancelled, and its run lost (to be submitted again)."""
         self._slurm(["scancel", str(job_id)])
-        waited = time.monotonic() - (job.blocked_since or time.monotonic())
-        reason = (f"Slurm did not start the job in {duration(waited)}: pending ({job.state.reason if job.state else ''})"
+        waited = duration(time.monotonic() - (job.blocked_since or time.monotonic()))
+        reason = (f"Slurm did not start the job in {waited}: pending ({job.state.reason if job.state else ''})"
                   "; cancelled. Nodes down or drained, or a partition down: `sinfo -R` says which")
         log.warning("slurm job %d (%s) given up: %s", job_id, job.spec.key, reason)
         return Lost(job.spec, f"slurm {job_id}", "", reason)
