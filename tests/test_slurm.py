@@ -260,3 +260,56 @@ def test_a_job_pending_on_a_drained_node_is_reported_then_lost_never_a_crash(tmp
         out = subprocess.run([sys.executable, "-m", "bot", command, "--repo", str(root)], capture_output=True,
                              text=True, check=True, env={**os.environ, "COLUMNS": "400"}).stdout
         assert "did not start the job" in out and "lost" in out, out
+
+
+def test_a_restarted_loop_resumes_its_jobs_before_it_submits_anything(tmp_path):
+    """The real stepper on the real cluster, max_jobs 1, jobs kept queued (--begin in an hour): the champion's floor
+    run is submitted and an experiment's first run (handed over as the lifecycle does beside the floor's last run)
+    is held, so its record has no job id; the champion's job is cancelled from outside, so the experiment's run is
+    submitted and the champion's, lost, is queued again. A restarted loop re-attaches to the experiment's job before
+    it hands anything over: one job in Slurm (max_jobs), none submitted twice, every run the records wait for in
+    flight."""
+    require_cluster()
+    cfg = tiny_config(run={"executor": "slurm"},
+                      slurm={"max_jobs": 1, "poll_seconds": 0.2, "extra_args": ["--begin=now+3600"]})
+    repo = make_repo(tmp_path / "r", cfg)
+    root = Path(repo.working_tree_dir)
+    config = load_config(root / "arbot.yml")
+    forge = LocalForge(repo)
+    forge.ensure_champion()
+
+    def loop_on(executor: Slurm) -> Loop:
+        proposer = ScriptedProposer(("Raise LEARNING_RATE",
+                                     script_edit(lambda s: set_knobs(s, {"LEARNING_RATE": 3e-3}))))
+        return Loop(forge, None, proposer, make_policy(config.policy), config.target, metric=config.metric,
+                    executor=executor)
+
+    first = Slurm(root, config)
+    try:
+        loop = loop_on(first)
+        loop.stepper.take_up()
+        loop.stepper.floor()
+        exp = loop.stepper.open()
+        loop.stepper._hand_over(RunSpec(role=exp.id, commit=exp.commit, champion=exp.parent, seed=0))
+        [(champion_job, champion_dir)] = jobs_under(first.work).items()
+        assert champion_dir.startswith("champion_")
+        subprocess.run(["scancel", str(champion_job)], check=True)
+        ended: list = []
+        while not ended:
+            ended = first.poll(30)
+        loop.stepper.collect(ended)  # lost: queued again behind the experiment's run, now submitted
+        [(exp_job, exp_dir)] = jobs_under(first.work).items()
+        assert exp_dir.startswith("exp-1_")
+        first.close()  # `arbot run` stops
+        exp = forge.experiments()[0]
+        champion = forge.champion_record(forge.champion())
+        assert [s.run_id for s in exp.pending] == [None] and len(champion.pending) == len(champion.lost) == 1
+
+        again = loop_on(Slurm(root, config))
+        again.stepper.take_up()
+        assert jobs_under(first.work) == {exp_job: exp_dir}
+        assert set(again.stepper.in_flight) == {s.key for s in exp.pending + champion.pending}
+        assert again.executor.poll(0.5) == [] and jobs_under(first.work) == {exp_job: exp_dir}
+    finally:
+        for job in jobs_under(first.work):
+            subprocess.run(["scancel", str(job)], check=False)
