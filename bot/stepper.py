@@ -418,6 +418,7 @@ class Stepper:
         pending = {s.key: (s, owner) for owner in owners for s in owner.pending}
         for key in [k for k in self.in_flight if k not in pending]:
             self.executor.cancel(self.in_flight.pop(key))
+        again = []  # every run the executor still makes is resumed before any is handed over (its slots are taken)
         for key, (spec, owner) in pending.items():
             if key in self.in_flight:
                 continue
@@ -425,7 +426,9 @@ class Stepper:
                 self.in_flight[key] = spec
             elif not (self.surface.shared and times_lost(spec, owner) >= MAX_LOST):
                 # with other writers, one lost MAX_LOST times (by any of them) waits for a human: `/arbot rerun`
-                self._hand_over(spec, owner)
+                again.append((spec, owner))
+        for spec, owner in again:
+            self._hand_over(spec, owner)
 
     # --- lookups ------------------------------------------------------------------------------------------------
     def active(self) -> list[ExperimentRecord]:

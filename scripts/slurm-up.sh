@@ -142,29 +142,39 @@ wait_idle() {
     die "node $node is '${state:-not listed}' in sinfo after ${WAIT_SECONDS}s, not idle (scontrol show node $node says why)"
 }
 
+# Jobs other than `except` that hold the node now (running, or ending): they show batch jobs start.
+others_running() {
+    { squeue -h -t RUNNING,COMPLETING -o %i 2>/dev/null || true; } | { grep -vxF "${1:-}" || true; } | wc -l
+}
+
+# Batch jobs run: jobs already running show it (no check job queued behind them); else a trivial check job runs. A
+# check job that is still pending when other jobs start running is cancelled at once: the cluster is busy, and up.
 check_job() {
-    local id state reason running
-    running=$(squeue -h -t RUNNING -o %i 2>/dev/null | wc -l)
+    local id state running
+    running=$(others_running)
     if [ "$running" -gt 0 ]; then
-        echo "slurm-up: $running job(s) running: batch jobs run (no check job queued behind them)"
+        UP="$running job(s) running, no check job queued behind them"
         return
     fi
     id=$(sbatch --parsable --job-name=slurm-up-check --output=/dev/null --wrap=true) || die "sbatch refused a trivial batch job"
     for _ in $(seq $((WAIT_SECONDS * 5))); do
         state=$(scontrol show job "$id" 2>/dev/null | grep -o 'JobState=[A-Z_]*' | cut -d= -f2 || true)
         case "$state" in
-            COMPLETED) return ;;
-            PENDING|CONFIGURING|RUNNING|COMPLETING|"") sleep 0.2 ;;
+            COMPLETED) UP="a check job ran"; return ;;
+            PENDING|CONFIGURING|RUNNING|COMPLETING|"") ;;
             *) die "a trivial batch job (sbatch --wrap=true, job $id) ended $state" ;;
         esac
+        running=$(others_running "$id")
+        if [ "$state" = PENDING ] && [ "$running" -gt 0 ]; then
+            scancel "$id" 2>/dev/null || true
+            UP="$running job(s) running, the check job (cancelled) was queued behind them"
+            return
+        fi
+        sleep 0.2
     done
-    reason=$(scontrol show job "$id" 2>/dev/null | grep -o 'Reason=[A-Za-z_]*' | cut -d= -f2 || true)
     scancel "$id" 2>/dev/null || true
-    if [ "$state" = PENDING ] && { [ "$reason" = Priority ] || [ "$reason" = Resources ]; }; then
-        echo "slurm-up: the check job waited its turn behind other jobs ($reason): the cluster is busy, and up"
-        return
-    fi
-    die "a trivial batch job (sbatch --wrap=true, job $id) did not complete within ${WAIT_SECONDS}s (last state: ${state:-unknown})"
+    die "a trivial batch job (sbatch --wrap=true, job $id) did not complete within ${WAIT_SECONDS}s and no other" \
+        "job runs (last state: ${state:-unknown}; scontrol show job $id said why)"
 }
 
 install
@@ -174,4 +184,4 @@ write_config
 start
 wait_idle
 check_job
-echo "slurm-up: Slurm is up: node $(hostname -s) $(sinfo -h -n "$(hostname -s)" -o '%T, %c CPUs, %m MB'), a batch job ran"
+echo "slurm-up: Slurm is up: node $(hostname -s) $(sinfo -h -n "$(hostname -s)" -o '%T, %c CPUs, %m MB'); batch jobs run: $UP"

@@ -371,3 +371,51 @@ def test_a_job_slurm_will_not_start_is_reported_after_a_while(tmp_path, fake, mo
     fake.set(down, "RUNNING")
     ex.poll(0.05)
     assert ex.blocked() == {}
+
+
+def test_a_run_held_by_max_jobs_is_neither_lost_nor_submitted_twice_after_a_restart(tmp_path, fake):
+    """A run held back by max_jobs is noted without a job id and submitted later, when the stepper no longer writes
+    its note: its directory's `attempt` file says which job it became, so a restarted `arbot run` re-attaches to
+    that job; one still held when the process stopped is submitted by the next (it never was)."""
+    ex = Slurm(tmp_path, config(max_jobs=1))
+    a, b, c = (SPEC.model_copy(update={"seed": s}) for s in (0, 1, 2))
+    notes = [ex.submit(s, None) for s in (a, b, c)]  # what the stepper writes on the records
+    assert [n.run_id for n in notes] == [101, None, None]
+    attempt = lambda spec: (ex.work / run_dir_name(spec.key) / "attempt").read_text().strip()  # noqa: E731
+    assert (attempt(a), attempt(b), attempt(c)) == ("101", "queued", "queued")
+    fake.set(101, "CANCELLED")
+    [lost] = ex.poll(1)  # a ends without a result; b takes its slot
+    assert lost.spec == a and (attempt(b), attempt(c)) == ("102", "queued")
+    assert ex.submit(a, None).run_id is None and attempt(a) == "queued"  # lost: handed over again, waits its turn
+    ex.close()  # arbot run stops; job 102 goes on
+
+    again = Slurm(tmp_path, config(max_jobs=1))
+    assert again.resume(notes[1])  # b's note has no job id: re-attached to 102 all the same
+    assert not again.resume(notes[2]) and not again.resume(a)  # still queued: submitted again by the stepper
+    assert [again.submit(s, None).run_id for s in (c, a)] == [None, None]  # behind b: max_jobs
+    assert not (fake.path / "sbatch-103.args").exists()  # nothing submitted twice
+    finish(again, b, 102, result_for(b))
+    [done] = again.poll(1)
+    assert isinstance(done, Finished) and done.spec == b and done.result.job == "slurm 102"
+    assert "seed-2" in " ".join(fake.args(103)) and attempt(c) == "103"  # the held runs in their order
+
+
+def test_a_job_slurm_will_not_start_is_given_up_after_a_longer_while_and_its_run_lost(tmp_path, fake, monkeypatch):
+    """Pending because its nodes are down for BLOCKED_LOST_SECONDS: scancelled, and the run Lost (the machine's),
+    with squeue's reason; a job waiting its turn as long is left alone, and so is a held one (reported only: a job
+    submitted again would slip past the hold)."""
+    monkeypatch.setattr(slurm_mod, "BLOCKED_REPORT_SECONDS", 0.05)
+    monkeypatch.setattr(slurm_mod, "BLOCKED_LOST_SECONDS", 0.2)
+    ex = Slurm(tmp_path, config(max_jobs=3))
+    other, third = SPEC.model_copy(update={"seed": 7}), SPEC.model_copy(update={"seed": 8})
+    down, queued, held = (ex.submit(s, None).run_id for s in (SPEC, other, third))
+    reason = "Nodes required for job are DOWN, DRAINED or reserved for jobs in higher priority partitions"
+    fake.set(down, "PENDING", node="", reason=reason)
+    fake.set(queued, "PENDING", node="", reason="Priority")
+    fake.set(held, "PENDING", node="", reason="JobHeldAdmin")
+    assert ex.poll(0.1) == [] and set(ex.blocked()) == {f"slurm {down}", f"slurm {held}"}
+    [lost] = ex.poll(1)
+    assert isinstance(lost, Lost) and lost.spec == SPEC and lost.job == f"slurm {down}"
+    assert "did not start the job" in lost.reason and reason in lost.reason and "sinfo -R" in lost.reason
+    assert (fake.path / "scancelled").read_text().split() == [str(down)]
+    assert ex.poll(0.3) == [] and list(ex.blocked()) == [f"slurm {held}"]  # the others go on waiting

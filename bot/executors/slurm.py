@@ -1,7 +1,9 @@
 """The Slurm executor: each run is one batch job on a Slurm cluster, its result on the shared filesystem.
 
 A run's directory, `<repo>/<slurm.work_dir>/<run key>/`, holds the generated batch script and the configuration
-the job reads, and per attempt (Slurm job) its log `<id>.log`, its node `<id>.node` and its result `<id>.json`:
+the job reads, `attempt` (the run's latest hand-over: `queued` while it waits here for a slot under slurm.max_jobs,
+else the id of the job submitted for it), and per attempt (Slurm job) its log `<id>.log`, its node `<id>.node` and
+its result `<id>.json`:
 the JSON of `arbot evaluate`, the runner job run inside the batch job (its sandbox included), exactly as a local
 run makes it. The job ends 0 when it wrote a result, whatever the candidate did (a result that is not ok is the
 candidate's); any other end without a result (cancelled, preempted, node failure, Slurm's time limit, the runner
@@ -48,6 +50,13 @@ JOB_ENV = ("PATH", "HOME", "USER", "LANG", "LC_ALL", "TMPDIR", "ARBOT_CACHE", "X
 # start it as things stand: reported once it has lasted this long.
 WAITING_REASONS = {"", "None", "Priority", "Resources", "BeginTime", "Dependency"}
 BLOCKED_REPORT_SECONDS = 300.0
+# ... and once it has lasted this long the job is cancelled and the run lost (recorded, submitted again; the
+# MAX_LOST-th loss stops `arbot run`): a machine's failure, never the candidate's. Not a held job (JobHeldUser,
+# JobHeldAdmin): someone holds it on purpose, and a job submitted again would slip past the hold.
+BLOCKED_LOST_SECONDS = 1800.0
+HELD_PREFIX = "JobHeld"
+ATTEMPT_FILE = "attempt"
+QUEUED = "queued"
 LOG_TAIL_LINES = 15
 QUERY_TIMEOUT = 60  # seconds one squeue/sacct/sbatch/scancel call may take
 
@@ -138,6 +147,10 @@ def parse_sacct(text: str) -> dict[int, JobState]:
     return states
 
 
+def duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -182,6 +195,7 @@ class Slurm:
         """The run as a job now (noted with its job id) or, with max_jobs submitted, once one of them ends."""
         if len(self._jobs) >= self.config.slurm.max_jobs:
             self._waiting.append((spec, timing))
+            self._note_attempt(spec, QUEUED)
             log.info("%s waits: %d jobs submitted (slurm.max_jobs)", spec.key, len(self._jobs))
             return spec
         return self._sbatch(spec, timing)
@@ -198,20 +212,26 @@ class Slurm:
             raise SlurmError(f"sbatch refused the job for {spec.key}: {self._last_error or out!r}. Check the slurm "
                              "section of arbot.yml (partition, gpus_per_task, extra_args) against `sinfo`")
         job_id = int(out.strip().split(";")[0])
+        self._note_attempt(spec, str(job_id))
         self._jobs[job_id] = Job(spec, run_dir)
         log.info("submitted %s as slurm job %d", spec.key, job_id)
         return spec.model_copy(update={"run_id": job_id})
 
     def resume(self, spec: RunSpec) -> bool:
-        """Re-attach to the job an earlier `arbot run` submitted (spec.run_id) when Slurm still knows it or it left
-        a result; `poll` then reports it, Finished or Lost. A job neither knows is submitted again."""
+        """Re-attach to the job an earlier `arbot run` submitted for the run when Slurm still knows it or it left a
+        result; `poll` then reports it, Finished or Lost. The job is the one its `attempt` file names (a run that
+        waited under max_jobs was submitted after its note was written: the note has no job id), else
+        spec.run_id. A run still queued here, or whose job neither knows, is submitted again (False)."""
         run_dir = self.work / run_dir_name(spec.key)
-        if spec.run_id is None or not (run_dir / "job.sh").exists():
-            return False  # not a job of this executor's
-        states = self._states([spec.run_id])
-        if states is not None and spec.run_id not in states and not (run_dir / f"{spec.run_id}.json").exists():
+        attempt = log_tail(run_dir / ATTEMPT_FILE, 1).strip()
+        job_id = int(attempt) if attempt.isdigit() else None if attempt == QUEUED else spec.run_id
+        if job_id is None or not (run_dir / "job.sh").exists():
+            return False  # never submitted, or not a job of this executor's
+        states = self._states([job_id])
+        if states is not None and job_id not in states and not (run_dir / f"{job_id}.json").exists():
             return False
-        self._jobs[spec.run_id] = Job(spec, run_dir, state=(states or {}).get(spec.run_id))
+        self._jobs[job_id] = Job(spec, run_dir, state=(states or {}).get(job_id))
+        log.info("re-attached to slurm job %d for %s", job_id, spec.key)
         return True
 
     def poll(self, timeout: float) -> list[Outcome]:
@@ -240,7 +260,7 @@ class Slurm:
         """The jobs Slurm has not started for BLOCKED_REPORT_SECONDS or more for a reason other than their turn
         (nodes down or drained, a partition down, a hold): job -> run key and squeue's reason."""
         now = time.monotonic()
-        return {f"slurm {job_id}": f"{job.spec.key}: pending {(now - job.blocked_since) / 60:.0f} min, {job.state.reason}"
+        return {f"slurm {job_id}": f"{job.spec.key}: pending {duration(now - job.blocked_since)}, {job.state.reason}"
                 for job_id, job in self._jobs.items() if job.blocked_since is not None and job.state is not None
                 and now - job.blocked_since >= BLOCKED_REPORT_SECONDS}
 
@@ -273,29 +293,50 @@ class Slurm:
             return outcomes
         for job_id, job in list(self._jobs.items()):
             job.state = states.get(job_id)
-            self._watch_pending(job_id, job)
-            if self._settled(job):
+            if self._watch_pending(job_id, job):
+                outcomes.append(self._give_up(job_id, job))
+                del self._jobs[job_id]
+            elif self._settled(job):
                 outcomes.append(self._finished(job_id, job) or self._lost(job_id, job))  # a result may have come
                 del self._jobs[job_id]
         self._submit_waiting()
         return outcomes
 
+    def _note_attempt(self, spec: RunSpec, attempt: str) -> None:
+        """The run's latest hand-over, in its directory (renamed into place): QUEUED, or the job id submitted."""
+        run_dir = self.work / run_dir_name(spec.key)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = run_dir / f"{ATTEMPT_FILE}.tmp"
+        tmp.write_text(attempt + "\n")
+        tmp.replace(run_dir / ATTEMPT_FILE)
+
     def _submit_waiting(self) -> None:
         while self._waiting and len(self._jobs) < self.config.slurm.max_jobs:
             self._sbatch(*self._waiting.pop(0))
 
-    def _watch_pending(self, job_id: int, job: Job) -> None:
-        """A job Slurm will not start as things stand is said once (a warning), after BLOCKED_REPORT_SECONDS."""
+    def _watch_pending(self, job_id: int, job: Job) -> bool:
+        """A job Slurm will not start as things stand is said once (a warning), after BLOCKED_REPORT_SECONDS; True
+        once it has waited BLOCKED_LOST_SECONDS (it is given up)."""
         if job.state is None or job.state.state != "PENDING" or job.state.reason in WAITING_REASONS:
             job.blocked_since = None
-            return
+            return False
         now = time.monotonic()
         job.blocked_since = job.blocked_since or now
         if not job.reported and now - job.blocked_since >= BLOCKED_REPORT_SECONDS:
             job.reported = True
-            log.warning("slurm job %d (%s) has been pending for %.0f min: %s. Slurm will not start it as things "
+            log.warning("slurm job %d (%s) has been pending for %s: %s. Slurm will not start it as things "
                         "stand: `sinfo -R` and `scontrol show job %d` say why", job_id, job.spec.key,
-                        (now - job.blocked_since) / 60, job.state.reason, job_id)
+                        duration(now - job.blocked_since), job.state.reason, job_id)
+        return now - job.blocked_since >= BLOCKED_LOST_SECONDS and not job.state.reason.startswith(HELD_PREFIX)
+
+    def _give_up(self, job_id: int, job: Job) -> Lost:
+        """A job blocked BLOCKED_LOST_SECONDS: cancelled, and its run lost (to be submitted again)."""
+        self._slurm(["scancel", str(job_id)])
+        waited = duration(time.monotonic() - (job.blocked_since or time.monotonic()))
+        reason = (f"Slurm did not start the job in {waited}: pending ({job.state.reason if job.state else ''})"
+                  "; cancelled. Nodes down or drained, or a partition down: `sinfo -R` says which")
+        log.warning("slurm job %d (%s) given up: %s", job_id, job.spec.key, reason)
+        return Lost(job.spec, f"slurm {job_id}", "", reason)
 
     @staticmethod
     def _settled(job: Job) -> bool:
