@@ -250,7 +250,7 @@ def test_github_mode_end_to_end(tmp_path, monkeypatch):
                 wait_for(lambda: fake.dispatches, "the champion's run dispatched", workflow)
                 assert fake.dispatches[0]["inputs"] == {"request": f"champion:{start[:12]}:seed-0:val", "commit": start,
                                                         "champion": start, "seed": "0", "splits": "val",
-                                                        "champion_overhead": "", "champion_score_seconds": ""}
+                                                        "champion_overhead": "", "champion_score_seconds": "", "pull": ""}
                 assert fake.dispatches[0]["ref"] == "refs/heads/main"
                 wait_for(lambda: health()["budget"]["experiments_today"] == 2, "both experiments counted", workflow)
 

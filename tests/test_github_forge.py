@@ -407,7 +407,7 @@ def test_dispatch_starts_the_evaluate_workflow_with_the_run_request(fake, local)
         assert body == {"ref": "champion", "inputs": inputs, "return_run_details": True}
         [d] = fake.dispatches
         assert run_id == d["id"] and forge.workflow_run(run_id)["display_title"] == f"arbot-evaluate {inputs['request']}"
-        defaults = {"champion_overhead": "", "champion_score_seconds": ""}  # the optional inputs, as declared
+        defaults = {"champion_overhead": "", "champion_score_seconds": "", "pull": ""}  # the optional inputs, as declared
         assert d["inputs"] == {**inputs, **defaults} and d["workflow"] == EVALUATE_WORKFLOW and d["ref"] == "refs/heads/champion"
         assert d["sha"] == champion and d["user"] == "arbot-user"
         # splits defaults to val (the workflow's default)

@@ -42,7 +42,7 @@ class Driver:
         self.forge, self.local, self.config, self.proposer, self.budget = forge, local, config, proposer, budget
         slots = config.github.max_in_flight
         self.executor = GitHubActions(forge, slots, lambda sha: self.surface.on_default(sha), budget,
-                                      before_dispatch=lambda: self.surface.flush())
+                                      before_dispatch=lambda: self.surface.flush(), pull_of=self._pull_of)
         self.surface = GitHubSurface(forge, local, config, budget, paused, recheck=self.executor.recheck)
         self.lf = self.surface.store
         self.lease = Lease(self.surface.git, local, holder or holder_name("driver"))
@@ -201,6 +201,11 @@ class Driver:
         with self.lease.held(wait=self.lease_wait), self.surface.one_push():
             self.surface.fetch()  # the count is GitHub's, read under the lease
             return self.stepper.fill().opened
+
+    def _pull_of(self, spec) -> int | None:
+        """The adopted PR whose head a run trains (its experiment's), if any."""
+        rec = self.lf.experiment(spec.role) if spec.role != "champion" else None
+        return rec.pr if rec is not None and rec.commit == spec.commit else None
 
     def _record_of(self, number: int) -> ExperimentRecord:
         """The experiment of PR `number`: the bot's own by its branch, an adopted one's latest."""
