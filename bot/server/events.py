@@ -157,7 +157,7 @@ def route(event: Event, repo: str | None = None, champion_branch: str = "champio
             repo is None or ((head.get("repo") or {}).get("full_name") or "").lower() == repo.lower())
         labelled = label in {lab.get("name") for lab in pr.get("labels") or []}
         if not own:
-            return _outside(event, pr, label, labelled, authors)
+            return _outside(event, pr, label, labelled, authors, bot_login)
         if not labelled:
             return Ignored(f"pull request without the {label!r} label")
         if event.action == "closed":
@@ -177,7 +177,8 @@ def _closed(event: Event, pr: dict) -> PullRequestClosed:
                              head_ref=(pr.get("head") or {}).get("ref", ""), merge_sha=pr.get("merge_commit_sha"))
 
 
-def _outside(event: Event, pr: dict, label: str, labelled: bool, authors: tuple[str, ...]) -> Action:
+def _outside(event: Event, pr: dict, label: str, labelled: bool, authors: tuple[str, ...],
+             bot_login: str | None) -> Action:
     """A pull_request event of a PR the bot did not open: adopted on a maintainer's label, on a push by a listed
     author or to a PR adopted before (labelled); its merge recorded; anything else left alone."""
     number = pr.get("number", event.payload.get("number", 0))
@@ -189,7 +190,10 @@ def _outside(event: Event, pr: dict, label: str, labelled: bool, authors: tuple[
     if event.action == "labeled":
         if (event.payload.get("label") or {}).get("name") != label:
             return Ignored(f"label {(event.payload.get('label') or {}).get('name')!r} is not {label!r}")
-        return Adopt(pr=number, by=(event.payload.get("sender") or {}).get("login", ""), action="labeled")
+        by = (event.payload.get("sender") or {}).get("login", "")
+        if bot_login and by == bot_login:
+            return Ignored("the bot's own label on the pull request it adopted")
+        return Adopt(pr=number, by=by, action="labeled")
     if event.action in PUSHED and (labelled or author in authors):
         return Adopt(pr=number, by=None, action=event.action)
     return Ignored(f"pull_request.{event.action} of @{author}'s pull request: not labelled {label!r}, author not in "
