@@ -66,8 +66,10 @@ class Review:
                 time.sleep(0.05)
             self.fake.hooks.flush()
             self.fake.flush_dispatches()
-            if not self.health()["queue"] and all(r["status"] == "completed" for r in self.fake.runs.values()):
+            played = self.fake.on_dispatch is None or all(r["status"] == "completed" for r in self.fake.runs.values())
+            if not self.health()["queue"] and played:
                 return
+            assert time.monotonic() < deadline, "the bot did not go idle"
 
     def commit(self, name: str, files: dict[str, str] | None = None, parent: str | None = None) -> str:
         """A commit on the champion (or `parent`) writing marker `name` into train.py, or `files`."""
@@ -103,6 +105,11 @@ class Review:
         r = httpx.post(f"{self.url}/api/v3/repos/{REPO}/issues/{number}/labels",
                        headers={"Authorization": f"token ghp_{user}"}, json={"labels": ["arbot"]})
         r.raise_for_status()
+
+    def say(self, number: int, user: str, body: str) -> None:
+        """`user` comments on PR `number` (issue_comment.created)."""
+        httpx.post(f"{self.url}/api/v3/repos/{REPO}/issues/{number}/comments",
+                   headers={"Authorization": f"token ghp_{user}"}, json={"body": body}).raise_for_status()
 
     def comments(self, number: int) -> list[str]:
         return [c["body"] for c in sorted(self.fake.comments.values(), key=lambda c: c["id"]) if c["issue"] == number]
@@ -222,11 +229,11 @@ def test_a_fork_pr_runs_nothing_before_a_maintainers_approval_and_each_push_need
     assert review.new_dispatches() == [] and any("comes from a fork" in b for b in review.comments(n))
     assert review.records() == []
     # an approval by someone without write access is none
-    review.fake.comment_as(TRIAGER, n, "/arbot evaluate")
+    review.say(n, TRIAGER, "/arbot evaluate")
     review.idle()
     assert review.new_dispatches() == [] and review.records() == []
     # the maintainer's `/arbot evaluate`: measured from refs/pull/<n>/head, decided, merged
-    review.fake.comment_as(MAINTAINER, n, "/arbot evaluate")
+    review.say(n, MAINTAINER, "/arbot evaluate")
     review.idle()
     assert review.dispatched(head) and {d["inputs"]["pull"] for d in review.dispatched(head)} == {str(n)}
     assert fake.prs[n].merged and f"\nAuthor: {AGENT}" in fake.message(fake.ref("champion"))
@@ -294,14 +301,17 @@ def test_a_pr_that_edits_github_or_the_evaluator_is_rejected_before_any_run(revi
 def test_a_symlink_is_rejected_before_any_run(review):
     champion = review.fake.ref("champion")
     review.work.git.checkout("-q", "--detach", champion)
-    path = Path(review.work.working_tree_dir) / "target" / "data.txt"
+    path = Path(review.work.working_tree_dir) / SCRIPT  # an allowed path, made a link to a file only the runner reads
+    path.unlink()
     path.symlink_to("/etc/passwd")
     review.work.git.add(A=True)
     review.work.index.commit("a symlink")
     head = review.work.head.commit.hexsha
     n = review.open_pr(AGENT, "agent/link", head, "a symlink")
     review.idle()
-    assert review.dispatched(head) == [] and any("a symlink" in b for b in review.comments(n))
+    assert review.dispatched(head) == [] and any("not regular files: target/train.py (a symlink)" in b
+                                                 for b in review.comments(n))
+    assert [r.decision.rule for r in review.records()] == ["regular"]
 
 
 @pytest.mark.parametrize("review", [{"author_caps": {"experiments_per_day": 1}}], indirect=True)

@@ -172,6 +172,8 @@ class Driver:
             rec.finished_at = rec.started_at
         self.lf.save(rec)
         self.surface.adopted(rec, earlier[-1] if earlier else None)
+        if rec.decision is not None:
+            self.surface.closed(rec)  # decided already: the verdict and the reason on the PR
         log.info("PR #%d (%s by %s) adopted as %s%s", head.number, head.sha[:12], head.author, rec.id,
                  f": rejected, {refused[1]}" if refused else "")
         return rec

@@ -235,9 +235,11 @@ class GitHubSurface:
         pr = self._pr(rec)
         if LABEL not in {lab.name for lab in pr.labels}:
             self.forge.add_labels(pr.number, LABEL)
-        was = f" It supersedes {superseded.id} (the head before the push; its runs are kept)." if superseded else ""
+        if superseded is not None:  # a comment of its own: the results comment moves on to the new experiment
+            self.forge.comment(pr.number, f"**arbot**: {rec.id} supersedes {superseded.id}: {superseded.id} measured "
+                                          f"`{superseded.commit[:12]}`, the head before the push (its runs are kept).")
         self._comment(rec, f"### {rec.id}: adopted\n\narbot measures this PR's head `{rec.commit[:12]}` by "
-                           f"@{rec.author} against the champion `{rec.parent[:12]}`.{was}")
+                           f"@{rec.author} against the champion `{rec.parent[:12]}`.")
 
     def measuring(self, rec: ExperimentRecord, run: lc.Run) -> None:
         self._comment(rec, f"### {rec.id}: measuring\n\n{run.why}\n\n" + "\n".join(f"- `{s.key}`" for s in run.specs))

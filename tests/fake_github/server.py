@@ -271,12 +271,6 @@ class FakeGitHub:
         self.run_automerge()
         self._emit_pr("synchronize", pr, user, before=before)
 
-    def comment_as(self, user: str, number: int, body: str) -> dict:
-        """`user` comments on PR `number` (issue_comment created)."""
-        status, c = self.dispatch("POST", f"/repos/{self.full_name}/issues/{number}/comments", {"body": body}, {}, user)
-        assert status == 201, c
-        return c
-
     def write_rules(self) -> None:
         """rules.json for the pre-receive hook: the branches that take changes only through pull requests, and the ref
         patterns no one may create."""
