@@ -128,6 +128,12 @@ class Workflow:
         checkout = job / "train"
         subprocess.run(["git", "clone", "-q", "--branch", dispatch["head_branch"], str(self.fake.bare), str(checkout)],
                        check=True)
+        if inputs["pull"]:  # "Fetch the adopted pull request's head": actions/checkout of refs/pull/<n>/head
+            pull = checkout / ".arbot-pull"
+            subprocess.run(["git", "clone", "-q", "--no-checkout", str(self.fake.bare), str(pull)], check=True)
+            subprocess.run(["git", "-C", str(pull), "fetch", "-q", "origin", f"+refs/pull/{inputs['pull']}/head:refs/pr"],
+                           check=True)
+            subprocess.run(["git", "-C", str(pull), "checkout", "-q", "--detach", "refs/pr"], check=True)
         # "Install arbot (ARBOT_PACKAGE)": this project's venv stands in for the installed arbot
         (checkout / ".venv").symlink_to(VENV)
         env = self._env(train, inputs)
