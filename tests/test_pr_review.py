@@ -352,14 +352,18 @@ def test_a_stale_pr_is_measured_again_only_after_its_author_rebases(review):
 
 
 def test_the_proposers_history_holds_adopted_experiments(review):
-    from bot.proposers.context import propose  # noqa: F401 - the history it reads is the records'
+    """What the LLM proposer, the agent proposer and the search are shown (bot.proposers.context)."""
+    from bot.proposers.context import context
 
     head = review.commit("worse")
     review.open_pr(AGENT, "agent/h", head, "a hypothesis of the agent's")
     review.idle()
-    history = review.driver.lf.experiments()
-    assert [(r.proposal.proposer, r.proposal.hypothesis, r.decision.verdict) for r in history] == [
-        ("pr", "a hypothesis of the agent's", "loss")]
+    d = review.driver
+    d.sync()
+    ctx = context(d.lf, d.config.target, d.lf.champion(), d.config.metric)
+    assert [(r.proposal.proposer, r.proposal.hypothesis, r.decision.verdict, r.author) for r in ctx.history] == [
+        ("pr", "a hypothesis of the agent's", "loss", AGENT)]
+    assert MARK + "worse" in ctx.history[0].proposal.files[SCRIPT]
 
 
 # --- the rules, pure -------------------------------------------------------------------------------------------
@@ -417,3 +421,39 @@ def test_any_change_outside_the_allowed_paths_is_refused(tmp_path_factory, paths
     assert (refused is not None) == bool(outside)
     if refused:
         assert refused[0] == "paths" and all(p in refused[1] for p in outside[:10])
+
+
+def test_route_adopts_only_what_a_maintainer_or_the_config_asks_for():
+    """The pure routing of outside PRs' events (the dispatcher then asks GitHub about a label's sender)."""
+    from bot.server.events import Adopt, Command, Ignored, route
+    from bot.server.webhooks import Event
+    from tests.fake_github.contract import webhook_example
+
+    def event(action: str, author: str = DEV, labels=(), head: str = "feature", sender: str = MAINTAINER,
+              label: str = "arbot") -> Event:
+        p = webhook_example("pull_request$labeled" if action == "labeled" else "pull_request$synchronize")
+        p["action"] = action
+        pr = p["pull_request"]
+        pr["base"]["ref"], pr["head"]["ref"], pr["user"]["login"] = "champion", head, author
+        pr["labels"] = [{"name": n} for n in labels]
+        p["sender"]["login"] = sender
+        if action == "labeled":
+            p["label"] = {**p["label"], "name": label}
+        return Event("pull_request", f"d-{action}", p)
+
+    repo = webhook_example("pull_request$labeled")["repository"]["full_name"]
+    r = lambda e, **kw: route(e, repo=repo, bot_login=BOT, authors=(AGENT,), **kw)  # noqa: E731
+    number = webhook_example("pull_request$labeled")["pull_request"]["number"]
+    assert r(event("labeled")) == Adopt(pr=number, by=MAINTAINER, action="labeled")
+    assert isinstance(r(event("labeled", label="bug")), Ignored)
+    assert isinstance(r(event("labeled", sender=BOT)), Ignored)  # the bot's own label on a PR it adopted
+    assert r(event("opened", author=AGENT)) == Adopt(pr=number, by=None, action="opened")
+    assert r(event("synchronize", labels=("arbot",))) == Adopt(pr=number, by=None, action="synchronize")
+    assert r(event("opened")) == Ignored(f"pull_request.opened of @{DEV}'s pull request: not labelled 'arbot', "
+                                         "author not in github.evaluate_authors")
+    assert isinstance(r(event("synchronize")), Ignored)
+    assert r(event("labeled", head="arbot/exp-4", labels=("arbot",))) == Ignored("pull_request.labeled: the bot dispatches its runs itself")
+    c = webhook_example("issue_comment$created")
+    c["comment"]["body"], c["issue"]["pull_request"] = "/arbot evaluate", {"url": "x"}
+    cmd = route(Event("issue_comment", "d-c", c))
+    assert isinstance(cmd, Command) and cmd.command == "evaluate" and cmd.is_pr
