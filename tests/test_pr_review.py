@@ -258,6 +258,18 @@ def test_a_push_to_a_fork_pr_after_its_approval_waits_for_another(review):
     assert any("each of its pushes waits" in b for b in review.comments(n)) and review.dispatched(second) == []
 
 
+def test_a_label_approves_only_the_head_it_was_put_on(review):
+    """A fork that pushes between the maintainer's label and its handling is not approved by that label."""
+    first = review.commit("worse")
+    n = review.open_fork_pr(STRANGER, first, "from a fork")
+    review.idle()
+    second = review.commit("win")
+    review.work.git.push("-q", "-f", "origin", f"{second}:refs/pull/{n}/head")  # its webhook not handled yet
+    assert review.driver.adopt(n, approved_by=MAINTAINER, approved_head=first) is None
+    assert review.records() == [] and review.dispatched(second) == []
+    assert any("each of its pushes waits" in b for b in review.comments(n))
+
+
 def test_a_push_after_adoption_supersedes_the_first_experiment_and_the_new_head_is_measured(review):
     fake = review.fake
     workflow, fake.on_dispatch = fake.on_dispatch, None
@@ -444,7 +456,8 @@ def test_route_adopts_only_what_a_maintainer_or_the_config_asks_for():
     repo = webhook_example("pull_request$labeled")["repository"]["full_name"]
     r = lambda e, **kw: route(e, repo=repo, bot_login=BOT, authors=(AGENT,), **kw)  # noqa: E731
     number = webhook_example("pull_request$labeled")["pull_request"]["number"]
-    assert r(event("labeled")) == Adopt(pr=number, by=MAINTAINER, action="labeled")
+    head = webhook_example("pull_request$labeled")["pull_request"]["head"]["sha"]
+    assert r(event("labeled")) == Adopt(pr=number, by=MAINTAINER, action="labeled", head_sha=head)
     assert isinstance(r(event("labeled", label="bug")), Ignored)
     assert isinstance(r(event("labeled", sender=BOT)), Ignored)  # the bot's own label on a PR it adopted
     assert r(event("opened", author=AGENT)) == Adopt(pr=number, by=None, action="opened")

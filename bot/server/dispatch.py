@@ -66,7 +66,7 @@ class Dispatcher:
         if isinstance(action, PullRequestClosed) and action.merged:
             d.record_merged_pr(action.pr)
         if isinstance(action, Adopt):
-            d.adopt(action.pr, approved_by=action.by)
+            d.adopt(action.pr, approved_by=action.by, approved_head=action.head_sha or None)
         if isinstance(action, Command) and action.command in ("rerun", "approve", "evaluate"):
             if not action.is_pr:
                 log.warning("delivery %s: /arbot %s on issue #%d, which is not a PR", event.delivery_id,

@@ -111,22 +111,28 @@ class Driver:
                 raise GitHubForgeError(f"PR #{number} ({rec.id}) is not a win waiting for review")
             return self.stepper.approve(rec)
 
-    def adopt(self, number: int, approved_by: str | None = None) -> ExperimentRecord | None:
+    def adopt(self, number: int, approved_by: str | None = None,
+              approved_head: str | None = None) -> ExperimentRecord | None:
         """An outside PR into champion labelled `arbot` or commented `/arbot evaluate` by `approved_by` (a user the
         dispatcher found to have write access), or opened or pushed to: its head becomes an experiment, the bot's
         own signed record pinning that commit, unless it needs an approval it lacks, its author is over a daily
         cap, it is not based on the champion or changes nothing (each said on the PR; nothing runs). A head that
         changes a path outside target.allowed_paths or a file that is not regular is an experiment rejected before
-        any run. An experiment of an earlier head of the PR is closed as superseded. Returns the head's experiment,
-        or None."""
+        any run. An experiment of an earlier head of the PR is closed as superseded. `approved_head`: the head a
+        label approved (a push since then is not approved by it). Returns the head's experiment, or None."""
         with self.lease.held(wait=self.lease_wait), self.surface.one_push():
             self.surface.fetch()
             pr = self.forge.pr(number)
             if pr.state != "open" or pr.base.ref != self.config.run.champion_branch:
                 log.info("PR #%d is %s into %s: not adopted", number, pr.state, pr.base.ref)
                 return None
+            fork = pr.head.repo is None or pr.head.repo.full_name != self.forge.full_name
             head = adoption.Head(number=number, author=pr.user.login, sha=pr.head.sha, title=pr.title or "",
-                                 body=pr.body or "", fork=pr.head.repo is None or pr.head.repo.full_name != self.forge.full_name)
+                                 body=pr.body or "", fork=fork)
+            if approved_head is not None and approved_head != head.sha:
+                log.warning("PR #%d: approved by %s at %s, its head is %s now", number, approved_by, approved_head[:12],
+                            head.sha[:12])
+                approved_by = None
             return self._adopt(head, approved_by)
 
     def _adopt(self, head: adoption.Head, approved_by: str | None) -> ExperimentRecord | None:
@@ -158,8 +164,8 @@ class Driver:
         try:
             proposal = adoption.proposal_of(self.local, champion, head)
         except ValueError as e:
-            proposal, refused = Proposal(proposer=adoption.PROPOSER, hypothesis=head.title, files={}), (
-                "regular", str(e))
+            proposal = Proposal(proposer=adoption.PROPOSER, hypothesis=head.title, files={})
+            refused = refused or ("regular", str(e))
         if not proposal.files and refused is None:
             return self._refuse(head, "not measured: it changes nothing the champion does not have")
         number = self.lf.next_number()

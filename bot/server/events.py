@@ -64,6 +64,7 @@ class Adopt:
     pr: int
     by: str | None
     action: str
+    head_sha: str = ""  # the head the label was put on: a maintainer approves that head, no later one
 
 
 @dataclass(frozen=True)
@@ -193,7 +194,7 @@ def _outside(event: Event, pr: dict, label: str, labelled: bool, authors: tuple[
         by = (event.payload.get("sender") or {}).get("login", "")
         if bot_login and by == bot_login:
             return Ignored("the bot's own label on the pull request it adopted")
-        return Adopt(pr=number, by=by, action="labeled")
+        return Adopt(pr=number, by=by, action="labeled", head_sha=(pr.get("head") or {}).get("sha", ""))
     if event.action in PUSHED and (labelled or author in authors):
         return Adopt(pr=number, by=None, action=event.action)
     return Ignored(f"pull_request.{event.action} of @{author}'s pull request: not labelled {label!r}, author not in "
