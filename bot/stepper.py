@@ -245,11 +245,12 @@ class Stepper:
                 closed.append(rec)
         return closed
 
-    def supersede(self, rec: ExperimentRecord, reason: str) -> None:
-        """An adopted PR moved to a new head before `rec` was merged: closed as superseded (its runs kept, those in
-        flight cancelled); the new head is an experiment of its own."""
+    def withdraw(self, rec: ExperimentRecord, rule: str, reason: str) -> None:
+        """An adopted PR moved to a new head (rule `superseded`: the new head is an experiment of its own) or was
+        closed (`withdrawn`) before `rec` was merged: closed with that rule, its runs kept, those in flight
+        cancelled."""
         self._drop_pending(rec)
-        rec.decision, rec.finished_at = Decision(verdict="rejected", rule="superseded", reason=reason), now()
+        rec.decision, rec.finished_at = Decision(verdict="rejected", rule=rule, reason=reason), now()
         self.store.save(rec)
         self.tracker.decided(rec)
 

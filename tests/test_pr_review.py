@@ -293,6 +293,21 @@ def test_a_push_after_adoption_supersedes_the_first_experiment_and_the_new_head_
     assert any("supersedes exp-1" in b for b in review.comments(n))
 
 
+def test_a_pr_closed_by_its_author_is_withdrawn_and_runs_nothing_more(review):
+    fake = review.fake
+    fake.on_dispatch = None
+    head = review.commit("win")
+    n = review.open_pr(AGENT, "agent/gone", head, "never mind")
+    review.idle()
+    assert len(review.dispatched(head)) == 1
+    httpx.patch(f"{review.url}/api/v3/repos/{REPO}/pulls/{n}", json={"state": "closed"},
+                headers={"Authorization": f"token ghp_{AGENT}"}).raise_for_status()
+    review.idle()
+    (rec,) = review.records()
+    assert rec.decision.rule == "withdrawn" and rec.pending == [] and not rec.merged_as
+    assert len(review.dispatched(head)) == 1
+
+
 def test_a_pr_that_edits_github_or_the_evaluator_is_rejected_before_any_run(review):
     fake = review.fake
     champion = fake.ref("champion")
@@ -361,6 +376,30 @@ def test_a_stale_pr_is_measured_again_only_after_its_author_rebases(review):
     fake.push_pr(m, rebased, AGENT)
     review.idle()
     assert review.dispatched(rebased) and "arbot:loss" in fake.prs[m].labels
+
+
+def test_a_pr_the_champion_moved_under_is_closed_stale_and_measured_again_once_rebased(review):
+    fake = review.fake
+    workflow, fake.on_dispatch = fake.on_dispatch, None
+    a, b = review.commit("win"), review.commit("win-again")  # both on the same champion
+    n = review.open_pr(AGENT, "agent/a", a, "a")
+    m = review.open_pr(AGENT, "agent/b", b, "b")
+    review.idle()
+    workflow(review.dispatched(a)[0])
+    review.idle()
+    assert fake.prs[n].merged
+    workflow(review.dispatched(b)[0])  # b's screen, on the old champion: passed there, never merged
+    review.idle()
+    stale = next(r for r in review.records() if r.commit == b)
+    assert stale.decision.rule == "stale" and f"rebase PR #{m} onto" in stale.decision.reason
+    assert fake.prs[m].state == "open" and len(review.dispatched(b)) == 1  # not measured again as it is
+    rebased = review.commit("win-again")
+    review.work.git.push("-q", "-f", "origin", f"{rebased}:refs/heads/agent/b")
+    fake.on_dispatch = workflow
+    fake.push_pr(m, rebased, AGENT)
+    review.idle()
+    fresh = next(r for r in review.records() if r.commit == rebased)
+    assert fresh.parent == fake.prs[n].merge_commit_sha and fresh.decision is not None and review.dispatched(rebased)
 
 
 def test_the_proposers_history_holds_adopted_experiments(review):

@@ -65,6 +65,8 @@ class Dispatcher:
                                       f"the GitHub credentials (docs/github.md), restart and redeliver")
         if isinstance(action, PullRequestClosed) and action.merged:
             d.record_merged_pr(action.pr)
+        elif isinstance(action, PullRequestClosed):
+            d.pr_closed(action.pr)
         if isinstance(action, Adopt):
             d.adopt(action.pr, approved_by=action.by, approved_head=action.head_sha or None)
         if isinstance(action, Command) and action.command in ("rerun", "approve", "evaluate"):

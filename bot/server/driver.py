@@ -141,7 +141,8 @@ class Driver:
             return same  # adopted already (a label after a listed author's push, a redelivery)
         earlier = [r for r in mine if lc.is_active(r)]
         for old in earlier:
-            self.stepper.supersede(old, f"PR #{head.number} moved to {head.sha[:12]} before this was decided")
+            self.stepper.withdraw(old, "superseded", f"PR #{head.number} moved to {head.sha[:12]} before this was "
+                                                     "decided")
         if (why := adoption.approval_needed(head, approved_by, self.config.github.evaluate_authors, bool(mine))):
             return self._refuse(head, f"not measured: {why}. A maintainer labels it `arbot` or comments "
                                       "`/arbot evaluate` to have it measured.")
@@ -183,6 +184,16 @@ class Driver:
         log.info("PR #%d (%s by %s) adopted as %s%s", head.number, head.sha[:12], head.author, rec.id,
                  f": rejected, {refused[1]}" if refused else "")
         return rec
+
+    def pr_closed(self, number: int) -> list[ExperimentRecord]:
+        """An adopted PR closed unmerged: its experiments still open are closed as withdrawn (their runs kept, none
+        more made). Returns them."""
+        with self.lease.held(wait=self.lease_wait), self.surface.one_push():
+            self.surface.fetch()
+            open_ = [r for r in self.stepper.active() if r.pr == number]
+            for rec in open_:
+                self.stepper.withdraw(rec, "withdrawn", f"PR #{number} was closed before this was merged")
+            return open_
 
     def _refuse(self, head: adoption.Head, why: str) -> None:
         """Said on the PR; nothing is recorded or run."""
