@@ -5,7 +5,9 @@ Decide -> the note; Promote -> each run the win was decided on verified again ag
 refuses it for now and the repository allows it), with the lifecycle's trailers plus `PR:`; Hold -> a
 neutral verdict until `/arbot approve`; Close -> the verdict, the results comment, a label, the PR closed (its
 branch kept); a replay's fresh experiment gets a PR of its own. A PR whose head is not the experiment's commit, or
-whose commit changes a path outside target.allowed_paths, is `tampered`: rejected, never merged.
+whose commit changes a path outside target.allowed_paths, is `tampered`: rejected, never merged. An outside PR
+the bot adopted (bot.server.driver.Driver.adopt) is an experiment on branch `pull/<n>`: its head fetched from
+`refs/pull/<n>/head` (a fork's too), the PR itself commented, merged or labelled, and left open when it did not win.
 
 The bot keeps a bare mirror of the repository (`.arbot/github.git`): experiment commits are made there and
 pushed, champion, the default branch and both notes refs are fetched before every step, and the notes written
@@ -259,7 +261,8 @@ class GitHubSurface:
             self._prs.pop(rec.branch, None)  # closed or labelled now: read again if asked
             self.forge.close_as(pr, rec.decision.verdict, results_comment(rec, rec.decision, self.trajectory(rec),
                                                                           self.metric), close=close)
-            log.info("PR #%d (%s): closed as %s (%s)", pr.number, rec.id, rec.decision.verdict, rec.decision.rule)
+            log.info("PR #%d (%s): %s as %s (%s)", pr.number, rec.id, "closed" if close else "labelled",
+                     rec.decision.verdict, rec.decision.rule)
 
     def promote(self, rec: ExperimentRecord, trailers: dict[str, str]) -> str | None:
         """The verdict, then a squash merge guarded by the head, made now. Where GitHub refuses it for now (a
