@@ -164,6 +164,14 @@ class GitHubAuthConfig(Strict):
         return self.app_id is not None and self.private_key_path is not None and self.installation_id is not None
 
 
+class AuthorCaps(Strict):
+    """What one author's pull requests may spend a day (UTC), so an agent cannot take the runners (docs/github.md)."""
+
+    experiments_per_day: int | None = Field(10, ge=0, description="adopted pull requests (each push counts) a day")
+    runner_minutes_per_day: float | None = Field(
+        120, ge=0, description="runner minutes the runs of an author's adopted pull requests may use a day")
+
+
 class GitHubConfig(Strict):
     """GitHub mode: one PR per experiment, evaluated by a workflow on a GPU runner, decided by the bot."""
 
@@ -184,6 +192,11 @@ class GitHubConfig(Strict):
         10, gt=0, description="arbot serve: with no webhook for this long, carry on with every active experiment "
                               "anyway (retries a refused merge, collects a run whose webhook was lost)"
     )
+    evaluate_authors: list[str] = Field(
+        default_factory=list, description="logins (people or bots, e.g. `copilot-swe-agent[bot]`) whose pull requests "
+        "into champion from a branch of this repository are evaluated without a maintainer's label")
+    close_losing_prs: bool = Field(False, description="close an adopted pull request that lost (else labelled, left open)")
+    author_caps: AuthorCaps = Field(default_factory=AuthorCaps)
 
 
 class MLflowConfig(Strict):

@@ -215,7 +215,8 @@ class Stepper:
     def _replay(self, stale: ExperimentRecord, champion: str) -> ExperimentRecord:
         """Measured on an old champion: never merged. Its change is opened again as a new experiment on the new
         champion (when it still applies), and the stale one is closed."""
-        files = self.store.replay_files(stale, champion)
+        # an adopted PR is measured again once its author rebases it (a push: a new experiment), never as a bot branch
+        files = self.store.replay_files(stale, champion) if stale.pr is None else None
         fresh = None
         if files is not None:
             fresh = self.store.open_experiment(stale.proposal.model_copy(update={"files": files}), champion, now())
@@ -243,6 +244,15 @@ class Stepper:
                 self.tracker.decided(rec)
                 closed.append(rec)
         return closed
+
+    def withdraw(self, rec: ExperimentRecord, rule: str, reason: str) -> None:
+        """An adopted PR moved to a new head (rule `superseded`: the new head is an experiment of its own) or was
+        closed (`withdrawn`) before `rec` was merged: closed with that rule, its runs kept, those in flight
+        cancelled."""
+        self._drop_pending(rec)
+        rec.decision, rec.finished_at = Decision(verdict="rejected", rule=rule, reason=reason), now()
+        self.store.save(rec)
+        self.tracker.decided(rec)
 
     def record_merge(self, rec: ExperimentRecord, merge: str) -> None:
         """A win merged as `merge`: its runs measure the new champion (its tree is the candidate's)."""

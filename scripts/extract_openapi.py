@@ -76,6 +76,7 @@ WEBHOOKS = [
     ("pull_request$opened", "pull_request", "opened"),
     ("pull_request$synchronize", "pull_request", "synchronize"),
     ("pull_request$closed", "pull_request", "closed"),
+    ("pull_request$labeled", "pull_request", "labeled"),
     ("issue_comment$created", "issue_comment", "created"),
     ("push$event", "push", None),
     ("status$event", "status", None),

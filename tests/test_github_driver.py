@@ -183,7 +183,7 @@ def test_a_restarted_bot_rebuilds_its_state_from_github_and_finishes_the_decisio
     [d] = fake.dispatches
     assert d["ref"] == "refs/heads/main" and d["workflow"] == "arbot-evaluate.yml"
     assert d["inputs"] == {"request": f"champion:{start[:12]}:seed-0:val", "commit": start, "champion": start,
-                           "seed": "0", "splits": "val", "champion_overhead": "", "champion_score_seconds": ""}
+                           "seed": "0", "splits": "val", "champion_overhead": "", "champion_score_seconds": "", "pull": ""}
     assert [p["seed"] for p in gh.note(start)["pending"]] == [0]  # pushed before the dispatch
     head = fake.head_sha(fake.prs[1])
     assert head == rec.commit and gh.note(head)["id"] == "exp-1"

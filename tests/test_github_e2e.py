@@ -128,6 +128,12 @@ class Workflow:
         checkout = job / "train"
         subprocess.run(["git", "clone", "-q", "--branch", dispatch["head_branch"], str(self.fake.bare), str(checkout)],
                        check=True)
+        if inputs["pull"]:  # "Fetch the adopted pull request's head": actions/checkout of refs/pull/<n>/head
+            pull = checkout / ".arbot-pull"
+            subprocess.run(["git", "clone", "-q", "--no-checkout", str(self.fake.bare), str(pull)], check=True)
+            subprocess.run(["git", "-C", str(pull), "fetch", "-q", "origin", f"+refs/pull/{inputs['pull']}/head:refs/pr"],
+                           check=True)
+            subprocess.run(["git", "-C", str(pull), "checkout", "-q", "--detach", "refs/pr"], check=True)
         # "Install arbot (ARBOT_PACKAGE)": this project's venv stands in for the installed arbot
         (checkout / ".venv").symlink_to(VENV)
         env = self._env(train, inputs)
@@ -250,7 +256,7 @@ def test_github_mode_end_to_end(tmp_path, monkeypatch):
                 wait_for(lambda: fake.dispatches, "the champion's run dispatched", workflow)
                 assert fake.dispatches[0]["inputs"] == {"request": f"champion:{start[:12]}:seed-0:val", "commit": start,
                                                         "champion": start, "seed": "0", "splits": "val",
-                                                        "champion_overhead": "", "champion_score_seconds": ""}
+                                                        "champion_overhead": "", "champion_score_seconds": "", "pull": ""}
                 assert fake.dispatches[0]["ref"] == "refs/heads/main"
                 wait_for(lambda: health()["budget"]["experiments_today"] == 2, "both experiments counted", workflow)
 

@@ -322,17 +322,18 @@ def test_the_fake_sends_signed_webhooks_the_server_routes(fake, local, tmp_path)
         forge.enable_automerge(pr, rec.commit, title, body)
         forge.post_check(rec.commit, "arbot/verdict", "success", "win", "")
         fake.hooks.flush()
-        assert [d.status for d in fake.hooks.deliveries] == [202] * 4
+        assert [d.status for d in fake.hooks.deliveries] == [202] * 5
         assert fake.hooks.redeliver(fake.hooks.deliveries[-1]) == 200  # handled once
         deadline = time.monotonic() + 10
-        while len(actions) < 4:
+        while len(actions) < 5:
             assert time.monotonic() < deadline, actions
             time.sleep(0.05)
     kinds = [type(a).__name__ for _, a in actions]
-    assert kinds == ["Ignored", "Evaluated", "Ignored", "PullRequestClosed"], actions
-    assert actions[1][1] == Evaluated(head_sha=rec.commit, conclusion="success", source="status")
-    assert actions[2][1] == Ignored("status 'arbot/verdict' is not arbot/evaluate")
-    closed = actions[3][1]
+    assert kinds == ["Ignored", "Ignored", "Evaluated", "Ignored", "PullRequestClosed"], actions
+    assert actions[1][1] == Ignored("pull_request.labeled: the bot dispatches its runs itself")  # its own label
+    assert actions[2][1] == Evaluated(head_sha=rec.commit, conclusion="success", source="status")
+    assert actions[3][1] == Ignored("status 'arbot/verdict' is not arbot/evaluate")
+    closed = actions[4][1]
     assert isinstance(closed, PullRequestClosed) and closed.merged and closed.merge_sha == fake.ref("champion")
 
 
@@ -406,7 +407,7 @@ def test_dispatch_starts_the_evaluate_workflow_with_the_run_request(fake, local)
         assert body == {"ref": "champion", "inputs": inputs, "return_run_details": True}
         [d] = fake.dispatches
         assert run_id == d["id"] and forge.workflow_run(run_id)["display_title"] == f"arbot-evaluate {inputs['request']}"
-        defaults = {"champion_overhead": "", "champion_score_seconds": ""}  # the optional inputs, as declared
+        defaults = {"champion_overhead": "", "champion_score_seconds": "", "pull": ""}  # the optional inputs, as declared
         assert d["inputs"] == {**inputs, **defaults} and d["workflow"] == EVALUATE_WORKFLOW and d["ref"] == "refs/heads/champion"
         assert d["sha"] == champion and d["user"] == "arbot-user"
         # splits defaults to val (the workflow's default)

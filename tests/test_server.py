@@ -339,7 +339,7 @@ class DriverStub:
         self.calls: list[tuple] = []
 
     def __getattr__(self, name):
-        return lambda *args: self.calls.append((name, *args))
+        return lambda *args, **_: self.calls.append((name, *args))
 
 
 def test_the_dispatcher_hands_every_action_to_the_driver_then_advances_all(tmp_path):
@@ -368,7 +368,8 @@ def test_the_dispatcher_hands_every_action_to_the_driver_then_advances_all(tmp_p
     # a merge (auto-merge or a human) is recorded first; a PR closed unmerged just advances
     assert calls("pull_request", pull_request("closed", merged=True)) == [("record_merged_pr", merged),
                                                                          ("advance_all", ())]
-    assert calls("pull_request", pull_request("closed", merged=False)) == [("advance_all", ())]
+    assert calls("pull_request", pull_request("closed", merged=False)) == [("pr_closed", merged), ("advance_all", ())]
+    assert calls("issue_comment", on_pr("/arbot evaluate")) == [("adopt", number), ("advance_all", ())]
     # champion moved by hand: the lifecycle replays what was measured on the old one
     assert calls("push", push) == [("advance_all", ())]
     # commands on a PR

@@ -61,7 +61,7 @@ def test_validators_reject_a_broken_workflow(tmp_path):
     assert subprocess.run([tool("actionlint"), str(bad)], capture_output=True, timeout=120).returncode != 0
 
 
-INPUTS = {"request", "commit", "champion", "seed", "splits", "champion_overhead", "champion_score_seconds"}
+INPUTS = {"request", "commit", "champion", "seed", "splits", "champion_overhead", "champion_score_seconds", "pull"}
 
 
 def code(path: Path) -> str:
@@ -102,7 +102,7 @@ def test_inputs_reach_the_shell_through_env_only():
     assert train["env"] == {"COMMIT": "${{ inputs.commit }}", "CHAMPION": "${{ inputs.champion }}",
                             "SEED": "${{ inputs.seed }}", "SPLITS": "${{ inputs.splits }}",
                             "OVERHEAD": "${{ inputs.champion_overhead }}",
-                            "SCORE_SECONDS": "${{ inputs.champion_score_seconds }}"}
+                            "SCORE_SECONDS": "${{ inputs.champion_score_seconds }}", "PULL": "${{ inputs.pull }}"}
     assert report["env"] == {"COMMIT": "${{ inputs.commit }}", "CHAMPION": "${{ inputs.champion }}",
                              "REQUEST": "${{ inputs.request }}"}
 
@@ -126,6 +126,8 @@ def run_step(script: str, env: dict, cwd: Path) -> subprocess.CompletedProcess:
     ({"COMMIT": HEAD, "CHAMPION": CHAMPION, "SEED": "0", "SPLITS": "val", "OVERHEAD": "3.25", "SCORE_SECONDS": "1"}, True),
     ({"COMMIT": HEAD, "CHAMPION": CHAMPION, "SEED": "0", "SPLITS": "val", "OVERHEAD": "1e9", "SCORE_SECONDS": ""}, False),
     ({"COMMIT": HEAD, "CHAMPION": CHAMPION, "SEED": "0", "SPLITS": "val", "OVERHEAD": "", "SCORE_SECONDS": "2; id"}, False),
+    ({"COMMIT": HEAD, "CHAMPION": CHAMPION, "SEED": "0", "SPLITS": "val", "PULL": "12"}, True),
+    ({"COMMIT": HEAD, "CHAMPION": CHAMPION, "SEED": "0", "SPLITS": "val", "PULL": "12/head:x"}, False),
 ])
 def test_the_train_job_checks_its_inputs_first(env, ok, tmp_path):
     train = load(EVALUATE)["jobs"]["train"]
@@ -164,9 +166,14 @@ def test_train_job_has_no_secrets_and_read_only_permissions():
     assert checkouts and all(s["with"]["persist-credentials"] is False for s in checkouts)
     # trusted code comes from the default branch (the dispatched ref), the evaluator from the champion commit;
     # the commit to train is only a commit, read from git objects
-    (root,) = checkouts
+    root, pull = checkouts
     assert root["with"] == {"fetch-depth": 0, "persist-credentials": False}
-    assert steps(train, "Make sure the commit")["run"] == 'git cat-file -e "${COMMIT}^{commit}" && git cat-file -e "${CHAMPION}^{commit}"'
+    # an adopted PR's head, only as git objects: refs/pull/<n>/head of this repository (a fork's head is there too)
+    assert pull["if"] == "env.PULL != ''" and pull["with"] == {
+        "ref": "refs/pull/${{ inputs.pull }}/head", "path": ".arbot-pull", "fetch-depth": 0, "persist-credentials": False}
+    assert steps(train, "Make sure the commit")["run"].splitlines() == [
+        'if [ -n "$PULL" ]; then git fetch --quiet --no-tags .arbot-pull "+HEAD:refs/remotes/pull/$PULL"; fi',
+        'git cat-file -e "${COMMIT}^{commit}" && git cat-file -e "${CHAMPION}^{commit}"']
     runs = "\n".join(s.get("run", "") for s in train["steps"])
     assert '.venv/bin/arbot evaluate "$COMMIT" --champion "$CHAMPION" --seed "$SEED" "${extra[@]}" --json' in runs
     assert "> result.json 2> evaluate.log" in runs

@@ -370,9 +370,14 @@ def hold_flagged(decision: Decision, runs: list[RunResult], review_flagged: bool
 
 def stale_decision(stale: ExperimentRecord, champion: str, fresh_id: str | None) -> Decision:
     """Why `stale` closes: a decision holds only against the champion it was measured on."""
+    if fresh_id:
+        again = f"measured again as {fresh_id}"
+    elif stale.pr is not None:
+        again = f"rebase PR #{stale.pr} onto {champion[:12]}: its next head is measured again"
+    else:
+        again = "its change conflicts with the new champion"
     return Decision(verdict="rejected", rule="stale", reason=(
-        f"champion moved from {stale.parent[:12]} to {champion[:12]} before this was merged; "
-        + (f"measured again as {fresh_id}" if fresh_id else "its change conflicts with the new champion")))
+        f"champion moved from {stale.parent[:12]} to {champion[:12]} before this was merged; {again}"))
 
 
 def trailers(exp: ExperimentRecord, decision: Decision, metric: Metric) -> dict[str, str]:

@@ -204,6 +204,8 @@ class ExperimentRecord(BaseModel):
     lost: list[LostRun] = Field(default_factory=list)  # attempts the machine lost (each asked for again)
     started_at: str = ""
     finished_at: str | None = None
+    pr: int | None = None  # an adopted pull request (proposer "pr"): its head is `commit`, its branch `pull/<pr>`
+    author: str | None = None  # that pull request's author
 
 
 class ChampionRecord(BaseModel):

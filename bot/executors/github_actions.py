@@ -92,11 +92,13 @@ class GitHubActions:
     `on_default(sha)`: whether a commit is on the default branch (the bot's mirror answers, with no API call)."""
 
     def __init__(self, forge: GitHubForge, slots: int, on_default: Callable[[str], bool],
-                 budget: RunnerSeconds | None = None, before_dispatch: Callable[[], None] = lambda: None):
+                 budget: RunnerSeconds | None = None, before_dispatch: Callable[[], None] = lambda: None,
+                 pull_of: Callable[[RunSpec], int | None] = lambda spec: None):
         """`before_dispatch`: called before each dispatch (the driver pushes the notes: the run is noted pending on
-        GitHub first)."""
+        GitHub first); `pull_of(spec)`: the adopted PR whose head the run trains, if any (the runner fetches it from
+        refs/pull/<n>/head: a fork's head is on no branch of the repository)."""
         self.forge, self.slots, self.on_default, self.budget = forge, slots, on_default, budget
-        self.before_dispatch = before_dispatch
+        self.before_dispatch, self.pull_of = before_dispatch, pull_of
         self._runs: dict[str, RunSpec] = {}  # key -> spec (with the workflow run's id once known)
         self._verified: dict[int, str] = {}  # workflow run id -> its display title, once it verified
         self.only: set[int] | None = None  # set by the driver: the only workflow runs `poll` asks about (None: all)
@@ -110,6 +112,8 @@ class GitHubActions:
                   "splits": ",".join(spec.splits)}
         if spec.commit != spec.champion and timing is not None:  # the runner holds the candidate to the champion's times
             inputs |= {"champion_overhead": f"{timing[0]:.2f}", "champion_score_seconds": f"{timing[1]:.2f}"}
+        if (pull := self.pull_of(spec)) is not None:
+            inputs["pull"] = str(pull)
         self.before_dispatch()
         run_id, requested_at = self.forge.dispatch(EVALUATE_WORKFLOW, f"refs/heads/{self.branch}", inputs)
         noted = spec.model_copy(update={"run_id": run_id, "requested_at": requested_at})

@@ -48,6 +48,13 @@ EXPERIMENT_MARKER = "<!-- arbot:experiment {id} -->"
 CONCLUSION_TO_STATE = {"success": "success", "failure": "failure", "neutral": "success", "cancelled": "error",
                        "timed_out": "error", "action_required": "failure", "skipped": "success"}
 WRITE_PERMISSIONS = {"admin", "maintain", "write"}
+PULL_BRANCH = "pull/"  # an adopted PR's experiment branch is pull/<number>: its head, fetched from refs/pull/<n>/head
+
+
+def pull_number(branch: str) -> int | None:
+    """The PR number of an adopted PR's experiment branch (pull/<n>), else None (the bot's own branch)."""
+    rest = branch.removeprefix(PULL_BRANCH)
+    return int(rest) if rest != branch and rest.isdigit() else None
 
 
 class GitHubForgeError(RuntimeError):
@@ -336,7 +343,9 @@ class GitHubForge:
 
     # --- pull requests ----------------------------------------------------------------------------
     def find_pr(self, branch: str) -> PullRequest | None:
-        """The PR (open or closed) whose head is `branch` in this repository."""
+        """The PR (open or closed) whose head is `branch` in this repository; for pull/<n>, PR n."""
+        if (number := pull_number(branch)) is not None:
+            return self.pr(number)
         for pr in self.repo.get_pulls(state="all", head=f"{self.owner}:{branch}", base=self.champion_branch):
             return pr
         return None
@@ -566,14 +575,14 @@ class GitHubForge:
             raise GitHubForgeError(f"PR #{pr.number} was not merged: {status.message}")
         return status.sha
 
-    def close_as(self, pr: PullRequest, verdict: str, comment: str) -> None:
-        """Label a loss (or a crash, timeout or rejection), upsert its results comment and close it; the branch
-        is kept."""
+    def close_as(self, pr: PullRequest, verdict: str, comment: str, close: bool = True) -> None:
+        """Label a loss (or a crash, timeout or rejection), upsert its results comment and close it (unless not
+        `close`: an adopted PR is left open for its author); the branch is kept."""
         label = "arbot:loss" if verdict == "loss" else "arbot:crash"
         self.upsert_comment(pr.number, comment)
         if label not in {lab.name for lab in pr.labels}:
             self.add_labels(pr.number, label)
-        if pr.state != "closed":
+        if close and pr.state != "closed":
             pr.edit(state="closed")
 
     def has_write_access(self, user: str) -> bool:
@@ -613,9 +622,11 @@ def pr_body(rec: ExperimentRecord) -> str:
 
 
 def squash_message(rec: ExperimentRecord, trailers: Mapping[str, str], pr_number: int) -> tuple[str, str]:
-    """(title, body) of the squash commit: `git log champion` keeps the local forge's trailers plus the PR."""
+    """(title, body) of the squash commit: `git log champion` keeps the local forge's trailers plus the PR (and an
+    adopted PR's author)."""
     title = f"arbot: {rec.proposal.hypothesis} ({rec.id}) (#{pr_number})"
-    body = "\n".join(f"{k}: {v}" for k, v in {**trailers, "PR": f"#{pr_number}"}.items())
+    author = {"Author": rec.author} if rec.author else {}
+    body = "\n".join(f"{k}: {v}" for k, v in {**trailers, **author, "PR": f"#{pr_number}"}.items())
     rationale = rec.proposal.rationale.strip()
     return title, (f"{rationale}\n\n{body}\n" if rationale else f"{body}\n")
 

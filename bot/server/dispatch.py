@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 
 from bot.server.app import PAUSED_FLAG
-from bot.server.events import (ChampionMoved, Command, Evaluated, Ignored, Ping, PullRequestClosed, route)
+from bot.server.events import (Adopt, ChampionMoved, Command, Evaluated, Ignored, Ping, PullRequestClosed, route)
 from bot.server.store import Store
 from bot.server.webhooks import Event
 
@@ -22,16 +22,20 @@ log = logging.getLogger("arbot.server")
 
 class Dispatcher:
     def __init__(self, store: Store, repo: str | None = None, champion_branch: str = "champion",
-                 bot_login: str | None = None, can_write: Callable[[str], bool] | None = None, driver=None):
+                 bot_login: str | None = None, can_write: Callable[[str], bool] | None = None, driver=None,
+                 branch_prefix: str = "arbot/exp-", authors: tuple[str, ...] = ()):
         """`can_write(user)` asks GitHub whether a user has write access (GitHubForge.has_write_access); without
-        it, the comment's author_association (OWNER, MEMBER, COLLABORATOR) is all that is checked. `driver`: a
-        bot.server.driver.Driver (or anything with its methods)."""
+        it, the comment's author_association (OWNER, MEMBER, COLLABORATOR) is all that is checked, and no label
+        adopts a PR. `driver`: a bot.server.driver.Driver (or anything with its methods); `authors`:
+        github.evaluate_authors."""
         self.store, self.repo, self.champion_branch, self.bot_login = store, repo, champion_branch, bot_login
+        self.branch_prefix, self.authors = branch_prefix, tuple(authors)
         self.can_write = can_write
         self.driver = driver
 
     def __call__(self, event: Event) -> None:
-        action = route(event, repo=self.repo, champion_branch=self.champion_branch, bot_login=self.bot_login)
+        action = route(event, repo=self.repo, champion_branch=self.champion_branch, bot_login=self.bot_login,
+                       branch_prefix=self.branch_prefix, authors=self.authors)
         log.info("delivery %s (%s): %s", event.delivery_id, event.kind, action)
         if isinstance(action, (Ping, Ignored)):
             return
@@ -46,7 +50,12 @@ class Dispatcher:
             if action.command == "resume" and self.driver is not None:
                 self.driver.fill()
             return
-        if isinstance(action, (Evaluated, PullRequestClosed, ChampionMoved, Command)):
+        if isinstance(action, Adopt) and action.by is not None and not (
+                self.can_write is not None and self.can_write(action.by)):
+            log.warning("delivery %s: the label on PR #%d by %s adopts nothing: %s", event.delivery_id, action.pr,
+                        action.by, "no write access" if self.can_write else "no GitHub client to check access")
+            return
+        if isinstance(action, (Evaluated, PullRequestClosed, Adopt, ChampionMoved, Command)):
             self.act(event, action)
 
     def act(self, event: Event, action) -> None:
@@ -56,12 +65,18 @@ class Dispatcher:
                                       f"the GitHub credentials (docs/github.md), restart and redeliver")
         if isinstance(action, PullRequestClosed) and action.merged:
             d.record_merged_pr(action.pr)
-        if isinstance(action, Command) and action.command in ("rerun", "approve"):
+        elif isinstance(action, PullRequestClosed):
+            d.pr_closed(action.pr)
+        if isinstance(action, Adopt):
+            d.adopt(action.pr, approved_by=action.by, approved_head=action.head_sha or None)
+        if isinstance(action, Command) and action.command in ("rerun", "approve", "evaluate"):
             if not action.is_pr:
                 log.warning("delivery %s: /arbot %s on issue #%d, which is not a PR", event.delivery_id,
                             action.command, action.issue)
             elif action.command == "rerun":
                 d.rerun(action.issue)
+            elif action.command == "evaluate":
+                d.adopt(action.issue, approved_by=action.user)
             else:
                 d.approve(action.issue)
         d.advance_all(polled(action))

@@ -14,7 +14,8 @@ from bot.github.forge import EVALUATE_WORKFLOW, LABEL
 from bot.github.report import EVALUATE_CHECK
 from bot.server.webhooks import Event
 
-COMMANDS = ("pause", "resume", "rerun", "approve")
+COMMANDS = ("pause", "resume", "rerun", "approve", "evaluate")
+PUSHED = ("opened", "reopened", "synchronize", "ready_for_review")  # a PR's head is new, or open again
 # author_association values that can hold write access; the worker still asks GitHub for the permission.
 MAYBE_WRITERS = {"OWNER", "MEMBER", "COLLABORATOR"}
 
@@ -33,10 +34,10 @@ class Evaluated:
 
 @dataclass(frozen=True)
 class Command:
-    """`/arbot pause|resume|rerun|approve` in a comment; only users with write access may give it (the worker
-    checks)."""
+    """`/arbot pause|resume|rerun|approve|evaluate` in a comment; only users with write access may give it (the
+    worker checks)."""
 
-    command: Literal["pause", "resume", "rerun", "approve"]
+    command: Literal["pause", "resume", "rerun", "approve", "evaluate"]
     issue: int
     is_pr: bool
     user: str
@@ -52,6 +53,18 @@ class PullRequestClosed:
     merged: bool
     head_ref: str
     merge_sha: str | None
+
+
+@dataclass(frozen=True)
+class Adopt:
+    """An outside PR into champion (one the bot did not open) labelled `arbot` by `by` (the worker asks GitHub
+    whether that user has write access: the label is a maintainer's approval), or opened or pushed to by an author
+    in github.evaluate_authors or after its adoption (`by` None): the driver decides whether its head is measured."""
+
+    pr: int
+    by: str | None
+    action: str
+    head_sha: str = ""  # the head the label was put on: a maintainer approves that head, no later one
 
 
 @dataclass(frozen=True)
@@ -72,7 +85,7 @@ class Ignored:
     reason: str
 
 
-Action = Union[Evaluated, Command, PullRequestClosed, ChampionMoved, Ping, Ignored]
+Action = Union[Evaluated, Command, PullRequestClosed, Adopt, ChampionMoved, Ping, Ignored]
 
 
 def parse_command(body: str) -> str | None:
@@ -85,8 +98,10 @@ def parse_command(body: str) -> str | None:
 
 
 def route(event: Event, repo: str | None = None, champion_branch: str = "champion",
-          label: str = LABEL, bot_login: str | None = None) -> Action:
-    """The action for one event. `repo` (owner/name) limits the bot to its repository."""
+          label: str = LABEL, bot_login: str | None = None, branch_prefix: str = "arbot/exp-",
+          authors: tuple[str, ...] = ()) -> Action:
+    """The action for one event. `repo` (owner/name) limits the bot to its repository; `authors`: the logins whose
+    PRs are evaluated without a label (github.evaluate_authors)."""
     p = event.payload
     if event.name == "ping":
         return Ping(zen=p.get("zen", ""))
@@ -138,12 +153,16 @@ def route(event: Event, repo: str | None = None, champion_branch: str = "champio
         pr = p.get("pull_request") or {}
         if (pr.get("base") or {}).get("ref") != champion_branch:
             return Ignored(f"pull request into {(pr.get('base') or {}).get('ref')}, not {champion_branch}")
-        if label not in {lab.get("name") for lab in pr.get("labels") or []}:
+        head = pr.get("head") or {}
+        own = (head.get("ref") or "").startswith(branch_prefix) and (
+            repo is None or ((head.get("repo") or {}).get("full_name") or "").lower() == repo.lower())
+        labelled = label in {lab.get("name") for lab in pr.get("labels") or []}
+        if not own:
+            return _outside(event, pr, label, labelled, authors, bot_login)
+        if not labelled:
             return Ignored(f"pull request without the {label!r} label")
         if event.action == "closed":
-            return PullRequestClosed(pr=pr.get("number", p.get("number", 0)), merged=bool(pr.get("merged")),
-                                     head_ref=(pr.get("head") or {}).get("ref", ""),
-                                     merge_sha=pr.get("merge_commit_sha"))
+            return _closed(event, pr)
         return Ignored(f"pull_request.{event.action}: the bot dispatches its runs itself")
 
     if event.name == "push":
@@ -152,3 +171,31 @@ def route(event: Event, repo: str | None = None, champion_branch: str = "champio
         return ChampionMoved(before=p.get("before", ""), after=p.get("after", ""))
 
     return Ignored(f"event {event.name} is not handled")
+
+
+def _closed(event: Event, pr: dict) -> PullRequestClosed:
+    return PullRequestClosed(pr=pr.get("number", event.payload.get("number", 0)), merged=bool(pr.get("merged")),
+                             head_ref=(pr.get("head") or {}).get("ref", ""), merge_sha=pr.get("merge_commit_sha"))
+
+
+def _outside(event: Event, pr: dict, label: str, labelled: bool, authors: tuple[str, ...],
+             bot_login: str | None) -> Action:
+    """A pull_request event of a PR the bot did not open: adopted on a maintainer's label, on a push by a listed
+    author or to a PR adopted before (labelled); its merge recorded; anything else left alone."""
+    number = pr.get("number", event.payload.get("number", 0))
+    author = (pr.get("user") or {}).get("login", "")
+    if event.action == "closed":
+        if labelled:
+            return _closed(event, pr)
+        return Ignored("an outside pull request closed, never adopted")
+    if event.action == "labeled":
+        if (event.payload.get("label") or {}).get("name") != label:
+            return Ignored(f"label {(event.payload.get('label') or {}).get('name')!r} is not {label!r}")
+        by = (event.payload.get("sender") or {}).get("login", "")
+        if bot_login and by == bot_login:
+            return Ignored("the bot's own label on the pull request it adopted")
+        return Adopt(pr=number, by=by, action="labeled", head_sha=(pr.get("head") or {}).get("sha", ""))
+    if event.action in PUSHED and (labelled or author in authors):
+        return Adopt(pr=number, by=None, action=event.action)
+    return Ignored(f"pull_request.{event.action} of @{author}'s pull request: not labelled {label!r}, author not in "
+                   "github.evaluate_authors")

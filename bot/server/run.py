@@ -49,7 +49,8 @@ def build_app(config: Config, root: Path, environ: dict | None = None):
             "no GitHub client (%s): /arbot commands are checked by author_association only, and evaluations are "
             "not decided", e)
     dispatcher = Dispatcher(store, repo=settings.repo, champion_branch=config.run.champion_branch, can_write=can_write,
-                            driver=driver)
+                            driver=driver, branch_prefix=config.run.branch_prefix,
+                            authors=tuple(config.github.evaluate_authors))
     return create_app(settings, dispatcher, store, on_start=driver.advance_all if driver is not None else None,
                       progress=driver.progress if driver is not None else None)
 

@@ -5,7 +5,9 @@ Decide -> the note; Promote -> each run the win was decided on verified again ag
 refuses it for now and the repository allows it), with the lifecycle's trailers plus `PR:`; Hold -> a
 neutral verdict until `/arbot approve`; Close -> the verdict, the results comment, a label, the PR closed (its
 branch kept); a replay's fresh experiment gets a PR of its own. A PR whose head is not the experiment's commit, or
-whose commit changes a path outside target.allowed_paths, is `tampered`: rejected, never merged.
+whose commit changes a path outside target.allowed_paths, is `tampered`: rejected, never merged. An outside PR
+the bot adopted (bot.server.driver.Driver.adopt) is an experiment on branch `pull/<n>`: its head fetched from
+`refs/pull/<n>/head` (a fork's too), the PR itself commented, merged or labelled, and left open when it did not win.
 
 The bot keeps a bare mirror of the repository (`.arbot/github.git`): experiment commits are made there and
 pushed, champion, the default branch and both notes refs are fetched before every step, and the notes written
@@ -28,8 +30,8 @@ from bot.config import Config
 from bot.core import lifecycle as lc
 from bot.core.records import ExperimentRecord, RunResult, ok_metric
 from bot.forges.local import NOTES_REF, NOTES_REFS, LocalForge
-from bot.github.forge import (CONCLUSION_TO_STATE, VERDICT_CHECK, GitHubForge, GitHubForgeError, results_comment,
-                              squash_message, verdict_check)
+from bot.github.forge import (CONCLUSION_TO_STATE, LABEL, PULL_BRANCH, VERDICT_CHECK, GitHubForge, GitHubForgeError,
+                              results_comment, squash_message, verdict_check)
 from bot.proposers.failures import ProposalRejected
 from runner.guard import changed_paths, forbidden_paths
 
@@ -108,7 +110,8 @@ class GitHubSurface:
         branch, prefix, default = self.config.run.champion_branch, self.config.run.branch_prefix, self.default_branch
         self.git("fetch", "--quiet", "{remote}", f"+refs/heads/{branch}:refs/heads/{branch}",
                  f"+refs/heads/{default}:refs/remotes/github/{default}",
-                 f"+refs/heads/{prefix}*:refs/remotes/github/{prefix}*")
+                 f"+refs/heads/{prefix}*:refs/remotes/github/{prefix}*",
+                 f"+refs/pull/*/head:refs/remotes/github/{PULL_BRANCH}*")  # adopted PRs' heads, forks' included
         remote_refs = self.git("ls-remote", "{remote}", "refs/notes/*")
         notes = [ref for ref in NOTES_REFS if ref in remote_refs.split()]
         if notes:
@@ -120,8 +123,12 @@ class GitHubSurface:
 
     def on_default(self, sha: str) -> bool:
         """Whether `sha` is a commit of the default branch as last fetched (no API call)."""
+        return self.contains(f"refs/remotes/github/{self.default_branch}", sha)
+
+    def contains(self, sha: str, ancestor: str) -> bool:
+        """Whether `ancestor` is in `sha`'s history on the mirror."""
         try:
-            self.local.git.merge_base("--is-ancestor", sha, f"refs/remotes/github/{self.default_branch}")
+            self.local.git.merge_base("--is-ancestor", ancestor, sha)
             return True
         except git.GitCommandError:
             return False
@@ -159,6 +166,8 @@ class GitHubSurface:
             self._prs.update({pr.head.ref: pr for pr in self.forge.recent_prs()})
         merged = {}
         for rec in waiting:
+            if rec.pr is not None:  # an adopted PR is not in the listing of this repository's branches: read again
+                self._prs.pop(rec.branch, None)
             pr = self.find_pr(rec.branch)
             if pr is not None and pr.merged_at is not None:
                 merged[rec.id] = pr.merge_commit_sha
@@ -201,7 +210,7 @@ class GitHubSurface:
         if pr is None:
             return None
         head_repo = pr.head.repo.full_name if pr.head.repo is not None else "a deleted repository"
-        if head_repo != self.forge.full_name:
+        if head_repo != self.forge.full_name and rec.pr is None:  # an adopted PR may come from a fork
             return f"PR #{pr.number}'s head is in {head_repo}, not {self.forge.full_name}"
         if pr.head.sha != rec.commit:
             return f"PR #{pr.number}'s head is {pr.head.sha[:12]}, not the experiment's commit {rec.commit[:12]}"
@@ -223,6 +232,17 @@ class GitHubSurface:
             self.budget.record_experiment()
         log.info("opened PR #%d for %s: %s", pr.number, rec.id, rec.proposal.hypothesis)
 
+    def adopted(self, rec: ExperimentRecord, superseded: ExperimentRecord | None) -> None:
+        """An outside PR adopted as `rec`: labelled `arbot`, and said on it (what is measured, what it supersedes)."""
+        pr = self._pr(rec)
+        if LABEL not in {lab.name for lab in pr.labels}:
+            self.forge.add_labels(pr.number, LABEL)
+        if superseded is not None:  # a comment of its own: the results comment moves on to the new experiment
+            self.forge.comment(pr.number, f"**arbot**: {rec.id} supersedes {superseded.id}: {superseded.id} measured "
+                                          f"`{superseded.commit[:12]}`, the head before the push (its runs are kept).")
+        self._comment(rec, f"### {rec.id}: adopted\n\narbot measures this PR's head `{rec.commit[:12]}` by "
+                           f"@{rec.author} against the champion `{rec.parent[:12]}`.")
+
     def measuring(self, rec: ExperimentRecord, run: lc.Run) -> None:
         self._comment(rec, f"### {rec.id}: measuring\n\n{run.why}\n\n" + "\n".join(f"- `{s.key}`" for s in run.specs))
 
@@ -232,13 +252,17 @@ class GitHubSurface:
                        "to merge it.")
 
     def closed(self, rec: ExperimentRecord) -> None:
+        """The verdict, the results comment, a label, the PR closed. An adopted PR stays open for its author (closed
+        after a loss only with github.close_losing_prs)."""
         pr = self._pr(rec)
         self._verdict(rec, verdict_check(rec.decision, self.metric))
+        close = rec.pr is None or (self.config.github.close_losing_prs and rec.decision.verdict == "loss")
         if pr.state == "open":
-            self._prs.pop(rec.branch, None)  # closed now: read again if asked
+            self._prs.pop(rec.branch, None)  # closed or labelled now: read again if asked
             self.forge.close_as(pr, rec.decision.verdict, results_comment(rec, rec.decision, self.trajectory(rec),
-                                                                          self.metric))
-            log.info("PR #%d (%s): closed as %s (%s)", pr.number, rec.id, rec.decision.verdict, rec.decision.rule)
+                                                                          self.metric), close=close)
+            log.info("PR #%d (%s): %s as %s (%s)", pr.number, rec.id, "closed" if close else "labelled",
+                     rec.decision.verdict, rec.decision.rule)
 
     def promote(self, rec: ExperimentRecord, trailers: dict[str, str]) -> str | None:
         """The verdict, then a squash merge guarded by the head, made now. Where GitHub refuses it for now (a
@@ -274,7 +298,7 @@ class GitHubSurface:
 
     def notes_skipped(self, rec: ExperimentRecord, lines: list[str]) -> None:
         """A comment of its own on the experiment's PR (the results comment is left as it is); none without a PR."""
-        if (pr := self.forge.find_pr(rec.branch)) is not None:
+        if (pr := self.find_pr(rec.branch)) is not None:
             pr.create_issue_comment(
                 f"### {rec.id}: notes ignored\n\nNotes not signed by arbot's key were written about this experiment; "
                 "arbot ignores them and goes on with its own records:\n\n" + "\n".join(f"- {line[:500]}" for line in lines[:10]))

@@ -20,6 +20,8 @@ from tests.fake_github.contract import ContractError, validate_webhook, webhook_
 # Fields newer webhook schemas require on a repository that the community examples predate.
 REPOSITORY_DEFAULTS = {"is_template": False, "web_commit_signoff_required": False, "topics": [],
                        "visibility": "private", "custom_properties": {}}
+REACTIONS = {"url": "https://api.github.test/reactions", "total_count": 0, "+1": 0, "-1": 0, "laugh": 0,
+             "hooray": 0, "confused": 0, "heart": 0, "rocket": 0, "eyes": 0}  # newer schemas require them
 
 
 @dataclass
@@ -103,8 +105,10 @@ def sender(login: str) -> dict:
     return s
 
 
-def pull_request_payload(action: str, full_name: str, pr: dict, user: str) -> tuple[str, dict]:
-    """(schema definition, payload) of a pull_request event; `pr` is the REST PR JSON of the fake."""
+def pull_request_payload(action: str, full_name: str, pr: dict, user: str, before: str | None = None,
+                         label: dict | None = None) -> tuple[str, dict]:
+    """(schema definition, payload) of a pull_request event; `pr` is the REST PR JSON of the fake, `user` the sender
+    (who pushed, labelled, opened), `before` the head a synchronize moved from, `label` the one a `labeled` added."""
     definition = "pull_request$closed" if action == "closed" else "pull_request$synchronize"
     p = webhook_example(definition)
     p["action"] = action
@@ -115,18 +119,43 @@ def pull_request_payload(action: str, full_name: str, pr: dict, user: str) -> tu
         wpr[key] = pr[key]
     wpr["labels"] = [{**lab, "description": lab.get("description") or ""} for lab in pr["labels"]]
     wpr["auto_merge"] = None
+    wpr["user"] = {**wpr["user"], "login": pr["user"]["login"], "type": pr["user"]["type"]}
+    wpr["author_association"] = pr["author_association"]
     for side in ("head", "base"):
         wpr[side].update(ref=pr[side]["ref"], sha=pr[side]["sha"], label=pr[side]["label"])
-        wpr[side]["repo"] = repository(full_name)
+        wpr[side]["repo"] = repository(pr[side]["repo"]["full_name"])
+        wpr[side]["repo"]["fork"] = pr[side]["repo"]["fork"]
     if action == "synchronize":
-        p["before"], p["after"] = p.get("before") or "0" * 40, pr["head"]["sha"]
+        p["before"], p["after"] = before or p.get("before") or "0" * 40, pr["head"]["sha"]
     if action not in ("closed", "synchronize"):
         p.pop("before", None)
         p.pop("after", None)
         definition = f"pull_request${action}"
+    if action == "labeled":
+        p["label"] = {**label, "description": label.get("description") or ""}
     p["repository"] = repository(full_name)
     p["sender"] = sender(user)
     return definition, p
+
+
+def issue_comment_payload(full_name: str, pr: dict, comment: dict, user: str) -> tuple[str, dict]:
+    """issue_comment.created for a comment of the fake on a PR (`pr`, `comment`: its REST JSON)."""
+    p = webhook_example("issue_comment$created")
+    issue = p["issue"]
+    issue.update(number=pr["number"], title=pr["title"], state=pr["state"], locked=False,
+                 labels=[{**lab, "description": lab.get("description") or ""} for lab in pr["labels"]],
+                 pull_request={"url": pr["url"], "html_url": pr["html_url"], "diff_url": pr["diff_url"],
+                               "patch_url": pr["patch_url"], "merged_at": pr["merged_at"]})
+    issue["user"] = {**issue["user"], "login": pr["user"]["login"]}
+    issue.update(active_lock_reason=None, reactions=REACTIONS)
+    c = p["comment"]
+    c.update(id=comment["id"], body=comment["body"], author_association=comment["author_association"],
+             created_at=comment["created_at"], updated_at=comment["updated_at"], performed_via_github_app=None,
+             reactions=REACTIONS)
+    c["user"] = {**c["user"], "login": user, "type": "Bot" if user.endswith("[bot]") else "User"}
+    p["repository"] = repository(full_name)
+    p["sender"] = sender(user)
+    return "issue_comment$created", p
 
 
 def check_run_payload(full_name: str, run: dict, prs: list[dict], user: str) -> tuple[str, dict]:

@@ -65,7 +65,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from tests.fake_github.contract import ContractError, load, operation, validate_request, validate_response
-from tests.fake_github.hooks import Hooks, check_run_payload, pull_request_payload, status_payload, workflow_run_payload
+from tests.fake_github.hooks import (Hooks, check_run_payload, issue_comment_payload, pull_request_payload, status_payload,
+                                     workflow_run_payload)
 
 AUTOMERGE_INPUT = {"pullRequestId", "mergeMethod", "commitHeadline", "commitBody", "expectedHeadOid",
                    "authorEmail", "clientMutationId"}  # EnablePullRequestAutoMergeInput (GraphQL schema)
@@ -136,6 +137,7 @@ class PR:
     closed_at: str | None = None
     merged_at: str | None = None
     last_head: str = ""  # the head sha while the branch existed
+    fork: str | None = None  # owner/name of the fork its head is in (None: a branch of this repository)
 
 
 class FakeGitHub:
@@ -224,10 +226,50 @@ class FakeGitHub:
         return self.git("log", "-1", "--format=%B", sha).stdout
 
     def head_sha(self, pr: PR) -> str:
+        """The PR's head: its branch here, or for a fork refs/pull/<n>/head (what GitHub keeps of a fork's head,
+        fetchable from this repository); the branch's head is mirrored to refs/pull/<n>/head as GitHub does."""
+        if pr.fork is not None:
+            pr.last_head = self.git("rev-parse", "--verify", "-q", f"refs/pull/{pr.number}/head", check=False).stdout.strip()
+            return pr.last_head
         sha = self.ref(pr.head)
+        if sha and sha != pr.last_head:
+            self.git("update-ref", f"refs/pull/{pr.number}/head", sha)
         if sha:
             pr.last_head = sha
         return pr.last_head
+
+    def association(self, login: str) -> str:
+        """A user's author_association here: OWNER (the repository's owner), COLLABORATOR (any collaborator role),
+        else CONTRIBUTOR."""
+        if login == self.owner:
+            return "OWNER"
+        return "COLLABORATOR" if login in self.collaborators else "CONTRIBUTOR"
+
+    # --- what people and agents do (tests call these; each emits GitHub's webhook) ---------------------------------
+    def open_fork_pr(self, author: str, ref: str, sha: str, title: str, body: str = "") -> PR:
+        """`author` opens a PR from their fork `<author>/<name>` (branch `ref`, whose commit `sha` the test pushed
+        to refs/pull/<n>/head of this repository first: `next_pr_number`) into champion."""
+        with self.lock:
+            number = self.next_pr_number()
+            assert self.git("rev-parse", "--verify", "-q", f"refs/pull/{number}/head", check=False).stdout.strip() == sha
+            pr = PR(number=number, title=title, body=body, head=ref, base="champion", user=author,
+                    fork=f"{author}/{self.name}")
+            self.prs[number] = pr
+        self._emit_pr("opened", pr, author)
+        return pr
+
+    def next_pr_number(self) -> int:
+        return max([*self.prs, *[c["issue"] for c in self.comments.values()], 0]) + 1
+
+    def push_pr(self, number: int, sha: str, user: str) -> None:
+        """`user` pushes `sha` to the PR's head (its branch, or the fork's: refs/pull/<n>/head): pull_request
+        synchronize, and auto-merge cancelled as GitHub does."""
+        pr = self.prs[number]
+        before = self.head_sha(pr)
+        self.git("update-ref", f"refs/pull/{number}/head" if pr.fork else f"refs/heads/{pr.head}", sha)
+        self.head_sha(pr)
+        self.run_automerge()
+        self._emit_pr("synchronize", pr, user, before=before)
 
     def write_rules(self) -> None:
         """rules.json for the pre-receive hook: the branches that take changes only through pull requests, and the ref
@@ -374,10 +416,13 @@ class FakeGitHub:
                  merged_by=None, maintainer_can_modify=False)
         if d["auto_merge"]:
             d["auto_merge"].pop("by", None)
+        d["author_association"] = self.association(pr.user)
         for side, ref, sha in (("head", pr.head, head_sha), ("base", pr.base, base_sha)):
-            d[side].update(ref=ref, sha=sha, label=f"{self.owner}:{ref}", user=self.user(self.owner))
-            d[side]["repo"].update(name=self.name, full_name=self.full_name)
-            d[side]["repo"]["owner"]["login"] = self.owner
+            full = pr.fork if side == "head" and pr.fork else self.full_name
+            owner = full.split("/")[0]
+            d[side].update(ref=ref, sha=sha, label=f"{owner}:{ref}", user=self.user(owner))
+            d[side]["repo"].update(name=full.split("/")[1], full_name=full, fork=full != self.full_name)
+            d[side]["repo"]["owner"]["login"] = owner
         return d
 
     def check_page(self, check_run_id: int) -> str:
@@ -408,7 +453,7 @@ class FakeGitHub:
     def comment_json(self, c: dict) -> dict:
         d = self.example("issue-comment", **{"/1347": f"/{c['issue']}"})
         d.update(id=c["id"], node_id=f"IC_{c['id']}", body=c["body"], user=self.user(c["user"]),
-                 created_at=c["created_at"], updated_at=c["updated_at"], author_association="OWNER",
+                 created_at=c["created_at"], updated_at=c["updated_at"], author_association=self.association(c["user"]),
                  url=f"{self.api}/repos/{self.full_name}/issues/comments/{c['id']}")
         return d
 
@@ -578,8 +623,9 @@ class FakeGitHub:
         return sha
 
     # --- webhooks ---------------------------------------------------------------------------------------
-    def _emit_pr(self, action: str, pr: PR, user: str) -> None:
-        definition, payload = pull_request_payload(action, self.full_name, self.pr_json(pr), user)
+    def _emit_pr(self, action: str, pr: PR, user: str, before: str | None = None, label: dict | None = None) -> None:
+        definition, payload = pull_request_payload(action, self.full_name, self.pr_json(pr), user, before=before,
+                                                   label=label)
         self.hooks.emit(definition, "pull_request", payload)
 
     def emit_check_run(self, run: dict, user: str) -> None:
@@ -775,7 +821,7 @@ class FakeGitHub:
         for pr in sorted(self.prs.values(), key=lambda p: -p.number):
             if state != "all" and pr.state != state:
                 continue
-            if "head" in query and query["head"] != f"{self.owner}:{pr.head}":
+            if "head" in query and query["head"] != f"{(pr.fork or self.full_name).split('/')[0]}:{pr.head}":
                 continue
             if "base" in query and query["base"] != pr.base:
                 continue
@@ -789,7 +835,7 @@ class FakeGitHub:
         if any(p.head == head and p.base == base and p.state == "open" for p in self.prs.values()):
             raise HTTPError(422, "Validation Failed", errors=[{"resource": "PullRequest", "code": "custom",
                                                                "message": f"A pull request already exists for {self.owner}:{head}."}])
-        number = max([*self.prs, *[c["issue"] for c in self.comments.values()], 0]) + 1
+        number = self.next_pr_number()
         pr = PR(number=number, title=body["title"], body=body.get("body") or "", head=head, base=base, user=user)
         self.prs[number] = pr
         self._emit_pr("opened", pr, user)
@@ -843,6 +889,9 @@ class FakeGitHub:
         c = {"id": self.next_id(), "issue": self._issue(issue_number), "body": body["body"], "user": user,
              "created_at": now(), "updated_at": now()}
         self.comments[c["id"]] = c
+        pr = self.prs[c["issue"]]
+        definition, payload = issue_comment_payload(self.full_name, self.pr_json(pr), self.comment_json(c), user)
+        self.hooks.emit(definition, "issue_comment", payload)
         return 201, self.comment_json(c)
 
     def op_update_comment(self, comment_id: str, body: dict, **_):
@@ -856,7 +905,7 @@ class FakeGitHub:
         if name not in self.labels:
             self.labels[name] = {"id": self.next_id(), "name": name, "color": color, "description": description}
 
-    def op_add_labels(self, issue_number: str, body: Any, **_):
+    def op_add_labels(self, issue_number: str, body: Any, user: str, **_):
         pr = self._pr(issue_number)
         names = body.get("labels", []) if isinstance(body, dict) else body
         for item in names:
@@ -864,6 +913,7 @@ class FakeGitHub:
             self._ensure_label(name)
             if name not in pr.labels:
                 pr.labels.append(name)
+                self._emit_pr("labeled", pr, user, label=self.label_json(name))
         return 200, [self.label_json(n) for n in pr.labels]
 
     def op_list_labels(self, **_):
