@@ -195,19 +195,21 @@ class _World:
     """One campaign's truth: the champion's true value, each commit's seed shares of the noise (a change that pairs
     shares its champion's), and the runs made. The records (what the bot knows) are the lifecycle's."""
 
-    def __init__(self, sim: SimConfig, rng: np.random.Generator, metric: Metric) -> None:
-        self.sim, self.rng, self.metric = sim, rng, metric
+    def __init__(self, sim: SimConfig, rng: np.random.Generator, holdout_rng: np.random.Generator,
+                 metric: Metric) -> None:
+        self.sim, self.rng, self.holdout_rng, self.metric = sim, rng, holdout_rng, metric
         self.true = 0.0
         self.parts: list[float] = []  # the champion's seeds' shares of the noise
         self.made = 0
 
     def run(self, spec: RunSpec, true: float, parts: list[float]) -> RunResult:
         """The result of one run the lifecycle asked for: true value + the seed's share + the run's own noise; a
-        holdout run (val + holdout) shares no val seed."""
+        holdout run (val + holdout) shares no val seed and draws from its own stream, so a rule's val runs are the
+        same whether its holdout runs are charged or not."""
         s, rho = self.sim.sigma, self.sim.pair_correlation
         self.made += 1
         if HOLDOUT in spec.splits:
-            value = true + float(self.rng.normal()) * s
+            value = true + float(self.holdout_rng.normal()) * s
         else:
             while len(parts) <= spec.seed:
                 parts.append(float(self.rng.normal()) * math.sqrt(rho) * s)
@@ -242,7 +244,8 @@ def simulate_rule(rules: Rules, sim: SimConfig, max_calls: int = 1000) -> dict[s
         effects = sim.mix.draw(prop_rng, sim.experiments) * s
         removes = prop_rng.random(sim.experiments) < sim.mix.removes_code_share
         unpairable = prop_rng.random(sim.experiments) < sim.mix.unpairable_share
-        world = _World(sim, np.random.default_rng([sim.seed, camp, 2]), metric)
+        world = _World(sim, np.random.default_rng([sim.seed, camp, 2]), np.random.default_rng([sim.seed, camp, 3]),
+                       metric)
         champion = ChampionRecord(commit="c0000000")
         decided: list[ExperimentRecord] = []
         for e in range(sim.experiments):
