@@ -6,17 +6,19 @@ change with a known true effect (improvement, in noise sigmas) drawn from a mix:
 few help. A run measures true value + Gaussian noise of sd `sigma`; runs with the same seed share a seed component
 (correlation `pair_correlation`), as training runs with the same seed do.
 
-Every rule goes through the runs the lifecycle (`bot.core.lifecycle`) makes, counted the same way for each:
+Every rule is run by the bot's own lifecycle (`bot.core.lifecycle.next_action` on the bot's records, one experiment
+at a time, as the stepper runs it): the simulation only answers each run the lifecycle asks for and merges each win
+(`lifecycle.champion_after`). So, as in the bot:
 - a new champion is run until it has the policy's `baseline_runs` val runs;
-- `decide` is asked, the requested champion and candidate runs are made, and so on until a final verdict; champion
-  runs stay with the champion and serve its later experiments;
+- `decide` is asked, the requested champion and candidate runs are made (seed k for a commit's k-th val run), and so
+  on until a final verdict; champion runs stay with the champion and serve its later experiments;
 - a win, when the rule confirms on holdout (`Rules.holdout_max_gap` set), costs one candidate run scored on val and
-  holdout, plus the champion's holdout reference runs it still lacks (one for a fixed gap, `HOLDOUT_REFERENCE_RUNS`
-  for `auto`; a later champion inherits the winner's confirmation run). The synthetic target does not overfit val, so
-  the check always passes; its runs are counted, never used in a mean;
-- the promoted candidate's val runs become the new champion's runs (`lifecycle.champion_after`), so a winner's luck
-  stays in the champion's measured value. With one run each and margin 0 this is autoresearch's greedy loop: the kept
-  run's single measurement becomes the value the next candidate must beat.
+  holdout, plus the champion's holdout reference runs it still lacks. The synthetic target does not overfit val
+  (every run's holdout gap is SIM_HOLDOUT_GAP), so the check always passes; its runs are counted, never in a mean;
+- the promoted candidate's runs become the new champion's runs, so a winner's luck stays in the champion's measured
+  value. With one run each and margin 0 this is autoresearch's greedy loop: the kept run's single measurement
+  becomes the value the next candidate must beat;
+- a rule that learns (`bayes`) gets the prior `lifecycle.learned` makes from the experiments decided so far.
 A promotion applies the candidate's true effect to the champion (a bad promotion hurts the rest of the campaign).
 
 Everything is drawn from numpy Generators seeded from `seed`, so a benchmark is reproducible.
@@ -30,10 +32,11 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from bot.core.lifecycle import HOLDOUT_REFERENCE_RUNS, Rules
-from bot.core.bayes import learn
-from bot.core.policy import MarginPolicy, Policy, PolicyConfig, make_policy, t_sf
-from bot.core.records import Decision, Evidence, oriented
+from bot.core import lifecycle as lc
+from bot.core.lifecycle import Rules
+from bot.core.policy import MarginPolicy, PolicyConfig, make_policy, t_sf
+from bot.core.records import (HOLDOUT, VAL, ChampionRecord, Decision, Evidence, ExperimentRecord, Metric, Proposal,
+                              RunResult, RunSpec, oriented, sign)
 from runner.config import Direction
 
 METRICS = (
@@ -184,55 +187,53 @@ def default_rules() -> dict[str, Rules]:
     }
 
 
-class _Campaign:
-    """One campaign's champion: its true value, its val runs, its seeds' shares of the noise, its holdout reference
-    runs, every run made, and (for a rule that learns) the decided experiments."""
+SIM_METRIC = "sim"  # the simulated evaluator's metric: val_sim, holdout_sim
+SIM_HOLDOUT_GAP = 0.1  # every simulated run's (holdout - val) / |val|: the synthetic target never overfits val
 
-    def __init__(self, sim: SimConfig, rng: np.random.Generator) -> None:
-        self.sim, self.rng = sim, rng
+
+class _World:
+    """One campaign's truth: the champion's true value, each commit's seed shares of the noise (a change that pairs
+    shares its champion's), and the runs made. The records (what the bot knows) are the lifecycle's."""
+
+    def __init__(self, sim: SimConfig, rng: np.random.Generator, holdout_rng: np.random.Generator,
+                 metric: Metric) -> None:
+        self.sim, self.rng, self.holdout_rng, self.metric = sim, rng, holdout_rng, metric
         self.true = 0.0
-        self.runs: list[float] = []
-        self.holdout_runs = 0  # the champion's holdout reference runs
-        self.seed_parts: list[float] = []  # the champion's seeds' share of the noise; a change that pairs shares it
+        self.parts: list[float] = []  # the champion's seeds' shares of the noise
         self.made = 0
-        self.history: list[tuple[Evidence, Decision]] = []
 
-    def measure(self, true: float, seed: int, parts: list[float]) -> float:
-        """One run at `seed`, whose seed share is parts[seed] (drawn when first needed)."""
+    def run(self, spec: RunSpec, true: float, parts: list[float]) -> RunResult:
+        """The result of one run the lifecycle asked for: true value + the seed's share + the run's own noise; a
+        holdout run (val + holdout) shares no val seed and draws from its own stream, so a rule's val runs are the
+        same whether its holdout runs are charged or not."""
         s, rho = self.sim.sigma, self.sim.pair_correlation
-        while len(parts) <= seed:
-            parts.append(float(self.rng.normal()) * math.sqrt(rho) * s)
         self.made += 1
-        return true + parts[seed] + float(self.rng.normal()) * math.sqrt(1.0 - rho) * s
-
-    def baseline(self, policy: Policy) -> None:
-        """The champion's noise floor: runs until it has the policy's baseline_runs (seeds continue after its own)."""
-        while len(self.runs) < policy.baseline_runs:
-            self.runs.append(self.measure(self.true, len(self.runs), self.seed_parts))
-
-    def confirm_holdout(self, reference: int) -> None:
-        """A win's holdout confirmation: one candidate run on val + holdout, and the champion's reference runs it
-        lacks."""
-        self.made += 1 + max(0, reference - self.holdout_runs)
-        self.holdout_runs = max(reference, self.holdout_runs)
-
-    def promote(self, true: float, runs: list[float], parts: list[float], confirmed: bool) -> None:
-        self.true, self.runs, self.seed_parts, self.holdout_runs = true, list(runs), parts, int(confirmed)
+        if HOLDOUT in spec.splits:
+            value = true + float(self.holdout_rng.normal()) * s
+        else:
+            while len(parts) <= spec.seed:
+                parts.append(float(self.rng.normal()) * math.sqrt(rho) * s)
+            value = true + parts[spec.seed] + float(self.rng.normal()) * math.sqrt(1.0 - rho) * s
+        val = sign(self.metric.direction) * value  # as the evaluator reports it
+        metrics = {self.metric.key(VAL): val}
+        if HOLDOUT in spec.splits:
+            metrics[self.metric.key(HOLDOUT)] = val + SIM_HOLDOUT_GAP * abs(val)
+        return RunResult(status="ok", commit=spec.commit, champion=spec.champion, metrics=metrics, seed=spec.seed,
+                         splits=list(spec.splits))
 
 
-def _evidence(champ: _Campaign, cand: list[float], sim: SimConfig, removes: bool, learned) -> Evidence:
-    """What the policy sees, as the lifecycle builds it: the metric as reported (the simulation's values, negated
-    when maximized: the sign is its own inverse), each run's seed, and what the campaign has taught a rule that
-    learns."""
-    return Evidence(champion=oriented(champ.runs, sim.direction), direction=sim.direction,
-                    candidate=oriented(cand, sim.direction), champion_seeds=list(range(len(champ.runs))),
-                    candidate_seeds=list(range(len(cand))), removes_code=removes, campaign=learned)
+def _experiment(number: int, parent: str) -> ExperimentRecord:
+    return ExperimentRecord(id=f"exp-{number}", number=number, branch=f"arbot/exp-{number}", commit=f"e{number:07d}",
+                            parent=parent, proposal=Proposal(proposer="sim", hypothesis="simulated change", files={}))
 
 
 def simulate_rule(rules: Rules, sim: SimConfig, max_calls: int = 1000) -> dict[str, float]:
-    """Run `sim.campaigns` campaigns of `sim.experiments` experiments with one rule; return its metrics."""
+    """Run `sim.campaigns` campaigns of `sim.experiments` experiments with one rule; return its metrics. Every run is
+    one `lifecycle.next_action` asked for, every verdict its Decide, and a win's merge makes the next champion with
+    `lifecycle.champion_after`, as the stepper does (one experiment at a time: nothing is ever in flight)."""
     policy, s = rules.policy, sim.sigma
-    learns = getattr(policy, "learns", False)
+    metric = Metric(name=SIM_METRIC, direction=sim.direction, precision=6)
+    rules = replace(rules, metric=metric, review_flagged=False)
     promotions = false_promotions = worse_promotions = strong = strong_promoted = real_wins = 0
     baseline_runs = total_runs = 0
     margins: list[float] = []
@@ -243,31 +244,34 @@ def simulate_rule(rules: Rules, sim: SimConfig, max_calls: int = 1000) -> dict[s
         effects = sim.mix.draw(prop_rng, sim.experiments) * s
         removes = prop_rng.random(sim.experiments) < sim.mix.removes_code_share
         unpairable = prop_rng.random(sim.experiments) < sim.mix.unpairable_share
-        champ = _Campaign(sim, np.random.default_rng([sim.seed, camp, 2]))
-        learned = learn([]) if learns else None
+        world = _World(sim, np.random.default_rng([sim.seed, camp, 2]), np.random.default_rng([sim.seed, camp, 3]),
+                       metric)
+        champion = ChampionRecord(commit="c0000000")
+        decided: list[ExperimentRecord] = []
         for e in range(sim.experiments):
-            before = champ.made
-            champ.baseline(policy)
-            baseline_runs += champ.made - before
             eff = float(effects[e])
-            cand_true = champ.true - eff  # lower is better
-            parts = [] if unpairable[e] else champ.seed_parts  # an unpairable change draws its own seed shares
-            cand: list[float] = []
+            cand_true = world.true - eff  # lower is better
+            parts = [] if unpairable[e] else world.parts  # an unpairable change draws its own seed shares
+            exp = _experiment(e, champion.commit)
+            learned = lc.learned(rules, decided)
             for _ in range(max_calls):
-                ev = _evidence(champ, cand, sim, bool(removes[e]), learned)
-                d = policy.decide(ev)
-                if d.final:
+                action = lc.next_action(exp, champion, champion.commit, learned, removes_code=bool(removes[e]))
+                if isinstance(action, lc.Decide):
+                    exp.decision, exp.evidence = action.decision, action.evidence
                     break
-                for _ in range(d.more_champion_runs):
-                    champ.runs.append(champ.measure(champ.true, len(champ.runs), champ.seed_parts))
-                for _ in range(d.more_candidate_runs):
-                    cand.append(champ.measure(cand_true, len(cand), parts))
+                if not isinstance(action, lc.Run):  # pragma: no cover - nothing is in flight, so nothing waits
+                    raise RuntimeError(f"unexpected {action} for {exp.id}")
+                floor = not lc.floor_met(champion, rules)
+                for spec in action.specs:
+                    mine = spec.role == exp.id
+                    (exp if mine else champion).runs.append(
+                        world.run(spec, cand_true if mine else world.true, parts if mine else world.parts))
+                    baseline_runs += floor and not mine
             else:  # pragma: no cover - a policy that never ends is a bug
                 raise RuntimeError(f"{getattr(policy, 'name', policy)} did not reach a verdict in {max_calls} calls")
+            d = exp.decision
+            decided.append(exp)
             strong += eff >= sim.power_threshold * s
-            if learns:
-                champ.history.append((ev, d))
-                learned = learn(champ.history)
             if d.verdict == "win":
                 promotions += 1
                 false_promotions += eff <= 0
@@ -275,12 +279,14 @@ def simulate_rule(rules: Rules, sim: SimConfig, max_calls: int = 1000) -> dict[s
                 real_wins += eff > 0
                 strong_promoted += eff >= sim.power_threshold * s
                 margins.append((d.effect or 0.0) / s)
-                confirmed = rules.holdout_max_gap is not None
-                if confirmed:
-                    champ.confirm_holdout(HOLDOUT_REFERENCE_RUNS if rules.holdout_max_gap == "auto" else 1)
-                champ.promote(cand_true, cand, parts if unpairable[e] else champ.seed_parts, confirmed)
-        total_runs += champ.made
-        improvements.append(-champ.true / s)
+                if not isinstance(lc.next_action(exp, champion, champion.commit, learned), lc.Promote):
+                    raise RuntimeError(f"{exp.id} won but the lifecycle does not promote it")  # pragma: no cover
+                exp.merged_as = f"m{e:07d}"
+                champion = lc.champion_after(exp, exp.merged_as)
+                world.true = cand_true
+                world.parts = parts
+        total_runs += world.made
+        improvements.append(-world.true / s)
     n_exp = sim.campaigns * sim.experiments
     return {
         "false_promotion_rate": false_promotions / promotions if promotions else 0.0,

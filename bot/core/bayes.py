@@ -171,10 +171,18 @@ def marginal(ev: Evidence, ss: float, df: int, share: float, rho: float) -> tupl
     return special.logsumexp(both, axis=0) - k, special.logsumexp(paired, axis=0) - k
 
 
+def log_joint(prior: np.ndarray, ll: np.ndarray) -> np.ndarray:
+    """log prior + log-likelihood, -inf where the prior is 0. In logs, so that runs far outside the prior's support
+    (where the likelihood of every supported theta underflows) still give a posterior, never 0 / 0."""
+    with np.errstate(divide="ignore"):
+        return np.log(prior) + ll
+
+
 def posterior(prior: np.ndarray, ll: np.ndarray) -> np.ndarray:
-    """The posterior on GRID of a prior and a log-likelihood."""
-    w = prior * np.exp(ll - ll.max())
-    return w / w.sum()
+    """The posterior on GRID of a prior and a log-likelihood (each row's, for a 2-d `ll`)."""
+    a = log_joint(prior, ll)
+    w = np.exp(a - a.max(-1, keepdims=True))
+    return w / w.sum(-1, keepdims=True)
 
 
 # --------------------------------------------------------------------------------------------- learning
@@ -204,15 +212,11 @@ def learn(history: Sequence[tuple[Evidence, Decision]]) -> CampaignPrior:
         return base
     share, rho = pairing([ev for ev, _ in decided], sd)
     lik = np.array([loglik(ev, sd, share, rho)[0] for ev, _ in decided])
-    lik = np.exp(lik - lik.max(1, keepdims=True))
     w0 = np.asarray(base.weights)
     w = w0
     for _ in range(EM_STEPS):
-        post = lik * w
-        post /= post.sum(1, keepdims=True)
-        w = (PRIOR_STRENGTH * w0 + post.sum(0)) / (PRIOR_STRENGTH + len(decided))
-    post = lik * w
-    post /= post.sum(1, keepdims=True)
+        w = (PRIOR_STRENGTH * w0 + posterior(w, lik).sum(0)) / (PRIOR_STRENGTH + len(decided))
+    post = posterior(w, lik)
     gained = sum(float(p @ GRID) for p, (_, d) in zip(post, decided) if d.verdict == "win")
     runs = sum(len(ev.candidate) for ev, _ in decided)
     value = (DEFAULT_RUN_VALUE * RUN_VALUE_STRENGTH + gained) / (RUN_VALUE_STRENGTH + runs)

@@ -488,7 +488,7 @@ class BayesPolicy:
         ll, paired_ll = bayes.marginal(ev, ss, df, prior.pair_share, prior.pair_correlation)
         w = np.asarray(prior.weights)
         post = bayes.posterior(w, ll)
-        p_pair = float((w * np.exp(paired_ll - ll.max())).sum() / (w * np.exp(ll - ll.max())).sum())
+        p_pair = float(np.exp(special.logsumexp(bayes.log_joint(w, paired_ll)) - special.logsumexp(bayes.log_joint(w, ll))))
         lfdr, mean = float(post[bayes.NULL].sum()), float(post @ bayes.GRID)
         stats: dict = dict(champion_mean=ch, candidate_mean=ca, effect=mean * sd, spread=sd, champion_runs=nh,
                            candidate_runs=nc)  # no p-value: P(no better), a posterior probability, is in the reason
