@@ -1,11 +1,12 @@
 """Capacity by simulation (`arbot bench capacity`): the real stepper, lifecycle, local forge (git notes) and
 `arbot run`'s loop, driven through a long campaign by a simulated executor; no training.
 
-The world: the training script is a column of slots, and each proposal writes one marker line into its own slot
-(so any two experiments merge cleanly, and a replay onto a new champion keeps its change). A marker carries the
-change's true effect on the metric, drawn from a mix (most proposals harmless or harmful, a few real wins). A run of
-a commit reports the sum of the effects of the markers in its script, plus seeded noise, on the splits it was
-asked for.
+The world: the training script is a fixed column of SLOTS slot lines, each holding a number, and each proposal
+changes one slot's number in place, the slots taken in turn (so experiments open together change different lines,
+merge cleanly, and a replay onto a new champion keeps its change; the script keeps its size however long the
+campaign). A proposal adds its true effect on the metric to its slot's number, drawn from a mix (most proposals
+harmless or harmful, a few real wins). A run of a commit reports the sum of its script's slots, plus seeded noise,
+on the splits it was asked for.
 
 The executor: `workers` simulated workers in virtual time. A run takes a synthetic duration (uniform around
 RUN_SECONDS). Virtual time passes as the bot works (its real seconds between two polls are added) and `poll` then
@@ -46,15 +47,26 @@ HARM_SHARE, HARM_EFFECT = 0.35, 0.05  # proposals that hurt (up to this much)
 HOLDOUT_GAP = 0.01  # (holdout - val) / val of every model: an honest one
 HISTORY_MARKS = (0, 100, 300, 1000, 3000)  # history sizes the bot's seconds per decision are reported at
 WINDOW = 20  # decisions averaged at each mark
+SLOTS = 256  # slot lines of the script (at least 4 x the workers: more than the experiments open at once)
 
 
 def train_py(slots: int) -> str:
-    """A script whose slots let every proposal change its own line, four lines apart."""
-    return "LEARNING_RATE = 0.001\n\n\n\n" + "".join(f"# slot {i}\n\n\n\n" for i in range(1, slots + 1))
+    """A script of `slots` slot lines, each at 0, four lines apart."""
+    return "LEARNING_RATE = 0.001\n\n\n\n" + "".join(f"{MARK}{i} {0:+.4f} -\n\n\n\n" for i in range(1, slots + 1))
 
 
 def effects(text: str) -> float:
     return sum(float(line[len(MARK):].split()[1]) for line in text.splitlines() if line.startswith(MARK))
+
+
+def set_slot(text: str, slot: int, effect: float, by: str) -> str:
+    """`text` with `effect` added to the number of slot `slot`, the change named `by` (so a change of no effect
+    changes the line too)."""
+    head = f"{MARK}{slot} "
+    at = text.index("\n" + head) + 1
+    end = text.index("\n", at)
+    value = float(text[at + len(head):end].split()[0]) + effect
+    return f"{text[:at]}{head}{value:+.4f} {by}{text[end:]}"
 
 
 def noise(commit: str, seed: int) -> float:
@@ -63,22 +75,23 @@ def noise(commit: str, seed: int) -> float:
 
 
 class MarkerProposer:
-    """Proposes one marker per experiment in its own slot, its effect drawn from the mix (seeded)."""
+    """Proposes one change per experiment to the next slot in turn, its effect drawn from the mix (seeded)."""
 
     name = "bench"
 
-    def __init__(self, seed: int, clock=lambda: 0.0):
-        self.rng, self.slot, self.clock = random.Random(seed), 0, clock
+    def __init__(self, seed: int, slots: int, clock=lambda: 0.0):
+        self.rng, self.slots, self.proposed, self.clock = random.Random(seed), slots, 0, clock
         self.last_at = 0.0  # the virtual time of the last proposal
 
     def propose(self, ctx) -> Proposal:
-        self.slot += 1
+        slot = self.proposed % self.slots + 1
+        self.proposed += 1
         self.last_at = self.clock()
         roll = self.rng.random()
         effect = WIN_EFFECT if roll < WIN_SHARE else self.rng.uniform(0, HARM_EFFECT) if roll < WIN_SHARE + HARM_SHARE \
             else 0.0
-        text = ctx.files[SCRIPT].replace(f"# slot {self.slot}\n", f"{MARK}p{self.slot} {effect:+.4f}\n", 1)
-        return Proposal(proposer=self.name, hypothesis=f"marker {self.slot} ({effect:+.4f})", files={SCRIPT: text})
+        return Proposal(proposer=self.name, hypothesis=f"proposal {self.proposed}: slot {slot} {effect:+.4f}",
+                        files={SCRIPT: set_slot(ctx.files[SCRIPT], slot, effect, f"p{self.proposed}")})
 
 
 @dataclass(order=True)
@@ -228,13 +241,14 @@ def campaign(workers: int, experiments: int, seed: int = 0, status: bool = True,
              where: Path | None = None) -> Capacity:
     """One simulated campaign of `experiments` proposals with `workers` workers (and as many in flight)."""
     with tempfile.TemporaryDirectory(prefix="arbot-capacity-", dir=where) as tmp:
-        repo = make_repo(Path(tmp) / "repo", experiments + workers)
+        slots = max(SLOTS, 4 * workers)
+        repo = make_repo(Path(tmp) / "repo", slots)
         forge = LocalForge(repo)
         forge.ensure_champion()
         sim = SimExecutor(repo, workers, seed)
         clock = Clock(sim)
         target = TargetConfig(script=SCRIPT, allowed_paths=[SCRIPT], budget_seconds=RUN_SECONDS)
-        proposer = MarkerProposer(seed, clock=lambda: sim.now)
+        proposer = MarkerProposer(seed, slots, clock=lambda: sim.now)
         loop = Loop(forge, None, proposer, make_policy(PolicyConfig()), target, metric=DEFAULT_METRIC,
                     executor=sim, in_flight=workers)
         start = time.perf_counter()
