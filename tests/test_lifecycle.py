@@ -132,8 +132,12 @@ CASES = {
     "noise floor continues after a run and a pending run": Case(
         experiment(), champion(3.00, pending=(spec("champion", CHAMP, 1),)), lc.Run,
         specs=(spec("champion", CHAMP, 2),), says=("1 more runs",)),
-    "noise floor all in flight: asks for nothing more, waits": Case(
-        experiment(), champion(3.00, pending=(spec("champion", CHAMP, 1), spec("champion", CHAMP, 2))), lc.Wait),
+    "noise floor all in flight: the screen run goes beside it (no worker idles until the floor is in)": Case(
+        experiment(), champion(3.00, pending=(spec("champion", CHAMP, 1), spec("champion", CHAMP, 2))), lc.Run,
+        specs=(spec(EXP, CAND, 0),)),
+    "noise floor in flight, the screen made: waits for the floor": Case(
+        experiment(cand_runs(2.90)), champion(3.00, pending=(spec("champion", CHAMP, 1), spec("champion", CHAMP, 2))),
+        lc.Wait),
     "a champion run crashed once (it may be the machine's failure): made again with the next seeds": Case(
         experiment(), champion(3.00, extra=(run(None, 1, commit=CHAMP, status="crash", reason="champion boom"),)),
         lc.Run, specs=(spec("champion", CHAMP, 2), spec("champion", CHAMP, 3)), says=("2 more runs",)),

@@ -193,6 +193,7 @@ class LocalForge:
         self._experiments: Experiments | None = None
         self._branch_number: int | None = None  # the highest experiment branch number when first asked
         self._warned: set[tuple[str, str, str]] = set()
+        self._removes: dict[str, bool] = {}  # experiment commit -> removes_code (its parent and files are in it)
 
     # --- champion -------------------------------------------------------------------------
     def ensure_champion(self) -> str:
@@ -549,9 +550,12 @@ class LocalForge:
                 if b.type == "blob" and not forbidden_paths([b.path], allowed_paths)}
 
     def removes_code(self, rec: ExperimentRecord) -> bool:
-        """Whether rec's change deletes lines on net (the policy may promote a no-worse simplification)."""
-        before = sum(len((self.text(rec.parent, path) or "").splitlines()) for path in rec.proposal.files)
-        return sum(len(t.splitlines()) for t in rec.proposal.files.values()) < before
+        """Whether rec's change deletes lines on net (the policy may promote a no-worse simplification); read once
+        per experiment commit (it is asked at every step)."""
+        if (known := self._removes.get(rec.commit)) is None:
+            before = sum(len((self.text(rec.parent, path) or "").splitlines()) for path in rec.proposal.files)
+            known = self._removes[rec.commit] = sum(len(t.splitlines()) for t in rec.proposal.files.values()) < before
+        return known
 
     # --- experiments ----------------------------------------------------------------------
     def next_number(self) -> int:
