@@ -1,5 +1,7 @@
 """The local forge on real git repositories: branches, notes, merges with trailers, no working-tree changes."""
 
+from pathlib import Path
+
 import git
 import pytest
 from hypothesis import given, settings
@@ -197,3 +199,21 @@ def test_an_unreadable_note_is_skipped_reported_and_kept_when_written_over(resea
     forge.save(ChampionRecord(commit=sha, runs=[RunResult(status="ok", commit=sha)]))  # the champion measured again
     assert research_repo.git.notes(f"--ref={UNREADABLE_REF}", "show", sha) == '{"kind": "champion", "commit": 1'
     assert len(forge.champion_record(sha).runs) == 1 and forge.unreadable_notes() == []
+
+
+def test_refs_are_read_as_git_stores_them_loose_or_packed(forge, research_repo):
+    """The forge reads branches and notes refs itself: from their loose files, else packed-refs, and again after
+    git moves, packs or deletes them."""
+    champion = forge.champion()
+    rec = forge.open_experiment(proposal("print('x')\n"), champion, started_at="t")
+    notes = research_repo.git.rev_parse("refs/notes/arbot")
+    research_repo.git.pack_refs("--all")
+    assert not (Path(research_repo.common_dir) / "refs/heads/champion").exists()
+    assert forge.champion() == champion and forge.has_ref(f"refs/heads/{rec.branch}")
+    assert forge._ref_sha("refs/notes/arbot") == notes and not forge.has_ref("refs/heads/arbot/exp-99")
+    research_repo.git.update_ref("refs/heads/champion", rec.commit)  # a loose file again, over the packed entry
+    assert forge.champion() == rec.commit
+    research_repo.git.update_ref("-d", f"refs/heads/{rec.branch}")
+    research_repo.git.pack_refs("--all")
+    assert not forge.has_ref(f"refs/heads/{rec.branch}") and forge.champion() == rec.commit
+    assert forge.experiment(rec.id) is not None  # the notes, read from the packed ref

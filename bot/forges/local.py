@@ -40,6 +40,8 @@ UNREADABLE_REF = "arbot-unreadable"  # a note that could not be read is kept her
 NOTES_REFS = tuple(f"refs/notes/{r}" for r in (NOTES_REF, PROPOSALS_REF))
 Record = TypeVar("Record", bound=pydantic.BaseModel)
 ZERO = "0" * 40
+_PLAIN_REF = re.compile(r"refs/(heads|notes)/[A-Za-z0-9._+/-]+")  # the refs `_ref_sha` reads itself
+_SHA = re.compile(rb"[0-9a-f]{40}")
 
 
 class ForgeError(RuntimeError):
@@ -193,6 +195,7 @@ class LocalForge:
         self._experiments: Experiments | None = None
         self._branch_number: int | None = None  # the highest experiment branch number when first asked
         self._warned: set[tuple[str, str, str]] = set()
+        self._packed: tuple[tuple[int, int, int], dict[str, str]] | None = None  # packed-refs: (its stat, refs)
         self._removes: dict[str, bool] = {}  # experiment commit -> removes_code (its parent and files are in it)
 
     # --- champion -------------------------------------------------------------------------
@@ -286,10 +289,36 @@ class LocalForge:
         return self._signer
 
     def _ref_sha(self, ref: str) -> str | None:
+        """The commit a full ref name points at, or None; read in process (no git command). A branch or notes ref is
+        read as git stores it (its loose file, else packed-refs); any other name, or a symbolic ref, by GitPython
+        (which checks each path it opens: several times slower, and the bot reads refs at every step)."""
+        if _PLAIN_REF.fullmatch(ref) and ".." not in ref.split("/"):
+            try:
+                with open(os.path.join(self.repo.common_dir, ref), "rb") as f:
+                    value = f.read().strip()
+            except (FileNotFoundError, NotADirectoryError):
+                return self._packed_refs().get(ref)
+            if _SHA.fullmatch(value):
+                return value.decode()
         try:
-            return git.SymbolicReference.dereference_recursive(self.repo, ref)  # read in process: no git command
+            return git.SymbolicReference.dereference_recursive(self.repo, ref)
         except ValueError:
             return None
+
+    def _packed_refs(self) -> dict[str, str]:
+        """packed-refs as {ref: sha}, read again when the file changes."""
+        path = os.path.join(self.repo.common_dir, "packed-refs")
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return {}
+        key = (st.st_ino, st.st_size, st.st_mtime_ns)
+        if self._packed is None or self._packed[0] != key:
+            with open(path, "rb") as f:
+                refs = dict(reversed(line.decode().split()[:2]) for line in f
+                            if line[:1] not in (b"#", b"^") and len(line.split()) >= 2)
+            self._packed = (key, refs)
+        return self._packed[1]
 
     def _trust(self) -> None:
         """The keys notes are verified with: this bot's and those committed in KEYS_FILE on the champion branch
