@@ -132,9 +132,11 @@ CASES = {
     "noise floor continues after a run and a pending run": Case(
         experiment(), champion(3.00, pending=(spec("champion", CHAMP, 1),)), lc.Run,
         specs=(spec("champion", CHAMP, 2),), says=("1 more runs",)),
-    "noise floor all in flight: the screen run goes beside it (no worker idles until the floor is in)": Case(
+    "noise floor all in flight, one champion run made: the screen run goes beside it (held to its times)": Case(
         experiment(), champion(3.00, pending=(spec("champion", CHAMP, 1), spec("champion", CHAMP, 2))), lc.Run,
         specs=(spec(EXP, CAND, 0),)),
+    "noise floor all in flight, no champion run made: waits (a candidate is held to the champion's times)": Case(
+        experiment(), champion(pending=tuple(spec("champion", CHAMP, s) for s in range(3))), lc.Wait),
     "noise floor in flight, the screen made: waits for the floor": Case(
         experiment(cand_runs(2.90)), champion(3.00, pending=(spec("champion", CHAMP, 1), spec("champion", CHAMP, 2))),
         lc.Wait),
