@@ -164,6 +164,7 @@ def test_a_change_next_to_the_winners_line_is_measured_again_not_lost(forge, res
     ("a\nb", "a\nB", "x\na\nb", "x\na\nB"),  # no final newline: kept
     ("a\nb\n", "a\nb", "x\na\nb\n", "x\na\nb"),  # the final newline removed on one side: removed
     ("a\n=======\nc\n", "a\n=======\nC\n", "A\n=======\nc\n", "A\n=======\nC\n"),  # a line like git's marker
+    ("a\r\nb\r\nc\r\n", "a\r\nB\r\nc\r\n", "a\r\nb\r\nC\r\n", "a\r\nB\r\nC\r\n"),  # CRLF lines, touching: both
 ])
 def test_merge_lines(base, ours, theirs, merged):
     assert merge_lines(base, ours, theirs) == merged
@@ -173,13 +174,14 @@ def test_merge_lines(base, ours, theirs, merged):
 @given(n=st.integers(3, 30), data=st.data())
 def test_changes_to_different_lines_always_merge_whatever_they_say(n, data):
     """Any two sets of changed lines, disjoint (touching included), merge into both, whatever the new lines hold
-    (git's conflict markers, carriage returns, nothing)."""
-    base = [f"line {i}\n" for i in range(n)]
+    (git's conflict markers, carriage returns, nothing), with LF or CRLF line ends."""
+    eol = data.draw(st.sampled_from(["\n", "\r\n"]))
+    base = [f"line {i}{eol}" for i in range(n)]
     picked = data.draw(st.lists(st.sampled_from(range(n)), min_size=2, max_size=n, unique=True))
     cut = data.draw(st.integers(1, len(picked) - 1))
     text = st.one_of(st.sampled_from(["<<<<<<<", "=======", "|||||||", ">>>>>>> x", "<" * 80, "\r", ""]),
                      st.text(alphabet=st.characters(blacklist_characters="\n", blacklist_categories=("Cs",))))
-    new = {i: data.draw(text.filter(lambda t: not t.startswith("line"))) + "\n" for i in picked}
+    new = {i: data.draw(text.filter(lambda t: not t.startswith("line"))) + eol for i in picked}
     side = lambda lines: "".join(new.get(i, line) if i in lines else line for i, line in enumerate(base))  # noqa: E731
     ours, theirs = side(picked[:cut]), side(picked[cut:])
     assert merge_lines("".join(base), ours, theirs) == side(picked)

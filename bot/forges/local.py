@@ -90,7 +90,7 @@ def _git_merge(base: str, ours: str, theirs: str) -> list[str | Region]:
     with each region it left in conflict as (ours, base, theirs). The conflict markers are longer than any line
     of the three texts, so no line of theirs reads as one."""
     size = max(len(line) for text in (base, ours, theirs) for line in [""] + _lines(text)) + 1
-    start, middle, sep, end = "<" * size, "|" * size, "=" * size + "\n", ">" * size
+    start, middle, sep, end = "<" * size, "|" * size, "=" * size, ">" * size
     with tempfile.TemporaryDirectory(prefix="arbot-merge-") as tmp:
         paths = []
         for name, text in (("ours", ours), ("base", base), ("theirs", theirs)):
@@ -108,7 +108,7 @@ def _git_merge(base: str, ours: str, theirs: str) -> list[str | Region]:
             region, part = ([], [], []), 0
         elif region is not None and line.startswith(middle):
             part = 1
-        elif region is not None and line == sep:
+        elif region is not None and line.rstrip("\r\n") == sep:  # git ends its markers as the file's lines end
             part = 2
         elif region is not None and line.startswith(end):
             out.append(region)
