@@ -46,7 +46,8 @@ WIN_SHARE, WIN_EFFECT = 0.05, -0.05  # proposals that really help, and by how mu
 HARM_SHARE, HARM_EFFECT = 0.35, 0.05  # proposals that hurt (up to this much)
 HOLDOUT_GAP = 0.01  # (holdout - val) / val of every model: an honest one
 HISTORY_MARKS = (0, 100, 300, 1000, 3000)  # history sizes the bot's seconds per decision are reported at
-WINDOW = 20  # decisions averaged at each mark
+WINDOW = 20  # decisions averaged at each mark (at least 2 x the workers: a win closes many experiments at once)
+STATUS_AT = 1000  # decided experiments at which `arbot status` is timed
 SLOTS = 256  # slot lines of the script (at least 4 x the workers: more than the experiments open at once)
 
 
@@ -181,12 +182,16 @@ class SimExecutor:
 
 
 class Clock:
-    """The campaign's report (bot.surfaces.local.Report): the real time of each decision and the history then."""
+    """The campaign's report (bot.surfaces.local.Report): the real time of each decision and the history then; and
+    `arbot status` timed once the history is `status_at` decided experiments (`status_root`: the repository), a
+    user's process beside the bot's, kept out of the bot's time and of virtual time."""
 
-    def __init__(self, sim: SimExecutor):
+    def __init__(self, sim: SimExecutor, status_root: Path | None = None, status_at: int = STATUS_AT):
         self.sim, self.decided = sim, 0
         self.samples: list[tuple[int, float]] = []  # (decided experiments before it, bot seconds it took)
         self._last, self._world = time.perf_counter(), 0.0
+        self.status_root, self.status_at = status_root, status_at
+        self.status_seconds: float | None = None
 
     def measured(self, champion) -> None:
         pass
@@ -196,6 +201,10 @@ class Clock:
         world = self.sim.world_seconds - self._world
         self.samples.append((self.decided, now - self._last - world))
         self.decided += 1
+        if self.status_root is not None and self.decided == self.status_at:
+            self.status_seconds = _status_seconds(self.status_root)
+            self.sim.world_seconds += self.status_seconds
+            self.sim._mark += self.status_seconds  # no virtual time passes while the user's process runs
         self._last, self._world = now, self.sim.world_seconds
 
     def refused(self, error) -> None:
@@ -246,7 +255,7 @@ def campaign(workers: int, experiments: int, seed: int = 0, status: bool = True,
         forge = LocalForge(repo)
         forge.ensure_champion()
         sim = SimExecutor(repo, workers, seed)
-        clock = Clock(sim)
+        clock = Clock(sim, Path(tmp) / "repo" if status else None)
         target = TargetConfig(script=SCRIPT, allowed_paths=[SCRIPT], budget_seconds=RUN_SECONDS)
         proposer = MarkerProposer(seed, slots, clock=lambda: sim.now)
         loop = Loop(forge, None, proposer, make_policy(PolicyConfig()), target, metric=DEFAULT_METRIC,
@@ -255,12 +264,14 @@ def campaign(workers: int, experiments: int, seed: int = 0, status: bool = True,
         loop.campaign(experiments, clock)
         wall = time.perf_counter() - start
         recs = forge.experiments()
-        per = {}
+        per, size = {}, max(WINDOW, 2 * workers)
         for mark in HISTORY_MARKS:
-            window = [s for n, s in clock.samples if mark <= n < mark + WINDOW]
-            if len(window) >= WINDOW // 2:
+            window = [s for n, s in clock.samples if mark <= n < mark + size]
+            if len(window) >= size // 2:
                 per[mark] = statistics.fmean(window)
-        status_seconds = _status_seconds(Path(tmp) / "repo") if status else None
+        status_seconds = clock.status_seconds
+        if status and status_seconds is None:  # a campaign that decided fewer: at its end
+            status_seconds = _status_seconds(Path(tmp) / "repo")
         return Capacity(workers=workers, experiments=experiments, decided=sum(r.decision is not None for r in recs),
                         wins=sum(bool(r.merged_as) for r in recs), wall_seconds=wall,
                         bot_seconds=wall - sim.world_seconds, virtual_hours=sim.now / 3600,

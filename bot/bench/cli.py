@@ -121,7 +121,8 @@ def capacity(
 
     console = Console(width=max(180, Console().width))
     table = Table(title=f"capacity: {experiments} simulated experiments per campaign, seed {seed} (bot seconds per "
-                        "decision: mean of the 20 decisions from that history size on)")
+                        "decision: mean of the 20 decisions, or 2 x the workers, from that history size on; `arbot "
+                        "status` at 1000 decided experiments, else at the end)")
     for col in ("workers", "decided", "wins", "bot s", "decisions/s", "utilisation", "virtual h", "status s",
                 *(f"s/decision @{m}" for m in HISTORY_MARKS)):
         table.add_column(col, justify="right")
