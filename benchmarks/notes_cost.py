@@ -6,6 +6,11 @@ once with a synthetic result, the proposer changes one line. Prints seconds per 
 at each history size; the goal is a flat line (at most 0.3 s at 1000 experiments).
 
     .venv/bin/python benchmarks/notes_cost.py [--sizes 0 100 300 1000] [--decisions 5]
+    .venv/bin/python benchmarks/notes_cost.py --replay 1000 4000
+
+`--replay LINES...`: instead, the seconds one replay's merge takes (`merge_lines`: a stale experiment's change of
+one line carried onto a champion that changed another) on scripts of these many lines, a quarter of them distinct
+(the rest blank, as between a script's blocks): median of 20.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from bot.core.policy import make_policy  # noqa: E402
 from bot.config import Config  # noqa: E402
 from bot.core.records import ChampionRecord, Decision, Proposal, RunResult  # noqa: E402
 from bot.executors import Finished  # noqa: E402
-from bot.forges.local import LocalForge  # noqa: E402
+from bot.forges.local import LocalForge, merge_lines  # noqa: E402
 from bot.stepper import Stepper  # noqa: E402
 from bot.surfaces.local import LocalSurface  # noqa: E402
 
@@ -118,11 +123,30 @@ def decide_one(stepper: Stepper, forge: LocalForge) -> float:
     return time.perf_counter() - start
 
 
+def replay_seconds(lines: int, times: int = 20) -> float:
+    """Median seconds of one `merge_lines` on a script of `lines` lines (one in four distinct, three blank)."""
+    base = "".join(f"VALUE_{i} = {i}\n\n\n\n" for i in range(lines // 4))
+    ours = base.replace(f"VALUE_{lines // 8} = ", f"VALUE_{lines // 8} = 1 + ", 1)
+    theirs = base.replace("VALUE_1 = ", "VALUE_1 = 2 * ", 1)
+    out = []
+    for _ in range(times):
+        start = time.perf_counter()
+        merged = merge_lines(base, ours, theirs)
+        out.append(time.perf_counter() - start)
+        assert merged is not None and "1 + " in merged and "2 * " in merged
+    return statistics.median(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[0, 100, 300, 1000])
     ap.add_argument("--decisions", type=int, default=5, help="decisions timed at each size (the median is shown)")
+    ap.add_argument("--replay", type=int, nargs="+", metavar="LINES", help="time one replay's merge instead")
     args = ap.parse_args(argv)
+    if args.replay:
+        print_table({"lines": "script lines", "seconds": "s per replay merge"},
+                    [{"lines": n, "seconds": f"{replay_seconds(n):.4f}"} for n in args.replay])
+        return 0
     with tempfile.TemporaryDirectory(prefix="arbot-notes-cost-") as tmp:
         os.environ["ARBOT_SIGNING_KEY"] = str(Path(tmp) / "signing-key")
         config = Config.model_validate({"policy": {"rule": "margin", "margin": 0.0, "baseline_runs": 1},

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from statistics import mean
 
-from scipy import stats
-
 from bot.forges.local import LocalForge
 from bot.core.records import AuditRecord, ExperimentRecord, Metric, RunResult, ok_metric, oriented
 from runner.job import Runner, champion_timing
@@ -54,6 +52,8 @@ def remeasure(runner: Runner, candidate: str, baseline: str, evaluator: str, see
     if len(c) >= 2 and len(b) >= 2:
         oc, ob = oriented(c, metric.direction), oriented(b, metric.direction)  # lower is better
         audit.effect = mean(ob) - mean(oc)
+        from scipy import stats  # imported here: scipy.stats costs most of every `arbot` command's start-up
+
         audit.p_value = float(stats.ttest_ind(oc, ob, alternative="less").pvalue)
         audit.replicates = audit.effect > 0 and audit.p_value < alpha
     else:

@@ -61,9 +61,8 @@ class Loop:
         up (None: until interrupted), or until proposing stops for good (`self.stopped` says why: the experiments
         open are finished first). Returns the experiments finished, in the order they finished.
 
-        The champion's noise floor is measured as part of it: experiments are proposed at once, and a candidate's
-        first run goes beside the floor's last (the policy screens it against two champion runs), so no worker
-        waits for the floor to end."""
+        The champion's noise floor is measured as part of it: experiments are proposed at once, and their screen
+        runs go beside the floor's runs (lifecycle._more_runs), so no worker waits for the floor to end."""
         self.surface.report = report = report or Quiet()
         self.stopped = None
         taken = len(self.stepper.active())

@@ -16,8 +16,6 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scipy import stats
-
 from bot.audit import REPORT_SEED_OFFSET, regression_rate, remeasure
 from bot.core.records import AuditRecord, ExperimentRecord, Metric, ok_metric, oriented
 from bot.forges.local import LocalForge
@@ -65,6 +63,8 @@ class Comparison:
            seeds: list[int]) -> Comparison:
         c = cls(baseline, final, base, fin, remeasured, seeds)
         if len(base) >= 2 and len(fin) >= 2:
+            from scipy import stats  # imported here: scipy.stats costs most of every `arbot` command's start-up
+
             ob, of = oriented(base, metric.direction), oriented(fin, metric.direction)  # lower is better
             test = stats.ttest_ind(ob, of, equal_var=False)
             interval = test.confidence_interval(CONFIDENCE)

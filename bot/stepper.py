@@ -169,15 +169,16 @@ class Stepper:
             if not ended and self.store.champion() == champion:
                 return finished
 
-    def advance(self, rec: ExperimentRecord, train: bool = True) -> ExperimentRecord:
+    def advance(self, rec: ExperimentRecord, train: bool = True, defer: bool = True) -> ExperimentRecord:
         """Carry out `rec`'s actions until it needs runs (submitted; not with train=False), waits, or is finished.
+        `defer=False`: confirmed now even when another experiment on its champion is ahead (`use_free_workers`).
         Returns the experiment it ended on (a replay's fresh one, when the champion moved)."""
         while True:
             if getattr(self.rules.policy, "learns", False):  # the records are read only for a policy that learns
                 self.rules = lc.learned(self.rules, self.store.experiments())
             action = lc.next_action(rec, self.store.champion_record(rec.parent), self.store.champion(), self.rules,
                                     self.store.removes_code(rec), self.surface.tampered(rec),
-                                    lc.ahead_of(rec, self.active()))
+                                    lc.ahead_of(rec, self.active()) if defer else None)
             if isinstance(action, lc.Run):
                 if train:
                     for spec in action.specs:
@@ -304,7 +305,22 @@ class Stepper:
             if filled.stopped:
                 self.surface.stopped(filled.stopped)
                 break
+        self.use_free_workers()
         return filled
+
+    def use_free_workers(self) -> None:
+        """Workers left free while no experiment may be opened (as many are open as lc.has_room allows, most of them
+        deferred behind one being confirmed): the deferred ones are confirmed beside it, oldest first, until every
+        worker has a run. Two confirmed at once may cost the later one a replay when the first wins; an idle worker
+        costs that run for nothing."""
+        active = self.active()
+        if lc.has_room(active, self.slots):
+            return
+        for rec in [r for r in active if lc.deferred(r, active)]:
+            if len(self.in_flight) >= self.slots:
+                return
+            self.keep()
+            self.advance(rec, defer=False)
 
     def exhausted(self, champion: str | None = None) -> str | None:
         """Why nothing is proposed on the champion (default: the current one): its search space ran out (a new

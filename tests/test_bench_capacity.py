@@ -2,7 +2,7 @@
 a simulated executor (bot.bench.capacity). What it reports is measured by the benchmark itself; here, that the
 campaign completes and its accounting adds up."""
 
-from bot.bench.capacity import SimExecutor, campaign, effects, train_py
+from bot.bench.capacity import SimExecutor, campaign, effects, set_slot, train_py
 from bot.core.records import RunSpec
 
 
@@ -26,6 +26,8 @@ def test_the_simulated_executor_runs_at_most_its_workers_in_virtual_time(tmp_pat
     assert sim.queue == [] and sim.utilisation(10.0) > 0.99  # both workers busy from (about) 0
 
 
-def test_a_marker_carries_its_effect_into_every_script_that_holds_it():
-    text = train_py(3).replace("# slot 2\n", "# bench: p2 -0.0500\n")
-    assert effects(text) == -0.05 and effects(train_py(3)) == 0
+def test_a_change_adds_its_effect_to_its_slot_and_keeps_the_script_s_size():
+    text = set_slot(set_slot(train_py(12), 2, -0.05, "p1"), 12, 0.02, "p2")
+    again = set_slot(text, 2, 0.01, "p3")  # a later change of the same slot, in place
+    assert effects(train_py(12)) == 0 and round(effects(text), 4) == -0.03 and round(effects(again), 4) == -0.02
+    assert len(again.splitlines()) == len(train_py(12).splitlines()) and set_slot(again, 1, 0.0, "p4") != again

@@ -1,7 +1,11 @@
 """The local forge on real git repositories: branches, notes, merges with trailers, no working-tree changes."""
 
+from pathlib import Path
+
 import git
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bot.core import lifecycle as lc
 from bot.forges.local import ForgeError, LocalForge, merge_lines
@@ -156,9 +160,31 @@ def test_a_change_next_to_the_winners_line_is_measured_again_not_lost(forge, res
     (None, "new\n", "other\n", None),  # added on both sides, differently
     ("a\n", "A\n", None, None),  # deleted on the champion, changed here
     ("a\n", "A\n", "a\n", "A\n"),  # the champion did not touch it
+    ("x\nx\nx\n", "x\nx\n", "x\nY\nx\nx\n", "x\nY\nx\n"),  # repeated lines: git's alignment keeps both changes
+    ("a\nb", "a\nB", "x\na\nb", "x\na\nB"),  # no final newline: kept
+    ("a\nb\n", "a\nb", "x\na\nb\n", "x\na\nb"),  # the final newline removed on one side: removed
+    ("a\n=======\nc\n", "a\n=======\nC\n", "A\n=======\nc\n", "A\n=======\nC\n"),  # a line like git's marker
+    ("a\r\nb\r\nc\r\n", "a\r\nB\r\nc\r\n", "a\r\nb\r\nC\r\n", "a\r\nB\r\nC\r\n"),  # CRLF lines, touching: both
 ])
 def test_merge_lines(base, ours, theirs, merged):
     assert merge_lines(base, ours, theirs) == merged
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(3, 30), data=st.data())
+def test_changes_to_different_lines_always_merge_whatever_they_say(n, data):
+    """Any two sets of changed lines, disjoint (touching included), merge into both, whatever the new lines hold
+    (git's conflict markers, carriage returns, nothing), with LF or CRLF line ends."""
+    eol = data.draw(st.sampled_from(["\n", "\r\n"]))
+    base = [f"line {i}{eol}" for i in range(n)]
+    picked = data.draw(st.lists(st.sampled_from(range(n)), min_size=2, max_size=n, unique=True))
+    cut = data.draw(st.integers(1, len(picked) - 1))
+    text = st.one_of(st.sampled_from(["<<<<<<<", "=======", "|||||||", ">>>>>>> x", "<" * 80, "\r", ""]),
+                     st.text(alphabet=st.characters(blacklist_characters="\n", blacklist_categories=("Cs",))))
+    new = {i: data.draw(text.filter(lambda t: not t.startswith("line"))) + eol for i in picked}
+    side = lambda lines: "".join(new.get(i, line) if i in lines else line for i, line in enumerate(base))  # noqa: E731
+    ours, theirs = side(picked[:cut]), side(picked[cut:])
+    assert merge_lines("".join(base), ours, theirs) == side(picked)
 
 
 def test_an_unreadable_note_is_skipped_reported_and_kept_when_written_over(research_repo):
@@ -175,3 +201,21 @@ def test_an_unreadable_note_is_skipped_reported_and_kept_when_written_over(resea
     forge.save(ChampionRecord(commit=sha, runs=[RunResult(status="ok", commit=sha)]))  # the champion measured again
     assert research_repo.git.notes(f"--ref={UNREADABLE_REF}", "show", sha) == '{"kind": "champion", "commit": 1'
     assert len(forge.champion_record(sha).runs) == 1 and forge.unreadable_notes() == []
+
+
+def test_refs_are_read_as_git_stores_them_loose_or_packed(forge, research_repo):
+    """The forge reads branches and notes refs itself: from their loose files, else packed-refs, and again after
+    git moves, packs or deletes them."""
+    champion = forge.champion()
+    rec = forge.open_experiment(proposal("print('x')\n"), champion, started_at="t")
+    notes = research_repo.git.rev_parse("refs/notes/arbot")
+    research_repo.git.pack_refs("--all")
+    assert not (Path(research_repo.common_dir) / "refs/heads/champion").exists()
+    assert forge.champion() == champion and forge.has_ref(f"refs/heads/{rec.branch}")
+    assert forge._ref_sha("refs/notes/arbot") == notes and not forge.has_ref("refs/heads/arbot/exp-99")
+    research_repo.git.update_ref("refs/heads/champion", rec.commit)  # a loose file again, over the packed entry
+    assert forge.champion() == rec.commit
+    research_repo.git.update_ref("-d", f"refs/heads/{rec.branch}")
+    research_repo.git.pack_refs("--all")
+    assert not forge.has_ref(f"refs/heads/{rec.branch}") and forge.champion() == rec.commit
+    assert forge.experiment(rec.id) is not None  # the notes, read from the packed ref

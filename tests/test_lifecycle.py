@@ -132,8 +132,14 @@ CASES = {
     "noise floor continues after a run and a pending run": Case(
         experiment(), champion(3.00, pending=(spec("champion", CHAMP, 1),)), lc.Run,
         specs=(spec("champion", CHAMP, 2),), says=("1 more runs",)),
-    "noise floor all in flight: asks for nothing more, waits": Case(
-        experiment(), champion(3.00, pending=(spec("champion", CHAMP, 1), spec("champion", CHAMP, 2))), lc.Wait),
+    "noise floor all in flight, one champion run made: the screen run goes beside it (held to its times)": Case(
+        experiment(), champion(3.00, pending=(spec("champion", CHAMP, 1), spec("champion", CHAMP, 2))), lc.Run,
+        specs=(spec(EXP, CAND, 0),)),
+    "noise floor all in flight, no champion run made: waits (a candidate is held to the champion's times)": Case(
+        experiment(), champion(pending=tuple(spec("champion", CHAMP, s) for s in range(3))), lc.Wait),
+    "noise floor in flight, the screen made: waits for the floor": Case(
+        experiment(cand_runs(2.90)), champion(3.00, pending=(spec("champion", CHAMP, 1), spec("champion", CHAMP, 2))),
+        lc.Wait),
     "a champion run crashed once (it may be the machine's failure): made again with the next seeds": Case(
         experiment(), champion(3.00, extra=(run(None, 1, commit=CHAMP, status="crash", reason="champion boom"),)),
         lc.Run, specs=(spec("champion", CHAMP, 2), spec("champion", CHAMP, 3)), says=("2 more runs",)),

@@ -126,3 +126,82 @@ def test_a_proposer_that_stops_ends_the_campaign_after_the_open_experiments(tmp_
     assert [r.decision.verdict for r in done] == ["loss"]
     assert loop.stopped is not None and loop.stopped.failed is failed
     assert str(raised) in loop.stopped.stopped
+
+
+class HeldRuns:
+    """An executor that holds every run handed to it (none ends): what is in flight after a step (tests only)."""
+
+    slots = 1
+
+    def __init__(self):
+        self.submitted = []
+
+    def submit(self, spec, timing):
+        self.submitted.append(spec)
+        return spec
+
+    def resume(self, spec):
+        return False
+
+    def poll(self, timeout):
+        return []
+
+    def cancel(self, spec):
+        pass
+
+    def busy(self):
+        return {}
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize("first_in_flight", [True, False])
+def test_a_deferred_experiment_is_confirmed_beside_another_only_when_a_worker_would_idle(research_repo,
+                                                                                         first_in_flight):
+    """exp-1 is being confirmed and exp-2, past its screen on the same champion, is deferred behind it; with one
+    worker both fill the open cap (2 x workers), so nothing new may be opened. While exp-1's run is in flight
+    exp-2 waits; once the worker has nothing in flight, exp-2 is confirmed beside exp-1."""
+    from bot.config import TargetConfig
+    from bot.core import lifecycle as lc
+    from bot.core.policy import PolicyConfig
+    from bot.core.records import RunResult, RunSpec
+    from bot.stepper import Stepper
+    from bot.surfaces.local import LocalSurface
+
+    forge = LocalForge(research_repo)
+    champion = forge.ensure_champion()
+    key = DEFAULT_METRIC.key("val")
+
+    def run(commit, seed, value):
+        return RunResult(status="ok", commit=commit, champion=champion, seed=seed, splits=["val"],
+                         metrics={key: value})
+
+    forge.save(forge.champion_record(champion).model_copy(
+        update={"runs": [run(champion, s, v) for s, v in enumerate((3.00, 3.01, 2.99))]}))
+    script = (research_repo.commit(champion).tree / "target/train.py").data_stream.read().decode()
+    exps = []
+    for i in (1, 2):
+        rec = forge.open_experiment(Proposal(proposer="test", hypothesis=f"h{i}",
+                                             files={"target/train.py": script + f"# change {i}\n"}), champion, "t")
+        rec.runs = [run(rec.commit, 0, 2.90)]  # a screen well past the bar
+        exps.append(rec)
+    first, second = exps
+    first.pending = [RunSpec(role=first.id, commit=first.commit, champion=champion, seed=1)]
+    forge.save(first)
+    forge.save(second)
+    executor = HeldRuns()
+    rules = lc.Rules.of(make_policy(PolicyConfig(rule="noise_aware")), TargetConfig(allowed_paths=["target/*"]),
+                        DEFAULT_METRIC)
+    stepper = Stepper(forge, executor, LocalSurface(forge), None, TargetConfig(allowed_paths=["target/*"]), rules,
+                      slots=1)
+    if first_in_flight:
+        stepper.take_up()  # exp-1's pending run handed to the executor: the worker is busy
+    assert lc.deferred(forge.experiment(second.id), forge.active())
+    stepper.fill(tries=0)
+    held = forge.experiment(second.id)
+    if first_in_flight:
+        assert not held.pending and lc.deferred(held, forge.active())
+    else:
+        assert [s.seed for s in held.pending] == [1] and any(s.role == second.id for s in executor.submitted)
+        assert forge.experiment(first.id).pending  # exp-1 is confirmed still

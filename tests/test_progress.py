@@ -99,3 +99,33 @@ def test_plot_before_any_experiment_says_what_to_do(tmp_path):
     repo = make_world(tmp_path / "w", {})
     result = arbot(repo, "plot")
     assert result.returncode == 2 and "no decided experiment yet: `arbot run` first" in result.stdout
+
+
+def test_status_log_plot_and_the_results_export_read_each_note_once(campaign, tmp_path, monkeypatch):
+    """Each command reads and checks every note once, however many champions and experiments it shows (the bot's
+    own cost does not grow with the history times the champions)."""
+    from typer.testing import CliRunner
+
+    from bot import cli
+    from bot.forges.local import LocalForge
+    from bot.loop import export_results
+
+    repo, forge, _ = campaign
+    notes = len(repo.git.notes("--ref=arbot", "list").splitlines())
+    checked = []
+    original = LocalForge._check
+
+    def counting(self, ref, commit, blob):
+        if (ref, commit, blob) not in self._checked:
+            checked.append((ref, commit, blob))
+        return original(self, ref, commit, blob)
+
+    monkeypatch.setattr(LocalForge, "_check", counting)
+    for args in (["status"], ["log"], ["plot", "--out", str(tmp_path / "p.png")]):
+        checked.clear()
+        out = CliRunner().invoke(cli.app, [*args, "--repo", repo.working_tree_dir])
+        assert out.exit_code == 0, out.output
+        assert len(checked) == len(set(checked)) and len([c for c in checked if c[0].endswith("arbot")]) == notes
+    checked.clear()
+    export_results(LocalForge(repo), tmp_path / "results.tsv", DEFAULT_METRIC)
+    assert len(checked) == len(set(checked)) == notes

@@ -1,11 +1,12 @@
 """Capacity by simulation (`arbot bench capacity`): the real stepper, lifecycle, local forge (git notes) and
 `arbot run`'s loop, driven through a long campaign by a simulated executor; no training.
 
-The world: the training script is a column of slots, and each proposal writes one marker line into its own slot
-(so any two experiments merge cleanly, and a replay onto a new champion keeps its change). A marker carries the
-change's true effect on the metric, drawn from a mix (most proposals harmless or harmful, a few real wins). A run of
-a commit reports the sum of the effects of the markers in its script, plus seeded noise, on the splits it was
-asked for.
+The world: the training script is a fixed column of SLOTS slot lines, each holding a number, and each proposal
+changes one slot's number in place, the slots taken in turn (so experiments open together change different lines,
+merge cleanly, and a replay onto a new champion keeps its change; the script keeps its size however long the
+campaign). A proposal adds its true effect on the metric to its slot's number, drawn from a mix (most proposals
+harmless or harmful, a few real wins). A run of a commit reports the sum of its script's slots, plus seeded noise,
+on the splits it was asked for.
 
 The executor: `workers` simulated workers in virtual time. A run takes a synthetic duration (uniform around
 RUN_SECONDS). Virtual time passes as the bot works (its real seconds between two polls are added) and `poll` then
@@ -45,16 +46,28 @@ WIN_SHARE, WIN_EFFECT = 0.05, -0.05  # proposals that really help, and by how mu
 HARM_SHARE, HARM_EFFECT = 0.35, 0.05  # proposals that hurt (up to this much)
 HOLDOUT_GAP = 0.01  # (holdout - val) / val of every model: an honest one
 HISTORY_MARKS = (0, 100, 300, 1000, 3000)  # history sizes the bot's seconds per decision are reported at
-WINDOW = 20  # decisions averaged at each mark
+WINDOW = 20  # decisions averaged at each mark (at least 2 x the workers: a win closes many experiments at once)
+STATUS_AT = 1000  # decided experiments at which `arbot status` is timed
+SLOTS = 256  # slot lines of the script (at least 4 x the workers: more than the experiments open at once)
 
 
 def train_py(slots: int) -> str:
-    """A script whose slots let every proposal change its own line, four lines apart."""
-    return "LEARNING_RATE = 0.001\n\n\n\n" + "".join(f"# slot {i}\n\n\n\n" for i in range(1, slots + 1))
+    """A script of `slots` slot lines, each at 0, four lines apart."""
+    return "LEARNING_RATE = 0.001\n\n\n\n" + "".join(f"{MARK}{i} {0:+.4f} -\n\n\n\n" for i in range(1, slots + 1))
 
 
 def effects(text: str) -> float:
     return sum(float(line[len(MARK):].split()[1]) for line in text.splitlines() if line.startswith(MARK))
+
+
+def set_slot(text: str, slot: int, effect: float, by: str) -> str:
+    """`text` with `effect` added to the number of slot `slot`, the change named `by` (so a change of no effect
+    changes the line too)."""
+    head = f"{MARK}{slot} "
+    at = text.index("\n" + head) + 1
+    end = text.index("\n", at)
+    value = float(text[at + len(head):end].split()[0]) + effect
+    return f"{text[:at]}{head}{value:+.4f} {by}{text[end:]}"
 
 
 def noise(commit: str, seed: int) -> float:
@@ -63,22 +76,23 @@ def noise(commit: str, seed: int) -> float:
 
 
 class MarkerProposer:
-    """Proposes one marker per experiment in its own slot, its effect drawn from the mix (seeded)."""
+    """Proposes one change per experiment to the next slot in turn, its effect drawn from the mix (seeded)."""
 
     name = "bench"
 
-    def __init__(self, seed: int, clock=lambda: 0.0):
-        self.rng, self.slot, self.clock = random.Random(seed), 0, clock
+    def __init__(self, seed: int, slots: int, clock=lambda: 0.0):
+        self.rng, self.slots, self.proposed, self.clock = random.Random(seed), slots, 0, clock
         self.last_at = 0.0  # the virtual time of the last proposal
 
     def propose(self, ctx) -> Proposal:
-        self.slot += 1
+        slot = self.proposed % self.slots + 1
+        self.proposed += 1
         self.last_at = self.clock()
         roll = self.rng.random()
         effect = WIN_EFFECT if roll < WIN_SHARE else self.rng.uniform(0, HARM_EFFECT) if roll < WIN_SHARE + HARM_SHARE \
             else 0.0
-        text = ctx.files[SCRIPT].replace(f"# slot {self.slot}\n", f"{MARK}p{self.slot} {effect:+.4f}\n", 1)
-        return Proposal(proposer=self.name, hypothesis=f"marker {self.slot} ({effect:+.4f})", files={SCRIPT: text})
+        return Proposal(proposer=self.name, hypothesis=f"proposal {self.proposed}: slot {slot} {effect:+.4f}",
+                        files={SCRIPT: set_slot(ctx.files[SCRIPT], slot, effect, f"p{self.proposed}")})
 
 
 @dataclass(order=True)
@@ -168,12 +182,16 @@ class SimExecutor:
 
 
 class Clock:
-    """The campaign's report (bot.surfaces.local.Report): the real time of each decision and the history then."""
+    """The campaign's report (bot.surfaces.local.Report): the real time of each decision and the history then; and
+    `arbot status` timed once the history is `status_at` decided experiments (`status_root`: the repository), a
+    user's process beside the bot's, kept out of the bot's time and of virtual time."""
 
-    def __init__(self, sim: SimExecutor):
+    def __init__(self, sim: SimExecutor, status_root: Path | None = None, status_at: int = STATUS_AT):
         self.sim, self.decided = sim, 0
         self.samples: list[tuple[int, float]] = []  # (decided experiments before it, bot seconds it took)
         self._last, self._world = time.perf_counter(), 0.0
+        self.status_root, self.status_at = status_root, status_at
+        self.status_seconds: float | None = None
 
     def measured(self, champion) -> None:
         pass
@@ -183,6 +201,10 @@ class Clock:
         world = self.sim.world_seconds - self._world
         self.samples.append((self.decided, now - self._last - world))
         self.decided += 1
+        if self.status_root is not None and self.decided == self.status_at:
+            self.status_seconds = _status_seconds(self.status_root)
+            self.sim.world_seconds += self.status_seconds
+            self.sim._mark += self.status_seconds  # no virtual time passes while the user's process runs
         self._last, self._world = now, self.sim.world_seconds
 
     def refused(self, error) -> None:
@@ -228,25 +250,28 @@ def campaign(workers: int, experiments: int, seed: int = 0, status: bool = True,
              where: Path | None = None) -> Capacity:
     """One simulated campaign of `experiments` proposals with `workers` workers (and as many in flight)."""
     with tempfile.TemporaryDirectory(prefix="arbot-capacity-", dir=where) as tmp:
-        repo = make_repo(Path(tmp) / "repo", experiments + workers)
+        slots = max(SLOTS, 4 * workers)
+        repo = make_repo(Path(tmp) / "repo", slots)
         forge = LocalForge(repo)
         forge.ensure_champion()
         sim = SimExecutor(repo, workers, seed)
-        clock = Clock(sim)
+        clock = Clock(sim, Path(tmp) / "repo" if status else None)
         target = TargetConfig(script=SCRIPT, allowed_paths=[SCRIPT], budget_seconds=RUN_SECONDS)
-        proposer = MarkerProposer(seed, clock=lambda: sim.now)
+        proposer = MarkerProposer(seed, slots, clock=lambda: sim.now)
         loop = Loop(forge, None, proposer, make_policy(PolicyConfig()), target, metric=DEFAULT_METRIC,
                     executor=sim, in_flight=workers)
         start = time.perf_counter()
         loop.campaign(experiments, clock)
         wall = time.perf_counter() - start
         recs = forge.experiments()
-        per = {}
+        per, size = {}, max(WINDOW, 2 * workers)
         for mark in HISTORY_MARKS:
-            window = [s for n, s in clock.samples if mark <= n < mark + WINDOW]
-            if len(window) >= WINDOW // 2:
+            window = [s for n, s in clock.samples if mark <= n < mark + size]
+            if len(window) >= size // 2:
                 per[mark] = statistics.fmean(window)
-        status_seconds = _status_seconds(Path(tmp) / "repo") if status else None
+        status_seconds = clock.status_seconds
+        if status and status_seconds is None:  # a campaign that decided fewer: at its end
+            status_seconds = _status_seconds(Path(tmp) / "repo")
         return Capacity(workers=workers, experiments=experiments, decided=sum(r.decision is not None for r in recs),
                         wins=sum(bool(r.merged_as) for r in recs), wall_seconds=wall,
                         bot_seconds=wall - sim.world_seconds, virtual_hours=sim.now / 3600,

@@ -10,8 +10,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from bot.bench.bound import bound
-from bot.bench.policy_sim import METRICS, SCENARIOS, SimConfig, run_benchmark
 from runner.config import Direction
 
 HEADERS = {  # the table's columns (the JSON has every metric of METRICS)
@@ -56,6 +54,9 @@ def policy(
     holdout runs charged; arbot_no_holdout without them), bayes (the learning rule, likewise), greedy (autoresearch's loop: one run, keep if
     better, the kept run becomes the champion's value), fixed_t (5 seeds each, Welch t); beside each mix, the bound
     (bot.bench.bound: the best any rule can do at 5% false promotions), with and without a holdout run per win."""
+    from bot.bench.bound import bound  # the simulations (scipy.stats) are imported by the command that runs them
+    from bot.bench.policy_sim import METRICS, SCENARIOS, SimConfig, run_benchmark
+
     mixes = {}
     for name, scenario in SCENARIOS.items():
         sim = SimConfig.of(scenario, campaigns=campaigns, experiments=experiments, seed=seed, sigma=sigma,
@@ -78,6 +79,8 @@ def policy(
 
 
 def _table(name: str, m: dict, seed: int, sigma: float) -> Table:
+    from bot.bench.policy_sim import SCENARIOS
+
     mix = SCENARIOS[name].mix
     table = Table(title=f"mix '{name}': {m['about']}\n{mix.describe()}, same-seed rho {m['pair_correlation']:g}; "
                         f"{m['campaigns']} campaigns x {m['experiments']} experiments, seed {seed}, noise sd {sigma:g} "
@@ -118,7 +121,8 @@ def capacity(
 
     console = Console(width=max(180, Console().width))
     table = Table(title=f"capacity: {experiments} simulated experiments per campaign, seed {seed} (bot seconds per "
-                        "decision: mean of the 20 decisions from that history size on)")
+                        "decision: mean of the 20 decisions, or 2 x the workers, from that history size on; `arbot "
+                        "status` at 1000 decided experiments, else at the end)")
     for col in ("workers", "decided", "wins", "bot s", "decisions/s", "utilisation", "virtual h", "status s",
                 *(f"s/decision @{m}" for m in HISTORY_MARKS)):
         table.add_column(col, justify="right")

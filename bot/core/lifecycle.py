@@ -288,11 +288,16 @@ def _specs(rec: ExperimentRecord | ChampionRecord, role: str, n: int, splits: tu
 
 def _more_runs(exp: ExperimentRecord, champion: ChampionRecord, decision: Decision) -> Run | Wait:
     """The runs the policy asked for, less the champion's already in flight (the experiment has none: it waits
-    for its own)."""
+    for its own). While the champion runs it waits for are in flight, an experiment not screened yet has its
+    screen run made beside them once the champion has a run made (a candidate is held to the champion's times,
+    known from its runs): every rule decides on at least one candidate run, and workers do not idle until the
+    noise floor is in."""
     if decision.more_candidate_runs + decision.more_champion_runs == 0:
         raise ValueError(f"the policy asked for more runs but named none: {decision}")
     champ = decision.more_champion_runs - _pending(champion, VAL)
-    specs = _specs(champion, "champion", max(champ, 0), (VAL,)) + _specs(exp, exp.id, decision.more_candidate_runs, (VAL,))
+    timed = any(r.ok for r in val_runs(champion.runs))
+    cand = decision.more_candidate_runs or int(not val_runs(exp.runs) and champ <= 0 and timed)
+    specs = _specs(champion, "champion", max(champ, 0), (VAL,)) + _specs(exp, exp.id, cand, (VAL,))
     return Run(specs, decision.reason) if specs else Wait(f"{len(champion.pending)} champion runs in flight")
 
 

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import subprocess
 import tempfile
 from dataclasses import dataclass
 from collections.abc import Iterable
@@ -39,6 +40,8 @@ UNREADABLE_REF = "arbot-unreadable"  # a note that could not be read is kept her
 NOTES_REFS = tuple(f"refs/notes/{r}" for r in (NOTES_REF, PROPOSALS_REF))
 Record = TypeVar("Record", bound=pydantic.BaseModel)
 ZERO = "0" * 40
+_PLAIN_REF = re.compile(r"refs/(heads|notes)/[A-Za-z0-9._+/-]+")  # the refs `_ref_sha` reads itself
+_SHA = re.compile(rb"[0-9a-f]{40}")
 
 
 class ForgeError(RuntimeError):
@@ -46,10 +49,11 @@ class ForgeError(RuntimeError):
 
 
 Edit = tuple[int, int, tuple[str, ...]]  # base lines [i, j) replaced by these lines
+Region = tuple[list[str], list[str], list[str]]  # one region git left in conflict: (ours, base, theirs) lines
 
 
-def _edits(base: list[str], text: str) -> list[Edit]:
-    ops = difflib.SequenceMatcher(None, base, lines := text.splitlines(keepends=True), autojunk=False).get_opcodes()
+def _edits(base: list[str], lines: list[str]) -> list[Edit]:
+    ops = difflib.SequenceMatcher(None, base, lines, autojunk=False).get_opcodes()
     return [(i1, i2, tuple(lines[j1:j2])) for tag, i1, i2, j1, j2 in ops if tag != "equal"]
 
 
@@ -62,26 +66,94 @@ def _clash(a: Edit, b: Edit) -> bool:
     return max(i1, k1) < min(i2, k2) or (k1 == k2 and i1 < k1 < i2) or (i1 == i2 and k1 < i1 < k2)
 
 
-def merge_lines(base: str | None, ours: str, theirs: str | None) -> str | None:
-    """`ours` (a change of `base`) made on `theirs` (another change of it), line by line; None when they conflict.
-
-    Unlike git's three-way merge, changes to different lines merge even when they touch: a knob changed on one
-    line and another knob on the next are separate changes (git calls that a conflict, and a replay would be
-    lost). Changes to a line in common, two insertions at one place, or a file added or deleted on one side and
-    changed on the other are conflicts. `None` for base or theirs: the file does not exist there."""
-    if theirs == base or ours == theirs:
-        return ours
-    if base is None or theirs is None:
-        return None
-    lines = base.splitlines(keepends=True)
-    mine, other = _edits(lines, ours), _edits(lines, theirs)
+def _touching(ours: list[str], base: list[str], theirs: list[str]) -> list[str] | None:
+    """One region git left in conflict, merged when its two changes only touch (changes to different lines, an
+    insertion right after a changed line); None when they change a line in common or insert at one place."""
+    mine, other = _edits(base, ours), _edits(base, theirs)
     if any(_clash(a, b) for a in mine for b in other if a != b):
         return None
     out, at = [], 0
     for i1, i2, new in sorted(set(mine + other)):
-        out += lines[at:i1] + list(new)
+        out += base[at:i1] + list(new)
         at = i2
-    return "".join(out + lines[at:])
+    return out + base[at:]
+
+
+def _lines(text: str) -> list[str]:
+    """`text`'s lines as git counts them (ended by a newline only), each with its ending."""
+    parts = text.split("\n")
+    return [p + "\n" for p in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
+
+
+def _git_merge(base: str, ours: str, theirs: str) -> list[str | Region]:
+    """git's three-way merge of one file (`git merge-file --diff3`, as `git rebase` merges it): the merged lines,
+    with each region it left in conflict as (ours, base, theirs). The conflict markers are longer than any line
+    of the three texts, so no line of theirs reads as one."""
+    size = max(len(line) for text in (base, ours, theirs) for line in [""] + _lines(text)) + 1
+    start, middle, sep, end = "<" * size, "|" * size, "=" * size, ">" * size
+    with tempfile.TemporaryDirectory(prefix="arbot-merge-") as tmp:
+        paths = []
+        for name, text in (("ours", ours), ("base", base), ("theirs", theirs)):
+            (path := Path(tmp) / name).write_bytes(text.encode())
+            paths.append(str(path))
+        done = subprocess.run(["git", "merge-file", "-p", "--diff3", f"--marker-size={size}", *paths],
+                              capture_output=True)
+    if done.returncode >= 128 or done.returncode < 0:
+        raise ForgeError(f"git merge-file failed: {done.stderr.decode(errors='replace').strip()}")
+    out: list[str | Region] = []
+    region: Region | None = None
+    part = 0
+    for line in _lines(done.stdout.decode()):
+        if line.startswith(start):
+            region, part = ([], [], []), 0
+        elif region is not None and line.startswith(middle):
+            part = 1
+        elif region is not None and line.rstrip("\r\n") == sep:  # git ends its markers as the file's lines end
+            part = 2
+        elif region is not None and line.startswith(end):
+            out.append(region)
+            region = None
+        elif region is not None:
+            region[part].append(line)
+        else:
+            out.append(line)
+    return out
+
+
+def merge_lines(base: str | None, ours: str, theirs: str | None) -> str | None:
+    """`ours` (a change of `base`) made on `theirs` (another change of it): git's three-way merge (`git
+    merge-file`), None when they conflict.
+
+    One extension: where git reports a conflict because two changes touch (a knob changed on one line and
+    another knob on the next, a line changed and one inserted right after it), they merge: they are separate
+    changes, and a replay would be lost. Changes to a line in common, two insertions at one place, or a file
+    added or deleted on one side and changed on the other are conflicts. `None` for base or theirs: the file
+    does not exist there."""
+    if theirs == base or ours == theirs:
+        return ours
+    if base is None or theirs is None:
+        return None
+    if ours == base:
+        return theirs
+    texts = (base, ours, theirs)
+    newline = [not t or t.endswith("\n") for t in texts]
+    if not all(newline):  # merged as lines that all end in one; the last line's ending merged as any line's
+        base, ours, theirs = (t if nl else t + "\n" for t, nl in zip(texts, newline))
+    if any("\0" in t for t in texts):  # git merges no file it takes for binary: the whole file as one region
+        pieces: list[str | Region] = [(_lines(ours), _lines(base), _lines(theirs))]
+    else:
+        pieces = _git_merge(base, ours, theirs)
+    out = []
+    for piece in pieces:
+        if isinstance(piece, str):
+            out.append(piece)
+        elif (merged := _touching(*piece)) is None:
+            return None
+        else:
+            out += merged
+    text = "".join(out)
+    ends = newline[1] if newline[1] != newline[0] else newline[2]
+    return text if ends or not text.endswith("\n") else text[:-1]
 
 
 @dataclass(frozen=True)
@@ -123,6 +195,8 @@ class LocalForge:
         self._experiments: Experiments | None = None
         self._branch_number: int | None = None  # the highest experiment branch number when first asked
         self._warned: set[tuple[str, str, str]] = set()
+        self._packed: tuple[tuple[int, int, int], dict[str, str]] | None = None  # packed-refs: (its stat, refs)
+        self._removes: dict[str, bool] = {}  # experiment commit -> removes_code (its parent and files are in it)
 
     # --- champion -------------------------------------------------------------------------
     def ensure_champion(self) -> str:
@@ -215,10 +289,36 @@ class LocalForge:
         return self._signer
 
     def _ref_sha(self, ref: str) -> str | None:
+        """The commit a full ref name points at, or None; read in process (no git command). A branch or notes ref is
+        read as git stores it (its loose file, else packed-refs); any other name, or a symbolic ref, by GitPython
+        (which checks each path it opens: several times slower, and the bot reads refs at every step)."""
+        if _PLAIN_REF.fullmatch(ref) and ".." not in ref.split("/"):
+            try:
+                with open(os.path.join(self.repo.common_dir, ref), "rb") as f:
+                    value = f.read().strip()
+            except (FileNotFoundError, NotADirectoryError):
+                return self._packed_refs().get(ref)
+            if _SHA.fullmatch(value):
+                return value.decode()
         try:
-            return git.SymbolicReference.dereference_recursive(self.repo, ref)  # read in process: no git command
+            return git.SymbolicReference.dereference_recursive(self.repo, ref)
         except ValueError:
             return None
+
+    def _packed_refs(self) -> dict[str, str]:
+        """packed-refs as {ref: sha}, read again when the file changes."""
+        path = os.path.join(self.repo.common_dir, "packed-refs")
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return {}
+        key = (st.st_ino, st.st_size, st.st_mtime_ns)
+        if self._packed is None or self._packed[0] != key:
+            with open(path, "rb") as f:
+                refs = dict(reversed(line.decode().split()[:2]) for line in f
+                            if line[:1] not in (b"#", b"^") and len(line.split()) >= 2)
+            self._packed = (key, refs)
+        return self._packed[1]
 
     def _trust(self) -> None:
         """The keys notes are verified with: this bot's and those committed in KEYS_FILE on the champion branch
@@ -479,9 +579,12 @@ class LocalForge:
                 if b.type == "blob" and not forbidden_paths([b.path], allowed_paths)}
 
     def removes_code(self, rec: ExperimentRecord) -> bool:
-        """Whether rec's change deletes lines on net (the policy may promote a no-worse simplification)."""
-        before = sum(len((self.text(rec.parent, path) or "").splitlines()) for path in rec.proposal.files)
-        return sum(len(t.splitlines()) for t in rec.proposal.files.values()) < before
+        """Whether rec's change deletes lines on net (the policy may promote a no-worse simplification); read once
+        per experiment commit (it is asked at every step)."""
+        if (known := self._removes.get(rec.commit)) is None:
+            before = sum(len((self.text(rec.parent, path) or "").splitlines()) for path in rec.proposal.files)
+            known = self._removes[rec.commit] = sum(len(t.splitlines()) for t in rec.proposal.files.values()) < before
+        return known
 
     # --- experiments ----------------------------------------------------------------------
     def next_number(self) -> int:
