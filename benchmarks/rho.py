@@ -12,14 +12,17 @@ val and records its training steps. Prints, for each change:
 - repeat: the correlation of two runs of one commit at one seed (how deterministic a seed is: under load the step
   count, so the model, moves);
 - steps: the correlation of the metric with the training step count within each commit (the covariate: a run that
-  made more steps scores better whatever its seed).
+  made more steps scores better whatever its seed), and rho again on the metric less each commit's least-squares
+  line on its steps (the seed's share once the step count is taken out: runs are time-budgeted, so load moves it).
+
+Each run trains with the runner's threads (`target.threads`, 0: the cores less one split between the `--jobs`), as
+`arbot run` would: a run given every core of a loaded machine makes a handful of steps.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -43,28 +46,43 @@ def residuals(rows: list[dict], key: str) -> list[float]:
     return [r[key] - mean for r in rows]
 
 
+def step_residuals(rows: list[dict], metric: str) -> list[float]:
+    """`metric` less its least-squares line on the step count, within one commit (its mean where steps never vary)."""
+    steps, values = [r["steps"] for r in rows], [r[metric] for r in rows]
+    if len(set(steps)) < 2:
+        return residuals(rows, metric)
+    slope, intercept = statistics.linear_regression(steps, values)
+    return [v - (intercept + slope * s) for s, v in zip(steps, values)]
+
+
 def compare(champion: list[dict], change: list[dict], metric: str) -> dict:
     """rho and its companions for one change (rows: seed, repeat, metric, steps)."""
     seeds = sorted({r["seed"] for r in champion})
 
-    def by_seed(rows: list[dict]) -> list[float]:
-        return [statistics.fmean(r[metric] for r in rows if r["seed"] == s) for s in seeds]
+    def by_seed(rows: list[dict], values: list[float]) -> list[float]:
+        return [statistics.fmean(v for r, v in zip(rows, values) if r["seed"] == s) for s in seeds]
 
-    h, c = by_seed(champion), by_seed(change)
+    h, c = by_seed(champion, [r[metric] for r in champion]), by_seed(change, [r[metric] for r in change])
+    h_adjusted = by_seed(champion, step_residuals(champion, metric))
+    c_adjusted = by_seed(change, step_residuals(change, metric))
     paired = [a - b for a, b in zip(h, c)]
     unpaired = [a - b for a in h for b in c]
     repeat = [(a[metric], b[metric]) for rows in (champion, change) for a in rows for b in rows
               if a["seed"] == b["seed"] and a["repeat"] < b["repeat"]]
     steps = [(m, s) for rows in (champion, change)
              for m, s in zip(residuals(rows, metric), residuals(rows, "steps"))]
-    return {"rho": correlation(h, c), "sd_paired": statistics.stdev(paired), "sd_unpaired": statistics.stdev(unpaired),
+    return {"rho": correlation(h, c), "rho_steps_adjusted": correlation(h_adjusted, c_adjusted), "sd_paired": statistics.stdev(paired), "sd_unpaired": statistics.stdev(unpaired),
             "repeat_correlation": correlation([a for a, _ in repeat], [b for _, b in repeat]),
             "steps_correlation": correlation([m for m, _ in steps], [s for _, s in steps]),
-            "mean_difference": statistics.fmean(paired), "seeds": len(seeds)}
+            "mean_difference": statistics.fmean(paired), "seeds": len(seeds),
+            "steps_mean": {name: statistics.fmean(r["steps"] for r in rows) for name, rows in
+                           (("champion", champion), ("change", change))},
+            "steps_range": [min(r["steps"] for r in champion + change), max(r["steps"] for r in champion + change)]}
 
 
 def main() -> None:
     from bot.config import load_config
+    from bot.executors.pool import threads_per_worker
     from evaluator.data import DEFAULT_CORPUS, prepare
     from evaluator.score import score
     from runner.job import default_cache_dir, train_argv
@@ -86,7 +104,7 @@ def main() -> None:
     budget = args.budget or target.budget_seconds
     cache = Path(evaluator.cache_dir) if evaluator.cache_dir else default_cache_dir()
     splits = prepare(cache, corpus=evaluator.corpus or DEFAULT_CORPUS)
-    threads = target.threads or max(1, (os.cpu_count() or 1) // args.jobs)
+    threads = threads_per_worker(target, args.jobs)
     script, metric = ROOT / target.script, f"val_{evaluator.metric}"
     commits = {"champion": {}, "hyper": knob_values(args.hyper or ["LEARNING_RATE=7.5e-4"]),
                "shape": knob_values(args.shape or ["DEPTH=5"])}
@@ -117,11 +135,14 @@ def main() -> None:
         return
     print(f"{args.config.name}: budget {budget:g} s, {args.seeds} seeds x {args.repeats} repeats, {threads} thread(s) "
           f"x {args.jobs} job(s); changes {report['changes']}")
-    print_table({"change": "change", "rho": "rho", "paired": "sd same-seed diff.", "unpaired": "sd unpaired diff.",
-                 "repeat": "repeat corr.", "steps": "corr. with steps", "diff": "mean diff."},
-                [{"change": name, "rho": f"{c['rho']:.2f}", "paired": f"{c['sd_paired']:.4f}",
+    print_table({"change": "change", "rho": "rho", "adjusted": "rho less steps", "paired": "sd same-seed diff.", "unpaired": "sd unpaired diff.",
+                 "repeat": "repeat corr.", "steps": "corr. with steps", "diff": "mean diff.",
+                 "mean_steps": "steps (champion / change)", "range": "steps range"},
+                [{"change": name, "rho": f"{c['rho']:.2f}", "adjusted": f"{c['rho_steps_adjusted']:.2f}", "paired": f"{c['sd_paired']:.4f}",
                   "unpaired": f"{c['sd_unpaired']:.4f}", "repeat": f"{c['repeat_correlation']:.2f}",
-                  "steps": f"{c['steps_correlation']:.2f}", "diff": f"{c['mean_difference']:+.4f}"}
+                  "steps": f"{c['steps_correlation']:.2f}", "diff": f"{c['mean_difference']:+.4f}",
+                  "mean_steps": f"{c['steps_mean']['champion']:.0f} / {c['steps_mean']['change']:.0f}",
+                  "range": "{} .. {}".format(*c["steps_range"])}
                  for name, c in report["compare"].items()])
 
 
