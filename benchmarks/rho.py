@@ -1,7 +1,7 @@
 """Same-seed correlation (rho) of a champion and a change on the built-in target, as the `bayes` rule's pairing needs.
 
     python benchmarks/rho.py [--config arbot.yml] [--seeds 8] [--repeats 2] [--budget S] [--jobs J]
-                             [--hyper LEARNING_RATE=7.5e-4] [--shape DEPTH=5] [--json]
+                             [--hyper LEARNING_RATE=7.5e-4] [--shape DEPTH=5] [--json] [--runs FILE]
 
 Trains the champion (the config's knobs) and two changes of it, a hyperparameter change (`--hyper`) and a change of
 shape (`--shape`), at seeds 0..N-1, each `--repeats` times (no sandbox, as benchmarks/noise.py), scores each model on
@@ -15,7 +15,8 @@ val and records its training steps. Prints, for each change:
   made more steps scores better whatever its seed), and rho again on the metric less each commit's least-squares
   line on its steps (the seed's share once the step count is taken out: runs are time-budgeted, so load moves it).
 
-Each run trains with the runner's threads (`target.threads`, 0: the cores less one split between the `--jobs`), as
+Each run is printed to stderr as a JSON line when it ends; `--runs FILE` tabulates such lines (a measurement cut
+short: only the seeds both commits reached count) and trains nothing. Each run trains with the runner's threads (`target.threads`, 0: the cores less one split between the `--jobs`), as
 `arbot run` would: a run given every core of a loaded machine makes a handful of steps.
 """
 
@@ -57,7 +58,8 @@ def step_residuals(rows: list[dict], metric: str) -> list[float]:
 
 def compare(champion: list[dict], change: list[dict], metric: str) -> dict:
     """rho and its companions for one change (rows: seed, repeat, metric, steps)."""
-    seeds = sorted({r["seed"] for r in champion})
+    seeds = sorted({r["seed"] for r in champion} & {r["seed"] for r in change})
+    champion, change = [r for r in champion if r["seed"] in seeds], [r for r in change if r["seed"] in seeds]
 
     def by_seed(rows: list[dict], values: list[float]) -> list[float]:
         return [statistics.fmean(v for r, v in zip(rows, values) if r["seed"] == s) for s in seeds]
@@ -80,25 +82,29 @@ def compare(champion: list[dict], change: list[dict], metric: str) -> dict:
             "steps_range": [min(r["steps"] for r in champion + change), max(r["steps"] for r in champion + change)]}
 
 
-def main() -> None:
+def read_runs(path: Path) -> list[dict]:
+    """The runs an earlier measurement printed (its stderr: JSON lines with a commit; other lines are skipped)."""
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and "commit" in row:
+            rows.append(row)
+    if not rows:
+        raise SystemExit(f"{path}: no runs in it (JSON lines with a commit, as this benchmark prints to stderr)")
+    return rows
+
+
+def measure(args: argparse.Namespace, commits: dict[str, dict]) -> tuple[list[dict], str, dict]:
+    """Train and score every (commit, seed, repeat), a seed's commits one after another (the same load)."""
     from bot.config import load_config
     from bot.executors.pool import threads_per_worker
     from evaluator.data import DEFAULT_CORPUS, prepare
     from evaluator.score import score
     from runner.job import default_cache_dir, train_argv
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", type=Path, default=ROOT / "arbot.yml")
-    ap.add_argument("--seeds", type=int, default=8)
-    ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--budget", type=float, help="training seconds (default: the config's target.budget_seconds)")
-    ap.add_argument("--jobs", type=int, default=1, help="runs trained at once (CPU: give each a share of the cores)")
-    ap.add_argument("--hyper", action="append", default=None, metavar="NAME=VALUE", help="the hyperparameter change")
-    ap.add_argument("--shape", action="append", default=None, metavar="NAME=VALUE", help="the change of shape")
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
-    if args.seeds < 3 or args.repeats < 1:
-        ap.error("--seeds must be at least 3 (a correlation) and --repeats at least 1")
     config = load_config(args.config)
     target, evaluator = config.target, config.evaluator
     budget = args.budget or target.budget_seconds
@@ -106,8 +112,6 @@ def main() -> None:
     splits = prepare(cache, corpus=evaluator.corpus or DEFAULT_CORPUS)
     threads = threads_per_worker(target, args.jobs)
     script, metric = ROOT / target.script, f"val_{evaluator.metric}"
-    commits = {"champion": {}, "hyper": knob_values(args.hyper or ["LEARNING_RATE=7.5e-4"]),
-               "shape": knob_values(args.shape or ["DEPTH=5"])}
     jobs = [(name, seed, rep) for rep in range(args.repeats) for seed in range(args.seeds) for name in commits]
     with tempfile.TemporaryDirectory() as tmp:
 
@@ -126,15 +130,40 @@ def main() -> None:
 
         with ThreadPoolExecutor(args.jobs) as pool:
             rows = list(pool.map(one, jobs))
+    return rows, metric, {"budget_seconds": budget, "threads": threads, "jobs": args.jobs}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", type=Path, default=ROOT / "arbot.yml")
+    ap.add_argument("--seeds", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--budget", type=float, help="training seconds (default: the config's target.budget_seconds)")
+    ap.add_argument("--jobs", type=int, default=1, help="runs trained at once (CPU: give each a share of the cores)")
+    ap.add_argument("--hyper", action="append", default=None, metavar="NAME=VALUE", help="the hyperparameter change")
+    ap.add_argument("--shape", action="append", default=None, metavar="NAME=VALUE", help="the change of shape")
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--runs", type=Path, metavar="FILE", help="tabulate the runs an earlier measurement printed")
+    args = ap.parse_args()
+    if args.seeds < 3 or args.repeats < 1:
+        ap.error("--seeds must be at least 3 (a correlation) and --repeats at least 1")
+    commits = {"champion": {}, "hyper": knob_values(args.hyper or ["LEARNING_RATE=7.5e-4"]),
+               "shape": knob_values(args.shape or ["DEPTH=5"])}
+    if args.runs:
+        rows = read_runs(args.runs)
+        metric, setup = next(k for k in rows[0] if k.startswith("val_")), {"runs_file": str(args.runs)}
+    else:
+        rows, metric, setup = measure(args, commits)
     of = {name: [r for r in rows if r["commit"] == name] for name in commits}
-    report = {"config": str(args.config), "budget_seconds": budget, "threads": threads, "jobs": args.jobs,
-              "seeds": args.seeds, "repeats": args.repeats, "changes": {k: v for k, v in commits.items() if v},
+    report = {"config": str(args.config), **setup, "changes": {k: v for k, v in commits.items() if v},
+              "seeds": len({r["seed"] for r in rows}), "repeats": len({r["repeat"] for r in rows}),
               "runs": rows, "compare": {name: compare(of["champion"], of[name], metric) for name in ("hyper", "shape")}}
     if args.json:
         print(json.dumps(report, indent=1))
         return
-    print(f"{args.config.name}: budget {budget:g} s, {args.seeds} seeds x {args.repeats} repeats, {threads} thread(s) "
-          f"x {args.jobs} job(s); changes {report['changes']}")
+    how = (f"runs from {args.runs}" if args.runs else f"{args.config.name}: budget {setup['budget_seconds']:g} s, "
+           f"{setup['threads']} thread(s) x {args.jobs} job(s)")
+    print(f"{how}; {len(rows)} runs, seeds {report['seeds']}, repeats {report['repeats']}; changes {report['changes']}")
     print_table({"change": "change", "rho": "rho", "adjusted": "rho less steps", "paired": "sd same-seed diff.", "unpaired": "sd unpaired diff.",
                  "repeat": "repeat corr.", "steps": "corr. with steps", "diff": "mean diff.",
                  "mean_steps": "steps (champion / change)", "range": "steps range"},

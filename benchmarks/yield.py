@@ -39,9 +39,10 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from common import ROOT, clone, print_table
-
+ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import clone, print_table  # noqa: E402
 
 GREEDY = {"policy": {"rule": "margin", "margin": 0.0, "baseline_runs": 1}, "target": {"holdout_max_gap": None}}
 STRATEGIES = {
@@ -54,12 +55,19 @@ FRESH_SEED = 2000  # the final measurements' seeds: disjoint from the campaign's
 STOP_SECONDS = 120  # how long an interrupted `arbot run` may take to save and exit
 
 
+def heed_interrupts() -> None:
+    """In the child before it starts `arbot run`: SIGINT back to its default. Started in the background (`nohup ...
+    &`), this benchmark inherits SIGINT ignored, and a Python that starts with SIGINT ignored never raises
+    KeyboardInterrupt: the campaign would not stop when told."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def campaign(repo: Path, seconds: float) -> float:
     """`arbot run` in `repo` until `seconds` have passed, then SIGINT, as Ctrl-C (to arbot alone: its git
     helper processes must outlive it to save the records). Returns the seconds it ran."""
     start = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "bot", "run", "--repo", str(repo)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True, preexec_fn=heed_interrupts)
     try:
         out, _ = proc.communicate(timeout=seconds)
         raise SystemExit(f"`arbot run` in {repo} ended before its time ({proc.returncode}):\n{out[-3000:]}")

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
 
-from benchmarks.rho import compare
+from benchmarks.rho import compare, read_runs
 
 METRIC = "val_bpb"
 
@@ -57,3 +58,25 @@ def test_a_repeat_correlation_shows_how_deterministic_a_seed_is():
     result = compare(runs("champion", effects, steps, 0.0, 2.0, rng), runs("change", effects, steps, 0.0, 2.0, rng),
                      METRIC)
     assert 0.95 < result["repeat_correlation"] < 1.0 and 0.95 < result["rho"] < 1.0
+
+
+def test_a_cut_short_measurement_is_tabulated_from_its_printed_runs(tmp_path):
+    """The runs printed before a measurement stopped: other lines skipped, only the seeds both commits reached."""
+    effects = [0.03, -0.02, 0.01, 0.0]
+    steps = [[90]] * len(effects)
+    champion, change = runs("champion", effects, steps, 0.0, 2.0), runs("change", effects, steps, 0.0, 1.98)
+    log = tmp_path / "rho.err"
+    log.write_text("\n".join([*(json.dumps(r) for r in champion), "a warning from torch", json.dumps([1, 2]),
+                              *(json.dumps(r) for r in change[:3])]) + "\n")
+    rows = read_runs(log)
+    assert len(rows) == 7
+    result = compare([r for r in rows if r["commit"] == "champion"], [r for r in rows if r["commit"] == "change"],
+                     METRIC)
+    assert result["seeds"] == 3 and result["mean_difference"] == pytest.approx(0.02)
+
+
+def test_a_file_with_no_runs_is_refused_with_its_name(tmp_path):
+    log = tmp_path / "empty.err"
+    log.write_text("Traceback (most recent call last):\n")
+    with pytest.raises(SystemExit, match="empty.err: no runs in it"):
+        read_runs(log)

@@ -1,0 +1,60 @@
+"""benchmarks/yield.py: a campaign started from a backgrounded benchmark still stops when told; the summary's
+interval and replication share."""
+
+from __future__ import annotations
+
+import importlib
+import signal
+import subprocess
+import sys
+
+import pytest
+
+bench = importlib.import_module("benchmarks.yield")  # `yield` is a keyword: no `import` statement names it
+
+SLEEPER = "import time; print('ready', flush=True); time.sleep(120)"
+
+
+def started(preexec) -> subprocess.Popen:
+    """A Python that sleeps, started as the benchmark starts `arbot run`, from a process that ignores SIGINT (as a
+    benchmark run under `nohup ... &` does)."""
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        proc = subprocess.Popen([sys.executable, "-c", SLEEPER], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, start_new_session=True, preexec_fn=preexec)
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert proc.stdout.readline() == "ready\n"
+    return proc
+
+
+def test_a_campaign_started_in_the_background_is_interrupted_by_sigint():
+    proc = started(bench.heed_interrupts)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert "KeyboardInterrupt" in err
+
+
+def test_without_it_the_inherited_ignored_sigint_is_not_heard():
+    """The failure heed_interrupts prevents: the child keeps running after SIGINT (the trial campaign ran past its
+    stop allowance this way)."""
+    proc = started(None)
+    try:
+        proc.send_signal(signal.SIGINT)
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.communicate(timeout=3)
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
+def test_the_summary_gives_a_t_interval_and_the_share_of_promotions_not_replicated():
+    rows = [{"per_runner_hour": v, "promotions": p, "not_replicated": n}
+            for v, p, n in ((1.0, 2, 0), (2.0, 3, 1), (3.0, 0, 0))]
+    summary = bench.summarize("greedy", rows)
+    half = 4.302653 * 1.0 / 3 ** 0.5  # t(2, 0.975) x sd / sqrt(n)
+    assert summary["per_runner_hour"] == 2.0 and summary["campaigns"] == 3
+    assert summary["interval"] == f"{2 - half:.4f} .. {2 + half:.4f}"
+    assert summary["not_replicated_share"] == 0.2
+    assert bench.summarize("arbot", [{"per_runner_hour": 1.0, "promotions": 0, "not_replicated": 0}])[
+        "not_replicated_share"] is None
