@@ -10,6 +10,9 @@ import sys
 
 import pytest
 
+from bot.core.records import DEFAULT_METRIC
+from runner.result import RunResult
+
 bench = importlib.import_module("benchmarks.yield")  # `yield` is a keyword: no `import` statement names it
 
 SLEEPER = "import time; print('ready', flush=True); time.sleep(120)"
@@ -58,3 +61,47 @@ def test_the_summary_gives_a_t_interval_and_the_share_of_promotions_not_replicat
     assert summary["not_replicated_share"] == 0.2
     assert bench.summarize("arbot", [{"per_runner_hour": 1.0, "promotions": 0, "not_replicated": 0}])[
         "not_replicated_share"] is None
+
+
+class DriftingProject:
+    """A project whose every run scores `LOAD_DRIFT` worse than the one before (load rising: fewer steps a run),
+    on top of its commit's true value; fakes only the runner and the metric the benchmark reads."""
+
+    LOAD_DRIFT = 0.05
+
+    def __init__(self, values: dict[str, float]):
+        self.values, self.calls = values, []
+        self.runner, self.config = self, self
+
+    metric = DEFAULT_METRIC
+
+    def run(self, commit: str, champion: str, seed: int) -> RunResult:
+        self.calls.append((commit, seed))
+        value = self.values[commit] + self.LOAD_DRIFT * len(self.calls)
+        return RunResult(status="ok", commit=commit, champion=champion, seed=seed, metrics={"val_bpb": value})
+
+
+def test_the_start_and_the_final_champion_are_measured_seed_by_seed_under_the_same_load():
+    project = DriftingProject({"start": 4.0, "final": 3.5})
+    start, final = bench.start_and_final(project, "start", "final", 3)
+    seeds = [bench.FRESH_SEED + i for i in range(3)]
+    assert project.calls == [(c, s) for s in seeds for c in ("start", "final")]
+    improvement = sum(start) / 3 - sum(final) / 3
+    assert improvement == pytest.approx(0.5 - DriftingProject.LOAD_DRIFT)  # the drift of one run, not of the campaign
+
+
+def test_a_campaign_that_promoted_nothing_costs_no_runs():
+    project = DriftingProject({"start": 4.0})
+    assert bench.start_and_final(project, "start", "start", 3) == ([], [])
+    assert project.calls == []
+
+
+def test_a_failed_fresh_run_names_the_commit_and_why():
+    class Failing(DriftingProject):
+        def run(self, commit, champion, seed):
+            if commit == "final":
+                return RunResult(status="crash", commit=commit, champion=champion, seed=seed, reason="out of memory")
+            return super().run(commit, champion, seed)
+
+    with pytest.raises(SystemExit, match="a fresh run of final failed \\(crash\\): out of memory"):
+        bench.start_and_final(Failing({"start": 4.0}), "start", "final", 2)
