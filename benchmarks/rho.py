@@ -16,8 +16,9 @@ val and records its training steps. Prints, for each change:
   line on its steps (the seed's share once the step count is taken out: runs are time-budgeted, so load moves it).
 
 Each run is printed to stderr as a JSON line when it ends; `--runs FILE` tabulates such lines (a measurement cut
-short: only the seeds both commits reached count) and trains nothing. Each run trains with the runner's threads (`target.threads`, 0: the cores less one split between the `--jobs`), as
-`arbot run` would: a run given every core of a loaded machine makes a handful of steps.
+short: only the seeds both commits reached count) and trains nothing. Each run trains with the runner's threads
+(`target.threads`, 0: the cores less one split between the `--jobs`), as `arbot run` would: a run given every core
+of a loaded machine makes a handful of steps.
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ def compare(champion: list[dict], change: list[dict], metric: str) -> dict:
               if a["seed"] == b["seed"] and a["repeat"] < b["repeat"]]
     steps = [(m, s) for rows in (champion, change)
              for m, s in zip(residuals(rows, metric), residuals(rows, "steps"))]
-    return {"rho": correlation(h, c), "rho_steps_adjusted": correlation(h_adjusted, c_adjusted), "sd_paired": statistics.stdev(paired), "sd_unpaired": statistics.stdev(unpaired),
+    return {"rho": correlation(h, c), "rho_steps_adjusted": correlation(h_adjusted, c_adjusted),
+            "sd_paired": statistics.stdev(paired), "sd_unpaired": statistics.stdev(unpaired),
             "repeat_correlation": correlation([a for a, _ in repeat], [b for _, b in repeat]),
             "steps_correlation": correlation([m for m, _ in steps], [s for _, s in steps]),
             "mean_difference": statistics.fmean(paired), "seeds": len(seeds),
@@ -164,10 +166,12 @@ def main() -> None:
     how = (f"runs from {args.runs}" if args.runs else f"{args.config.name}: budget {setup['budget_seconds']:g} s, "
            f"{setup['threads']} thread(s) x {args.jobs} job(s)")
     print(f"{how}; {len(rows)} runs, seeds {report['seeds']}, repeats {report['repeats']}; changes {report['changes']}")
-    print_table({"change": "change", "rho": "rho", "adjusted": "rho less steps", "paired": "sd same-seed diff.", "unpaired": "sd unpaired diff.",
+    print_table({"change": "change", "rho": "rho", "adjusted": "rho less steps", "paired": "sd same-seed diff.",
+                 "unpaired": "sd unpaired diff.",
                  "repeat": "repeat corr.", "steps": "corr. with steps", "diff": "mean diff.",
                  "mean_steps": "steps (champion / change)", "range": "steps range"},
-                [{"change": name, "rho": f"{c['rho']:.2f}", "adjusted": f"{c['rho_steps_adjusted']:.2f}", "paired": f"{c['sd_paired']:.4f}",
+                [{"change": name, "rho": f"{c['rho']:.2f}", "adjusted": f"{c['rho_steps_adjusted']:.2f}",
+                  "paired": f"{c['sd_paired']:.4f}",
                   "unpaired": f"{c['sd_unpaired']:.4f}", "repeat": f"{c['repeat_correlation']:.2f}",
                   "steps": f"{c['steps_correlation']:.2f}", "diff": f"{c['mean_difference']:+.4f}",
                   "mean_steps": f"{c['steps_mean']['champion']:.0f} / {c['steps_mean']['change']:.0f}",
