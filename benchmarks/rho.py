@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import tempfile
@@ -39,7 +40,17 @@ from benchmarks.noise import train  # noqa: E402
 
 
 def correlation(xs: list[float], ys: list[float]) -> float:
-    return statistics.correlation(xs, ys) if len(xs) > 2 and statistics.pstdev(xs) and statistics.pstdev(ys) else float("nan")
+    enough = len(xs) > 2 and statistics.pstdev(xs) and statistics.pstdev(ys)
+    return statistics.correlation(xs, ys) if enough else float("nan")
+
+
+def interval(r: float, n: int, dropped: int = 0) -> tuple[float, float]:
+    """The 95% interval of a correlation `r` of `n` pairs (Fisher's z; `dropped`: parameters fitted out of each
+    side first, e.g. a line on the steps): 8 seeds place a rho of 0.5 anywhere from about -0.3 to 0.9."""
+    if math.isnan(r) or n - 3 - dropped < 1 or abs(r) == 1:
+        return float("nan"), float("nan")
+    half = 1.96 / math.sqrt(n - 3 - dropped)
+    return math.tanh(math.atanh(r) - half), math.tanh(math.atanh(r) + half)
 
 
 def residuals(rows: list[dict], key: str) -> list[float]:
@@ -74,7 +85,9 @@ def compare(champion: list[dict], change: list[dict], metric: str) -> dict:
               if a["seed"] == b["seed"] and a["repeat"] < b["repeat"]]
     steps = [(m, s) for rows in (champion, change)
              for m, s in zip(residuals(rows, metric), residuals(rows, "steps"))]
-    return {"rho": correlation(h, c), "rho_steps_adjusted": correlation(h_adjusted, c_adjusted),
+    rho, adjusted = correlation(h, c), correlation(h_adjusted, c_adjusted)
+    return {"rho": rho, "rho_interval": interval(rho, len(seeds)), "rho_steps_adjusted": adjusted,
+            "rho_steps_adjusted_interval": interval(adjusted, len(seeds), dropped=1),
             "sd_paired": statistics.stdev(paired), "sd_unpaired": statistics.stdev(unpaired),
             "repeat_correlation": correlation([a for a, _ in repeat], [b for _, b in repeat]),
             "steps_correlation": correlation([m for m, _ in steps], [s for _, s in steps]),
@@ -166,11 +179,13 @@ def main() -> None:
     how = (f"runs from {args.runs}" if args.runs else f"{args.config.name}: budget {setup['budget_seconds']:g} s, "
            f"{setup['threads']} thread(s) x {args.jobs} job(s)")
     print(f"{how}; {len(rows)} runs, seeds {report['seeds']}, repeats {report['repeats']}; changes {report['changes']}")
-    print_table({"change": "change", "rho": "rho", "adjusted": "rho less steps", "paired": "sd same-seed diff.",
+    print_table({"change": "change", "rho": "rho (95%)", "adjusted": "rho less steps (95%)", "paired": "sd same-seed diff.",
                  "unpaired": "sd unpaired diff.",
                  "repeat": "repeat corr.", "steps": "corr. with steps", "diff": "mean diff.",
                  "mean_steps": "steps (champion / change)", "range": "steps range"},
-                [{"change": name, "rho": f"{c['rho']:.2f}", "adjusted": f"{c['rho_steps_adjusted']:.2f}",
+                [{"change": name, "rho": f"{c['rho']:.2f} ({c['rho_interval'][0]:.2f} .. {c['rho_interval'][1]:.2f})",
+                  "adjusted": "{:.2f} ({:.2f} .. {:.2f})".format(c["rho_steps_adjusted"],
+                                                                 *c["rho_steps_adjusted_interval"]),
                   "paired": f"{c['sd_paired']:.4f}",
                   "unpaired": f"{c['sd_unpaired']:.4f}", "repeat": f"{c['repeat_correlation']:.2f}",
                   "steps": f"{c['steps_correlation']:.2f}", "diff": f"{c['mean_difference']:+.4f}",

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 
 import pytest
 
-from benchmarks.rho import compare, read_runs
+from benchmarks.rho import compare, interval, read_runs
 
 METRIC = "val_bpb"
 
@@ -80,3 +81,10 @@ def test_a_file_with_no_runs_is_refused_with_its_name(tmp_path):
     log.write_text("Traceback (most recent call last):\n")
     with pytest.raises(SystemExit, match="empty.err: no runs in it"):
         read_runs(log)
+
+
+def test_rho_comes_with_its_95_percent_interval():
+    low, high = interval(0.5, 8)
+    assert low == pytest.approx(-0.3, abs=0.05) and high == pytest.approx(0.91, abs=0.02)
+    assert interval(0.5, 8, dropped=1)[0] < low  # a line fitted out first leaves fewer degrees of freedom
+    assert all(math.isnan(v) for v in interval(0.5, 3) + interval(float("nan"), 8))
