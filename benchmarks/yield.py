@@ -124,7 +124,8 @@ def measure(name: str, settings: dict, seconds: float, budget: float, workers: i
         "strategy": name, "seconds": round(ran, 1), "workers": workers,
         "experiments": sum(r.decision is not None for r in recs),
         "runs": sum(len(r.runs) for r in recs), "promotions": len(wins),
-        "not_replicated": sum(not a.replicates for a in audits),
+        "not_replicated": sum(a.effect is not None and not a.replicates for a in audits),
+        "unaudited": sum(a.effect is None for a in audits),  # an audit run failed: no test, not a failed replication
         "audit_effects": [round(a.effect, 4) if a.effect is not None else None for a in audits],
         "start": round(statistics.fmean(start_values), 4) if start_values else None,
         "final": round(statistics.fmean(final_values), 4) if final_values else None,
@@ -158,25 +159,28 @@ def main() -> None:
         print(json.dumps({"campaigns": rows, "summary": summary}, indent=2))
         return
     print_table({"strategy": "strategy", "campaign": "#", "seconds": "seconds", "experiments": "exps", "runs": "runs",
-                 "promotions": "promoted", "not_replicated": "not repl.", "start": "start", "final": "final",
+                 "promotions": "promoted", "not_replicated": "not repl.", "unaudited": "unaudited", "start": "start",
+                 "final": "final",
                  "replicated_improvement": "improvement", "per_runner_hour": "per hour"}, rows)
     print_table({"strategy": "strategy", "campaigns": "campaigns", "per_runner_hour": "per hour (mean)",
-                 "interval": "95% interval", "not_replicated_share": "promotions not replicated"}, summary)
+                 "interval": "95% interval", "not_replicated_share": "promotions not replicated",
+                 "unaudited": "unaudited"}, summary)
 
 
 def summarize(name: str, rows: list[dict]) -> dict:
     """A strategy's campaigns: mean improvement per runner-hour with its 95% t interval, and the share of its
-    promotions that did not replicate."""
+    audited promotions that did not replicate (a promotion whose audit runs failed is not counted either way)."""
     from scipy import special
 
     hours = [r["per_runner_hour"] for r in rows]
     mean = statistics.fmean(hours)
     half = (float(special.stdtrit(len(hours) - 1, 0.975)) * statistics.stdev(hours) / len(hours) ** 0.5
             if len(hours) > 1 else float("nan"))
-    promoted = sum(r["promotions"] for r in rows)
+    promoted = sum(r["promotions"] - r["unaudited"] for r in rows)
     return {"strategy": name, "campaigns": len(rows), "per_runner_hour": round(mean, 4),
             "interval": f"{mean - half:.4f} .. {mean + half:.4f}",
-            "not_replicated_share": round(sum(r["not_replicated"] for r in rows) / promoted, 3) if promoted else None}
+            "not_replicated_share": round(sum(r["not_replicated"] for r in rows) / promoted, 3) if promoted else None,
+            "unaudited": sum(r["unaudited"] for r in rows)}
 
 if __name__ == "__main__":
     main()

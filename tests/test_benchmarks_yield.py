@@ -51,16 +51,17 @@ def test_without_it_the_inherited_ignored_sigint_is_not_heard():
         proc.communicate()
 
 
-def test_the_summary_gives_a_t_interval_and_the_share_of_promotions_not_replicated():
-    rows = [{"per_runner_hour": v, "promotions": p, "not_replicated": n}
-            for v, p, n in ((1.0, 2, 0), (2.0, 3, 1), (3.0, 0, 0))]
+def test_the_summary_gives_a_t_interval_and_the_share_of_audited_promotions_not_replicated():
+    """A promotion whose audit runs failed (no test) counts neither as replicated nor as not."""
+    rows = [{"per_runner_hour": v, "promotions": p, "not_replicated": n, "unaudited": u}
+            for v, p, n, u in ((1.0, 2, 0, 0), (2.0, 4, 1, 1), (3.0, 0, 0, 0))]
     summary = bench.summarize("greedy", rows)
     half = 4.302653 * 1.0 / 3 ** 0.5  # t(2, 0.975) x sd / sqrt(n)
     assert summary["per_runner_hour"] == 2.0 and summary["campaigns"] == 3
     assert summary["interval"] == f"{2 - half:.4f} .. {2 + half:.4f}"
-    assert summary["not_replicated_share"] == 0.2
-    assert bench.summarize("arbot", [{"per_runner_hour": 1.0, "promotions": 0, "not_replicated": 0}])[
-        "not_replicated_share"] is None
+    assert summary["not_replicated_share"] == 0.2 and summary["unaudited"] == 1
+    none = [{"per_runner_hour": 1.0, "promotions": 1, "not_replicated": 0, "unaudited": 1}]
+    assert bench.summarize("arbot", none)["not_replicated_share"] is None
 
 
 class DriftingProject:
