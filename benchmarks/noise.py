@@ -50,6 +50,7 @@ def summarize(metric: str, rows: list[dict]) -> dict:
 
 def main() -> None:
     from bot.config import load_config
+    from bot.executors.pool import threads_per_worker
     from evaluator.data import DEFAULT_CORPUS, prepare
     from evaluator.score import score
     from runner.job import default_cache_dir, train_argv
@@ -73,7 +74,7 @@ def main() -> None:
     overrides = target.overrides | knob_values(args.set)
     cache = Path(evaluator.cache_dir) if evaluator.cache_dir else default_cache_dir()
     splits = prepare(cache, corpus=args.corpus or evaluator.corpus or DEFAULT_CORPUS)
-    threads = target.threads or max(1, (os.cpu_count() or 1) // args.jobs)
+    threads = threads_per_worker(target, args.jobs)  # as the runner's workers: a loaded core stalls a thread
     script = ROOT / target.script
     metric = f"val_{evaluator.metric}"
     with tempfile.TemporaryDirectory() as tmp:

@@ -17,9 +17,10 @@ by default: runner seconds are wall seconds times workers) and runs
 
 Afterwards, as `arbot audit` does, every promotion is run again against its parent with `--audit-runs` fresh seeds
 each (a promotion replicates when its improvement is positive and significant at 0.05, one-sided), and the
-starting champion and each final champion get `--final-runs` fresh seeds: the replicated improvement is the
-difference of those means (positive: better), per runner-hour of the campaign. The starting champion is the same
-tree in every clone, so it is measured once. The machine should be idle: every strategy gets the same seconds.
+starting champion and each final champion get `--final-runs` fresh seeds, the two measured one after the other at
+each seed (the same load: a time-budgeted run's steps move with it): the replicated improvement is the difference
+of those means (positive: better), per runner-hour of the campaign; 0 where nothing was promoted. The machine
+should be idle: every strategy gets the same seconds, and a loaded machine gives each run fewer steps.
 With `--repeats N` each strategy runs N campaigns (each from a fresh clone, the strategies interleaved), and the
 summary gives the mean improvement per runner-hour with its 95% t interval and the share of promotions that did not
 replicate.
@@ -39,9 +40,10 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from common import ROOT, clone, print_table
-
+ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import clone, print_table  # noqa: E402
 
 GREEDY = {"policy": {"rule": "margin", "margin": 0.0, "baseline_runs": 1}, "target": {"holdout_max_gap": None}}
 STRATEGIES = {
@@ -54,12 +56,19 @@ FRESH_SEED = 2000  # the final measurements' seeds: disjoint from the campaign's
 STOP_SECONDS = 120  # how long an interrupted `arbot run` may take to save and exit
 
 
+def heed_interrupts() -> None:
+    """In the child before it starts `arbot run`: SIGINT back to its default. Started in the background (`nohup ...
+    &`), this benchmark inherits SIGINT ignored, and a Python that starts with SIGINT ignored never raises
+    KeyboardInterrupt: the campaign would not stop when told."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def campaign(repo: Path, seconds: float) -> float:
     """`arbot run` in `repo` until `seconds` have passed, then SIGINT, as Ctrl-C (to arbot alone: its git
     helper processes must outlive it to save the records). Returns the seconds it ran."""
     start = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "bot", "run", "--repo", str(repo)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True, preexec_fn=heed_interrupts)
     try:
         out, _ = proc.communicate(timeout=seconds)
         raise SystemExit(f"`arbot run` in {repo} ended before its time ({proc.returncode}):\n{out[-3000:]}")
@@ -71,21 +80,31 @@ def campaign(repo: Path, seconds: float) -> float:
     return time.monotonic() - start
 
 
-def fresh(project, commit: str, champion: str, runs: int) -> list[float]:
-    """`runs` fresh-seed measurements of `commit`, scored by `champion`'s evaluator, oriented lower-is-better."""
+def fresh(project, commit: str, champion: str, seed: int) -> float:
+    """A fresh-seed measurement of `commit`, scored by `champion`'s evaluator, oriented lower-is-better."""
     from bot.core.records import ok_metric, oriented
 
-    results = [project.runner.run(commit, champion, seed=FRESH_SEED + i) for i in range(runs)]
+    result = project.runner.run(commit, champion, seed=seed)
     metric = project.config.metric
-    values = ok_metric(results, metric.key())
-    if len(values) < runs:
-        failed = next(r for r in results if not r.ok)
-        raise SystemExit(f"a fresh run of {commit[:12]} failed ({failed.status}): {failed.reason}")
-    return oriented(values, metric.direction)
+    if not (values := ok_metric([result], metric.key())):
+        raise SystemExit(f"a fresh run of {commit[:12]} failed ({result.status}): {result.reason}")
+    return oriented(values, metric.direction)[0]
+
+
+def start_and_final(project, start: str, final: str, runs: int) -> tuple[list[float], list[float]]:
+    """The starting and the final champion at the same `runs` fresh seeds, one right after the other at each seed:
+    runs are time-budgeted, so a run's step count (and its value) moves with the machine's load, and measuring the
+    start once for every campaign would count the load's change between campaigns as improvement. No runs when the
+    campaign promoted nothing (its improvement is 0): empty lists."""
+    if final == start:
+        return [], []
+    seeds = [FRESH_SEED + i for i in range(runs)]
+    pairs = [(fresh(project, start, start, seed), fresh(project, final, start, seed)) for seed in seeds]
+    return [a for a, _ in pairs], [b for _, b in pairs]
 
 
 def measure(name: str, settings: dict, seconds: float, budget: float, workers: int, audit_runs: int,
-            final_runs: int, start_values: list[float] | None, tmp: Path) -> tuple[dict, list[float]]:
+            final_runs: int, tmp: Path) -> dict:
     from bot.audit import audit_win
     from bot.cli import Project
 
@@ -99,20 +118,20 @@ def measure(name: str, settings: dict, seconds: float, budget: float, workers: i
     wins = [r for r in recs if r.merged_as]
     at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     audits = [audit_win(project.forge, project.runner, r, audit_runs, 0.05, project.config.metric, at) for r in wins]
-    final = project.forge.champion()
-    start_values = start_values or fresh(project, start, start, final_runs)
-    final_values = fresh(project, final, start, final_runs) if final != start else start_values
-    improvement = statistics.fmean(start_values) - statistics.fmean(final_values)
+    start_values, final_values = start_and_final(project, start, project.forge.champion(), final_runs)
+    improvement = statistics.fmean(start_values) - statistics.fmean(final_values) if start_values else 0.0
     return {
         "strategy": name, "seconds": round(ran, 1), "workers": workers,
         "experiments": sum(r.decision is not None for r in recs),
         "runs": sum(len(r.runs) for r in recs), "promotions": len(wins),
-        "not_replicated": sum(not a.replicates for a in audits),
+        "not_replicated": sum(a.effect is not None and not a.replicates for a in audits),
+        "unaudited": sum(a.effect is None for a in audits),  # an audit run failed: no test, not a failed replication
         "audit_effects": [round(a.effect, 4) if a.effect is not None else None for a in audits],
-        "start": round(statistics.fmean(start_values), 4), "final": round(statistics.fmean(final_values), 4),
+        "start": round(statistics.fmean(start_values), 4) if start_values else None,
+        "final": round(statistics.fmean(final_values), 4) if final_values else None,
         "replicated_improvement": round(improvement, 4),
         "per_runner_hour": round(improvement / (ran * workers / 3600), 4),
-    }, start_values
+    }
 
 
 def main() -> None:
@@ -127,12 +146,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="campaigns per strategy (3+ for an interval)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    rows, start_values = [], None
+    rows = []
     with tempfile.TemporaryDirectory(prefix="arbot-yield-") as tmp:
         for k in range(args.repeats):
             for name in args.strategies.split(","):
-                row, start_values = measure(name, STRATEGIES[name], args.seconds, args.budget, args.workers,
-                                            args.audit_runs, args.final_runs, start_values, Path(tmp) / str(k))
+                row = measure(name, STRATEGIES[name], args.seconds, args.budget, args.workers, args.audit_runs,
+                              args.final_runs, Path(tmp) / str(k))
                 rows.append(row | {"campaign": k})
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     summary = [summarize(name, [r for r in rows if r["strategy"] == name]) for name in args.strategies.split(",")]
@@ -140,25 +159,28 @@ def main() -> None:
         print(json.dumps({"campaigns": rows, "summary": summary}, indent=2))
         return
     print_table({"strategy": "strategy", "campaign": "#", "seconds": "seconds", "experiments": "exps", "runs": "runs",
-                 "promotions": "promoted", "not_replicated": "not repl.", "start": "start", "final": "final",
+                 "promotions": "promoted", "not_replicated": "not repl.", "unaudited": "unaudited", "start": "start",
+                 "final": "final",
                  "replicated_improvement": "improvement", "per_runner_hour": "per hour"}, rows)
     print_table({"strategy": "strategy", "campaigns": "campaigns", "per_runner_hour": "per hour (mean)",
-                 "interval": "95% interval", "not_replicated_share": "promotions not replicated"}, summary)
+                 "interval": "95% interval", "not_replicated_share": "promotions not replicated",
+                 "unaudited": "unaudited"}, summary)
 
 
 def summarize(name: str, rows: list[dict]) -> dict:
     """A strategy's campaigns: mean improvement per runner-hour with its 95% t interval, and the share of its
-    promotions that did not replicate."""
+    audited promotions that did not replicate (a promotion whose audit runs failed is not counted either way)."""
     from scipy import special
 
     hours = [r["per_runner_hour"] for r in rows]
     mean = statistics.fmean(hours)
     half = (float(special.stdtrit(len(hours) - 1, 0.975)) * statistics.stdev(hours) / len(hours) ** 0.5
             if len(hours) > 1 else float("nan"))
-    promoted = sum(r["promotions"] for r in rows)
+    promoted = sum(r["promotions"] - r["unaudited"] for r in rows)
     return {"strategy": name, "campaigns": len(rows), "per_runner_hour": round(mean, 4),
             "interval": f"{mean - half:.4f} .. {mean + half:.4f}",
-            "not_replicated_share": round(sum(r["not_replicated"] for r in rows) / promoted, 3) if promoted else None}
+            "not_replicated_share": round(sum(r["not_replicated"] for r in rows) / promoted, 3) if promoted else None,
+            "unaudited": sum(r["unaudited"] for r in rows)}
 
 if __name__ == "__main__":
     main()

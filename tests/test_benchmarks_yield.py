@@ -1,0 +1,108 @@
+"""benchmarks/yield.py: a campaign started from a backgrounded benchmark still stops when told; the summary's
+interval and replication share."""
+
+from __future__ import annotations
+
+import importlib
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from bot.core.records import DEFAULT_METRIC
+from runner.result import RunResult
+
+bench = importlib.import_module("benchmarks.yield")  # `yield` is a keyword: no `import` statement names it
+
+SLEEPER = "import time; print('ready', flush=True); time.sleep(120)"
+
+
+def started(preexec) -> subprocess.Popen:
+    """A Python that sleeps, started as the benchmark starts `arbot run`, from a process that ignores SIGINT (as a
+    benchmark run under `nohup ... &` does)."""
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        proc = subprocess.Popen([sys.executable, "-c", SLEEPER], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, start_new_session=True, preexec_fn=preexec)
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert proc.stdout.readline() == "ready\n"
+    return proc
+
+
+def test_a_campaign_started_in_the_background_is_interrupted_by_sigint():
+    proc = started(bench.heed_interrupts)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert "KeyboardInterrupt" in err
+
+
+def test_without_it_the_inherited_ignored_sigint_is_not_heard():
+    """The failure heed_interrupts prevents: the child keeps running after SIGINT (the trial campaign ran past its
+    stop allowance this way)."""
+    proc = started(None)
+    try:
+        proc.send_signal(signal.SIGINT)
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.communicate(timeout=3)
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
+def test_the_summary_gives_a_t_interval_and_the_share_of_audited_promotions_not_replicated():
+    """A promotion whose audit runs failed (no test) counts neither as replicated nor as not."""
+    rows = [{"per_runner_hour": v, "promotions": p, "not_replicated": n, "unaudited": u}
+            for v, p, n, u in ((1.0, 2, 0, 0), (2.0, 4, 1, 1), (3.0, 0, 0, 0))]
+    summary = bench.summarize("greedy", rows)
+    half = 4.302653 * 1.0 / 3 ** 0.5  # t(2, 0.975) x sd / sqrt(n)
+    assert summary["per_runner_hour"] == 2.0 and summary["campaigns"] == 3
+    assert summary["interval"] == f"{2 - half:.4f} .. {2 + half:.4f}"
+    assert summary["not_replicated_share"] == 0.2 and summary["unaudited"] == 1
+    none = [{"per_runner_hour": 1.0, "promotions": 1, "not_replicated": 0, "unaudited": 1}]
+    assert bench.summarize("arbot", none)["not_replicated_share"] is None
+
+
+class DriftingProject:
+    """A project whose every run scores `LOAD_DRIFT` worse than the one before (load rising: fewer steps a run),
+    on top of its commit's true value; fakes only the runner and the metric the benchmark reads."""
+
+    LOAD_DRIFT = 0.05
+
+    def __init__(self, values: dict[str, float]):
+        self.values, self.calls = values, []
+        self.runner, self.config = self, self
+
+    metric = DEFAULT_METRIC
+
+    def run(self, commit: str, champion: str, seed: int) -> RunResult:
+        self.calls.append((commit, seed))
+        value = self.values[commit] + self.LOAD_DRIFT * len(self.calls)
+        return RunResult(status="ok", commit=commit, champion=champion, seed=seed, metrics={"val_bpb": value})
+
+
+def test_the_start_and_the_final_champion_are_measured_seed_by_seed_under_the_same_load():
+    project = DriftingProject({"start": 4.0, "final": 3.5})
+    start, final = bench.start_and_final(project, "start", "final", 3)
+    seeds = [bench.FRESH_SEED + i for i in range(3)]
+    assert project.calls == [(c, s) for s in seeds for c in ("start", "final")]
+    improvement = sum(start) / 3 - sum(final) / 3
+    assert improvement == pytest.approx(0.5 - DriftingProject.LOAD_DRIFT)  # the drift of one run, not of the campaign
+
+
+def test_a_campaign_that_promoted_nothing_costs_no_runs():
+    project = DriftingProject({"start": 4.0})
+    assert bench.start_and_final(project, "start", "start", 3) == ([], [])
+    assert project.calls == []
+
+
+def test_a_failed_fresh_run_names_the_commit_and_why():
+    class Failing(DriftingProject):
+        def run(self, commit, champion, seed):
+            if commit == "final":
+                return RunResult(status="crash", commit=commit, champion=champion, seed=seed, reason="out of memory")
+            return super().run(commit, champion, seed)
+
+    with pytest.raises(SystemExit, match="a fresh run of final failed \\(crash\\): out of memory"):
+        bench.start_and_final(Failing({"start": 4.0}), "start", "final", 2)
