@@ -25,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+import git
 import httpx
 import pytest
 import yaml
@@ -190,6 +191,17 @@ def results_comment(fake: FakeGitHub, number: int) -> str:
     return bodies[0] if bodies else ""
 
 
+def slow_research_on_github(tmp_path: Path, cfg: dict) -> tuple[git.Repo, FakeGitHub]:
+    """A fresh repository whose champion learns far too slowly, with the evaluate workflow, and the fake GitHub to push
+    it to (octo-org/research)."""
+    research = make_repo(tmp_path / "research", cfg, script_edit=lambda s: set_knobs(s, {"LEARNING_RATE": 1e-6}))
+    (tmp_path / "research" / ".github" / "workflows").mkdir(parents=True)
+    shutil.copy(EVALUATE, tmp_path / "research" / ".github" / "workflows")
+    research.git.add(A=True)
+    research.index.commit("the evaluate workflow")
+    return research, FakeGitHub(tmp_path / "remote", owner="octo-org", name="research", token=TOKEN)
+
+
 @pytest.mark.slow
 def test_github_mode_end_to_end(tmp_path, monkeypatch):
     import bot.github.forge as forge_module
@@ -201,12 +213,7 @@ def test_github_mode_end_to_end(tmp_path, monkeypatch):
     # the default policy; a holdout gap this wide is never exceeded by chance at this size (its rule: test_lifecycle)
     cfg = tiny_config(target={"holdout_max_gap": 0.5}, github={"repo": REPO, "max_in_flight": 2, "experiments_per_day": 2})
     del cfg["policy"]
-    research = make_repo(tmp_path / "research", cfg, script_edit=lambda s: set_knobs(s, {"LEARNING_RATE": 1e-6}))
-    (tmp_path / "research" / ".github" / "workflows").mkdir(parents=True)
-    shutil.copy(EVALUATE, tmp_path / "research" / ".github" / "workflows")
-    research.git.add(A=True)
-    research.index.commit("the evaluate workflow")
-    fake = FakeGitHub(tmp_path / "remote", owner="octo-org", name="research", token=TOKEN)
+    research, fake = slow_research_on_github(tmp_path, cfg)
     fake.tokens[ACTIONS_TOKEN] = "github-actions[bot]"
     research.git.push(str(fake.bare), "main:refs/heads/main")
     start = research.head.commit.hexsha

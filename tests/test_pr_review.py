@@ -34,6 +34,16 @@ from tests.scripted import ACTIONS_TOKEN, MARK, SCRIPT, ScriptedWorkflow, Varian
 from tests.test_github_driver import Proposer, settings
 from tests.test_github_forge import REPO, TOKEN, forge_for
 
+
+def clone_as_someone(fake: FakeGitHub, path: Path) -> git.Repo:
+    """A contributor's clone of the fake GitHub's repository, with a committer identity."""
+    work = git.Repo.clone_from(str(fake.bare), path)
+    with work.config_writer() as cw:
+        cw.set_value("user", "name", "someone")
+        cw.set_value("user", "email", "someone@example.com")
+    return work
+
+
 WORLD = {"win": Variant(effect=-0.3), "worse": Variant(effect=0.2), "win-again": Variant(effect=-0.2)}
 AGENT, DEV, MAINTAINER, TRIAGER, STRANGER = "coder-agent[bot]", "dev", "maintainer", "triager", "stranger"
 SECRET = "review-secret"
@@ -156,10 +166,7 @@ def review(request, tmp_path):
             fake.on_dispatch = ScriptedWorkflow(fake, url, REPO, WORLD)
             app = create_app(ServerSettings(secret=SECRET, state_path=store.path, repo=REPO), dispatcher, store,
                              on_start=driver.advance_all)
-            work = git.Repo.clone_from(str(fake.bare), tmp_path / "work")
-            with work.config_writer() as cw:
-                cw.set_value("user", "name", "someone")
-                cw.set_value("user", "email", "someone@example.com")
+            work = clone_as_someone(fake, tmp_path / "work")
             with serving(app) as bot_url:
                 fake.hooks.url, fake.hooks.secret = f"{bot_url}/webhook", SECRET
                 r = Review(fake, url, bot_url, driver, work)
@@ -343,7 +350,6 @@ def test_a_symlink_is_rejected_before_any_run(review):
 
 @pytest.mark.parametrize("review", [{"author_caps": {"experiments_per_day": 1}}], indirect=True)
 def test_an_author_over_its_daily_cap_is_told_so_and_nothing_runs(review):
-    fake = review.fake
     first = review.commit("worse")
     review.open_pr(AGENT, "agent/one", first, "one")
     review.idle()

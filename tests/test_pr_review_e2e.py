@@ -9,10 +9,8 @@ A fork's PR, approved by a maintainer's `/arbot evaluate`: a loss, commented and
 
 from __future__ import annotations
 
-import shutil
 import time
 
-import git
 import httpx
 import pytest
 
@@ -24,13 +22,13 @@ from bot.server.dispatch import Dispatcher
 from bot.server.driver import Driver
 from bot.server.store import Budget, Store
 from bot.surfaces.github import mirror
-from tests.conftest import make_repo, tiny_config
-from tests.fake_github.server import FakeGitHub
+from tests.conftest import tiny_config
 from tests.fake_github.serving import serving
 from tests.scripted import ACTIONS_TOKEN
 from tests.test_github_driver import Proposer
-from tests.test_github_e2e import EVALUATE, Workflow, results_comment, verdict, wait_for
-from tests.test_github_forge import REPO, TOKEN, forge_for
+from tests.test_github_e2e import Workflow, results_comment, slow_research_on_github, verdict, wait_for
+from tests.test_github_forge import REPO, forge_for
+from tests.test_pr_review import clone_as_someone
 
 SECRET = "pr-e2e"
 DEV, MAINTAINER, STRANGER = "dev", "maintainer", "stranger"
@@ -39,12 +37,7 @@ DEV, MAINTAINER, STRANGER = "dev", "maintainer", "stranger"
 @pytest.mark.slow
 def test_outside_prs_are_evaluated_with_real_training(tmp_path):
     cfg = tiny_config(target={"holdout_max_gap": None}, github={"repo": REPO})
-    research = make_repo(tmp_path / "research", cfg, script_edit=lambda s: set_knobs(s, {"LEARNING_RATE": 1e-6}))
-    (tmp_path / "research" / ".github" / "workflows").mkdir(parents=True)
-    shutil.copy(EVALUATE, tmp_path / "research" / ".github" / "workflows")
-    research.git.add(A=True)
-    research.index.commit("the evaluate workflow")
-    fake = FakeGitHub(tmp_path / "remote", owner="octo-org", name="research", token=TOKEN)
+    research, fake = slow_research_on_github(tmp_path, cfg)
     fake.tokens[ACTIONS_TOKEN] = "github-actions[bot]"
     for login in (DEV, MAINTAINER, STRANGER):
         fake.tokens[f"ghp_{login}"] = login
@@ -66,10 +59,7 @@ def test_outside_prs_are_evaluated_with_real_training(tmp_path):
                                     bot_login="arbot-user")
             app = create_app(ServerSettings(secret=SECRET, state_path=store.path, repo=REPO), dispatcher, store,
                              on_start=driver.advance_all)
-            work = git.Repo.clone_from(str(fake.bare), tmp_path / "work")
-            with work.config_writer() as cw:
-                cw.set_value("user", "name", "someone")
-                cw.set_value("user", "email", "someone@example.com")
+            work = clone_as_someone(fake, tmp_path / "work")
 
             def commit(lr: float) -> str:
                 work.git.fetch("-q", "origin", "+refs/heads/champion:refs/remotes/origin/champion")
@@ -123,7 +113,7 @@ def test_outside_prs_are_evaluated_with_real_training(tmp_path):
                 as_user(MAINTAINER, "POST", f"/issues/{m}/comments", {"body": "/arbot evaluate"})
                 wait_for(lambda: "arbot:loss" in fake.prs[m].labels, "the fork PR's loss", workflow, timeout=600)
                 assert fake.prs[m].state == "open" and verdict(fake, worse) == "failure"
-                assert f"### exp-2: **loss**" in results_comment(fake, m)
+                assert "### exp-2: **loss**" in results_comment(fake, m)
                 runs = [p for p in workflow.played if p["dispatch"]["inputs"]["commit"] == worse]
                 assert runs and all(p["dispatch"]["inputs"]["pull"] == str(m) and p["result"]["status"] == "ok"
                                     and p["result"]["commit"] == worse for p in runs)
