@@ -32,7 +32,7 @@ from bot.core.policy import make_policy
 from bot.proposers.base import ProposalError
 from bot.proposers.factory import make_proposer
 from bot.proposers.failures import ProposalRejected
-from bot.core.records import ChampionRecord, ExperimentRecord, Metric, ok_metric
+from bot.core.records import ChampionRecord, ExperimentRecord, Metric, ok_metric, verdict_text
 from bot.results import results_table, row
 from bot.signing import KEYS_FILE
 from bot.tracking import make_tracker
@@ -103,11 +103,6 @@ def score_cell(rec: ExperimentRecord, metric: Metric) -> str:
     autoresearch's 0.000000 with its status)."""
     values = ok_metric(rec.runs, metric.key())
     return metric.fmt(mean(values)) if values else NO_SCORE
-
-
-def verdict_text(verdict: str, rule: str) -> str:
-    """`loss (screen)`; the rule only where it says more than the verdict (not `rejected (rejected)`)."""
-    return verdict if rule in ("", verdict) else f"{verdict} ({rule})"
 
 
 def describe(rec: ExperimentRecord, metric: Metric) -> str:

@@ -208,7 +208,7 @@ def test_a_restarted_bot_rebuilds_its_state_from_github_and_finishes_the_decisio
                     "Rule: margin", "Proposer: scripted", "Evaluator: scripted", "Seeds: 0", "PR: #1"):
         assert f"\n{trailer}\n" in message, message
     assert [r.commit for r in third.lf.champion_record(champion).runs] == [head]  # the win measures the champion
-    assert "**win** (margin)" in gh.comment(1)
+    assert "**win (margin)**" in gh.comment(1)
     # the next experiment: opened on the new champion, its run dispatched (the champion needs none)
     assert fake.prs[2].title == "win-again" and fake.prs[2].state == "open"
     assert fake.dispatches[-1]["inputs"]["champion"] == champion and len(fake.dispatches) == 3
@@ -250,7 +250,7 @@ def test_a_pending_run_is_dispatched_once(gh):
     rec = d.lf.experiments()[0]
     assert rec.decision.verdict == "loss" and [r.seed for r in rec.runs] == [0] and rec.pending == []
     assert fake.prs[1].state == "closed" and fake.prs[1].labels == ["arbot", "arbot:loss"]
-    assert gh.verdict(rec.commit) == "failure" and "**loss** (margin)" in gh.comment(1)
+    assert gh.verdict(rec.commit) == "failure" and "**loss (margin)**" in gh.comment(1)
     keys = [x["inputs"]["request"] for x in fake.dispatches]
     assert len(keys) == len(set(keys)) == 2 and {x["head_branch"] for x in fake.dispatches} == {"main"}
 
@@ -424,7 +424,7 @@ def test_a_run_without_a_usable_result_is_that_runs_crash(gh, answer_kind, monke
     assert (run.status, run.seed, run.commit) == ("crash", 0, head) and run.reason.startswith(reason), run.reason
     assert rec.decision.verdict == "crash" and rec.decision.rule == "crash" and rec.pending == []
     assert fake.prs[1].state == "closed" and fake.prs[1].labels == ["arbot", "arbot:crash"]
-    assert gh.verdict(head) == "failure" and "**crash** (crash)" in gh.comment(1)
+    assert gh.verdict(head) == "failure" and f"### {rec.id}: **crash**\n" in gh.comment(1)  # not "crash (crash)"
     assert len(fake.dispatches) == 2  # a crash is final: no other run is asked for
 
 
@@ -482,7 +482,7 @@ def test_a_pushed_or_edited_experiment_is_rejected_and_never_merged(gh):
     for n in (1, 2):
         assert fake.prs[n].state == "closed" and not fake.prs[n].merged
     assert gh.verdict(exp1.commit) == "failure" and gh.verdict(evil) == "failure"
-    assert fake.ref("champion") == start and "**rejected** (tampered)" in gh.comment(1)
+    assert fake.ref("champion") == start and "**rejected (tampered)**" in gh.comment(1)
     assert all(r.commit == start for r in d.lf.champion_record(start).runs)  # no run of evil in the champion's notes
 
 
@@ -708,7 +708,7 @@ def test_an_experiment_measured_on_an_old_champion_is_closed_and_opened_again(gh
     assert stale.decision.reason == (f"champion moved from {start[:12]} to {moved[:12]} before this was merged; "
                                      "measured again as exp-2")
     assert fake.prs[1].state == "closed" and not fake.prs[1].merged and fake.prs[1].labels == ["arbot", "arbot:crash"]
-    assert gh.verdict(stale.commit) == "failure" and "**rejected** (stale)" in gh.comment(1)
+    assert gh.verdict(stale.commit) == "failure" and "**rejected (stale)**" in gh.comment(1)
     assert fake.ref("arbot/exp-1") == stale.commit  # the branch is kept; never updated
     # the same change, a new experiment and PR on the new champion, measured there (its champion too) and merged
     assert fresh.proposal.files == stale.proposal.files and fresh.parent == moved

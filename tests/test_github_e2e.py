@@ -279,12 +279,12 @@ def test_github_mode_end_to_end(tmp_path, monkeypatch):
                     assert f"\n{trailer}" in message, message
                 assert "Evaluator: unknown" not in message  # the fingerprint of the real evaluator
                 comment1 = wait_for(lambda: results_comment(fake, 1), "PR 1 results comment", workflow)
-                assert "**win** (confirm" in comment1 and "xychart-beta" in comment1 and '"start", "exp-1"' in comment1
+                assert "**win (confirm in comment1 and "xychart-beta" in comment1 and '"start", "exp-1"' in comment1
 
                 # --- PR 2 was measured on the old champion: closed as stale, its change opened again as PR 3 ------------
                 wait_for(lambda: 3 in fake.prs and fake.prs[2].state == "closed", "PR 2 closed, PR 3 opened", workflow)
                 assert not fake.prs[2].merged and fake.prs[2].labels == ["arbot", "arbot:crash"]
-                assert "**rejected** (stale)" in results_comment(fake, 2) and "measured again as exp-3" in results_comment(fake, 2)
+                assert "**rejected (stale)**" in results_comment(fake, 2) and "measured again as exp-3" in results_comment(fake, 2)
                 assert verdict(fake, head2) == "failure" and fake.ref("arbot/exp-2") == head2  # kept, never updated
                 pr3 = fake.prs[3]
                 head3 = fake.head_sha(pr3)
@@ -302,7 +302,7 @@ def test_github_mode_end_to_end(tmp_path, monkeypatch):
                 assert verdict(fake, head3) == "failure" and not fake.prs[3].merged
                 assert fake.prs[3].labels == ["arbot", "arbot:loss"]
                 comment3 = results_comment(fake, 3)
-                assert "### exp-3: **loss**" in comment3 and "xychart-beta" in comment3
+                assert "### exp-3: **loss" in comment3 and "xychart-beta" in comment3
                 assert fake.ref("arbot/exp-3") == head3 and fake.ref("champion") == champion
 
                 # --- the daily cap (2 experiments; a replay is no new proposal) stops proposing; the bot goes idle -----

@@ -97,7 +97,7 @@ def test_github_mode_merges_a_higher_accuracy_and_closes_a_lower_one(tmp_path, m
                 assert float(trailers["Delta"]) == pytest.approx(metric - baseline, abs=2e-4)
                 assert trailers["Evaluator"] != "unknown"
                 comment1 = wait_for(lambda: results_comment(fake, 1), "PR 1 results comment", workflow)
-                assert "**win** (margin)" in comment1 and "val_accuracy" in comment1 and "xychart-beta" in comment1
+                assert "**win (margin)**" in comment1 and "val_accuracy" in comment1 and "xychart-beta" in comment1
 
                 # --- PR 2: opened on the new champion, accuracy down: a loss, closed with its label --------------
                 wait_for(lambda: 2 in fake.prs and fake.prs[2].state == "closed", "PR 2 closed", workflow)
@@ -107,7 +107,7 @@ def test_github_mode_merges_a_higher_accuracy_and_closes_a_lower_one(tmp_path, m
                 assert fake.git("rev-parse", f"{head2}^").stdout.strip() == champion
                 assert verdict(fake, head2) == "failure" and pr2.labels == ["arbot", "arbot:loss"]
                 comment2 = results_comment(fake, 2)
-                assert "### exp-2: **loss**" in comment2 and "val_accuracy" in comment2
+                assert "### exp-2: **loss" in comment2 and "val_accuracy" in comment2
                 assert fake.ref("champion") == champion and fake.ref("arbot/exp-2") == head2
 
                 # --- the daily cap (2) stops proposing; the bot goes idle ----------------------------------------

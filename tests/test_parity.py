@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from bot.core import lifecycle as lc
+from bot.core.records import verdict_text
 from bot.config import load_config
 from bot.forges.local import LocalForge
 from bot.server.driver import Driver
@@ -160,7 +161,7 @@ def test_github_mode_shows_each_decision_on_its_pull_request(both):
         if not merged:
             assert ("arbot:loss" if verdict == "loss" else "arbot:crash") in pr.labels
         comments = [c["body"] for c in fake.comments.values() if c["issue"] == pr.number]
-        assert any(f"**{verdict}** ({rule})" in body for body in comments), (exp_id, comments)
+        assert any(f"**{verdict_text(verdict, rule)}**" in body for body in comments), (exp_id, comments)
     # every run came from one dispatch of the evaluate workflow on the champion branch, none twice
     keys = [d["inputs"]["request"] for d in fake.dispatches]
     assert len(keys) == len(set(keys)) and {d["head_branch"] for d in fake.dispatches} == {"main"}  # the default branch: a definition no PR changes

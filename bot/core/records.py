@@ -109,6 +109,11 @@ class Evidence(BaseModel):
     removes_code: bool = False
 
 
+def verdict_text(verdict: str, rule: str) -> str:
+    """`loss (screen)`; the rule only where it says more than the verdict (not `crash (crash)`)."""
+    return verdict if rule in ("", verdict) else f"{verdict} ({rule})"
+
+
 class Decision(BaseModel):
     """The policy's answer, with the evidence that led to it."""
 

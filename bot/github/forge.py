@@ -30,7 +30,7 @@ from github.PullRequest import PullRequest
 from github.Repository import Repository
 
 from bot.config import GitHubConfig
-from bot.core.records import Decision, ExperimentRecord, Metric
+from bot.core.records import Decision, ExperimentRecord, Metric, verdict_text
 
 log = logging.getLogger("arbot.github")
 
@@ -653,7 +653,7 @@ def results_comment(rec: ExperimentRecord, decision: Decision, trajectory: list[
     fmt = metric.fmt
     lines = [
         RESULTS_MARKER,
-        f"### {rec.id}: **{decision.verdict}** ({decision.rule})",
+        f"### {rec.id}: **{verdict_text(decision.verdict, decision.rule)}**",
         "",
         decision.reason,
         "",
