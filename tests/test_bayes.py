@@ -7,7 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from bot.core import bayes
@@ -78,6 +78,7 @@ def test_never_promotes_on_evidence_below_its_threshold(champion, candidate, fdr
 
 @settings(max_examples=60, deadline=None)
 @given(champion=st.lists(RUN, min_size=3, max_size=6, unique=True), x=RUN, worse=st.floats(0.01, 5.0))
+@example(champion=[0.0, 4.9149873017859535e-55, 2.2250738585e-313], x=0.0, worse=1.0)  # spread below rounding (CI)
 def test_the_screen_is_monotone(champion, x, worse):
     """The stopping table's screen is a threshold: if a first run goes on (or wins), a better first run never stops
     as a loss; equivalently a screen loss at x is a loss at every worse x (lower is better here)."""

@@ -279,7 +279,7 @@ def test_github_mode_end_to_end(tmp_path, monkeypatch):
                     assert f"\n{trailer}" in message, message
                 assert "Evaluator: unknown" not in message  # the fingerprint of the real evaluator
                 comment1 = wait_for(lambda: results_comment(fake, 1), "PR 1 results comment", workflow)
-                assert "**win (confirm in comment1 and "xychart-beta" in comment1 and '"start", "exp-1"' in comment1
+                assert "**win (confirm" in comment1 and "xychart-beta" in comment1 and '"start", "exp-1"' in comment1
 
                 # --- PR 2 was measured on the old champion: closed as stale, its change opened again as PR 3 ------------
                 wait_for(lambda: 3 in fake.prs and fake.prs[2].state == "closed", "PR 2 closed, PR 3 opened", workflow)

@@ -37,6 +37,7 @@ from bot.core import bayes
 from bot.core.records import Decision, Evidence, oriented
 
 TestKind = Literal["pooled", "welch", "paired"]
+EXACT = 1e-9  # runs that differ by less than this share of their size are equal: their spread is rounding, not noise
 
 
 class PolicyConfig(BaseModel, extra="forbid"):
@@ -482,8 +483,9 @@ class BayesPolicy:
         ss, df = bayes.noise(ev, ev.campaign)
         champ, cand = _oriented(ev)
         ch, ca, m = _mean(ev.champion), _mean(ev.candidate), ev.metric
-        if df == 0 or ss <= 0:  # no spread at all: the runs are exact
-            ss, df = max(abs(_mean(champ) - _mean(cand)), 1e-12) ** 2, 1
+        rounding = max(max(map(abs, champ + cand)) * EXACT, 1e-12)
+        if df == 0 or ss <= df * rounding**2:  # no spread beyond the values' rounding: the runs are exact
+            ss, df = max(abs(_mean(champ) - _mean(cand)), rounding) ** 2, 1
         sd = float(bayes.noise_sds(ss, df)[len(bayes.SD_QUANTILES) // 2])
         ll, paired_ll = bayes.marginal(ev, ss, df, prior.pair_share, prior.pair_correlation)
         w = np.asarray(prior.weights)
