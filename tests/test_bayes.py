@@ -34,7 +34,8 @@ def test_runs_beyond_the_priors_support_leave_a_prior_that_still_promotes():
         assert np.isfinite(w).all() and w.sum() == pytest.approx(1.0)
         paired = prior.model_copy(update={"pair_share": 0.5, "pair_correlation": 0.8})
         for campaign in (prior, paired):
-            d = BayesPolicy().decide(Evidence(champion=[0.3, -0.5, 0.1], candidate=[-6.0, -6.4], campaign=campaign))
+            d = BayesPolicy().decide(Evidence(champion=[0.3, -0.5, 0.1, -0.2, 0.4], candidate=[-6.0, -6.4],
+                                              campaign=campaign))
             assert (d.verdict, d.rule) == ("win", "bayes"), d.reason
 
 
@@ -61,19 +62,80 @@ def _lfdr(ev: Evidence) -> float:
     return float(bayes.posterior(np.asarray(prior.weights), ll)[bayes.NULL].sum())
 
 
+# a campaign's promotions so far, and how many of them its prior now thinks false (None: no campaign yet)
+CAMPAIGN = st.one_of(st.none(), st.integers(0, 30).flatmap(lambda n: st.tuples(st.just(n), st.floats(0.0, n * 0.3))))
+
+
 @settings(max_examples=150, deadline=None)
-@given(champion=st.lists(RUN, min_size=2, max_size=6, unique=True), candidate=st.lists(RUN, min_size=1, max_size=6),
-       fdr=st.sampled_from([0.01, 0.05, 0.2]), min_runs=st.integers(1, 3))
-def test_never_promotes_on_evidence_below_its_threshold(champion, candidate, fdr, min_runs):
-    """Whatever the runs: a win has at least min_runs candidate runs and P(no better) <= fdr, and its reason names
-    that P(no better) (the audit trail holds the number the verdict was decided on)."""
-    d = BayesPolicy(PolicyConfig(rule="bayes", fdr=fdr, min_runs=min_runs)).decide(
-        Evidence(champion=champion, candidate=candidate))
+@given(champion=st.lists(RUN, min_size=2, max_size=9, unique=True), candidate=st.lists(RUN, min_size=1, max_size=6),
+       fdr=st.sampled_from([0.01, 0.05, 0.2]), min_runs=st.integers(1, 3), past=CAMPAIGN)
+def test_never_promotes_on_evidence_below_its_threshold(champion, candidate, fdr, min_runs, past):
+    """Whatever the runs and the campaign: a win has at least min_runs candidate runs, a noise sd with
+    MIN_NOISE_DF degrees of freedom, and P(no better) within the campaign's budget (at most LFDR_CAP, and at most
+    fdr while the campaign's past promotions leave nothing spare); its reason names that P(no better) (the audit
+    trail holds the number the verdict was decided on)."""
+    campaign = None if past is None else bayes.default_prior().model_copy(
+        update={"promotions": past[0], "false_promotions": past[1]})
+    ev = Evidence(champion=champion, candidate=candidate, campaign=campaign)
+    d = BayesPolicy(PolicyConfig(rule="bayes", fdr=fdr, min_runs=min_runs)).decide(ev)
+    if d.verdict == "win":
+        assert bayes.noise(ev, campaign)[1] >= bayes.MIN_NOISE_DF, d.reason
     if d.verdict == "win" and d.rule == "bayes":
-        ev = Evidence(champion=champion, candidate=candidate)
-        lfdr = _lfdr(ev)
-        assert len(candidate) >= min_runs and lfdr <= fdr, (lfdr, d.reason)
+        lfdr, limit = _lfdr(ev), bayes.promotion_limit(campaign or bayes.default_prior(), fdr)
+        assert len(candidate) >= min_runs and lfdr <= limit <= max(fdr, bayes.LFDR_CAP), (lfdr, d.reason)
+        if past is None or past[1] >= fdr * past[0]:
+            assert lfdr <= fdr, (lfdr, d.reason)
         assert float(re.search(r"P\(no better\) ([0-9.]+) <=", d.reason).group(1)) == pytest.approx(lfdr, abs=6e-4)
+
+
+def test_a_promotion_waits_for_a_noise_sd_measured_on_enough_runs():
+    """A clear win over a champion whose three runs happen to agree is not promoted on that spread (the old rule
+    promoted it at once, on 2 degrees of freedom): the rule asks for the champion runs the noise sd lacks, and
+    once they show the real spread the same candidate is no clear win."""
+    champion, candidate = [1.0, 1.01, 0.99], [0.9, 0.91]
+    d = BayesPolicy().decide(Evidence(champion=champion, candidate=candidate))
+    assert (d.verdict, d.rule) == ("more_runs", "noise_floor"), d.reason
+    assert (d.more_champion_runs, d.more_candidate_runs) == (bayes.MIN_NOISE_DF - 2, 0)
+    assert f"needs a noise sd with {bayes.MIN_NOISE_DF} degrees of freedom" in d.reason
+    d = BayesPolicy().decide(Evidence(champion=champion + [1.1, 0.88, 1.12, 0.93], candidate=candidate))
+    assert d.verdict != "win", d.reason
+
+
+def test_a_winners_runs_never_measure_the_noise():
+    """A promotion picks runs that agree (a small spread makes a clear win), so neither the winner's runs nor the
+    same runs inherited by the champion it makes enter the campaign's noise pool; the champion's own runs do."""
+    loser = _decided([0.0, 1.0, -1.0], [0.5, 1.5, -0.5])
+    winner = _decided([0.0, 1.0, -1.0, 0.5], [-3.0, -3.001, -2.999], "win")
+    after = (Evidence(champion=[-3.0, -3.001, -2.999, -2.0, -4.0], candidate=[-3.0], champion_inherited=3),
+             Decision(verdict="loss", rule="screen", reason="r"))
+    prior = bayes.learn([loser, winner, after])
+    pooled = [[1.5, -0.5], [0.0, 1.0, -1.0, 0.5], [-2.0, -4.0]]  # the loser's after its first, each champion's own
+    ss = sum(float(np.var(xs) * len(xs)) for xs in pooled)
+    assert prior.noise_df == 5 and prior.noise_sd == pytest.approx((ss / 5) ** 0.5)
+    assert (prior.promotions, prior.champion_runs) == (1, [-2.0, -4.0])
+
+
+def test_the_champions_runs_count_once_in_the_noise():
+    """The pool holds the champion's runs as the last decided experiment saw them; a decision counts the champion's
+    runs now in their place, once, and a new champion's beside them."""
+    prior = bayes.learn([_decided([0.0, 1.0, -1.0], [2.0])])
+    assert (prior.noise_df, prior.champion_runs) == (2, [0.0, 1.0, -1.0])
+    ss, df = bayes.noise(Evidence(champion=[0.0, 1.0, -1.0, 0.5], candidate=[0.3, 0.6, 0.9]), prior)
+    assert df == 3 + 1 and ss == pytest.approx(float(np.var([0.0, 1.0, -1.0, 0.5]) * 4) + 0.045)
+    _, df = bayes.noise(Evidence(champion=[5.0, 6.0], candidate=[0.3]), prior)
+    assert df == 2 + 1
+
+
+def test_the_campaigns_false_promotion_budget():
+    """P(no better) a promotion may have: fdr for a campaign's first; more once its promotions have been clear (the
+    expected share of false ones over all of them stays at fdr), never above LFDR_CAP; fdr again when its past
+    promotions already hold their share."""
+    base = bayes.default_prior()
+    limit = lambda n, false: bayes.promotion_limit(base.model_copy(update={"promotions": n, "false_promotions": false}), 0.05)  # noqa: E731
+    assert limit(0, 0.0) == 0.05
+    assert limit(1, 0.0) == pytest.approx(0.10) and limit(2, 0.02) == pytest.approx(0.13)
+    assert limit(10, 0.0) == bayes.LFDR_CAP
+    assert limit(4, 0.3) == 0.05
 
 
 @settings(max_examples=60, deadline=None)

@@ -684,6 +684,18 @@ def test_seeds_pair_across_a_promotion():
     assert set(ev.candidate_seeds) <= set(ev.champion_seeds) == set(range(len(ev.champion_seeds)))
 
 
+def test_the_evidence_counts_the_runs_a_champion_inherited_from_its_win():
+    """The runs a champion got from its win (of the candidate's commit, not of the merge) are counted apart from
+    those it made as champion: the bayes rule keeps them out of the noise (a promotion chose them)."""
+    exp = experiment(runs=cand_runs(2.5, 2.52))
+    successor = lc.champion_after(exp, NEWER)
+    successor.runs.append(run(2.51, 2, commit=NEWER))
+    nxt = ExperimentRecord(**{**experiment().model_dump(), "id": "exp-8", "number": 8, "parent": NEWER})
+    ev = lc.evidence(nxt, successor, DEFAULT_METRIC)
+    assert (ev.champion, ev.champion_inherited) == ([2.5, 2.52, 2.51], 2)
+    assert lc.evidence(experiment(), champion(*FLOOR), DEFAULT_METRIC).champion_inherited == 0  # no win made it
+
+
 def test_auto_holdout_limit_rejects_an_honest_win_one_time_in_a_hundred():
     """auto is the default; an honest win, its gap drawn as the champion's three are (any spread), is rejected about
     HOLDOUT_FALSE_REJECT of the time, and a number stays a fixed limit."""

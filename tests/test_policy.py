@@ -397,9 +397,9 @@ def test_bayes_promotes_a_clear_win_on_two_runs_and_names_its_numbers():
     assert isinstance(p, BayesPolicy) and p.learns
     d = p.decide(Evidence(metric="val_bpb", champion=[1.0, 1.1, 0.9], candidate=[0.5]))
     assert d.verdict == "more_runs" and d.more_candidate_runs == 1, d.reason  # a single run never promotes
-    d = p.decide(Evidence(metric="val_bpb", champion=[1.0, 1.1, 0.9, 1.0], candidate=[0.5, 0.52]))
+    d = p.decide(Evidence(metric="val_bpb", champion=[1.0, 1.1, 0.9, 1.0, 0.95, 1.05, 0.98], candidate=[0.5, 0.52]))
     assert (d.verdict, d.rule) == ("win", "bayes"), d.reason
-    for text in ("P(no better)", "<= fdr 0.05", "noise sd", "prior from 0 experiments", "a run buys 0.100 sd"):
+    for text in ("P(no better)", "<= 0.050 (fdr 0.05 over the campaign's 1 promotions", "(6 df)", "prior from 0 experiments", "a run buys 0.100 sd"):
         assert text in d.reason, text
     loss = p.decide(Evidence(metric="val_bpb", champion=[1.0, 1.1, 0.9], candidate=[1.05]))
     assert (loss.verdict, loss.rule) == ("loss", "screen") and "Stopped" in loss.reason

@@ -39,6 +39,8 @@ RUN_VALUE_STRENGTH = 50.0  # ... counted as this many runs
 PAIR_TEST = float(special.chdtri(2, 0.01))  # pairing is used once the data shows it at the 1% level
 MAX_PAIR_CORRELATION = 0.95
 EM_STEPS = 40
+MIN_NOISE_DF = 6  # a promotion waits for a noise sd measured with this many degrees of freedom
+LFDR_CAP = 0.15  # the most P(no better) one promotion may have, whatever the campaign's budget
 SD_QUANTILES = np.array([0.1, 0.3, 0.5, 0.7, 0.9])
 
 
@@ -62,22 +64,20 @@ def _ss(xs: Sequence[float]) -> tuple[float, int]:
     return sum((x - m) ** 2 for x in xs), len(xs) - 1
 
 
-def _unselected(ev: Evidence) -> tuple[list[float], list[float]]:
-    """The runs whose spread measures the noise: the champion's and the candidate's after their first. A first run
-    is what the screen selected on (a candidate goes on when it was lucky; a promoted one's runs become the
-    champion's), so its spread with the rest is too wide."""
-    return ev.champion[1:], ev.candidate[1:]
-
-
 def noise(ev: Evidence, prior: CampaignPrior | None) -> tuple[float, int]:
-    """The residual sum of squares (metric units squared) and degrees of freedom of the noise: the campaign's pooled
-    within-commit spread with this experiment's runs."""
-    ss, df = 0.0, 0
+    """The residual sum of squares (metric units squared) and degrees of freedom of the noise: the campaign's pool
+    (`learn`), the champion's own runs in place of those of them the pool holds, and the candidate's runs after
+    its first. Never a run whose spread was selected: a candidate's first (the screen goes on when it was lucky)
+    and the runs a champion inherited from its win (a promotion chose them, for agreeing among others)."""
+    ss, df = _ss(ev.candidate[1:])
+    own = ev.champion[ev.champion_inherited:]
+    a, b = _ss(own)
+    ss, df = ss + a, df + b
     if prior is not None and prior.noise_sd is not None:
-        ss, df = prior.noise_sd**2 * prior.noise_df, prior.noise_df
-    for xs in _unselected(ev):
-        a, b = _ss(xs)
-        ss, df = ss + a, df + b
+        ss, df = ss + prior.noise_sd**2 * prior.noise_df, df + prior.noise_df
+        if prior.champion_runs and own[:len(prior.champion_runs)] == prior.champion_runs:
+            a, b = _ss(prior.champion_runs)
+            ss, df = ss - a, df - b
     return ss, df
 
 
@@ -196,14 +196,15 @@ def learn(history: Sequence[tuple[Evidence, Decision]]) -> CampaignPrior:
     if not decided:
         return base
     ss, df = 0.0, 0
-    champions: dict[tuple[float, ...], list[float]] = {}
-    for ev, _ in decided:
-        champ, cand = _unselected(ev)
-        a, b = _ss(cand)
-        ss, df = ss + a, df + b
-        key = tuple(ev.champion[:2])
-        if len(champ) > len(champions.get(key, ())):
-            champions[key] = champ
+    champions: dict[tuple[float, ...], list[float]] = {}  # each champion's own runs, the most any evidence had
+    for ev, d in decided:
+        if d.verdict != "win":  # a winner's runs become its champion's inherited ones
+            a, b = _ss(ev.candidate[1:])
+            ss, df = ss + a, df + b
+        own = ev.champion[ev.champion_inherited:]
+        key = tuple(ev.champion[:max(ev.champion_inherited, 1)])  # its inherited runs, or its first
+        if len(own) >= len(champions.get(key, ())):
+            champions[key] = own
     for xs in champions.values():
         a, b = _ss(xs)
         ss, df = ss + a, df + b
@@ -217,11 +218,14 @@ def learn(history: Sequence[tuple[Evidence, Decision]]) -> CampaignPrior:
     for _ in range(EM_STEPS):
         w = (PRIOR_STRENGTH * w0 + posterior(w, lik).sum(0)) / (PRIOR_STRENGTH + len(decided))
     post = posterior(w, lik)
-    gained = sum(float(p @ GRID) for p, (_, d) in zip(post, decided) if d.verdict == "win")
+    wins = [p for p, (_, d) in zip(post, decided) if d.verdict == "win"]
+    gained = sum(float(p @ GRID) for p in wins)
     runs = sum(len(ev.candidate) for ev, _ in decided)
     value = (DEFAULT_RUN_VALUE * RUN_VALUE_STRENGTH + gained) / (RUN_VALUE_STRENGTH + runs)
     return CampaignPrior(effects=GRID.tolist(), weights=w.tolist(), noise_sd=sd, noise_df=df, pair_share=share,
-                         pair_correlation=rho, run_value=max(value, 1e-3), experiments=len(decided))
+                         pair_correlation=rho, run_value=max(value, 1e-3), experiments=len(decided),
+                         champion_runs=champions[key], promotions=len(wins),
+                         false_promotions=float(sum(p[NULL].sum() for p in wins)))
 
 
 def describe(prior: CampaignPrior) -> str:
@@ -252,3 +256,9 @@ def lookahead(post: np.ndarray, var: float, made: int, more: int, fdr: float, mi
         if value > best:
             best, best_k = value, k
     return best, best_k
+
+
+def promotion_limit(prior: CampaignPrior, fdr: float) -> float:
+    """The P(no better) the campaign's next promotion may have: what keeps the expected share of false promotions,
+    the past ones' (under the prior now) with this one, at most fdr; never above LFDR_CAP."""
+    return min(LFDR_CAP, max(fdr, fdr * (prior.promotions + 1) - prior.false_promotions))

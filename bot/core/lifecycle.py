@@ -262,8 +262,17 @@ def evidence(exp: ExperimentRecord, champion: ChampionRecord, metric: Metric, re
     key = metric.key()
     return Evidence(metric=key, direction=metric.direction, champion=ok_metric(champion.runs, key),
                     candidate=ok_metric(exp.runs, key), champion_seeds=ok_seeds(champion.runs, key),
-                    candidate_seeds=ok_seeds(exp.runs, key), candidate_status=failed.status if failed else "ok",
+                    candidate_seeds=ok_seeds(exp.runs, key), champion_inherited=inherited(champion, key),
+                    candidate_status=failed.status if failed else "ok",
                     candidate_reason=failed.reason if failed else "", removes_code=removes_code, campaign=campaign)
+
+
+def inherited(champion: ChampionRecord, key: str) -> int:
+    """How many of the champion's ok val runs it inherited from the win that made it (`champion_after`): they were
+    made as the candidate's, of the candidate's commit, not of the merge the champion is."""
+    if not champion.experiment:
+        return 0
+    return sum(1 for r in val_runs(champion.runs) if r.ok and key in r.metrics and r.commit != champion.commit)
 
 
 def _failed_run(runs: list[RunResult]) -> RunResult | None:

@@ -481,6 +481,7 @@ class BayesPolicy:
             return _more(ev, "screen", "No candidate run yet.", cand=1)
         prior = ev.campaign or bayes.default_prior()
         ss, df = bayes.noise(ev, ev.campaign)
+        short = bayes.MIN_NOISE_DF - df  # degrees of freedom the noise sd lacks before anything is promoted
         champ, cand = _oriented(ev)
         ch, ca, m = _mean(ev.champion), _mean(ev.candidate), ev.metric
         rounding = max(max(map(abs, champ + cand)) * EXACT, 1e-12)
@@ -499,6 +500,9 @@ class BayesPolicy:
                  + (f", P(pairs) {p_pair:.2f}" if prior.pair_correlation > 0 else "") + f"; {bayes.describe(prior)}")
 
         def final(verdict: str, rule: str, why: str) -> Decision:
+            if verdict == "win" and short > 0:  # a noise sd from few runs may be low by luck: a null would look clear
+                return _more(ev, "noise_floor", f"{why}, but a promotion needs a noise sd with {bayes.MIN_NOISE_DF} "
+                             f"degrees of freedom, {short} more champion run(s): {facts}.", champ=short, **stats)
             return Decision(verdict=verdict, rule=rule, reason=f"{why}: {facts}.", metric=m, **stats)  # type: ignore[arg-type]
 
         if ev.removes_code and c.simplification_wins and nc >= c.simplification_runs:
@@ -506,7 +510,9 @@ class BayesPolicy:
             if worse <= c.fdr:
                 return final("win", "simplification", f"Removes code; P(worse by more than "
                              f"{c.simplification_tolerance:g} sd) {worse:.3f} <= {c.fdr:g}")
-        limit = c.fdr
+        limit = bayes.promotion_limit(prior, c.fdr)
+        budget = (f"fdr {c.fdr:g} over the campaign's {prior.promotions + 1} promotions, "
+                  f"{prior.false_promotions:.2f} expected false before this one")
         allowed = nc >= c.min_runs and lfdr <= limit
         now = mean if allowed and mean > 0 else 0.0
         var = p_pair * 2 * (1 - prior.pair_correlation) + (1 - p_pair)
@@ -518,11 +524,11 @@ class BayesPolicy:
             return _more(ev, "confirm", f"{k} more run(s) are worth {ahead:.3f} sd net, stopping {now:.3f}: {facts}.",
                          cand=1, champ=max(0, want_h - nh), **stats)
         if allowed and mean > 0:
-            return final("win", "bayes", f"Promoted: P(no better) {lfdr:.3f} <= fdr {limit:g}, worth {now:.3f} sd, "
-                         f"more runs {max(ahead, 0.0):.3f}")
+            return final("win", "bayes", f"Promoted: P(no better) {lfdr:.3f} <= {limit:.3f} ({budget}), worth "
+                         f"{now:.3f} sd, more runs {max(ahead, 0.0):.3f}")
         rule = "screen" if nc == 1 else "max_runs" if left <= 0 else "futility"
         return final("loss", rule, f"Stopped: more runs are worth {max(ahead, 0.0):.3f} sd net, promotion "
-                     + ("is worth nothing" if allowed else f"not allowed (P(no better) {lfdr:.3f} > {limit:.3f}"
+                     + ("is worth nothing" if allowed else f"not allowed (P(no better) {lfdr:.3f} > {limit:.3f}, {budget}"
                         + (f" or fewer than {c.min_runs} runs" if nc < c.min_runs else "") + ")"))
 
 

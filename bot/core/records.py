@@ -88,10 +88,13 @@ class CampaignPrior(BaseModel):
     weights: list[float]
     noise_sd: float | None = None  # metric units; None: from the champion's runs alone
     noise_df: int = 0
+    champion_runs: list[float] = Field(default_factory=list)  # the latest champion's runs in the noise pool
     pair_share: float = 0.0
     pair_correlation: float = 0.0
     run_value: float  # improvement (noise sds) per run the campaign has made: the price of one more run
     experiments: int = 0  # how many decided experiments it was learned from
+    promotions: int = 0  # of them, promoted
+    false_promotions: float = 0.0  # how many of those promotions are no better, expected under this prior
 
 
 class Evidence(BaseModel):
@@ -102,6 +105,7 @@ class Evidence(BaseModel):
     champion: list[float]
     candidate: list[float]
     champion_seeds: list[int] = Field(default_factory=list)  # the seed of each value above; empty: run i is seed i
+    champion_inherited: int = 0  # the champion's first values are this many runs of the win that made it (selected)
     candidate_seeds: list[int] = Field(default_factory=list)
     campaign: CampaignPrior | None = None  # the bayes policy's prior, learned from the campaign so far
     candidate_status: RunStatus = "ok"
