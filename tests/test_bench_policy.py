@@ -56,7 +56,10 @@ def test_acceptance_where_it_holds(results):
         rules = results["mixes"][mix]["rules"]
         b, greedy = rules["bayes_no_holdout"], rules["greedy"]["true_improvement_per_100_runs"]
         assert b["false_promotion_rate"] <= 0.07 and b["worse_promotion_rate"] <= 0.02, (mix, b)
-        assert b["true_improvement_per_100_runs"] >= 0.4 * greedy, (mix, b)
+        assert b["true_improvement_per_100_runs"] >= 0.5 * greedy, (mix, b)  # 8 campaigns: 0.52 / 0.63 / 0.56
+    # the campaign's false-promotion budget and a noise floor no promotion chose (round 2's rule: 0.56 here)
+    rules = results["mixes"]["autoresearch"]["rules"]
+    assert rules["bayes_no_holdout"]["true_improvement_per_100_runs"] >= 0.6 * rules["greedy"]["true_improvement_per_100_runs"]
     # more real improvement per run than a fixed 5-seed design, on every mix
     for m in results["mixes"].values():
         assert m["rules"]["arbot"]["true_improvement_per_100_runs"] > m["rules"]["fixed_t"]["true_improvement_per_100_runs"]

@@ -10,12 +10,14 @@ all otherwise (a change of shape draws a different model from the same seed).
 
 After each run the rule compares, from the posterior:
 - promoting now: worth the expected improvement, allowed only when the posterior probability that the change is no
-  better (`lfdr`) is at most `fdr`, and never on fewer than `min_runs` candidate runs;
+  better (`lfdr`) is within the campaign's budget (`promotion_limit`: the expected share of false promotions over
+  the campaign at most `fdr`), never on fewer than `min_runs` candidate runs, and never before the noise sd has
+  MIN_NOISE_DF degrees of freedom;
 - stopping (a loss): worth 0;
 - k more runs (k up to the cap): the expected value of deciding then, less k times the improvement a run buys in
   this campaign (`run_value`: what the campaign's promotions gained per run so far, from a default);
-and does what is worth most. Promotions made with lfdr <= fdr keep the expected share of false promotions <= fdr
-(when the prior fits, which the campaign's own history is there for). Each reason names these numbers.
+and does what is worth most. The budget keeps the expected share of false promotions <= fdr (when the prior fits,
+which the campaign's own history is there for). Each reason names these numbers.
 """
 
 from __future__ import annotations

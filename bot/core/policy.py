@@ -52,7 +52,9 @@ class PolicyConfig(BaseModel, extra="forbid"):
         0.05,
         gt=0.0,
         lt=0.5,
-        description="Bayes rule: a promotion needs the posterior probability that the change is no better to be at most this (the expected share of false promotions).",
+        description="Bayes rule: the expected share of false promotions over the campaign. A campaign's first promotion "
+        "needs the posterior probability that the change is no better to be at most this; later ones may use what "
+        "the campaign's clear promotions left of the budget (at most 0.15).",
     )
     min_runs: int = Field(2, ge=1, description="Bayes rule: candidate runs before a change may be promoted.")
     margin: float = Field(
@@ -454,7 +456,9 @@ class BayesPolicy:
     * Noise floor: the champion needs 2 runs (baseline_runs when created); the noise sd pools the campaign's runs.
     * Each look: the posterior of the true improvement from the prior `Evidence.campaign` (the default before any
       experiment is decided) and every champion and candidate run, paired by seed where the campaign's changes pair.
-    * Win: at least min_runs candidate runs, P(no better) <= fdr, and promoting now is worth more than running on.
+    * Win: at least min_runs candidate runs, P(no better) within the campaign's budget (`bayes.promotion_limit`:
+      fdr for its first promotion), and promoting now is worth more than running on; never before the noise sd has
+      MIN_NOISE_DF degrees of freedom (champion runs are asked for, rule `noise_floor`).
     * More runs (one candidate seed, the champion up to the candidate's count + champion_lead): when the best
       lookahead of k more runs, less k times what a run buys, beats stopping; never past max_candidate_runs.
     * Loss otherwise: "screen" on one run, "futility" before the cap, "max_runs" at it.
