@@ -66,6 +66,11 @@ def _ss(xs: Sequence[float]) -> tuple[float, int]:
     return sum((x - m) ** 2 for x in xs), len(xs) - 1
 
 
+def _champion(ev: Evidence) -> tuple[float, ...]:
+    """Which champion the evidence was measured against: its inherited runs, or (no win made it) its first run."""
+    return tuple(ev.champion[:max(ev.champion_inherited, 1)])
+
+
 def noise(ev: Evidence, prior: CampaignPrior | None) -> tuple[float, int]:
     """The residual sum of squares (metric units squared) and degrees of freedom of the noise: the campaign's pool
     (`learn`), the champion's own runs in place of those of them the pool holds, and the candidate's runs after
@@ -204,9 +209,8 @@ def learn(history: Sequence[tuple[Evidence, Decision]]) -> CampaignPrior:
             a, b = _ss(ev.candidate[1:])
             ss, df = ss + a, df + b
         own = ev.champion[ev.champion_inherited:]
-        key = tuple(ev.champion[:max(ev.champion_inherited, 1)])  # its inherited runs, or its first
-        if len(own) >= len(champions.get(key, ())):
-            champions[key] = own
+        if len(own) >= len(champions.get(_champion(ev), ())):
+            champions[_champion(ev)] = own
     for xs in champions.values():
         a, b = _ss(xs)
         ss, df = ss + a, df + b
@@ -226,7 +230,7 @@ def learn(history: Sequence[tuple[Evidence, Decision]]) -> CampaignPrior:
     value = (DEFAULT_RUN_VALUE * RUN_VALUE_STRENGTH + gained) / (RUN_VALUE_STRENGTH + runs)
     return CampaignPrior(effects=GRID.tolist(), weights=w.tolist(), noise_sd=sd, noise_df=df, pair_share=share,
                          pair_correlation=rho, run_value=max(value, 1e-3), experiments=len(decided),
-                         champion_runs=champions[key], promotions=len(wins),
+                         champion_runs=champions[_champion(decided[-1][0])], promotions=len(wins),
                          false_promotions=float(sum(p[NULL].sum() for p in wins)))
 
 

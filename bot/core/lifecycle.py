@@ -37,7 +37,7 @@ from scipy import special
 from bot.core.bayes import learn
 from bot.core.policy import Policy
 from bot.core.records import (DEFAULT_METRIC, HOLDOUT, VAL, CampaignPrior, ChampionRecord, Decision, Evidence, ExperimentRecord, Metric,
-                         RunResult, RunSpec, ok_metric, ok_seeds, sign, val_runs)
+                         RunResult, RunSpec, ok_metric, ok_runs, ok_seeds, sign, val_runs)
 from runner.config import TargetConfig
 
 MAX_REFUSED = 5  # proposals refused in a row (no branch made) before an executor stops proposing
@@ -272,7 +272,7 @@ def inherited(champion: ChampionRecord, key: str) -> int:
     made as the candidate's, of the candidate's commit, not of the merge the champion is."""
     if not champion.experiment:
         return 0
-    return sum(1 for r in val_runs(champion.runs) if r.ok and key in r.metrics and r.commit != champion.commit)
+    return sum(1 for r in ok_runs(champion.runs, key) if r.commit != champion.commit)
 
 
 def _failed_run(runs: list[RunResult]) -> RunResult | None:

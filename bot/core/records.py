@@ -258,11 +258,16 @@ def val_runs(runs: list[RunResult]) -> list[RunResult]:
     return [r for r in runs if HOLDOUT not in r.splits]
 
 
+def ok_runs(runs: list[RunResult], metric: str) -> list[RunResult]:
+    """The successful val runs that scored the metric (its val key), in order: the runs a decision is made on."""
+    return [r for r in val_runs(runs) if r.ok and metric in r.metrics]
+
+
 def ok_metric(runs: list[RunResult], metric: str) -> list[float]:
     """The metric (its val key) of each successful val run, in order."""
-    return [r.metrics[metric] for r in val_runs(runs) if r.ok and metric in r.metrics]
+    return [r.metrics[metric] for r in ok_runs(runs, metric)]
 
 
 def ok_seeds(runs: list[RunResult], metric: str) -> list[int]:
     """The seed of each value `ok_metric` gives, in the same order."""
-    return [r.seed for r in val_runs(runs) if r.ok and metric in r.metrics]
+    return [r.seed for r in ok_runs(runs, metric)]
