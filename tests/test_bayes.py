@@ -7,6 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
+from scipy import stats
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -124,6 +125,30 @@ def test_the_champions_runs_count_once_in_the_noise():
     assert df == 3 + 1 and ss == pytest.approx(float(np.var([0.0, 1.0, -1.0, 0.5]) * 4) + 0.045)
     _, df = bayes.noise(Evidence(champion=[5.0, 6.0], candidate=[0.3]), prior)
     assert df == 2 + 1
+
+
+@pytest.mark.parametrize("df", [6, 30, 300])
+def test_the_noise_sd_is_integrated_out_as_students_t(df):
+    """A run's difference from the truth, its sd integrated over the noise posterior, has Student's t density: in
+    its tails too, where a decision at P(no better) 0.05 is made (five equally weighted quantiles of the sd, the
+    rule before, gave 0.74 of it four scale units out on 6 df and 0.16 at six)."""
+    sds, log_weights = bayes.noise_sds(float(df), df)  # ss = df: the t's scale is 1
+    for z in range(7):
+        mixed = float(np.sum(np.exp(log_weights) * stats.norm.pdf(z, scale=sds)))
+        assert mixed == pytest.approx(stats.t.pdf(z, df), rel=0.03), z
+
+
+def test_a_close_call_runs_past_the_noise_aware_rules_cap():
+    """A change 1.2 noise sds better is not clear on 6 runs (P(no better) ~0.15), and another few runs are worth
+    their cost: the bayes rule's own cap (16) lets it run on, where the cap of 6 it had made it a loss."""
+    champion = [10.0 + d for d in (-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, -1.2, 1.2, -0.3, 0.3, 0.0)]
+    candidate = [8.8 + d for d in (-1.0, -0.5, 0.0, 0.0, 0.5, 1.0)]
+    ev = Evidence(champion=champion, candidate=candidate)
+    assert PolicyConfig(rule="bayes").max_candidate_runs == 16 and PolicyConfig().max_candidate_runs == 6
+    d = BayesPolicy(PolicyConfig(rule="bayes")).decide(ev)
+    assert d.verdict == "more_runs" and d.more_candidate_runs == 1, d.reason
+    capped = BayesPolicy(PolicyConfig(rule="bayes", max_candidate_runs=6)).decide(ev)
+    assert (capped.verdict, capped.rule) == ("loss", "max_runs")
 
 
 def test_the_campaigns_false_promotion_budget():

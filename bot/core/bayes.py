@@ -43,7 +43,7 @@ MAX_PAIR_CORRELATION = 0.95
 EM_STEPS = 40
 MIN_NOISE_DF = 6  # a promotion waits for a noise sd measured with this many degrees of freedom
 LFDR_CAP = 0.15  # the most P(no better) one promotion may have, whatever the campaign's budget
-SD_QUANTILES = np.array([0.1, 0.3, 0.5, 0.7, 0.9])
+SD_NODES = 12  # quadrature nodes over the noise sd's posterior (`noise_sds`)
 
 
 def default_prior() -> CampaignPrior:
@@ -88,10 +88,21 @@ def noise(ev: Evidence, prior: CampaignPrior | None) -> tuple[float, int]:
     return ss, df
 
 
-def noise_sds(ss: float, df: int) -> np.ndarray:
-    """Equally likely values of the noise sd given (ss, df): ss over chi-square quantiles (the posterior of a
-    variance under a flat prior on its log), so a floor measured on few runs weighs its unlucky values too."""
-    return np.sqrt(ss / special.chdtri(df, SD_QUANTILES))
+def noise_sds(ss: float, df: int) -> tuple[np.ndarray, np.ndarray]:
+    """Values of the noise sd given (ss, df), with the log of their weights, to integrate over its posterior: under
+    a flat prior on log sd, ss / sd^2 is chi-square on df degrees of freedom, a Gamma(df / 2) of ss / (2 sd^2), and
+    Gauss quadrature for that Gamma (Golub-Welsch on the generalized Laguerre recurrence, stable at any df) weighs
+    the tails too: a noise sd measured on few runs may be low by luck, and a decision at P(no better) 0.05 turns on
+    that tail."""
+    k, a = np.arange(SD_NODES), df / 2 - 1
+    off = np.sqrt(k[1:] * (k[1:] + a))
+    x, vectors = np.linalg.eigh(np.diag(2 * k + a + 1.0) + np.diag(off, 1) + np.diag(off, -1))
+    return np.sqrt(ss / (2 * x)), 2 * np.log(np.abs(vectors[0]))
+
+
+def median_sd(ss: float, df: int) -> float:
+    """The posterior median of the noise sd given (ss, df): the one a decision's reason names."""
+    return float(np.sqrt(ss / special.chdtri(df, 0.5)))
 
 
 def _pairs(ev: Evidence) -> list[tuple[int, int]]:
@@ -166,16 +177,16 @@ def loglik(ev: Evidence, sd: float, share: float, rho: float) -> tuple[np.ndarra
 
 
 def marginal(ev: Evidence, ss: float, df: int, share: float, rho: float) -> tuple[np.ndarray, np.ndarray]:
-    """log p(runs | theta) on GRID with the noise sd integrated over `noise_sds`, and its pairing component."""
+    """log p(runs | theta) on GRID with the noise sd integrated over its posterior (`noise_sds`), and its pairing
+    component."""
     n = len(ev.champion) + len(ev.candidate)
     both, paired = [], []
-    for sd in noise_sds(ss, df):
+    for sd, weight in zip(*noise_sds(ss, df)):
         ll, pl, _ = loglik(ev, float(sd), share, rho)
         jac = -(n - 1) * math.log(sd)  # runs in metric units, the champion's mean flat in them
-        both.append(ll + jac)
-        paired.append(pl + jac)
-    k = math.log(len(both))
-    return special.logsumexp(both, axis=0) - k, special.logsumexp(paired, axis=0) - k
+        both.append(ll + jac + weight)
+        paired.append(pl + jac + weight)
+    return special.logsumexp(both, axis=0), special.logsumexp(paired, axis=0)
 
 
 def log_joint(prior: np.ndarray, ll: np.ndarray) -> np.ndarray:

@@ -38,6 +38,9 @@ from bot.core.records import Decision, Evidence, oriented
 
 TestKind = Literal["pooled", "welch", "paired"]
 EXACT = 1e-9  # runs that differ by less than this share of their size are equal: their spread is rounding, not noise
+# each rule's default cap on a candidate's runs: the noise-aware rule spends its alpha over them; the bayes rule runs
+# only while a run is worth what it costs, and a small effect needs many (docs/policy.md, round 4)
+MAX_CANDIDATE_RUNS = {"noise_aware": 6, "margin": 6, "bayes": 16}
 
 
 class PolicyConfig(BaseModel, extra="forbid"):
@@ -83,7 +86,11 @@ class PolicyConfig(BaseModel, extra="forbid"):
         description="At an interim look, stop as a loss when the improvement is below this many standard errors (0: not better than the champion; default 1: not promising).",
     )
     max_candidate_runs: int = Field(
-        6, ge=2, description="Cap on candidate runs (seeds) for one experiment; not significant by then is a loss."
+        None,  # type: ignore[assignment] - set by _consistent: the rule's MAX_CANDIDATE_RUNS
+        ge=2,
+        description="Cap on candidate runs (seeds) for one experiment; not significant by then is a loss. Default: 6 "
+        "for noise_aware (its alpha is spent over them), 16 for bayes (its stopping rule spends runs only where they "
+        "are worth their cost, and a small effect needs many).",
     )
     spending_power: float = Field(
         2.0,
@@ -134,6 +141,8 @@ class PolicyConfig(BaseModel, extra="forbid"):
 
     @model_validator(mode="after")
     def _consistent(self) -> PolicyConfig:
+        if self.max_candidate_runs is None:
+            self.max_candidate_runs = MAX_CANDIDATE_RUNS[self.rule]
         if self.simplification_runs > self.max_candidate_runs:
             raise ValueError(
                 f"simplification_runs ({self.simplification_runs}) must be <= max_candidate_runs ({self.max_candidate_runs})"
@@ -491,7 +500,7 @@ class BayesPolicy:
         rounding = max(max(map(abs, champ + cand)) * EXACT, 1e-12)
         if df == 0 or ss <= df * rounding**2:  # no spread beyond the values' rounding: the runs are exact
             ss, df = max(abs(_mean(champ) - _mean(cand)), rounding) ** 2, 1
-        sd = float(bayes.noise_sds(ss, df)[len(bayes.SD_QUANTILES) // 2])
+        sd = bayes.median_sd(ss, df)
         ll, paired_ll = bayes.marginal(ev, ss, df, prior.pair_share, prior.pair_correlation)
         w = np.asarray(prior.weights)
         post = bayes.posterior(w, ll)
