@@ -12,7 +12,6 @@ from bot.bench.cli import bench_app
 from bot.bench.policy_sim import (AUTORESEARCH_KEEP_RATE, METRICS, SCENARIOS, ProposalMix, SimConfig, default_rules,
                                   run_benchmark, simulate_rule)
 from bot.core.lifecycle import Rules
-from bot.core.policy import MarginPolicy
 from bot.core.records import Decision, Evidence
 
 TODAYS_KEYS = {"false_promotion_rate", "power", "runs_per_experiment", "true_improvement",
