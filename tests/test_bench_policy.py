@@ -4,6 +4,7 @@ the autoresearch mix reproduces the published run, results are reproducible, and
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from typer.testing import CliRunner
@@ -41,6 +42,15 @@ def test_json_keeps_todays_keys_for_the_default_mix_and_adds_every_mix(results):
             assert set(m["rules"][rule]) == set(METRICS) and TODAYS_KEYS <= set(METRICS)
     assert {k: v for k, v in results.items() if k != "mixes"} == results["mixes"]["default"]["rules"]
     assert results["mixes"]["small"]["mix"]["win_high"] == 1.0
+
+
+def test_the_false_promotion_rate_comes_with_its_counts(results):
+    """A rate over a dozen promotions cannot tell 5% from 15%: the JSON gives the counts it is a share of."""
+    for m in results["mixes"].values():
+        for v in m["rules"].values():
+            assert 0 <= v["false_promotions"] <= v["promotions"]
+            share = v["false_promotions"] / v["promotions"] if v["promotions"] else 0.0
+            assert v["false_promotion_rate"] == pytest.approx(share, abs=1e-4)
 
 
 def test_acceptance_where_it_holds(results):
@@ -141,6 +151,7 @@ def test_table_output_names_each_mix_and_its_parameters():
                  "mix 'autoresearch'", "mix 'half_paired'", "50% unpairable, same-seed rho 0.8", "bayes_no_holdout",
                  "wins U(0.25, 1) sd", "60% null, 25% harmful -|N(0, 2)|, 15% wins U(1, 4) sd"):
         assert text in r.output, text
+    assert re.search(r"\d\.\d{3} \(\d+ of \d+\)", r.output), "the false promotion rate without its counts"
 
 
 def test_a_maximized_metric_gets_exactly_the_same_results():

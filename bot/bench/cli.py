@@ -94,9 +94,15 @@ def _table(name: str, m: dict, seed: int, sigma: float) -> Table:
     def ratio(per100: float | None) -> str:
         return "-" if per100 is None or not base or base <= 0 else f"{per100 / base:.2f}"
 
+    def cell(v: dict, k: str) -> str:
+        if v[k] is None:
+            return "-"
+        if k == "false_promotion_rate":  # with its counts: 1 of 11 is no measure of a 5% rate
+            return f"{v[k]:.3f} ({v['false_promotions']} of {v['promotions']})"
+        return f"{v[k]:.3f}"
+
     for rule, v in m["rules"].items():
-        table.add_row(rule, *("-" if v[k] is None else f"{v[k]:.3f}" for k in HEADERS),
-                      ratio(v["true_improvement_per_100_runs"]))
+        table.add_row(rule, *(cell(v, k) for k in HEADERS), ratio(v["true_improvement_per_100_runs"]))
     for label, b in m.get("bound", {}).items():
         row = {"false_promotion_rate": b["false_promotion_rate"], "power": b["power"],
                "runs_per_experiment": b["runs_per_experiment"], "true_improvement_per_100_runs": b["per_100_runs"],

@@ -40,6 +40,8 @@ from bot.core.records import (HOLDOUT, VAL, ChampionRecord, Decision, Evidence, 
 from runner.config import Direction
 
 METRICS = (
+    "promotions",  # how many the rates below are shares of: a dozen cannot tell 5% from 15%
+    "false_promotions",
     "false_promotion_rate",
     "worse_promotion_rate",
     "power",
@@ -289,6 +291,8 @@ def simulate_rule(rules: Rules, sim: SimConfig, max_calls: int = 1000) -> dict[s
         improvements.append(-world.true / s)
     n_exp = sim.campaigns * sim.experiments
     return {
+        "promotions": promotions,
+        "false_promotions": false_promotions,
         "false_promotion_rate": false_promotions / promotions if promotions else 0.0,
         "worse_promotion_rate": worse_promotions / promotions if promotions else 0.0,
         "power": strong_promoted / strong if strong else float("nan"),
