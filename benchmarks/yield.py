@@ -21,7 +21,8 @@ starting champion and each final champion get `--final-runs` fresh seeds, the tw
 each seed (the same load: a time-budgeted run's steps move with it): the replicated improvement is the difference
 of those means (positive: better), per runner-hour of the campaign; 0 where nothing was promoted. The machine
 should be idle: every strategy gets the same seconds, and a loaded machine gives each run fewer steps.
-With `--repeats N` each strategy runs N campaigns (each from a fresh clone, the strategies interleaved), and the
+With `--repeats N` each strategy runs N campaigns (each from a fresh clone, the strategies interleaved; campaign k
+of every strategy with search seed k, so the repeats propose different sequences and the strategies the same), and the
 summary gives the mean improvement per runner-hour with its 95% t interval and the share of promotions that did not
 replicate.
 """
@@ -103,14 +104,22 @@ def start_and_final(project, start: str, final: str, runs: int) -> tuple[list[fl
     return [a for a, _ in pairs], [b for _, b in pairs]
 
 
+def campaign_settings(settings: dict, campaign: int, budget: float, workers: int) -> dict:
+    """The arbot.yml settings of a strategy's `campaign`-th campaign: its own, the budget and workers, and the search
+    seed `campaign`: each repeat proposes its own sequence (with one seed, every repeat began with the same
+    proposals, and its interval measured the runs' noise alone), and every strategy's k-th campaign the same."""
+    return {**settings, "run": {"experiments": None, "workers": workers},
+            "target": {**settings.get("target", {}), "budget_seconds": budget},
+            "search": {**settings.get("search", {}), "seed": campaign}}
+
+
 def measure(name: str, settings: dict, seconds: float, budget: float, workers: int, audit_runs: int,
-            final_runs: int, tmp: Path) -> dict:
+            final_runs: int, tmp: Path, campaign_number: int = 0) -> dict:
     from bot.audit import audit_win
     from bot.cli import Project
 
     repo = tmp / name
-    clone(repo, {**settings, "run": {"experiments": None, "workers": workers},
-                 "target": {**settings.get("target", {}), "budget_seconds": budget}})
+    clone(repo, campaign_settings(settings, campaign_number, budget, workers))
     project = Project(repo, None)  # its forge reads the records from git at each call
     start = project.repo.head.commit.hexsha
     ran = campaign(repo, seconds)
@@ -151,7 +160,7 @@ def main() -> None:
         for k in range(args.repeats):
             for name in args.strategies.split(","):
                 row = measure(name, STRATEGIES[name], args.seconds, args.budget, args.workers, args.audit_runs,
-                              args.final_runs, Path(tmp) / str(k))
+                              args.final_runs, Path(tmp) / str(k), campaign_number=k)
                 rows.append(row | {"campaign": k})
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     summary = [summarize(name, [r for r in rows if r["strategy"] == name]) for name in args.strategies.split(",")]

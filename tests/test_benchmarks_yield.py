@@ -106,3 +106,14 @@ def test_a_failed_fresh_run_names_the_commit_and_why():
 
     with pytest.raises(SystemExit, match="a fresh run of final failed \\(crash\\): out of memory"):
         bench.start_and_final(Failing({"start": 4.0}), "start", "final", 2)
+
+
+def test_each_repeat_proposes_its_own_sequence_and_every_strategy_the_same():
+    """Campaign k runs with search seed k for every strategy (one seed for all made the repeats begin alike)."""
+    for name, settings in bench.STRATEGIES.items():
+        first, second = (bench.campaign_settings(settings, k, 5.0, 2) for k in (0, 1))
+        assert (first["search"]["seed"], second["search"]["seed"]) == (0, 1), name
+        assert first["target"]["budget_seconds"] == 5.0 and first["run"]["workers"] == 2
+        assert {k: v for k, v in first["search"].items() if k != "seed"} == settings.get("search", {})
+        assert first["policy"] == settings["policy"] if "policy" in settings else "policy" not in first
+    assert bench.campaign_settings(bench.STRATEGIES["greedy"], 0, 5.0, 1)["target"]["holdout_max_gap"] is None
