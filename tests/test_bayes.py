@@ -23,6 +23,29 @@ def _decided(champion: list[float], candidate: list[float], verdict: str = "loss
     return Evidence(champion=champion, candidate=candidate), Decision(verdict=verdict, rule="r", reason="r")
 
 
+@pytest.mark.parametrize("rho", [0.0, 0.8])
+def test_the_likelihood_is_gaussian_with_the_champions_mean_integrated_out(rho):
+    """bayes._components against the density itself: runs N(mu, 1) for the champion and N(mu - theta, 1) for the
+    candidate, same-seed runs correlated by rho, integrated over mu on a fine grid. Twice with the same shape and
+    other values, so that what is cached per shape (`bayes._design`) never carries values over, and in metric units
+    of noise sd 0.5, which `_components` scales (its cached forms are of the unscaled runs)."""
+    rng = np.random.default_rng(3)
+    pairs = [(0, 0), (1, 1)]
+    cov = np.eye(6)
+    for i, j in pairs:
+        cov[i, 4 + j] = cov[4 + j, i] = rho
+    mus = np.linspace(-12.0, 12.0, 4801)
+    for _ in range(2):
+        h, c = rng.normal(size=4), rng.normal(size=2) - 1.0
+        got = bayes._components([(tuple(0.5 * h), tuple(0.5 * c), tuple(pairs))], rho, 0.5)[0]  # in units of sd 0.5
+        for k in (20, 32, 40):  # theta -3, 0, 2 sds
+            theta = bayes.GRID[k]
+            means = mus[:, None] - theta * np.r_[np.zeros(4), np.ones(2)][None, :]
+            dens = stats.multivariate_normal(np.zeros(6), cov).logpdf(np.concatenate([h, c])[None, :] - means)
+            want = float(np.log(np.exp(dens).sum() * (mus[1] - mus[0]))) + 2.5 * np.log(2 * np.pi)
+            assert got[k] == pytest.approx(want, abs=1e-6)
+
+
 def test_runs_beyond_the_priors_support_leave_a_prior_that_still_promotes():
     """A change 1000 noise sds better (beyond the grid's 8, where the default prior puts nothing) is learned from
     without 0/0: the prior stays a distribution (the old EM turned every weight NaN, and the campaign never promoted

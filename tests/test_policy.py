@@ -392,6 +392,17 @@ def test_bayes_pairs_only_where_the_data_shows_it():
     assert (apart.pair_share, apart.pair_correlation) == (0.0, 0.0)
 
 
+def test_bayes_learns_pairing_from_screens_too():
+    """Most experiments end at their screen, one run: how close it lands to the champion's same-seed run is all they
+    say about pairing, and it is counted (before, only experiments of two or more runs were)."""
+    rng = np.random.default_rng(7)
+    half = _history(0.0, 40, rng, runs=1, rho=0.8) + _history(0.0, 40, rng, runs=1, rho=0.8, pairs=False)
+    screens = bayes.learn(half)
+    assert screens.pair_share > 0.3 and screens.pair_correlation >= 0.5
+    apart = bayes.learn(_history(0.0, 80, rng, runs=1, rho=0.8, pairs=False))
+    assert (apart.pair_share, apart.pair_correlation) == (0.0, 0.0)
+
+
 def test_bayes_promotes_a_clear_win_on_two_runs_and_names_its_numbers():
     p = make_policy(PolicyConfig(rule="bayes"))
     assert isinstance(p, BayesPolicy) and p.learns

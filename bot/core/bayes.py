@@ -5,8 +5,8 @@ prior on the grid `GRID`; it starts from `default_prior()` (documented in docs/p
 every decided experiment of the campaign (`learn`: empirical Bayes, the default counting as `PRIOR_STRENGTH`
 experiments). The likelihood of an experiment's runs is exact for Gaussian runs: the champion's mean is integrated
 out, and a candidate's run and the champion's run with the same seed are correlated by `pair_correlation` when the
-change pairs, a share `pair_share` of changes (both learned from the spread of same-seed differences), and not at
-all otherwise (a change of shape draws a different model from the same seed).
+change pairs, a share `pair_share` of changes (both learned from every experiment's runs, its screen's included),
+and not at all otherwise (a change of shape draws a different model from the same seed).
 
 After each run the rule compares, from the posterior:
 - promoting now: worth the expected improvement, allowed only when the posterior probability that the change is no
@@ -22,6 +22,7 @@ which the campaign's own history is there for). Each reason names these numbers.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -39,7 +40,9 @@ PRIOR_STRENGTH = 20.0  # the default prior counts as this many decided experimen
 DEFAULT_RUN_VALUE = 0.1  # improvement (sds) a run buys before the campaign has shown its own
 RUN_VALUE_STRENGTH = 50.0  # ... counted as this many runs
 PAIR_TEST = float(special.chdtri(2, 0.01))  # pairing is used once the data shows it at the 1% level
-MAX_PAIR_CORRELATION = 0.95
+PAIR_CORRELATIONS = (0.2, 0.35, 0.5, 0.65, 0.8, 0.9, 0.95)  # the same-seed correlations pairing is fitted on
+PAIR_SHARES = np.linspace(0.05, 1.0, 20)  # ... and the shares of changes that pair
+PAIRING_ROUNDS = 2  # learn: pairing and the effect sizes are fitted in turn, each given the other's last fit
 EM_STEPS = 40
 MIN_NOISE_DF = 6  # a promotion waits for a noise sd measured with this many degrees of freedom
 LFDR_CAP = 0.15  # the most P(no better) one promotion may have, whatever the campaign's budget
@@ -105,73 +108,92 @@ def median_sd(ss: float, df: int) -> float:
     return float(np.sqrt(ss / special.chdtri(df, 0.5)))
 
 
+Runs = tuple[tuple[float, ...], tuple[float, ...], tuple[tuple[int, int], ...]]  # champion's, candidate's, pairs
+
+
+def _runs(ev: Evidence) -> Runs:
+    """The champion's and the candidate's runs, oriented (lower is better), and their pairs (`_pairs`)."""
+    return tuple(oriented(ev.champion, ev.direction)), tuple(oriented(ev.candidate, ev.direction)), tuple(_pairs(ev))
+
+
 def _pairs(ev: Evidence) -> list[tuple[int, int]]:
     """(champion index, candidate index) of each seed both have a value for."""
     where = {s: i for i, s in enumerate(ev.champion_seeds or range(len(ev.champion)))}
     return [(where[s], j) for j, s in enumerate(ev.candidate_seeds or range(len(ev.candidate))) if s in where]
 
 
-def _paired_ss(ev: Evidence, sd: float) -> tuple[float, int]:
-    """Residual sum of squares of the same-seed differences (in noise variances) and its degrees of freedom."""
-    h, c = oriented(ev.champion, ev.direction), oriented(ev.candidate, ev.direction)
-    return _ss([(h[i] - c[j]) / sd for i, j in _pairs(ev)])
-
-
-def pairing(history: Sequence[Evidence], sd: float) -> tuple[float, float]:
-    """(share of changes that pair, their same-seed correlation), by EM over the spread of each experiment's
-    same-seed differences: variance 2 (1 - rho) for a change that pairs, 2 for one that does not. Pairing counts
-    only where the data shows it: the mixture must fit better than "nothing pairs" by the likelihood-ratio test at
-    PAIR_TEST (two parameters); otherwise (0, 0)."""
-    data = [x for ev in history if (x := _paired_ss(ev, sd))[1] > 0]
-
-    def logl(ss: float, df: int, var: float) -> float:
-        return -0.5 * df * math.log(var) - ss / (2 * var)
-
+def pairing(history: Sequence[Evidence], sd: float, weights: np.ndarray) -> tuple[float, float]:
+    """(share of changes that pair, their same-seed correlation), by maximum likelihood over every experiment's runs,
+    its screen's included (most experiments end at one run, whose closeness to the champion's same-seed run is all
+    they say about pairing): each experiment's likelihood under "pairs at rho" and "does not pair", theta
+    integrated out under the effect prior `weights`, for rho on PAIR_CORRELATIONS and the share on PAIR_SHARES.
+    Pairing counts only where the data shows it: the mixture must fit better than "nothing pairs" by the
+    likelihood-ratio test at PAIR_TEST (two parameters); otherwise (0, 0)."""
+    data = [runs for ev in history if (runs := _runs(ev))[2]]
     if not data:
         return 0.0, 0.0
-    share, var = 0.5, float(np.clip(np.quantile([ss / df for ss, df in data], 0.25), 0.1, 2.0))  # from the tightest
-    for _ in range(EM_STEPS):
-        resp = []
-        for ss, df in data:
-            la, lb = logl(ss, df, var), logl(ss, df, 2.0)
-            top = max(la, lb)
-            a, b = share * math.exp(la - top), (1 - share) * math.exp(lb - top)
-            resp.append(a / (a + b))
-        share = sum(resp) / len(data)
-        var = sum(r * ss for r, (ss, _) in zip(resp, data)) / max(1e-9, sum(r * df for r, (_, df) in zip(resp, data)))
-        var = min(max(var, 2.0 * (1 - MAX_PAIR_CORRELATION)), 2.0)
-    gain = sum(math.log(share * math.exp(logl(ss, df, var) - logl(ss, df, 2.0)) + 1 - share) for ss, df in data)
-    if 2 * gain < PAIR_TEST:
-        return 0.0, 0.0
-    return share, 1.0 - var / 2.0
+    with np.errstate(divide="ignore"):
+        log_w = np.log(weights)
+        log_share, log_rest = np.log(PAIR_SHARES)[:, None], np.log(1 - PAIR_SHARES)[:, None]
+
+    def marginals(rho: float) -> np.ndarray:
+        return special.logsumexp(log_w + _components(data, rho, sd), axis=1)
+
+    apart = marginals(0.0)
+    gain, share, rho = 0.0, 0.0, 0.0
+    for r in PAIR_CORRELATIONS:
+        ratio = marginals(r) - apart  # each experiment's log-likelihood ratio, pairs at r against not
+        gains = np.logaddexp(log_share + ratio, log_rest).sum(1)
+        i = int(np.argmax(gains))
+        if gains[i] > gain:
+            gain, share, rho = float(gains[i]), float(PAIR_SHARES[i]), float(r)
+    return (share, rho) if 2 * gain >= PAIR_TEST else (0.0, 0.0)
 
 
 # --------------------------------------------------------------------------------------------- likelihood
-def _component(h: np.ndarray, c: np.ndarray, pairs: list[tuple[int, int]], rho: float) -> np.ndarray:
-    """log p(runs | theta) on GRID, the champion's mean integrated out, when same-seed runs correlate by rho."""
-    m, n = len(h), len(c)
+@functools.lru_cache(maxsize=4096)
+def _design(m: int, n: int, pairs: tuple[tuple[int, int], ...],
+            rho: float) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """What the likelihood of m champion and n candidate runs needs of their correlation (same-seed runs correlate
+    by rho), the champion's mean integrated out: the projection P, z P (z marks the candidate's runs), z P z and the
+    constant. Cached: it depends on the runs' count and pairing only, never on their values or the noise sd."""
     cov = np.eye(m + n)
     for i, j in pairs:
         cov[i, m + j] = cov[m + j, i] = rho
     inv = np.linalg.inv(cov)
-    y, one, z = np.concatenate([h, c]), np.ones(m + n), np.concatenate([np.zeros(m), np.ones(n)])
+    one, z = np.ones(m + n), np.concatenate([np.zeros(m), np.ones(n)])
     a = one @ inv @ one
     proj = inv - np.outer(inv @ one, one @ inv) / a
-    ypy, zpy, zpz = y @ proj @ y, z @ proj @ y, z @ proj @ z
-    # the candidate's mean is the champion's less theta: residual y - mu + theta z
-    return -0.5 * np.linalg.slogdet(cov)[1] - 0.5 * math.log(a) - 0.5 * (ypy + 2 * GRID * zpy + GRID**2 * zpz)
+    return proj, z @ proj, float(z @ proj @ z), float(-0.5 * np.linalg.slogdet(cov)[1] - 0.5 * math.log(a))
+
+
+@functools.lru_cache(maxsize=65536)
+def _forms(h: tuple[float, ...], c: tuple[float, ...], pairs: tuple[tuple[int, int], ...],
+           rho: float) -> tuple[float, float, float, float]:
+    """y P y, z P y, z P z and the constant (`_design`) of one experiment's runs y = (h, c) in metric units. Cached:
+    learning reads every decided experiment's at each decision, and only the noise sd they are scaled by moves."""
+    proj, zp, zpz, const = _design(len(h), len(c), pairs, rho)
+    y = np.array(h + c)
+    return float(y @ proj @ y), float(zp @ y), zpz, const
+
+
+def _components(data: Sequence[Runs], rho: float, sd: float) -> np.ndarray:
+    """log p(runs | theta) on GRID (a row per experiment) for runs in metric units, oriented, with noise sd `sd`, the
+    champion's mean integrated out, when same-seed runs correlate by rho."""
+    forms = np.array([_forms(h, c, pairs if rho else (), float(rho)) for h, c, pairs in data])
+    ypy, zpy, zpz, const = forms.T[:, :, None]
+    # the candidate's mean is the champion's less theta: residual y / sd - mu + theta z
+    return const - 0.5 * (ypy / sd**2 + 2 * GRID * zpy / sd + GRID**2 * zpz)
 
 
 def loglik(ev: Evidence, sd: float, share: float, rho: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """log p(runs | theta) on GRID, and each component's (pairs, does not pair) with its prior share folded in."""
-    h = np.asarray(oriented(ev.champion, ev.direction)) / sd
-    c = np.asarray(oriented(ev.candidate, ev.direction)) / sd
-    pairs = _pairs(ev)
-    apart = _component(h, c, pairs, 0.0)
-    if not pairs or rho <= 0 or share <= 0:
+    runs = [_runs(ev)]
+    apart = _components(runs, 0.0, sd)[0]
+    if not runs[0][2] or rho <= 0 or share <= 0:
         return apart, np.full(len(GRID), -np.inf), apart
     share = min(share, 1 - 1e-9)
-    paired = _component(h, c, pairs, rho) + math.log(share)
+    paired = _components(runs, rho, sd)[0] + math.log(share)
     apart = apart + math.log(1 - share)
     return np.logaddexp(paired, apart), paired, apart
 
@@ -228,12 +250,14 @@ def learn(history: Sequence[tuple[Evidence, Decision]]) -> CampaignPrior:
     sd = math.sqrt(ss / df) if df and ss > 0 else 0.0
     if sd <= 0:
         return base
-    share, rho = pairing([ev for ev, _ in decided], sd)
-    lik = np.array([loglik(ev, sd, share, rho)[0] for ev, _ in decided])
     w0 = np.asarray(base.weights)
     w = w0
-    for _ in range(EM_STEPS):
-        w = (PRIOR_STRENGTH * w0 + posterior(w, lik).sum(0)) / (PRIOR_STRENGTH + len(decided))
+    for _ in range(PAIRING_ROUNDS):
+        share, rho = pairing([ev for ev, _ in decided], sd, w)
+        lik = np.array([loglik(ev, sd, share, rho)[0] for ev, _ in decided])
+        w = w0
+        for _ in range(EM_STEPS):
+            w = (PRIOR_STRENGTH * w0 + posterior(w, lik).sum(0)) / (PRIOR_STRENGTH + len(decided))
     post = posterior(w, lik)
     wins = [p for p, (_, d) in zip(post, decided) if d.verdict == "win"]
     gained = sum(float(p @ GRID) for p in wins)
