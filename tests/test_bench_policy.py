@@ -110,12 +110,13 @@ class WinsAtTwo:
         return Decision(verdict="win", rule="x", reason="x", effect=0.0)
 
 
-@pytest.mark.parametrize("holdout, runs", [(0.02, (4 + 3 + 3) / 3), ("auto", (6 + 5 + 5) / 3), (None, 2.0)])
+@pytest.mark.parametrize("holdout, runs", [(0.02, (3 + 3 + 3) / 3), ("auto", (3 + 4 + 4) / 3), (None, 2.0)])
 def test_runs_counted_as_the_lifecycle_makes_them(holdout, runs):
-    """Three wins in a row: 3 baseline runs; each experiment 2 candidate runs; with a fixed holdout gap the first win
-    adds a candidate and a champion holdout run, later ones only the candidate's (the winner's holdout run is the
-    new champion's reference); with `auto` the champion needs 3 reference runs, 2 once it inherits the winner's; each
-    new champion inherits the winner's 2 val runs and makes 1 more baseline run."""
+    """Three wins in a row: 3 baseline runs; each experiment 2 candidate runs; each new champion inherits the
+    winner's 2 val runs and its holdout confirmation, and makes 1 more baseline run. With a holdout check every win
+    adds the candidate's confirmation run, and a champion's val runs are scored on holdout too, so their gaps are
+    references: the first champion's 3 are all `auto` needs; a later one has 2 (its baseline run and the winner's
+    confirmation) and makes 1 reference run more; a fixed gap needs 1, never made."""
     sim = SimConfig(campaigns=1, experiments=3, mix=ProposalMix(null_share=0.0, harmful_share=0.0, win_low=1.0,
                                                                 win_high=1.0))  # every proposal is a 1-sd win
     r = simulate_rule(Rules(WinsAtTwo(), holdout_max_gap=holdout), sim)

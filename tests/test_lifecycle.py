@@ -13,7 +13,7 @@ The champion's val runs are 3.00, 3.02, 3.04: mean 3.02, sd 0.02.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 from hypothesis import given, settings
@@ -33,6 +33,7 @@ NOISE = NoiseAwarePolicy(PolicyConfig())
 RULES = lc.Rules(NOISE, holdout_max_gap=0.01)  # review_flagged=True; the table's gaps are set against 0.01
 FLAG = "timing: target/train.py: time.perf_counter = lambda: 0"
 H = lc.HOLDOUT_SEEDS  # the first holdout seed
+CH = ("val", "holdout")  # a champion's val runs, where wins are confirmed on holdout (RULES): scored on both
 
 
 # --- records ------------------------------------------------------------------------------------------------
@@ -128,10 +129,10 @@ CASES = {
     # --- the champion's noise floor
     "new champion: noise floor runs seeds 0..2": Case(
         experiment(), champion(), lc.Run,
-        specs=tuple(spec("champion", CHAMP, s) for s in (0, 1, 2)), says=("3 more runs",)),
+        specs=tuple(spec("champion", CHAMP, s, CH) for s in (0, 1, 2)), says=("3 more runs",)),
     "noise floor continues after a run and a pending run": Case(
         experiment(), champion(3.00, pending=(spec("champion", CHAMP, 1),)), lc.Run,
-        specs=(spec("champion", CHAMP, 2),), says=("1 more runs",)),
+        specs=(spec("champion", CHAMP, 2, CH),), says=("1 more runs",)),
     "noise floor all in flight, one champion run made: the screen run goes beside it (held to its times)": Case(
         experiment(), champion(3.00, pending=(spec("champion", CHAMP, 1), spec("champion", CHAMP, 2))), lc.Run,
         specs=(spec(EXP, CAND, 0),)),
@@ -142,7 +143,7 @@ CASES = {
         lc.Wait),
     "a champion run crashed once (it may be the machine's failure): made again with the next seeds": Case(
         experiment(), champion(3.00, extra=(run(None, 1, commit=CHAMP, status="crash", reason="champion boom"),)),
-        lc.Run, specs=(spec("champion", CHAMP, 2), spec("champion", CHAMP, 3)), says=("2 more runs",)),
+        lc.Run, specs=(spec("champion", CHAMP, 2, CH), spec("champion", CHAMP, 3, CH)), says=("2 more runs",)),
     "the champion failed twice: it fails, and the message says the way out": Case(
         experiment(), champion(3.00, extra=(run(None, 1, commit=CHAMP, status="timeout", reason="machine busy"),
                                             run(None, 2, commit=CHAMP, status="crash", reason="champion boom"))),
@@ -161,7 +162,7 @@ CASES = {
     # val seed: the champion's next val runs are seeds 3 and 4, and the candidate's 4th is seed 3, as its 4th.
     "confirm: more candidate and champion runs, val seeds after the val runs": Case(
         experiment(cand_runs(2.99, 3.01, 3.00)), champion(*FLOOR, extra=(champ_holdout(),)), lc.Run,
-        specs=(spec("champion", CHAMP, 3), spec("champion", CHAMP, 4), spec(EXP, CAND, 3)),
+        specs=(spec("champion", CHAMP, 3, CH), spec("champion", CHAMP, 4, CH), spec(EXP, CAND, 3)),
         says=("not yet significant",)),
     # An experiment is advanced on every run its request asked for, never on the part that arrived first, and
     # decided only once no champion run is in flight.
@@ -494,12 +495,30 @@ def test_val_runs_and_evidence_leave_out_holdout_confirmations():
     assert ev.candidate == list(WIN) and ev.champion == list(FLOOR)
     assert ev.candidate_status == "ok" and ev.removes_code
     # a crashed confirmation run is not a crashed candidate either
-    crashed = run(None, 2, status="crash", reason="x").model_copy(update={"splits": ["val", "holdout"]})
+    crashed = run(None, H, status="crash", reason="x").model_copy(update={"splits": ["val", "holdout"]})
     assert lc.evidence(experiment(cand_runs(*WIN) + [crashed]), champ, DEFAULT_METRIC).candidate_status == "ok"
     # but a crashed val run is
     failed = lc.evidence(experiment(cand_runs(2.9) + [run(None, 1, status="timeout", reason="slow")]), champ,
                          DEFAULT_METRIC)
     assert (failed.candidate_status, failed.candidate_reason, failed.candidate) == ("timeout", "slow", [2.9])
+
+
+def test_the_champions_val_runs_scored_on_holdout_are_its_references():
+    """Where wins are confirmed on holdout, a champion's val runs are scored on holdout too (`champion_splits`), and
+    their gaps are the references a win is held to: a win on a champion with three such runs needs the candidate's
+    confirmation run only, where one with val-only runs needs HOLDOUT_REFERENCE_RUNS champion runs more; the val
+    runs stay the evidence either way."""
+    scored = [run(v, i, commit=CHAMP, holdout=v * 1.01) for i, v in enumerate(FLOOR)]
+    exp = experiment(cand_runs(*WIN))
+    action = lc.next_action(exp, ChampionRecord(commit=CHAMP, runs=scored), CHAMP, AUTO)
+    assert isinstance(action, lc.Run) and action.specs == (spec(EXP, CAND, H, CH),)
+    bare = lc.next_action(exp, champion(*FLOOR), CHAMP, AUTO)
+    assert isinstance(bare, lc.Run)
+    assert bare.specs == (*(spec("champion", CHAMP, H + k, CH) for k in range(3)), spec(EXP, CAND, H, CH))
+    exp.runs.append(confirmed(val=2.51, holdout=2.51 * 1.01))
+    done = lc.next_action(exp, ChampionRecord(commit=CHAMP, runs=scored), CHAMP, AUTO)
+    assert isinstance(done, lc.Decide) and done.decision.verdict == "win", done
+    assert "holdout confirmed" in done.decision.reason and done.evidence.champion == list(FLOOR)
 
 
 def test_holdout_gap_of_one_run():
@@ -510,8 +529,11 @@ def test_holdout_gap_of_one_run():
 
 def test_a_noise_floor_that_is_met_is_none():
     assert lc.noise_floor(champion(*FLOOR), RULES) is None
-    # its holdout runs count for nothing in the floor, and take no val seed: the val runs go on at seed 1
+    # its holdout confirmations count for nothing in the floor, and take no val seed: the val runs go on at seed 1,
+    # scored on holdout too where wins are confirmed on it, on val alone where they are not
     assert lc.noise_floor(champion(3.0, extra=(champ_holdout(seed=H), champ_holdout(seed=H + 1))), RULES) == lc.Run(
+        (spec("champion", CHAMP, 1, CH), spec("champion", CHAMP, 2, CH)), "the champion's noise floor needs 2 more runs")
+    assert lc.noise_floor(champion(3.0), replace(RULES, holdout_max_gap=None)) == lc.Run(
         (spec("champion", CHAMP, 1), spec("champion", CHAMP, 2)), "the champion's noise floor needs 2 more runs")
 
 
@@ -546,14 +568,14 @@ def score_run(val: float, seed: int, commit: str = CAND, holdout: float | None =
 
 
 def score_champion() -> ChampionRecord:
-    runs = [score_run(v, i, commit=CHAMP) for i, v in enumerate(FLOOR)] + [score_run(3.00, 3, CHAMP, holdout=2.97)]
+    runs = [score_run(v, i, commit=CHAMP) for i, v in enumerate(FLOOR)] + [score_run(3.00, H, CHAMP, holdout=2.97)]
     return ChampionRecord(commit=CHAMP, runs=runs)
 
 
 def score_experiment(*vals: float, holdout: float | None = None) -> ExperimentRecord:
     runs = [score_run(v, i) for i, v in enumerate(vals)]
     if holdout is not None:
-        runs.append(score_run(3.53, len(vals), holdout=holdout))
+        runs.append(score_run(3.53, H, holdout=holdout))
     return experiment(runs)
 
 
@@ -671,7 +693,7 @@ def test_seeds_pair_across_a_promotion():
     won = _play(exp, champ, CHAMP, lambda role, seed: 3.0 + 0.02 * (seed % 3) if role == "champion"
                 else 2.5 + 0.01 * (seed % 2))
     assert isinstance(won, lc.Decide) and won.decision.verdict == "win"
-    assert all(r.seed >= lc.HOLDOUT_SEEDS for r in exp.runs + champ.runs if "holdout" in r.splits)
+    assert all(r.seed >= lc.HOLDOUT_SEEDS for r in exp.runs if "holdout" in r.splits)  # its confirmation
     assert [r.seed for r in lc.val_runs(exp.runs)] == [0, 1]
     successor = lc.champion_after(exp, NEWER)
     nxt = ExperimentRecord(**{**experiment().model_dump(), "id": "exp-8", "number": 8, "parent": NEWER})

@@ -25,7 +25,7 @@ from bot.surfaces.local import Quiet
 from bot.core.policy import make_policy
 from bot.proposers.base import ProposalContext
 from bot.proposers.search import SearchProposer
-from bot.core.records import ExperimentRecord, RunResult, RunSpec, val_runs
+from bot.core.records import HOLDOUT, VAL, ExperimentRecord, RunResult, RunSpec, val_runs
 from runner.config import TargetConfig
 from tests.scripted import SCRIPT, ScriptedProposer, ScriptedRunner, Variant, make_world, markers
 
@@ -256,7 +256,7 @@ def test_a_cancelled_run_is_stopped_while_it_trains_and_frees_its_worker(tmp_pat
 def test_a_lost_run_is_recorded_and_made_again_never_counted_as_the_candidates(tmp_path, counting):
     repo, config, forge = scripted_world(tmp_path)
     sha = forge.champion()
-    key = RunSpec(role="champion", commit=sha, champion=sha, seed=1).key
+    key = RunSpec(role="champion", commit=sha, champion=sha, seed=1, splits=[VAL, HOLDOUT]).key  # holdout: auto
     executor = Losing(CountingRunner(repo, {}, delay=0), {key: 1})
     loop = Loop(forge, None, ScriptedProposer(), make_policy(config.policy), config.target, executor=executor)
     champion = loop.measure_champion()
@@ -268,7 +268,7 @@ def test_a_lost_run_is_recorded_and_made_again_never_counted_as_the_candidates(t
 def test_a_run_the_machine_keeps_losing_stops_the_loop_with_the_reason(tmp_path, counting):
     repo, config, forge = scripted_world(tmp_path)
     sha = forge.champion()
-    key = RunSpec(role="champion", commit=sha, champion=sha, seed=0).key
+    key = RunSpec(role="champion", commit=sha, champion=sha, seed=0, splits=[VAL, HOLDOUT]).key  # holdout: auto
     loop = Loop(forge, None, ScriptedProposer(), make_policy(config.policy), config.target,
                 executor=Losing(CountingRunner(repo, {}, delay=0), {key: MAX_LOST}))
     with pytest.raises(RunsLost, match=f"lost {MAX_LOST} times.*slurm 41 on gpu-7: CANCELLED by 0"):

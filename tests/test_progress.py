@@ -16,7 +16,7 @@ from bot.executors.pool import LocalPool
 from bot.loop import Loop
 from bot.core.policy import make_policy
 from bot.progress import champion_steps, live, stale_rate, trajectory
-from bot.core.records import DEFAULT_METRIC
+from bot.core.records import DEFAULT_METRIC, val_runs
 from tests.scripted import ScriptedProposer, Variant, make_world
 from tests.test_local_pool import CountingRunner, scripted_world
 
@@ -85,8 +85,8 @@ def test_plot_writes_the_trajectory_as_an_image(campaign, tmp_path):
     assert points[0].value < points[0].champion and points[0].noise > 0
     # measured on the new champion, whose runs begin with the win's (seeds 0, 1) and go on at seed 2
     win, third = forge.experiments()[0], forge.experiments()[2]
-    successor = [r.metrics["val_bpb"] for r in forge.champion_record(third.parent).runs if r.splits == ["val"]]
-    assert successor[:2] == [r.metrics["val_bpb"] for r in win.runs if r.splits == ["val"]]
+    successor = [r.metrics["val_bpb"] for r in val_runs(forge.champion_record(third.parent).runs)]
+    assert successor[:2] == [r.metrics["val_bpb"] for r in val_runs(win.runs)]
     assert points[2].champion == pytest.approx(sum(successor) / len(successor))
     out = tmp_path / "plots" / "trajectory.png"
     result = arbot(repo, "plot", "--out", str(out))

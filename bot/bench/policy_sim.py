@@ -36,7 +36,7 @@ from bot.core import lifecycle as lc
 from bot.core.lifecycle import Rules
 from bot.core.policy import MarginPolicy, PolicyConfig, make_policy, t_sf
 from bot.core.records import (HOLDOUT, VAL, ChampionRecord, Decision, Evidence, ExperimentRecord, Metric, Proposal,
-                              RunResult, RunSpec, oriented, sign)
+                              RunResult, RunSpec, is_confirmation, oriented, sign)
 from runner.config import Direction
 
 METRICS = (
@@ -206,11 +206,11 @@ class _World:
 
     def run(self, spec: RunSpec, true: float, parts: list[float]) -> RunResult:
         """The result of one run the lifecycle asked for: true value + the seed's share + the run's own noise; a
-        holdout run (val + holdout) shares no val seed and draws from its own stream, so a rule's val runs are the
-        same whether its holdout runs are charged or not."""
+        holdout confirmation shares no val seed and draws from its own stream, so a rule's val runs are the same
+        whether its holdout runs are charged or not (a champion's val runs scored on holdout as well included)."""
         s, rho = self.sim.sigma, self.sim.pair_correlation
         self.made += 1
-        if HOLDOUT in spec.splits:
+        if is_confirmation(spec):
             value = true + float(self.holdout_rng.normal()) * s
         else:
             while len(parts) <= spec.seed:

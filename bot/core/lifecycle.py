@@ -36,8 +36,9 @@ from scipy import special
 
 from bot.core.bayes import learn
 from bot.core.policy import Policy
-from bot.core.records import (DEFAULT_METRIC, HOLDOUT, VAL, CampaignPrior, ChampionRecord, Decision, Evidence, ExperimentRecord, Metric,
-                         RunResult, RunSpec, ok_metric, ok_runs, ok_seeds, sign, val_runs)
+from bot.core.records import (DEFAULT_METRIC, HOLDOUT, HOLDOUT_SEEDS, VAL, CampaignPrior, ChampionRecord, Decision, Evidence,
+                         ExperimentRecord, Metric, RunResult, RunSpec, is_confirmation, ok_metric, ok_runs, ok_seeds,
+                         sign, val_runs)
 from runner.config import TargetConfig
 
 MAX_REFUSED = 5  # proposals refused in a row (no branch made) before an executor stops proposing
@@ -47,7 +48,6 @@ HOLDOUT_FALSE_REJECT = 0.01  # auto: the chance an honest win, its gap drawn as 
 HOLDOUT_MIN_GAP = 0.02  # auto: the least limit. An honest win's gap differs from a much weaker champion's by about
 # 1% (the tiny model of tests/test_loop.py), more than the tiny model's seeds move it (0.1%)
 CHAMPION_FAILURES = 2  # failed champion runs before the champion itself is said to fail (one may be the machine's)
-HOLDOUT_SEEDS = 1_000_000  # the first seed of holdout runs: val runs are numbered 0, 1, 2, ... below it
 
 
 @dataclass(frozen=True)
@@ -159,7 +159,7 @@ def next_action(exp: ExperimentRecord, champion: ChampionRecord, current: str, r
         return _champion_moved(exp, champion, current, rules, removes_code)
     if (floor := noise_floor(champion, rules)) is not None:
         return floor
-    if mine := _pending(exp, VAL):
+    if mine := _pending(exp):
         return Wait(f"{mine} of {exp.id}'s runs are in flight: it is decided on every run its request asked for")
     ev = evidence(exp, champion, rules.metric, removes_code, rules.campaign)
     decision = rules.policy.decide(ev)
@@ -167,8 +167,8 @@ def next_action(exp: ExperimentRecord, champion: ChampionRecord, current: str, r
         if ahead is not None and val_runs(exp.runs):
             return Defer(ahead, f"{exp.id} passed its screen; {ahead} is being confirmed on this champion first "
                          f"(were both confirmed, a win of one would leave the other's runs for nothing)")
-        return _more_runs(exp, champion, decision)
-    if theirs := _pending(champion, VAL):
+        return _more_runs(exp, champion, decision, rules)
+    if theirs := _pending(champion):
         return Wait(f"{theirs} champion run(s) asked for are in flight: the decision waits for them")
     if decision.verdict == "win" and rules.holdout_max_gap is not None:
         confirmed = _confirm_holdout(exp, champion, decision, rules.holdout_max_gap, rules.metric)
@@ -193,9 +193,10 @@ def noise_floor(champion: ChampionRecord, rules: Rules) -> Run | ChampionFails |
             f"(`arbot log` shows each run) and commit the fix on your branch: while the champion has no merged win, "
             f"the next `arbot run` moves it there; after one, `arbot adopt <branch>` merges the fix in; `arbot "
             f"doctor` checks it")
-    missing = rules.policy.baseline_runs - len(ok_metric(champion.runs, rules.metric.key())) - _pending(champion, VAL)
+    missing = rules.policy.baseline_runs - len(ok_metric(champion.runs, rules.metric.key())) - _pending(champion)
     if missing > 0:
-        return Run(_specs(champion, "champion", missing, (VAL,)), f"the champion's noise floor needs {missing} more runs")
+        return Run(_specs(champion, "champion", missing, champion_splits(rules)),
+                   f"the champion's noise floor needs {missing} more runs")
     return None
 
 
@@ -206,7 +207,7 @@ def _champion_moved(exp: ExperimentRecord, champion: ChampionRecord, current: st
     champion it was measured on as it would have been had it run first (most experiments end at their screen, so
     measuring them again would cost runs to learn little). Anything else, an experiment past its screen included,
     is measured again on the new champion at once."""
-    if not val_runs(exp.runs) and _pending(exp, VAL):
+    if not val_runs(exp.runs) and _pending(exp):
         return Wait(f"the champion moved to {current[:12]}; {exp.id}'s screen in flight finishes on "
                     f"{exp.parent[:12]}, where a loss still stands")
     ev = evidence(exp, champion, rules.metric, removes_code, rules.campaign)
@@ -233,7 +234,7 @@ def ahead_of(exp: ExperimentRecord, active: list[ExperimentRecord]) -> str | Non
 def _confirming(exp: ExperimentRecord) -> bool:
     """Past its screen and asking for more: more than one val run made, or one made and more in flight."""
     made = len(val_runs(exp.runs))
-    return made > 1 or (made == 1 and _pending(exp, VAL) > 0)
+    return made > 1 or (made == 1 and _pending(exp) > 0)
 
 
 def deferred(exp: ExperimentRecord, active: list[ExperimentRecord]) -> bool:
@@ -279,23 +280,30 @@ def _failed_run(runs: list[RunResult]) -> RunResult | None:
     return next((r for r in runs if not r.ok), None)
 
 
-def _pending(rec: ExperimentRecord | ChampionRecord, split: str) -> int:
-    return sum(1 for s in rec.pending if (HOLDOUT in s.splits) == (split == HOLDOUT))
+def champion_splits(rules: Rules) -> tuple[str, ...]:
+    """What a champion's val runs are scored on: holdout too where wins are confirmed on it, so that the champion's
+    gaps a confirmation is held to come with the runs it makes anyway (its val seeds and values are the same)."""
+    return (VAL,) if rules.holdout_max_gap is None else (VAL, HOLDOUT)
 
 
-def _specs(rec: ExperimentRecord | ChampionRecord, role: str, n: int, splits: tuple[str, ...]) -> tuple[RunSpec, ...]:
+def _pending(rec: ExperimentRecord | ChampionRecord, confirmation: bool = False) -> int:
+    """rec's runs in flight: its val runs, or its holdout confirmations."""
+    return sum(1 for s in rec.pending if is_confirmation(s) == confirmation)
+
+
+def _specs(rec: ExperimentRecord | ChampionRecord, role: str, n: int, splits: tuple[str, ...],
+           confirmation: bool = False) -> tuple[RunSpec, ...]:
     """`n` new runs of rec's commit. Val seeds count 0, 1, 2, ... after the val runs made or asked for, and holdout
-    runs count from HOLDOUT_SEEDS after the holdout ones, so a holdout run consumes no val seed: a candidate's k-th
+    confirmations count from HOLDOUT_SEEDS after theirs, so a confirmation consumes no val seed: a candidate's k-th
     val run and its champion's share seed k (a failed run keeps its seed; none repeats)."""
     champion = rec.parent if isinstance(rec, ExperimentRecord) else rec.commit
-    holdout = HOLDOUT in splits
-    used = [x.seed for x in [*rec.runs, *rec.pending] if (HOLDOUT in x.splits) == holdout]
-    first = max(used + [HOLDOUT_SEEDS - 1 if holdout else -1]) + 1
+    used = [x.seed for x in [*rec.runs, *rec.pending] if is_confirmation(x) == confirmation]
+    first = max(used + [HOLDOUT_SEEDS - 1 if confirmation else -1]) + 1
     return tuple(RunSpec(role=role, commit=rec.commit, champion=champion, seed=first + i, splits=list(splits))
                  for i in range(n))
 
 
-def _more_runs(exp: ExperimentRecord, champion: ChampionRecord, decision: Decision) -> Run | Wait:
+def _more_runs(exp: ExperimentRecord, champion: ChampionRecord, decision: Decision, rules: Rules) -> Run | Wait:
     """The runs the policy asked for, less the champion's already in flight (the experiment has none: it waits
     for its own). While the champion runs it waits for are in flight, an experiment not screened yet has its
     screen run made beside them once the champion has a run made (a candidate is held to the champion's times,
@@ -303,10 +311,10 @@ def _more_runs(exp: ExperimentRecord, champion: ChampionRecord, decision: Decisi
     noise floor is in."""
     if decision.more_candidate_runs + decision.more_champion_runs == 0:
         raise ValueError(f"the policy asked for more runs but named none: {decision}")
-    champ = decision.more_champion_runs - _pending(champion, VAL)
+    champ = decision.more_champion_runs - _pending(champion)
     timed = any(r.ok for r in val_runs(champion.runs))
     cand = decision.more_candidate_runs or int(not val_runs(exp.runs) and champ <= 0 and timed)
-    specs = _specs(champion, "champion", max(champ, 0), (VAL,)) + _specs(exp, exp.id, cand, (VAL,))
+    specs = _specs(champion, "champion", max(champ, 0), champion_splits(rules)) + _specs(exp, exp.id, cand, (VAL,))
     return Run(specs, decision.reason) if specs else Wait(f"{len(champion.pending)} champion runs in flight")
 
 
@@ -335,22 +343,24 @@ def holdout_limit(reference: list[float], max_gap: float | Literal["auto"]) -> t
 
 def _confirm_holdout(exp: ExperimentRecord, champion: ChampionRecord, win: Decision, max_gap: float | Literal["auto"],
                      metric: Metric) -> Decision | Run | Wait:
-    """A win is confirmed by one candidate run scored on val and holdout, against the champion's gaps: one champion
-    holdout run for a fixed `max_gap`, HOLDOUT_REFERENCE_RUNS for `auto` (made once per champion; a promoted win
-    brings its own confirmation run; a failed one is made again, up to HOLDOUT_FAILURES). Returns the confirmed or
-    rejected decision, or the runs still needed."""
+    """A win is confirmed by one candidate run scored on val and holdout, against the champion's gaps: one for a
+    fixed `max_gap`, HOLDOUT_REFERENCE_RUNS for `auto`. The gaps are those of every champion run scored on holdout:
+    its val runs (`champion_splits`), a promoted win's confirmation run, and the confirmations made for a win where
+    those are too few (a failed one is made again, up to HOLDOUT_FAILURES). Returns the confirmed or rejected
+    decision, or the runs still needed."""
     both = (VAL, HOLDOUT)
-    tried = [r for r in champion.runs if HOLDOUT in r.splits]
-    reference = [g for r in tried if (g := holdout_gap(r, metric)) is not None]
+    reference = [g for r in champion.runs if (g := holdout_gap(r, metric)) is not None]
+    failed = sum(1 for r in champion.runs if is_confirmation(r) and holdout_gap(r, metric) is None)
     need = 1 if max_gap != "auto" else HOLDOUT_REFERENCE_RUNS
-    short = need - len(reference) - _pending(champion, HOLDOUT)
-    more = short if short > 0 and len(tried) - len(reference) < HOLDOUT_FAILURES else 0
-    confirm = [r for r in exp.runs if HOLDOUT in r.splits]
-    specs = (_specs(champion, "champion", more, both)
-             + (_specs(exp, exp.id, 1, both) if not confirm and not _pending(exp, HOLDOUT) else ()))
+    short = need - len(reference) - _pending(champion, confirmation=True)
+    more = short if short > 0 and failed < HOLDOUT_FAILURES else 0
+    confirm = [r for r in exp.runs if is_confirmation(r)]
+    specs = (_specs(champion, "champion", more, both, confirmation=True)
+             + (_specs(exp, exp.id, 1, both, confirmation=True)
+                if not confirm and not _pending(exp, confirmation=True) else ()))
     if specs:
         return Run(specs, f"confirming the win on holdout: {win.reason}")
-    if not confirm or _pending(champion, HOLDOUT):
+    if not confirm or _pending(champion, confirmation=True):
         return Wait("the holdout confirmation is in flight")
     gap = holdout_gap(confirm[-1], metric)
     if gap is None or len(reference) < need:

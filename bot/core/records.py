@@ -14,6 +14,7 @@ from runner.result import RunResult, RunStatus
 
 Verdict = Literal["win", "loss", "crash", "timeout", "rejected", "more_runs"]
 VAL, HOLDOUT = "val", "holdout"  # the evaluator's splits a run is scored on
+HOLDOUT_SEEDS = 1_000_000  # the first seed of holdout confirmation runs: val runs are numbered 0, 1, 2, ... below it
 
 
 def sign(direction: Direction) -> int:
@@ -252,10 +253,16 @@ class FailedProposal(BaseModel):
     at: str = ""
 
 
+def is_confirmation(run: RunResult | RunSpec) -> bool:
+    """Whether a run is a holdout confirmation (seeded from HOLDOUT_SEEDS, scored on val and holdout): a candidate's,
+    which checks its win, or a champion's reference made for one. It is never part of a mean, a noise floor or a
+    decision. A champion's val runs may be scored on holdout too (their gaps are the references); they stay val runs."""
+    return run.seed >= HOLDOUT_SEEDS
+
+
 def val_runs(runs: list[RunResult]) -> list[RunResult]:
-    """The runs scored on val alone: a holdout confirmation run (splits val + holdout) checks a win; it is never
-    part of a mean, a noise floor or a decision."""
-    return [r for r in runs if HOLDOUT not in r.splits]
+    """The runs a decision is made on: every run but the holdout confirmations (`is_confirmation`)."""
+    return [r for r in runs if not is_confirmation(r)]
 
 
 def ok_runs(runs: list[RunResult], metric: str) -> list[RunResult]:
