@@ -21,8 +21,9 @@ carries out what it says and stores the result, then asks again:
     (Decide rejected, rule `tampered`, when the branch or PR no longer holds the experiment's commit)
     ChampionFails   the champion itself does not train: nothing can be compared against it
 
-The evidence is the val runs only: a holdout confirmation run (splits val+holdout) checks a win, it never
-moves the noise floor or the mean a decision is made on.
+The evidence is the val runs only: a holdout confirmation run (seeded from HOLDOUT_SEEDS, scored on val+holdout)
+checks a win, it never moves the noise floor or the mean a decision is made on. Where wins are confirmed on holdout
+a champion's val runs are scored on it too (`champion_splits`): their gaps are the references a win is held to.
 """
 
 from __future__ import annotations
