@@ -36,7 +36,7 @@ from bot.surfaces.github import mirror
 from bot.knobs import find_knobs, set_knobs
 from bot.core.policy import make_policy
 from bot.proposers.failures import SpendCapReached
-from bot.core.records import KnobChange, Proposal, RunResult
+from bot.core.records import HOLDOUT_SEEDS, KnobChange, Proposal, RunResult
 from bot.server.app import PAUSED_FLAG, ServerSettings, create_app
 from bot.server.dispatch import Dispatcher
 from bot.server.store import Budget, Store
@@ -261,8 +261,10 @@ def test_github_mode_end_to_end(tmp_path, monkeypatch):
                 assert pr2.head == "arbot/exp-2" and fake.ref("arbot/exp-2") != fake.ref("arbot/exp-1")
                 head1, head2 = fake.head_sha(pr1), fake.head_sha(pr2)
                 wait_for(lambda: fake.dispatches, "the champion's run dispatched", workflow)
-                assert fake.dispatches[0]["inputs"] == {"request": f"champion:{start[:12]}:seed-0:val", "commit": start,
-                                                        "champion": start, "seed": "0", "splits": "val",
+                # a champion's val runs are scored on holdout too: their gaps are the references a win is held to
+                assert fake.dispatches[0]["inputs"] == {"request": f"champion:{start[:12]}:seed-0:val+holdout",
+                                                        "commit": start, "champion": start, "seed": "0",
+                                                        "splits": "val,holdout",
                                                         "champion_overhead": "", "champion_score_seconds": "", "pull": ""}
                 assert fake.dispatches[0]["ref"] == "refs/heads/main"
                 wait_for(lambda: health()["budget"]["experiments_today"] == 2, "both experiments counted", workflow)
@@ -294,7 +296,7 @@ def test_github_mode_end_to_end(tmp_path, monkeypatch):
                 assert note["kind"] == "champion" and note["experiment"] == "exp-1"
                 assert {r["commit"] for r in note["runs"]} == {head1}  # the win's runs measure the new champion
                 start_note = json.loads(fake.git("notes", "--ref=arbot", "show", start).stdout)
-                assert {0, 1, 2} <= {r["seed"] for r in start_note["runs"] if r["splits"] == ["val"]}  # 3 baseline runs
+                assert {0, 1, 2} <= {r["seed"] for r in start_note["runs"] if r["seed"] < HOLDOUT_SEEDS}  # 3 baseline runs
                 assert {r["commit"] for r in start_note["runs"]} == {start}
 
                 # --- PR 3: measured on the new champion (whose measurement it already has): a loss, closed -------------
@@ -322,7 +324,7 @@ def test_github_mode_end_to_end(tmp_path, monkeypatch):
     # every run was one dispatch on the default branch, each request once, each answered by its own workflow run
     requests = [d["inputs"]["request"] for d in fake.dispatches]
     assert len(requests) == len(set(requests)) and {d["head_branch"] for d in fake.dispatches} == {"main"}
-    assert requests[0] == f"champion:{start[:12]}:seed-0:val"
+    assert requests[0] == f"champion:{start[:12]}:seed-0:val+holdout"  # scored on holdout too
     by_role = lambda role: [r for r in requests if r.startswith(f"{role}:")]  # noqa: E731
     assert len(by_role("exp-1")) >= 2 and by_role("exp-2") and by_role("exp-3")  # a win takes more than one seed
     assert any(r.endswith(":val+holdout") for r in by_role("exp-1"))  # its holdout confirmation: a dispatch too
