@@ -122,14 +122,14 @@ def _pairs(ev: Evidence) -> list[tuple[int, int]]:
     return [(where[s], j) for j, s in enumerate(ev.candidate_seeds or range(len(ev.candidate))) if s in where]
 
 
-def pairing(history: Sequence[Evidence], sd: float, weights: np.ndarray) -> tuple[float, float]:
+def pairing(runs: Sequence[Runs], sd: float, weights: np.ndarray) -> tuple[float, float]:
     """(share of changes that pair, their same-seed correlation), by maximum likelihood over every experiment's runs,
     its screen's included (most experiments end at one run, whose closeness to the champion's same-seed run is all
     they say about pairing): each experiment's likelihood under "pairs at rho" and "does not pair", theta
     integrated out under the effect prior `weights`, for rho on PAIR_CORRELATIONS and the share on PAIR_SHARES.
     Pairing counts only where the data shows it: the mixture must fit better than "nothing pairs" by the
     likelihood-ratio test at PAIR_TEST (two parameters); otherwise (0, 0)."""
-    data = [runs for ev in history if (runs := _runs(ev))[2]]
+    data = [r for r in runs if r[2]]
     if not data:
         return 0.0, 0.0
     with np.errstate(divide="ignore"):
@@ -186,25 +186,26 @@ def _components(data: Sequence[Runs], rho: float, sd: float) -> np.ndarray:
     return const - 0.5 * (ypy / sd**2 + 2 * GRID * zpy / sd + GRID**2 * zpz)
 
 
-def loglik(ev: Evidence, sd: float, share: float, rho: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """log p(runs | theta) on GRID, and each component's (pairs, does not pair) with its prior share folded in."""
-    runs = [_runs(ev)]
-    apart = _components(runs, 0.0, sd)[0]
-    if not runs[0][2] or rho <= 0 or share <= 0:
-        return apart, np.full(len(GRID), -np.inf), apart
+def loglik(runs: Sequence[Runs], sd: float, share: float, rho: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """log p(runs | theta) on GRID, a row per experiment, and each component's (pairs, does not pair) with its prior
+    share folded in; an experiment with no same-seed pair has the unpaired one alone."""
+    apart = _components(runs, 0.0, sd)
+    if rho <= 0 or share <= 0:
+        return apart, np.full_like(apart, -np.inf), apart
     share = min(share, 1 - 1e-9)
-    paired = _components(runs, rho, sd)[0] + math.log(share)
-    apart = apart + math.log(1 - share)
+    pairs = np.array([bool(p) for _, _, p in runs])[:, None]
+    paired = np.where(pairs, _components(runs, rho, sd) + math.log(share), -np.inf)
+    apart = apart + np.where(pairs, math.log(1 - share), 0.0)
     return np.logaddexp(paired, apart), paired, apart
 
 
 def marginal(ev: Evidence, ss: float, df: int, share: float, rho: float) -> tuple[np.ndarray, np.ndarray]:
     """log p(runs | theta) on GRID with the noise sd integrated over its posterior (`noise_sds`), and its pairing
     component."""
-    n = len(ev.champion) + len(ev.candidate)
+    n, runs = len(ev.champion) + len(ev.candidate), [_runs(ev)]
     both, paired = [], []
     for sd, weight in zip(*noise_sds(ss, df)):
-        ll, pl, _ = loglik(ev, float(sd), share, rho)
+        ll, pl, _ = (x[0] for x in loglik(runs, float(sd), share, rho))
         jac = -(n - 1) * math.log(sd)  # runs in metric units, the champion's mean flat in them
         both.append(ll + jac + weight)
         paired.append(pl + jac + weight)
@@ -250,11 +251,12 @@ def learn(history: Sequence[tuple[Evidence, Decision]]) -> CampaignPrior:
     sd = math.sqrt(ss / df) if df and ss > 0 else 0.0
     if sd <= 0:
         return base
+    runs = [_runs(ev) for ev, _ in decided]
     w0 = np.asarray(base.weights)
     w = w0
     for _ in range(PAIRING_ROUNDS):
-        share, rho = pairing([ev for ev, _ in decided], sd, w)
-        lik = np.array([loglik(ev, sd, share, rho)[0] for ev, _ in decided])
+        share, rho = pairing(runs, sd, w)
+        lik = loglik(runs, sd, share, rho)[0]
         w = w0
         for _ in range(EM_STEPS):
             w = (PRIOR_STRENGTH * w0 + posterior(w, lik).sum(0)) / (PRIOR_STRENGTH + len(decided))
