@@ -16,6 +16,8 @@ import json
 import random
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -150,12 +152,14 @@ def check_of(run: RunResult, request: str | None) -> dict:
     return check
 
 
-@pytest.fixture
-def gh(tmp_path):
+@contextmanager
+def github_world(tmp_path: Path, tokens: dict[str, str]) -> Iterator[tuple[FakeGitHub, str, GitHubForge, Store]]:
+    """The scripted world's repository on a fake GitHub served over HTTP (`tokens`: more logins it knows), the
+    bot's forge on it with the champion, labels and protection set up, and the bot's state store; on leaving, the
+    fake must have seen no call or payload outside GitHub's contract."""
     world = make_world(tmp_path / "src", settings())
     fake = FakeGitHub(tmp_path / "remote", owner="octo-org", name="research", token=TOKEN)
-    fake.tokens[ACTIONS_TOKEN] = "github-actions[bot]"
-    fake.tokens[OTHER_APP] = "other-app[bot]"
+    fake.tokens.update({ACTIONS_TOKEN: "github-actions[bot]", **tokens})
     world.git.push(str(fake.bare), "main:refs/heads/main")
     store = Store(tmp_path / "state.sqlite")
     try:
@@ -164,12 +168,18 @@ def gh(tmp_path):
             forge.ensure_champion()
             forge.ensure_labels()
             forge.protect_champion()
-            yield GitHub(fake, url, forge, tmp_path, store, ScriptedWorkflow(fake, url, REPO, WORLD))
-            fake.flush_dispatches()
+            yield fake, url, forge, store
     finally:
         fake.close()
         store.close()
     assert fake.all_violations == [], fake.all_violations
+
+
+@pytest.fixture
+def gh(tmp_path):
+    with github_world(tmp_path, {OTHER_APP: "other-app[bot]"}) as (fake, url, forge, store):
+        yield GitHub(fake, url, forge, tmp_path, store, ScriptedWorkflow(fake, url, REPO, WORLD))
+        fake.flush_dispatches()
 
 
 # --- restarts: the state is on GitHub ---------------------------------------------------------------------

@@ -25,14 +25,14 @@ from bot.github import adopt as adoption
 from bot.server.app import ServerSettings, create_app
 from bot.server.dispatch import Dispatcher
 from bot.server.driver import Driver
-from bot.server.store import Budget, Store
+from bot.server.store import Budget
 from bot.surfaces.github import mirror
 from runner.guard import forbidden_paths
 from tests.fake_github.server import FakeGitHub
 from tests.fake_github.serving import serving
-from tests.scripted import ACTIONS_TOKEN, MARK, SCRIPT, ScriptedWorkflow, Variant, make_world
-from tests.test_github_driver import Proposer, settings
-from tests.test_github_forge import REPO, TOKEN, forge_for
+from tests.scripted import MARK, SCRIPT, ScriptedWorkflow, Variant
+from tests.test_github_driver import Proposer, github_world, settings
+from tests.test_github_forge import REPO
 
 
 def clone_as_someone(fake: FakeGitHub, path: Path) -> git.Repo:
@@ -136,49 +136,29 @@ class Review:
         return [r for r in self.driver.lf.experiments() if r.pr is not None]
 
 
-def review_world(tmp_path: Path):
-    world = make_world(tmp_path / "src", settings())
-    fake = FakeGitHub(tmp_path / "remote", owner="octo-org", name="research", token=TOKEN)
-    fake.tokens[ACTIONS_TOKEN] = "github-actions[bot]"
-    for login in (AGENT, DEV, MAINTAINER, TRIAGER, STRANGER):
-        fake.tokens[f"ghp_{login}"] = login
-    fake.collaborators.update({AGENT: "write", DEV: "write", MAINTAINER: "maintain", TRIAGER: "triage"})
-    world.git.push(str(fake.bare), "main:refs/heads/main")
-    return world, fake
-
-
 @pytest.fixture
 def review(request, tmp_path):
     opts = getattr(request, "param", {})
-    world, fake = review_world(tmp_path)
-    store = Store(tmp_path / "state.sqlite")
-    try:
-        with serving(fake.asgi) as url:
-            forge = forge_for(url, fake)
-            forge.ensure_champion()
-            forge.ensure_labels()
-            forge.protect_champion()
-            cfg = Config.model_validate(settings(evaluate_authors=[AGENT], **opts))
-            driver = Driver(forge, mirror(tmp_path / "bot.git"), cfg, Proposer(), make_policy(cfg.policy),
-                            budget=Budget(store))
-            dispatcher = Dispatcher(store, repo=REPO, driver=driver, can_write=forge.has_write_access, bot_login=BOT,
-                                    authors=tuple(cfg.github.evaluate_authors))
-            fake.on_dispatch = ScriptedWorkflow(fake, url, REPO, WORLD)
-            app = create_app(ServerSettings(secret=SECRET, state_path=store.path, repo=REPO), dispatcher, store,
-                             on_start=driver.advance_all)
-            work = clone_as_someone(fake, tmp_path / "work")
-            with serving(app) as bot_url:
-                fake.hooks.url, fake.hooks.secret = f"{bot_url}/webhook", SECRET
-                r = Review(fake, url, bot_url, driver, work)
-                r.idle()
-                r.floor = len(fake.dispatches)
-                yield r
-                r.idle()
-                assert r.health()["deliveries"]["failed"] == 0, r.health()
-    finally:
-        fake.close()
-        store.close()
-    assert fake.all_violations == [], fake.all_violations
+    people = {f"ghp_{login}": login for login in (AGENT, DEV, MAINTAINER, TRIAGER, STRANGER)}
+    with github_world(tmp_path, people) as (fake, url, forge, store):
+        fake.collaborators.update({AGENT: "write", DEV: "write", MAINTAINER: "maintain", TRIAGER: "triage"})
+        cfg = Config.model_validate(settings(evaluate_authors=[AGENT], **opts))
+        driver = Driver(forge, mirror(tmp_path / "bot.git"), cfg, Proposer(), make_policy(cfg.policy),
+                        budget=Budget(store))
+        dispatcher = Dispatcher(store, repo=REPO, driver=driver, can_write=forge.has_write_access, bot_login=BOT,
+                                authors=tuple(cfg.github.evaluate_authors))
+        fake.on_dispatch = ScriptedWorkflow(fake, url, REPO, WORLD)
+        app = create_app(ServerSettings(secret=SECRET, state_path=store.path, repo=REPO), dispatcher, store,
+                         on_start=driver.advance_all)
+        work = clone_as_someone(fake, tmp_path / "work")
+        with serving(app) as bot_url:
+            fake.hooks.url, fake.hooks.secret = f"{bot_url}/webhook", SECRET
+            r = Review(fake, url, bot_url, driver, work)
+            r.idle()
+            r.floor = len(fake.dispatches)
+            yield r
+            r.idle()
+            assert r.health()["deliveries"]["failed"] == 0, r.health()
 
 
 def test_a_maintainers_label_adopts_a_pr_a_win_is_merged_with_its_trailers_a_loss_labelled(review):
