@@ -190,10 +190,10 @@ def loglik(runs: Sequence[Runs], sd: float, share: float, rho: float) -> tuple[n
     """log p(runs | theta) on GRID, a row per experiment, and each component's (pairs, does not pair) with its prior
     share folded in; an experiment with no same-seed pair has the unpaired one alone."""
     apart = _components(runs, 0.0, sd)
-    if rho <= 0 or share <= 0:
+    pairs = np.array([bool(p) for _, _, p in runs])[:, None]
+    if rho <= 0 or share <= 0 or not pairs.any():  # a decision's one experiment without a same-seed pair, mostly
         return apart, np.full_like(apart, -np.inf), apart
     share = min(share, 1 - 1e-9)
-    pairs = np.array([bool(p) for _, _, p in runs])[:, None]
     paired = np.where(pairs, _components(runs, rho, sd) + math.log(share), -np.inf)
     apart = apart + np.where(pairs, math.log(1 - share), 0.0)
     return np.logaddexp(paired, apart), paired, apart
