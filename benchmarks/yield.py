@@ -2,7 +2,7 @@
 then every promotion and each final champion measured again with fresh seeds.
 
     python benchmarks/yield.py [--seconds 900] [--budget 5] [--workers 1] [--audit-runs 3] [--final-runs 4]
-                               [--strategies arbot,bayes,greedy,random] [--repeats 3] [--json]
+                               [--strategies arbot,bayes,greedy,random] [--audit bayes] [--repeats 3] [--json]
 
 Each strategy gets a fresh clone of this checkout's committed HEAD (the built-in target, `--workers` workers, one
 by default: runner seconds are wall seconds times workers) and runs
@@ -24,7 +24,10 @@ should be idle: every strategy gets the same seconds, and a loaded machine gives
 With `--repeats N` each strategy runs N campaigns (each from a fresh clone, the strategies interleaved; campaign k
 of every strategy with search seed k, so the repeats propose different sequences and the strategies the same), and the
 summary gives the mean improvement per runner-hour with its 95% t interval and the share of promotions that did not
-replicate.
+replicate, and each strategy's share of greedy's improvement per runner-hour: the ratio of the means, and campaign by
+campaign (the k-th campaigns of two strategies start from the same proposals). `--audit` names the strategies whose
+promotions are audited (all by default): an audit costs two runs per seed per promotion, and greedy promotes a
+quarter of its experiments.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ STRATEGIES = {
     "greedy": GREEDY,
     "random": {**GREEDY, "search": {"sampler": "random"}},
 }
+GREEDY_NAME = "greedy"  # the strategy every other is given as a share of (issue 27's goal)
 FRESH_SEED = 2000  # the final measurements' seeds: disjoint from the campaign's and the audits' (1000+)
 STOP_SECONDS = 120  # how long an interrupted `arbot run` may take to save and exit
 
@@ -115,6 +119,7 @@ def campaign_settings(settings: dict, campaign: int, budget: float, workers: int
 
 def measure(name: str, settings: dict, seconds: float, budget: float, workers: int, audit_runs: int,
             final_runs: int, tmp: Path, campaign_number: int = 0) -> dict:
+    """One campaign of strategy `name`; `audit_runs` 0: its promotions are not audited (not_replicated None)."""
     from bot.audit import audit_win
     from bot.cli import Project
 
@@ -126,16 +131,18 @@ def measure(name: str, settings: dict, seconds: float, budget: float, workers: i
     recs = project.forge.experiments()
     wins = [r for r in recs if r.merged_as]
     at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    audits = [audit_win(project.forge, project.runner, r, audit_runs, 0.05, project.config.metric, at) for r in wins]
+    audits = [audit_win(project.forge, project.runner, r, audit_runs, 0.05, project.config.metric, at)
+              for r in wins] if audit_runs else None
     start_values, final_values = start_and_final(project, start, project.forge.champion(), final_runs)
     improvement = statistics.fmean(start_values) - statistics.fmean(final_values) if start_values else 0.0
     return {
         "strategy": name, "seconds": round(ran, 1), "workers": workers,
         "experiments": sum(r.decision is not None for r in recs),
         "runs": sum(len(r.runs) for r in recs), "promotions": len(wins),
-        "not_replicated": sum(a.effect is not None and not a.replicates for a in audits),
-        "unaudited": sum(a.effect is None for a in audits),  # an audit run failed: no test, not a failed replication
-        "audit_effects": [round(a.effect, 4) if a.effect is not None else None for a in audits],
+        "not_replicated": sum(a.effect is not None and not a.replicates for a in audits) if audits is not None else None,
+        # an audit run failed: no test, not a failed replication
+        "unaudited": sum(a.effect is None for a in audits) if audits is not None else None,
+        "audit_effects": [round(a.effect, 4) if a.effect is not None else None for a in audits or ()],
         "start": round(statistics.fmean(start_values), 4) if start_values else None,
         "final": round(statistics.fmean(final_values), 4) if final_values else None,
         "replicated_improvement": round(improvement, 4),
@@ -152,18 +159,23 @@ def main() -> None:
     parser.add_argument("--audit-runs", type=int, default=3, help="fresh seeds per side for each promotion")
     parser.add_argument("--final-runs", type=int, default=4, help="fresh seeds for the starting and final champions")
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
+    parser.add_argument("--audit", help="strategies whose promotions are audited (default: all)")
     parser.add_argument("--repeats", type=int, default=1, help="campaigns per strategy (3+ for an interval)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    names = args.strategies.split(",")
+    audited = names if args.audit is None else args.audit.split(",")
     rows = []
     with tempfile.TemporaryDirectory(prefix="arbot-yield-") as tmp:
         for k in range(args.repeats):
-            for name in args.strategies.split(","):
-                row = measure(name, STRATEGIES[name], args.seconds, args.budget, args.workers, args.audit_runs,
-                              args.final_runs, Path(tmp) / str(k), campaign_number=k)
+            for name in names:
+                row = measure(name, STRATEGIES[name], args.seconds, args.budget, args.workers,
+                              args.audit_runs if name in audited else 0, args.final_runs, Path(tmp) / str(k),
+                              campaign_number=k)
                 rows.append(row | {"campaign": k})
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    summary = [summarize(name, [r for r in rows if r["strategy"] == name]) for name in args.strategies.split(",")]
+    summary = [summarize(name, [r for r in rows if r["strategy"] == name]) | shares_of(GREEDY_NAME, name, rows)
+               for name in names]
     if args.json:
         print(json.dumps({"campaigns": rows, "summary": summary}, indent=2))
         return
@@ -173,7 +185,7 @@ def main() -> None:
                  "replicated_improvement": "improvement", "per_runner_hour": "per hour"}, rows)
     print_table({"strategy": "strategy", "campaigns": "campaigns", "per_runner_hour": "per hour (mean)",
                  "interval": "95% interval", "not_replicated_share": "promotions not replicated",
-                 "unaudited": "unaudited"}, summary)
+                 "unaudited": "unaudited", "share_of_greedy": "of greedy", "campaign_shares": "by campaign"}, summary)
 
 
 def summarize(name: str, rows: list[dict]) -> dict:
@@ -185,11 +197,24 @@ def summarize(name: str, rows: list[dict]) -> dict:
     mean = statistics.fmean(hours)
     half = (float(special.stdtrit(len(hours) - 1, 0.975)) * statistics.stdev(hours) / len(hours) ** 0.5
             if len(hours) > 1 else float("nan"))
-    promoted = sum(r["promotions"] - r["unaudited"] for r in rows)
+    audited = [r for r in rows if r["not_replicated"] is not None]
+    promoted = sum(r["promotions"] - r["unaudited"] for r in audited)
     return {"strategy": name, "campaigns": len(rows), "per_runner_hour": round(mean, 4),
             "interval": f"{mean - half:.4f} .. {mean + half:.4f}",
-            "not_replicated_share": round(sum(r["not_replicated"] for r in rows) / promoted, 3) if promoted else None,
-            "unaudited": sum(r["unaudited"] for r in rows)}
+            "not_replicated_share": round(sum(r["not_replicated"] for r in audited) / promoted, 3) if promoted else None,
+            "unaudited": sum(r["unaudited"] for r in audited) if audited else None}
+
+
+def shares_of(reference: str, name: str, rows: list[dict]) -> dict:
+    """`name`'s improvement per runner-hour as a share of `reference`'s: the ratio of the two means, and the k-th
+    campaign's against the reference's k-th (the same search seed: the same first proposals). None where the
+    reference did not run or gained nothing."""
+    hours = {r["campaign"]: r["per_runner_hour"] for r in rows if r["strategy"] == name}
+    base = {r["campaign"]: r["per_runner_hour"] for r in rows if r["strategy"] == reference}
+    paired = sorted(k for k in hours if k in base)
+    mean_base = statistics.fmean(base[k] for k in paired) if paired else 0.0
+    return {"share_of_greedy": round(statistics.fmean(hours[k] for k in paired) / mean_base, 3) if mean_base > 0 else None,
+            "campaign_shares": [round(hours[k] / base[k], 3) if base[k] > 0 else None for k in paired]}
 
 if __name__ == "__main__":
     main()

@@ -64,6 +64,22 @@ def test_the_summary_gives_a_t_interval_and_the_share_of_audited_promotions_not_
     assert bench.summarize("arbot", none)["not_replicated_share"] is None
 
 
+def test_a_strategy_left_unaudited_counts_no_replication_either_way():
+    rows = [{"per_runner_hour": 1.0, "promotions": 3, "not_replicated": None, "unaudited": None}]
+    summary = bench.summarize("greedy", rows)
+    assert summary["not_replicated_share"] is None and summary["unaudited"] is None
+
+
+def test_a_strategys_share_of_greedy_is_the_ratio_of_means_and_campaign_by_campaign():
+    rows = [{"strategy": s, "campaign": k, "per_runner_hour": v}
+            for s, k, v in (("greedy", 0, 4.0), ("greedy", 1, 8.0), ("bayes", 0, 4.0), ("bayes", 1, 2.0),
+                            ("bayes", 2, 9.0))]  # bayes's third campaign has no greedy one to pair with
+    shares = bench.shares_of("greedy", "bayes", rows)
+    assert shares == {"share_of_greedy": 0.5, "campaign_shares": [1.0, 0.25]}
+    assert bench.shares_of("greedy", "greedy", rows)["share_of_greedy"] == 1.0
+    assert bench.shares_of("greedy", "arbot", rows) == {"share_of_greedy": None, "campaign_shares": []}
+
+
 class DriftingProject:
     """A project whose every run scores `LOAD_DRIFT` worse than the one before (load rising: fewer steps a run),
     on top of its commit's true value; fakes only the runner and the metric the benchmark reads."""
