@@ -27,7 +27,7 @@ summary gives the mean improvement per runner-hour with its 95% t interval and t
 replicate, and each strategy's share of greedy's improvement per runner-hour: the ratio of the means, and campaign by
 campaign (the k-th campaigns of two strategies start from the same proposals). `--audit` names the strategies whose
 promotions are audited (all by default): an audit costs two runs per seed per promotion, and greedy promotes a
-quarter of its experiments.
+sixth of its experiments.
 """
 
 from __future__ import annotations
