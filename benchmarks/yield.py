@@ -165,6 +165,8 @@ def main() -> None:
     args = parser.parse_args()
     names = args.strategies.split(",")
     audited = names if args.audit is None else args.audit.split(",")
+    if unknown := [n for n in names + audited if n not in STRATEGIES]:
+        parser.error(f"no strategy {', '.join(unknown)}: choose from {', '.join(STRATEGIES)}")
     rows = []
     with tempfile.TemporaryDirectory(prefix="arbot-yield-") as tmp:
         for k in range(args.repeats):

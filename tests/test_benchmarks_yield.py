@@ -133,3 +133,9 @@ def test_each_repeat_proposes_its_own_sequence_and_every_strategy_the_same():
         assert {k: v for k, v in first["search"].items() if k != "seed"} == settings.get("search", {})
         assert first["policy"] == settings["policy"] if "policy" in settings else "policy" not in first
     assert bench.campaign_settings(bench.STRATEGIES["greedy"], 0, 5.0, 1)["target"]["holdout_max_gap"] is None
+
+
+def test_an_unknown_strategy_is_refused_before_any_campaign_runs():
+    proc = subprocess.run([sys.executable, "benchmarks/yield.py", "--strategies", "bayes,greedy", "--audit", "bayse"],
+                          capture_output=True, text=True, timeout=60, cwd=bench.ROOT)
+    assert proc.returncode == 2 and "no strategy bayse: choose from arbot, bayes, greedy, random" in proc.stderr
