@@ -139,15 +139,22 @@ def measure(name: str, settings: dict, seconds: float, budget: float, workers: i
         "strategy": name, "seconds": round(ran, 1), "workers": workers,
         "experiments": sum(r.decision is not None for r in recs),
         "runs": sum(len(r.runs) for r in recs), "promotions": len(wins),
-        "not_replicated": sum(a.effect is not None and not a.replicates for a in audits) if audits is not None else None,
-        # an audit run failed: no test, not a failed replication
-        "unaudited": sum(a.effect is None for a in audits) if audits is not None else None,
-        "audit_effects": [round(a.effect, 4) if a.effect is not None else None for a in audits or ()],
+        **replication(audits),
         "start": round(statistics.fmean(start_values), 4) if start_values else None,
         "final": round(statistics.fmean(final_values), 4) if final_values else None,
         "replicated_improvement": round(improvement, 4),
         "per_runner_hour": round(improvement / (ran * workers / 3600), 4),
     }
+
+
+def replication(audits: list | None) -> dict:
+    """A campaign's audits counted: promotions that did not replicate, and those not tested because an audit run
+    failed (not a failed replication); both None where its promotions were not audited (`--audit`)."""
+    if audits is None:
+        return {"not_replicated": None, "unaudited": None, "audit_effects": []}
+    return {"not_replicated": sum(a.effect is not None and not a.replicates for a in audits),
+            "unaudited": sum(a.effect is None for a in audits),
+            "audit_effects": [round(a.effect, 4) if a.effect is not None else None for a in audits]}
 
 
 def main() -> None:
@@ -203,7 +210,8 @@ def summarize(name: str, rows: list[dict]) -> dict:
     promoted = sum(r["promotions"] - r["unaudited"] for r in audited)
     return {"strategy": name, "campaigns": len(rows), "per_runner_hour": round(mean, 4),
             "interval": f"{mean - half:.4f} .. {mean + half:.4f}",
-            "not_replicated_share": round(sum(r["not_replicated"] for r in audited) / promoted, 3) if promoted else None,
+            "not_replicated_share": (round(sum(r["not_replicated"] for r in audited) / promoted, 3)
+                                     if promoted else None),
             "unaudited": sum(r["unaudited"] for r in audited) if audited else None}
 
 
@@ -215,7 +223,8 @@ def shares_of(reference: str, name: str, rows: list[dict]) -> dict:
     base = {r["campaign"]: r["per_runner_hour"] for r in rows if r["strategy"] == reference}
     paired = sorted(k for k in hours if k in base)
     mean_base = statistics.fmean(base[k] for k in paired) if paired else 0.0
-    return {"share_of_greedy": round(statistics.fmean(hours[k] for k in paired) / mean_base, 3) if mean_base > 0 else None,
+    share = statistics.fmean(hours[k] for k in paired) / mean_base if mean_base > 0 else None
+    return {"share_of_greedy": round(share, 3) if share is not None else None,
             "campaign_shares": [round(hours[k] / base[k], 3) if base[k] > 0 else None for k in paired]}
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from bot.core.records import DEFAULT_METRIC
+from bot.core.records import DEFAULT_METRIC, AuditRecord
 from runner.result import RunResult
 
 bench = importlib.import_module("benchmarks.yield")  # `yield` is a keyword: no `import` statement names it
@@ -62,6 +62,14 @@ def test_the_summary_gives_a_t_interval_and_the_share_of_audited_promotions_not_
     assert summary["not_replicated_share"] == 0.2 and summary["unaudited"] == 1
     none = [{"per_runner_hour": 1.0, "promotions": 1, "not_replicated": 0, "unaudited": 1}]
     assert bench.summarize("arbot", none)["not_replicated_share"] is None
+
+
+def test_a_campaigns_audits_count_failed_replications_apart_from_untested_ones():
+    audit = AuditRecord(runs=2, seeds=[1000, 1001], candidate=[], baseline=[])
+    audits = [audit.model_copy(update=u) for u in ({"effect": 0.1, "replicates": True},
+                                                     {"effect": -0.01, "replicates": False}, {"replicates": False})]
+    assert bench.replication(audits) == {"not_replicated": 1, "unaudited": 1, "audit_effects": [0.1, -0.01, None]}
+    assert bench.replication(None) == {"not_replicated": None, "unaudited": None, "audit_effects": []}
 
 
 def test_a_strategy_left_unaudited_counts_no_replication_either_way():
