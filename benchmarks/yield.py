@@ -27,12 +27,14 @@ summary gives the mean improvement per runner-hour with its 95% t interval and t
 replicate, and each strategy's share of greedy's improvement per runner-hour: the ratio of the means, and campaign by
 campaign (the k-th campaigns of two strategies start from the same proposals). `--audit` names the strategies whose
 promotions are audited (all by default): an audit costs two runs per seed per promotion, and greedy promotes a
-sixth of its experiments.
+sixth of its experiments. `--keep DIR` keeps every campaign's repository (DIR/K/STRATEGY), so its decisions'
+reasons and audits can be read afterwards (`arbot log`) and its promotions audited again (`arbot audit`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -149,12 +151,14 @@ def measure(name: str, settings: dict, seconds: float, budget: float, workers: i
 
 def replication(audits: list | None) -> dict:
     """A campaign's audits counted: promotions that did not replicate, and those not tested because an audit run
-    failed (not a failed replication); both None where its promotions were not audited (`--audit`)."""
+    failed (not a failed replication); both None where its promotions were not audited (`--audit`). Each audit's
+    effect and whether it replicated, in the order of the promotions (None: not tested)."""
     if audits is None:
-        return {"not_replicated": None, "unaudited": None, "audit_effects": []}
+        return {"not_replicated": None, "unaudited": None, "audit_effects": [], "audit_replicated": []}
     return {"not_replicated": sum(a.effect is not None and not a.replicates for a in audits),
             "unaudited": sum(a.effect is None for a in audits),
-            "audit_effects": [round(a.effect, 4) if a.effect is not None else None for a in audits]}
+            "audit_effects": [round(a.effect, 4) if a.effect is not None else None for a in audits],
+            "audit_replicated": [a.replicates if a.effect is not None else None for a in audits]}
 
 
 def main() -> None:
@@ -168,14 +172,20 @@ def main() -> None:
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
     parser.add_argument("--audit", help="strategies whose promotions are audited (default: all)")
     parser.add_argument("--repeats", type=int, default=1, help="campaigns per strategy (3+ for an interval)")
+    parser.add_argument("--keep", type=Path, metavar="DIR", help="a new folder to keep each campaign's repository in "
+                        "(DIR/K/STRATEGY: its records, reasons and audits in git notes); default: a temporary folder, "
+                        "removed at the end")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     names = args.strategies.split(",")
     audited = names if args.audit is None else args.audit.split(",")
     if unknown := [n for n in names + audited if n not in STRATEGIES]:
         parser.error(f"no strategy {', '.join(unknown)}: choose from {', '.join(STRATEGIES)}")
+    if args.keep is not None and args.keep.exists():
+        parser.error(f"--keep {args.keep} exists: name a folder that does not, so no campaign's records mix")
     rows = []
-    with tempfile.TemporaryDirectory(prefix="arbot-yield-") as tmp:
+    folder = contextlib.nullcontext(args.keep) if args.keep else tempfile.TemporaryDirectory(prefix="arbot-yield-")
+    with folder as tmp:
         for k in range(args.repeats):
             for name in names:
                 row = measure(name, STRATEGIES[name], args.seconds, args.budget, args.workers,

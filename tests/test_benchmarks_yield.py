@@ -68,8 +68,10 @@ def test_a_campaigns_audits_count_failed_replications_apart_from_untested_ones()
     audit = AuditRecord(runs=2, seeds=[1000, 1001], candidate=[], baseline=[])
     audits = [audit.model_copy(update=u) for u in ({"effect": 0.1, "replicates": True},
                                                      {"effect": -0.01, "replicates": False}, {"replicates": False})]
-    assert bench.replication(audits) == {"not_replicated": 1, "unaudited": 1, "audit_effects": [0.1, -0.01, None]}
-    assert bench.replication(None) == {"not_replicated": None, "unaudited": None, "audit_effects": []}
+    assert bench.replication(audits) == {"not_replicated": 1, "unaudited": 1, "audit_effects": [0.1, -0.01, None],
+                                         "audit_replicated": [True, False, None]}
+    assert bench.replication(None) == {"not_replicated": None, "unaudited": None, "audit_effects": [],
+                                       "audit_replicated": []}
 
 
 def test_a_strategy_left_unaudited_counts_no_replication_either_way():
@@ -147,3 +149,11 @@ def test_an_unknown_strategy_is_refused_before_any_campaign_runs():
     proc = subprocess.run([sys.executable, "benchmarks/yield.py", "--strategies", "bayes,greedy", "--audit", "bayse"],
                           capture_output=True, text=True, timeout=60, cwd=bench.ROOT)
     assert proc.returncode == 2 and "no strategy bayse: choose from arbot, bayes, greedy, random" in proc.stderr
+
+
+def test_a_keep_folder_that_exists_is_refused_before_any_campaign_runs(tmp_path):
+    """Campaign k's repositories go to DIR/k/STRATEGY: an existing folder would mix two benchmarks' records."""
+    proc = subprocess.run([sys.executable, "benchmarks/yield.py", "--strategies", "bayes", "--keep", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60, cwd=bench.ROOT)
+    assert proc.returncode == 2 and f"--keep {tmp_path} exists: name a folder that does not" in proc.stderr
+    assert list(tmp_path.iterdir()) == []
