@@ -263,10 +263,6 @@ class Runner:
         argv = train_argv(script.name, work / "train.bin", out, self.target.budget_seconds, result.seed,
                           self.target.device, self.target.overrides)
         box.prepare(work)
-        # The worker starts (Python, torch, the splits) while this run trains, not after: a cold start costs the
-        # first run of an evaluator seconds of scoring. It is idle until its first request, so the training it
-        # overlaps pays only for that start-up, which on CPU lands in training's own start-up (imports).
-        scorer.start()
         lap("checkout")
         outcome.training = run_untrusted(
             box.wrap(argv, work, work / script.parent), cwd=work / script.parent,
@@ -343,7 +339,7 @@ class Runner:
             box = self.sandbox()
             evaluator_box = box.with_uid(self.evaluator.sandbox_uid, self.evaluator_limits()) if box.kind == "bwrap" else None
             self._worker = EvaluatorWorker(champion, self.cache, self.target.threads, sandbox=evaluator_box,
-                                          devices=self.devices)
+                                          devices=self.devices, cpus=self.limits.cpus)
             self._worker_tree = tree
             export_tree(self.repo, champion, EVALUATOR_DIR, self._worker.dir)
         return self._worker

@@ -1,9 +1,11 @@
 """A warm evaluator: the champion's `python -m evaluator serve`, kept running between runs.
 
 Starting Python, importing torch and the first model load cost about 5 s per run on 2 cores; a warm worker
-scores the default model in about 2 s. The runner starts it while the first run trains (`start`), and one worker
-serves every champion whose evaluator/ is the same git tree (the same code); it runs in its own process with a
-scrubbed environment and never imports candidate code.
+scores the default model in about 2 s. It starts at its first request, after that run's training: started while
+a run trained, it took the cores the training was timed on. One worker serves every champion whose evaluator/ is
+the same git tree (the same code); it runs in its own process with a scrubbed environment, on the cores of the
+runs it scores (`cpus`: a pool worker's share, so scoring never slows another worker's training), and never
+imports candidate code.
 
 With a sandbox (runner.sandbox, kind "bwrap") the worker runs under bubblewrap like training does: its own
 uid (a root runner drops to evaluator.sandbox_uid), no network, its own pid namespace (no /proc of the
@@ -16,6 +18,7 @@ deadline per request, past which the runner kills the whole sandbox (`ScoreTimeo
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import select
@@ -27,6 +30,7 @@ import time
 import weakref
 from pathlib import Path
 
+from runner.limits import Limits
 from runner.process import scrubbed_env
 from runner.sandbox import Sandbox
 from runner.tempdirs import OwnedTempDir
@@ -35,6 +39,14 @@ SCRATCH_BYTES = 256 << 20  # the sandboxed worker's private tmpfs (HOME, TMPDIR)
 MAX_ANSWER_BYTES = 1 << 20  # one answer line; a longer one is a broken worker
 STDERR_TAIL_BYTES = 64 << 10
 ANSWER_STATUSES = ("ok", "invalid", "error")  # a score answer's status (runner/schemas/score-answer.schema.json)
+
+
+def _child_setup(cpus: tuple[int, ...] | None, limits: Limits | None) -> None:
+    """In the worker's process before exec: its cores (inherited by the sandbox and all it starts), its limits."""
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+    if limits is not None:
+        limits.apply()
 
 
 class WorkerDied(RuntimeError):
@@ -51,8 +63,9 @@ class ScoreTimeout(RuntimeError):
 
 class EvaluatorWorker:
     def __init__(self, champion: str, cache: Path, threads: int, sandbox: Sandbox | None = None,
-                 data_dir: Path | None = None, devices: str | None = None):
+                 data_dir: Path | None = None, devices: str | None = None, cpus: tuple[int, ...] | None = None):
         self.champion = champion
+        self.cpus = cpus  # the cores it may run on (its runner's target.cpus); None: the runner's own
         self._tmp = OwnedTempDir(prefix="arbot-evaluator-")
         self.dir = Path(self._tmp.name)  # the caller exports the champion's evaluator/ here (self.dir / "evaluator")
         os.chmod(self.dir, 0o711)
@@ -81,8 +94,7 @@ class EvaluatorWorker:
         return self.sandbox.command(serve, None, self.dir, ro=ro, tmpfs=[(self.scratch, SCRATCH_BYTES)])
 
     def start(self) -> None:
-        """Start the worker unless it runs: Python, torch and the splits load while the caller does other work
-        (the run's training), so the first request finds it warm. `data_dir` must be set first."""
+        """Start the worker unless it runs (Python, torch and the splits load). `data_dir` must be set first."""
         if self.proc is None or self.proc.poll() is not None:
             self._start()
 
@@ -93,7 +105,8 @@ class EvaluatorWorker:
             env = self.env if self.data_dir is None else {**self.env, "ARBOT_SPLIT_ID": self.data_dir.name}
             self.proc = subprocess.Popen(
                 self.argv(), cwd=self.dir, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
-                start_new_session=True, preexec_fn=self.sandbox.limits.apply if self.sandbox else None,
+                start_new_session=True,
+                preexec_fn=functools.partial(_child_setup, self.cpus, self.sandbox.limits if self.sandbox else None),
             )
         finally:
             stderr.close()

@@ -215,3 +215,47 @@ def test_the_probe_plan_spreads_the_row_and_determinism_passes_over_secret_batch
         assert sum(split == "holdout" for split, _ in plan) <= PROBE_UNSCORED_BATCHES
         assert all(0 <= i < batches[split] for split, i in plan)
     assert len({frozenset(plan) for plan in plans}) == len(plans)
+
+
+# --- the worker's cores ------------------------------------------------------------------------------------------
+
+CORES_EVALUATOR = ("import json, os, sys\n"
+                   "for line in sys.stdin:\n"
+                   "    print(json.dumps({'status': 'ok', 'cpus': sorted(os.sched_getaffinity(0))}), flush=True)\n")
+
+
+@pytest.mark.parametrize("sandboxed", [False, True], ids=["unsandboxed", "sandboxed"])
+def test_a_worker_scores_on_the_cores_it_is_given(tmp_path, request, sandboxed):
+    """A pool worker's evaluator runs on that worker's cores: left to the scheduler, it scored on the core another
+    worker's run was training on, timed, and that run made fewer steps."""
+    core = min(os.sched_getaffinity(0))
+    sandbox = request.getfixturevalue("box") if sandboxed else None
+    w = fake_evaluator(EvaluatorWorker("c" * 40, CACHE, threads=1, sandbox=sandbox, cpus=(core,)), CORES_EVALUATOR)
+    assert w.score(tmp_path / "model.pt2", ("val",), "cpu", deadline=60)["cpus"] == [core]
+    w.close()
+
+
+def test_the_runners_evaluator_starts_after_the_training_it_scores_on_the_runs_cores(research_repo, monkeypatch):
+    """Started while the run trained, its start-up (Python, torch, the splits) took CPU from the run being timed:
+    a campaign's first runs made 32-34 steps where later ones made 40-42 (docs/policy.md, round 8)."""
+    from bot.config import EvaluatorConfig, TargetConfig
+    from runner import job
+
+    from .conftest import tiny_config
+
+    core = min(os.sched_getaffinity(0))
+    runner = job.Runner(research_repo, TargetConfig(**tiny_config()["target"], cpus=str(core), sandbox="off"),
+                        EvaluatorConfig())
+    scorer_when_training = []
+    train = job.run_untrusted
+
+    def training(*args, **kwargs):
+        scorer_when_training.append(runner._worker.proc)
+        return train(*args, **kwargs)
+
+    monkeypatch.setattr(job, "run_untrusted", training)
+    result = runner.run("HEAD", "HEAD")
+    assert result.status == "ok", result.reason
+    assert scorer_when_training == [None]  # not started yet while it trained
+    assert os.sched_getaffinity(runner._worker.proc.pid) == {core}
+    runner._worker.close()
