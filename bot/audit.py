@@ -8,6 +8,7 @@ with trailers.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from statistics import mean
 
 from bot.forges.local import LocalForge
@@ -19,14 +20,15 @@ REPORT_SEED_OFFSET = 5000  # `arbot report`'s re-measurement: disjoint from deci
 
 
 def audit_win(forge: LocalForge, runner: Runner, rec: ExperimentRecord, runs: int, alpha: float, metric: Metric,
-              at: str, on_run=None) -> AuditRecord:
-    """Re-measure a merged win against its parent with `runs` fresh seeds each; save the audit in its note."""
+              at: str, on_run=None, beside: Runner | None = None) -> AuditRecord:
+    """Re-measure a merged win against its parent with `runs` fresh seeds each (`beside`: see `remeasure`); save
+    the audit in its note."""
     if rec.merged_as is None:
         raise ValueError(f"{rec.id} was not merged; only wins are audited")
     first = AUDIT_SEED_OFFSET + sum(a.runs for a in rec.audits)
     # Both sides scored by the evaluator of the parent, as the original decision was.
     audit = remeasure(runner, rec.commit, rec.parent, rec.parent, list(range(first, first + runs)), alpha, metric,
-                      at, on_run, label=rec.id, recorded=forge.champion_record(rec.parent).runs)
+                      at, on_run, label=rec.id, recorded=forge.champion_record(rec.parent).runs, beside=beside)
     rec.audits.append(audit)
     forge.save(rec)
     return audit
@@ -34,18 +36,33 @@ def audit_win(forge: LocalForge, runner: Runner, rec: ExperimentRecord, runs: in
 
 def remeasure(runner: Runner, candidate: str, baseline: str, evaluator: str, seeds: list[int], alpha: float,
               metric: Metric, at: str, on_run=None, label: str = "candidate",
-              recorded: list[RunResult] = ()) -> AuditRecord:
+              recorded: list[RunResult] = (), beside: Runner | None = None) -> AuditRecord:
     """`candidate` and `baseline` trained at each of `seeds` and scored by `evaluator`'s evaluator; the effect
     (positive: the candidate is better) and its one-sided t-test. A commit other than `evaluator` is held to the
-    evaluator commit's measured times: its `recorded` runs and those of it made here."""
+    evaluator commit's measured times: its `recorded` runs and those of it made here.
+
+    `beside`: a second runner (another worker's share of the machine) on which each seed's baseline trains while
+    the candidate trains on `runner`. A campaign of two or more workers made every run beside another, and a
+    time-budgeted run made alone gets more steps: on the 2-core machine the starting champion measures 4.15-4.20
+    bpb beside another run and 3.64 alone, and a change whose value depends on its step count measures
+    differently (docs/policy.md, round 8). None: one run after the other on `runner`."""
     hook = on_run or (lambda label, commit, seed: None)
     cand, base = [], []
     own = list(recorded)
     for seed in seeds:
         timing = champion_timing(own, runner.target.budget_seconds)
-        cand.append(runner.run(candidate, evaluator, seed=seed, on_progress=hook(label, candidate, seed), timing=timing))
-        base.append(runner.run(baseline, evaluator, seed=seed, on_progress=hook("baseline", baseline, seed),
-                               timing=timing))
+
+        def make(on: Runner, commit: str, name: str) -> RunResult:
+            return on.run(commit, evaluator, seed=seed, on_progress=hook(name, commit, seed), timing=timing)
+
+        if beside is None:
+            cand.append(make(runner, candidate, label))
+            base.append(make(runner, baseline, "baseline"))
+        else:
+            with ThreadPoolExecutor(max_workers=1) as other:
+                baseline_run = other.submit(make, beside, baseline, "baseline")
+                cand.append(make(runner, candidate, label))
+                base.append(baseline_run.result())
         own += [run for run, commit in ((cand[-1], candidate), (base[-1], baseline)) if commit == evaluator]
     c, b = ok_metric(cand, metric.key()), ok_metric(base, metric.key())
     audit = AuditRecord(runs=len(seeds), seeds=seeds, candidate=c, baseline=b, at=at)

@@ -22,7 +22,7 @@ from bot.bench.cli import bench_app
 from bot.config import CONFIG_FILE, Config, ConfigError, load_config, local_sandbox
 from bot.forges.local import ForgeError, LocalForge
 from bot.executors import Executor
-from bot.executors.pool import Inline, LocalPool, shares, worker_count
+from bot.executors.pool import Inline, LocalPool, refuse_unboxed, shares, visible_gpus, worker_count
 from bot.loop import Loop, export_results
 from bot.stepper import RunsLost, now
 from bot.surfaces.local import ChampionBroken
@@ -196,6 +196,19 @@ def dirty_lines(p: Project) -> list[str]:
 
     check = check_uncommitted(p.config, uncommitted(p.repo), champion_exists=True)
     return [] if check.status == OK else [f"uncommitted changes: {check.detail}; {check.fix}"]
+
+
+def audit_runners(p: Project) -> tuple[Runner, Runner | None]:
+    """The runners an audit trains on: where `arbot run` makes runs on two or more local workers, two workers'
+    shares, so each seed's candidate and baseline train at once, under the load the decision's runs had
+    (`bot.audit.remeasure`); else this project's runner alone."""
+    if p.config.run.executor == "slurm" or worker_count(p.config.run.workers, p.config.target) < 2:
+        return p.runner, None
+    two = shares(p.config.target, 2, visible_gpus())
+    refuse_unboxed(two[0][0], 2)
+    first, second = (Runner(git.Repo(p.root), target, p.config.evaluator, artifacts=p.runs_dir, devices=gpus)
+                     for target, gpus in two)
+    return first, second
 
 
 def make_executor(p: Project, on_run: RunDisplay) -> Executor:
@@ -533,9 +546,10 @@ def audit(
         progress = Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
                             TextColumn("{task.fields[loss]}"), console=console, transient=True)
         with progress:
+            runner, beside = audit_runners(p)
             for rec in wins:
-                a = audit_win(p.forge, p.runner, rec, runs, alpha, p.config.metric, at=now(),
-                              on_run=RunDisplay(progress, p.config.target.budget_seconds))
+                a = audit_win(p.forge, runner, rec, runs, alpha, p.config.metric, at=now(),
+                              on_run=RunDisplay(progress, p.config.target.budget_seconds), beside=beside)
                 verdict = "[green]replicates[/]" if a.replicates else "[red]does not replicate[/]"
                 effect = f"effect {a.effect:+.4f}, p={a.p_value:.3g}" if a.effect is not None else a.note
                 console.print(f"{rec.id} {shown(rec.proposal.hypothesis)}: {verdict} ({shown(effect)}; seeds {a.seeds})")

@@ -1,6 +1,7 @@
 """Replication audit, rollback, and the seed-only change on the real target."""
 
 import random
+import time
 from pathlib import Path
 
 import pytest
@@ -60,6 +61,37 @@ def test_audit_of_a_real_win_replicates_with_fresh_seeds(merged_win):
     # A second audit uses new seeds again.
     audit_win(forge, runner, saved, runs=2, alpha=0.05, metric=DEFAULT_METRIC, at="later")
     assert forge.experiments()[0].audits[1].seeds == [1003, 1004]
+
+
+class TimedStubRunner(StubRunner):
+    """A StubRunner whose runs take a while and say when they were made."""
+
+    def __init__(self, means: dict[str, float]):
+        super().__init__(means)
+        self.spans: list[tuple[float, float]] = []
+
+    def run(self, commit, champion, seed=0, on_progress=None, splits=("val",), timing=None):
+        start = time.monotonic()
+        time.sleep(0.2)
+        result = super().run(commit, champion, seed, on_progress, splits, timing)
+        self.spans.append((start, time.monotonic()))
+        return result
+
+
+def test_beside_a_second_runner_each_seeds_candidate_and_baseline_train_at_once(merged_win):
+    """A campaign of two workers made every run beside another: the audit measures under that load."""
+    forge, rec = merged_win
+    means = {rec.commit: 3.0, rec.parent: 3.2}
+    runner, beside = TimedStubRunner(means), TimedStubRunner(means)
+    a = audit_win(forge, runner, rec, runs=3, alpha=0.05, metric=DEFAULT_METRIC, at="now", beside=beside)
+    assert [(c, s) for c, _, s in runner.calls] == [(rec.commit, s) for s in a.seeds]
+    assert [(c, s) for c, _, s in beside.calls] == [(rec.parent, s) for s in a.seeds]
+    for (c0, c1), (b0, b1) in zip(runner.spans, beside.spans):
+        assert c0 < b1 and b0 < c1  # the two runs of a seed overlap in time
+    assert a.replicates and len(a.candidate) == len(a.baseline) == 3
+    alone = TimedStubRunner(means)
+    audit_win(forge, alone, forge.experiments()[0], runs=2, alpha=0.05, metric=DEFAULT_METRIC, at="later")
+    assert all(end <= start for (_, end), (start, _) in zip(alone.spans, alone.spans[1:]))  # one after the other
 
 
 def test_audit_of_noise_does_not_replicate(merged_win):
@@ -123,3 +155,16 @@ def test_a_seed_only_change_is_not_promoted_and_the_noise_floor_is_measured(tmp_
     assert rec.decision.verdict == "loss", rec.decision
     assert rec.decision.spread is not None and rec.decision.spread > 0
     assert forge.champion() == champion.commit
+
+
+def test_an_audit_trains_on_two_workers_shares_where_the_campaign_runs_two(tmp_path):
+    from bot.cli import Project, audit_runners
+    from bot.executors.pool import shares
+
+    cfg = tiny_config(run={"workers": 2}, target={"allow_unboxed_workers": True})
+    two = Project(Path(make_repo(tmp_path / "two", cfg).working_tree_dir), None)
+    runner, beside = audit_runners(two)
+    assert [runner.target, beside.target] == [target for target, _ in shares(two.config.target, 2, [])]
+    assert runner.target.sandbox_uid != beside.target.sandbox_uid
+    one = Project(Path(make_repo(tmp_path / "one", tiny_config()).working_tree_dir), None)
+    assert audit_runners(one) == (one.runner, None)
