@@ -16,7 +16,8 @@ by default: runner seconds are wall seconds times workers) and runs
 - random: random search (`search.sampler: random`) with greedy's keep/revert.
 
 Afterwards, as `arbot audit` does, every promotion is run again against its parent with `--audit-runs` fresh seeds
-each (a promotion replicates when its improvement is positive and significant at 0.05, one-sided), and the
+each (a promotion replicates when its improvement is positive and significant at 0.05, one-sided; with two workers
+or more, each seed's pair trains at once, the load the campaign's runs had), and the
 starting champion and each final champion get `--final-runs` fresh seeds, the two measured one after the other at
 each seed (the same load: a time-budgeted run's steps move with it): the replicated improvement is the difference
 of those means (positive: better), per runner-hour of the campaign; 0 where nothing was promoted. The machine
@@ -123,7 +124,7 @@ def measure(name: str, settings: dict, seconds: float, budget: float, workers: i
             final_runs: int, tmp: Path, campaign_number: int = 0) -> dict:
     """One campaign of strategy `name`; `audit_runs` 0: its promotions are not audited (not_replicated None)."""
     from bot.audit import audit_win
-    from bot.cli import Project
+    from bot.cli import Project, audit_runners
 
     repo = tmp / name
     clone(repo, campaign_settings(settings, campaign_number, budget, workers))
@@ -133,7 +134,8 @@ def measure(name: str, settings: dict, seconds: float, budget: float, workers: i
     recs = project.forge.experiments()
     wins = [r for r in recs if r.merged_as]
     at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    audits = [audit_win(project.forge, project.runner, r, audit_runs, 0.05, project.config.metric, at)
+    runner, beside = audit_runners(project)
+    audits = [audit_win(project.forge, runner, r, audit_runs, 0.05, project.config.metric, at, beside=beside)
               for r in wins] if audit_runs else None
     start_values, final_values = start_and_final(project, start, project.forge.champion(), final_runs)
     improvement = statistics.fmean(start_values) - statistics.fmean(final_values) if start_values else 0.0
