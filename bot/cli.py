@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +23,7 @@ from bot.bench.cli import bench_app
 from bot.config import CONFIG_FILE, Config, ConfigError, load_config, local_sandbox
 from bot.forges.local import ForgeError, LocalForge
 from bot.executors import Executor
-from bot.executors.pool import Inline, LocalPool, refuse_unboxed, shares, visible_gpus, worker_count
+from bot.executors.pool import Inline, LocalPool, pool_shares, shares, worker_count
 from bot.loop import Loop, export_results
 from bot.stepper import RunsLost, now
 from bot.surfaces.local import ChampionBroken
@@ -204,11 +205,13 @@ def audit_runners(p: Project) -> tuple[Runner, Runner | None]:
     (`bot.audit.remeasure`); else this project's runner alone."""
     if p.config.run.executor == "slurm" or worker_count(p.config.run.workers, p.config.target) < 2:
         return p.runner, None
-    two = shares(p.config.target, 2, visible_gpus())
-    refuse_unboxed(two[0][0], 2)
-    first, second = (Runner(git.Repo(p.root), target, p.config.evaluator, artifacts=p.runs_dir, devices=gpus)
-                     for target, gpus in two)
+    first, second = (worker_runner(p, target, gpus) for target, gpus in pool_shares(p.config.target, 2))
     return first, second
+
+
+def worker_runner(p: Project, target: TargetConfig, gpus: str | None) -> Runner:
+    """A pool worker's runner: its own git handle, its share of the machine (`target`) and its GPUs."""
+    return Runner(git.Repo(p.root), target, p.config.evaluator, artifacts=p.runs_dir, devices=gpus)
 
 
 def make_executor(p: Project, on_run: RunDisplay) -> Executor:
@@ -221,11 +224,7 @@ def make_executor(p: Project, on_run: RunDisplay) -> Executor:
     if workers == 1:
         p.runner.target = shares(p.config.target, 1, [])[0][0]  # its threads (threads_per_worker), as a pool worker
         return Inline(p.runner, on_run)
-
-    def worker_runner(target: TargetConfig, gpus: str | None) -> Runner:
-        return Runner(git.Repo(p.root), target, p.config.evaluator, artifacts=p.runs_dir, devices=gpus)
-
-    return LocalPool(worker_runner, p.config.target, workers, on_run)
+    return LocalPool(functools.partial(worker_runner, p), p.config.target, workers, on_run)
 
 
 class CampaignReport:

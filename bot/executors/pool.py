@@ -98,6 +98,15 @@ def shares(target: TargetConfig, workers: int, gpus: list[str]) -> list[tuple[Ta
     return [(own_slot(share, i), None) for i in range(workers)]
 
 
+def pool_shares(target: TargetConfig, workers: int,
+                gpus: list[str] | None = None) -> list[tuple[TargetConfig, str | None]]:
+    """`shares` of the visible GPUs (or `gpus`) for parallel workers, refused (`refuse_unboxed`) where the kernel
+    cannot keep them apart."""
+    shared = shares(target, workers, visible_gpus() if gpus is None else gpus)
+    refuse_unboxed(shared[0][0], workers)
+    return shared
+
+
 def own_slot(target: TargetConfig, i: int) -> TargetConfig:
     """Worker i's settings: its own sandbox uid, and its own target.threads cores (of target.cpus, else of the
     runner's), taken in turn, so workers share a core only where there are fewer cores than they ask for."""
@@ -172,8 +181,7 @@ class LocalPool:
         self._done: queue.Queue = queue.Queue()
         self._current: dict[str, str] = {}  # worker name -> the key of the run it is making
         self._cancelled: set[str] = set()
-        shared = shares(target, workers, visible_gpus() if gpus is None else gpus)
-        refuse_unboxed(shared[0][0], workers)
+        shared = pool_shares(target, workers, gpus)
         self._threads = [threading.Thread(target=self._work, args=(f"worker {i + 1}", make_runner, *share),
                                           name=f"arbot-worker-{i + 1}", daemon=True)
                          for i, share in enumerate(shared)]
