@@ -79,6 +79,28 @@ def remeasure(runner: Runner, candidate: str, baseline: str, evaluator: str, see
     return audit
 
 
+def effect_interval(audit: AuditRecord, metric: Metric, level: float = 0.95) -> tuple[float, float] | None:
+    """The two-sided `level` interval of an audit's effect (positive: better), from the pooled t its p-value comes
+    from; None where it was not tested. It tells an audit that refutes a win (the interval below 0) from one too
+    small to tell (the interval across 0): both "do not replicate"."""
+    if audit.effect is None:
+        return None
+    from scipy import stats
+
+    ci = stats.ttest_ind(oriented(audit.baseline, metric.direction),
+                         oriented(audit.candidate, metric.direction)).confidence_interval(level)
+    return float(ci.low), float(ci.high)
+
+
+def audit_summary(audit: AuditRecord, metric: Metric) -> str:
+    """An audit's numbers as `arbot audit` prints them and `arbot report` quotes them."""
+    interval = effect_interval(audit, metric)
+    if interval is None:
+        return f"{audit.note}; seeds {audit.seeds}"
+    return (f"effect {audit.effect:+.4f}, 95% interval {interval[0]:+.4f}..{interval[1]:+.4f}, "
+            f"p={audit.p_value:.3g}; seeds {audit.seeds}")
+
+
 def regression_rate(records: list[ExperimentRecord]) -> tuple[float | None, int]:
     """(share of audited wins whose latest audit did not replicate, number of audited wins)."""
     audited = [r for r in records if r.audits]

@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from bot.audit import audit_win, regression_rate, revert_win
+from bot.audit import audit_summary, audit_win, regression_rate, revert_win
 from bot import report as campaign_report
 from bot import retention
 from bot.bench.cli import bench_app
@@ -550,8 +550,8 @@ def audit(
                 a = audit_win(p.forge, runner, rec, runs, alpha, p.config.metric, at=now(),
                               on_run=RunDisplay(progress, p.config.target.budget_seconds), beside=beside)
                 verdict = "[green]replicates[/]" if a.replicates else "[red]does not replicate[/]"
-                effect = f"effect {a.effect:+.4f}, p={a.p_value:.3g}" if a.effect is not None else a.note
-                console.print(f"{rec.id} {shown(rec.proposal.hypothesis)}: {verdict} ({shown(effect)}; seeds {a.seeds})")
+                console.print(f"{rec.id} {shown(rec.proposal.hypothesis)}: {verdict} "
+                              f"({shown(audit_summary(a, p.config.metric))})")
         rate, audited = regression_rate(p.forge.experiments())
         if audited:
             console.print(f"regression rate: {rate:.0%} of {audited} audited wins")

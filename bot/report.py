@@ -16,7 +16,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bot.audit import REPORT_SEED_OFFSET, regression_rate, remeasure
+from bot.audit import REPORT_SEED_OFFSET, audit_summary, regression_rate, remeasure
 from bot.core.records import AuditRecord, ExperimentRecord, Metric, ok_metric, oriented
 from bot.forges.local import LocalForge
 from bot.plot import plot
@@ -135,7 +135,7 @@ def build(forge: LocalForge, metric: Metric, comparison: Comparison, out: Path) 
     wins = [r for r in recs if r.merged_as]
     win_rows = [[r.id, r.proposal.hypothesis, fmt(r.decision.delta, signed=True) if r.decision.delta is not None
                  else "n/a", r.decision.rule, f"{r.decision.p_value:.3g}" if r.decision.p_value is not None else "",
-                 replicated(r), f"by {r.reverted_as[:7]}" if r.reverted_as else "no"] for r in wins]
+                 replicated(r, metric), f"by {r.reverted_as[:7]}" if r.reverted_as else "no"] for r in wins]
     merged = Section("Merged wins", [f"{len(wins)} of {len(recs)} experiments merged; the effect is "
                                      f"{key} candidate − champion at the decision."] if recs else ["No experiment yet."])
     if win_rows:
@@ -163,13 +163,12 @@ def build(forge: LocalForge, metric: Metric, comparison: Comparison, out: Path) 
                   [head, merged, campaign], drawn)
 
 
-def replicated(rec: ExperimentRecord) -> str:
+def replicated(rec: ExperimentRecord, metric: Metric) -> str:
     """Its latest audit, as `arbot audit` printed it, or that it was not audited."""
     if not rec.audits:
         return "not audited"
     a = rec.audits[-1]
-    effect = f"effect {a.effect:+.4f}, p={a.p_value:.3g}" if a.effect is not None else a.note
-    return f"{'yes' if a.replicates else 'no'} ({effect}; seeds {a.seeds})"
+    return f"{'yes' if a.replicates else 'no'} ({audit_summary(a, metric)})"
 
 
 def _summary(values: list[float], metric: Metric) -> str:

@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 
 from bot.core import lifecycle as lc
-from bot.audit import audit_win, regression_rate, revert_win
+from bot.audit import audit_summary, audit_win, effect_interval, regression_rate, revert_win
 from bot.config import load_config
 from bot.forges.local import LocalForge
 from bot.loop import Loop
 from bot.core.policy import make_policy
-from bot.core.records import DEFAULT_METRIC, Metric, Decision, Proposal, RunResult
+from bot.core.records import DEFAULT_METRIC, AuditRecord, Metric, Decision, Proposal, RunResult
 from runner.config import TargetConfig
 from runner.job import Runner
 
@@ -111,6 +111,27 @@ def test_an_audit_follows_the_metric_direction(merged_win):
     lower = StubRunner({rec.commit: 0.85, rec.parent: 0.90}, key="val_acc")
     b = audit_win(forge, lower, rec, runs=3, alpha=0.05, metric=acc, at="later")
     assert not b.replicates and b.effect < 0
+
+
+def test_the_effects_interval_tells_a_refuted_win_from_one_too_small_to_tell():
+    refuted = AuditRecord(runs=3, seeds=[1000, 1001, 1002], candidate=[3.30, 3.31, 3.29],
+                          baseline=[3.20, 3.21, 3.19], effect=-0.1, p_value=1.0)
+    low, high = effect_interval(refuted, DEFAULT_METRIC)
+    half = 2.7764 * 0.01 * (2 / 3) ** 0.5  # t(0.975, 4 df) x the pooled sd x sqrt(1/3 + 1/3)
+    assert (low, high) == pytest.approx((-0.1 - half, -0.1 + half), abs=1e-4) and high < 0
+    unclear = AuditRecord(runs=3, seeds=[1000, 1001, 1002], candidate=[3.20, 3.25, 3.15],
+                          baseline=[3.21, 3.26, 3.16], effect=0.01, p_value=0.4)
+    low, high = effect_interval(unclear, DEFAULT_METRIC)
+    assert low < 0 < high and (low + high) / 2 == pytest.approx(0.01)
+    assert "95% interval -" in audit_summary(unclear, DEFAULT_METRIC)
+    acc = Metric(name="acc", direction="maximize", precision=4)  # higher is better: the interval is still the gain's
+    gain = AuditRecord(runs=3, seeds=[1000, 1001, 1002], candidate=[0.95, 0.96, 0.94], baseline=[0.90, 0.91, 0.89],
+                       effect=0.05, p_value=0.001)
+    low, high = effect_interval(gain, acc)
+    assert 0 < low < 0.05 < high
+    untested = AuditRecord(runs=2, seeds=[1000, 1001], candidate=[3.2], baseline=[], note="too few")
+    assert effect_interval(untested, DEFAULT_METRIC) is None and audit_summary(untested, DEFAULT_METRIC).startswith(
+        "too few")
 
 
 def test_revert_rolls_a_win_back_with_trailers(merged_win):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bot import report
-from bot.audit import AUDIT_SEED_OFFSET, REPORT_SEED_OFFSET, audit_win
+from bot.audit import AUDIT_SEED_OFFSET, REPORT_SEED_OFFSET, audit_win, effect_interval
 from bot.config import load_config
 from bot.core import lifecycle as lc
 from bot.core.policy import make_policy
@@ -88,7 +88,10 @@ def test_its_numbers_are_those_of_arbot_status_and_arbot_audit(scripted, tmp_pat
             if rec.audits:
                 a = rec.audits[-1]
                 assert a.seeds[0] >= AUDIT_SEED_OFFSET
-                assert f"yes (effect {a.effect:+.4f}, p={a.p_value:.3g}; seeds {a.seeds})" in row
+                low, high = effect_interval(a, DEFAULT_METRIC)
+                assert low < a.effect < high
+                assert (f"yes (effect {a.effect:+.4f}, 95% interval {low:+.4f}..{high:+.4f}, p={a.p_value:.3g}; "
+                        f"seeds {a.seeds})") in row
             else:
                 assert "not audited" in row
     assert "from the runs recorded in the notes" in text and "Improvement: +" in text
@@ -135,7 +138,8 @@ def test_report_on_a_real_campaign_matches_audit_and_renders_in_chromium(researc
 
     audit = arbot(root, "audit", rec.id, "--runs", "2")
     assert audit.returncode == 0, audit.stdout + audit.stderr
-    printed = re.search(r"\((effect [+-][0-9.]+, p=[^;]+; seeds \[[0-9, ]+\])\)", audit.stdout)
+    printed = re.search(r"\((effect [+-][0-9.]+, 95% interval [+-][0-9.]+\.\.[+-][0-9.]+, p=[^;]+; "
+                        r"seeds \[[0-9, ]+\])\)", audit.stdout)
     assert printed, audit.stdout
     out = arbot(root, "report", "--runs", "2", "--out", str(tmp_path / "out"))
     assert out.returncode == 0, out.stdout + out.stderr
