@@ -438,9 +438,10 @@ def report(
         progress = Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
                             TextColumn("{task.fields[loss]}"), console=console, transient=True)
         with progress:
-            runner = None if from_notes or start == final else p.runner
+            runner, beside = (None, None) if from_notes or start == final else audit_runners(p)
             comparison = campaign_report.compare(p.forge, p.config.metric, start, final, runner, runs,
-                                                 RunDisplay(progress, p.config.target.budget_seconds), at=now())
+                                                 RunDisplay(progress, p.config.target.budget_seconds), at=now(),
+                                                 beside=beside)
         md, page = campaign_report.write(campaign_report.build(p.forge, p.config.metric, comparison, folder), folder)
         console.print(f"wrote {md} and {page}")
 

@@ -53,6 +53,7 @@ class Comparison:
     final_values: list[float]
     remeasured: bool  # fresh seeds now (else: the runs recorded in the notes)
     seeds: list[int] = field(default_factory=list)
+    beside: bool = False  # re-measured with each seed's pair at once, on two workers' shares
     effect: float | None = None
     low: float | None = None
     high: float | None = None
@@ -60,8 +61,8 @@ class Comparison:
 
     @classmethod
     def of(cls, baseline: str, final: str, base: list[float], fin: list[float], metric: Metric, remeasured: bool,
-           seeds: list[int]) -> Comparison:
-        c = cls(baseline, final, base, fin, remeasured, seeds)
+           seeds: list[int], beside: bool = False) -> Comparison:
+        c = cls(baseline, final, base, fin, remeasured, seeds, beside)
         if len(base) >= 2 and len(fin) >= 2:
             from scipy import stats  # imported here: scipy.stats costs most of every `arbot` command's start-up
 
@@ -74,16 +75,18 @@ class Comparison:
 
 
 def compare(forge: LocalForge, metric: Metric, baseline: str, final: str, runner=None, runs: int = 3,
-            on_run=None, at: str = "") -> Comparison:
-    """Re-measure both commits with `runs` fresh seeds (scored by the final champion's evaluator), or, with no
-    runner, compare the runs the notes recorded for them."""
+            on_run=None, at: str = "", beside=None) -> Comparison:
+    """Re-measure both commits with `runs` fresh seeds (scored by the final champion's evaluator; `beside`: each
+    seed's baseline on a second runner while the final champion trains on `runner`, as `bot.audit.remeasure`), or,
+    with no runner, compare the runs the notes recorded for them."""
     if runner is None:
         base, fin = (ok_metric(forge.champion_record(sha).runs, metric.key()) for sha in (baseline, final))
         return Comparison.of(baseline, final, base, fin, metric, remeasured=False, seeds=[])
     seeds = list(range(REPORT_SEED_OFFSET, REPORT_SEED_OFFSET + runs))
     a: AuditRecord = remeasure(runner, final, baseline, final, seeds, 0.05, metric, at, on_run, label="champion",
-                               recorded=forge.champion_record(final).runs)
-    return Comparison.of(baseline, final, a.baseline, a.candidate, metric, remeasured=True, seeds=seeds)
+                               recorded=forge.champion_record(final).runs, beside=beside)
+    return Comparison.of(baseline, final, a.baseline, a.candidate, metric, remeasured=True, seeds=seeds,
+                         beside=beside is not None)
 
 
 def first_champion(forge: LocalForge) -> str:
@@ -112,9 +115,11 @@ def build(forge: LocalForge, metric: Metric, comparison: Comparison, out: Path) 
     fmt = metric.fmt
     c = comparison
     key = metric.key()
-    how = (f"both re-measured now with {len(c.seeds)} fresh seeds each ({c.seeds[0]}..{c.seeds[-1]}), scored by "
-           f"the final champion's evaluator" if c.remeasured and c.seeds else
-           "from the runs recorded in the notes (`--from-notes`: nothing re-measured)")
+    how = "from the runs recorded in the notes (`--from-notes`: nothing re-measured)"
+    if c.remeasured and c.seeds:
+        how = (f"both re-measured now with {len(c.seeds)} fresh seeds each ({c.seeds[0]}..{c.seeds[-1]}), scored by "
+               "the final champion's evaluator" + (", each seed's two runs at once on two workers (the load the "
+                                                   "campaign's runs had)" if c.beside else ""))
     head = Section("Final champion against the baseline", [
         f"Baseline {c.baseline[:7]}, final champion {c.final[:7]}; {key}, {metric.better} is better; {how}."])
     if c.baseline == c.final:

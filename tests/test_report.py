@@ -67,6 +67,33 @@ def test_the_final_champion_is_re_measured_against_the_start_with_fresh_seeds(sc
     assert "re-measured now with 3 fresh seeds each (5000..5002)" in text
 
 
+class Recording:
+    """A runner that says which commits and seeds it trained (the runs themselves: the scripted world's)."""
+
+    def __init__(self, runner):
+        self.runner, self.target, self.calls = runner, runner.target, []
+
+    def run(self, commit, champion, seed=0, **kw):
+        self.calls.append((commit, seed))
+        return self.runner.run(commit, champion, seed=seed, **kw)
+
+
+def test_beside_a_second_runner_each_seeds_baseline_trains_on_it(scripted, tmp_path):
+    """Where the campaign ran two workers, the report measures under that load, as `arbot audit` does."""
+    path, forge, runner = scripted
+    start, final = report.first_champion(forge), forge.champion()
+    first, second = Recording(runner), Recording(runner)
+    c = report.compare(forge, DEFAULT_METRIC, start, final, first, runs=2, beside=second)
+    assert first.calls == [(final, s) for s in c.seeds] and second.calls == [(start, s) for s in c.seeds]
+    assert c.beside and c.effect == pytest.approx(-MERGED_EFFECT)
+    md, _ = report.write(report.build(forge, DEFAULT_METRIC, c, tmp_path), tmp_path)
+    assert "each seed's two runs at once on two workers" in md.read_text()
+    alone = report.compare(forge, DEFAULT_METRIC, start, final, runner, runs=2)
+    assert not alone.beside
+    md, _ = report.write(report.build(forge, DEFAULT_METRIC, alone, tmp_path), tmp_path)
+    assert "at once" not in md.read_text()
+
+
 def test_its_numbers_are_those_of_arbot_status_and_arbot_audit(scripted, tmp_path):
     path, forge, runner = scripted
     out = arbot(path, "report", "--from-notes", "--out", str(tmp_path / "out"))
