@@ -17,6 +17,7 @@ from runner.job import Runner, champion_timing
 
 AUDIT_SEED_OFFSET = 1000  # replication seeds: disjoint from the seeds any decision used
 REPORT_SEED_OFFSET = 5000  # `arbot report`'s re-measurement: disjoint from decisions and from 4000 audit runs
+CONFIDENCE = 0.95  # of the intervals of re-measured effects: each audit's and the report's improvement
 
 
 def audit_win(forge: LocalForge, runner: Runner, rec: ExperimentRecord, runs: int, alpha: float, metric: Metric,
@@ -79,8 +80,8 @@ def remeasure(runner: Runner, candidate: str, baseline: str, evaluator: str, see
     return audit
 
 
-def effect_interval(audit: AuditRecord, metric: Metric, level: float = 0.95) -> tuple[float, float] | None:
-    """The two-sided `level` interval of an audit's effect (positive: better), from the pooled t its p-value comes
+def effect_interval(audit: AuditRecord, metric: Metric) -> tuple[float, float] | None:
+    """The two-sided CONFIDENCE interval of an audit's effect (positive: better), from the pooled t its p-value comes
     from; None where it was not tested. It tells an audit that refutes a win (the interval below 0) from one too
     small to tell (the interval across 0): both "do not replicate"."""
     if audit.effect is None:
@@ -88,7 +89,7 @@ def effect_interval(audit: AuditRecord, metric: Metric, level: float = 0.95) -> 
     from scipy import stats
 
     ci = stats.ttest_ind(oriented(audit.baseline, metric.direction),
-                         oriented(audit.candidate, metric.direction)).confidence_interval(level)
+                         oriented(audit.candidate, metric.direction)).confidence_interval(CONFIDENCE)
     return float(ci.low), float(ci.high)
 
 
@@ -97,7 +98,7 @@ def audit_summary(audit: AuditRecord, metric: Metric) -> str:
     interval = effect_interval(audit, metric)
     if interval is None:
         return f"{audit.note}; seeds {audit.seeds}"
-    return (f"effect {audit.effect:+.4f}, 95% interval {interval[0]:+.4f}..{interval[1]:+.4f}, "
+    return (f"effect {audit.effect:+.4f}, {CONFIDENCE:.0%} interval {interval[0]:+.4f}..{interval[1]:+.4f}, "
             f"p={audit.p_value:.3g}; seeds {audit.seeds}")
 
 

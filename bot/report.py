@@ -16,13 +16,12 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bot.audit import REPORT_SEED_OFFSET, audit_summary, regression_rate, remeasure
+from bot.audit import CONFIDENCE, REPORT_SEED_OFFSET, audit_summary, regression_rate, remeasure
 from bot.core.records import AuditRecord, ExperimentRecord, Metric, ok_metric, oriented
 from bot.forges.local import LocalForge
 from bot.plot import plot
 from bot.progress import champion_steps, costs, stale_rate, trajectory
 
-CONFIDENCE = 0.95  # of the improvement's interval
 MARKDOWN, HTML, PLOT = "report.md", "report.html", "trajectory.png"
 COST = "Cost and reliability"  # the section whose lines are `arbot status`'s
 
